@@ -1,0 +1,196 @@
+//! Decoding any supported image into tightly packed RGB8.
+//!
+//! JPEG goes straight to zune-jpeg (one header parse, output colour space
+//! forced to RGB so grayscale, CMYK and YCCK all come out as RGB); the other
+//! formats go through the `image` crate. Both paths check the pixel count
+//! from the header *before* allocating, which is what stops decompression
+//! bombs, and both apply the EXIF orientation.
+
+use std::io::Cursor;
+
+use ::image::metadata::Orientation;
+use ::image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+
+use super::format::{sniff_format, ImageFormat};
+
+/// Why an image could not be decoded. Each variant is a reason the packer
+/// records for a rejected entry.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("empty file")]
+    Empty,
+    #[error("not an image (unrecognised content)")]
+    NotAnImage,
+    #[error("unsupported image format: {0}")]
+    Unsupported(String),
+    #[error("image of {width}x{height} exceeds the pixel limit of {limit}")]
+    TooLarge { width: u32, height: u32, limit: u64 },
+    #[error("corrupt {format}: {detail}")]
+    Corrupt {
+        format: ImageFormat,
+        detail: String,
+    },
+}
+
+/// Limits applied while decoding untrusted files.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest width × height accepted; larger images are refused unread.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // Pillow's decompression-bomb error threshold (2 × MAX_IMAGE_PIXELS).
+        DecodeLimits {
+            max_pixels: 178_956_970,
+        }
+    }
+}
+
+/// An RGB8 image, rows top to bottom, 3 bytes per pixel, no padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgb8Image {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl Rgb8Image {
+    /// Wrap `data`, which must hold exactly `width * height * 3` bytes.
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Option<Self> {
+        (data.len() == width as usize * height as usize * 3).then_some(Rgb8Image {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// Replicate an 8-bit grayscale image into RGB8.
+pub fn gray_to_rgb8(width: u32, height: u32, gray: &[u8]) -> Rgb8Image {
+    let mut data = Vec::with_capacity(gray.len() * 3);
+    for &g in gray {
+        data.extend_from_slice(&[g, g, g]);
+    }
+    Rgb8Image {
+        width,
+        height,
+        data,
+    }
+}
+
+/// Decode `bytes` (JPEG, PNG, WebP, BMP or the first frame of a GIF) into
+/// RGB8 with the EXIF orientation applied. Alpha is dropped, as
+/// `PIL.Image.convert("RGB")` does; palettes and grayscale are expanded.
+pub fn decode_rgb8(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    match sniff_format(bytes) {
+        None => Err(ImageError::NotAnImage),
+        Some(ImageFormat::Unsupported(name)) => Err(ImageError::Unsupported(name.to_string())),
+        Some(ImageFormat::Jpeg) => decode_jpeg(bytes, limits),
+        Some(format) => decode_other(bytes, format, limits),
+    }
+}
+
+fn corrupt(format: ImageFormat, detail: impl ToString) -> ImageError {
+    ImageError::Corrupt {
+        format,
+        detail: detail.to_string(),
+    }
+}
+
+fn check_pixels(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
+    if width == 0 || height == 0 {
+        return Err(corrupt(ImageFormat::Jpeg, "zero-sized image"));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageError> {
+    let fmt = ImageFormat::Jpeg;
+    // A JPEG that does not end in EOI was cut short; zune-jpeg would pad the
+    // missing scan with grey rather than fail, so check it here.
+    if !super::jpeg::ends_with_eoi(bytes) {
+        return Err(corrupt(fmt, "truncated (no end-of-image marker)"));
+    }
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| corrupt(fmt, e))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| corrupt(fmt, "no frame header"))?;
+    let (width, height) = (w as u32, h as u32);
+    check_pixels(width, height, limits)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| Orientation::from_exif_chunk(exif))
+        .unwrap_or(Orientation::NoTransforms);
+    let mut data = vec![0u8; width as usize * height as usize * 3];
+    decoder.decode_into(&mut data).map_err(|e| corrupt(fmt, e))?;
+    let image = Rgb8Image {
+        width,
+        height,
+        data,
+    };
+    Ok(orient(image, orientation))
+}
+
+fn decode_other(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: DecodeLimits,
+) -> Result<Rgb8Image, ImageError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| corrupt(format, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height, limits)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, e))?;
+    image.apply_orientation(orientation);
+    let rgb = image.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    Ok(Rgb8Image {
+        width,
+        height,
+        data: rgb.into_raw(),
+    })
+}
+
+fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
+    if orientation == Orientation::NoTransforms {
+        return image;
+    }
+    let Some(buffer) = RgbImage::from_raw(image.width, image.height, image.data) else {
+        unreachable!("Rgb8Image always holds width*height*3 bytes");
+    };
+    let mut dynamic = DynamicImage::ImageRgb8(buffer);
+    dynamic.apply_orientation(orientation);
+    let rgb = dynamic.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    Rgb8Image {
+        width,
+        height,
+        data: rgb.into_raw(),
+    }
+}

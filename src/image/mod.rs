@@ -1,0 +1,16 @@
+//! Image decoding, resizing and JPEG handling shared by the packer, the
+//! loader and the statistics tool.
+//!
+//! Invariants: every decoded image is tightly packed RGB8, row-major, with
+//! the EXIF orientation already applied; nothing here panics on bad bytes —
+//! every failure is an [`ImageError`] that says what was wrong.
+
+mod decode;
+mod format;
+mod jpeg;
+mod resize;
+
+pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
+pub use format::{sniff_format, ImageFormat};
+pub use jpeg::{encode_jpeg, JpegHeader};
+pub use resize::{ResizeMode, Resizer};

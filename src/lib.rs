@@ -1,0 +1,12 @@
+//! ebv: train image classifiers over a very large number of classes with
+//! Equiangular Basis Vectors (Shen, Sun, Wei, CVPR 2023).
+//!
+//! Layers, and the one direction their dependencies point:
+//! binaries (`src/bin/`) → `pack` / `basis` → `shard` / `image` → std + format crates.
+//! The shard format knows nothing of training; `image` knows nothing of shards.
+
+pub mod basis;
+pub mod image;
+pub mod pack;
+pub mod progress;
+pub mod shard;

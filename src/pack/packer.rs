@@ -1,0 +1,747 @@
+//! The pack pipeline: plan → permute → encode in parallel → write shards.
+//!
+//! Workers (a rayon pool of `--threads`) encode fixed-size chunks of the
+//! permuted item list; results come back in input order, so the shards are
+//! identical whatever the thread count. One thread writes while the pool
+//! encodes the next chunk. After each finished shard a small record
+//! (`.ebv-pack/<shard>.json`) notes where the next shard starts and what was
+//! rejected so far; a rerun with the same plan resumes after the last one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Verify};
+use super::layout::{self, Item, LayoutKind, Payload, Plan};
+use super::source::Source;
+use super::PackError;
+use crate::image::{DecodeLimits, ResizeMode};
+use crate::shard::{
+    shard_file_name, write_atomic, write_classes_tsv, Encoding, Manifest, RejectedEntry,
+    ShardMeta, ShardRecord, ShardWriter, Split, SplitTotals, CLASSES_FILE, FORMAT_VERSION,
+    MANIFEST_FILE,
+};
+
+const STATE_DIR: &str = ".ebv-pack";
+
+/// Options of one pack run (the CLI's flags, resolved).
+#[derive(Debug, Clone, Serialize)]
+pub struct PackOptions {
+    pub source: PathBuf,
+    pub out: PathBuf,
+    pub layout: Option<LayoutKind>,
+    pub encoding: Encoding,
+    pub height: u32,
+    pub width: u32,
+    pub resize: ResizeMode,
+    pub quality: u8,
+    pub seed: u64,
+    /// Rows per shard; `None` picks a default for the encoding.
+    pub shard_rows: Option<usize>,
+    /// Rows per row group; `None` picks a default for the encoding.
+    pub row_group_rows: Option<usize>,
+    pub threads: Option<usize>,
+    pub verify: Verify,
+    pub max_pixels: u64,
+    /// One class name per line, in label order (IDX sources have none).
+    pub class_names: Option<PathBuf>,
+    pub force: bool,
+    pub quiet: bool,
+}
+
+impl PackOptions {
+    /// Defaults for `source` → `out`, as the CLI documents them.
+    pub fn new(source: impl Into<PathBuf>, out: impl Into<PathBuf>) -> PackOptions {
+        PackOptions {
+            source: source.into(),
+            out: out.into(),
+            layout: None,
+            encoding: Encoding::Jpeg,
+            height: 224,
+            width: 224,
+            resize: ResizeMode::Stretch,
+            quality: 95,
+            seed: 0,
+            shard_rows: None,
+            row_group_rows: None,
+            threads: None,
+            verify: Verify::Header,
+            max_pixels: DecodeLimits::default().max_pixels,
+            class_names: None,
+            force: false,
+            quiet: false,
+        }
+    }
+}
+
+/// Default rows per shard: about 200 MB of 224×224 images per file.
+pub fn default_shard_rows(encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::Jpeg => 10_000,
+        Encoding::Raw => 1_280,
+    }
+}
+
+/// Default rows per row group: about 19 MB of 224×224 images per group
+/// (see BENCHMARKS.md for the measurement behind it).
+pub fn default_row_group_rows(encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::Jpeg => 1_024,
+        Encoding::Raw => 128,
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SplitSummary {
+    pub rows: u64,
+    pub shards: u64,
+    pub bytes: u64,
+    pub rejected: u64,
+    /// Rows stored as the source's own JPEG bytes.
+    pub passthrough: u64,
+    /// Rows decoded and resized (then stored raw or re-encoded).
+    pub converted: u64,
+}
+
+/// What a pack run did; printed by `ebv-pack` and as `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackSummary {
+    pub out: PathBuf,
+    pub layout: LayoutKind,
+    pub num_classes: usize,
+    pub splits: BTreeMap<Split, SplitSummary>,
+    pub rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Shards written by this run / kept from an interrupted earlier run.
+    pub shards_written: u64,
+    pub shards_reused: u64,
+    pub already_complete: bool,
+    pub bytes_written: u64,
+    pub wall_s: f64,
+    pub images_per_s: f64,
+}
+
+/// What is kept after each finished shard so that a rerun can resume.
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardState {
+    plan: String,
+    record: ShardRecord,
+    next_input: usize,
+    rejected: Vec<RejectedEntry>,
+    passthrough: u64,
+}
+
+/// Pack `opts.source` into `opts.out`.
+pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
+    let start = Instant::now();
+    validate(opts)?;
+    let class_names = match &opts.class_names {
+        Some(path) => Some(read_names(path)?),
+        None => None,
+    };
+    let source = Source::open(&opts.source)?;
+    let plan = layout::plan(&source, opts.layout, class_names.as_deref())?;
+    if plan.items.is_empty() {
+        return Err(PackError::Layout(format!(
+            "{}: the {:?} layout matched but no images were found",
+            opts.source.display(),
+            plan.layout
+        )));
+    }
+    let shard_rows = opts.shard_rows.unwrap_or(default_shard_rows(opts.encoding));
+    let row_group_rows = opts
+        .row_group_rows
+        .unwrap_or(default_row_group_rows(opts.encoding))
+        .min(shard_rows);
+    let cfg = EncodeConfig {
+        encoding: opts.encoding,
+        height: opts.height,
+        width: opts.width,
+        resize: opts.resize,
+        quality: opts.quality,
+        verify: opts.verify,
+        limits: DecodeLimits {
+            max_pixels: opts.max_pixels,
+        },
+    };
+    let splits = permute(&plan.items, opts.seed);
+    let resolved = serde_json::json!({
+        "layout": plan.layout,
+        "encoding": opts.encoding,
+        "height": opts.height,
+        "width": opts.width,
+        "resize": opts.resize,
+        "quality": opts.quality,
+        "seed": opts.seed,
+        "shard_rows": shard_rows,
+        "row_group_rows": row_group_rows,
+        "verify": opts.verify,
+        "max_pixels": opts.max_pixels,
+    });
+    let fingerprint = fingerprint(&resolved, &source, &plan, &splits);
+
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(|e| PackError::io(out, e))?;
+    let state_dir = out.join(STATE_DIR);
+    let manifest_path = out.join(MANIFEST_FILE);
+    if opts.force {
+        clear_output(out)?;
+    } else if manifest_path.exists() {
+        let manifest = Manifest::load(&manifest_path)?;
+        if manifest.plan == fingerprint && shards_intact(out, &manifest) {
+            return Ok(complete_summary(&manifest, plan.layout, start));
+        }
+        return Err(PackError::Usage(format!(
+            "{} already holds a different or damaged pack (manifest plan {}, this run {}); \
+             rerun with --force to replace it, or choose another --out",
+            out.display(),
+            short(&manifest.plan),
+            short(&fingerprint)
+        )));
+    }
+    remove_stale_temps(out)?;
+    std::fs::create_dir_all(&state_dir).map_err(|e| PackError::io(&state_dir, e))?;
+    check_disk_space(opts, &source, &splits)?;
+    write_classes_tsv(&out.join(CLASSES_FILE), &plan.classes)?;
+
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| PackError::Usage(format!("--threads {threads}: {e}")))?;
+    let total: usize = splits.values().map(Vec::len).sum();
+    let bar = crate::progress::bar(total as u64, "img", opts.quiet);
+    bar.set_message("packing");
+
+    let ctx = Context {
+        source: &source,
+        plan: &plan,
+        cfg,
+        out,
+        state_dir: &state_dir,
+        fingerprint: &fingerprint,
+        shard_rows,
+        row_group_rows,
+        pool: &pool,
+        chunk: threads * 32,
+        bar: &bar,
+    };
+    let mut records = Vec::new();
+    let mut rejected = plan.rejected.clone();
+    let mut summary_splits = BTreeMap::new();
+    let (mut written, mut reused) = (0u64, 0u64);
+    for (split, items) in &splits {
+        let done = ctx.run_split(*split, items)?;
+        let mut s = SplitSummary {
+            rows: done.records.iter().map(|r| r.rows).sum(),
+            shards: done.records.len() as u64,
+            bytes: done.records.iter().map(|r| r.bytes).sum(),
+            rejected: done.rejected.len() as u64,
+            passthrough: done.passthrough,
+            converted: 0,
+        };
+        s.converted = s.rows - s.passthrough;
+        written += done.written;
+        reused += done.records.len() as u64 - done.written;
+        summary_splits.insert(*split, s);
+        records.extend(done.records);
+        rejected.extend(done.rejected);
+    }
+    bar.finish_and_clear();
+
+    let mut totals = BTreeMap::new();
+    for split in Split::ALL {
+        let t = SplitTotals {
+            shards: records.iter().filter(|r| r.split == split).count() as u64,
+            rows: records.iter().filter(|r| r.split == split).map(|r| r.rows).sum(),
+            bytes: records.iter().filter(|r| r.split == split).map(|r| r.bytes).sum(),
+            rejected: rejected.iter().filter(|r| r.split == Some(split)).count() as u64,
+        };
+        totals.insert(split, t);
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        encoding: opts.encoding,
+        height: opts.height,
+        width: opts.width,
+        num_classes: plan.classes.len() as u32,
+        options: resolved,
+        source: source.info().clone(),
+        plan: fingerprint,
+        shards: records,
+        totals,
+        rejected,
+    };
+    manifest.save(&manifest_path)?;
+    std::fs::remove_dir_all(&state_dir).map_err(|e| PackError::io(&state_dir, e))?;
+
+    let wall_s = start.elapsed().as_secs_f64();
+    let images: u64 = summary_splits.values().map(|s: &SplitSummary| s.rows).sum();
+    Ok(PackSummary {
+        out: out.clone(),
+        layout: plan.layout,
+        num_classes: plan.classes.len(),
+        rejected: manifest.rejected.len() as u64,
+        rejected_by_reason: by_reason(&manifest.rejected),
+        splits: summary_splits,
+        shards_written: written,
+        shards_reused: reused,
+        already_complete: false,
+        bytes_written: manifest.shards.iter().map(|r| r.bytes).sum(),
+        wall_s,
+        images_per_s: images as f64 / wall_s.max(1e-9),
+    })
+}
+
+fn validate(opts: &PackOptions) -> Result<(), PackError> {
+    let bad = |m: String| Err(PackError::Usage(m));
+    if opts.height == 0 || opts.width == 0 || opts.height > 8192 || opts.width > 8192 {
+        return bad(format!("--size {}x{}: each side must be 1..=8192", opts.width, opts.height));
+    }
+    if !(1..=100).contains(&opts.quality) {
+        return bad(format!("--quality {}: must be 1..=100", opts.quality));
+    }
+    if opts.shard_rows == Some(0) {
+        return bad("--shard-rows must be at least 1".into());
+    }
+    if opts.row_group_rows == Some(0) {
+        return bad("--row-group-rows must be at least 1".into());
+    }
+    if opts.threads == Some(0) {
+        return bad("--threads must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn read_names(path: &Path) -> Result<Vec<String>, PackError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PackError::io(path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Items of each split in a seeded order that mixes classes. The order
+/// depends only on the seed and the item list, never on timing.
+fn permute(items: &[Item], seed: u64) -> BTreeMap<Split, Vec<Item>> {
+    let mut by_split: BTreeMap<Split, Vec<Item>> = BTreeMap::new();
+    for it in items {
+        by_split.entry(it.split).or_default().push(it.clone());
+    }
+    for (split, v) in by_split.iter_mut() {
+        // Start from a canonical order so the source's listing order does not matter.
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        let stream = match split {
+            Split::Train => 0x7472_6169_6e00_0000,
+            Split::Val => 0x7661_6c00_0000_0000,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stream);
+        v.shuffle(&mut rng);
+    }
+    by_split
+}
+
+fn fingerprint(
+    resolved: &serde_json::Value,
+    source: &Source,
+    plan: &Plan,
+    splits: &BTreeMap<Split, Vec<Item>>,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("ebv-pack v{FORMAT_VERSION}\n{resolved}\n"));
+    let info = source.info();
+    h.update(format!("{}\n{}\n{}\n", info.name, info.size, info.modified));
+    for c in &plan.classes {
+        h.update(c.as_bytes());
+        h.update(b"\n");
+    }
+    for (split, items) in splits {
+        h.update(split.as_str());
+        for it in items {
+            h.update(it.key.as_bytes());
+            h.update(it.label.to_le_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+fn is_shard_name(name: &str) -> bool {
+    (name.starts_with("train-") || name.starts_with("val-")) && name.ends_with(".parquet")
+}
+
+fn clear_output(out: &Path) -> Result<(), PackError> {
+    let rd = std::fs::read_dir(out).map_err(|e| PackError::io(out, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| PackError::io(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == STATE_DIR {
+            std::fs::remove_dir_all(&path).map_err(|e| PackError::io(&path, e))?;
+        } else if is_shard_name(&name) || name == MANIFEST_FILE || name == CLASSES_FILE || is_temp(&name) {
+            std::fs::remove_file(&path).map_err(|e| PackError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+fn remove_stale_temps(out: &Path) -> Result<(), PackError> {
+    let rd = std::fs::read_dir(out).map_err(|e| PackError::io(out, e))?;
+    for entry in rd.flatten() {
+        if is_temp(&entry.file_name().to_string_lossy()) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| PackError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn shards_intact(out: &Path, manifest: &Manifest) -> bool {
+    manifest.shards.iter().all(|r| {
+        std::fs::metadata(out.join(&r.file)).is_ok_and(|m| m.len() == r.bytes)
+    })
+}
+
+fn complete_summary(manifest: &Manifest, layout: LayoutKind, start: Instant) -> PackSummary {
+    let mut splits = BTreeMap::new();
+    for (split, t) in &manifest.totals {
+        splits.insert(
+            *split,
+            SplitSummary {
+                rows: t.rows,
+                shards: t.shards,
+                bytes: t.bytes,
+                rejected: t.rejected,
+                passthrough: 0,
+                converted: 0,
+            },
+        );
+    }
+    PackSummary {
+        out: PathBuf::new(),
+        layout,
+        num_classes: manifest.num_classes as usize,
+        splits,
+        rejected: manifest.rejected.len() as u64,
+        rejected_by_reason: by_reason(&manifest.rejected),
+        shards_written: 0,
+        shards_reused: manifest.shards.len() as u64,
+        already_complete: true,
+        bytes_written: 0,
+        wall_s: start.elapsed().as_secs_f64(),
+        images_per_s: 0.0,
+    }
+}
+
+/// Group reasons by their kind ("corrupt jpeg", "empty file", …) so that
+/// details such as line numbers do not make every reason unique.
+fn reason_kind(reason: &str) -> String {
+    if reason.starts_with("listed in ") {
+        return "listed but not found in the source".into();
+    }
+    let cut = reason.find([':', '(']).unwrap_or(reason.len());
+    reason[..cut].trim().to_string()
+}
+
+fn by_reason(rejected: &[RejectedEntry]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in rejected {
+        *m.entry(reason_kind(&r.reason)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuse to start when the estimated output cannot fit on the disk.
+fn check_disk_space(
+    opts: &PackOptions,
+    source: &Source,
+    splits: &BTreeMap<Split, Vec<Item>>,
+) -> Result<(), PackError> {
+    let pixels = u64::from(opts.height) * u64::from(opts.width);
+    let raw = pixels * 3;
+    let entries = source.entries();
+    let mut estimate = 0u64;
+    for it in splits.values().flatten() {
+        estimate += it.key.len() as u64 + 8;
+        estimate += match (opts.encoding, &it.payload) {
+            (Encoding::Raw, _) => raw,
+            // A passed-through JPEG costs its own size; a re-encoded one
+            // about 0.5 bytes per pixel at q95. Take the smaller bound.
+            (Encoding::Jpeg, Payload::Entry(i)) => entries[*i].size.min(pixels / 2 + 1024),
+            (Encoding::Jpeg, Payload::Idx { .. }) => pixels / 2 + 1024,
+        };
+    }
+    let Some(free) = free_space(&opts.out) else {
+        return Ok(());
+    };
+    if estimate.saturating_add(estimate / 20) > free {
+        let gb = |b: u64| b as f64 / 1e9;
+        let hint = if opts.encoding == Encoding::Raw {
+            format!(
+                " Raw pixels take {raw} bytes per image; --encoding jpeg stores them about 8x smaller."
+            )
+        } else {
+            String::new()
+        };
+        return Err(PackError::NoSpace(format!(
+            "{}: the output needs about {:.1} GB but only {:.1} GB are free.{hint}",
+            opts.out.display(),
+            gb(estimate),
+            gb(free)
+        )));
+    }
+    Ok(())
+}
+
+struct Context<'a> {
+    source: &'a Source,
+    plan: &'a Plan,
+    cfg: EncodeConfig,
+    out: &'a Path,
+    state_dir: &'a Path,
+    fingerprint: &'a str,
+    shard_rows: usize,
+    row_group_rows: usize,
+    pool: &'a rayon::ThreadPool,
+    chunk: usize,
+    bar: &'a indicatif::ProgressBar,
+}
+
+struct SplitDone {
+    records: Vec<ShardRecord>,
+    rejected: Vec<RejectedEntry>,
+    passthrough: u64,
+    written: u64,
+}
+
+type Outcome = Result<Encoded, String>;
+
+impl Context<'_> {
+    fn encode(&self, item: &Item) -> Outcome {
+        match item.payload {
+            Payload::Entry(i) => {
+                let bytes = self.source.read(&self.source.entries()[i])?;
+                encode_file(bytes, &self.cfg)
+            }
+            Payload::Idx { set, index } => {
+                let s = &self.plan.idx_sets[set];
+                let pixels = s
+                    .image(index)
+                    .ok_or_else(|| format!("IDX image {index} is out of range"))?;
+                encode_pixels(pixels, s.width, s.height, s.channels, &self.cfg)
+            }
+        }
+    }
+
+    fn meta(&self, split: Split) -> ShardMeta {
+        ShardMeta {
+            format_version: FORMAT_VERSION,
+            encoding: self.cfg.encoding,
+            height: self.cfg.height,
+            width: self.cfg.width,
+            split,
+            num_classes: self.plan.classes.len() as u32,
+            plan: self.fingerprint.to_string(),
+        }
+    }
+
+    /// Shards finished by an earlier run of the same plan, in order.
+    fn resumable(&self, split: Split) -> Result<Vec<ShardState>, PackError> {
+        let mut states = Vec::new();
+        loop {
+            let name = shard_file_name(split, states.len());
+            let path = self.state_dir.join(format!("{name}.json"));
+            let Ok(bytes) = std::fs::read(&path) else {
+                break;
+            };
+            let Ok(state) = serde_json::from_slice::<ShardState>(&bytes) else {
+                break;
+            };
+            if state.plan != self.fingerprint {
+                return Err(PackError::Usage(format!(
+                    "{} holds shards of a different pack run; rerun with --force to replace them",
+                    self.out.display()
+                )));
+            }
+            let intact = std::fs::metadata(self.out.join(&name))
+                .is_ok_and(|m| m.len() == state.record.bytes);
+            if !intact {
+                break;
+            }
+            states.push(state);
+        }
+        Ok(states)
+    }
+
+    fn run_split(&self, split: Split, items: &[Item]) -> Result<SplitDone, PackError> {
+        let kept = self.resumable(split)?;
+        let mut pos = kept.last().map_or(0, |s| s.next_input);
+        let mut done = SplitDone {
+            records: Vec::new(),
+            rejected: Vec::new(),
+            passthrough: 0,
+            written: 0,
+        };
+        for s in kept {
+            done.records.push(s.record);
+            done.rejected.extend(s.rejected);
+            done.passthrough += s.passthrough;
+        }
+        self.bar.inc(pos as u64);
+        pos = pos.min(items.len());
+        let meta = self.meta(split);
+        let passthrough = AtomicU64::new(0);
+
+        std::thread::scope(|scope| -> Result<(), PackError> {
+            let (tx, rx) = crossbeam_channel::bounded::<(usize, Vec<Outcome>)>(2);
+            scope.spawn(move || {
+                let mut start = pos;
+                while start < items.len() {
+                    let end = (start + self.chunk).min(items.len());
+                    let outs: Vec<Outcome> = self
+                        .pool
+                        .install(|| items[start..end].par_iter().map(|it| self.encode(it)).collect());
+                    if tx.send((start, outs)).is_err() {
+                        return; // the writer stopped on an error
+                    }
+                    start = end;
+                }
+            });
+            let mut writer: Option<ShardWriter> = None;
+            let mut pending_rejects = Vec::new();
+            let mut shard_passthrough = 0u64;
+            for (start, outs) in rx {
+                for (k, out) in outs.into_iter().enumerate() {
+                    let i = start + k;
+                    let item = &items[i];
+                    self.bar.inc(1);
+                    let bytes = match out {
+                        Ok(Encoded::Passthrough(b)) => {
+                            shard_passthrough += 1;
+                            b
+                        }
+                        Ok(Encoded::Converted(b)) => b,
+                        Err(reason) => {
+                            pending_rejects.push(RejectedEntry {
+                                key: item.key.clone(),
+                                split: Some(split),
+                                reason,
+                            });
+                            continue;
+                        }
+                    };
+                    let index = done.records.len();
+                    let w = match writer.as_mut() {
+                        Some(w) => w,
+                        None => writer.insert(ShardWriter::create(
+                            self.out,
+                            index,
+                            &meta,
+                            self.row_group_rows,
+                        )?),
+                    };
+                    w.push(item.label, &bytes, &item.key)?;
+                    if w.rows() as usize >= self.shard_rows {
+                        if let Some(w) = writer.take() {
+                            self.finish_shard(w, i + 1, &mut pending_rejects, &mut shard_passthrough, &mut done)?;
+                        }
+                    }
+                }
+            }
+            if let Some(w) = writer.take() {
+                self.finish_shard(w, items.len(), &mut pending_rejects, &mut shard_passthrough, &mut done)?;
+            }
+            passthrough.fetch_add(shard_passthrough, Ordering::Relaxed);
+            done.rejected.append(&mut pending_rejects);
+            Ok(())
+        })?;
+        Ok(done)
+    }
+
+    fn finish_shard(
+        &self,
+        writer: ShardWriter,
+        next_input: usize,
+        pending_rejects: &mut Vec<RejectedEntry>,
+        passthrough: &mut u64,
+        done: &mut SplitDone,
+    ) -> Result<(), PackError> {
+        let w = writer.finish()?;
+        let record = ShardRecord {
+            file: w.file.clone(),
+            split: done_split(&w.file),
+            rows: w.rows,
+            row_groups: w.row_groups,
+            bytes: w.bytes,
+            sha256: w.sha256,
+        };
+        let state = ShardState {
+            plan: self.fingerprint.to_string(),
+            record: record.clone(),
+            next_input,
+            rejected: std::mem::take(pending_rejects),
+            passthrough: std::mem::take(passthrough),
+        };
+        let path = self.state_dir.join(format!("{}.json", w.file));
+        let json = serde_json::to_vec(&state).map_err(|e| PackError::Usage(e.to_string()))?;
+        write_atomic(&path, &json)?;
+        done.records.push(record);
+        done.rejected.extend(state.rejected);
+        done.passthrough += state.passthrough;
+        done.written += 1;
+        Ok(())
+    }
+}
+
+fn done_split(file: &str) -> Split {
+    if file.starts_with("val-") {
+        Split::Val
+    } else {
+        Split::Train
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_group_by_kind() {
+        assert_eq!(reason_kind("corrupt jpeg: bad huffman"), "corrupt jpeg");
+        assert_eq!(reason_kind("empty file"), "empty file");
+        assert_eq!(
+            reason_kind("listed in train.csv line 3 but not found in the source"),
+            "listed but not found in the source"
+        );
+        assert_eq!(reason_kind("not part of the layout (IDX source)"), "not part of the layout");
+    }
+}

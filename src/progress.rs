@@ -1,0 +1,49 @@
+//! Progress reporting shared by every long-running command.
+//!
+//! Invariant: progress goes to stderr only, and is hidden when stderr is not a
+//! terminal or when the user asked for `--quiet`, so that `--json` output on
+//! stdout stays machine-readable and CI logs stay clean.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A progress bar of `len` steps, drawn on stderr at most ~8 times a second.
+///
+/// `unit` names what is counted ("img", "step"); the template shows the rate
+/// per second and the time left.
+pub fn bar(len: u64, unit: &str, quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), target(quiet));
+    let template = format!(
+        "{{spinner}} {{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)"
+    );
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.enable_steady_tick(Duration::from_millis(250));
+    pb
+}
+
+/// A spinner for work of unknown length.
+pub fn spinner(quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, target(quiet));
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        pb.set_style(style);
+    }
+    pb.enable_steady_tick(Duration::from_millis(250));
+    pb
+}
+
+fn target(quiet: bool) -> ProgressDrawTarget {
+    if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr_with_hz(8)
+    }
+}
+
+/// Whether human-readable chatter (not progress bars) should go to stderr.
+pub fn chatty(quiet: bool) -> bool {
+    !quiet
+}

@@ -1,0 +1,85 @@
+//! `manifest.json`: what a pack run produced, from what, and what it refused.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::schema::{Encoding, Split};
+use super::writer::{write_atomic, ShardError};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The source archive or folder a pack run read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub name: String,
+    /// Total bytes (the archive's size, or the sum of a folder's files).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub modified: u64,
+}
+
+/// One finished shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub file: String,
+    pub split: Split,
+    pub rows: u64,
+    pub row_groups: u64,
+    pub bytes: u64,
+    /// Hex SHA-256 of the whole file (check with `sha256sum`).
+    pub sha256: String,
+}
+
+/// An entry of the source that is not in any shard, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEntry {
+    pub key: String,
+    pub split: Option<Split>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitTotals {
+    pub shards: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub encoding: Encoding,
+    pub height: u32,
+    pub width: u32,
+    pub num_classes: u32,
+    /// The resolved options of the run, as the packer saw them.
+    pub options: serde_json::Value,
+    pub source: SourceInfo,
+    /// The plan fingerprint written into every shard's footer.
+    pub plan: String,
+    pub shards: Vec<ShardRecord>,
+    pub totals: BTreeMap<Split, SplitTotals>,
+    pub rejected: Vec<RejectedEntry>,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ShardError> {
+        let bytes = std::fs::read(path).map_err(|e| ShardError::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ShardError::Invalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ShardError> {
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| ShardError::Invalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        text.push(b'\n');
+        write_atomic(path, &text)
+    }
+}

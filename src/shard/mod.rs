@@ -1,0 +1,27 @@
+//! Shard format v1: one output folder holds `manifest.json`, `classes.tsv`
+//! and Parquet shards named `{split}-{NNNNN}.parquet`.
+//!
+//! Columns: `label` (uint32, dense 0..C in `classes.tsv` order), `image`
+//! (`binary` JPEG, or `fixed_size_binary(H*W*3)` raw RGB8), `key` (utf8, the
+//! entry's path in the source). The image column is uncompressed, PLAIN,
+//! without dictionary or statistics, so a reader can slice every image out
+//! of a memory-mapped file without copying. Footer key-value metadata
+//! carries the format version, encoding, H, W, split and class count.
+//!
+//! Invariant: a file with a final shard name is complete. Shards are written
+//! under a temporary name, synced, then renamed.
+//!
+//! This module knows nothing of training or of how shards are produced.
+
+mod classes;
+mod manifest;
+mod schema;
+mod writer;
+
+pub use classes::{read_classes_tsv, write_classes_tsv};
+pub use manifest::{Manifest, RejectedEntry, ShardRecord, SourceInfo, SplitTotals, MANIFEST_FILE};
+pub use schema::{
+    arrow_schema, shard_file_name, Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY,
+    COL_LABEL, FORMAT_VERSION,
+};
+pub use writer::{write_atomic, ShardError, ShardWriter, WrittenShard};

@@ -1,0 +1,310 @@
+//! Writing one shard: rows in, a complete Parquet file out, atomically.
+//!
+//! Invariants: the file appears under its final name only after every byte
+//! is written and synced (temporary name + rename + directory sync), so a
+//! run killed at any moment never leaves a final-named shard that is not
+//! whole; a writer dropped before `finish` removes its temporary file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BinaryArray, FixedSizeBinaryArray, RecordBatch, StringArray, UInt32Array};
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::Schema;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding as PqEncoding};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
+
+use super::schema::{arrow_schema, shard_file_name, Encoding, ShardMeta, COL_IMAGE, COL_KEY, COL_LABEL};
+
+/// Errors of the shard layer; each names the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: parquet: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl ShardError {
+    pub fn io(path: &Path, source: std::io::Error) -> ShardError {
+        ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    fn parquet(path: &Path, source: parquet::errors::ParquetError) -> ShardError {
+        ShardError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Write `bytes` to `path` atomically: temp file in the same folder, sync,
+/// rename, sync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| ShardError::io(path, e))
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// A `Write` that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What a finished shard looks like on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenShard {
+    pub path: PathBuf,
+    pub file: String,
+    pub rows: u64,
+    pub row_groups: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Buffers rows of one row group, then hands them to Parquet.
+pub struct ShardWriter {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    file_name: String,
+    writer: Option<ArrowWriter<HashingWriter<BufWriter<File>>>>,
+    schema: Arc<Schema>,
+    encoding: Encoding,
+    image_len: usize,
+    row_group_rows: usize,
+    labels: Vec<u32>,
+    images: Vec<u8>,
+    offsets: Vec<i32>,
+    keys: Vec<String>,
+    rows: u64,
+    row_groups: u64,
+}
+
+/// Writer settings that make the image column sliceable in place.
+fn properties(meta: &ShardMeta, row_group_rows: usize) -> WriterProperties {
+    let image = ColumnPath::from(COL_IMAGE);
+    let kv = meta
+        .to_key_values()
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(k, v))
+        .collect();
+    WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None)
+        // Label min/max per row group lets a reader skip by class cheaply.
+        .set_column_statistics_enabled(ColumnPath::from(COL_LABEL), EnabledStatistics::Chunk)
+        .set_column_encoding(image.clone(), PqEncoding::PLAIN)
+        .set_column_encoding(ColumnPath::from(COL_KEY), PqEncoding::PLAIN)
+        .set_column_write_page_header_statistics(image, false)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_key_value_metadata(Some(kv))
+        .build()
+}
+
+impl ShardWriter {
+    /// Start `{split}-{index:05}.parquet` in `dir` under a temporary name.
+    pub fn create(
+        dir: &Path,
+        index: usize,
+        meta: &ShardMeta,
+        row_group_rows: usize,
+    ) -> Result<ShardWriter, ShardError> {
+        let file_name = shard_file_name(meta.split, index);
+        let final_path = dir.join(&file_name);
+        let tmp_path = temp_path(&final_path);
+        let file = File::create(&tmp_path).map_err(|e| ShardError::io(&tmp_path, e))?;
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            written: 0,
+        };
+        let schema = arrow_schema(meta.encoding, meta.height, meta.width);
+        let row_group_rows = row_group_rows.max(1);
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(properties(meta, row_group_rows)))
+            .map_err(|e| ShardError::parquet(&tmp_path, e))?;
+        Ok(ShardWriter {
+            final_path,
+            tmp_path,
+            file_name,
+            writer: Some(writer),
+            schema,
+            encoding: meta.encoding,
+            image_len: (meta.height * meta.width * 3) as usize,
+            row_group_rows,
+            labels: Vec::with_capacity(row_group_rows),
+            images: Vec::new(),
+            offsets: vec![0],
+            keys: Vec::with_capacity(row_group_rows),
+            rows: 0,
+            row_groups: 0,
+        })
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Append one row. A raw image must be exactly H*W*3 bytes.
+    pub fn push(&mut self, label: u32, image: &[u8], key: &str) -> Result<(), ShardError> {
+        if self.encoding == Encoding::Raw && image.len() != self.image_len {
+            return Err(ShardError::Invalid {
+                path: self.tmp_path.clone(),
+                detail: format!(
+                    "raw image for '{key}' has {} bytes, expected {}",
+                    image.len(),
+                    self.image_len
+                ),
+            });
+        }
+        let end = self.images.len() + image.len();
+        let end = i32::try_from(end).map_err(|_| ShardError::Invalid {
+            path: self.tmp_path.clone(),
+            detail: "row group exceeds 2 GiB; lower --row-group-rows".into(),
+        })?;
+        self.images.extend_from_slice(image);
+        self.offsets.push(end);
+        self.labels.push(label);
+        self.keys.push(key.to_string());
+        self.rows += 1;
+        if self.labels.len() >= self.row_group_rows {
+            self.flush_row_group()?;
+        }
+        Ok(())
+    }
+
+    fn flush_row_group(&mut self) -> Result<(), ShardError> {
+        if self.labels.is_empty() {
+            return Ok(());
+        }
+        let labels: ArrayRef = Arc::new(UInt32Array::from(std::mem::take(&mut self.labels)));
+        let values = Buffer::from_vec(std::mem::take(&mut self.images));
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let images: ArrayRef = match self.encoding {
+            Encoding::Raw => Arc::new(
+                FixedSizeBinaryArray::try_new(self.image_len as i32, values, None)
+                    .map_err(|e| self.invalid(e))?,
+            ),
+            Encoding::Jpeg => {
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+                Arc::new(BinaryArray::try_new(offsets, values, None).map_err(|e| self.invalid(e))?)
+            }
+        };
+        let keys: ArrayRef = Arc::new(StringArray::from(std::mem::take(&mut self.keys)));
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![labels, images, keys])
+            .map_err(|e| self.invalid(e))?;
+        let writer = self.writer.as_mut().ok_or_else(|| ShardError::Invalid {
+            path: self.tmp_path.clone(),
+            detail: "writer already finished".into(),
+        })?;
+        writer
+            .write(&batch)
+            .and_then(|_| writer.flush())
+            .map_err(|e| ShardError::parquet(&self.tmp_path, e))?;
+        self.row_groups += 1;
+        Ok(())
+    }
+
+    fn invalid(&self, e: impl std::fmt::Display) -> ShardError {
+        ShardError::Invalid {
+            path: self.tmp_path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Write the footer, sync, and move the file to its final name.
+    pub fn finish(mut self) -> Result<WrittenShard, ShardError> {
+        self.flush_row_group()?;
+        let writer = self.writer.take().ok_or_else(|| self.invalid("writer already finished"))?;
+        let mut sink = writer
+            .into_inner()
+            .map_err(|e| ShardError::parquet(&self.tmp_path, e))?;
+        sink.flush().map_err(|e| ShardError::io(&self.tmp_path, e))?;
+        let bytes = sink.written;
+        let sha256 = hex::encode(sink.hasher.finalize());
+        let file = sink
+            .inner
+            .into_inner()
+            .map_err(|e| ShardError::io(&self.tmp_path, e.into_error()))?;
+        file.sync_all().map_err(|e| ShardError::io(&self.tmp_path, e))?;
+        drop(file);
+        std::fs::rename(&self.tmp_path, &self.final_path)
+            .and_then(|_| sync_dir(&self.final_path))
+            .map_err(|e| ShardError::io(&self.final_path, e))?;
+        Ok(WrittenShard {
+            path: self.final_path.clone(),
+            file: self.file_name.clone(),
+            rows: self.rows,
+            row_groups: self.row_groups,
+            bytes,
+            sha256,
+        })
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
