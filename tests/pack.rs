@@ -25,16 +25,40 @@ fn mixed_entries() -> (Vec<(String, Vec<u8>)>, BTreeMap<String, &'static str>) {
     for (c, class) in classes.iter().enumerate() {
         let c = c as u32;
         for i in 0..3 {
-            e.push((format!("data/train/{class}/p{i}.jpg"), jpeg_rgb(32, 32, c * 10 + i)));
+            e.push((
+                format!("data/train/{class}/p{i}.jpg"),
+                jpeg_rgb(32, 32, c * 10 + i),
+            ));
         }
-        e.push((format!("data/train/{class}/big.jpg"), jpeg_rgb(48, 40, c + 100)));
-        e.push((format!("data/train/{class}/rgb.png"), png_rgb(40, 30, c + 200)));
-        e.push((format!("data/train/{class}/gray.png"), png_gray(20, 20, c + 300)));
-        e.push((format!("data/train/{class}/alpha.png"), png_rgba(24, 24, c + 400)));
-        e.push((format!("data/train/{class}/gray.jpg"), jpeg_gray(32, 32, c + 500)));
-        e.push((format!("data/train/{class}/cmyk.jpg"), jpeg_cmyk(32, 32, c + 600)));
+        e.push((
+            format!("data/train/{class}/big.jpg"),
+            jpeg_rgb(48, 40, c + 100),
+        ));
+        e.push((
+            format!("data/train/{class}/rgb.png"),
+            png_rgb(40, 30, c + 200),
+        ));
+        e.push((
+            format!("data/train/{class}/gray.png"),
+            png_gray(20, 20, c + 300),
+        ));
+        e.push((
+            format!("data/train/{class}/alpha.png"),
+            png_rgba(24, 24, c + 400),
+        ));
+        e.push((
+            format!("data/train/{class}/gray.jpg"),
+            jpeg_gray(32, 32, c + 500),
+        ));
+        e.push((
+            format!("data/train/{class}/cmyk.jpg"),
+            jpeg_cmyk(32, 32, c + 600),
+        ));
         for i in 0..2 {
-            e.push((format!("data/val/{class}/v{i}.jpg"), jpeg_rgb(32, 32, c * 10 + 50 + i)));
+            e.push((
+                format!("data/val/{class}/v{i}.jpg"),
+                jpeg_rgb(32, 32, c * 10 + 50 + i),
+            ));
         }
     }
     let mut truncated = jpeg_rgb(32, 32, 999);
@@ -46,13 +70,33 @@ fn mixed_entries() -> (Vec<(String, Vec<u8>)>, BTreeMap<String, &'static str>) {
         ("data/train/cat/truncated.jpg", truncated, "corrupt jpeg"),
         ("data/train/cat/garbage.jpg", garbage, "corrupt jpeg"),
         ("data/train/dog/empty.jpg", Vec::new(), "empty file"),
-        ("data/train/fox/notes.txt", b"hello, not an image".to_vec(), "not an image"),
-        ("data/train/fox/scan.tif", b"II*\0\x08\0\0\0rest-of-tiff".to_vec(), "unsupported image format"),
-        ("data/train/dog/huge.png", png_rgb(100, 100, 7), "image of 100x100 exceeds the pixel limit"),
-        ("__MACOSX/data/train/cat/._p0.jpg", b"\0\x05\x16\x07".to_vec(), "macOS metadata"),
+        (
+            "data/train/fox/notes.txt",
+            b"hello, not an image".to_vec(),
+            "not an image",
+        ),
+        (
+            "data/train/fox/scan.tif",
+            b"II*\0\x08\0\0\0rest-of-tiff".to_vec(),
+            "unsupported image format",
+        ),
+        (
+            "data/train/dog/huge.png",
+            png_rgb(100, 100, 7),
+            "image of 100x100 exceeds the pixel limit",
+        ),
+        (
+            "__MACOSX/data/train/cat/._p0.jpg",
+            b"\0\x05\x16\x07".to_vec(),
+            "macOS metadata",
+        ),
         ("data/train/.DS_Store", b"Bud1".to_vec(), "macOS metadata"),
         ("../evil.jpg", jpeg_rgb(32, 32, 1), "unsafe path"),
-        ("data/README.txt", b"readme".to_vec(), "not part of the layout"),
+        (
+            "data/README.txt",
+            b"readme".to_vec(),
+            "not part of the layout",
+        ),
     ];
     for (name, bytes, reason) in cases {
         e.push((name.to_string(), bytes));
@@ -74,8 +118,23 @@ fn class_folder_zip_with_every_kind_of_entry() {
     let out = dir.path().join("shards");
     let o = run(
         BIN,
-        &[s(&zip), "--out", s(&out), "--size", "32", "--shard-rows", "7", "--row-group-rows", "3",
-          "--max-pixels", "5000", "--threads", "2", "--json", "--quiet"],
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--shard-rows",
+            "7",
+            "--row-group-rows",
+            "3",
+            "--max-pixels",
+            "5000",
+            "--threads",
+            "2",
+            "--json",
+            "--quiet",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -83,7 +142,12 @@ fn class_folder_zip_with_every_kind_of_entry() {
     // Classes from the sorted training folder names.
     let classes = std::fs::read_to_string(out.join("classes.tsv")).unwrap();
     assert_eq!(classes, "0\tcat\n1\tdog\n2\tfox\n");
-    let label_of = |class: &str| ["cat", "dog", "fox"].iter().position(|c| *c == class).unwrap() as u32;
+    let label_of = |class: &str| {
+        ["cat", "dog", "fox"]
+            .iter()
+            .position(|c| *c == class)
+            .unwrap() as u32
+    };
 
     let source: BTreeMap<&str, &Vec<u8>> = entries.iter().map(|(n, b)| (n.as_str(), b)).collect();
     let train = read_split(&out, "train");
@@ -96,7 +160,8 @@ fn class_folder_zip_with_every_kind_of_entry() {
         assert_eq!(row.label, label_of(class_of(&row.key)), "{}", row.key);
         let src = source[row.key.as_str()];
         let name = row.key.rsplit('/').next().unwrap();
-        let is_passthrough = (name.starts_with('p') || name.starts_with('v')) && name.ends_with(".jpg");
+        let is_passthrough =
+            (name.starts_with('p') || name.starts_with('v')) && name.ends_with(".jpg");
         if is_passthrough {
             assert_eq!(&row.image, src, "{} must be stored byte for byte", row.key);
         } else {
@@ -113,7 +178,12 @@ fn class_folder_zip_with_every_kind_of_entry() {
     let shards = m["shards"].as_array().unwrap();
     let rows: Vec<(String, u64)> = shards
         .iter()
-        .map(|r| (r["file"].as_str().unwrap().to_string(), r["rows"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["file"].as_str().unwrap().to_string(),
+                r["rows"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -135,11 +205,23 @@ fn class_folder_zip_with_every_kind_of_entry() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["key"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(rejected.keys().collect::<Vec<_>>(), bad.keys().collect::<Vec<_>>());
+    assert_eq!(
+        rejected.keys().collect::<Vec<_>>(),
+        bad.keys().collect::<Vec<_>>()
+    );
     for (key, want) in &bad {
-        assert!(rejected[key].starts_with(want), "{key}: '{}' should start with '{want}'", rejected[key]);
+        assert!(
+            rejected[key].starts_with(want),
+            "{key}: '{}' should start with '{want}'",
+            rejected[key]
+        );
     }
     assert_eq!(summary["rejected"], bad.len());
     assert_eq!(m["totals"]["train"]["rows"], 27);
@@ -149,17 +231,52 @@ fn class_folder_zip_with_every_kind_of_entry() {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, r["bytes"].as_u64().unwrap());
         use sha2::Digest;
-        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), r["sha256"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            r["sha256"].as_str().unwrap()
+        );
     }
 
     // --strict turns rejections into exit code 1; a rerun is a no-op.
-    let again = run(BIN, &[s(&zip), "--out", s(&out), "--size", "32", "--shard-rows", "7",
-                           "--row-group-rows", "3", "--max-pixels", "5000", "--quiet", "--json"]);
+    let again = run(
+        BIN,
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--shard-rows",
+            "7",
+            "--row-group-rows",
+            "3",
+            "--max-pixels",
+            "5000",
+            "--quiet",
+            "--json",
+        ],
+    );
     assert!(again.status.success());
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["already_complete"], true);
-    let strict = run(BIN, &[s(&zip), "--out", s(&out), "--size", "32", "--shard-rows", "7",
-                            "--row-group-rows", "3", "--max-pixels", "5000", "--quiet", "--strict"]);
+    let strict = run(
+        BIN,
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--shard-rows",
+            "7",
+            "--row-group-rows",
+            "3",
+            "--max-pixels",
+            "5000",
+            "--quiet",
+            "--strict",
+        ],
+    );
     assert_eq!(strict.status.code(), Some(1));
 }
 
@@ -174,10 +291,27 @@ fn footer_schema_and_encodings() {
     write_dir(&dir.path().join("src"), &entries);
     let out = dir.path().join("out");
     for encoding in ["raw", "jpeg"] {
-        let o = run(BIN, &[s(&dir.path().join("src")), "--out", s(&out), "--encoding", encoding,
-                           "--size", "8x6", "--row-group-rows", "4", "--force", "--quiet"]);
+        let o = run(
+            BIN,
+            &[
+                s(&dir.path().join("src")),
+                "--out",
+                s(&out),
+                "--encoding",
+                encoding,
+                "--size",
+                "8x6",
+                "--row-group-rows",
+                "4",
+                "--force",
+                "--quiet",
+            ],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let reader = SerializedFileReader::new(std::fs::File::open(out.join("train-00000.parquet")).unwrap()).unwrap();
+        let reader = SerializedFileReader::new(
+            std::fs::File::open(out.join("train-00000.parquet")).unwrap(),
+        )
+        .unwrap();
         let meta = reader.metadata();
         let kv: BTreeMap<String, String> = meta
             .file_metadata()
@@ -188,7 +322,10 @@ fn footer_schema_and_encodings() {
             .collect();
         assert_eq!(kv["ebv.format_version"], "1");
         assert_eq!(kv["ebv.encoding"], encoding);
-        assert_eq!((kv["ebv.width"].as_str(), kv["ebv.height"].as_str()), ("8", "6"));
+        assert_eq!(
+            (kv["ebv.width"].as_str(), kv["ebv.height"].as_str()),
+            ("8", "6")
+        );
         assert_eq!(kv["ebv.split"], "train");
         assert_eq!(kv["ebv.num_classes"], "2");
         assert_eq!(meta.num_row_groups(), 3, "10 rows in groups of 4");
@@ -197,13 +334,22 @@ fn footer_schema_and_encodings() {
         assert_eq!(names, ["label", "image", "key"]);
         for rg in meta.row_groups() {
             let image = rg.column(1);
-            assert_eq!(image.compression(), parquet::basic::Compression::UNCOMPRESSED);
+            assert_eq!(
+                image.compression(),
+                parquet::basic::Compression::UNCOMPRESSED
+            );
             let encodings: Vec<_> = image.encodings().collect();
-            assert!(encodings.contains(&parquet::basic::Encoding::PLAIN), "{encodings:?}");
+            assert!(
+                encodings.contains(&parquet::basic::Encoding::PLAIN),
+                "{encodings:?}"
+            );
             assert!(!encodings.contains(&parquet::basic::Encoding::RLE_DICTIONARY));
             assert!(!encodings.contains(&parquet::basic::Encoding::PLAIN_DICTIONARY));
             assert!(image.dictionary_page_offset().is_none());
-            assert!(image.statistics().is_none(), "no statistics on the image column");
+            assert!(
+                image.statistics().is_none(),
+                "no statistics on the image column"
+            );
         }
         let rows = read_shard(&out.join("train-00000.parquet"));
         assert_eq!(rows.len(), 10);
@@ -223,24 +369,54 @@ fn raw_pixels_match_an_independent_resize() {
         let (w, h) = [(40, 30), (17, 23), (64, 48)][i as usize % 3];
         let key = format!("train/k{}/img{i}.png", i % 2);
         entries.push((key.clone(), png_rgb(w, h, i)));
-        expected.insert(key, reference_resize(&pattern(w, h, i), w as usize, h as usize, 32, 24));
+        expected.insert(
+            key,
+            reference_resize(&pattern(w, h, i), w as usize, h as usize, 32, 24),
+        );
     }
     // An image already of the target size is stored exactly.
     entries.push(("train/k0/exact.png".into(), png_rgb(32, 24, 77)));
     expected.insert("train/k0/exact.png".into(), pattern(32, 24, 77));
     write_dir(&src, &entries);
     let out = dir.path().join("out");
-    let o = run(BIN, &[s(&src), "--out", s(&out), "--encoding", "raw", "--size", "32x24", "--quiet"]);
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            "32x24",
+            "--quiet",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows = read_split(&out, "train");
     assert_eq!(rows.len(), 7);
     for row in rows {
         let want = &expected[&row.key];
         assert_eq!(row.image.len(), want.len());
-        let max = row.image.iter().zip(want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
-        let mean = row.image.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>()
+        let max = row
+            .image
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        let mean = row
+            .image
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
             / want.len() as f64;
-        assert!(max <= 2 && mean < 0.6, "{}: max diff {max}, mean {mean}", row.key);
+        assert!(
+            max <= 2 && mean < 0.6,
+            "{}: max diff {max}, mean {mean}",
+            row.key
+        );
         if row.key.ends_with("exact.png") {
             assert_eq!(&row.image, want);
         }
@@ -256,8 +432,23 @@ fn output_is_identical_whatever_the_thread_count() {
     let mut outputs = Vec::new();
     for threads in ["1", "2", "3"] {
         let out = dir.path().join(format!("out{threads}"));
-        let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "24", "--shard-rows", "5",
-                           "--threads", threads, "--quiet", "--seed", "9"]);
+        let o = run(
+            BIN,
+            &[
+                s(&zip),
+                "--out",
+                s(&out),
+                "--size",
+                "24",
+                "--shard-rows",
+                "5",
+                "--threads",
+                threads,
+                "--quiet",
+                "--seed",
+                "9",
+            ],
+        );
         assert!(o.status.success());
         let mut files = BTreeMap::new();
         for e in std::fs::read_dir(&out).unwrap() {
@@ -271,9 +462,29 @@ fn output_is_identical_whatever_the_thread_count() {
     assert_eq!(outputs[0], outputs[2]);
     // Another seed gives another order.
     let out = dir.path().join("other-seed");
-    run(BIN, &[s(&zip), "--out", s(&out), "--size", "24", "--shard-rows", "5", "--quiet", "--seed", "10"]);
-    let a: Vec<String> = read_split(&dir.path().join("out1"), "train").into_iter().map(|r| r.key).collect();
-    let b: Vec<String> = read_split(&out, "train").into_iter().map(|r| r.key).collect();
+    run(
+        BIN,
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "24",
+            "--shard-rows",
+            "5",
+            "--quiet",
+            "--seed",
+            "10",
+        ],
+    );
+    let a: Vec<String> = read_split(&dir.path().join("out1"), "train")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    let b: Vec<String> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
     assert_ne!(a, b);
     let (mut a2, mut b2) = (a.clone(), b.clone());
     a2.sort();
@@ -289,7 +500,17 @@ fn killed_run_resumes_to_the_same_output() {
         .map(|i| (format!("train/c{}/{i}.jpg", i % 10), jpeg_rgb(64, 48, i)))
         .collect();
     write_dir(&src, &entries);
-    let common = ["--encoding", "raw", "--size", "40", "--shard-rows", "50", "--threads", "1", "--quiet"];
+    let common = [
+        "--encoding",
+        "raw",
+        "--size",
+        "40",
+        "--shard-rows",
+        "50",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
     let reference = dir.path().join("reference");
     let mut args = vec![s(&src), "--out", s(&reference)];
     args.extend(common);
@@ -326,16 +547,26 @@ fn killed_run_resumes_to_the_same_output() {
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     if interrupted {
         assert!(summary["shards_reused"].as_u64().unwrap() >= 1, "{summary}");
-        assert!(summary["shards_written"].as_u64().unwrap() >= 1, "{summary}");
+        assert!(
+            summary["shards_written"].as_u64().unwrap() >= 1,
+            "{summary}"
+        );
     } else {
         eprintln!("note: the run finished before it could be killed");
     }
     for e in std::fs::read_dir(&reference).unwrap() {
         let e = e.unwrap();
         let other = std::fs::read(out.join(e.file_name())).unwrap();
-        assert!(std::fs::read(e.path()).unwrap() == other, "{:?} differs", e.file_name());
+        assert!(
+            std::fs::read(e.path()).unwrap() == other,
+            "{:?} differs",
+            e.file_name()
+        );
     }
-    assert!(!state.exists(), "resume state is removed once the manifest is written");
+    assert!(
+        !state.exists(),
+        "resume state is removed once the manifest is written"
+    );
 }
 
 #[test]
@@ -350,32 +581,73 @@ fn list_file_layout() {
     csv.push_str("missing.jpg,2\n");
     entries.push(("set/images/stray.jpg".into(), jpeg_rgb(16, 16, 99)));
     entries.push(("set/train.csv".into(), csv.into_bytes()));
-    entries.push(("set/val.txt".into(), b"images/im0.jpg 10\nimages/im4.jpg 2\n".to_vec()));
+    entries.push((
+        "set/val.txt".into(),
+        b"images/im0.jpg 10\nimages/im4.jpg 2\n".to_vec(),
+    ));
     let zip = dir.path().join("lists.zip");
     write_zip(&zip, &entries);
     let out = dir.path().join("out");
-    let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16", "--quiet", "--json"]);
+    let o = run(
+        BIN,
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "16",
+            "--quiet",
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["layout"], "list-files");
     // Numeric labels sort numerically: 0, 2, 10 → 0, 1, 2.
-    assert_eq!(std::fs::read_to_string(out.join("classes.tsv")).unwrap(), "0\t0\n1\t2\n2\t10\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.tsv")).unwrap(),
+        "0\t0\n1\t2\n2\t10\n"
+    );
     let train = read_split(&out, "train");
     assert_eq!(train.len(), 9);
     for r in &train {
-        let i: u32 = r.key.trim_start_matches("set/images/im").trim_end_matches(".jpg").parse().unwrap();
+        let i: u32 = r
+            .key
+            .trim_start_matches("set/images/im")
+            .trim_end_matches(".jpg")
+            .parse()
+            .unwrap();
         assert_eq!(r.label, i % 3, "{}", r.key);
     }
     let val = read_split(&out, "val");
     let mut val: Vec<(String, u32)> = val.into_iter().map(|r| (r.key, r.label)).collect();
     val.sort();
-    assert_eq!(val, vec![("set/images/im0.jpg".into(), 2), ("set/images/im4.jpg".into(), 1)]);
+    assert_eq!(
+        val,
+        vec![
+            ("set/images/im0.jpg".into(), 2),
+            ("set/images/im4.jpg".into(), 1)
+        ]
+    );
     let m = manifest(&out);
-    let reasons: Vec<(String, String)> = m["rejected"].as_array().unwrap().iter()
-        .map(|r| (r["key"].as_str().unwrap().into(), r["reason"].as_str().unwrap().into())).collect();
+    let reasons: Vec<(String, String)> = m["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().into(),
+                r["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().any(|(k, r)| k == "missing.jpg" && r.contains("train.csv line 11")));
-    assert!(reasons.iter().any(|(k, r)| k == "set/images/stray.jpg" && r.contains("not listed")));
+    assert!(reasons
+        .iter()
+        .any(|(k, r)| k == "missing.jpg" && r.contains("train.csv line 11")));
+    assert!(reasons
+        .iter()
+        .any(|(k, r)| k == "set/images/stray.jpg" && r.contains("not listed")));
 }
 
 fn idx_bytes(magic: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -394,30 +666,80 @@ fn idx_layout_with_class_names() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("fmnist");
     let (n_train, n_val) = (12u32, 6u32);
-    let gray = |n: u32, off: u32| -> Vec<u8> { (0..n * 16).map(|i| ((i * 13 + off) % 256) as u8).collect() };
+    let gray = |n: u32, off: u32| -> Vec<u8> {
+        (0..n * 16).map(|i| ((i * 13 + off) % 256) as u8).collect()
+    };
     let train_px = gray(n_train, 0);
     let val_px = gray(n_val, 5);
-    write_dir(&src, &[
-        ("train-images-idx3-ubyte.gz".into(), idx_bytes(3, &[n_train, 4, 4], &train_px)),
-        ("train-labels-idx1-ubyte.gz".into(), idx_bytes(1, &[n_train], &(0..n_train).map(|i| (i % 3) as u8).collect::<Vec<_>>())),
-        ("t10k-images-idx3-ubyte.gz".into(), idx_bytes(3, &[n_val, 4, 4], &val_px)),
-        ("t10k-labels-idx1-ubyte.gz".into(), idx_bytes(1, &[n_val], &(0..n_val).map(|i| (i % 3) as u8).collect::<Vec<_>>())),
-    ]);
+    write_dir(
+        &src,
+        &[
+            (
+                "train-images-idx3-ubyte.gz".into(),
+                idx_bytes(3, &[n_train, 4, 4], &train_px),
+            ),
+            (
+                "train-labels-idx1-ubyte.gz".into(),
+                idx_bytes(
+                    1,
+                    &[n_train],
+                    &(0..n_train).map(|i| (i % 3) as u8).collect::<Vec<_>>(),
+                ),
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz".into(),
+                idx_bytes(3, &[n_val, 4, 4], &val_px),
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz".into(),
+                idx_bytes(
+                    1,
+                    &[n_val],
+                    &(0..n_val).map(|i| (i % 3) as u8).collect::<Vec<_>>(),
+                ),
+            ),
+        ],
+    );
     let names = dir.path().join("names.txt");
     std::fs::write(&names, "T-shirt\nTrouser\nPullover\n").unwrap();
     let out = dir.path().join("out");
-    let o = run(BIN, &[s(&src), "--out", s(&out), "--encoding", "raw", "--size", "8",
-                       "--class-names", s(&names), "--quiet"]);
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            "8",
+            "--class-names",
+            s(&names),
+            "--quiet",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(std::fs::read_to_string(out.join("classes.tsv")).unwrap(), "0\tT-shirt\n1\tTrouser\n2\tPullover\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.tsv")).unwrap(),
+        "0\tT-shirt\n1\tTrouser\n2\tPullover\n"
+    );
     let train = read_split(&out, "train");
     assert_eq!(train.len(), 12);
     for r in &train {
         let idx: usize = r.key.rsplit('#').next().unwrap().parse().unwrap();
         assert_eq!(r.label, (idx % 3) as u32);
-        let rgb: Vec<u8> = train_px[idx * 16..(idx + 1) * 16].iter().flat_map(|&g| [g, g, g]).collect();
+        let rgb: Vec<u8> = train_px[idx * 16..(idx + 1) * 16]
+            .iter()
+            .flat_map(|&g| [g, g, g])
+            .collect();
         let want = reference_resize(&rgb, 4, 4, 8, 8);
-        let max = r.image.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+        let max = r
+            .image
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
         assert!(max <= 2, "{}: max diff {max}", r.key);
     }
     assert_eq!(read_split(&out, "val").len(), 6);
@@ -431,14 +753,30 @@ fn clear_errors_with_exit_code_2() {
 
     // Nothing recognisable.
     let src = dir.path().join("flat");
-    write_dir(&src, &[("a.jpg".into(), jpeg_rgb(8, 8, 1)), ("b.jpg".into(), jpeg_rgb(8, 8, 2))]);
+    write_dir(
+        &src,
+        &[
+            ("a.jpg".into(), jpeg_rgb(8, 8, 1)),
+            ("b.jpg".into(), jpeg_rgb(8, 8, 2)),
+        ],
+    );
     let o = run(BIN, &[s(&src), "--out", s(&out), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("Tried") && stderr(&o).contains("class folders"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Tried") && stderr(&o).contains("class folders"),
+        "{}",
+        stderr(&o)
+    );
 
     // A validation class that training lacks.
     let src = dir.path().join("unknown-val");
-    write_dir(&src, &[("train/a/1.jpg".into(), jpeg_rgb(8, 8, 1)), ("val/zebra/2.jpg".into(), jpeg_rgb(8, 8, 2))]);
+    write_dir(
+        &src,
+        &[
+            ("train/a/1.jpg".into(), jpeg_rgb(8, 8, 1)),
+            ("val/zebra/2.jpg".into(), jpeg_rgb(8, 8, 2)),
+        ],
+    );
     let o = run(BIN, &[s(&src), "--out", s(&out), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("'zebra'"), "{}", stderr(&o));
@@ -450,26 +788,78 @@ fn clear_errors_with_exit_code_2() {
     std::fs::write(&zip, &bytes[..bytes.len() - 30]).unwrap();
     let o = run(BIN, &[s(&zip), "--out", s(&out), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("cut.zip") && stderr(&o).contains("unreadable archive"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cut.zip") && stderr(&o).contains("unreadable archive"),
+        "{}",
+        stderr(&o)
+    );
 
     // Output that cannot fit: raw 8192x8192 for 5000 tiny IDX images (~1 TB).
     let src = dir.path().join("bigidx");
-    write_dir(&src, &[
-        ("train-images-idx3-ubyte.gz".into(), idx_bytes(3, &[5000, 1, 1], &vec![7u8; 5000])),
-        ("train-labels-idx1-ubyte.gz".into(), idx_bytes(1, &[5000], &vec![0u8; 5000])),
-    ]);
-    let o = run(BIN, &[s(&src), "--out", s(&out), "--encoding", "raw", "--size", "8192", "--quiet"]);
+    write_dir(
+        &src,
+        &[
+            (
+                "train-images-idx3-ubyte.gz".into(),
+                idx_bytes(3, &[5000, 1, 1], &vec![7u8; 5000]),
+            ),
+            (
+                "train-labels-idx1-ubyte.gz".into(),
+                idx_bytes(1, &[5000], &vec![0u8; 5000]),
+            ),
+        ],
+    );
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            "8192",
+            "--quiet",
+        ],
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--encoding jpeg") && stderr(&o).contains("free"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--encoding jpeg") && stderr(&o).contains("free"),
+        "{}",
+        stderr(&o)
+    );
 
     // A different pack already in --out.
     let src = dir.path().join("ok");
-    write_dir(&src, &[("train/a/1.jpg".into(), jpeg_rgb(8, 8, 1)), ("train/b/2.jpg".into(), jpeg_rgb(8, 8, 2))]);
-    assert!(run(BIN, &[s(&src), "--out", s(&out), "--size", "8", "--quiet"]).status.success());
+    write_dir(
+        &src,
+        &[
+            ("train/a/1.jpg".into(), jpeg_rgb(8, 8, 1)),
+            ("train/b/2.jpg".into(), jpeg_rgb(8, 8, 2)),
+        ],
+    );
+    assert!(
+        run(BIN, &[s(&src), "--out", s(&out), "--size", "8", "--quiet"])
+            .status
+            .success()
+    );
     let o = run(BIN, &[s(&src), "--out", s(&out), "--size", "16", "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    assert!(run(BIN, &[s(&src), "--out", s(&out), "--size", "16", "--quiet", "--force"]).status.success());
+    assert!(run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            "16",
+            "--quiet",
+            "--force"
+        ]
+    )
+    .status
+    .success());
 
     // A bad flag value names the flag.
     let o = run(BIN, &[s(&src), "--out", s(&out), "--encoding", "png"]);

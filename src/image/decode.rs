@@ -29,10 +29,7 @@ pub enum ImageError {
     #[error("image of {width}x{height} exceeds the pixel limit of {limit}")]
     TooLarge { width: u32, height: u32, limit: u64 },
     #[error("corrupt {format}: {detail}")]
-    Corrupt {
-        format: ImageFormat,
-        detail: String,
-    },
+    Corrupt { format: ImageFormat, detail: String },
 }
 
 /// Limits applied while decoding untrusted files.
@@ -143,7 +140,9 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageErr
         .and_then(|exif| Orientation::from_exif_chunk(exif))
         .unwrap_or(Orientation::NoTransforms);
     let mut data = vec![0u8; width as usize * height as usize * 3];
-    decoder.decode_into(&mut data).map_err(|e| corrupt(fmt, e))?;
+    decoder
+        .decode_into(&mut data)
+        .map_err(|e| corrupt(fmt, e))?;
     let image = Rgb8Image {
         width,
         height,
@@ -163,9 +162,7 @@ fn decode_other(
     let mut decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, limits)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, e))?;
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();

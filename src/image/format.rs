@@ -66,11 +66,23 @@ mod tests {
 
     #[test]
     fn recognises_magic_bytes() {
-        assert_eq!(sniff_format(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
-        assert_eq!(sniff_format(b"\x89PNG\r\n\x1a\nxxxx"), Some(ImageFormat::Png));
-        assert_eq!(sniff_format(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::Webp));
+        assert_eq!(
+            sniff_format(&[0xFF, 0xD8, 0xFF, 0xE0]),
+            Some(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            sniff_format(b"\x89PNG\r\n\x1a\nxxxx"),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(
+            sniff_format(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some(ImageFormat::Webp)
+        );
         assert_eq!(sniff_format(b"GIF89a...."), Some(ImageFormat::Gif));
-        assert_eq!(sniff_format(b"II*\0rest"), Some(ImageFormat::Unsupported("tiff")));
+        assert_eq!(
+            sniff_format(b"II*\0rest"),
+            Some(ImageFormat::Unsupported("tiff"))
+        );
         assert_eq!(sniff_format(b"hello world, not an image"), None);
         assert_eq!(sniff_format(b""), None);
     }

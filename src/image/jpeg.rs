@@ -128,12 +128,7 @@ pub(crate) fn ends_with_eoi(bytes: &[u8]) -> bool {
 
 /// Encode tightly packed RGB8 pixels as a baseline JPEG (4:2:0, like
 /// libjpeg's and Pillow's defaults) at `quality` (1–100).
-pub fn encode_jpeg(
-    rgb: &[u8],
-    width: u32,
-    height: u32,
-    quality: u8,
-) -> Result<Vec<u8>, String> {
+pub fn encode_jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u8>, String> {
     let (w, h) = match (u16::try_from(width), u16::try_from(height)) {
         (Ok(w), Ok(h)) => (w, h),
         _ => return Err(format!("{width}x{height} is too large for JPEG")),
@@ -164,7 +159,10 @@ mod tests {
     fn header_of_an_encoded_jpeg() {
         let bytes = encode_jpeg(&gradient(40, 24), 40, 24, 90).unwrap();
         let h = JpegHeader::parse(&bytes).unwrap();
-        assert_eq!((h.width, h.height, h.components, h.precision), (40, 24, 3, 8));
+        assert_eq!(
+            (h.width, h.height, h.components, h.precision),
+            (40, 24, 3, 8)
+        );
         assert!(h.has_scan && h.complete && !h.progressive);
         assert!(h.is_passthrough(40, 24));
         assert!(!h.is_passthrough(24, 40));

@@ -14,3 +14,6 @@ pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image}
 pub use format::{sniff_format, ImageFormat};
 pub use jpeg::{encode_jpeg, JpegHeader};
 pub use resize::{ResizeMode, Resizer};
+
+mod into;
+pub use into::decode_rgb8_into;

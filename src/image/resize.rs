@@ -25,7 +25,9 @@ impl std::str::FromStr for ResizeMode {
         match s {
             "stretch" => Ok(ResizeMode::Stretch),
             "crop" => Ok(ResizeMode::Crop),
-            other => Err(format!("unknown resize mode '{other}' (expected stretch or crop)")),
+            other => Err(format!(
+                "unknown resize mode '{other}' (expected stretch or crop)"
+            )),
         }
     }
 }
@@ -61,13 +63,9 @@ impl Resizer {
             return Ok(());
         }
         dst.resize(width as usize * height as usize * 3, 0);
-        let src_view = fir::images::ImageRef::new(
-            src.width,
-            src.height,
-            &src.data,
-            fir::PixelType::U8x3,
-        )
-        .map_err(|e| e.to_string())?;
+        let src_view =
+            fir::images::ImageRef::new(src.width, src.height, &src.data, fir::PixelType::U8x3)
+                .map_err(|e| e.to_string())?;
         let mut dst_view =
             fir::images::Image::from_slice_u8(width, height, dst, fir::PixelType::U8x3)
                 .map_err(|e| e.to_string())?;
@@ -115,9 +113,18 @@ mod tests {
 
     #[test]
     fn crop_box_keeps_the_centre() {
-        assert_eq!(centre_crop_box(400, 200, 100, 100), (100.0, 0.0, 200.0, 200.0));
-        assert_eq!(centre_crop_box(200, 400, 100, 100), (0.0, 100.0, 200.0, 200.0));
-        assert_eq!(centre_crop_box(300, 300, 100, 100), (0.0, 0.0, 300.0, 300.0));
+        assert_eq!(
+            centre_crop_box(400, 200, 100, 100),
+            (100.0, 0.0, 200.0, 200.0)
+        );
+        assert_eq!(
+            centre_crop_box(200, 400, 100, 100),
+            (0.0, 100.0, 200.0, 200.0)
+        );
+        assert_eq!(
+            centre_crop_box(300, 300, 100, 100),
+            (0.0, 0.0, 300.0, 300.0)
+        );
     }
 
     #[test]

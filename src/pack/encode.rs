@@ -29,7 +29,9 @@ impl std::str::FromStr for Verify {
         match s {
             "header" => Ok(Verify::Header),
             "decode" => Ok(Verify::Decode),
-            other => Err(format!("unknown verify mode '{other}' (expected header or decode)")),
+            other => Err(format!(
+                "unknown verify mode '{other}' (expected header or decode)"
+            )),
         }
     }
 }
@@ -77,7 +79,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig) -> Result<Encoded, String
     }
     let image = decode_rgb8(&bytes, cfg.limits).map_err(|e| e.to_string())?;
     drop(bytes);
-    convert(&image, cfg).map(Encoded::Converted)
+    convert(image, cfg).map(Encoded::Converted)
 }
 
 /// Encode raw pixels (from IDX files): 1 or 3 channels.
@@ -94,15 +96,19 @@ pub fn encode_pixels(
         Rgb8Image::new(width, height, pixels.to_vec())
             .ok_or_else(|| "pixel buffer does not match its size".to_string())?
     };
-    convert(&image, cfg).map(Encoded::Converted)
+    convert(image, cfg).map(Encoded::Converted)
 }
 
-fn convert(image: &Rgb8Image, cfg: &EncodeConfig) -> Result<Vec<u8>, String> {
-    let pixels = RESIZER.with(|r| {
-        r.borrow_mut()
-            .resize(image, cfg.width, cfg.height, cfg.resize)
-            .map_err(|e| format!("resize failed: {e}"))
-    })?;
+fn convert(image: Rgb8Image, cfg: &EncodeConfig) -> Result<Vec<u8>, String> {
+    let pixels = if image.width == cfg.width && image.height == cfg.height {
+        image
+    } else {
+        RESIZER.with(|r| {
+            r.borrow_mut()
+                .resize(&image, cfg.width, cfg.height, cfg.resize)
+                .map_err(|e| format!("resize failed: {e}"))
+        })?
+    };
     match cfg.encoding {
         Encoding::Raw => Ok(pixels.data),
         Encoding::Jpeg => encode_jpeg(&pixels.data, cfg.width, cfg.height, cfg.quality)

@@ -25,7 +25,10 @@ fn header(bytes: &[u8]) -> Result<(u8, Vec<usize>, usize), String> {
         return Err("not an IDX file (bad magic)".into());
     }
     if bytes[2] != 0x08 {
-        return Err(format!("IDX element type 0x{:02x} is not unsigned byte", bytes[2]));
+        return Err(format!(
+            "IDX element type 0x{:02x} is not unsigned byte",
+            bytes[2]
+        ));
     }
     let ndim = bytes[3] as usize;
     let start = 4 + 4 * ndim;
@@ -55,7 +58,11 @@ pub fn parse_idx_images(bytes: Vec<u8>) -> Result<IdxImages, String> {
     let channels = match (ndim, dims.get(3)) {
         (3, _) => 1,
         (4, Some(3)) => 3,
-        _ => return Err(format!("IDX images must be [n, h, w] or [n, h, w, 3], found {dims:?}")),
+        _ => {
+            return Err(format!(
+                "IDX images must be [n, h, w] or [n, h, w, 3], found {dims:?}"
+            ))
+        }
     };
     let len = dims.iter().product::<usize>();
     let mut data = bytes;
@@ -74,7 +81,9 @@ pub fn parse_idx_images(bytes: Vec<u8>) -> Result<IdxImages, String> {
 pub fn parse_idx_labels(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let (ndim, dims, start) = header(bytes)?;
     if ndim != 1 {
-        return Err(format!("IDX labels must be one-dimensional, found {dims:?}"));
+        return Err(format!(
+            "IDX labels must be one-dimensional, found {dims:?}"
+        ));
     }
     Ok(bytes[start..start + dims[0]].to_vec())
 }
@@ -88,7 +97,10 @@ mod tests {
         let mut img = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
         img.extend(0u8..12);
         let parsed = parse_idx_images(img).unwrap();
-        assert_eq!((parsed.count, parsed.height, parsed.width, parsed.channels), (2, 2, 3, 1));
+        assert_eq!(
+            (parsed.count, parsed.height, parsed.width, parsed.channels),
+            (2, 2, 3, 1)
+        );
         assert_eq!(parsed.image(1).unwrap(), &[6, 7, 8, 9, 10, 11]);
         assert!(parsed.image(2).is_none());
         let labels = parse_idx_labels(&[0, 0, 8, 1, 0, 0, 0, 3, 5, 6, 7]).unwrap();

@@ -113,7 +113,10 @@ pub fn plan(
         Some(k) => k,
         None if found_idx.is_some() => LayoutKind::Idx,
         None if found_lists.contains_key(&Split::Train) => LayoutKind::ListFiles,
-        None if usable.iter().any(|&i| class_folder(&entries[i].name).is_some()) => {
+        None if usable
+            .iter()
+            .any(|&i| class_folder(&entries[i].name).is_some()) =>
+        {
             LayoutKind::ClassFolders
         }
         None => return Err(no_layout(source, &usable)),
@@ -167,7 +170,11 @@ fn no_layout(source: &Source, usable: &[usize]) -> PackError {
          (train/<class>/<file> and val/<class>/<file>). Use --layout to force one.",
         source.info().name,
         usable.len(),
-        if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+        if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(", ")
+        }
     ))
 }
 
@@ -325,7 +332,11 @@ fn parse_list(text: &str, file: &str) -> Result<Vec<(usize, String, String)>, Pa
         if n == 0 && (label.eq_ignore_ascii_case("label") || label.eq_ignore_ascii_case("class")) {
             continue; // header row
         }
-        rows.push((n + 1, image.trim_matches('"').to_string(), label.trim_matches('"').to_string()));
+        rows.push((
+            n + 1,
+            image.trim_matches('"').to_string(),
+            label.trim_matches('"').to_string(),
+        ));
     }
     Ok(rows)
 }
@@ -337,24 +348,40 @@ fn list_plan(
 ) -> Result<Plan, PackError> {
     let entries = source.entries();
     let list_entries: BTreeSet<usize> = lists.values().copied().collect();
-    let by_name: HashMap<&str, usize> = usable.iter().map(|&i| (entries[i].name.as_str(), i)).collect();
+    let by_name: HashMap<&str, usize> = usable
+        .iter()
+        .map(|&i| (entries[i].name.as_str(), i))
+        .collect();
     let mut by_base: HashMap<&str, Option<usize>> = HashMap::new();
     let mut by_stem: HashMap<&str, Option<usize>> = HashMap::new();
     for &i in usable {
         let base = basename(&entries[i].name);
         let stem = base.rsplit_once('.').map_or(base, |(s, _)| s);
         // `None` marks an ambiguous name, resolvable only by its full path.
-        by_base.entry(base).and_modify(|v| *v = None).or_insert(Some(i));
-        by_stem.entry(stem).and_modify(|v| *v = None).or_insert(Some(i));
+        by_base
+            .entry(base)
+            .and_modify(|v| *v = None)
+            .or_insert(Some(i));
+        by_stem
+            .entry(stem)
+            .and_modify(|v| *v = None)
+            .or_insert(Some(i));
     }
     let mut rows_by_split = Vec::new();
     for (&split, &li) in lists {
         let list = &entries[li];
-        let bytes = source.read(list).map_err(|e| PackError::Layout(format!("{}: {e}", list.name)))?;
+        let bytes = source
+            .read(list)
+            .map_err(|e| PackError::Layout(format!("{}: {e}", list.name)))?;
         let text = String::from_utf8(bytes)
             .map_err(|_| PackError::Layout(format!("{}: not UTF-8 text", list.name)))?;
         let dir = list.name.rsplit_once('/').map_or("", |(d, _)| d);
-        rows_by_split.push((split, list.name.clone(), dir.to_string(), parse_list(&text, &list.name)?));
+        rows_by_split.push((
+            split,
+            list.name.clone(),
+            dir.to_string(),
+            parse_list(&text, &list.name)?,
+        ));
     }
     let train_labels = rows_by_split
         .iter()
@@ -367,7 +394,13 @@ fn list_plan(
     let mut used = BTreeSet::new();
     for (split, list_name, dir, rows) in &rows_by_split {
         for (line, image, label) in rows {
-            let join = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { format!("{a}/{b}") };
+            let join = |a: &str, b: &str| {
+                if a.is_empty() {
+                    b.to_string()
+                } else {
+                    format!("{a}/{b}")
+                }
+            };
             let candidates = [
                 join(dir, image),
                 join(&join(dir, split.as_str()), image),
@@ -379,7 +412,11 @@ fn list_plan(
                 .or_else(|| by_base.get(basename(image)).copied().flatten())
                 .or_else(|| by_stem.get(basename(image)).copied().flatten());
             let Some(i) = found else {
-                rejected.push(reject(image, Some(*split), format!("listed in {list_name} line {line} but not found in the source")));
+                rejected.push(reject(
+                    image,
+                    Some(*split),
+                    format!("listed in {list_name} line {line} but not found in the source"),
+                ));
                 continue;
             };
             let label = *index.get(label.as_str()).ok_or_else(|| {
@@ -398,7 +435,11 @@ fn list_plan(
     }
     for &i in usable {
         if !used.contains(&i) && !list_entries.contains(&i) {
-            rejected.push(reject(&entries[i].name, None, "not listed in any list file"));
+            rejected.push(reject(
+                &entries[i].name,
+                None,
+                "not listed in any list file",
+            ));
         }
     }
     Ok(Plan {
@@ -418,7 +459,11 @@ fn idx_role(base: &str) -> Option<(Split, bool)> {
     let b = base.strip_suffix(".gz").unwrap_or(base);
     let (split, rest) = if let Some(r) = b.strip_prefix("train-") {
         (Split::Train, r)
-    } else if let Some(r) = b.strip_prefix("t10k-").or_else(|| b.strip_prefix("test-")).or_else(|| b.strip_prefix("val-")) {
+    } else if let Some(r) = b
+        .strip_prefix("t10k-")
+        .or_else(|| b.strip_prefix("test-"))
+        .or_else(|| b.strip_prefix("val-"))
+    {
         (Split::Val, r)
     } else {
         return None;
@@ -437,18 +482,26 @@ fn find_idx(entries: &[Entry], usable: &[usize]) -> Option<IdxFiles> {
     let mut labels = BTreeMap::new();
     for &i in usable {
         if let Some((split, is_images)) = idx_role(basename(&entries[i].name)) {
-            if is_images { images.insert(split, i); } else { labels.insert(split, i); }
+            if is_images {
+                images.insert(split, i);
+            } else {
+                labels.insert(split, i);
+            }
         }
     }
     let sets: Vec<_> = images
         .iter()
         .filter_map(|(s, &im)| labels.get(s).map(|&lb| (*s, im, lb)))
         .collect();
-    sets.iter().any(|(s, ..)| *s == Split::Train).then_some(IdxFiles { sets })
+    sets.iter()
+        .any(|(s, ..)| *s == Split::Train)
+        .then_some(IdxFiles { sets })
 }
 
 fn read_maybe_gz(source: &Source, entry: &Entry) -> Result<Vec<u8>, PackError> {
-    let raw = source.read(entry).map_err(|e| PackError::Layout(format!("{}: {e}", entry.name)))?;
+    let raw = source
+        .read(entry)
+        .map_err(|e| PackError::Layout(format!("{}: {e}", entry.name)))?;
     if entry.name.ends_with(".gz") || raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(raw.as_slice())
@@ -482,7 +535,10 @@ fn idx_plan(
         if labels.len() != images.count {
             return Err(PackError::Layout(format!(
                 "{} holds {} images but {} holds {} labels",
-                entries[im].name, images.count, entries[lb].name, labels.len()
+                entries[im].name,
+                images.count,
+                entries[lb].name,
+                labels.len()
             )));
         }
         let set = idx_sets.len();
@@ -526,7 +582,13 @@ fn idx_plan(
     let rejected = usable
         .iter()
         .filter(|i| !used.contains(i))
-        .map(|&i| reject(&entries[i].name, None, "not part of the layout (IDX source)"))
+        .map(|&i| {
+            reject(
+                &entries[i].name,
+                None,
+                "not part of the layout (IDX source)",
+            )
+        })
         .collect();
     Ok(Plan {
         layout: LayoutKind::Idx,
@@ -544,7 +606,10 @@ mod tests {
     #[test]
     fn class_folder_paths() {
         assert_eq!(class_folder("train/cat/1.jpg"), Some((Split::Train, "cat")));
-        assert_eq!(class_folder("top/deeper/val/dog/2.png"), Some((Split::Val, "dog")));
+        assert_eq!(
+            class_folder("top/deeper/val/dog/2.png"),
+            Some((Split::Val, "dog"))
+        );
         assert_eq!(class_folder("README.txt"), None);
         assert_eq!(class_folder("train/1.jpg"), None);
         assert_eq!(class_folder("other/cat/1.jpg"), None);
@@ -556,7 +621,13 @@ mod tests {
         assert_eq!(list_split("val_list.txt"), Some(Split::Val));
         assert_eq!(list_split("notes.txt"), None);
         let rows = parse_list("image_id,label\na.jpg,3\nb.jpg, 1\n", "train.csv").unwrap();
-        assert_eq!(rows, vec![(2, "a.jpg".into(), "3".into()), (3, "b.jpg".into(), "1".into())]);
+        assert_eq!(
+            rows,
+            vec![
+                (2, "a.jpg".into(), "3".into()),
+                (3, "b.jpg".into(), "1".into())
+            ]
+        );
         let rows = parse_list("x/a.jpg 7\n\n# c\n", "train.txt").unwrap();
         assert_eq!(rows, vec![(1, "x/a.jpg".into(), "7".into())]);
         assert!(parse_list("lonely\n", "train.txt").is_err());

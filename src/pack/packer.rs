@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -25,9 +24,8 @@ use super::source::Source;
 use super::PackError;
 use crate::image::{DecodeLimits, ResizeMode};
 use crate::shard::{
-    shard_file_name, write_atomic, write_classes_tsv, Encoding, Manifest, RejectedEntry,
-    ShardMeta, ShardRecord, ShardWriter, Split, SplitTotals, CLASSES_FILE, FORMAT_VERSION,
-    MANIFEST_FILE,
+    shard_file_name, sync_files, write_classes_tsv, write_replace, Encoding, Manifest, RejectedEntry, ShardMeta,
+    ShardRecord, ShardWriter, Split, SplitTotals, CLASSES_FILE, FORMAT_VERSION, MANIFEST_FILE,
 };
 
 const STATE_DIR: &str = ".ebv-pack";
@@ -82,21 +80,32 @@ impl PackOptions {
     }
 }
 
-/// Default rows per shard: about 200 MB of 224×224 images per file.
-pub fn default_shard_rows(encoding: Encoding) -> usize {
+/// Bytes one stored image takes, for sizing row groups and shards: exact
+/// for raw pixels, ~1/8 of that for JPEG (18.7 KB measured for 224×224
+/// photo-like images at q90).
+fn bytes_per_image(encoding: Encoding, height: u32, width: u32) -> usize {
+    let raw = height as usize * width as usize * 3;
     match encoding {
-        Encoding::Jpeg => 10_000,
-        Encoding::Raw => 1_280,
+        Encoding::Raw => raw,
+        Encoding::Jpeg => (raw / 8).max(1024),
     }
 }
 
-/// Default rows per row group: about 19 MB of 224×224 images per group
-/// (see BENCHMARKS.md for the measurement behind it).
-pub fn default_row_group_rows(encoding: Encoding) -> usize {
-    match encoding {
-        Encoding::Jpeg => 1_024,
-        Encoding::Raw => 128,
-    }
+/// Target bytes of a row group and of a shard (see BENCHMARKS.md for the
+/// measurement behind them).
+const ROW_GROUP_BYTES: usize = 16 << 20;
+const SHARD_BYTES: usize = 192 << 20;
+
+/// Default rows per row group: about 16 MiB of images (1,115 rows of
+/// 224×224 JPEG, 111 of raw).
+pub fn default_row_group_rows(encoding: Encoding, height: u32, width: u32) -> usize {
+    (ROW_GROUP_BYTES / bytes_per_image(encoding, height, width)).clamp(1, 65_536)
+}
+
+/// Default rows per shard: a whole number of row groups, about 192 MiB.
+pub fn default_shard_rows(encoding: Encoding, height: u32, width: u32) -> usize {
+    let rg = default_row_group_rows(encoding, height, width);
+    (SHARD_BYTES / ROW_GROUP_BYTES) * rg
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -156,10 +165,12 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
             plan.layout
         )));
     }
-    let shard_rows = opts.shard_rows.unwrap_or(default_shard_rows(opts.encoding));
+    let shard_rows = opts
+        .shard_rows
+        .unwrap_or_else(|| default_shard_rows(opts.encoding, opts.height, opts.width));
     let row_group_rows = opts
         .row_group_rows
-        .unwrap_or(default_row_group_rows(opts.encoding))
+        .unwrap_or_else(|| default_row_group_rows(opts.encoding, opts.height, opts.width))
         .min(shard_rows);
     let cfg = EncodeConfig {
         encoding: opts.encoding,
@@ -197,7 +208,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     } else if manifest_path.exists() {
         let manifest = Manifest::load(&manifest_path)?;
         if manifest.plan == fingerprint && shards_intact(out, &manifest) {
-            return Ok(complete_summary(&manifest, plan.layout, start));
+            return Ok(complete_summary(out, &manifest, plan.layout, start));
         }
         return Err(PackError::Usage(format!(
             "{} already holds a different or damaged pack (manifest plan {}, this run {}); \
@@ -264,8 +275,16 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     for split in Split::ALL {
         let t = SplitTotals {
             shards: records.iter().filter(|r| r.split == split).count() as u64,
-            rows: records.iter().filter(|r| r.split == split).map(|r| r.rows).sum(),
-            bytes: records.iter().filter(|r| r.split == split).map(|r| r.bytes).sum(),
+            rows: records
+                .iter()
+                .filter(|r| r.split == split)
+                .map(|r| r.rows)
+                .sum(),
+            bytes: records
+                .iter()
+                .filter(|r| r.split == split)
+                .map(|r| r.bytes)
+                .sum(),
             rejected: rejected.iter().filter(|r| r.split == Some(split)).count() as u64,
         };
         totals.insert(split, t);
@@ -283,6 +302,9 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         totals,
         rejected,
     };
+    // The manifest vouches for the shards: they reach the disk before it does.
+    let paths: Vec<PathBuf> = manifest.shards.iter().map(|r| out.join(&r.file)).collect();
+    sync_files(paths.iter().map(PathBuf::as_path))?;
     manifest.save(&manifest_path)?;
     std::fs::remove_dir_all(&state_dir).map_err(|e| PackError::io(&state_dir, e))?;
 
@@ -307,7 +329,10 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
 fn validate(opts: &PackOptions) -> Result<(), PackError> {
     let bad = |m: String| Err(PackError::Usage(m));
     if opts.height == 0 || opts.width == 0 || opts.height > 8192 || opts.width > 8192 {
-        return bad(format!("--size {}x{}: each side must be 1..=8192", opts.width, opts.height));
+        return bad(format!(
+            "--size {}x{}: each side must be 1..=8192",
+            opts.width, opts.height
+        ));
     }
     if !(1..=100).contains(&opts.quality) {
         return bad(format!("--quality {}: must be 1..=100", opts.quality));
@@ -378,6 +403,13 @@ fn fingerprint(
     hex::encode(h.finalize())
 }
 
+fn file_sha256(path: &Path) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).ok()?;
+    Some(hex::encode(h.finalize()))
+}
+
 fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
@@ -394,7 +426,11 @@ fn clear_output(out: &Path) -> Result<(), PackError> {
         let path = entry.path();
         if name == STATE_DIR {
             std::fs::remove_dir_all(&path).map_err(|e| PackError::io(&path, e))?;
-        } else if is_shard_name(&name) || name == MANIFEST_FILE || name == CLASSES_FILE || is_temp(&name) {
+        } else if is_shard_name(&name)
+            || name == MANIFEST_FILE
+            || name == CLASSES_FILE
+            || is_temp(&name)
+        {
             std::fs::remove_file(&path).map_err(|e| PackError::io(&path, e))?;
         }
     }
@@ -417,12 +453,18 @@ fn remove_stale_temps(out: &Path) -> Result<(), PackError> {
 }
 
 fn shards_intact(out: &Path, manifest: &Manifest) -> bool {
-    manifest.shards.iter().all(|r| {
-        std::fs::metadata(out.join(&r.file)).is_ok_and(|m| m.len() == r.bytes)
-    })
+    manifest
+        .shards
+        .iter()
+        .all(|r| std::fs::metadata(out.join(&r.file)).is_ok_and(|m| m.len() == r.bytes))
 }
 
-fn complete_summary(manifest: &Manifest, layout: LayoutKind, start: Instant) -> PackSummary {
+fn complete_summary(
+    out: &Path,
+    manifest: &Manifest,
+    layout: LayoutKind,
+    start: Instant,
+) -> PackSummary {
     let mut splits = BTreeMap::new();
     for (split, t) in &manifest.totals {
         splits.insert(
@@ -438,7 +480,7 @@ fn complete_summary(manifest: &Manifest, layout: LayoutKind, start: Instant) -> 
         );
     }
     PackSummary {
-        out: PathBuf::new(),
+        out: out.to_path_buf(),
         layout,
         num_classes: manifest.num_classes as usize,
         splits,
@@ -592,8 +634,12 @@ impl Context<'_> {
                     self.out.display()
                 )));
             }
+            // Shards are not synced one by one, so after a crash of the
+            // machine (not just of the process) a listed shard may hold
+            // garbage: keep it only when its bytes hash as recorded.
             let intact = std::fs::metadata(self.out.join(&name))
-                .is_ok_and(|m| m.len() == state.record.bytes);
+                .is_ok_and(|m| m.len() == state.record.bytes)
+                && file_sha256(&self.out.join(&name)).is_some_and(|h| h == state.record.sha256);
             if !intact {
                 break;
             }
@@ -619,7 +665,6 @@ impl Context<'_> {
         self.bar.inc(pos as u64);
         pos = pos.min(items.len());
         let meta = self.meta(split);
-        let passthrough = AtomicU64::new(0);
 
         std::thread::scope(|scope| -> Result<(), PackError> {
             let (tx, rx) = crossbeam_channel::bounded::<(usize, Vec<Outcome>)>(2);
@@ -627,9 +672,12 @@ impl Context<'_> {
                 let mut start = pos;
                 while start < items.len() {
                     let end = (start + self.chunk).min(items.len());
-                    let outs: Vec<Outcome> = self
-                        .pool
-                        .install(|| items[start..end].par_iter().map(|it| self.encode(it)).collect());
+                    let outs: Vec<Outcome> = self.pool.install(|| {
+                        items[start..end]
+                            .par_iter()
+                            .map(|it| self.encode(it))
+                            .collect()
+                    });
                     if tx.send((start, outs)).is_err() {
                         return; // the writer stopped on an error
                     }
@@ -672,15 +720,28 @@ impl Context<'_> {
                     w.push(item.label, &bytes, &item.key)?;
                     if w.rows() as usize >= self.shard_rows {
                         if let Some(w) = writer.take() {
-                            self.finish_shard(w, i + 1, &mut pending_rejects, &mut shard_passthrough, &mut done)?;
+                            self.finish_shard(
+                                split,
+                                w,
+                                i + 1,
+                                &mut pending_rejects,
+                                &mut shard_passthrough,
+                                &mut done,
+                            )?;
                         }
                     }
                 }
             }
             if let Some(w) = writer.take() {
-                self.finish_shard(w, items.len(), &mut pending_rejects, &mut shard_passthrough, &mut done)?;
+                self.finish_shard(
+                    split,
+                    w,
+                    items.len(),
+                    &mut pending_rejects,
+                    &mut shard_passthrough,
+                    &mut done,
+                )?;
             }
-            passthrough.fetch_add(shard_passthrough, Ordering::Relaxed);
             done.rejected.append(&mut pending_rejects);
             Ok(())
         })?;
@@ -689,6 +750,7 @@ impl Context<'_> {
 
     fn finish_shard(
         &self,
+        split: Split,
         writer: ShardWriter,
         next_input: usize,
         pending_rejects: &mut Vec<RejectedEntry>,
@@ -698,7 +760,7 @@ impl Context<'_> {
         let w = writer.finish()?;
         let record = ShardRecord {
             file: w.file.clone(),
-            split: done_split(&w.file),
+            split,
             rows: w.rows,
             row_groups: w.row_groups,
             bytes: w.bytes,
@@ -713,7 +775,7 @@ impl Context<'_> {
         };
         let path = self.state_dir.join(format!("{}.json", w.file));
         let json = serde_json::to_vec(&state).map_err(|e| PackError::Usage(e.to_string()))?;
-        write_atomic(&path, &json)?;
+        write_replace(&path, &json, false)?;
         done.records.push(record);
         done.rejected.extend(state.rejected);
         done.passthrough += state.passthrough;
@@ -722,17 +784,18 @@ impl Context<'_> {
     }
 }
 
-fn done_split(file: &str) -> Split {
-    if file.starts_with("val-") {
-        Split::Val
-    } else {
-        Split::Train
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_sizes_follow_image_bytes() {
+        assert_eq!(default_row_group_rows(Encoding::Raw, 224, 224), 111);
+        assert_eq!(default_row_group_rows(Encoding::Jpeg, 224, 224), 891);
+        assert_eq!(default_shard_rows(Encoding::Raw, 224, 224), 12 * 111);
+        assert_eq!(default_row_group_rows(Encoding::Raw, 32, 32), 5461);
+        assert_eq!(default_row_group_rows(Encoding::Jpeg, 8192, 8192), 1);
+    }
 
     #[test]
     fn reasons_group_by_kind() {
@@ -742,6 +805,9 @@ mod tests {
             reason_kind("listed in train.csv line 3 but not found in the source"),
             "listed but not found in the source"
         );
-        assert_eq!(reason_kind("not part of the layout (IDX source)"), "not part of the layout");
+        assert_eq!(
+            reason_kind("not part of the layout (IDX source)"),
+            "not part of the layout"
+        );
     }
 }

@@ -60,9 +60,10 @@ impl Source {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         if meta.is_dir() {
             let mut entries = Vec::new();
             walk(path, path, &mut entries)?;
@@ -85,18 +86,21 @@ impl Source {
         // SAFETY: the archive is only read; a file truncated underneath us
         // would fault, the same caveat every mmap reader carries.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| PackError::io(path, e))?;
-        let mut archive = ZipArchive::new(Cursor::new(SharedMmap(Arc::new(mmap)))).map_err(|e| {
-            PackError::Archive {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            }
-        })?;
+        let mut archive =
+            ZipArchive::new(Cursor::new(SharedMmap(Arc::new(mmap)))).map_err(|e| {
+                PackError::Archive {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
         let mut entries = Vec::with_capacity(archive.len());
         for index in 0..archive.len() {
-            let f = archive.by_index_raw(index).map_err(|e| PackError::Archive {
-                path: path.to_path_buf(),
-                detail: format!("entry {index}: {e}"),
-            })?;
+            let f = archive
+                .by_index_raw(index)
+                .map_err(|e| PackError::Archive {
+                    path: path.to_path_buf(),
+                    detail: format!("entry {index}: {e}"),
+                })?;
             if f.is_dir() {
                 continue;
             }
@@ -138,7 +142,10 @@ impl Source {
             return Err("unsafe path".into());
         }
         if entry.size > MAX_ENTRY_BYTES {
-            return Err(format!("entry of {} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit", entry.size));
+            return Err(format!(
+                "entry of {} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit",
+                entry.size
+            ));
         }
         let mut buf = Vec::with_capacity(entry.size as usize);
         match &self.kind {

@@ -28,7 +28,12 @@ pub fn pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
 pub fn jpeg_rgb(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let mut out = Vec::new();
     jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(&pattern(w, h, seed), w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+        .encode(
+            &pattern(w, h, seed),
+            w as u16,
+            h as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
         .unwrap();
     out
 }
@@ -68,7 +73,9 @@ pub fn png_rgb(w: u32, h: u32, seed: u32) -> Vec<u8> {
 
 pub fn png_gray(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let gray: Vec<u8> = pattern(w, h, seed).chunks(3).map(|p| p[1]).collect();
-    png(image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, gray).unwrap()))
+    png(image::DynamicImage::ImageLuma8(
+        image::GrayImage::from_raw(w, h, gray).unwrap(),
+    ))
 }
 
 pub fn png_rgba(w: u32, h: u32, seed: u32) -> Vec<u8> {
@@ -76,7 +83,9 @@ pub fn png_rgba(w: u32, h: u32, seed: u32) -> Vec<u8> {
         .chunks(3)
         .flat_map(|p| [p[0], p[1], p[2], 128])
         .collect();
-    png(image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, rgba).unwrap()))
+    png(image::DynamicImage::ImageRgba8(
+        image::RgbaImage::from_raw(w, h, rgba).unwrap(),
+    ))
 }
 
 /// Write a zip holding `entries` (deflated, like `zip -r`).
@@ -118,14 +127,25 @@ pub fn read_shard(path: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let labels = batch.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
-        let keys = batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        let labels = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .unwrap();
+        let keys = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         let images = batch.column(1);
         for i in 0..batch.num_rows() {
             let image = if let Some(b) = images.as_any().downcast_ref::<BinaryArray>() {
                 b.value(i).to_vec()
             } else {
-                let f = images.as_any().downcast_ref::<FixedSizeBinaryArray>().unwrap();
+                let f = images
+                    .as_any()
+                    .downcast_ref::<FixedSizeBinaryArray>()
+                    .unwrap();
                 f.value(i).to_vec()
             };
             rows.push(Row {
@@ -146,7 +166,10 @@ pub fn read_split(out: &Path, split: &str) -> Vec<Row> {
         .filter(|n| n.starts_with(&format!("{split}-")) && n.ends_with(".parquet"))
         .collect();
     names.sort();
-    names.iter().flat_map(|n| read_shard(&out.join(n))).collect()
+    names
+        .iter()
+        .flat_map(|n| read_shard(&out.join(n)))
+        .collect()
 }
 
 pub fn run(bin: &str, args: &[&str]) -> Output {
