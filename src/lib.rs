@@ -6,7 +6,10 @@
 //! The shard format knows nothing of training; `image` knows nothing of shards.
 
 pub mod basis;
+pub mod data;
 pub mod image;
+pub mod memory;
 pub mod pack;
 pub mod progress;
 pub mod shard;
+pub mod stats;

@@ -18,7 +18,10 @@ fn s(p: &Path) -> &str {
 
 /// The mixed fixture: 3 classes under a nested top folder, every image kind
 /// the packer must accept and every kind of bad entry it must reject.
-fn mixed_entries() -> (Vec<(String, Vec<u8>)>, BTreeMap<String, &'static str>) {
+/// Entries of a source: (name, bytes).
+type Entries = Vec<(String, Vec<u8>)>;
+
+fn mixed_entries() -> (Entries, BTreeMap<String, &'static str>) {
     let mut e = Vec::new();
     let mut bad = BTreeMap::new();
     let classes = ["cat", "dog", "fox"];
@@ -496,7 +499,7 @@ fn output_is_identical_whatever_the_thread_count() {
 fn killed_run_resumes_to_the_same_output() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    let entries: Vec<(String, Vec<u8>)> = (0..1500u32)
+    let entries: Entries = (0..1500u32)
         .map(|i| (format!("train/c{}/{i}.jpg", i % 10), jpeg_rgb(64, 48, i)))
         .collect();
     write_dir(&src, &entries);

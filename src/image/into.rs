@@ -43,7 +43,9 @@ pub fn decode_rgb8_into(
         .set_max_height(usize::MAX)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| corrupt(e.to_string()))?;
+    decoder
+        .decode_headers()
+        .map_err(|e| corrupt(e.to_string()))?;
     let (w, h) = decoder
         .dimensions()
         .ok_or_else(|| corrupt("no frame header".into()))?;

@@ -53,7 +53,10 @@ mod tests {
         let path = dir.path().join("classes.tsv");
         let names = vec!["cat".to_string(), "dog house".to_string()];
         write_classes_tsv(&path, &names).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0\tcat\n1\tdog house\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "0\tcat\n1\tdog house\n"
+        );
         assert_eq!(read_classes_tsv(&path).unwrap(), names);
         assert!(write_classes_tsv(&path, &["a\tb".to_string()]).is_err());
         std::fs::write(&path, "0\ta\n2\tb\n").unwrap();

@@ -40,6 +40,17 @@ pub struct RejectedEntry {
     pub reason: String,
 }
 
+/// Group a rejection reason by its kind ("corrupt jpeg", "empty file", …)
+/// so that details such as line numbers do not make every reason unique.
+/// `ebv-pack`'s summary and `ebv-stats` count by this.
+pub fn reason_kind(reason: &str) -> String {
+    if reason.starts_with("listed in ") {
+        return "listed but not found in the source".into();
+    }
+    let cut = reason.find([':', '(']).unwrap_or(reason.len());
+    reason[..cut].trim().to_string()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitTotals {
     pub shards: u64,
@@ -81,5 +92,28 @@ impl Manifest {
         })?;
         text.push(b'\n');
         write_atomic(path, &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_group_by_kind() {
+        assert_eq!(reason_kind("corrupt jpeg: bad huffman"), "corrupt jpeg");
+        assert_eq!(reason_kind("empty file"), "empty file");
+        assert_eq!(
+            reason_kind("listed in train.csv line 3 but not found in the source"),
+            "listed but not found in the source"
+        );
+        assert_eq!(
+            reason_kind("not part of the layout (IDX source)"),
+            "not part of the layout"
+        );
+        assert_eq!(
+            reason_kind("unsupported image format (tiff)"),
+            "unsupported image format"
+        );
     }
 }

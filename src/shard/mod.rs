@@ -9,19 +9,27 @@
 //! carries the format version, encoding, H, W, split and class count.
 //!
 //! Invariant: a file with a final shard name is complete. Shards are written
-//! under a temporary name, synced, then renamed.
+//! under a temporary name, then renamed; they are synced to disk before the
+//! manifest that lists them is written.
 //!
 //! This module knows nothing of training or of how shards are produced.
 
 mod classes;
 mod manifest;
+mod page;
+mod reader;
 mod schema;
+mod verify;
 mod writer;
 
 pub use classes::{read_classes_tsv, write_classes_tsv};
-pub use manifest::{Manifest, RejectedEntry, ShardRecord, SourceInfo, SplitTotals, MANIFEST_FILE};
+pub use manifest::{
+    reason_kind, Manifest, RejectedEntry, ShardRecord, SourceInfo, SplitTotals, MANIFEST_FILE,
+};
+pub use reader::{ReadError, Row, RowGroup, Shard, ShardSet};
 pub use schema::{
     arrow_schema, shard_file_name, Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY,
     COL_LABEL, FORMAT_VERSION,
 };
-pub use writer::{write_atomic, ShardError, ShardWriter, WrittenShard};
+pub use verify::{verify_dir, Problem, VerifyReport};
+pub use writer::{sync_files, write_atomic, write_replace, ShardError, ShardWriter, WrittenShard};

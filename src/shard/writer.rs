@@ -109,7 +109,11 @@ pub fn sync_files<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<(), S
         dirs.insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
     }
     for dir in dirs {
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         File::open(&dir)
             .and_then(|f| f.sync_all())
             .map_err(|e| ShardError::io(&dir, e))?;

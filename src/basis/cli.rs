@@ -1,0 +1,562 @@
+//! The `ebv-basis` command line: clap definitions and [`run`], which the
+//! binary calls. Human text goes to stderr (hidden by `--quiet`), `--json`
+//! prints one JSON document on stdout, progress bars go to stderr only on a
+//! terminal. [`run`] returns the exit status for a completed command: 0 ok,
+//! 1 when α was not reached (`generate`) or not met (`check --alpha`);
+//! errors come back as `Err` and the binary exits 2.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use super::check::{check, CheckOptions, CheckReport};
+use super::error::BasisError;
+use super::generate::{generate, plan, AlphaSpec, GenerateConfig, Method, Summary};
+use super::gram::GradPath;
+use super::import::import_pickle;
+use super::io::{write_npy, write_safetensors, MatrixFile};
+use crate::progress;
+
+/// Generate, check and import Equiangular Basis Vectors (EBV, CVPR 2023).
+#[derive(Debug, Parser)]
+#[command(name = "ebv-basis", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an N × d basis whose max off-diagonal |cos| is at most α.
+    Generate(GenerateArgs),
+    /// Report the coherence statistics of a safetensors or .npy matrix.
+    Check(CheckArgs),
+    /// Convert one of the paper's .pkl matrices (torch or numpy pickle) to safetensors.
+    Import(ImportArgs),
+}
+
+/// `ebv-basis generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of classes N (rows).
+    #[arg(long)]
+    pub classes: usize,
+    /// Dimension d (columns).
+    #[arg(long)]
+    pub dim: usize,
+    /// Target max |cos| (a number), or `auto` for as low as the step budget allows.
+    #[arg(long, default_value = "0.002", value_parser = parse_alpha)]
+    pub alpha: AlphaSpec,
+    /// Seed of the random start.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output safetensors file (tensor `ebv`, F32 [N, d]).
+    #[arg(long, default_value = "ebv.safetensors")]
+    pub out: PathBuf,
+    /// Also write a NumPy .npy next to it (same name, .npy).
+    #[arg(long)]
+    pub npy: bool,
+    /// Optimiser: the paper's plain SGD, or the adaptive variant.
+    #[arg(long, value_enum, default_value_t = Method::Sgd)]
+    pub method: Method,
+    /// Learning rate (sgd default 1e-3; adaptive: initial step, default 0.1).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Maximum number of steps.
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: u64,
+    /// Stop after this many seconds (the best matrix so far is written).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Stop when max |cos| ≤ α + tol.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    /// Rows per Gram slice (default: from --mem).
+    #[arg(long)]
+    pub slice: Option<usize>,
+    /// Memory budget for Gram blocks and violation lists (e.g. 512MiB, 4G).
+    #[arg(long, default_value = "2GiB", value_parser = parse_mem)]
+    pub mem: u64,
+    /// cpu, or cuda:K (needs a build with the cuda feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Turn off divergence recovery (reproduces the paper's collapse).
+    #[arg(long)]
+    pub no_guard: bool,
+    /// Steps that max |cos| may stay 25% above its best before recovery acts.
+    #[arg(long, default_value_t = 500)]
+    pub patience: u64,
+    /// Write one CSV line per step (step, max |cos|, best, violations, loss, lr, τ).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar or human text.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `ebv-basis check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A safetensors (tensor `ebv` or the only tensor) or .npy file.
+    pub file: PathBuf,
+    /// Exit 1 when max |cos| > alpha + tol.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Tolerance for --alpha.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    /// Memory budget for the blocks.
+    #[arg(long, default_value = "1GiB", value_parser = parse_mem)]
+    pub mem: u64,
+    /// Histogram bins.
+    #[arg(long, default_value_t = 20)]
+    pub bins: usize,
+    /// GEMM precision: auto (f64 for small matrices), f32 or f64.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f64"])]
+    pub precision: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar or human text.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `ebv-basis import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The .pkl file (torch tensor or numpy array pickle).
+    pub file: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write a NumPy .npy next to it.
+    #[arg(long)]
+    pub npy: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No human text.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_alpha(s: &str) -> Result<AlphaSpec, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(AlphaSpec::Auto);
+    }
+    s.parse::<f64>()
+        .map(AlphaSpec::Value)
+        .map_err(|_| format!("`{s}` is neither a number nor `auto`"))
+}
+
+/// Parses sizes like `2GiB`, `512M`, `1g`, `1000000` (binary multiples).
+pub fn parse_mem(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 2GiB"))?;
+    let mul = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches('b')
+        .trim_end_matches('i')
+    {
+        "" => 1u64,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("`{s}`: unknown unit (use K, M, G or T)")),
+    };
+    let bytes = v * mul as f64;
+    if bytes < 1.0 {
+        return Err(format!("`{s}` is too small"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Runs a parsed command line; `Ok(code)` is the exit status.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Generate(a) => run_generate(&a),
+        Command::Check(a) => run_check(&a),
+        Command::Import(a) => run_import(&a),
+    }
+}
+
+fn check_device(device: &str) -> Result<(), BasisError> {
+    match device {
+        "cpu" => Ok(()),
+        d if d == "cuda"
+            || d.strip_prefix("cuda:")
+                .is_some_and(|k| k.parse::<u32>().is_ok()) =>
+        {
+            Err(BasisError::NoCuda {
+                device: d.to_string(),
+            })
+        }
+        d => Err(BasisError::arg(
+            "--device",
+            format!("`{d}` is not a device (cpu or cuda:K)"),
+        )),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
+    check_device(&a.device)?;
+    let cfg = GenerateConfig {
+        n: a.classes,
+        d: a.dim,
+        alpha: a.alpha,
+        seed: a.seed,
+        method: a.method,
+        lr: a.lr,
+        max_steps: a.steps,
+        max_seconds: a.max_seconds,
+        tol: a.tol,
+        slice: a.slice,
+        mem_bytes: a.mem,
+        guard: !a.no_guard,
+        patience: a.patience,
+        grad_path: GradPath::Auto,
+    };
+    let chatty = progress::chatty(a.quiet);
+    let p = plan(&cfg)?;
+    if chatty {
+        let r = p.random_max_cos;
+        eprintln!(
+            "ebv-basis: N={} d={} method={} lr={} seed={}",
+            p.n,
+            p.d,
+            a.method.name(),
+            p.lr,
+            a.seed
+        );
+        eprintln!(
+            "  Welch bound (no matrix does better): {:.6}{}",
+            p.welch,
+            if p.welch == 0.0 { " (N ≤ d)" } else { "" }
+        );
+        eprintln!(
+            "  random unit vectors: max |cos| ≈ {:.6} (90% in {:.6}–{:.6})",
+            r.median, r.q05, r.q95
+        );
+        match a.alpha {
+            AlphaSpec::Value(al) => {
+                eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
+                if al + a.tol >= r.q95 {
+                    eprintln!("  α is above what random vectors reach: expect to finish at step 0");
+                } else if p.welch > 0.0 && al < 1.1 * p.welch {
+                    eprintln!(
+                        "  α is within 10% of the Welch bound: it may not be reachable; consider \
+                         --method adaptive or --alpha auto"
+                    );
+                }
+            }
+            AlphaSpec::Auto => eprintln!("  target: auto (as low as {} steps allow)", a.steps),
+        }
+        eprintln!(
+            "  Gram slice {} rows; memory ≈ {}",
+            p.slice,
+            gib(p.mem_estimate)
+        );
+    }
+    let pb = progress::bar(a.steps, "step", a.quiet);
+    let mut trace = match &a.trace {
+        Some(p) => {
+            let f =
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            writeln!(
+                w,
+                "step,max_abs_cos,best_max_abs_cos,violations,loss,lr,tau"
+            )?;
+            Some(w)
+        }
+        None => None,
+    };
+    let mut trace_err = None;
+    let g = generate(&cfg, &mut |s| {
+        if let Some(w) = trace.as_mut() {
+            if let Err(e) = writeln!(
+                w,
+                "{},{},{},{},{},{},{}",
+                s.step, s.max_abs_cos, s.best_max_abs_cos, s.violations, s.loss, s.lr, s.tau
+            ) {
+                trace_err.get_or_insert(e);
+            }
+        }
+        pb.set_position(s.step);
+        pb.set_message(format!(
+            "max|cos| {:.5} (best {:.5}, τ {:.5}) viol {}",
+            s.max_abs_cos, s.best_max_abs_cos, s.tau, s.violations
+        ));
+    })?;
+    pb.finish_and_clear();
+    if let Some(mut w) = trace {
+        w.flush().context("writing the trace")?;
+    }
+    if let Some(e) = trace_err {
+        return Err(anyhow::Error::from(e).context("writing the trace"));
+    }
+    let s = &g.summary;
+    let meta = summary_metadata(s);
+    write_safetensors(&a.out, &g.basis, &meta)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let npy = a.npy.then(|| a.out.with_extension("npy"));
+    if let Some(np) = &npy {
+        write_npy(np, &g.basis).with_context(|| format!("writing {}", np.display()))?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(s)?;
+        v["out"] = json!(a.out);
+        v["npy"] = json!(npy);
+        println!("{v}");
+    }
+    if chatty {
+        let verdict = match (s.alpha, s.reached, s.instant) {
+            (Some(_), true, true) => {
+                "reached at once: the random start already meets α".to_string()
+            }
+            (Some(al), true, false) => format!("reached α = {al} in {} steps", s.steps),
+            (Some(al), false, _) => format!(
+                "NOT reached: α = {al} after {} steps; wrote the best matrix (step {})",
+                s.steps, s.best_step
+            ),
+            (None, _, _) => format!("auto: best after {} steps (step {})", s.steps, s.best_step),
+        };
+        eprintln!("{verdict}");
+        eprintln!(
+            "  max |cos| {:.6}  mean |cos| {:.6}  Welch {:.6}{}  ({:.1} s, {} recoveries)",
+            s.max_abs_cos,
+            s.mean_abs_cos,
+            s.welch,
+            s.ratio_to_welch
+                .map(|r| format!("  max/Welch {r:.3}"))
+                .unwrap_or_default(),
+            s.seconds,
+            s.recoveries
+        );
+        eprintln!("  wrote {}", a.out.display());
+        if let Some(np) = &npy {
+            eprintln!("  wrote {}", np.display());
+        }
+    }
+    Ok(if s.reached { 0 } else { 1 })
+}
+
+/// safetensors metadata for a generated matrix.
+pub fn summary_metadata(s: &Summary) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put("format", "ebv-basis".into());
+    put("version", s.version.into());
+    put("n", s.n.to_string());
+    put("d", s.d.to_string());
+    put(
+        "alpha",
+        s.alpha
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "auto".into()),
+    );
+    put("tol", s.tol.to_string());
+    put("reached", s.reached.to_string());
+    put("max_abs_cos", s.max_abs_cos.to_string());
+    put("mean_abs_cos", s.mean_abs_cos.to_string());
+    put("welch", s.welch.to_string());
+    put("random_max_cos", s.random_max_cos.to_string());
+    put("steps", s.steps.to_string());
+    put("seed", s.seed.to_string());
+    put("method", s.method.name().into());
+    put("lr", s.lr_start.to_string());
+    m
+}
+
+fn check_options(mem: u64, bins: usize, precision: &str) -> CheckOptions {
+    CheckOptions {
+        mem_bytes: mem,
+        bins,
+        f64_gemm: match precision {
+            "f32" => Some(false),
+            "f64" => Some(true),
+            _ => None,
+        },
+    }
+}
+
+fn run_check(a: &CheckArgs) -> anyhow::Result<u8> {
+    let f = MatrixFile::open(&a.file)?;
+    let pb = progress::bar(0, "blocks", a.quiet);
+    let report = check(
+        &f,
+        &a.file,
+        &check_options(a.mem, a.bins, &a.precision),
+        &mut |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        },
+    )?;
+    pb.finish_and_clear();
+    let failed = a.alpha.is_some_and(|al| report.max_abs_cos > al + a.tol);
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["file"] = json!(a.file);
+        v["format"] = json!(f.format);
+        v["metadata"] = json!(f.metadata);
+        if let Some(al) = a.alpha {
+            v["alpha"] = json!(al);
+            v["alpha_met"] = json!(!failed);
+        }
+        println!("{v}");
+    }
+    if progress::chatty(a.quiet) {
+        print_report(&a.file, f.format, &report);
+        if let Some(al) = a.alpha {
+            eprintln!("α = {al}: {}", if failed { "NOT met" } else { "met" });
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn print_report(file: &Path, format: &str, r: &CheckReport) {
+    eprintln!(
+        "{}: {} × {} ({format}), row norms {:.6}–{:.6}",
+        file.display(),
+        r.n,
+        r.d,
+        r.norm_min,
+        r.norm_max
+    );
+    eprintln!(
+        "  |cos| over {} pairs: max {:.6} (rows {} and {}), mean {:.6}, min {:.6}",
+        r.pairs, r.max_abs_cos, r.argmax[0], r.argmax[1], r.mean_abs_cos, r.min_abs_cos
+    );
+    eprintln!(
+        "  angles {:.2}°–{:.2}° (cos {:.6} to {:.6}); GEMM in {}",
+        r.angle_min_deg, r.angle_max_deg, r.max_cos, r.min_cos, r.precision
+    );
+    match r.ratio_to_welch {
+        Some(q) => eprintln!("  Welch bound {:.6}: max/Welch = {q:.3}", r.welch),
+        None => eprintln!("  Welch bound 0 (N ≤ d: orthogonal rows are possible)"),
+    }
+    eprintln!(
+        "  random unit vectors would give max |cos| ≈ {:.6} (90% in {:.6}–{:.6})",
+        r.random_max_cos.median, r.random_max_cos.q05, r.random_max_cos.q95
+    );
+    let top = r
+        .histogram
+        .iter()
+        .map(|h| h.count)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    eprintln!("  histogram of |cos|:");
+    for h in &r.histogram {
+        let w = (h.count as f64 / top as f64 * 40.0).round() as usize;
+        eprintln!(
+            "    [{:.4}, {:.4})  {:>12}  {}",
+            h.lo,
+            h.hi,
+            h.count,
+            "#".repeat(w)
+        );
+    }
+}
+
+fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
+    let imp = import_pickle(&a.file)?;
+    let report = check(
+        &imp.basis,
+        &a.file,
+        &CheckOptions::default(),
+        &mut |_, _| {},
+    )?;
+    let mut meta = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        meta.insert(k.to_string(), v);
+    };
+    put("format", "ebv-basis".into());
+    put("version", env!("CARGO_PKG_VERSION").into());
+    put("n", report.n.to_string());
+    put("d", report.d.to_string());
+    put("max_abs_cos", report.max_abs_cos.to_string());
+    put("mean_abs_cos", report.mean_abs_cos.to_string());
+    put("welch", report.welch.to_string());
+    put("random_max_cos", report.random_max_cos.median.to_string());
+    put("method", "import".into());
+    put(
+        "source",
+        a.file
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    put("source_form", serde_json::to_string(&imp.form)?);
+    write_safetensors(&a.out, &imp.basis, &meta)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let npy = a.npy.then(|| a.out.with_extension("npy"));
+    if let Some(np) = &npy {
+        write_npy(np, &imp.basis).with_context(|| format!("writing {}", np.display()))?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["file"] = json!(a.file);
+        v["source"] = json!(imp.form);
+        v["out"] = json!(a.out);
+        v["npy"] = json!(npy);
+        println!("{v}");
+    }
+    if progress::chatty(a.quiet) {
+        eprintln!(
+            "imported {} ({:?}) → {}",
+            a.file.display(),
+            imp.form,
+            a.out.display()
+        );
+        print_report(&a.file, "pickle", &report);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_and_alpha() {
+        assert_eq!(parse_mem("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_mem("512M"), Ok(512 << 20));
+        assert_eq!(parse_mem("1000"), Ok(1000));
+        assert!(parse_mem("2 parsecs").is_err());
+        assert_eq!(parse_alpha("auto"), Ok(AlphaSpec::Auto));
+        assert_eq!(parse_alpha("0.05"), Ok(AlphaSpec::Value(0.05)));
+        assert!(parse_alpha("x").is_err());
+    }
+
+    #[test]
+    fn cuda_is_a_clear_error() {
+        let e = check_device("cuda:0").unwrap_err().to_string();
+        assert!(e.contains("built without the cuda feature"), "{e}");
+        assert!(check_device("cpu").is_ok());
+        assert!(check_device("tpu").is_err());
+    }
+}

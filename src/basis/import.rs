@@ -1,0 +1,391 @@
+//! Reads the paper's released matrices (`eq_{d}_{N}.pkl`) without Python.
+//!
+//! Two forms exist, both plain pickles read through the restricted
+//! [`pickle`](super::pickle) reader:
+//! 1. a torch tensor: `torch._utils._rebuild_tensor_v2(storage, offset,
+//!    size, stride, …)` with `storage = torch.storage._load_from_bytes(b)`,
+//!    where `b` is the legacy `torch.save` layout: five pickles (magic
+//!    number, protocol 1001, sys info, the storage as persistent id
+//!    `('storage', torch.FloatStorage, key, location, numel, None)`, the list
+//!    of keys), then per key an i64 LE element count and the f32 LE values;
+//! 2. a NumPy array: `numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`
+//!    then BUILD with `(1, shape, dtype, fortran, data)` (data as bytes, or as
+//!    `_codecs.encode(str, 'latin1')` in protocol 2), or protocol 5's
+//!    `numpy.core.numeric._frombuffer(data, dtype, shape, order)`.
+//!
+//! Only the globals below are accepted; values are copied exactly as stored
+//! (no renormalisation), so an import is bit-faithful.
+
+use std::path::Path;
+
+use super::error::BasisError;
+use super::matrix::Basis;
+use super::pickle::{self, PickleError, Value};
+
+const TORCH_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
+
+fn allowed_outer(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("torch._utils", "_rebuild_tensor_v2")
+            | ("torch.storage", "_load_from_bytes")
+            | ("collections", "OrderedDict")
+            | ("numpy.core.multiarray", "_reconstruct")
+            | ("numpy._core.multiarray", "_reconstruct")
+            | ("numpy.core.numeric", "_frombuffer")
+            | ("numpy._core.numeric", "_frombuffer")
+            | ("numpy", "ndarray")
+            | ("numpy", "dtype")
+            | ("_codecs", "encode")
+    )
+}
+
+fn allowed_inner(module: &str, name: &str) -> bool {
+    (module, name) == ("torch", "FloatStorage")
+}
+
+/// Which of the two released forms a file was.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "form", rename_all = "lowercase")]
+pub enum PickleForm {
+    /// A torch tensor in the legacy layout; `location` as recorded (e.g. `cuda:0`).
+    Torch { location: String },
+    /// A NumPy ndarray.
+    Numpy { dtype: String },
+}
+
+/// A matrix read from a pickle.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub basis: Basis,
+    pub form: PickleForm,
+}
+
+/// Reads `path` (a `.pkl` of either form) into memory.
+pub fn import_pickle(path: &Path) -> Result<Imported, BasisError> {
+    let data = std::fs::read(path).map_err(|e| BasisError::io(path, e))?;
+    import_bytes(&data, path)
+}
+
+/// As [`import_pickle`], on bytes already in memory (`path` names them in errors).
+pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
+    if data.starts_with(b"PK\x03\x04") {
+        return Err(perr(
+            path,
+            "this is a zip-format torch.save archive, not a plain pickle; save it with \
+             _use_new_zipfile_serialization=False or export it with numpy",
+        ));
+    }
+    let top = pickle::load(data, &mut 0, &allowed_outer).map_err(|e| map_err(path, e))?;
+    match top.callee() {
+        Some(("torch._utils", "_rebuild_tensor_v2")) => torch_tensor(&top, path),
+        Some((_, "_reconstruct")) | Some((_, "_frombuffer")) => numpy_array(&top, path),
+        _ => Err(perr(
+            path,
+            "the pickle holds neither a torch tensor nor a numpy array at its top level",
+        )),
+    }
+}
+
+fn map_err(path: &Path, e: PickleError) -> BasisError {
+    match e {
+        PickleError::Forbidden { module, name } => BasisError::ForbiddenGlobal {
+            path: path.to_path_buf(),
+            module,
+            name,
+        },
+        PickleError::Malformed(r) => perr(path, r),
+    }
+}
+
+fn perr(path: &Path, reason: impl Into<String>) -> BasisError {
+    BasisError::Pickle {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn call_parts<'v, 'a>(v: &'v Value<'a>) -> Option<(&'v [Value<'a>], Option<&'v Value<'a>>)> {
+    match v {
+        Value::Call { args, state, .. } => Some((args.as_seq()?, state.as_deref())),
+        _ => None,
+    }
+}
+
+fn dims2(v: &Value, what: &str, path: &Path) -> Result<[i64; 2], BasisError> {
+    match v.as_seq() {
+        Some([a, b]) => match (a.as_int(), b.as_int()) {
+            (Some(a), Some(b)) => Ok([a, b]),
+            _ => Err(perr(path, format!("{what} is not two integers"))),
+        },
+        _ => Err(perr(path, format!("{what} is not 2-D: {v:?}"))),
+    }
+}
+
+fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
+    let (args, _) = call_parts(top).ok_or_else(|| perr(path, "malformed tensor"))?;
+    let [storage, offset, size, stride, ..] = args else {
+        return Err(perr(path, "_rebuild_tensor_v2 with too few arguments"));
+    };
+    if storage.callee() != Some(("torch.storage", "_load_from_bytes")) {
+        return Err(perr(
+            path,
+            "tensor storage is not torch.storage._load_from_bytes",
+        ));
+    }
+    let inner = match call_parts(storage) {
+        Some(([Value::Bytes(b)], _)) => *b,
+        _ => return Err(perr(path, "_load_from_bytes without a bytes argument")),
+    };
+    let (values, location) = legacy_storage(inner, path)?;
+    let offset = offset
+        .as_int()
+        .ok_or_else(|| perr(path, "storage offset is not an integer"))?;
+    let [n, d] = dims2(size, "tensor size", path)?;
+    let [s0, s1] = dims2(stride, "tensor stride", path)?;
+    if n < 0 || d < 0 || s0 < 0 || s1 < 0 || offset < 0 {
+        return Err(perr(path, "negative size, stride or offset"));
+    }
+    let (n, d) = (n as usize, d as usize);
+    let last = if n == 0 || d == 0 {
+        0
+    } else {
+        offset as usize + (n - 1) * s0 as usize + (d - 1) * s1 as usize + 1
+    };
+    if last > values.len() {
+        return Err(perr(
+            path,
+            format!(
+                "tensor {n}×{d} reaches element {last} of a storage of {}",
+                values.len()
+            ),
+        ));
+    }
+    let mut data = Vec::with_capacity(n * d);
+    for i in 0..n {
+        for k in 0..d {
+            data.push(values[offset as usize + i * s0 as usize + k * s1 as usize]);
+        }
+    }
+    Ok(Imported {
+        basis: Basis { n, d, data },
+        form: PickleForm::Torch { location },
+    })
+}
+
+/// Decodes the legacy `torch.save` bytes of one storage: (values, location).
+fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisError> {
+    let mut pos = 0;
+    let next = |pos: &mut usize| pickle::load(b, pos, &allowed_inner).map_err(|e| map_err(path, e));
+    let magic = next(&mut pos)?;
+    let want = TORCH_MAGIC.to_le_bytes()[..10].to_vec();
+    if magic != Value::BigInt(want) {
+        return Err(perr(path, "storage bytes lack the torch.save magic number"));
+    }
+    if next(&mut pos)?.as_int() != Some(1001) {
+        return Err(perr(path, "storage bytes are not torch.save protocol 1001"));
+    }
+    if let Value::Dict(info) = next(&mut pos)? {
+        let le = info
+            .iter()
+            .find(|(k, _)| *k == Value::Str("little_endian".into()))
+            .map(|(_, v)| v.clone());
+        if le == Some(Value::Bool(false)) {
+            return Err(perr(path, "big-endian torch storage is not supported"));
+        }
+    } else {
+        return Err(perr(path, "torch.save sys info is not a dict"));
+    }
+    let obj = next(&mut pos)?;
+    let Value::Persistent(pid) = obj else {
+        return Err(perr(
+            path,
+            "expected the storage itself (a persistent id) as the saved object",
+        ));
+    };
+    let (key, location, numel) = match pid.as_seq() {
+        Some([Value::Str(tag), ty, Value::Str(key), Value::Str(loc), numel, ..])
+            if tag == "storage" =>
+        {
+            if ty.callee() != Some(("torch", "FloatStorage")) {
+                return Err(perr(path, "storage is not a FloatStorage"));
+            }
+            let numel = numel
+                .as_int()
+                .filter(|&x| x >= 0)
+                .ok_or_else(|| perr(path, "storage size is not a count"))?;
+            (key.clone(), loc.clone(), numel as usize)
+        }
+        _ => return Err(perr(path, format!("unexpected persistent id {pid:?}"))),
+    };
+    let keys = next(&mut pos)?;
+    let keys: Vec<&str> = keys
+        .as_seq()
+        .ok_or_else(|| perr(path, "storage key list is not a list"))?
+        .iter()
+        .map(|k| match k {
+            Value::Str(s) => Ok(s.as_str()),
+            _ => Err(perr(path, "storage key is not a string")),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut found = None;
+    for k in keys {
+        let count = b
+            .get(pos..pos + 8)
+            .map(|s| i64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+            .ok_or_else(|| perr(path, "storage data truncated"))?;
+        let count = usize::try_from(count).map_err(|_| perr(path, "negative storage size"))?;
+        pos += 8;
+        let bytes = count
+            .checked_mul(4)
+            .and_then(|len| b.get(pos..pos + len))
+            .ok_or_else(|| {
+                perr(
+                    path,
+                    format!("storage `{k}` truncated: {count} floats announced"),
+                )
+            })?;
+        pos += count * 4;
+        if k == key {
+            if count != numel {
+                return Err(perr(
+                    path,
+                    format!("storage `{k}` has {count} values, {numel} announced"),
+                ));
+            }
+            found = Some(f32_le(bytes));
+        }
+    }
+    let values = found.ok_or_else(|| perr(path, format!("storage `{key}` not present")))?;
+    Ok((values, location))
+}
+
+fn f32_le(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// (type code like "f4", byte order char) of a `numpy.dtype(...)` value.
+fn numpy_dtype(v: &Value, path: &Path) -> Result<(String, char), BasisError> {
+    if v.callee() != Some(("numpy", "dtype")) {
+        return Err(perr(path, "array dtype is not a numpy.dtype"));
+    }
+    let (args, state) = call_parts(v).ok_or_else(|| perr(path, "malformed dtype"))?;
+    let Some(Value::Str(code)) = args.first() else {
+        return Err(perr(path, "dtype without a type code"));
+    };
+    let order = match state.and_then(|s| s.as_seq()).and_then(|s| s.get(1)) {
+        Some(Value::Str(o)) => o.chars().next().unwrap_or('|'),
+        _ => '=',
+    };
+    Ok((code.clone(), order))
+}
+
+fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
+    let (args, state) = call_parts(top).ok_or_else(|| perr(path, "malformed array"))?;
+    let (shape, dtype, fortran, raw) = if top.callee().map(|c| c.1) == Some("_frombuffer") {
+        let [buf, dtype, shape, order] = args else {
+            return Err(perr(
+                path,
+                "_frombuffer needs (buffer, dtype, shape, order)",
+            ));
+        };
+        let fortran = matches!(order, Value::Str(o) if o == "F");
+        (shape, dtype, fortran, buf)
+    } else {
+        if args.first().and_then(|a| a.callee()) != Some(("numpy", "ndarray")) {
+            return Err(perr(
+                path,
+                "_reconstruct of something other than numpy.ndarray",
+            ));
+        }
+        let st = state
+            .and_then(|s| s.as_seq())
+            .ok_or_else(|| perr(path, "ndarray without its state (BUILD)"))?;
+        let [_, shape, dtype, fortran, raw] = st else {
+            return Err(perr(
+                path,
+                "ndarray state is not (version, shape, dtype, fortran, data)",
+            ));
+        };
+        let fortran = matches!(fortran, Value::Bool(true) | Value::Int(1));
+        (shape, dtype, fortran, raw)
+    };
+    let [n, d] = dims2(shape, "array shape", path)?;
+    if n < 0 || d < 0 {
+        return Err(perr(path, "negative array shape"));
+    }
+    let (n, d) = (n as usize, d as usize);
+    let (code, order) = numpy_dtype(dtype, path)?;
+    let big = order == '>';
+    let size = match code.as_str() {
+        "f4" => 4,
+        "f8" => 8,
+        other => {
+            return Err(perr(
+                path,
+                format!("array dtype {other} not supported (f4 or f8)"),
+            ))
+        }
+    };
+    let bytes: Vec<u8> = match raw {
+        Value::Bytes(b) => b.to_vec(),
+        Value::Call { .. } if raw.callee() == Some(("_codecs", "encode")) => {
+            match call_parts(raw) {
+                Some(([Value::Str(s), Value::Str(enc)], _))
+                    if enc == "latin1" || enc == "latin-1" =>
+                {
+                    s.chars()
+                        .map(|c| u8::try_from(c as u32))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| perr(path, "latin1 data holds a character above U+00FF"))?
+                }
+                _ => return Err(perr(path, "unexpected _codecs.encode arguments")),
+            }
+        }
+        _ => return Err(perr(path, "array data is not bytes")),
+    };
+    if bytes.len() != n * d * size {
+        return Err(perr(
+            path,
+            format!(
+                "array {n}×{d} of {code} needs {} bytes, found {}",
+                n * d * size,
+                bytes.len()
+            ),
+        ));
+    }
+    let vals: Vec<f32> = bytes
+        .chunks_exact(size)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a[..size].copy_from_slice(c);
+            if big {
+                a[..size].reverse();
+            }
+            if size == 4 {
+                f32::from_le_bytes([a[0], a[1], a[2], a[3]])
+            } else {
+                f64::from_le_bytes(a) as f32
+            }
+        })
+        .collect();
+    let data = if fortran {
+        let mut t = vec![0.0f32; n * d];
+        for i in 0..n {
+            for k in 0..d {
+                t[i * d + k] = vals[k * n + i];
+            }
+        }
+        t
+    } else {
+        vals
+    };
+    Ok(Imported {
+        basis: Basis { n, d, data },
+        form: PickleForm::Numpy {
+            dtype: format!("{order}{code}"),
+        },
+    })
+}

@@ -1,0 +1,41 @@
+//! Equiangular Basis Vectors: generate, check, import and store the fixed
+//! class matrix B (N × d, row k = class k, unit rows) that EBV classifies
+//! against.
+//!
+//! Layout, one concept per file:
+//! - [`welch`]: closed-form bounds (Welch bound, expected max |cos| of random
+//!   unit vectors) used to refuse impossible targets and to predict trivial ones.
+//! - [`gram`]: the blockwise Gram kernel (GEMM through the `gemm` crate) and the
+//!   hinge-loss gradient G = 2·M·B built from it; never holds an N × N matrix.
+//! - [`generate`]: the optimiser loop (the paper's plain SGD, and an adaptive
+//!   variant), with divergence recovery and `--alpha auto`.
+//! - [`check`]: blockwise coherence statistics of a stored matrix.
+//! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
+//!   atomic writing.
+//! - [`pickle`]: a restricted pickle VM that builds a value tree and executes
+//!   nothing; [`import`] reads the paper's `.pkl` files through it.
+//! - [`cli`]: the `ebv-basis` command line (clap) and its `run` entry point.
+//!
+//! Invariants: matrices are row-major f32, rows unit length (to f32 rounding)
+//! whenever they leave this module; all Gram work goes through row slices
+//! whose size is bounded by a memory budget.
+
+pub mod check;
+pub mod cli;
+pub mod error;
+pub mod generate;
+pub mod gram;
+pub mod import;
+pub mod io;
+pub mod matrix;
+pub mod pickle;
+pub mod welch;
+
+pub use check::{check, CheckOptions, CheckReport, HistBin};
+pub use error::BasisError;
+pub use generate::{generate, AlphaSpec, GenerateConfig, Generated, Method, StepInfo, Summary};
+pub use gram::{hinge_loss_and_grad, GradPath};
+pub use import::{import_pickle, Imported, PickleForm};
+pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
+pub use matrix::Basis;
+pub use welch::{random_max_cos, welch_bound, RandomMaxCos};

@@ -1,0 +1,193 @@
+//! `ebv-load --shards DIR [--split train] [--batches N] [--json]`: run the
+//! streaming loader alone for an epoch (or N batches) and print images/s,
+//! so users can see whether input is their training bottleneck. The batches
+//! are built exactly as training builds them and then dropped.
+//! Exit 0 ok, 2 error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use ebv::data::{default_workers, Augment, Loader, LoaderConfig, SamplerState, Shuffle};
+use ebv::shard::{ShardSet, Split};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ebv-load",
+    version,
+    about = "Run the streaming loader alone and report images/s"
+)]
+struct Args {
+    /// Output folder of ebv-pack (manifest.json, classes.tsv, shards).
+    #[arg(long)]
+    shards: PathBuf,
+    #[arg(long, default_value = "train")]
+    split: Split,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Worker threads [default: all cores but one].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Finished batches allowed to wait for the consumer.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Output side (size x size).
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// Training augmentation: RandomResizedCrop, flip, RandomErasing (p 0.1).
+    #[arg(long, overrides_with = "no_aug")]
+    aug: bool,
+    /// Evaluation transform instead: resize shorter side to --eval-resize, centre crop.
+    #[arg(long = "no-aug", overrides_with = "aug")]
+    no_aug: bool,
+    /// Eval resize of the shorter side (0: --size, the identity for size x size shards).
+    #[arg(long, default_value_t = 0)]
+    eval_resize: u32,
+    /// Batch-level mixup, Beta(0.2, 0.2).
+    #[arg(long)]
+    mixup: bool,
+    /// Batch-level cutmix, Beta(1, 1) (with --mixup: one of the two per batch).
+    #[arg(long)]
+    cutmix: bool,
+    /// none, global, or buffer:N.
+    #[arg(long, default_value = "global")]
+    shuffle: Shuffle,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
+    #[arg(long, default_value_t = 0)]
+    rank: u32,
+    #[arg(long, default_value_t = 1)]
+    world: u32,
+    /// Stop after N batches (default: the whole epoch).
+    #[arg(long)]
+    batches: Option<u64>,
+    /// Keep the last, short batch.
+    #[arg(long)]
+    keep_last: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// CPU seconds of the whole process (all threads).
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let set = Arc::new(
+        ShardSet::open(&args.shards)
+            .with_context(|| format!("opening {}", args.shards.display()))?,
+    );
+    let encoding = set
+        .split_shards(args.split)
+        .next()
+        .map(|s| s.meta().encoding.to_string())
+        .unwrap_or_default();
+    let aug = !args.no_aug && args.aug;
+    let mut augment = if aug {
+        Augment::train(args.size)
+    } else {
+        Augment::eval(args.size, args.eval_resize)
+    };
+    augment.mixup_alpha = args.mixup.then_some(0.2);
+    augment.cutmix_alpha = args.cutmix.then_some(1.0);
+    let workers = args.workers.unwrap_or_else(default_workers);
+    let cfg = LoaderConfig {
+        split: args.split,
+        batch: args.batch,
+        workers,
+        prefetch: args.prefetch,
+        shuffle: args.shuffle,
+        rank: args.rank,
+        world: args.world,
+        drop_last: !args.keep_last,
+        augment,
+    };
+    let loader = Loader::new(Arc::clone(&set), cfg, args.seed)?;
+    let state = SamplerState {
+        seed: args.seed,
+        epoch: args.epoch,
+        position: 0,
+    };
+    let cpu0 = process_cpu_s();
+    let t0 = Instant::now();
+    let mut iter = loader.epoch(state)?;
+    let mut images = 0u64;
+    let mut batches = 0u64;
+    let limit = args.batches.unwrap_or(u64::MAX);
+    while batches < limit {
+        let Some(batch) = iter.next() else { break };
+        let batch = batch?;
+        for e in &batch.replaced {
+            eprintln!("ebv-load: replaced a sample: {e}");
+        }
+        images += batch.len() as u64;
+        batches += 1;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let summary = iter.summary().clone();
+    drop(iter);
+    let cpu = process_cpu_s() - cpu0;
+    Ok(serde_json::json!({
+        "shards": args.shards.display().to_string(),
+        "split": args.split.to_string(),
+        "encoding": encoding,
+        "aug": aug,
+        "mixup": args.mixup,
+        "cutmix": args.cutmix,
+        "shuffle": args.shuffle.to_string(),
+        "workers": workers,
+        "batch": args.batch,
+        "size": args.size,
+        "batches": batches,
+        "images": images,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "images_per_s": images as f64 / wall,
+        "images_per_cpu_s": images as f64 / cpu,
+        "output_bytes_per_s": images as f64 * 3.0 * f64::from(args.size).powi(2) * 4.0 / wall,
+        "replaced": summary.replaced,
+        "errors": summary.errors,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                println!(
+                    "{} images in {} batches, {:.2} s: {:.0} images/s ({:.0} per CPU-second), {} replaced",
+                    report["images"],
+                    report["batches"],
+                    report["wall_s"].as_f64().unwrap_or(0.0),
+                    report["images_per_s"].as_f64().unwrap_or(0.0),
+                    report["images_per_cpu_s"].as_f64().unwrap_or(0.0),
+                    report["replaced"],
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ebv-load: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

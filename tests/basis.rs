@@ -1,0 +1,778 @@
+//! End-to-end tests of `ebv-basis`: each drives the built binary in a temp
+//! directory and checks its files with code independent of the library (the
+//! `safetensors` crate directly, a hand-written `.npy` parser, direct O(N²)
+//! f64 cosines). The paper's two released matrices are read from
+//! `CARGO_MANIFEST_DIR/../shared/data/paper-ebv/`; their absence is a failure.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ebv-basis");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("failed to start ebv-basis")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("ebv-basis killed by a signal")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    })
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
+}
+
+/// (n, d, values, metadata) of a safetensors file, via the reference crate.
+fn read_safetensors(path: &Path) -> (usize, usize, Vec<f32>, HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("ebv").expect("tensor `ebv`");
+    assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    let &[n, d] = t.shape() else {
+        panic!("shape {:?}", t.shape())
+    };
+    let vals = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    (n, d, vals, meta.metadata().clone().unwrap_or_default())
+}
+
+/// (n, d, values) of a `.npy` written by anyone, parsed by hand from the spec.
+fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    assert_eq!((b[6], b[7]), (1, 0), "npy version");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0, "data not 64-byte aligned");
+    let h = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(
+        h.contains("'descr': '<f4'") && h.contains("'fortran_order': False"),
+        "{h}"
+    );
+    let shape = &h[h.find("'shape': (").unwrap() + 10..];
+    let shape = &shape[..shape.find(')').unwrap()];
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let vals: Vec<f32> = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(vals.len(), dims[0] * dims[1]);
+    (dims[0], dims[1], vals)
+}
+
+/// Writes a `.npy` by hand (v1.0, `<f4`, C order).
+fn write_npy(path: &Path, n: usize, d: usize, vals: &[f32]) {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {d}), }}");
+    let mut h = dict.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((h.len() as u16).to_le_bytes());
+    out.extend(h);
+    for v in vals {
+        out.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+struct Direct {
+    max: f64,
+    mean: f64,
+    min: f64,
+    max_signed: f64,
+    min_signed: f64,
+    norm_min: f64,
+    norm_max: f64,
+}
+
+/// Direct O(N²·d) coherence in f64.
+fn direct(n: usize, d: usize, v: &[f32]) -> Direct {
+    let norms: Vec<f64> = (0..n)
+        .map(|i| {
+            v[i * d..(i + 1) * d]
+                .iter()
+                .map(|&x| x as f64 * x as f64)
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let mut r = Direct {
+        max: 0.0,
+        mean: 0.0,
+        min: f64::INFINITY,
+        max_signed: f64::NEG_INFINITY,
+        min_signed: f64::INFINITY,
+        norm_min: norms.iter().cloned().fold(f64::INFINITY, f64::min),
+        norm_max: norms.iter().cloned().fold(0.0, f64::max),
+    };
+    let mut sum = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let dot: f64 = (0..d)
+                .map(|k| v[i * d + k] as f64 * v[j * d + k] as f64)
+                .sum();
+            let c = dot / (norms[i] * norms[j]);
+            r.max = r.max.max(c.abs());
+            r.min = r.min.min(c.abs());
+            r.max_signed = r.max_signed.max(c);
+            r.min_signed = r.min_signed.min(c);
+            sum += c.abs();
+        }
+    }
+    r.mean = sum / (n * (n - 1) / 2) as f64;
+    r
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Runs `generate` with `--json -q` and the given extra flags; returns (exit code, summary, path).
+fn generate(dir: &Path, n: usize, d: usize, alpha: &str, extra: &[&str]) -> (i32, Value, PathBuf) {
+    let out_path = dir.join(format!("ebv_{n}_{d}_{alpha}.safetensors"));
+    let (ns, ds) = (n.to_string(), d.to_string());
+    let mut args = vec![
+        "generate",
+        "--classes",
+        &ns,
+        "--dim",
+        &ds,
+        "--alpha",
+        alpha,
+        "--out",
+        out_path.to_str().unwrap(),
+        "--json",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(dir, &args);
+    let c = code(&out);
+    assert!(c == 0 || c == 1, "exit {c}: {}", stderr(&out));
+    (c, json(&out), out_path)
+}
+
+/// The file holds unit rows whose max |cos| (computed here) is within α + tol.
+fn assert_file_meets(path: &Path, n: usize, d: usize, alpha: f64) -> Direct {
+    let (fn_, fd, vals, meta) = read_safetensors(path);
+    assert_eq!((fn_, fd), (n, d));
+    let r = direct(n, d, &vals);
+    assert!((r.norm_min - 1.0).abs() < 1e-5 && (r.norm_max - 1.0).abs() < 1e-5);
+    assert!(
+        r.max <= alpha + 1e-4 + 1e-6,
+        "max |cos| {} > α {alpha} + 1e-4",
+        r.max
+    );
+    let m: f64 = meta["max_abs_cos"].parse().unwrap();
+    assert!(
+        (m - r.max).abs() < 2e-6,
+        "metadata says {m}, direct {}",
+        r.max
+    );
+    r
+}
+
+#[test]
+fn generate_converges_1000x1000_alpha_0002_paper_defaults() {
+    let dir = tmp();
+    let (c, s, p) = generate(dir.path(), 1000, 1000, "0.002", &[]);
+    assert_eq!(c, 0);
+    assert_eq!(s["reached"], true);
+    assert_eq!(s["method"], "sgd");
+    assert!(f(&s, "steps") > 0.0 && f(&s, "steps") < 1000.0, "{s}");
+    assert_file_meets(&p, 1000, 1000, 0.002);
+}
+
+#[test]
+fn generate_converges_1000x512_alpha_005() {
+    let dir = tmp();
+    for method in ["sgd", "adaptive"] {
+        let (c, s, p) = generate(dir.path(), 1000, 512, "0.05", &["--method", method]);
+        assert_eq!(c, 0, "{method}: {s}");
+        assert!(f(&s, "steps") > 0.0);
+        assert_file_meets(&p, 1000, 512, 0.05);
+    }
+}
+
+#[test]
+fn generate_converges_1041x384_alpha_0051_lr_1e4() {
+    let dir = tmp();
+    let (c, s, p) = generate(dir.path(), 1041, 384, "0.051", &["--lr", "1e-4"]);
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(f(&s, "lr_start"), 1e-4);
+    assert_file_meets(&p, 1041, 384, 0.051);
+}
+
+#[test]
+fn generate_refuses_alpha_below_welch() {
+    // The paper's issue #4: N=1041, d=384, α=0.002 collapses there; Welch is 0.04056.
+    let dir = tmp();
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "1041",
+            "--dim",
+            "384",
+            "--alpha",
+            "0.002",
+            "--out",
+            "x.safetensors",
+        ],
+    );
+    assert_eq!(code(&out), 2);
+    let e = stderr(&out);
+    assert!(e.contains("below the Welch bound 0.040560"), "{e}");
+    assert!(!dir.path().join("x.safetensors").exists());
+}
+
+#[test]
+fn generate_finishes_at_once_when_random_start_meets_alpha() {
+    let dir = tmp();
+    let p = dir.path().join("r.safetensors");
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "3000",
+            "--dim",
+            "256",
+            "--alpha",
+            "0.4",
+            "--seed",
+            "7",
+            "--out",
+            p.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = json(&out);
+    assert_eq!(
+        (s["instant"].clone(), f(&s, "steps")),
+        (Value::Bool(true), 0.0)
+    );
+    let e = stderr(&out);
+    assert!(
+        e.contains("Welch bound") && e.contains("random unit vectors: max |cos| ≈"),
+        "{e}"
+    );
+    assert!(
+        e.contains("expect to finish at step 0") && e.contains("reached at once"),
+        "{e}"
+    );
+    let r = assert_file_meets(&p, 3000, 256, 0.4);
+    // Random: far above the Welch bound, near the predicted random maximum.
+    assert!(r.max > 2.0 * f(&s, "welch"));
+    assert!((r.max - f(&s, "random_max_cos")).abs() < 0.1 * r.max);
+}
+
+#[test]
+fn generate_is_deterministic_for_a_seed() {
+    let dir = tmp();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::create_dir_all(&c).unwrap();
+    let flags = ["--method", "adaptive", "--seed", "11"];
+    let (_, sa, pa) = generate(&a, 400, 64, "0.25", &flags);
+    let (_, sb, pb) = generate(&b, 400, 64, "0.25", &flags);
+    let (_, _, pc) = generate(
+        &c,
+        400,
+        64,
+        "0.25",
+        &["--method", "adaptive", "--seed", "12"],
+    );
+    assert!(f(&sa, "steps") > 0.0);
+    assert_eq!(sa["steps"], sb["steps"]);
+    assert_eq!(read_safetensors(&pa).2, read_safetensors(&pb).2);
+    assert_ne!(read_safetensors(&pa).2, read_safetensors(&pc).2);
+}
+
+#[test]
+fn outputs_round_trip_safetensors_and_npy() {
+    let dir = tmp();
+    let (c, s, p) = generate(
+        dir.path(),
+        300,
+        64,
+        "0.3",
+        &["--npy", "--method", "adaptive", "--seed", "3"],
+    );
+    assert_eq!(c, 0);
+    let (n, d, st, meta) = read_safetensors(&p);
+    let npy_path = p.with_extension("npy");
+    assert_eq!(s["npy"].as_str().map(PathBuf::from), Some(npy_path.clone()));
+    let (nn, nd, np) = read_npy(&npy_path);
+    assert_eq!((n, d, nn, nd), (300, 64, 300, 64));
+    assert_eq!(st, np, "safetensors and npy hold different values");
+    for key in [
+        "alpha",
+        "max_abs_cos",
+        "mean_abs_cos",
+        "welch",
+        "steps",
+        "seed",
+        "method",
+        "version",
+    ] {
+        assert!(meta.contains_key(key), "metadata lacks {key}: {meta:?}");
+    }
+    assert_eq!(meta["alpha"], "0.3");
+    assert_eq!(meta["seed"], "3");
+    assert_eq!(meta["method"], "adaptive");
+    assert_eq!(meta["steps"], s["steps"].to_string());
+    let r = direct(300, 64, &st);
+    assert!((meta["mean_abs_cos"].parse::<f64>().unwrap() - r.mean).abs() < 1e-6);
+    // `check` reads both formats and agrees with itself and with the metadata.
+    let a = json(&run(dir.path(), &["check", p.to_str().unwrap(), "--json"]));
+    let b = json(&run(
+        dir.path(),
+        &["check", npy_path.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(a["max_abs_cos"], b["max_abs_cos"]);
+    assert_eq!(a["format"], "safetensors");
+    assert_eq!(b["format"], "npy");
+    assert!((f(&a, "max_abs_cos") - r.max).abs() < 1e-9);
+}
+
+#[test]
+fn check_matches_direct_computation() {
+    let dir = tmp();
+    let (n, d) = (257usize, 33usize);
+    // Deterministic values with uneven row norms.
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let vals: Vec<f32> = (0..n * d)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * (1.0 + (i / d % 7) as f32)
+        })
+        .collect();
+    let p = dir.path().join("m.npy");
+    write_npy(&p, n, d, &vals);
+    let r = direct(n, d, &vals);
+    for precision in ["auto", "f32", "f64"] {
+        // A small --mem forces many blocks (ragged last block included).
+        let out = run(
+            dir.path(),
+            &[
+                "check",
+                "m.npy",
+                "--json",
+                "--precision",
+                precision,
+                "--mem",
+                "64K",
+                "--bins",
+                "7",
+            ],
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let j = json(&out);
+        let tol = if precision == "f32" { 2e-6 } else { 1e-12 };
+        assert_eq!(
+            (j["n"].as_u64(), j["d"].as_u64()),
+            (Some(n as u64), Some(d as u64))
+        );
+        assert!(
+            (f(&j, "max_abs_cos") - r.max).abs() < tol,
+            "{precision}: {} vs {}",
+            f(&j, "max_abs_cos"),
+            r.max
+        );
+        assert!((f(&j, "mean_abs_cos") - r.mean).abs() < tol);
+        assert!((f(&j, "min_abs_cos") - r.min).abs() < tol);
+        assert!((f(&j, "max_cos") - r.max_signed).abs() < tol);
+        assert!((f(&j, "min_cos") - r.min_signed).abs() < tol);
+        assert!(
+            (f(&j, "norm_min") - r.norm_min).abs() < 1e-9
+                && (f(&j, "norm_max") - r.norm_max).abs() < 1e-9
+        );
+        assert!((f(&j, "angle_min_deg") - r.max_signed.acos().to_degrees()).abs() < 1e-3);
+        assert!((f(&j, "angle_max_deg") - r.min_signed.acos().to_degrees()).abs() < 1e-3);
+        let hist = j["histogram"].as_array().unwrap();
+        assert!(hist.len() <= 7);
+        let total: u64 = hist.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, (n * (n - 1) / 2) as u64);
+        let w = (((n - d) as f64) / (d as f64 * (n - 1) as f64)).sqrt();
+        assert!((f(&j, "welch") - w).abs() < 1e-12);
+        assert!((f(&j, "ratio_to_welch") - r.max / w).abs() < 1e-5);
+        // The reported pair really has that cosine.
+        let (i, k) = (
+            j["argmax"][0].as_u64().unwrap() as usize,
+            j["argmax"][1].as_u64().unwrap() as usize,
+        );
+        let pair = direct(
+            2,
+            d,
+            &[&vals[i * d..(i + 1) * d], &vals[k * d..(k + 1) * d]].concat(),
+        );
+        assert!((pair.max - r.max).abs() < 1e-5);
+    }
+    // --alpha turns check into a pass/fail gate.
+    assert_eq!(
+        code(&run(
+            dir.path(),
+            &["check", "m.npy", "--alpha", "0.01", "-q"]
+        )),
+        1
+    );
+    assert_eq!(
+        code(&run(
+            dir.path(),
+            &["check", "m.npy", "--alpha", "0.999", "-q"]
+        )),
+        0
+    );
+    // A safetensors file whose single tensor is not named `ebv` is read too.
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes).unwrap();
+    let st = dir.path().join("w.safetensors");
+    safetensors::tensor::serialize_to_file([("weights", view)], None, &st).unwrap();
+    let j = json(&run(
+        dir.path(),
+        &["check", "w.safetensors", "--json", "--precision", "f64"],
+    ));
+    assert!((f(&j, "max_abs_cos") - r.max).abs() < 1e-12);
+    // Garbage is an error (exit 2), not a crash.
+    std::fs::write(
+        dir.path().join("junk.npy"),
+        b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'}",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["check", "junk.npy"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
+fn paper_dir() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/paper-ebv");
+    assert!(
+        p.join("eq_100_1000.pkl").is_file() && p.join("eq_200_1000.pkl").is_file(),
+        "the paper's matrices are missing: expected {}/eq_100_1000.pkl and eq_200_1000.pkl \
+         (the shared/ folder beside the repository)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn import_paper_pickles_match_published_figures() {
+    let dir = tmp();
+    let src = paper_dir();
+    // (file, d, max |cos|, mean |cos|) from shared/data/paper-ebv/README.md
+    for (file, d, max, mean) in [
+        ("eq_100_1000.pkl", 100usize, 0.135044, 0.084427),
+        ("eq_200_1000.pkl", 200, 0.080033, 0.058735),
+    ] {
+        let out_p = dir.path().join(file).with_extension("safetensors");
+        let out = run(
+            dir.path(),
+            &[
+                "import",
+                src.join(file).to_str().unwrap(),
+                "--out",
+                out_p.to_str().unwrap(),
+                "--npy",
+                "--json",
+            ],
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let j = json(&out);
+        assert_eq!(j["source"]["form"], "torch");
+        assert_eq!(j["source"]["location"], "cuda:0");
+        assert!(
+            (f(&j, "max_abs_cos") - max).abs() < 5e-7,
+            "{file}: {}",
+            f(&j, "max_abs_cos")
+        );
+        assert!(
+            (f(&j, "mean_abs_cos") - mean).abs() < 5e-7,
+            "{file}: {}",
+            f(&j, "mean_abs_cos")
+        );
+        let (n, dd, vals, meta) = read_safetensors(&out_p);
+        assert_eq!((n, dd), (1000, d));
+        assert_eq!(meta["source"], file);
+        let r = direct(n, dd, &vals);
+        assert!((r.max - max).abs() < 5e-7 && (r.mean - mean).abs() < 5e-7);
+        assert!((r.norm_min - 1.0).abs() < 1e-5 && (r.norm_max - 1.0).abs() < 1e-5);
+        assert_eq!(read_npy(&out_p.with_extension("npy")).2, vals);
+    }
+}
+
+/// A latin-1 string of `bytes`, as protocol 2 pickles carry binary data.
+fn latin1_unicode(bytes: &[u8]) -> Vec<u8> {
+    let s: String = bytes.iter().map(|&b| b as char).collect();
+    let mut out = vec![b'X'];
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+    out
+}
+
+fn binunicode(s: &str) -> Vec<u8> {
+    let mut out = vec![b'X'];
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+    out
+}
+
+fn binint(v: i32) -> Vec<u8> {
+    let mut out = vec![b'J'];
+    out.extend(v.to_le_bytes());
+    out
+}
+
+/// The numpy dtype('<f4') object, as numpy pickles it.
+fn dtype_f4(global: &[u8]) -> Vec<u8> {
+    let mut p = global.to_vec();
+    p.extend(binunicode("f4"));
+    p.extend(b"\x89\x88\x87R(K\x03");
+    p.extend(binunicode("<"));
+    p.extend(b"NNN");
+    p.extend(binint(-1));
+    p.extend(binint(-1));
+    p.extend(b"K\x00tb");
+    p
+}
+
+/// A protocol-2 numpy pickle (what numpy 1.x writes with protocol=2):
+/// `numpy.core.multiarray._reconstruct`, data through `_codecs.encode(…, 'latin1')`.
+fn numpy_pickle_p2(n: usize, d: usize, data: &[u8], fortran: bool) -> Vec<u8> {
+    let mut p = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01K\x00\x85q\x02c_codecs\nencode\nq\x03".to_vec();
+    p.extend(binunicode("b"));
+    p.extend(b"q\x04");
+    p.extend(binunicode("latin1"));
+    p.extend(b"q\x05\x86Rq\x06\x87Rq\x07(K\x01");
+    p.extend(binint(n as i32));
+    p.extend(binint(d as i32));
+    p.extend(b"\x86");
+    p.extend(dtype_f4(b"cnumpy\ndtype\n"));
+    p.push(if fortran { 0x88 } else { 0x89 });
+    p.extend(b"h\x03"); // _codecs.encode from the memo
+    p.extend(latin1_unicode(data));
+    p.extend(b"h\x05\x86Rtb.");
+    p
+}
+
+/// A protocol-4 numpy pickle (numpy 2.x module name, STACK_GLOBAL, BINBYTES).
+fn numpy_pickle_p4(n: usize, d: usize, data: &[u8]) -> Vec<u8> {
+    let sg = |m: &str, name: &str| {
+        let mut v = vec![0x8c, m.len() as u8];
+        v.extend(m.as_bytes());
+        v.extend([0x8c, name.len() as u8]);
+        v.extend(name.as_bytes());
+        v.push(0x93);
+        v
+    };
+    let mut p = b"\x80\x04".to_vec();
+    p.extend(sg("numpy._core.multiarray", "_reconstruct"));
+    p.extend(sg("numpy", "ndarray"));
+    p.extend(b"K\x00\x85C\x01b\x87R(K\x01");
+    p.extend(binint(n as i32));
+    p.extend(binint(d as i32));
+    p.extend(b"\x86");
+    p.extend(dtype_f4(&sg("numpy", "dtype")));
+    p.push(0x89);
+    p.push(b'B');
+    p.extend((data.len() as u32).to_le_bytes());
+    p.extend(data);
+    p.extend(b"tb.");
+    p
+}
+
+#[test]
+fn import_numpy_pickles_built_by_hand() {
+    let dir = tmp();
+    let (n, d) = (40usize, 24usize);
+    let vals: Vec<f32> = (0..n * d)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let c_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // The same matrix in Fortran (column-major) order.
+    let f_bytes: Vec<u8> = (0..d)
+        .flat_map(|k| (0..n).map(move |i| (i, k)))
+        .flat_map(|(i, k)| vals[i * d + k].to_le_bytes())
+        .collect();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("p2.pkl", numpy_pickle_p2(n, d, &c_bytes, false)),
+        ("p2f.pkl", numpy_pickle_p2(n, d, &f_bytes, true)),
+        ("p4.pkl", numpy_pickle_p4(n, d, &c_bytes)),
+    ];
+    for (name, bytes) in cases {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        let out_p = dir.path().join(name).with_extension("safetensors");
+        let out = run(
+            dir.path(),
+            &["import", name, "--out", out_p.to_str().unwrap(), "--json"],
+        );
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        let j = json(&out);
+        assert_eq!(j["source"]["form"], "numpy");
+        assert_eq!(j["source"]["dtype"], "<f4");
+        let (fn_, fd, got, _) = read_safetensors(&out_p);
+        assert_eq!((fn_, fd), (n, d), "{name}");
+        assert_eq!(got, vals, "{name}: values differ");
+    }
+}
+
+#[test]
+fn import_refuses_unlisted_globals_without_running_them() {
+    let dir = tmp();
+    let marker = dir.path().join("pwned");
+    let cmd = format!("touch {}", marker.display());
+    let mut p = b"\x80\x02cos\nsystem\n".to_vec();
+    p.extend(binunicode(&cmd));
+    p.extend(b"\x85R.");
+    std::fs::write(dir.path().join("evil.pkl"), p).unwrap();
+    let out = run(
+        dir.path(),
+        &["import", "evil.pkl", "--out", "x.safetensors"],
+    );
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("`os.system`"), "{}", stderr(&out));
+    assert!(!marker.exists() && !dir.path().join("x.safetensors").exists());
+    // Truncated data is an error too.
+    std::fs::write(
+        dir.path().join("cut.pkl"),
+        &numpy_pickle_p4(4, 4, &[0u8; 64])[..60],
+    )
+    .unwrap();
+    assert_eq!(
+        code(&run(
+            dir.path(),
+            &["import", "cut.pkl", "--out", "y.safetensors"]
+        )),
+        2
+    );
+}
+
+#[test]
+fn cuda_device_is_a_clear_error() {
+    let dir = tmp();
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "10",
+            "--dim",
+            "4",
+            "--alpha",
+            "0.9",
+            "--device",
+            "cuda:0",
+        ],
+    );
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("built without the cuda feature"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn generate_recovers_where_the_paper_collapses() {
+    // (1000, 500, α 0.035 = 1.1 × Welch, lr 1e-3): the paper's loop drives
+    // max |cos| from 0.21 up to ≈0.6 and never converges.
+    let dir = tmp();
+    let (c, raw, p_raw) = generate(
+        dir.path(),
+        1000,
+        500,
+        "0.035",
+        &["--steps", "300", "--no-guard"],
+    );
+    assert_eq!(c, 1, "{raw}");
+    let start = f(&raw, "random_max_cos");
+    assert!(
+        f(&raw, "last_max_abs_cos") > 0.5,
+        "the paper's collapse did not happen: {raw}"
+    );
+    let (c, guarded, p) = generate(dir.path(), 1000, 500, "0.0350", &["--steps", "300"]);
+    assert_eq!(c, 1, "{guarded}");
+    // The guard saw the collapse, restored the best matrix and cut lr.
+    assert!(f(&guarded, "recoveries") >= 1.0, "{guarded}");
+    assert!(f(&guarded, "lr_end") < f(&guarded, "lr_start"));
+    assert!(
+        f(&guarded, "last_max_abs_cos") < f(&raw, "last_max_abs_cos") - 0.05,
+        "{guarded}"
+    );
+    // Both write their best matrix, with its real coherence, never the collapsed one.
+    for (path, s) in [(p_raw, raw), (p, guarded)] {
+        let (n, d, vals, meta) = read_safetensors(&path);
+        let r = direct(n, d, &vals);
+        assert!(r.max < start * 1.1 && (f(&s, "max_abs_cos") - r.max).abs() < 2e-6);
+        assert_eq!(meta["reached"], "false");
+    }
+    // The adaptive method reaches the same α.
+    let (c, s, p) = generate(
+        dir.path(),
+        1000,
+        500,
+        "0.035",
+        &["--method", "adaptive", "--steps", "2000"],
+    );
+    assert_eq!(c, 0, "{s}");
+    assert_file_meets(&p, 1000, 500, 0.035);
+}
+
+#[test]
+fn generate_alpha_auto_goes_well_below_random() {
+    let dir = tmp();
+    let (c, s, p) = generate(
+        dir.path(),
+        400,
+        80,
+        "auto",
+        &["--method", "adaptive", "--steps", "400"],
+    );
+    assert_eq!(c, 0, "{s}");
+    assert!(s["alpha"].is_null());
+    let r = direct(400, 80, &read_safetensors(&p).2);
+    let welch = f(&s, "welch");
+    assert!(
+        r.max >= welch && r.max < 0.5 * f(&s, "random_max_cos"),
+        "{s}"
+    );
+    assert!((f(&s, "ratio_to_welch") - r.max / welch).abs() < 1e-4);
+    assert_eq!(read_safetensors(&p).3["alpha"], "auto");
+}
