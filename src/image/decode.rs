@@ -117,6 +117,24 @@ fn check_pixels(width: u32, height: u32, limits: DecodeLimits) -> Result<(), Ima
 }
 
 fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageError> {
+    let mut data = Vec::new();
+    let (width, height, orientation) = decode_jpeg_into(bytes, limits, &mut data)?;
+    let image = Rgb8Image {
+        width,
+        height,
+        data,
+    };
+    Ok(orient(image, orientation))
+}
+
+/// Decode a JPEG into `out` (resized to width·height·3, keeping its
+/// allocation) without applying the EXIF orientation, which is returned.
+/// The one place JPEG decoding is set up, for one-off and reused buffers.
+pub(super) fn decode_jpeg_into(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    out: &mut Vec<u8>,
+) -> Result<(u32, u32, Orientation), ImageError> {
     let fmt = ImageFormat::Jpeg;
     // A JPEG that does not end in EOI was cut short; zune-jpeg would pad the
     // missing scan with grey rather than fail, so check it here.
@@ -139,16 +157,9 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageErr
         .exif()
         .and_then(|exif| Orientation::from_exif_chunk(exif))
         .unwrap_or(Orientation::NoTransforms);
-    let mut data = vec![0u8; width as usize * height as usize * 3];
-    decoder
-        .decode_into(&mut data)
-        .map_err(|e| corrupt(fmt, e))?;
-    let image = Rgb8Image {
-        width,
-        height,
-        data,
-    };
-    Ok(orient(image, orientation))
+    out.resize(width as usize * height as usize * 3, 0);
+    decoder.decode_into(out).map_err(|e| corrupt(fmt, e))?;
+    Ok((width, height, orientation))
 }
 
 fn decode_other(
@@ -174,7 +185,7 @@ fn decode_other(
     })
 }
 
-fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
+pub(super) fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
     if orientation == Orientation::NoTransforms {
         return image;
     }
