@@ -2,14 +2,18 @@
 //! Equiangular Basis Vectors (Shen, Sun, Wei, CVPR 2023).
 //!
 //! Layers, and the one direction their dependencies point:
-//! binaries (`src/bin/`) → `pack` / `basis` → `shard` / `image` → std + format crates.
+//! binaries (`src/bin/`) → `train` → `data` / `model` → `shard` / `image` / `kernels`;
+//! `pack` / `basis` / `stats` → `shard` / `image` → std + format crates.
 //! The shard format knows nothing of training; `image` knows nothing of shards.
 
 pub mod basis;
 pub mod data;
 pub mod image;
+pub mod kernels;
 pub mod memory;
+pub mod model;
 pub mod pack;
 pub mod progress;
 pub mod shard;
 pub mod stats;
+pub mod train;

@@ -1,0 +1,151 @@
+//! `ebv-eval --checkpoint C --shards DIR [--split val] [--json]`: top-1,
+//! top-5 and loss of a trained model over a split. C is a run folder (its
+//! latest checkpoint), a checkpoint folder or a `model.safetensors` (also
+//! torchvision's, with `--arch`/`--head`). Exit 0 ok, 2 error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Parser;
+use ebv::data::Loader;
+use ebv::kernels::KernelImpl;
+use ebv::shard::{ShardSet, Split};
+use ebv::train::{evaluate, open_model, ModelOverrides, Recipe};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ebv-eval",
+    version,
+    about = "Evaluate a trained model on shards"
+)]
+struct Args {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    shards: PathBuf,
+    #[arg(long, default_value = "val")]
+    split: Split,
+    /// EBV basis (default: the run folder's ebv.safetensors).
+    #[arg(long)]
+    ebv: Option<PathBuf>,
+    /// For weights without ebv metadata (e.g. torchvision's): resnet18/34/50.
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    small_stem: bool,
+    /// ebv or fc.
+    #[arg(long)]
+    head: Option<String>,
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Eval side and resize (default: the run's recipe, else 224 / 256).
+    #[arg(long)]
+    size: Option<u32>,
+    #[arg(long)]
+    eval_resize: Option<u32>,
+    /// Batch size (default: the run's eval batch, else 256).
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
+    let dev = Device::Cpu;
+    let over = ModelOverrides {
+        arch: a
+            .arch
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        width: a.width,
+        small_stem: a.small_stem.then_some(true),
+        head: a
+            .head
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        tau: a.tau,
+        ebv: a.ebv.clone(),
+    };
+    let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
+        .with_context(|| format!("opening {}", a.checkpoint.display()))?;
+    let mut recipe = loaded.recipe.clone().unwrap_or_else(|| {
+        let mut r = Recipe::default();
+        r.data.eval_resize = 256;
+        r.data.eval_batch = 256;
+        r
+    });
+    if let Some(s) = a.size {
+        recipe.data.size = s;
+    }
+    if let Some(r) = a.eval_resize {
+        recipe.data.eval_resize = r;
+    }
+    if let Some(b) = a.batch {
+        recipe.data.eval_batch = b;
+    }
+    if let Some(w) = a.workers {
+        recipe.data.workers = w;
+    }
+    let set = Arc::new(ShardSet::open(&a.shards)?);
+    let classes = set.classes().len();
+    if classes != loaded.model.spec().classes {
+        anyhow::bail!(
+            "{} has {classes} classes but the model was built for {}",
+            a.shards.display(),
+            loaded.model.spec().classes
+        );
+    }
+    if set.num_rows(a.split) == 0 {
+        anyhow::bail!("{}: no rows in split {}", a.shards.display(), a.split);
+    }
+    let mut cfg = recipe.eval_loader();
+    cfg.split = a.split;
+    let loader = Loader::new(set, cfg, 0)?;
+    let m = evaluate(&loaded.model, &loader, &dev, a.quiet)?;
+    if !a.json {
+        println!(
+            "{} on {} ({} images): top-1 {:.4}  top-5 {:.4}  loss {:.4}",
+            loaded.weights.display(),
+            a.split,
+            m.images,
+            m.top1,
+            m.top5,
+            m.loss
+        );
+    }
+    Ok(serde_json::json!({
+        "checkpoint": loaded.weights,
+        "split": a.split.to_string(),
+        "top1": m.top1, "top5": m.top5, "loss": m.loss,
+        "images": m.images, "replaced": m.replaced,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(v) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ebv-eval: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

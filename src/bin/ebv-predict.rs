@@ -1,0 +1,114 @@
+//! `ebv-predict --checkpoint C IMAGE... [--top-k 5] [--json]`: the top-k
+//! classes of image files, with names and cosines (EBV) or logits (FC).
+//! A failing image is reported and the others still predicted; exit 0 when
+//! all succeeded, 2 otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Parser;
+use ebv::data::{IMAGENET_MEAN, IMAGENET_STD};
+use ebv::kernels::KernelImpl;
+use ebv::train::{open_model, predict, ModelOverrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "ebv-predict", version, about = "Top-k classes of image files")]
+struct Args {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[arg(long)]
+    ebv: Option<PathBuf>,
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    small_stem: bool,
+    #[arg(long)]
+    head: Option<String>,
+    #[arg(long)]
+    tau: Option<f64>,
+    #[arg(long)]
+    size: Option<u32>,
+    #[arg(long)]
+    eval_resize: Option<u32>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
+    let dev = Device::Cpu;
+    let over = ModelOverrides {
+        arch: a
+            .arch
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        width: a.width,
+        small_stem: a.small_stem.then_some(true),
+        head: a
+            .head
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        tau: a.tau,
+        ebv: a.ebv.clone(),
+    };
+    let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
+        .with_context(|| format!("opening {}", a.checkpoint.display()))?;
+    let (size, resize, mean, std) = match &loaded.recipe {
+        Some(r) => (r.data.size, r.data.eval_resize, r.data.mean, r.data.std),
+        None => (224, 256, IMAGENET_MEAN, IMAGENET_STD),
+    };
+    let size = a.size.unwrap_or(size);
+    let resize = a.eval_resize.unwrap_or(resize);
+    let mut out = Vec::new();
+    let mut failed = false;
+    for img in &a.images {
+        match predict(&loaded, img, size, resize, (mean, std), a.top_k, &dev) {
+            Ok(p) => {
+                if !a.json {
+                    println!("{}", p.image);
+                    for (i, (c, name, s)) in p.top.iter().enumerate() {
+                        println!("  {}. {name} (class {c}): {} {s:.4}", i + 1, p.score);
+                    }
+                }
+                out.push(serde_json::to_value(&p)?);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("ebv-predict: {e}");
+                out.push(serde_json::json!({"image": img, "error": e.to_string()}));
+            }
+        }
+    }
+    Ok((out, failed))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok((v, failed)) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ebv-predict: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `ebv-train --shards DIR [--config pipelines/X.toml] [--ebv FILE] --out runs/NAME`:
+//! train a ResNet against EBV targets (or an FC baseline) on `ebv-pack`
+//! shards. `--resume` continues a run exactly; Ctrl-C stops with a
+//! checkpoint. `--bench-steps N --synthetic` times training steps on
+//! random data instead. Exit 0 ok, 2 error, 130 interrupted (checkpoint
+//! written).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Parser;
+use ebv::train::{bench_steps, install_interrupt_handler, train, Recipe, TrainOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ebv-train",
+    version,
+    about = "Train a ResNet against EBV targets"
+)]
+struct Args {
+    /// Output folder of ebv-pack (train and val shards).
+    #[arg(long, required_unless_present = "synthetic")]
+    shards: Option<PathBuf>,
+    /// Recipe (TOML); values it leaves out take the paper's ImageNet defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// EBV basis file from `ebv-basis generate` (EBV head).
+    #[arg(long)]
+    ebv: Option<PathBuf>,
+    /// Run folder: config, metrics, checkpoints, summary.
+    #[arg(long, default_value = "runs/default")]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Start from these weights (torchvision names; mismatched shapes such
+    /// as another class count's fc are skipped).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Override a recipe value: section.key=value (repeatable), e.g. optim.lr=0.1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Shorthands for common overrides.
+    #[arg(long)]
+    epochs: Option<u64>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    width: Option<usize>,
+    /// ebv or fc.
+    #[arg(long)]
+    head: Option<String>,
+    #[arg(long)]
+    tau: Option<f64>,
+    #[arg(long)]
+    size: Option<u32>,
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ebv (this crate's CPU kernels) or candle (candle's own ops).
+    #[arg(long)]
+    kernels: Option<String>,
+    /// cpu or cuda:K (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Stop with a checkpoint after this many steps in all.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Time N training steps on random data (with --synthetic) and exit.
+    #[arg(long)]
+    bench_steps: Option<usize>,
+    /// Use random images and labels instead of shards (benchmarks).
+    #[arg(long)]
+    synthetic: bool,
+    /// Classes and EBV dimension of the synthetic benchmark.
+    #[arg(long, default_value_t = 1000)]
+    classes: usize,
+    #[arg(long, default_value_t = 1000)]
+    dim: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn device(spec: &str) -> anyhow::Result<Device> {
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let k = spec
+        .strip_prefix("cuda:")
+        .or_else(|| (spec == "cuda").then_some("0"))
+        .with_context(|| format!("--device {spec}: expected cpu or cuda:K"))?;
+    let k: usize = k
+        .parse()
+        .with_context(|| format!("--device {spec}: bad GPU index"))?;
+    Device::new_cuda(k).with_context(|| format!("--device {spec}"))
+}
+
+fn overrides(a: &Args) -> Vec<String> {
+    let mut o = a.set.clone();
+    let mut add = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            o.push(format!("{k}={v}"));
+        }
+    };
+    add("schedule.epochs", a.epochs.map(|v| v.to_string()));
+    add("data.batch", a.batch.map(|v| v.to_string()));
+    add("optim.lr", a.lr.map(|v| format!("{v:?}")));
+    add("model.arch", a.arch.clone().map(|v| format!("{v:?}")));
+    add("model.width", a.width.map(|v| v.to_string()));
+    add("model.head", a.head.clone().map(|v| format!("{v:?}")));
+    add("model.tau", a.tau.map(|v| format!("{v:?}")));
+    add("data.size", a.size.map(|v| v.to_string()));
+    add("data.workers", a.workers.map(|v| v.to_string()));
+    add("run.seed", a.seed.map(|v| v.to_string()));
+    add("run.kernels", a.kernels.clone().map(|v| format!("{v:?}")));
+    o
+}
+
+fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
+    let dev = device(&a.device)?;
+    let sets = overrides(a);
+    // A resumed run re-reads its own recipe; the flags must agree with it.
+    let recipe_path = match (&a.config, a.resume) {
+        (None, true) => Some(a.out.join("config.toml")),
+        (p, _) => p.clone(),
+    };
+    let recipe = Recipe::load(recipe_path.as_deref(), &sets)?;
+    if let Some(steps) = a.bench_steps {
+        if !a.synthetic {
+            anyhow::bail!("--bench-steps runs on random data: add --synthetic");
+        }
+        let report = bench_steps(&recipe, a.classes, a.dim, steps.max(1), &dev)?;
+        if !a.json {
+            eprintln!(
+                "{} {} head, batch {}, {}x{}, kernels {}, {} threads: {:.3} s/step ({:.1} img/s), peak RSS {:.2} GiB",
+                report.arch,
+                report.head,
+                report.batch,
+                report.size,
+                report.size,
+                report.kernels,
+                report.threads,
+                report.mean_step_seconds,
+                report.images_per_second,
+                report.peak_rss_bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+        return Ok((serde_json::to_value(&report)?, false));
+    }
+    let shards = a
+        .shards
+        .clone()
+        .context("--shards is required (or --synthetic with --bench-steps)")?;
+    install_interrupt_handler();
+    let opts = TrainOptions {
+        recipe,
+        shards,
+        ebv: a.ebv.clone(),
+        out: a.out.clone(),
+        resume: a.resume,
+        device: dev,
+        quiet: a.quiet,
+        max_steps: a.max_steps,
+        init: a.init.clone(),
+    };
+    let outcome = train(&opts)?;
+    let s = &outcome.summary;
+    if !a.json && !a.quiet {
+        if let Some(e) = &s.last_epoch {
+            let val = e
+                .val
+                .as_ref()
+                .map(|v| format!(", val top-1 {:.4}, top-5 {:.4}", v.top1, v.top5))
+                .unwrap_or_default();
+            eprintln!(
+                "ebv-train: {} steps in {:.1} s ({:.1} img/s); last epoch {}: train loss {:.4}{val}",
+                s.steps,
+                s.train_seconds,
+                s.images_per_second,
+                e.epoch + 1,
+                e.train_loss
+            );
+        }
+        eprintln!("ebv-train: run folder {}", outcome.run.display());
+    }
+    Ok((
+        serde_json::to_value(s)?,
+        s.interrupted && ebv::train::interrupted(),
+    ))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok((value, interrupted)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            }
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ebv-train: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

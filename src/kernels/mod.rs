@@ -1,0 +1,239 @@
+//! CPU training kernels for the layers of a ResNet: conv2d, max-pool and fused train-mode BatchNorm.
+//!
+//! Every public function takes a [`KernelImpl`]. `Ebv` runs the hand-written CPU ops of this module (candle
+//! `CustomOp`s, so autograd flows through them) when all inputs are contiguous-able CPU tensors of one dtype,
+//! f32 or f64; anything else (CUDA, f16, mixed dtypes) silently takes the `Candle` path, built from candle's own ops,
+//! which works on every device. Both paths compute the same function and the same gradients (up to rounding, and up
+//! to how ties in max-pool are split, see [`max_pool2d`]).
+//!
+//! Invariants shared by the ops:
+//! - the forward ops make their inputs contiguous before `apply_op*`, and the backward ops make the incoming gradient
+//!   contiguous, so `cpu_fwd` may (and does) reject strided layouts;
+//! - backward ops are applied with `apply_op*_no_bwd`: second-order gradients are not supported;
+//! - a gradient is only computed for an argument that takes part in the graph (`Tensor::track_op`), which skips the
+//!   input gradient of the stem convolution.
+
+mod bn;
+mod conv;
+mod pool;
+#[cfg(test)]
+mod test_util;
+
+use std::cell::RefCell;
+
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor, WithDType};
+
+/// Which implementation a layer uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelImpl {
+    /// This module's CPU kernels where they apply (CPU, f32/f64), candle's ops elsewhere.
+    #[default]
+    Ebv,
+    /// candle's own ops everywhere (with a working max-pool backward).
+    Candle,
+}
+
+/// NCHW input x [N,Cin,H,W], weight w [Cout,Cin,K,K] (square kernel), no bias, groups 1, dilation 1.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    imp: KernelImpl,
+) -> Result<Tensor> {
+    if stride == 0 {
+        bail!("conv2d: stride must be at least 1");
+    }
+    if use_ebv(imp, &[x, w]) {
+        conv::conv2d_ebv(x, w, stride, padding)
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// Max-pool with -inf padding, PyTorch semantics (gradient goes wholly to the first maximum in the window).
+///
+/// Output size is floor((H + 2·padding − kernel)/stride) + 1 (PyTorch's `ceil_mode=False`), and like PyTorch the
+/// padding may be at most half the kernel, so no window lies wholly in the padding. The `Candle` path splits the
+/// gradient evenly between tied maxima instead (that is how `Tensor::maximum` differentiates); for continuous
+/// activations ties do not occur.
+pub fn max_pool2d(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    imp: KernelImpl,
+) -> Result<Tensor> {
+    pool::check_args(x, kernel, stride, padding)?;
+    if use_ebv(imp, &[x]) {
+        pool::max_pool2d_ebv(x, kernel, stride, padding)
+    } else {
+        pool::max_pool2d_candle(x, kernel, stride, padding)
+    }
+}
+
+/// Train-mode BatchNorm over (N,H,W) per channel: y = (x-mean)/sqrt(var_biased+eps)*weight + bias, optionally
+/// followed by ReLU.
+/// Returns (y, batch_mean [C], batch_var_unbiased [C]) — the two statistics detached, for the caller's running-stat
+/// update (PyTorch uses the unbiased variance for running_var).
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+    imp: KernelImpl,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    bn::check_args(x, weight, bias)?;
+    if use_ebv(imp, &[x, weight, bias]) {
+        bn::batch_norm_ebv(x, weight, bias, eps, relu)
+    } else {
+        bn::batch_norm_candle(x, weight, bias, eps, relu)
+    }
+}
+
+fn use_ebv(imp: KernelImpl, tensors: &[&Tensor]) -> bool {
+    let Some(first) = tensors.first() else {
+        return false;
+    };
+    imp == KernelImpl::Ebv
+        && matches!(first.dtype(), DType::F32 | DType::F64)
+        && tensors
+            .iter()
+            .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == first.dtype())
+}
+
+/// Element types the CPU kernels run on. Only f32 and f64 implement it, which is what makes the `gemm::gemm` calls
+/// (which panic on other types) sound.
+pub(crate) trait Float: WithDType {
+    const NEG_INF: Self;
+    const ZERO: Self;
+
+    /// Runs `f` on a scratch buffer of `len` elements with unspecified contents, kept per thread between calls so the
+    /// im2col columns are not reallocated for every image. Falls back to a fresh buffer when the thread's buffer is
+    /// already in use (a Rayon job stolen while this thread waits inside a parallel GEMM).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+macro_rules! impl_float {
+    ($t:ty, $tls:ident) => {
+        thread_local! {
+            static $tls: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+        }
+
+        impl Float for $t {
+            const NEG_INF: Self = <$t>::NEG_INFINITY;
+            const ZERO: Self = 0.0;
+
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $tls.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
+                        }
+                        f(&mut buf[..len])
+                    }
+                    Err(_) => f(&mut vec![0.0; len]),
+                })
+            }
+        }
+    };
+}
+
+impl_float!(f32, SCRATCH_F32);
+impl_float!(f64, SCRATCH_F64);
+
+/// The contiguous elements of a CPU storage as described by `layout`.
+pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("ebv kernels: input is not contiguous");
+    };
+    match data.get(start..end) {
+        Some(d) => Ok(d),
+        None => bail!(
+            "ebv kernels: layout {start}..{end} outside storage of {}",
+            data.len()
+        ),
+    }
+}
+
+/// A read-only row-major-or-strided matrix operand: element (i, j) is `data[i*rs + j*cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst[m×n] (row-major, contiguous) = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
+///
+/// Bounds are checked up front, which is what makes the raw-pointer `gemm::gemm` call sound.
+#[allow(clippy::too_many_arguments)] // a GEMM's shape, operands and options; a struct would only rename them
+pub(crate) fn matmul<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.iter_mut().take(m * n).for_each(|d| *d = T::ZERO);
+        }
+        return Ok(());
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if dst.len() < m * n
+        || lhs.data.len() <= last(m, k, lhs.rs, lhs.cs)
+        || rhs.data.len() <= last(k, n, rhs.rs, rhs.cs)
+    {
+        bail!("ebv matmul: operand too small for {m}x{k} · {k}x{n}");
+    }
+    // SAFETY: T is f32 or f64 (the only `Float` impls), all indices touched are within the slices (checked above),
+    // and `dst` is borrowed mutably so it cannot alias `lhs`/`rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::from_f64(1.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// How a batch of independent per-image problems is spread over the Rayon pool: one image per task with
+/// single-threaded GEMMs when there are at least as many images as threads, otherwise one image after another with
+/// GEMMs that are parallel inside.
+pub(crate) fn gemm_parallelism(images: usize) -> (bool, gemm::Parallelism) {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 {
+        (false, gemm::Parallelism::None)
+    } else if images >= threads {
+        (true, gemm::Parallelism::None)
+    } else {
+        (false, gemm::Parallelism::Rayon(threads))
+    }
+}

@@ -1,0 +1,394 @@
+//! Backbone + head: the whole trainable model, with its parameter store.
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::head::{Head, HeadKind};
+use super::params::ParamStore;
+use super::resnet::{ResNet, ResNetConfig};
+use super::ModelError;
+use crate::kernels::KernelImpl;
+
+/// Everything that fixes the model's tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub backbone: ResNetConfig,
+    pub head: HeadKind,
+    pub classes: usize,
+    /// EBV dimension d (the basis's columns); None for FC.
+    pub dim: Option<usize>,
+    /// EBV temperature.
+    pub tau: f64,
+}
+
+pub struct Classifier {
+    pub store: ParamStore,
+    spec: ModelSpec,
+    backbone: ResNet,
+    head: Head,
+}
+
+impl Classifier {
+    /// Build with seeded initialisation. `basis` ([C, d]) is required for
+    /// the EBV head and must agree with `spec`.
+    pub fn new(
+        spec: &ModelSpec,
+        basis: Option<&Tensor>,
+        device: &Device,
+        seed: u64,
+        imp: KernelImpl,
+    ) -> Result<Classifier, ModelError> {
+        Classifier::with_dtype(spec, basis, device, DType::F32, seed, imp)
+    }
+
+    /// [`Classifier::new`] with parameters of `dtype` (f64 for reference
+    /// checks).
+    pub fn with_dtype(
+        spec: &ModelSpec,
+        basis: Option<&Tensor>,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+        imp: KernelImpl,
+    ) -> Result<Classifier, ModelError> {
+        let mut store = ParamStore::new(device, dtype, seed);
+        let backbone = ResNet::new(&mut store, spec.backbone, imp)?;
+        let features = spec.backbone.features();
+        let head = match spec.head {
+            HeadKind::Ebv => {
+                let basis = basis
+                    .ok_or_else(|| ModelError::Build("the ebv head needs a basis matrix".into()))?;
+                let (c, d) = basis.dims2()?;
+                if c != spec.classes {
+                    return Err(ModelError::Build(format!(
+                        "the basis has {c} rows but the data has {} classes",
+                        spec.classes
+                    )));
+                }
+                if let Some(want) = spec.dim {
+                    if want != d {
+                        return Err(ModelError::Build(format!(
+                            "the basis has d = {d} but the recipe asks for dim = {want}"
+                        )));
+                    }
+                }
+                Head::ebv(&mut store, features, basis, spec.tau)?
+            }
+            HeadKind::Fc => Head::fc(&mut store, features, spec.classes)?,
+        };
+        Ok(Classifier {
+            store,
+            spec: spec.clone(),
+            backbone,
+            head,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    pub fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.backbone.forward_t(x, train)
+    }
+
+    /// Logits [N, C] for the loss.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.head.logits(&self.backbone.forward_t(x, train)?)
+    }
+
+    /// Eval-mode scores [N, C]: cosines (EBV) or logits (FC), plus the logits.
+    pub fn scores_and_logits(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let f = self.backbone.forward_t(x, false)?;
+        let scores = self.head.scores(&f)?;
+        let logits = match self.head.kind() {
+            HeadKind::Ebv => (&scores / self.spec.tau)?,
+            HeadKind::Fc => scores.clone(),
+        };
+        Ok((scores, logits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::model::{Arch, ParamKind};
+
+    /// The closed-form weights of `tests/peers/torchvision_forward.py`.
+    fn fill(name: &str, dims: &[usize]) -> Vec<f64> {
+        let k = name.bytes().map(u64::from).sum::<u64>() % 997;
+        let n: usize = dims.iter().product();
+        (0..n)
+            .map(|i| {
+                let base = (0.37 * i as f64 + 1.3 * k as f64).sin();
+                if name.ends_with("running_var") {
+                    0.5 + 0.25 * (1.0 + base)
+                } else if name.ends_with("running_mean") {
+                    0.1 * base
+                } else if dims.len() == 4 {
+                    let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+                    (2.0 / fan_in).sqrt() * 1.5 * base
+                } else if name.ends_with("bn1.weight")
+                    || name.contains(".bn")
+                    || name.contains("downsample.1")
+                {
+                    if name.ends_with("weight") {
+                        1.0 + 0.2 * base
+                    } else {
+                        0.1 * base
+                    }
+                } else {
+                    0.05 * base
+                }
+            })
+            .collect()
+    }
+
+    fn check(arch: Arch, train: &[f64], rm: &[f64], eval: &[f64]) {
+        // f64: train-mode BatchNorm over 8 values per channel (layer4 at
+        // batch 2) amplifies f32 rounding far beyond any useful tolerance.
+        for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
+            check_with(arch, imp, train, rm, eval);
+        }
+    }
+
+    fn check_with(arch: Arch, imp: KernelImpl, train: &[f64], rm: &[f64], eval: &[f64]) {
+        let spec = ModelSpec {
+            backbone: ResNetConfig {
+                arch,
+                width: 64,
+                small_stem: false,
+            },
+            head: HeadKind::Fc,
+            classes: 10,
+            dim: None,
+            tau: 0.07,
+        };
+        let model = Classifier::with_dtype(&spec, None, &Device::Cpu, DType::F64, 0, imp).unwrap();
+        let mut tensors = HashMap::new();
+        for e in model.store.entries() {
+            if e.name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let v: Vec<f64> = fill(&e.name, e.var.dims());
+            let t = Tensor::from_vec(v, e.var.dims(), &Device::Cpu).unwrap();
+            tensors.insert(e.name.clone(), t);
+        }
+        model
+            .store
+            .load(&tensors, std::path::Path::new("formula"), false)
+            .unwrap();
+        let x: Vec<f64> = (0..2 * 3 * 64 * 64)
+            .map(|i| (0.05 * i as f64).sin())
+            .collect();
+        let x = Tensor::from_vec(x, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let close = |got: &[f64], want: &[f64], what: &str| {
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-7 * scale,
+                    "{imp:?} {what}[{i}]: {g} vs torchvision {w}"
+                );
+            }
+            assert_eq!(got.len(), want.len());
+        };
+        let y = model.forward_t(&x, true).unwrap();
+        close(
+            &y.flatten_all().unwrap().to_vec1().unwrap(),
+            train,
+            "train logits",
+        );
+        let e = model.store.get("layer4.1.bn1.running_mean").unwrap();
+        let got: Vec<f64> = e
+            .var
+            .as_tensor()
+            .narrow(0, 0, 4)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(&got, rm, "running_mean");
+        assert_eq!(e.kind, ParamKind::Buffer);
+        let y = model.forward_t(&x, false).unwrap();
+        close(
+            &y.flatten_all().unwrap().to_vec1().unwrap(),
+            eval,
+            "eval logits",
+        );
+    }
+
+    // Values from `python tests/peers/torchvision_forward.py resnet18`
+    // (torch 2.15.0, torchvision 0.29.2, float64).
+    #[test]
+    fn resnet18_matches_torchvision() {
+        check(
+            Arch::Resnet18,
+            &[
+                1.5287709758,
+                1.7749262864,
+                0.5581176527,
+                -1.1026905815,
+                -1.8234995647,
+                -1.0019702612,
+                0.6832920874,
+                1.8341812441,
+                1.4906298775,
+                -0.0738048584,
+                0.94013572,
+                3.0079424892,
+                2.5923313139,
+                0.0491891594,
+                -2.507258564,
+                -2.9554836236,
+                -0.9232324675,
+                1.9042179748,
+                3.1792649395,
+                1.835900749,
+            ],
+            &[0.0298864324, 0.040594788, 0.0764000488, 0.0947010864],
+            &[
+                23.5546955024,
+                19.8130297195,
+                -0.32007764,
+                -20.1703832025,
+                -23.3001156944,
+                -7.1132918561,
+                14.9950433059,
+                24.7244863255,
+                14.0152905768,
+                -8.2802971878,
+                23.456049889,
+                19.7474736904,
+                -0.2982893945,
+                -20.0792828074,
+                -23.21509856,
+                -7.104718838,
+                14.92007711,
+                24.6280235345,
+                13.9771645625,
+                -8.2285330332,
+            ],
+        );
+    }
+
+    // Values from `python tests/peers/torchvision_forward.py resnet50`.
+    #[test]
+    fn resnet50_matches_torchvision() {
+        check(
+            Arch::Resnet50,
+            &[
+                -4.9575004425,
+                4.2640152776,
+                -1.8722496375,
+                -1.1621989799,
+                3.8794391711,
+                -4.9123052311,
+                4.1963251373,
+                -1.6823806365,
+                -1.3716655706,
+                3.9531446213,
+                -6.3106641888,
+                6.713858353,
+                -4.4602799533,
+                0.5514612384,
+                3.7106123049,
+                -6.3543646073,
+                6.6850703312,
+                -4.2440992488,
+                0.2607634794,
+                3.8886869926,
+            ],
+            &[-0.1603693641, 0.0410082467, 0.2700259802, -0.2181537835],
+            &[
+                -445.015225924,
+                1743.1735852884,
+                -2359.2916935564,
+                2052.4354359825,
+                -942.4338687553,
+                -536.1249239288,
+                1805.0998880904,
+                -2367.6799956037,
+                2004.0321406887,
+                -856.2499929923,
+                -376.564084858,
+                1486.5341407334,
+                -2014.8731838413,
+                1754.9903356807,
+                -808.3364788545,
+                -454.4094930666,
+                1539.5424981026,
+                -2022.1789981546,
+                1713.7635296943,
+                -734.780294406,
+            ],
+        );
+    }
+
+    /// Names, order and shapes equal torchvision's `state_dict()`
+    /// (`tests/data/torchvision-*.tsv`, written by `tests/peers/`'s
+    /// snippet: `for k, v in resnet50(num_classes=1000).state_dict().items()`).
+    #[test]
+    fn state_dict_layout_is_torchvisions() {
+        for (arch, file) in [
+            (Arch::Resnet18, "torchvision-resnet18.tsv"),
+            (Arch::Resnet50, "torchvision-resnet50.tsv"),
+        ] {
+            let spec = ModelSpec {
+                backbone: ResNetConfig {
+                    arch,
+                    width: 64,
+                    small_stem: false,
+                },
+                head: HeadKind::Fc,
+                classes: 1000,
+                dim: None,
+                tau: 0.07,
+            };
+            let model = Classifier::new(&spec, None, &Device::Cpu, 0, KernelImpl::Ebv).unwrap();
+            let text = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/data")
+                    .join(file),
+            )
+            .unwrap();
+            let want: Vec<(String, Vec<usize>)> = text
+                .lines()
+                .map(|l| {
+                    let (n, s) = l.split_once('\t').unwrap();
+                    let dims = s
+                        .split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(|x| x.parse().unwrap())
+                        .collect();
+                    (n.to_string(), dims)
+                })
+                .collect();
+            let got: Vec<(String, Vec<usize>)> = model
+                .store
+                .entries()
+                .iter()
+                .map(|e| (e.name.clone(), e.var.dims().to_vec()))
+                .collect();
+            assert_eq!(got, want, "{file}");
+        }
+        // ResNet-50's parameter count (torchvision: 25,557,032).
+        let spec = ModelSpec {
+            backbone: ResNetConfig {
+                arch: Arch::Resnet50,
+                width: 64,
+                small_stem: false,
+            },
+            head: HeadKind::Fc,
+            classes: 1000,
+            dim: None,
+            tau: 0.07,
+        };
+        let m = Classifier::new(&spec, None, &Device::Cpu, 0, KernelImpl::Ebv).unwrap();
+        assert_eq!(m.store.num_parameters(), 25_557_032);
+    }
+}

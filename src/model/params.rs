@@ -1,0 +1,352 @@
+//! The model's named tensors: trainable parameters and BatchNorm buffers,
+//! in creation order, under torchvision's state-dict names.
+//!
+//! Invariants:
+//! - names are unique and follow torchvision's `state_dict()` keys
+//!   (`layer1.0.conv1.weight`, `bn1.running_mean`, `fc.bias`, …), so a
+//!   saved file loads into torchvision as it is and back;
+//! - a [`ParamKind::Buffer`] never receives a gradient and is never handed
+//!   to an optimiser; it is changed only by train-mode forwards;
+//! - loading checks every name and shape before changing anything, so a
+//!   mismatched file leaves the model untouched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+use super::ModelError;
+
+/// What a named tensor is, for the optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Convolution and linear weights: trained, weight decay applies.
+    Weight,
+    /// BatchNorm affine parameters and biases: trained; weight decay applies
+    /// unless the recipe excludes them.
+    NoDecay,
+    /// Running statistics and counters: not trained.
+    Buffer,
+}
+
+/// One named tensor.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub var: Var,
+    pub kind: ParamKind,
+}
+
+/// All named tensors of a model, plus the seeded generator used to
+/// initialise them.
+pub struct ParamStore {
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    device: Device,
+    dtype: DType,
+    rng: ChaCha8Rng,
+}
+
+impl ParamStore {
+    /// An empty store whose initialisation draws from `seed`.
+    pub fn new(device: &Device, dtype: DType, seed: u64) -> ParamStore {
+        ParamStore {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            device: device.clone(),
+            dtype,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn push(&mut self, name: &str, t: Tensor, kind: ParamKind) -> Result<Var, ModelError> {
+        if self.index.contains_key(name) {
+            return Err(ModelError::Build(format!("duplicate tensor name {name}")));
+        }
+        let var = Var::from_tensor(&t)?;
+        self.index.insert(name.to_string(), self.entries.len());
+        self.entries.push(Entry {
+            name: name.to_string(),
+            var: var.clone(),
+            kind,
+        });
+        Ok(var)
+    }
+
+    fn tensor_of(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Normal(0, std²) values.
+    pub fn normal(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        std: f64,
+        kind: ParamKind,
+    ) -> Result<Var, ModelError> {
+        let n: usize = shape.iter().product();
+        let dist = Normal::new(0.0f64, std)
+            .map_err(|e| ModelError::Build(format!("{name}: bad init std {std}: {e}")))?;
+        let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng) as f32).collect();
+        let t = self.tensor_of(v, shape)?;
+        self.push(name, t, kind)
+    }
+
+    /// Uniform(−bound, bound) values.
+    pub fn uniform(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        bound: f64,
+        kind: ParamKind,
+    ) -> Result<Var, ModelError> {
+        let n: usize = shape.iter().product();
+        let dist = Uniform::new_inclusive(-bound, bound)
+            .map_err(|e| ModelError::Build(format!("{name}: bad init bound {bound}: {e}")))?;
+        let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut self.rng) as f32).collect();
+        let t = self.tensor_of(v, shape)?;
+        self.push(name, t, kind)
+    }
+
+    /// A constant tensor.
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        value: f64,
+        kind: ParamKind,
+    ) -> Result<Var, ModelError> {
+        let t = Tensor::full(value, shape, &self.device)?.to_dtype(self.dtype)?;
+        self.push(name, t, kind)
+    }
+
+    /// An i64 counter (torchvision's `num_batches_tracked`).
+    pub fn counter(&mut self, name: &str) -> Result<Var, ModelError> {
+        let t = Tensor::zeros((), DType::I64, &self.device)?;
+        self.push(name, t, ParamKind::Buffer)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.index.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// Trainable entries (everything but buffers).
+    pub fn trainable(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.iter().filter(|e| e.kind != ParamKind::Buffer)
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.trainable().map(|e| e.var.elem_count()).sum()
+    }
+
+    /// Name → tensor, for saving.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.var.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Replace every tensor with the one of the same name in `tensors`.
+    /// Extra names are an error unless `allow_extra`; missing names are an
+    /// error except torchvision's `num_batches_tracked` counters. Nothing
+    /// changes unless every name and shape matches.
+    pub fn load(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        source: &Path,
+        allow_extra: bool,
+    ) -> Result<(), ModelError> {
+        let mut plan = Vec::with_capacity(self.entries.len());
+        let mut missing = Vec::new();
+        for e in &self.entries {
+            match tensors.get(&e.name) {
+                Some(t) => {
+                    if t.dims() != e.var.dims() {
+                        return Err(ModelError::Checkpoint {
+                            path: source.to_path_buf(),
+                            detail: format!(
+                                "tensor {} has shape {:?}, the model expects {:?}",
+                                e.name,
+                                t.dims(),
+                                e.var.dims()
+                            ),
+                        });
+                    }
+                    plan.push((e, t));
+                }
+                None if e.name.ends_with("num_batches_tracked") => {}
+                None => missing.push(e.name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ModelError::Checkpoint {
+                path: source.to_path_buf(),
+                detail: format!(
+                    "{} tensor(s) missing, first: {}",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        if !allow_extra {
+            let mut extra: Vec<&String> = tensors
+                .keys()
+                .filter(|k| !self.index.contains_key(k.as_str()))
+                .collect();
+            extra.sort();
+            if !extra.is_empty() {
+                return Err(ModelError::Checkpoint {
+                    path: source.to_path_buf(),
+                    detail: format!(
+                        "{} tensor(s) the model does not have, first: {}",
+                        extra.len(),
+                        extra
+                            .iter()
+                            .take(5)
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        for (e, t) in plan {
+            let t = t.to_dtype(e.var.dtype())?.to_device(e.var.device())?;
+            e.var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Write every tensor to a safetensors file (atomically) with
+    /// `metadata`.
+    pub fn save(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), ModelError> {
+        save_safetensors(path, &self.tensors(), metadata)
+    }
+}
+
+/// Write named tensors and string metadata to `path` through a temp file
+/// in the same folder and a rename.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), ModelError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(&Device::Cpu)?.contiguous()?;
+        let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype() {
+            DType::F32 => (
+                Dtype::F32,
+                t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::F64 => (
+                Dtype::F64,
+                t.flatten_all()?
+                    .to_vec1::<f64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::I64 => (
+                Dtype::I64,
+                t.flatten_all()?
+                    .to_vec1::<i64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::U32 => (
+                Dtype::U32,
+                t.flatten_all()?
+                    .to_vec1::<u32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            _ => {
+                let t = t.to_dtype(DType::F32)?;
+                (
+                    Dtype::F32,
+                    t.flatten_all()?
+                        .to_vec1::<f32>()?
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                )
+            }
+        };
+        bufs.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+    }
+    let mut views = Vec::with_capacity(bufs.len());
+    for (name, dtype, shape, bytes) in &bufs {
+        let view =
+            TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                detail: format!("tensor {name}: {e}"),
+            })?;
+        views.push((name.as_str(), view));
+    }
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    crate::shard::write_replace(path, &data, true).map_err(|e| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Named tensors as read from a file.
+pub type TensorMap = HashMap<String, Tensor>;
+
+/// Read every tensor of a safetensors file (CPU) and its metadata.
+pub fn load_safetensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>), ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let bad = |detail: String| ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, metadata))
+}

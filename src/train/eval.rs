@@ -1,0 +1,229 @@
+//! Evaluation over a split, and opening a trained model for `ebv-eval` and
+//! `ebv-predict`.
+//!
+//! A model is found from a run folder (its latest checkpoint), a checkpoint
+//! folder, or a bare `model.safetensors`; a file from torchvision
+//! (`safetensors.torch.save_file(resnet50().state_dict(), …)`) has no spec
+//! metadata, so its architecture and head come from flags. The EBV basis
+//! and class names come from the run folder unless given.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::data::{Loader, SamplerState};
+use crate::kernels::KernelImpl;
+use crate::model::{
+    load_basis, load_safetensors, Arch, Classifier, HeadKind, ModelSpec, ResNetConfig,
+};
+
+use super::checkpoint::{self, SPEC_KEY};
+use super::config::Recipe;
+use super::loss::{hard_cross_entropy, topk_correct};
+use super::metrics::EvalMetrics;
+use super::TrainError;
+
+/// Mean loss (no label smoothing), top-1 and top-5 of `model` in eval mode
+/// over every batch `loader` yields for epoch 0.
+pub fn evaluate(
+    model: &Classifier,
+    loader: &Loader,
+    device: &Device,
+    quiet: bool,
+) -> Result<EvalMetrics, TrainError> {
+    let seed = loader.sampler().seed();
+    let mut iter = loader.epoch(SamplerState::new(seed))?;
+    let bar = crate::progress::bar(iter.num_batches(), "batch", quiet);
+    bar.set_prefix("eval");
+    let k5 = 5.min(model.spec().classes);
+    let (mut loss_sum, mut top1, mut top5, mut n) = (0.0f64, 0u64, 0u64, 0u64);
+    for batch in &mut iter {
+        let batch = batch?;
+        let b = batch.len() as u64;
+        let labels = batch.labels_tensor(device)?;
+        let x = if device.is_cpu() {
+            batch.into_tensor()?
+        } else {
+            batch.to_tensor(device)?
+        };
+        let (scores, logits) = model.scores_and_logits(&x)?;
+        let loss = hard_cross_entropy(&logits, &labels, 0.0)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let c = topk_correct(&scores, &labels, &[1, k5])?;
+        loss_sum += loss * b as f64;
+        top1 += c[0];
+        top5 += c[1];
+        n += b;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let replaced = iter.summary().replaced;
+    let n_f = n.max(1) as f64;
+    Ok(EvalMetrics {
+        loss: loss_sum / n_f,
+        top1: top1 as f64 / n_f,
+        top5: top5 as f64 / n_f,
+        images: n,
+        replaced,
+    })
+}
+
+/// Model settings for files without spec metadata (torchvision weights),
+/// or to override the run's.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOverrides {
+    pub arch: Option<Arch>,
+    pub width: Option<usize>,
+    pub small_stem: Option<bool>,
+    pub head: Option<HeadKind>,
+    pub tau: Option<f64>,
+    pub ebv: Option<PathBuf>,
+}
+
+/// A model ready for inference, with what was found around it.
+pub struct LoadedModel {
+    pub model: Classifier,
+    /// The run's resolved recipe, when the model came from a run.
+    pub recipe: Option<Recipe>,
+    /// Class names (the run's `classes.tsv`), when found.
+    pub classes: Option<Vec<String>>,
+    /// The weights file read.
+    pub weights: PathBuf,
+}
+
+/// Find the weights file and the run folder for `path`.
+fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>), TrainError> {
+    if path.is_dir() {
+        if path.join("checkpoints").is_dir() {
+            let dir = checkpoint::latest(path)?.ok_or_else(|| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                detail: "run folder without a checkpoint".into(),
+            })?;
+            return Ok((dir.join("model.safetensors"), Some(path.to_path_buf())));
+        }
+        let weights = path.join("model.safetensors");
+        if weights.is_file() {
+            // RUN/checkpoints/NAME/
+            let run = path.parent().and_then(Path::parent).map(Path::to_path_buf);
+            return Ok((weights, run.filter(|r| r.join("config.toml").is_file())));
+        }
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: "neither a run folder nor a checkpoint folder (no model.safetensors)".into(),
+        });
+    }
+    if !path.is_file() {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: "no such file or folder".into(),
+        });
+    }
+    let run = path
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .find(|d| d.join("config.toml").is_file())
+        .map(Path::to_path_buf);
+    Ok((path.to_path_buf(), run))
+}
+
+/// Open the model at `path` (see the module header) on `device`.
+pub fn open_model(
+    path: &Path,
+    over: &ModelOverrides,
+    device: &Device,
+    imp: KernelImpl,
+) -> Result<LoadedModel, TrainError> {
+    let (weights, run) = locate(path)?;
+    let (tensors, meta) = load_safetensors(&weights)?;
+    let recipe = match &run {
+        Some(r) => Some(Recipe::load(Some(&r.join("config.toml")), &[])?),
+        None => None,
+    };
+    let classes = run
+        .as_ref()
+        .map(|r| r.join("classes.tsv"))
+        .filter(|p| p.is_file())
+        .map(|p| crate::shard::read_classes_tsv(&p).map_err(|e| TrainError::Other(e.to_string())))
+        .transpose()?;
+    let saved: Option<ModelSpec> = match meta.get(SPEC_KEY) {
+        Some(s) => Some(serde_json::from_str(s).map_err(|e| TrainError::Checkpoint {
+            path: weights.clone(),
+            detail: format!("bad {SPEC_KEY}: {e}"),
+        })?),
+        None => None,
+    };
+    // Without metadata (torchvision's files) the shapes of fc tell the
+    // class count (FC) or d (EBV).
+    let fc_rows = tensors.get("fc.weight").map(|t| t.dims()[0]);
+    let head = over
+        .head
+        .or(saved.as_ref().map(|s| s.head))
+        .unwrap_or(HeadKind::Fc);
+    let backbone = ResNetConfig {
+        arch: over
+            .arch
+            .or(saved.as_ref().map(|s| s.backbone.arch))
+            .unwrap_or(Arch::Resnet50),
+        width: over
+            .width
+            .or(saved.as_ref().map(|s| s.backbone.width))
+            .unwrap_or(64),
+        small_stem: over
+            .small_stem
+            .or(saved.as_ref().map(|s| s.backbone.small_stem))
+            .unwrap_or(false),
+    };
+    let tau = over.tau.or(saved.as_ref().map(|s| s.tau)).unwrap_or(0.07);
+    let basis = match head {
+        HeadKind::Ebv => {
+            let p = over
+                .ebv
+                .clone()
+                .or_else(|| run.as_ref().map(|r| r.join("ebv.safetensors")))
+                .filter(|p| p.is_file())
+                .ok_or_else(|| {
+                    TrainError::Setup(
+                        "the ebv head needs its basis file: pass --ebv FILE (a run folder keeps it as ebv.safetensors)".into(),
+                    )
+                })?;
+            Some(load_basis(&p, device)?)
+        }
+        HeadKind::Fc => None,
+    };
+    let classes_n = match (&basis, head) {
+        (Some(b), _) => b.dims()[0],
+        (None, _) => saved
+            .as_ref()
+            .map(|s| s.classes)
+            .or(fc_rows)
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: weights.clone(),
+                detail: "no fc.weight: cannot tell the class count".into(),
+            })?,
+    };
+    let spec = ModelSpec {
+        backbone,
+        head,
+        classes: classes_n,
+        dim: basis.as_ref().map(|b| b.dims()[1]),
+        tau,
+    };
+    let model = Classifier::new(&spec, basis.as_ref(), device, 0, imp)?;
+    model.store.load(&tensors, &weights, false)?;
+    if let Some(names) = &classes {
+        if names.len() != classes_n {
+            return Err(TrainError::Setup(format!(
+                "the run's classes.tsv lists {} classes but the model has {classes_n}",
+                names.len()
+            )));
+        }
+    }
+    Ok(LoadedModel {
+        model,
+        recipe,
+        classes,
+        weights,
+    })
+}

@@ -1,0 +1,709 @@
+//! The training loop: shards → loader → model → loss → optimiser, with
+//! per-step schedule, metrics, per-epoch evaluation, checkpoints and exact
+//! resume.
+//!
+//! Invariants:
+//! - every check that can fail on the user's input (recipe, shards, basis
+//!   file, class count, dimension, run folder) runs before the first step;
+//! - the batches depend only on (seed, epoch, position) (see `data`), the
+//!   model's initialisation only on the seed, and the kernels are
+//!   deterministic at a given thread count, so a run resumed from any
+//!   checkpoint logs exactly what the uninterrupted run logs;
+//! - the EBV matrix lives outside the optimiser: it has no gradient and no
+//!   state, and it is never part of a checkpoint's model file;
+//! - an interrupt (Ctrl-C) or `--max-steps` ends the current step, writes a
+//!   checkpoint at that position and returns; nothing is lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::data::{Batch, Loader, SamplerState};
+use crate::kernels::KernelImpl;
+use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
+use crate::shard::{ShardSet, Split};
+
+use super::checkpoint::{self, TrainState};
+use super::config::{OptimName, Recipe};
+use super::eval::evaluate;
+use super::loss::{hard_cross_entropy, topk_correct};
+use super::metrics::{best_epoch, read_log, EpochMetrics, MetricsLog, Running, Summary};
+use super::optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
+use super::plot::write_curves;
+use super::schedule::Schedule;
+use super::TrainError;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Make Ctrl-C (SIGINT) stop training at the end of the current step with a
+/// checkpoint, instead of killing the process. A second Ctrl-C exits at
+/// once.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+    });
+}
+
+/// Whether an interrupt was requested.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// What `ebv-train` was asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub recipe: Recipe,
+    pub shards: PathBuf,
+    /// The EBV basis file (required for the EBV head).
+    pub ebv: Option<PathBuf>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    pub quiet: bool,
+    /// Stop with a checkpoint once this many steps have been taken in all.
+    pub max_steps: Option<u64>,
+    /// Start from these weights (torchvision names); tensors whose shape
+    /// differs from the model's (e.g. `fc` for another class count) are
+    /// left at their initialisation.
+    pub init: Option<PathBuf>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub run: PathBuf,
+    pub summary: Summary,
+}
+
+/// Names of the files in a run folder.
+const CONFIG: &str = "config.toml";
+const BASIS: &str = "ebv.safetensors";
+const CLASSES: &str = "classes.tsv";
+
+fn model_spec(
+    recipe: &Recipe,
+    classes: usize,
+    basis: Option<&Tensor>,
+) -> Result<ModelSpec, TrainError> {
+    let dim = match (recipe.model.head, basis) {
+        (HeadKind::Ebv, Some(b)) => {
+            let (n, d) = b.dims2()?;
+            if n != classes {
+                return Err(TrainError::Setup(format!(
+                    "class count mismatch: the shards have {classes} classes but the EBV file has {n} rows"
+                )));
+            }
+            if recipe.model.dim != 0 && recipe.model.dim != d {
+                return Err(TrainError::Setup(format!(
+                    "dimension mismatch: the recipe asks for model.dim = {} but the EBV file has d = {d}",
+                    recipe.model.dim
+                )));
+            }
+            Some(d)
+        }
+        _ => None,
+    };
+    Ok(ModelSpec {
+        backbone: recipe.backbone(),
+        head: recipe.model.head,
+        classes,
+        dim,
+        tau: recipe.model.tau,
+    })
+}
+
+fn build_optimizer(recipe: &Recipe, model: &Classifier) -> Optimizer {
+    let o = &recipe.optim;
+    let params: Vec<Param> = model
+        .store
+        .trainable()
+        .map(|e| Param {
+            name: e.name.clone(),
+            var: e.var.clone(),
+            weight_decay: e.kind == ParamKind::Weight || o.decay_bn_and_bias,
+        })
+        .collect();
+    match o.name {
+        OptimName::Sgd => Optimizer::sgd(
+            params,
+            SgdConfig {
+                momentum: o.momentum,
+                nesterov: o.nesterov,
+                weight_decay: o.weight_decay,
+                dampening: 0.0,
+            },
+        ),
+        OptimName::Adamw => Optimizer::adamw(
+            params,
+            AdamWConfig {
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+            },
+        ),
+    }
+}
+
+/// Cross-entropy of a (possibly mixed) batch: λ·CE(y_a) + (1−λ)·CE(y_b),
+/// which equals the cross-entropy against the smoothed soft target
+/// λ·onehot(a) + (1−λ)·onehot(b) without building the B×C target.
+fn batch_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    mix_labels: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+) -> candle_core::Result<Tensor> {
+    let own = hard_cross_entropy(logits, labels, smoothing)?;
+    if lambda >= 1.0 {
+        return Ok(own);
+    }
+    let other = hard_cross_entropy(logits, mix_labels, smoothing)?;
+    (own * lambda)? + (other * (1.0 - lambda))?
+}
+
+/// One optimiser step; returns (loss, top-1 correct against own labels).
+#[allow(clippy::too_many_arguments)]
+fn step(
+    model: &Classifier,
+    optim: &mut Optimizer,
+    x: &Tensor,
+    labels: &Tensor,
+    mix_labels: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+    clip: f64,
+    lr: f64,
+) -> Result<(f64, u64), TrainError> {
+    let logits = model.forward_t(x, true)?;
+    let loss = batch_loss(&logits, labels, mix_labels, lambda, smoothing)?;
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !value.is_finite() {
+        return Err(TrainError::Other(format!(
+            "the loss is {value}: training diverged (lower optim.lr or set optim.clip_grad_norm)"
+        )));
+    }
+    let mut grads = loss.backward()?;
+    if clip > 0.0 {
+        clip_grad_norm(&mut grads, optim.params(), clip)?;
+    }
+    optim.step(&grads, lr)?;
+    let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
+    Ok((value, correct))
+}
+
+fn batch_tensors(
+    batch: Batch,
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor, f64), TrainError> {
+    let labels = batch.labels_tensor(device)?;
+    let mix = Tensor::from_slice(&batch.mix_labels, batch.mix_labels.len(), device)?;
+    let lambda = f64::from(batch.mix.lambda());
+    let x = if device.is_cpu() {
+        batch.into_tensor()?
+    } else {
+        batch.to_tensor(device)?
+    };
+    Ok((x, labels, mix, lambda))
+}
+
+/// Checks and run-folder set-up shared by fresh and resumed runs.
+struct Setup {
+    set: Arc<ShardSet>,
+    basis: Option<Tensor>,
+    spec: ModelSpec,
+}
+
+fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
+    let r = &opts.recipe;
+    r.validate()?;
+    let set = Arc::new(ShardSet::open(&opts.shards)?);
+    let classes = set.classes().len();
+    if set.num_rows(Split::Train) == 0 {
+        return Err(TrainError::Setup(format!(
+            "{}: no training rows (no train-*.parquet shards)",
+            opts.shards.display()
+        )));
+    }
+    let basis = match r.model.head {
+        HeadKind::Ebv => {
+            let path = opts.ebv.as_ref().ok_or_else(|| {
+                TrainError::Setup(
+                    "the ebv head needs the EBV basis file: pass --ebv FILE (make one with `ebv-basis generate`), or set model.head = \"fc\"".into(),
+                )
+            })?;
+            if !path.is_file() {
+                return Err(TrainError::Setup(format!(
+                    "EBV basis file {} does not exist (make one with `ebv-basis generate --classes {classes} --dim D --out {}`)",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            Some(load_basis(path, &opts.device)?)
+        }
+        HeadKind::Fc => None,
+    };
+    let spec = model_spec(r, classes, basis.as_ref())?;
+    Ok(Setup { set, basis, spec })
+}
+
+/// Train as `opts` says; see the module invariants.
+pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+    let run = opts.out.clone();
+    let mut opts = opts.clone();
+    let latest = if run.is_dir() {
+        checkpoint::latest(&run)?
+    } else {
+        None
+    };
+    if opts.resume {
+        let cfg = run.join(CONFIG);
+        if latest.is_none() || !cfg.is_file() {
+            return Err(TrainError::Setup(format!(
+                "--resume: {} has no checkpoint to resume from",
+                run.display()
+            )));
+        }
+        let saved = Recipe::load(Some(&cfg), &[])?;
+        if saved != opts.recipe {
+            return Err(TrainError::Setup(format!(
+                "--resume continues with the run's own {} exactly; the recipe given differs (drop --config/--set, or start a new --out)",
+                cfg.display()
+            )));
+        }
+        if opts.ebv.is_none() && run.join(BASIS).is_file() {
+            opts.ebv = Some(run.join(BASIS));
+        }
+    } else if latest.is_some() {
+        return Err(TrainError::Setup(format!(
+            "{} already holds a run with checkpoints: pass --resume to continue it, or choose another --out",
+            run.display()
+        )));
+    }
+    let opts = &opts;
+    let Setup { set, basis, spec } = setup(opts)?;
+    let r = &opts.recipe;
+    let imp = r.kernels()?;
+    let seed = r.run.seed;
+
+    let loader = Loader::new(Arc::clone(&set), r.train_loader(0, 1)?, seed)?;
+    let per_epoch = loader.batches_per_epoch();
+    if per_epoch == 0 {
+        return Err(TrainError::Setup(format!(
+            "the train split has {} rows, fewer than one batch of {}",
+            set.num_rows(Split::Train),
+            r.data.batch
+        )));
+    }
+    let eval_loader = if set.num_rows(Split::Val) > 0 {
+        Some(Loader::new(Arc::clone(&set), r.eval_loader(), seed)?)
+    } else {
+        None
+    };
+    let total = r.schedule.epochs * per_epoch;
+    let schedule = Schedule {
+        base_lr: r.scaled_lr(),
+        warmup_steps: ((r.schedule.warmup_epochs * per_epoch as f64).round() as u64).min(total),
+        warmup_start_factor: r.schedule.warmup_start,
+        total_steps: total,
+        min_lr: r.schedule.min_lr,
+    };
+
+    let model = Classifier::new(&spec, basis.as_ref(), &opts.device, seed, imp)?;
+    if let Some(init) = &opts.init {
+        load_init(&model, init)?;
+    }
+    let mut optim = build_optimizer(r, &model);
+
+    std::fs::create_dir_all(&run).map_err(|e| TrainError::io(&run, e))?;
+    let basis_sha = match (&basis, &opts.ebv) {
+        (Some(_), Some(p)) => Some(file_sha256(p)?),
+        _ => None,
+    };
+    let mut state = match &latest {
+        Some(dir) if opts.resume => {
+            let s = checkpoint::restore(dir, &model, &mut optim)?;
+            if s.basis_sha256 != basis_sha {
+                return Err(TrainError::Setup(format!(
+                    "the EBV basis differs from the one {} was trained with",
+                    dir.display()
+                )));
+            }
+            s
+        }
+        _ => {
+            let text = r.to_toml()?;
+            crate::shard::write_replace(&run.join(CONFIG), text.as_bytes(), false)
+                .map_err(|e| TrainError::Other(e.to_string()))?;
+            crate::shard::write_classes_tsv(&run.join(CLASSES), set.classes())
+                .map_err(|e| TrainError::Other(e.to_string()))?;
+            if let Some(p) = &opts.ebv {
+                let dst = run.join(BASIS);
+                if basis.is_some() && !same_file(p, &dst) {
+                    std::fs::copy(p, &dst).map_err(|e| TrainError::io(&dst, e))?;
+                }
+            }
+            TrainState {
+                step: 0,
+                sampler: SamplerState::new(seed),
+                seed,
+                interval: Running::default(),
+                epoch_acc: Running::default(),
+                history: Vec::new(),
+                basis_sha256: basis_sha.clone(),
+            }
+        }
+    };
+    let mut log = MetricsLog::open(&run, opts.resume.then_some(state.step))?;
+    let chatty = crate::progress::chatty(opts.quiet);
+    if chatty {
+        eprintln!(
+            "ebv-train: {} ({} head{}), {} parameters, {} classes; {} steps/epoch × {} epochs, lr {:.4} (batch {})",
+            spec.backbone.arch.name(),
+            match spec.head {
+                HeadKind::Ebv => "ebv",
+                HeadKind::Fc => "fc",
+            },
+            spec.dim.map(|d| format!(", d = {d}")).unwrap_or_default(),
+            model.store.num_parameters(),
+            spec.classes,
+            per_epoch,
+            r.schedule.epochs,
+            schedule.base_lr,
+            r.data.batch
+        );
+    }
+
+    let started = Instant::now();
+    let mut images_done = 0u64;
+    let mut stop = false;
+    while state.sampler.epoch < r.schedule.epochs && !stop {
+        let epoch = state.sampler.epoch;
+        let mut iter = loader.epoch(state.sampler)?;
+        let bar = crate::progress::bar(iter.num_batches(), "batch", opts.quiet);
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, r.schedule.epochs));
+        let mut interval_start = Instant::now();
+        let mut interval_images = 0u64;
+        for batch in &mut iter {
+            let batch = batch?;
+            let n = batch.len() as u64;
+            let after = batch.state_after;
+            let lr = schedule.lr(state.step);
+            let (x, labels, mix, lambda) = batch_tensors(batch, &opts.device)?;
+            let (loss, correct) = step(
+                &model,
+                &mut optim,
+                &x,
+                &labels,
+                &mix,
+                lambda,
+                r.loss.label_smoothing,
+                r.optim.clip_grad_norm,
+                lr,
+            )?;
+            state.step += 1;
+            state.sampler = after;
+            state.interval.add(loss, correct, n);
+            state.epoch_acc.add(loss, correct, n);
+            interval_images += n;
+            images_done += n;
+            bar.inc(1);
+            if state.step % r.run.log_every.max(1) == 0 {
+                let secs = interval_start.elapsed().as_secs_f64();
+                let ips = interval_images as f64 / secs.max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.4} {:.0} img/s",
+                    state.interval.loss(),
+                    lr,
+                    ips
+                ));
+                log.write(&json!({
+                    "kind": "train", "step": state.step, "epoch": epoch,
+                    "loss": state.interval.loss(), "lr": lr, "top1": state.interval.top1(),
+                    "images_per_s": ips,
+                }))?;
+                state.interval = Running::default();
+                interval_start = Instant::now();
+                interval_images = 0;
+            }
+            if interrupted() || opts.max_steps.is_some_and(|m| state.step >= m) {
+                stop = true;
+                // On the epoch's last batch, finish the epoch (evaluation,
+                // epoch checkpoint) as an uninterrupted run would.
+                if after.epoch == epoch {
+                    break;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        if stop && state.sampler.epoch == epoch {
+            // Mid-epoch stop: the sampler state points at the next batch.
+            let name = format!("step-{:010}", state.step);
+            checkpoint::save(&run, &name, &model, &optim, &state)?;
+            if chatty {
+                eprintln!(
+                    "ebv-train: stopped at step {}; resume with --resume --out {}",
+                    state.step,
+                    run.display()
+                );
+            }
+            break;
+        }
+        state.sampler = iter.state();
+        let replaced = iter.summary().replaced;
+        drop(iter);
+        if state.interval.steps > 0 {
+            log.write(&json!({
+                "kind": "train", "step": state.step, "epoch": epoch,
+                "loss": state.interval.loss(), "lr": schedule.lr(state.step.saturating_sub(1)),
+                "top1": state.interval.top1(),
+                "images_per_s": interval_images as f64 / interval_start.elapsed().as_secs_f64().max(1e-9),
+            }))?;
+            state.interval = Running::default();
+        }
+        let last = epoch + 1 == r.schedule.epochs;
+        let val = match &eval_loader {
+            Some(l) if last || (r.run.eval_every > 0 && (epoch + 1) % r.run.eval_every == 0) => {
+                let m = evaluate(&model, l, &opts.device, opts.quiet)?;
+                log.write(&json!({
+                    "kind": "eval", "step": state.step, "epoch": epoch,
+                    "val_loss": m.loss, "val_top1": m.top1, "val_top5": m.top5,
+                    "images": m.images,
+                }))?;
+                Some(m)
+            }
+            _ => None,
+        };
+        let em = EpochMetrics {
+            epoch,
+            step: state.step,
+            train_loss: state.epoch_acc.loss(),
+            train_top1: state.epoch_acc.top1(),
+            val,
+            replaced,
+        };
+        log.write(&json!({"kind": "epoch", "step": state.step, "epoch": epoch, "metrics": em}))?;
+        if chatty {
+            let v = em
+                .val
+                .as_ref()
+                .map(|v| {
+                    format!(
+                        ", val loss {:.4} top-1 {:.4} top-5 {:.4}",
+                        v.loss, v.top1, v.top5
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} top-1 {:.4}{v}",
+                epoch + 1,
+                r.schedule.epochs,
+                em.train_loss,
+                em.train_top1
+            );
+        }
+        state.history.push(em);
+        state.epoch_acc = Running::default();
+        if let Some(best) = best_epoch(&state.history) {
+            if best.epoch == epoch {
+                checkpoint::save_model(&run.join("model-best.safetensors"), &model)?;
+            }
+        }
+        checkpoint::save(
+            &run,
+            &format!("epoch-{:04}", epoch + 1),
+            &model,
+            &optim,
+            &state,
+        )?;
+        checkpoint::prune(&run, r.run.keep_checkpoints)?;
+        if interrupted() || opts.max_steps.is_some_and(|m| state.step >= m) {
+            stop = true;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        steps: state.step,
+        epochs: state.history.len() as u64,
+        last_epoch: state.history.last().cloned(),
+        best_epoch: best_epoch(&state.history).cloned(),
+        parameters: model.store.num_parameters(),
+        train_seconds: secs,
+        images_per_second: images_done as f64 / secs.max(1e-9),
+        interrupted: state.sampler.epoch < r.schedule.epochs,
+    };
+    let text = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
+    crate::shard::write_replace(&run.join("summary.json"), &text, false)
+        .map_err(|e| TrainError::Other(e.to_string()))?;
+    drop(log);
+    let lines = read_log(&run.join("metrics.jsonl"))?;
+    write_curves(&lines, &run.join("curves.png"))?;
+    Ok(TrainOutcome { run, summary })
+}
+
+/// Load weights by name, keeping tensors whose shape differs at their
+/// initialisation (a pretrained `fc` for another class count).
+fn load_init(model: &Classifier, path: &Path) -> Result<(), TrainError> {
+    let (tensors, _) = crate::model::load_safetensors(path)?;
+    let usable: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(k, t)| model.store.get(k).is_some_and(|e| e.var.dims() == t.dims()))
+        .collect();
+    let mut missing_ok = std::collections::HashMap::new();
+    for e in model.store.entries() {
+        let t = match usable.get(&e.name) {
+            Some(t) => t.clone(),
+            None => e.var.as_tensor().detach(),
+        };
+        missing_ok.insert(e.name.clone(), t);
+    }
+    model.store.load(&missing_ok, path, false)?;
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn file_sha256(path: &Path) -> Result<String, TrainError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| TrainError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Timing of training steps on synthetic data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub arch: String,
+    pub head: String,
+    pub batch: usize,
+    pub size: usize,
+    pub classes: usize,
+    pub dim: Option<usize>,
+    pub kernels: String,
+    pub threads: usize,
+    pub steps: usize,
+    /// Seconds of each timed step (the first, warm-up step excluded).
+    pub step_seconds: Vec<f64>,
+    pub mean_step_seconds: f64,
+    pub images_per_second: f64,
+    /// Peak resident memory of the process (getrusage), bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Time `steps` training steps (plus one warm-up) of the recipe's model on
+/// random images and labels: forward, loss, backward, SGD update.
+pub fn bench_steps(
+    recipe: &Recipe,
+    classes: usize,
+    dim: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<BenchReport, TrainError> {
+    let imp = recipe.kernels()?;
+    let seed = recipe.run.seed;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xBE7C);
+    let basis = match recipe.model.head {
+        HeadKind::Ebv => {
+            // Random unit rows: the cost of the head does not depend on how
+            // equiangular the matrix is.
+            let mut v: Vec<f32> = (0..classes * dim)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            for row in v.chunks_mut(dim) {
+                let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                row.iter_mut().for_each(|x| *x /= n);
+            }
+            Some(Tensor::from_vec(v, (classes, dim), device)?)
+        }
+        HeadKind::Fc => None,
+    };
+    let spec = model_spec(recipe, classes, basis.as_ref())?;
+    let model = Classifier::new(&spec, basis.as_ref(), device, seed, imp)?;
+    let mut optim = build_optimizer(recipe, &model);
+    let b = recipe.data.batch;
+    let s = recipe.data.size as usize;
+    let x: Vec<f32> = (0..b * 3 * s * s)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    let x = Tensor::from_vec(x, (b, 3, s, s), device)?;
+    let labels: Vec<u32> = (0..b).map(|i| (i % classes) as u32).collect();
+    let labels = Tensor::from_slice(&labels, b, device)?;
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..=steps {
+        let t = Instant::now();
+        step(
+            &model,
+            &mut optim,
+            &x,
+            &labels,
+            &labels,
+            1.0,
+            recipe.loss.label_smoothing,
+            0.0,
+            1e-3,
+        )?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    Ok(BenchReport {
+        arch: recipe.model.arch.name().into(),
+        head: format!("{:?}", recipe.model.head).to_lowercase(),
+        batch: b,
+        size: s,
+        classes,
+        dim: spec.dim,
+        kernels: match imp {
+            KernelImpl::Ebv => "ebv".into(),
+            KernelImpl::Candle => "candle".into(),
+        },
+        threads: rayon::current_num_threads(),
+        steps,
+        step_seconds: times,
+        mean_step_seconds: mean,
+        images_per_second: b as f64 / mean.max(1e-12),
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// Peak resident set size of this process, bytes (0 where unknown).
+pub(crate) fn peak_rss() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let ru = unsafe { ru.assume_init() };
+    // Linux reports kibibytes.
+    (ru.ru_maxrss.max(0) as u64) * 1024
+}
