@@ -136,6 +136,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    ebv::train::configure_threads();
     match run(&args) {
         Ok(v) => {
             if args.json {

@@ -95,6 +95,7 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    ebv::train::configure_threads();
     match run(&args) {
         Ok((v, failed)) => {
             if args.json {

@@ -202,6 +202,7 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    ebv::train::configure_threads();
     match run(&args) {
         Ok((value, interrupted)) => {
             if args.json {

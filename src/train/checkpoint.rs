@@ -151,19 +151,28 @@ pub fn restore(
     })
 }
 
-/// Remove epoch checkpoints beyond the newest `keep` (never `latest`).
+/// Remove checkpoints beyond the newest `keep` by step (never `latest`).
 pub fn prune(run: &Path, keep: usize) -> Result<(), TrainError> {
     let root = run.join("checkpoints");
     let latest = std::fs::read_to_string(root.join(LATEST)).unwrap_or_default();
-    let mut epochs: Vec<String> = std::fs::read_dir(&root)
-        .map_err(|e| TrainError::io(&root, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("epoch-") || n.starts_with("step-"))
-        .collect();
-    epochs.sort();
-    let excess = epochs.len().saturating_sub(keep.max(1));
-    for name in epochs.into_iter().take(excess) {
+    let mut found: Vec<(u64, String)> = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
+        let entry = entry.map_err(|e| TrainError::io(&root, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        // The step lives in state.json; a folder without one is not ours.
+        let Ok(text) = std::fs::read(entry.path().join("state.json")) else {
+            continue;
+        };
+        if let Ok(state) = serde_json::from_slice::<TrainState>(&text) {
+            found.push((state.step, name));
+        }
+    }
+    found.sort();
+    let excess = found.len().saturating_sub(keep.max(1));
+    for (_, name) in found.into_iter().take(excess) {
         if name == latest.trim() {
             continue;
         }

@@ -201,7 +201,7 @@ pub struct RunSection {
     pub eval_every: u64,
     /// Write a metrics line every this many steps.
     pub log_every: u64,
-    /// Epoch checkpoints kept (older ones are removed; at least 1).
+    /// Checkpoints kept: the newest this many by step (at least 1).
     pub keep_checkpoints: usize,
     /// `ebv` (this crate's CPU kernels) or `candle` (candle's own ops).
     pub kernels: String,
@@ -504,5 +504,35 @@ mod tests {
         assert!(Recipe::load(None, &["data.shuffle=sideways".into()]).is_err());
         assert!(Recipe::load(None, &["run.kernels=mkl".into()]).is_err());
         assert!(Recipe::load(None, &["model.arch=resnet101".into()]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every recipe in `pipelines/` parses, and the paper's two say what
+    /// the paper says.
+    #[test]
+    fn shipped_recipes_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Recipe::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+        let r = Recipe::load(Some(&dir.join("10w-classes.toml")), &[]).unwrap();
+        assert_eq!((r.model.dim, r.model.tau), (5000, 0.05));
+        assert_eq!(r.model.arch, Arch::Resnet50);
+        let r = Recipe::load(Some(&dir.join("imagenet-1k.toml")), &[]).unwrap();
+        assert_eq!(
+            (r.model.dim, r.optim.lr, r.optim.lr_batch),
+            (1000, 0.5, 1024)
+        );
+        assert_eq!((r.schedule.epochs, r.schedule.warmup_epochs), (100, 5.0));
     }
 }

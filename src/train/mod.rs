@@ -31,8 +31,8 @@ pub use plot::write_curves;
 pub use predict::{predict, Prediction};
 pub use schedule::Schedule;
 pub use trainer::{
-    bench_steps, install_interrupt_handler, interrupted, train, BenchReport, TrainOptions,
-    TrainOutcome,
+    bench_steps, configure_threads, install_interrupt_handler, interrupted, train, BenchReport,
+    TrainOptions, TrainOutcome,
 };
 
 /// Why training, evaluation or prediction cannot go on.

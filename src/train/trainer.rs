@@ -42,6 +42,18 @@ use super::TrainError;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Keep candle's own element-wise thread pool to the calling thread unless
+/// the user chose otherwise (`CANDLE_NUM_THREADS`). Its workers spin while
+/// waiting, and on a small machine they compete with the rayon pool that
+/// runs the convolution kernels and with the loader's workers: measured
+/// 7–10% slower steps on 2 cores (BENCHMARKS.md). Call before any tensor
+/// work.
+pub fn configure_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Make Ctrl-C (SIGINT) stop training at the end of the current step with a
 /// checkpoint, instead of killing the process. A second Ctrl-C exits at
 /// once.
@@ -198,7 +210,12 @@ fn step(
     }
     let mut grads = loss.backward()?;
     if clip > 0.0 {
-        clip_grad_norm(&mut grads, optim.params(), clip)?;
+        let norm = clip_grad_norm(&mut grads, optim.params(), clip)?;
+        if !norm.is_finite() {
+            return Err(TrainError::Other(format!(
+                "the gradient norm is {norm}: training diverged (lower optim.lr)"
+            )));
+        }
     }
     optim.step(&grads, lr)?;
     let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
@@ -706,4 +723,46 @@ pub(crate) fn peak_rss() -> u64 {
     let ru = unsafe { ru.assume_init() };
     // Linux reports kibibytes.
     (ru.ru_maxrss.max(0) as u64) * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::soft_cross_entropy;
+
+    /// The mixed-batch loss built from two hard-label terms equals the
+    /// cross-entropy against the dense soft target λ·onehot(a) +
+    /// (1−λ)·onehot(b), label smoothing included.
+    #[test]
+    fn mixed_loss_equals_the_dense_soft_target_loss() {
+        let dev = Device::Cpu;
+        let logits: Vec<f64> = (0..4 * 6)
+            .map(|i| ((i * 7 % 13) as f64 - 6.0) / 2.0)
+            .collect();
+        let logits = Tensor::from_vec(logits, (4, 6), &dev).unwrap();
+        let a = [0u32, 5, 2, 2];
+        let b = [3u32, 0, 2, 1];
+        let lam = 0.7;
+        let got: f64 = batch_loss(
+            &logits,
+            &Tensor::new(&a, &dev).unwrap(),
+            &Tensor::new(&b, &dev).unwrap(),
+            lam,
+            0.1,
+        )
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+        let mut t = vec![0f64; 24];
+        for i in 0..4 {
+            t[i * 6 + a[i] as usize] += lam;
+            t[i * 6 + b[i] as usize] += 1.0 - lam;
+        }
+        let t = Tensor::from_vec(t, (4, 6), &dev).unwrap();
+        let want: f64 = soft_cross_entropy(&logits, &t, 0.1)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
 }
