@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use criterion::{Criterion, Throughput};
-use ebv::train::{bench_steps, configure_threads, Recipe};
+use ebv::train::{bench_steps, configure_runtime, Recipe};
 
 fn recipe(sets: &[&str]) -> Recipe {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -25,7 +25,7 @@ fn step_time(r: &Recipe, classes: usize, dim: usize, iters: u64) -> Duration {
 }
 
 fn main() {
-    configure_threads();
+    configure_runtime();
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let small = [
         "model.arch=resnet18",

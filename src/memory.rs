@@ -1,4 +1,4 @@
-//! Allocator tuning for the image pipelines.
+//! Allocator tuning for the image pipelines and training.
 //!
 //! glibc serves every allocation above 128 KiB (one 224×224 RGB image is
 //! 147 KiB) with a fresh `mmap` and returns it with `munmap` on free, so each

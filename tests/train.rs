@@ -348,6 +348,53 @@ fn fc_head_and_plain_state_dicts() {
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["top1"], summary["last_epoch"]["val"]["top1"]);
 
+    // --init: the FC run's weights start an EBV run (its 4-class fc does
+    // not fit the 8-dimensional projection and keeps its initialisation).
+    // With a vanishing learning rate the backbone must still be the FC
+    // run's after a step.
+    let init = f.root.join("init");
+    let o = train(
+        &f,
+        &init,
+        &[
+            "--init",
+            s(&plain),
+            "--max-steps",
+            "1",
+            "--lr",
+            "1e-12",
+            "--set",
+            "optim.weight_decay=0",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = std::fs::read(latest_model(&init)).unwrap();
+    let after = safetensors::SafeTensors::deserialize(&after).unwrap();
+    let floats = |v: safetensors::tensor::TensorView| -> Vec<f32> {
+        v.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let want = floats(st.tensor("layer3.1.conv2.weight").unwrap());
+    let got = floats(after.tensor("layer3.1.conv2.weight").unwrap());
+    let diff = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff < 1e-6,
+        "backbone not loaded by --init (max diff {diff})"
+    );
+    assert_eq!(after.tensor("fc.weight").unwrap().shape(), &[8, 32]);
+    let o = train(
+        &f,
+        &f.root.join("init2"),
+        &["--init", s(&f.root.join("none.safetensors"))],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("none.safetensors"));
+
     // The wrong architecture is a clear error naming a tensor.
     let o = run(
         EVAL,

@@ -94,27 +94,53 @@ def main():
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--head", default="fc", choices=["fc", "ebv"])
+    p.add_argument("--dim", type=int, default=1000, help="EBV dimension d")
+    p.add_argument("--tau", type=float, default=0.07)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    m = ResNet(a.arch, a.width, a.small_stem, a.classes)
+    dev = torch.device(a.device)
+    # EBV: fc projects to d; logits = normalize(f) @ B^T / tau against a fixed
+    # random unit basis B [C, d] (no gradient), as ebv-train's synthetic bench.
+    m = ResNet(a.arch, a.width, a.small_stem, a.dim if a.head == "ebv" else a.classes).to(dev)
+    basis = None
+    if a.head == "ebv":
+        basis = F.normalize(torch.randn(a.classes, a.dim, device=dev), dim=1)
+        if a.bf16:
+            basis = basis.to(torch.bfloat16)
+    if a.channels_last:
+        m = m.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=2e-5)
-    x = torch.randn(a.batch, 3, a.size, a.size)
-    y = torch.arange(a.batch) % a.classes
+    x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
+    if a.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.arange(a.batch, device=dev) % a.classes
     m.train()
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     times = []
     for i in range(a.steps + 1):
+        sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(m(x), y, label_smoothing=0.1)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            out = m(x)
+            if basis is not None:
+                out = F.normalize(out, dim=1) @ basis.t() / a.tau
+            loss = F.cross_entropy(out.float(), y, label_smoothing=0.1)
         loss.backward()
         opt.step()
+        sync()
         if i > 0:
             times.append(time.perf_counter() - t)
     mean = sum(times) / len(times)
     print(json.dumps({
         "peer": f"torch {torch.__version__}", "arch": a.arch, "width": a.width, "batch": a.batch, "size": a.size,
-        "threads": a.threads, "parameters": sum(p.numel() for p in m.parameters()),
+        "threads": a.threads, "device": a.device, "bf16": a.bf16, "head": a.head,
+        "images_per_second": a.batch / mean, "parameters": sum(p.numel() for p in m.parameters()),
         "step_seconds": times, "mean_step_seconds": mean,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }))

@@ -136,7 +136,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    ebv::train::configure_threads();
+    ebv::train::configure_runtime();
     match run(&args) {
         Ok(v) => {
             if args.json {

@@ -95,7 +95,7 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    ebv::train::configure_threads();
+    ebv::train::configure_runtime();
     match run(&args) {
         Ok((v, failed)) => {
             if args.json {

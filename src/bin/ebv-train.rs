@@ -202,7 +202,7 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    ebv::train::configure_threads();
+    ebv::train::configure_runtime();
     match run(&args) {
         Ok((value, interrupted)) => {
             if args.json {

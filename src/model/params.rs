@@ -240,6 +240,22 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Set every tensor whose name and shape match one in `tensors`; the
+    /// others keep their values. Returns the names left unchanged.
+    pub fn load_matching(&self, tensors: &TensorMap) -> Result<Vec<String>, ModelError> {
+        let mut kept = Vec::new();
+        for e in &self.entries {
+            match tensors.get(&e.name) {
+                Some(t) if t.dims() == e.var.dims() => {
+                    e.var
+                        .set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
+                }
+                _ => kept.push(e.name.clone()),
+            }
+        }
+        Ok(kept)
+    }
+
     /// Write every tensor to a safetensors file (atomically) with
     /// `metadata`.
     pub fn save(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), ModelError> {

@@ -31,7 +31,7 @@ pub use plot::write_curves;
 pub use predict::{predict, Prediction};
 pub use schedule::Schedule;
 pub use trainer::{
-    bench_steps, configure_threads, install_interrupt_handler, interrupted, train, BenchReport,
+    bench_steps, configure_runtime, install_interrupt_handler, interrupted, train, BenchReport,
     TrainOptions, TrainOutcome,
 };
 

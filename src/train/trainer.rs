@@ -42,16 +42,21 @@ use super::TrainError;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Keep candle's own element-wise thread pool to the calling thread unless
-/// the user chose otherwise (`CANDLE_NUM_THREADS`). Its workers spin while
-/// waiting, and on a small machine they compete with the rayon pool that
-/// runs the convolution kernels and with the loader's workers: measured
-/// 7–10% slower steps on 2 cores (BENCHMARKS.md). Call before any tensor
-/// work.
-pub fn configure_threads() {
+/// Process set-up for training and inference; call first thing in `main`.
+///
+/// - candle's own element-wise thread pool is kept to the calling thread
+///   unless the user chose otherwise (`CANDLE_NUM_THREADS`): its workers
+///   spin while waiting, and on a small machine they compete with the rayon
+///   pool that runs the convolution kernels and with the loader's workers
+///   (7–10% slower steps on 2 cores, BENCHMARKS.md);
+/// - activations and gradients (tens of MB each at ResNet-50 sizes) stay
+///   in the heap instead of a fresh `mmap` per tensor, whose first-touch
+///   page zeroing took ~20% of a ResNet-50 step (12% faster steps measured).
+pub fn configure_runtime() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    crate::memory::keep_large_buffers_in_heap();
 }
 
 /// Make Ctrl-C (SIGINT) stop training at the end of the current step with a
@@ -341,7 +346,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
 
     let model = Classifier::new(&spec, basis.as_ref(), &opts.device, seed, imp)?;
     if let Some(init) = &opts.init {
-        load_init(&model, init)?;
+        let kept = load_init(&model, init)?;
+        if crate::progress::chatty(opts.quiet) && !kept.is_empty() {
+            eprintln!(
+                "ebv-train: --init {}: {} tensor(s) not in the file or of another shape keep their initialisation (first: {})",
+                init.display(),
+                kept.len(),
+                kept[0]
+            );
+        }
     }
     let mut optim = build_optimizer(r, &model);
 
@@ -572,23 +585,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
 }
 
 /// Load weights by name, keeping tensors whose shape differs at their
-/// initialisation (a pretrained `fc` for another class count).
-fn load_init(model: &Classifier, path: &Path) -> Result<(), TrainError> {
+/// initialisation (a pretrained `fc` for another class count). Returns the
+/// names not loaded.
+fn load_init(model: &Classifier, path: &Path) -> Result<Vec<String>, TrainError> {
     let (tensors, _) = crate::model::load_safetensors(path)?;
-    let usable: std::collections::HashMap<String, Tensor> = tensors
-        .into_iter()
-        .filter(|(k, t)| model.store.get(k).is_some_and(|e| e.var.dims() == t.dims()))
-        .collect();
-    let mut missing_ok = std::collections::HashMap::new();
-    for e in model.store.entries() {
-        let t = match usable.get(&e.name) {
-            Some(t) => t.clone(),
-            None => e.var.as_tensor().detach(),
-        };
-        missing_ok.insert(e.name.clone(), t);
+    let kept = model.store.load_matching(&tensors)?;
+    if kept.len() == model.store.entries().len() {
+        return Err(TrainError::Setup(format!(
+            "--init {}: no tensor matches the model by name and shape",
+            path.display()
+        )));
     }
-    model.store.load(&missing_ok, path, false)?;
-    Ok(())
+    Ok(kept)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One prepared GPU check, for a machine with an NVIDIA GPU and PyTorch
+# installed (our device image). Runs in well under 8 minutes and writes its
+# results to $OUT (default ./gpu-out):
+#   gpu.txt           nvidia-smi
+#   torch.json        PyTorch: ResNet-50, batch 256, 224², bf16 autocast,
+#                     channels-last, EBV head C = 100,000, d = 5000
+#   ebv.json          ebv-train --bench-steps on the same workload (f32 for
+#                     now: bf16 is not implemented yet), or its error
+#   ebv-small.json    a small ResNet-18 step on the GPU (a smoke test)
+#
+# Build here, stripped so it can be carried (the device takes 64 MiB):
+#   eval "$(bash tools/cuda-env.sh /var/tmp/ebv-cuda)"
+#   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=true \
+#     CARGO_TARGET_DIR=target-gpu cargo build --release --features cuda --bin ebv-train
+# then run with EBV_TRAIN=target-gpu/release/ebv-train bash benches/gpu.sh.
+# The CUDA libraries come from the PyTorch install (same sonames: CUDA 13,
+# cuDNN 9, NCCL 2) unless LD_LIBRARY_PATH already provides them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+BIN=${EBV_TRAIN:-target-gpu/release/ebv-train}
+
+nvidia-smi > "$OUT/gpu.txt" 2>&1 || echo "no nvidia-smi" > "$OUT/gpu.txt"
+NV=$($PY -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]) + "/nvidia")' 2>/dev/null || true)
+if [ -n "$NV" ]; then
+  for d in "$NV"/*/lib "$NV"/cu13/lib; do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  export LD_LIBRARY_PATH
+fi
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/gpu.txt"
+
+W=(--arch resnet50 --batch 256 --size 224 --classes 100000 --head ebv --dim 5000)
+timeout 180 $PY benches/peers/torch_step.py "${W[@]}" --device cuda --bf16 --channels-last --steps 10 \
+  > "$OUT/torch.json" 2> "$OUT/torch.err"
+
+timeout 120 "$BIN" --bench-steps 3 --synthetic --device cuda:0 --arch resnet18 --width 16 \
+  --set model.small_stem=true --batch 64 --size 32 --classes 10 --dim 32 --json --quiet \
+  > "$OUT/ebv-small.json" 2> "$OUT/ebv-small.err"
+timeout 240 "$BIN" --bench-steps 3 --synthetic --device cuda:0 "${W[@]}" --json --quiet \
+  > "$OUT/ebv.json" 2> "$OUT/ebv.err"
+for f in "$OUT"/*.json; do echo "== $f"; cat "$f"; done
