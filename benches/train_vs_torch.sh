@@ -38,7 +38,7 @@ for w in $WORKLOADS; do
     printf '%-5s %3s %-7s %9.3f %9.2f %8s\n' "$w" "$t" torch "$ps" "$(echo "$p" | field peak_rss_bytes | awk '{print $1/2^30}')" 1.00
     impls="ebv"; [ "${CANDLE:-1}" != 0 ] && impls="ebv candle"
     for k in $impls; do
-      o=$(RAYON_NUM_THREADS=$t CANDLE_NUM_THREADS=1 "$BIN" --bench-steps "$STEPS" --synthetic "${ours[@]}" --kernels "$k" --json --quiet)
+      o=$(RAYON_NUM_THREADS=$t "$BIN" --bench-steps "$STEPS" --synthetic "${ours[@]}" --kernels "$k" --json --quiet)
       os=$(echo "$o" | field mean_step_seconds)
       printf '%-5s %3s %-7s %9.3f %9.2f %8.2f\n' "$w" "$t" "$k" "$os" "$(echo "$o" | field peak_rss_bytes | awk '{print $1/2^30}')" "$(python3 -c "print($os/$ps)")"
     done

@@ -43,20 +43,40 @@ use super::TrainError;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Process set-up for training and inference; call first thing in `main`.
-///
-/// - candle's own element-wise thread pool is kept to the calling thread
-///   unless the user chose otherwise (`CANDLE_NUM_THREADS`): its workers
-///   spin while waiting, and on a small machine they compete with the rayon
-///   pool that runs the convolution kernels and with the loader's workers
-///   (7–10% slower steps on 2 cores, BENCHMARKS.md);
-/// - activations and gradients (tens of MB each at ResNet-50 sizes) stay
-///   in the heap instead of a fresh `mmap` per tensor, whose first-touch
-///   page zeroing took ~20% of a ResNet-50 step (12% faster steps measured).
+/// Activations and gradients (tens of MB each at ResNet-50 sizes) stay in
+/// the heap instead of a fresh `mmap` per tensor, whose first-touch page
+/// zeroing took ~20% of a ResNet-50 step (12% faster steps measured,
+/// BENCHMARKS.md).
 pub fn configure_runtime() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    crate::memory::keep_large_buffers_in_heap();
+}
+
+/// Activation size (elements of the stem's output for the whole batch)
+/// below which candle's element-wise ops run on the calling thread.
+const SMALL_ACTIVATIONS: usize = 1 << 21;
+
+/// Size candle's own element-wise thread pool for this model, unless the
+/// user set `CANDLE_NUM_THREADS`. The pool's workers spin while waiting:
+/// for small activations (the Fashion-MNIST demo: 0.8M elements) the
+/// wake-ups cost more than they save and the spinning competes with the
+/// rayon pool of the convolution kernels (0.200 vs 0.288 s/step on 2
+/// cores), while at ResNet-50 sizes (6.4M) the pool is 17% faster
+/// (BENCHMARKS.md). Must run before the first tensor operation: candle
+/// reads the variable once.
+fn size_elementwise_pool(recipe: &Recipe, per_rank_batch: usize) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_some() {
+        return;
+    }
+    let side = recipe.data.size as usize;
+    let side = if recipe.model.small_stem {
+        side
+    } else {
+        side.div_ceil(2)
+    };
+    let elements = per_rank_batch * recipe.model.width * side * side;
+    if elements < SMALL_ACTIVATIONS {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    crate::memory::keep_large_buffers_in_heap();
 }
 
 /// Make Ctrl-C (SIGINT) stop training at the end of the current step with a
@@ -284,6 +304,7 @@ fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
 
 /// Train as `opts` says; see the module invariants.
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
+    size_elementwise_pool(&opts.recipe, opts.recipe.data.batch);
     let run = opts.out.clone();
     let mut opts = opts.clone();
     let latest = if run.is_dir() {
@@ -651,6 +672,7 @@ pub fn bench_steps(
     steps: usize,
     device: &Device,
 ) -> Result<BenchReport, TrainError> {
+    size_elementwise_pool(recipe, recipe.data.batch);
     let imp = recipe.kernels()?;
     let seed = recipe.run.seed;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xBE7C);
