@@ -13,7 +13,7 @@ use clap::Parser;
 use ebv::data::Loader;
 use ebv::kernels::KernelImpl;
 use ebv::shard::{ShardSet, Split};
-use ebv::train::{evaluate, open_model, ModelOverrides, Recipe};
+use ebv::train::{evaluate, open_model, ModelFlags, Recipe};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,26 +28,8 @@ struct Args {
     shards: PathBuf,
     #[arg(long, default_value = "val")]
     split: Split,
-    /// EBV basis (default: the run folder's ebv.safetensors).
-    #[arg(long)]
-    ebv: Option<PathBuf>,
-    /// For weights without ebv metadata (e.g. torchvision's): resnet18/34/50.
-    #[arg(long)]
-    arch: Option<String>,
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    small_stem: bool,
-    /// ebv or fc.
-    #[arg(long)]
-    head: Option<String>,
-    #[arg(long)]
-    tau: Option<f64>,
-    /// Eval side and resize (default: the run's recipe, else 224 / 256).
-    #[arg(long)]
-    size: Option<u32>,
-    #[arg(long)]
-    eval_resize: Option<u32>,
+    #[command(flatten)]
+    model: ModelFlags,
     /// Batch size (default: the run's eval batch, else 256).
     #[arg(long)]
     batch: Option<usize>,
@@ -61,24 +43,7 @@ struct Args {
 
 fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     let dev = Device::Cpu;
-    let over = ModelOverrides {
-        arch: a
-            .arch
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        width: a.width,
-        small_stem: a.small_stem.then_some(true),
-        head: a
-            .head
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        tau: a.tau,
-        ebv: a.ebv.clone(),
-    };
+    let over = a.model.overrides();
     let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
         .with_context(|| format!("opening {}", a.checkpoint.display()))?;
     let mut recipe = loaded.recipe.clone().unwrap_or_else(|| {
@@ -87,10 +52,10 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
         r.data.eval_batch = 256;
         r
     });
-    if let Some(s) = a.size {
+    if let Some(s) = a.model.size {
         recipe.data.size = s;
     }
-    if let Some(r) = a.eval_resize {
+    if let Some(r) = a.model.eval_resize {
         recipe.data.eval_resize = r;
     }
     if let Some(b) = a.batch {

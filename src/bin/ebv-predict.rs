@@ -11,7 +11,7 @@ use candle_core::Device;
 use clap::Parser;
 use ebv::data::{IMAGENET_MEAN, IMAGENET_STD};
 use ebv::kernels::KernelImpl;
-use ebv::train::{open_model, predict, ModelOverrides};
+use ebv::train::{open_model, predict, ModelFlags};
 
 #[derive(Parser, Debug)]
 #[command(name = "ebv-predict", version, about = "Top-k classes of image files")]
@@ -22,54 +22,23 @@ struct Args {
     images: Vec<PathBuf>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    #[arg(long)]
-    ebv: Option<PathBuf>,
-    #[arg(long)]
-    arch: Option<String>,
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    small_stem: bool,
-    #[arg(long)]
-    head: Option<String>,
-    #[arg(long)]
-    tau: Option<f64>,
-    #[arg(long)]
-    size: Option<u32>,
-    #[arg(long)]
-    eval_resize: Option<u32>,
+    #[command(flatten)]
+    model: ModelFlags,
     #[arg(long)]
     json: bool,
 }
 
 fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
     let dev = Device::Cpu;
-    let over = ModelOverrides {
-        arch: a
-            .arch
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        width: a.width,
-        small_stem: a.small_stem.then_some(true),
-        head: a
-            .head
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        tau: a.tau,
-        ebv: a.ebv.clone(),
-    };
+    let over = a.model.overrides();
     let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
         .with_context(|| format!("opening {}", a.checkpoint.display()))?;
     let (size, resize, mean, std) = match &loaded.recipe {
         Some(r) => (r.data.size, r.data.eval_resize, r.data.mean, r.data.std),
         None => (224, 256, IMAGENET_MEAN, IMAGENET_STD),
     };
-    let size = a.size.unwrap_or(size);
-    let resize = a.eval_resize.unwrap_or(resize);
+    let size = a.model.size.unwrap_or(size);
+    let resize = a.model.eval_resize.unwrap_or(resize);
     let mut out = Vec::new();
     let mut failed = false;
     for img in &a.images {

@@ -275,49 +275,14 @@ pub fn save_safetensors(
     for (name, t) in tensors {
         let t = t.to_device(&Device::Cpu)?.contiguous()?;
         let (dtype, bytes): (Dtype, Vec<u8>) = match t.dtype() {
-            DType::F32 => (
+            DType::F32 => (Dtype::F32, le_bytes(&t, f32::to_le_bytes)?),
+            DType::F64 => (Dtype::F64, le_bytes(&t, f64::to_le_bytes)?),
+            DType::I64 => (Dtype::I64, le_bytes(&t, i64::to_le_bytes)?),
+            DType::U32 => (Dtype::U32, le_bytes(&t, u32::to_le_bytes)?),
+            _ => (
                 Dtype::F32,
-                t.flatten_all()?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
+                le_bytes(&t.to_dtype(DType::F32)?, f32::to_le_bytes)?,
             ),
-            DType::F64 => (
-                Dtype::F64,
-                t.flatten_all()?
-                    .to_vec1::<f64>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            DType::I64 => (
-                Dtype::I64,
-                t.flatten_all()?
-                    .to_vec1::<i64>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            DType::U32 => (
-                Dtype::U32,
-                t.flatten_all()?
-                    .to_vec1::<u32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            _ => {
-                let t = t.to_dtype(DType::F32)?;
-                (
-                    Dtype::F32,
-                    t.flatten_all()?
-                        .to_vec1::<f32>()?
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
-                )
-            }
         };
         bufs.push((name.clone(), dtype, t.dims().to_vec(), bytes));
     }
@@ -340,6 +305,18 @@ pub fn save_safetensors(
         detail: e.to_string(),
     })?;
     Ok(())
+}
+
+/// The elements of `t` as little-endian bytes (safetensors' layout).
+fn le_bytes<T: candle_core::WithDType, const N: usize>(
+    t: &Tensor,
+    to_le: fn(T) -> [u8; N],
+) -> candle_core::Result<Vec<u8>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<T>()?
+        .into_iter()
+        .flat_map(to_le)
+        .collect())
 }
 
 /// Named tensors as read from a file.

@@ -69,6 +69,45 @@ pub fn evaluate(
     })
 }
 
+/// The command-line flags of `ebv-eval` and `ebv-predict` that locate and
+/// shape a model (flattened into each binary's arguments).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ModelFlags {
+    /// EBV basis (default: the run folder's ebv.safetensors).
+    #[arg(long)]
+    pub ebv: Option<PathBuf>,
+    /// For weights without ebv metadata (e.g. torchvision's): resnet18/34/50.
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub small_stem: bool,
+    /// ebv or fc.
+    #[arg(long)]
+    pub head: Option<HeadKind>,
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Eval side and resize (default: the run's recipe, else 224 / 256).
+    #[arg(long)]
+    pub size: Option<u32>,
+    #[arg(long)]
+    pub eval_resize: Option<u32>,
+}
+
+impl ModelFlags {
+    pub fn overrides(&self) -> ModelOverrides {
+        ModelOverrides {
+            arch: self.arch,
+            width: self.width,
+            small_stem: self.small_stem.then_some(true),
+            head: self.head,
+            tau: self.tau,
+            ebv: self.ebv.clone(),
+        }
+    }
+}
+
 /// Model settings for files without spec metadata (torchvision weights),
 /// or to override the run's.
 #[derive(Debug, Clone, Default)]

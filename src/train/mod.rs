@@ -23,7 +23,7 @@ pub use config::{
     DataSection, LossSection, ModelSection, OptimName, OptimSection, Recipe, RunSection,
     ScheduleSection,
 };
-pub use eval::{evaluate, open_model, LoadedModel, ModelOverrides};
+pub use eval::{evaluate, open_model, LoadedModel, ModelFlags, ModelOverrides};
 pub use loss::{hard_cross_entropy, soft_cross_entropy, topk_correct};
 pub use metrics::{best_epoch, read_log, EpochMetrics, EvalMetrics, MetricsLog, Running, Summary};
 pub use optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
