@@ -77,7 +77,7 @@ fn generate(dir: &Path, n: usize) {
             rows: s.rows,
             row_groups: s.row_groups,
             bytes: s.bytes,
-            sha256: s.sha256,
+            xxh3_128: s.xxh3_128,
         });
     }
     let names: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();

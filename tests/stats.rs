@@ -761,7 +761,7 @@ fn handmade(dir: &Path) -> PathBuf {
             rows: ws.rows,
             row_groups: ws.row_groups,
             bytes: ws.bytes,
-            sha256: ws.sha256,
+            xxh3_128: ws.xxh3_128,
         });
     }
     write_classes_tsv(
@@ -896,7 +896,7 @@ fn verify_passes_a_clean_pack_and_lists_every_problem() {
         .collect();
     let has = |file: &str, what: &str| problems.iter().any(|(f, p)| f == file && p.contains(what));
     assert!(has("train-00001.parquet", "missing"), "{problems:?}");
-    assert!(has("train-00002.parquet", "SHA-256"), "{problems:?}");
+    assert!(has("train-00002.parquet", "xxh3_128"), "{problems:?}");
     assert!(has("val-00007.parquet", "not listed"), "{problems:?}");
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(

@@ -24,7 +24,7 @@ struct Args {
     /// Decode every image: per-channel mean/std, exact duplicates, decode failures.
     #[arg(long)]
     deep: bool,
-    /// Check every shard's SHA-256, page structure and counts against manifest.json; exit 1 on any problem.
+    /// Check every shard's checksum (XXH3-128), page structure and counts against manifest.json; exit 1 on any problem.
     #[arg(long)]
     verify: bool,
     /// Write a PNG with the class-size histograms and a grid of sample images.

@@ -24,9 +24,9 @@ use super::source::Source;
 use super::PackError;
 use crate::image::{DecodeLimits, ResizeMode};
 use crate::shard::{
-    reason_kind, shard_file_name, sync_files, write_classes_tsv, write_replace, Encoding, Manifest,
-    RejectedEntry, ShardMeta, ShardRecord, ShardWriter, Split, SplitTotals, CLASSES_FILE,
-    FORMAT_VERSION, MANIFEST_FILE,
+    file_checksum, reason_kind, shard_file_name, sync_files, write_classes_tsv, write_replace,
+    Encoding, Manifest, RejectedEntry, ShardMeta, ShardRecord, ShardWriter, Split, SplitTotals,
+    CLASSES_FILE, FORMAT_VERSION, MANIFEST_FILE,
 };
 
 const STATE_DIR: &str = ".ebv-pack";
@@ -423,13 +423,6 @@ fn fingerprint(
     hex::encode(h.finalize())
 }
 
-fn file_sha256(path: &Path) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).ok()?;
-    Some(hex::encode(h.finalize()))
-}
-
 fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
@@ -651,7 +644,8 @@ impl Context<'_> {
             // garbage: keep it only when its bytes hash as recorded.
             let intact = std::fs::metadata(self.out.join(&name))
                 .is_ok_and(|m| m.len() == state.record.bytes)
-                && file_sha256(&self.out.join(&name)).is_some_and(|h| h == state.record.sha256);
+                && file_checksum(&self.out.join(&name), &|_| {})
+                    .is_ok_and(|(_, h)| h == state.record.xxh3_128);
             if !intact {
                 break;
             }
@@ -776,7 +770,7 @@ impl Context<'_> {
             rows: w.rows,
             row_groups: w.row_groups,
             bytes: w.bytes,
-            sha256: w.sha256,
+            xxh3_128: w.xxh3_128,
         };
         let state = ShardState {
             plan: self.fingerprint.to_string(),

@@ -28,8 +28,9 @@ pub struct ShardRecord {
     pub rows: u64,
     pub row_groups: u64,
     pub bytes: u64,
-    /// Hex SHA-256 of the whole file (check with `sha256sum`).
-    pub sha256: String,
+    /// XXH3-128 of the whole file, 32 hex digits (check with
+    /// `ebv-stats --verify` or `xxhsum -H2`).
+    pub xxh3_128: String,
 }
 
 /// An entry of the source that is not in any shard, and why.

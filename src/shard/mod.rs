@@ -14,6 +14,7 @@
 //!
 //! This module knows nothing of training or of how shards are produced.
 
+mod checksum;
 mod classes;
 mod manifest;
 mod page;
@@ -22,6 +23,7 @@ mod schema;
 mod verify;
 mod writer;
 
+pub use checksum::{file_checksum, Checksum, CHECKSUM_NAME};
 pub use classes::{read_classes_tsv, write_classes_tsv};
 pub use manifest::{
     reason_kind, Manifest, RejectedEntry, ShardRecord, SourceInfo, SplitTotals, MANIFEST_FILE,

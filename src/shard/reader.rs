@@ -34,8 +34,8 @@ use std::sync::OnceLock;
 use memmap2::Mmap;
 use parquet::basic::{Compression, ConvertedType, Type as PhysicalType};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use sha2::{Digest, Sha256};
 
+use super::checksum::Checksum;
 use super::classes::read_classes_tsv;
 use super::manifest::{Manifest, ShardRecord, MANIFEST_FILE};
 use super::page::{
@@ -93,7 +93,7 @@ pub enum ReadError {
         column: &'static str,
         detail: String,
     },
-    #[error("{path}: SHA-256 {actual} does not match manifest.json ({expected})")]
+    #[error("{path}: xxh3_128 {actual} does not match manifest.json ({expected})")]
     Checksum {
         path: PathBuf,
         expected: String,
@@ -250,7 +250,7 @@ impl Shard {
     /// Open a shard listed in `manifest` and check it against its record:
     /// size (so a truncated file is named as such before anything is
     /// parsed), footer metadata, split, rows and row groups. The checksum
-    /// is not computed here (that reads every byte); see [`Shard::sha256`].
+    /// is not computed here (that reads every byte); see [`Shard::checksum`].
     pub fn open_listed(
         dir: &Path,
         record: &ShardRecord,
@@ -448,15 +448,15 @@ impl Shard {
         Ok(())
     }
 
-    /// Hex SHA-256 of the whole file, calling `progress` with the bytes
-    /// hashed after each 4 MiB.
-    pub fn sha256(&self, progress: &dyn Fn(u64)) -> String {
-        let mut h = Sha256::new();
+    /// The file's checksum (see `checksum`), calling `progress` with the
+    /// bytes hashed after each 4 MiB.
+    pub fn checksum(&self, progress: &dyn Fn(u64)) -> String {
+        let mut h = Checksum::new();
         for chunk in self.map.chunks(4 << 20) {
             h.update(chunk);
             progress(chunk.len() as u64);
         }
-        hex::encode(h.finalize())
+        h.hex()
     }
 
     fn corrupt(&self, rg: usize, col: usize, detail: String) -> ReadError {

@@ -12,6 +12,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::checksum::{file_checksum, CHECKSUM_NAME};
 use super::classes::read_classes_tsv;
 use super::manifest::{Manifest, ShardRecord, MANIFEST_FILE};
 use super::reader::{ReadError, Shard};
@@ -34,7 +35,7 @@ pub struct VerifyReport {
 }
 
 /// Check `dir` against its manifest: each listed shard's size, footer,
-/// schema, row and row-group counts, SHA-256, page structure and label
+/// schema, row and row-group counts, checksum (XXH3-128), page structure and label
 /// range; the per-split totals; `classes.tsv`; and shard files on disk that
 /// the manifest does not list. `progress` receives bytes hashed (it is
 /// called from several threads). Returns `Err` only when `manifest.json`
@@ -156,12 +157,12 @@ fn check_shard(
     let path = dir.join(&record.file);
     let mut hashed = 0;
     match hash_file(&path, progress) {
-        Ok((len, sha)) => {
+        Ok((len, sum)) => {
             hashed = len;
-            if sha != record.sha256 {
+            if sum != record.xxh3_128 {
                 found.push(format!(
-                    "SHA-256 {sha} does not match manifest.json ({})",
-                    record.sha256
+                    "{CHECKSUM_NAME} {sum} does not match manifest.json ({})",
+                    record.xxh3_128
                 ));
             }
         }
@@ -199,11 +200,9 @@ fn strip_path(message: &str, path: &Path) -> String {
     message.strip_prefix(&prefix).unwrap_or(message).to_string()
 }
 
-/// Length and hex SHA-256 of a file, read through a map (the fastest way
-/// to stream a page-cached file here).
+/// Length and checksum of a file; a missing file is [`ReadError::Missing`].
 fn hash_file(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(u64, String), ReadError> {
-    use sha2::{Digest, Sha256};
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+    file_checksum(path, progress).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ReadError::Missing {
             path: path.to_path_buf(),
         },
@@ -211,26 +210,5 @@ fn hash_file(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(u64, Strin
             path: path.to_path_buf(),
             source: e,
         },
-    })?;
-    let len = file
-        .metadata()
-        .map_err(|e| ReadError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?
-        .len();
-    let mut h = Sha256::new();
-    if len > 0 {
-        // SAFETY: read-only map of a file that is not modified while it is
-        // checked (the module contract of `reader`).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ReadError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-        for chunk in map.chunks(4 << 20) {
-            h.update(chunk);
-            progress(chunk.len() as u64);
-        }
-    }
-    Ok((len, hex::encode(h.finalize())))
+    })
 }

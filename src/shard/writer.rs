@@ -23,8 +23,8 @@ use parquet::basic::{Compression, Encoding as PqEncoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
-use sha2::{Digest, Sha256};
 
+use super::checksum::Checksum;
 use super::schema::{
     arrow_schema, shard_file_name, Encoding, ShardMeta, COL_IMAGE, COL_KEY, COL_LABEL,
 };
@@ -147,7 +147,7 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 /// A `Write` that hashes and counts what passes through it.
 struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: Checksum,
     written: u64,
 }
 
@@ -171,7 +171,8 @@ pub struct WrittenShard {
     pub rows: u64,
     pub row_groups: u64,
     pub bytes: u64,
-    pub sha256: String,
+    /// XXH3-128 of the file (see `checksum`).
+    pub xxh3_128: String,
 }
 
 /// Buffers rows of one row group, then hands them to Parquet.
@@ -231,7 +232,7 @@ impl ShardWriter {
             // Small buffer: page headers are batched, page bodies (≥ 64 KiB)
             // go straight to the file instead of through one more copy.
             inner: BufWriter::with_capacity(64 << 10, file),
-            hasher: Sha256::new(),
+            hasher: Checksum::new(),
             written: 0,
         };
         let schema = arrow_schema(meta.encoding, meta.height, meta.width);
@@ -249,7 +250,12 @@ impl ShardWriter {
             image_len: (meta.height * meta.width * 3) as usize,
             row_group_rows,
             labels: Vec::with_capacity(row_group_rows),
-            images: Vec::new(),
+            images: match meta.encoding {
+                Encoding::Raw => {
+                    Vec::with_capacity(row_group_rows * (meta.height * meta.width * 3) as usize)
+                }
+                Encoding::Jpeg => Vec::new(),
+            },
             offsets: vec![0],
             keys: Vec::with_capacity(row_group_rows),
             rows: 0,
@@ -295,7 +301,13 @@ impl ShardWriter {
             return Ok(());
         }
         let labels: ArrayRef = Arc::new(UInt32Array::from(std::mem::take(&mut self.labels)));
-        let values = Buffer::from_vec(std::mem::take(&mut self.images));
+        // The next row group holds about as many bytes: size its buffer now
+        // so that filling it never reallocates (one copy per image, not two).
+        let capacity = self.images.len();
+        let values = Buffer::from_vec(std::mem::replace(
+            &mut self.images,
+            Vec::with_capacity(capacity),
+        ));
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         let images: ArrayRef = match self.encoding {
             Encoding::Raw => Arc::new(
@@ -342,17 +354,18 @@ impl ShardWriter {
         sink.flush()
             .map_err(|e| ShardError::io(&self.tmp_path, e))?;
         let bytes = sink.written;
-        let sha256 = hex::encode(sink.hasher.finalize());
+        let xxh3_128 = sink.hasher.hex();
         let file = sink
             .inner
             .into_inner()
             .map_err(|e| ShardError::io(&self.tmp_path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| ShardError::io(&self.tmp_path, e))?;
+        // No fsync here (see the module header): the rename is atomic for
+        // a killed process, and `sync_files` makes the set durable once.
         start_writeback(&file);
         drop(file);
+        // Nor a folder fsync: on ext4 that commits the journal, which waits
+        // for this file's data anyway.
         std::fs::rename(&self.tmp_path, &self.final_path)
-            .and_then(|_| sync_dir(&self.final_path))
             .map_err(|e| ShardError::io(&self.final_path, e))?;
         Ok(WrittenShard {
             path: self.final_path.clone(),
@@ -360,7 +373,7 @@ impl ShardWriter {
             rows: self.rows,
             row_groups: self.row_groups,
             bytes,
-            sha256,
+            xxh3_128,
         })
     }
 }
