@@ -624,3 +624,117 @@ fn bad_inputs_are_clear_errors_before_training() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("noshards"));
 }
+
+/// Two data-parallel ranks as threads of this process (the in-process
+/// group stands in for NCCL): both take the same steps on disjoint halves
+/// of each global batch, the per-epoch replica check passes (it errors if
+/// the weights drift apart), the logged loss is the group's, and only rank
+/// 0 writes the run folder.
+#[test]
+fn two_ranks_in_lockstep_and_only_rank_0_writes() {
+    use ebv::train::dist::{Collective, ThreadGroup};
+    use ebv::train::{train_with, Recipe, TrainOptions};
+    let f = fixture();
+    let recipe = Recipe::load(Some(&recipe(&f.root)), &["schedule.epochs=2".into()]).unwrap();
+    let out = f.root.join("ddp");
+    let opts = TrainOptions {
+        recipe: recipe.clone(),
+        shards: f.shards.clone(),
+        ebv: Some(f.basis.clone()),
+        out: out.clone(),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        quiet: true,
+        max_steps: None,
+        init: None,
+    };
+    let outcomes: Vec<_> = std::thread::scope(|sc| {
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let opts = &opts;
+                sc.spawn(move || (g.rank(), train_with(opts, &g)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut summaries = Vec::new();
+    for (rank, o) in outcomes {
+        let o = o.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        summaries.push(o.summary);
+    }
+    let (s0, s1) = (&summaries[0], &summaries[1]);
+    // 96 train rows, global batch 16: 6 steps per epoch on both ranks.
+    assert_eq!((s0.steps, s1.steps), (12, 12));
+    let (e0, e1) = (
+        s0.last_epoch.as_ref().unwrap(),
+        s1.last_epoch.as_ref().unwrap(),
+    );
+    assert_eq!(
+        e0.train_loss, e1.train_loss,
+        "the logged loss is the group's mean"
+    );
+    assert!(e0.train_loss.is_finite());
+    assert!(e0.val.is_some() && e1.val.is_none(), "rank 0 evaluates");
+    // One set of files: rank 0's.
+    let lines = metrics(&out);
+    let epochs = lines.iter().filter(|l| l["kind"] == "epoch").count();
+    assert_eq!(epochs, 2);
+    assert!(out
+        .join("checkpoints/epoch-0002/model.safetensors")
+        .is_file());
+    assert!(out.join("summary.json").is_file());
+    let stray: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn gpus_flag_and_rank_variables_need_a_cuda_build() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let f = fixture();
+    let out = f.root.join("gpus");
+    let o = train(&f, &out, &["--gpus", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--gpus 2") && err.contains("--features cuda"),
+        "{err}"
+    );
+    // Started as rank 1 of 2 by an outside launcher.
+    let cfg = recipe(&f.root);
+    let o = Command::new(TRAIN)
+        .args([
+            "--config",
+            s(&cfg),
+            "--shards",
+            s(&f.shards),
+            "--ebv",
+            s(&f.basis),
+        ])
+        .args(["--out", s(&out), "--quiet", "--device", "cpu"])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rank 1 of 2") && err.contains("--features cuda"),
+        "{err}"
+    );
+    let o = Command::new(TRAIN)
+        .args(["--shards", s(&f.shards), "--out", s(&out)])
+        .env("RANK", "3")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("RANK") && err.contains("not below"), "{err}");
+}

@@ -11,7 +11,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use candle_core::Device;
 use clap::Parser;
-use ebv::train::{bench_steps, install_interrupt_handler, train, Recipe, TrainOptions};
+use ebv::train::dist::{launch_local, rank_args, Collective, Solo, World};
+#[cfg(feature = "cuda")]
+use ebv::train::dist::{NcclGroup, RENDEZVOUS_ENV, RENDEZVOUS_TIMEOUT_ENV};
+use ebv::train::{bench_steps, install_interrupt_handler, train_with, Recipe, TrainOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,9 +70,19 @@ struct Args {
     /// ebv (this crate's CPU kernels) or candle (candle's own ops).
     #[arg(long)]
     kernels: Option<String>,
-    /// cpu or cuda:K (cuda needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// f32, or bf16 mixed precision (GPUs; f32 master weights).
+    #[arg(long)]
+    precision: Option<String>,
+    /// cpu or cuda:K (cuda needs a build with --features cuda). Default:
+    /// cpu, or cuda:LOCAL_RANK when started as one rank of several.
+    #[arg(long)]
+    device: Option<String>,
+    /// Train data-parallel on N GPUs of this host: starts one process per
+    /// GPU (RANK/WORLD_SIZE/LOCAL_RANK set, NCCL id through a rendezvous
+    /// file in --out). Needs a build with --features cuda. For several
+    /// hosts, start the ranks with your launcher instead (README).
+    #[arg(long)]
+    gpus: Option<usize>,
     /// Stop with a checkpoint after this many steps in all.
     #[arg(long)]
     max_steps: Option<u64>,
@@ -124,11 +137,64 @@ fn overrides(a: &Args) -> Vec<String> {
     add("data.workers", a.workers.map(|v| v.to_string()));
     add("run.seed", a.seed.map(|v| v.to_string()));
     add("run.kernels", a.kernels.clone().map(|v| format!("{v:?}")));
+    add(
+        "run.precision",
+        a.precision.clone().map(|v| format!("{v:?}")),
+    );
     o
 }
 
+/// `--gpus N`: run this command as N ranks; the launcher's exit code.
+fn launch(a: &Args, n: usize) -> anyhow::Result<u8> {
+    if !cfg!(feature = "cuda") {
+        anyhow::bail!("--gpus {n}: data-parallel training runs over NCCL and needs a build with --features cuda");
+    }
+    if a.bench_steps.is_some() {
+        anyhow::bail!("--gpus: --bench-steps times one process; run it without --gpus");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    let rendezvous = a.out.join(format!(".rendezvous-{}", std::process::id()));
+    let exe = std::env::current_exe().context("cannot find this executable to start the ranks")?;
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    // Ctrl-C reaches every rank directly; the launcher waits for them.
+    install_interrupt_handler();
+    let code = launch_local(&exe, &rank_args(&args), n, &rendezvous)?;
+    Ok(u8::try_from(code).unwrap_or(2))
+}
+
+/// The collective of a multi-rank run: NCCL on the rank's GPU.
+#[cfg(feature = "cuda")]
+fn join_group(world: World, dev: &Device) -> anyhow::Result<Box<dyn Collective>> {
+    let path = std::env::var_os(RENDEZVOUS_ENV).map(PathBuf::from).with_context(|| {
+        format!("{RENDEZVOUS_ENV} is not set: the ranks of a multi-rank run need a rendezvous file on a file system they share (see the README)")
+    })?;
+    let timeout = match std::env::var(RENDEZVOUS_TIMEOUT_ENV) {
+        Ok(v) => v
+            .parse::<u64>()
+            .with_context(|| format!("{RENDEZVOUS_TIMEOUT_ENV}={v}: expected seconds"))?,
+        Err(_) => 600,
+    };
+    let group = NcclGroup::join(world, dev, &path, std::time::Duration::from_secs(timeout))?;
+    Ok(Box::new(group))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn join_group(world: World, _dev: &Device) -> anyhow::Result<Box<dyn Collective>> {
+    anyhow::bail!(
+        "this process is rank {} of {} (RANK/WORLD_SIZE or Slurm variables are set), but multi-rank training runs over NCCL and needs a build with --features cuda",
+        world.rank,
+        world.size
+    )
+}
+
 fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
-    let dev = device(&a.device)?;
+    let world = World::from_env()?.filter(|w| w.size > 1);
+    let dev = match (&a.device, world) {
+        (Some(spec), _) => device(spec)?,
+        (None, Some(w)) => device(&format!("cuda:{}", w.local_rank))?,
+        (None, None) if a.gpus == Some(1) => device("cuda:0")?,
+        (None, None) => Device::Cpu,
+    };
     let sets = overrides(a);
     // A resumed run re-reads its own recipe; the flags must agree with it.
     let recipe_path = match (&a.config, a.resume) {
@@ -163,6 +229,11 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
         .clone()
         .context("--shards is required (or --synthetic with --bench-steps)")?;
     install_interrupt_handler();
+    let group: Box<dyn Collective> = match world {
+        Some(w) => join_group(w, &dev)?,
+        None => Box::new(Solo),
+    };
+    let primary = group.rank() == 0;
     let opts = TrainOptions {
         recipe,
         shards,
@@ -170,13 +241,13 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
         out: a.out.clone(),
         resume: a.resume,
         device: dev,
-        quiet: a.quiet,
+        quiet: a.quiet || !primary,
         max_steps: a.max_steps,
         init: a.init.clone(),
     };
-    let outcome = train(&opts)?;
+    let outcome = train_with(&opts, group.as_ref())?;
     let s = &outcome.summary;
-    if !a.json && !a.quiet {
+    if !a.json && !opts.quiet {
         if let Some(e) = &s.last_epoch {
             let val = e
                 .val
@@ -194,18 +265,37 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
         }
         eprintln!("ebv-train: run folder {}", outcome.run.display());
     }
-    Ok((
-        serde_json::to_value(s)?,
-        s.interrupted && ebv::train::interrupted(),
-    ))
+    // One summary per job: rank 0's.
+    let value = if primary {
+        serde_json::to_value(s)?
+    } else {
+        serde_json::Value::Null
+    };
+    Ok((value, s.interrupted && ebv::train::interrupted()))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     ebv::train::configure_runtime();
+    let launcher = match World::from_env() {
+        Ok(w) => w.is_none(),
+        Err(e) => {
+            eprintln!("ebv-train: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(n) = args.gpus.filter(|&n| n > 1 && launcher) {
+        return match launch(&args, n) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("ebv-train: error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&args) {
         Ok((value, interrupted)) => {
-            if args.json {
+            if args.json && !value.is_null() {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&value).unwrap_or_default()

@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod config;
+pub mod dist;
 mod eval;
 mod loss;
 mod metrics;
@@ -31,8 +32,8 @@ pub use plot::write_curves;
 pub use predict::{predict, Prediction};
 pub use schedule::Schedule;
 pub use trainer::{
-    bench_steps, configure_runtime, install_interrupt_handler, interrupted, train, BenchReport,
-    TrainOptions, TrainOutcome,
+    bench_steps, configure_runtime, install_interrupt_handler, interrupted, train, train_with,
+    BenchReport, TrainOptions, TrainOutcome,
 };
 
 /// Why training, evaluation or prediction cannot go on.
@@ -58,6 +59,8 @@ pub enum TrainError {
     Read(#[from] crate::shard::ReadError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Dist(#[from] dist::DistError),
     #[error("{0}")]
     Other(String),
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ use crate::shard::{ShardSet, Split};
 
 use super::checkpoint::{self, TrainState};
 use super::config::{OptimName, Recipe};
+use super::dist::{
+    broadcast_from_rank0, first_divergence, Collective, GradBuckets, Solo, DEFAULT_BUCKET_BYTES,
+};
 use super::eval::evaluate;
 use super::loss::{hard_cross_entropy, topk_correct};
 use super::metrics::{best_epoch, read_log, EpochMetrics, MetricsLog, Running, Summary};
@@ -217,6 +220,7 @@ fn batch_loss(
 fn step(
     model: &Classifier,
     optim: &mut Optimizer,
+    sync: &GradSync,
     x: &Tensor,
     labels: &Tensor,
     mix_labels: &Tensor,
@@ -234,6 +238,8 @@ fn step(
         )));
     }
     let mut grads = loss.backward()?;
+    sync.buckets
+        .all_reduce_mean(sync.vars, &mut grads, sync.comm)?;
     if clip > 0.0 {
         let norm = clip_grad_norm(&mut grads, optim.params(), clip)?;
         if !norm.is_finite() {
@@ -244,7 +250,34 @@ fn step(
     }
     optim.step(&grads, lr)?;
     let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
-    Ok((value, correct))
+    if sync.comm.size() == 1 {
+        return Ok((value, correct));
+    }
+    // Logs show the whole group's batch: mean loss, summed hits.
+    let both = Tensor::new(&[value as f32, correct as f32], x.device())?;
+    let sum = sync.comm.all_reduce_sum(&both)?.to_vec1::<f32>()?;
+    let size = sync.comm.size() as f64;
+    Ok((f64::from(sum[0]) / size, sum[1].round() as u64))
+}
+
+/// What a step needs to average gradients over the group.
+struct GradSync<'a> {
+    comm: &'a dyn Collective,
+    buckets: &'a GradBuckets,
+    vars: &'a [Var],
+}
+
+/// A stop asked for on any rank (Ctrl-C reaches each process on its own)
+/// stops every rank at the same step.
+fn stop_requested(comm: &dyn Collective, device: &Device) -> Result<bool, TrainError> {
+    Ok(comm.any(interrupted(), device)?)
+}
+
+fn write_log(log: &mut Option<MetricsLog>, value: &serde_json::Value) -> Result<(), TrainError> {
+    match log {
+        Some(l) => l.write(value),
+        None => Ok(()),
+    }
 }
 
 fn batch_tensors(
@@ -304,7 +337,17 @@ fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
 
 /// Train as `opts` says; see the module invariants.
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
-    size_elementwise_pool(&opts.recipe, opts.recipe.data.batch);
+    train_with(opts, &Solo)
+}
+
+/// Train as one rank of the data-parallel group `comm`: this rank reads its
+/// part of each epoch (`data.batch` is the global batch, split evenly),
+/// gradients are averaged over the group in buckets after each backward,
+/// and only rank 0 writes the run folder. With [`Solo`] this is [`train`].
+pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOutcome, TrainError> {
+    let world = comm.size();
+    let primary = comm.rank() == 0;
+    size_elementwise_pool(&opts.recipe, opts.recipe.data.batch / world.max(1));
     let run = opts.out.clone();
     let mut opts = opts.clone();
     let latest = if run.is_dir() {
@@ -342,7 +385,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     let imp = r.kernels()?;
     let seed = r.run.seed;
 
-    let loader = Loader::new(Arc::clone(&set), r.train_loader(0, 1)?, seed)?;
+    let loader = Loader::new(
+        Arc::clone(&set),
+        r.train_loader(comm.rank() as u32, world as u32)?,
+        seed,
+    )?;
     let per_epoch = loader.batches_per_epoch();
     if per_epoch == 0 {
         return Err(TrainError::Setup(format!(
@@ -365,7 +412,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
         min_lr: r.schedule.min_lr,
     };
 
-    let model = Classifier::new(&spec, basis.as_ref(), &opts.device, seed, imp)?;
+    let mut model = Classifier::new(&spec, basis.as_ref(), &opts.device, seed, imp)?;
+    model.set_precision(r.run.precision)?;
     if let Some(init) = &opts.init {
         let kept = load_init(&model, init)?;
         if crate::progress::chatty(opts.quiet) && !kept.is_empty() {
@@ -378,8 +426,17 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
         }
     }
     let mut optim = build_optimizer(r, &model);
+    let vars: Vec<Var> = optim.params().iter().map(|p| p.var.clone()).collect();
+    let buckets = GradBuckets::for_vars(&vars, DEFAULT_BUCKET_BYTES);
+    let sync = GradSync {
+        comm,
+        buckets: &buckets,
+        vars: &vars,
+    };
 
-    std::fs::create_dir_all(&run).map_err(|e| TrainError::io(&run, e))?;
+    if primary {
+        std::fs::create_dir_all(&run).map_err(|e| TrainError::io(&run, e))?;
+    }
     let basis_sha = match (&basis, &opts.ebv) {
         (Some(_), Some(p)) => Some(file_sha256(p)?),
         _ => None,
@@ -395,6 +452,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
             }
             s
         }
+        _ if !primary => TrainState {
+            step: 0,
+            sampler: SamplerState::new(seed),
+            seed,
+            interval: Running::default(),
+            epoch_acc: Running::default(),
+            history: Vec::new(),
+            basis_sha256: basis_sha.clone(),
+        },
         _ => {
             let text = r.to_toml()?;
             crate::shard::write_replace(&run.join(CONFIG), text.as_bytes(), false)
@@ -418,8 +484,32 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
             }
         }
     };
-    let mut log = MetricsLog::open(&run, opts.resume.then_some(state.step))?;
-    let chatty = crate::progress::chatty(opts.quiet);
+    // Rank 0's weights, buffers and (restored) state everywhere, as DDP does.
+    let replicated: Vec<&Var> = model.store.entries().iter().map(|e| &e.var).collect();
+    broadcast_from_rank0(&replicated, comm)?;
+    // BatchNorm is per rank: its running statistics follow each rank's
+    // batches, so they are re-synchronised from rank 0 (DDP's
+    // `broadcast_buffers`) once per epoch; the trained tensors must agree.
+    let (running, trained): (Vec<&Var>, Vec<&Var>) = {
+        let entries = model.store.entries();
+        let running = entries
+            .iter()
+            .filter(|e| e.kind == ParamKind::Buffer)
+            .map(|e| &e.var)
+            .collect();
+        let trained = entries
+            .iter()
+            .filter(|e| e.kind != ParamKind::Buffer)
+            .map(|e| &e.var)
+            .collect();
+        (running, trained)
+    };
+    let mut log = if primary {
+        Some(MetricsLog::open(&run, opts.resume.then_some(state.step))?)
+    } else {
+        None
+    };
+    let chatty = primary && crate::progress::chatty(opts.quiet);
     if chatty {
         eprintln!(
             "ebv-train: {} ({} head{}), {} parameters, {} classes; {} steps/epoch × {} epochs, lr {:.4} (batch {})",
@@ -444,19 +534,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     while state.sampler.epoch < r.schedule.epochs && !stop {
         let epoch = state.sampler.epoch;
         let mut iter = loader.epoch(state.sampler)?;
-        let bar = crate::progress::bar(iter.num_batches(), "batch", opts.quiet);
+        let bar = crate::progress::bar(iter.num_batches(), "batch", opts.quiet || !primary);
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, r.schedule.epochs));
         let mut interval_start = Instant::now();
         let mut interval_images = 0u64;
         for batch in &mut iter {
             let batch = batch?;
-            let n = batch.len() as u64;
+            // Every rank's batch is the same size: count the group's images.
+            let n = batch.len() as u64 * world as u64;
             let after = batch.state_after;
             let lr = schedule.lr(state.step);
             let (x, labels, mix, lambda) = batch_tensors(batch, &opts.device)?;
             let (loss, correct) = step(
                 &model,
                 &mut optim,
+                &sync,
                 &x,
                 &labels,
                 &mix,
@@ -481,16 +573,21 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
                     lr,
                     ips
                 ));
-                log.write(&json!({
-                    "kind": "train", "step": state.step, "epoch": epoch,
-                    "loss": state.interval.loss(), "lr": lr, "top1": state.interval.top1(),
-                    "images_per_s": ips,
-                }))?;
+                write_log(
+                    &mut log,
+                    &json!({
+                        "kind": "train", "step": state.step, "epoch": epoch,
+                        "loss": state.interval.loss(), "lr": lr, "top1": state.interval.top1(),
+                        "images_per_s": ips,
+                    }),
+                )?;
                 state.interval = Running::default();
                 interval_start = Instant::now();
                 interval_images = 0;
             }
-            if interrupted() || opts.max_steps.is_some_and(|m| state.step >= m) {
+            if stop_requested(comm, &opts.device)?
+                || opts.max_steps.is_some_and(|m| state.step >= m)
+            {
                 stop = true;
                 // On the epoch's last batch, finish the epoch (evaluation,
                 // epoch checkpoint) as an uninterrupted run would.
@@ -502,8 +599,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
         bar.finish_and_clear();
         if stop && state.sampler.epoch == epoch {
             // Mid-epoch stop: the sampler state points at the next batch.
-            let name = format!("step-{:010}", state.step);
-            checkpoint::save(&run, &name, &model, &optim, &state)?;
+            if primary {
+                let name = format!("step-{:010}", state.step);
+                checkpoint::save(&run, &name, &model, &optim, &state)?;
+            }
             if chatty {
                 eprintln!(
                     "ebv-train: stopped at step {}; resume with --resume --out {}",
@@ -513,27 +612,50 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
             }
             break;
         }
+        broadcast_from_rank0(&running, comm)?;
+        if let Some(i) = first_divergence(&trained, comm)? {
+            let name = model
+                .store
+                .entries()
+                .iter()
+                .filter(|e| e.kind != ParamKind::Buffer)
+                .nth(i)
+                .map_or("?", |e| e.name.as_str());
+            return Err(TrainError::Other(format!(
+                "the ranks' weights diverged in epoch {} (first: {name}); is every rank running the same build and recipe?",
+                epoch + 1
+            )));
+        }
         state.sampler = iter.state();
         let replaced = iter.summary().replaced;
         drop(iter);
         if state.interval.steps > 0 {
-            log.write(&json!({
-                "kind": "train", "step": state.step, "epoch": epoch,
-                "loss": state.interval.loss(), "lr": schedule.lr(state.step.saturating_sub(1)),
-                "top1": state.interval.top1(),
-                "images_per_s": interval_images as f64 / interval_start.elapsed().as_secs_f64().max(1e-9),
-            }))?;
+            write_log(
+                &mut log,
+                &json!({
+                    "kind": "train", "step": state.step, "epoch": epoch,
+                    "loss": state.interval.loss(), "lr": schedule.lr(state.step.saturating_sub(1)),
+                    "top1": state.interval.top1(),
+                    "images_per_s": interval_images as f64 / interval_start.elapsed().as_secs_f64().max(1e-9),
+                }),
+            )?;
             state.interval = Running::default();
         }
         let last = epoch + 1 == r.schedule.epochs;
         let val = match &eval_loader {
-            Some(l) if last || (r.run.eval_every > 0 && (epoch + 1) % r.run.eval_every == 0) => {
+            Some(l)
+                if primary
+                    && (last || (r.run.eval_every > 0 && (epoch + 1) % r.run.eval_every == 0)) =>
+            {
                 let m = evaluate(&model, l, &opts.device, opts.quiet)?;
-                log.write(&json!({
-                    "kind": "eval", "step": state.step, "epoch": epoch,
-                    "val_loss": m.loss, "val_top1": m.top1, "val_top5": m.top5,
-                    "images": m.images,
-                }))?;
+                write_log(
+                    &mut log,
+                    &json!({
+                        "kind": "eval", "step": state.step, "epoch": epoch,
+                        "val_loss": m.loss, "val_top1": m.top1, "val_top5": m.top5,
+                        "images": m.images,
+                    }),
+                )?;
                 Some(m)
             }
             _ => None,
@@ -546,7 +668,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
             val,
             replaced,
         };
-        log.write(&json!({"kind": "epoch", "step": state.step, "epoch": epoch, "metrics": em}))?;
+        write_log(
+            &mut log,
+            &json!({"kind": "epoch", "step": state.step, "epoch": epoch, "metrics": em}),
+        )?;
         if chatty {
             let v = em
                 .val
@@ -568,20 +693,22 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
         }
         state.history.push(em);
         state.epoch_acc = Running::default();
-        if let Some(best) = best_epoch(&state.history) {
-            if best.epoch == epoch {
-                checkpoint::save_model(&run.join("model-best.safetensors"), &model)?;
+        if primary {
+            if let Some(best) = best_epoch(&state.history) {
+                if best.epoch == epoch {
+                    checkpoint::save_model(&run.join("model-best.safetensors"), &model)?;
+                }
             }
+            checkpoint::save(
+                &run,
+                &format!("epoch-{:04}", epoch + 1),
+                &model,
+                &optim,
+                &state,
+            )?;
+            checkpoint::prune(&run, r.run.keep_checkpoints)?;
         }
-        checkpoint::save(
-            &run,
-            &format!("epoch-{:04}", epoch + 1),
-            &model,
-            &optim,
-            &state,
-        )?;
-        checkpoint::prune(&run, r.run.keep_checkpoints)?;
-        if interrupted() || opts.max_steps.is_some_and(|m| state.step >= m) {
+        if stop_requested(comm, &opts.device)? || opts.max_steps.is_some_and(|m| state.step >= m) {
             stop = true;
         }
     }
@@ -596,12 +723,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
         images_per_second: images_done as f64 / secs.max(1e-9),
         interrupted: state.sampler.epoch < r.schedule.epochs,
     };
-    let text = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
-    crate::shard::write_replace(&run.join("summary.json"), &text, false)
-        .map_err(|e| TrainError::Other(e.to_string()))?;
-    drop(log);
-    let lines = read_log(&run.join("metrics.jsonl"))?;
-    write_curves(&lines, &run.join("curves.png"))?;
+    if primary {
+        let text =
+            serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
+        crate::shard::write_replace(&run.join("summary.json"), &text, false)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
+        drop(log);
+        let lines = read_log(&run.join("metrics.jsonl"))?;
+        write_curves(&lines, &run.join("curves.png"))?;
+    }
     Ok(TrainOutcome { run, summary })
 }
 
@@ -692,7 +822,8 @@ pub fn bench_steps(
         HeadKind::Fc => None,
     };
     let spec = model_spec(recipe, classes, basis.as_ref())?;
-    let model = Classifier::new(&spec, basis.as_ref(), device, seed, imp)?;
+    let mut model = Classifier::new(&spec, basis.as_ref(), device, seed, imp)?;
+    model.set_precision(recipe.run.precision)?;
     let mut optim = build_optimizer(recipe, &model);
     let b = recipe.data.batch;
     let s = recipe.data.size as usize;
@@ -702,12 +833,20 @@ pub fn bench_steps(
     let x = Tensor::from_vec(x, (b, 3, s, s), device)?;
     let labels: Vec<u32> = (0..b).map(|i| (i % classes) as u32).collect();
     let labels = Tensor::from_slice(&labels, b, device)?;
+    let vars: Vec<Var> = optim.params().iter().map(|p| p.var.clone()).collect();
+    let buckets = GradBuckets::for_vars(&vars, DEFAULT_BUCKET_BYTES);
+    let sync = GradSync {
+        comm: &Solo,
+        buckets: &buckets,
+        vars: &vars,
+    };
     let mut times = Vec::with_capacity(steps);
     for i in 0..=steps {
         let t = Instant::now();
         step(
             &model,
             &mut optim,
+            &sync,
             &x,
             &labels,
             &labels,
