@@ -5,9 +5,11 @@
 #   gpu.txt           nvidia-smi
 #   torch.json        PyTorch: ResNet-50, batch 256, 224², bf16 autocast,
 #                     channels-last, EBV head C = 100,000, d = 5000
-#   ebv.json          ebv-train --bench-steps on the same workload (f32 for
-#                     now: bf16 is not implemented yet), or its error
+#   ebv.json          ebv-train --bench-steps on the same workload, bf16
+#                     mixed precision (f32 master weights), or its error
+#   ebv-f32.json      the same in f32, batch 64 (the bf16 gain)
 #   ebv-small.json    a small ResNet-18 step on the GPU (a smoke test)
+#   ddp.txt           two-rank data-parallel smoke run when 2+ GPUs exist
 #
 # Build here, stripped so it can be carried (the device takes 64 MiB):
 #   eval "$(bash tools/cuda-env.sh /var/tmp/ebv-cuda)"
@@ -40,6 +42,13 @@ timeout 180 $PY benches/peers/torch_step.py "${W[@]}" --device cuda --bf16 --cha
 timeout 120 "$BIN" --bench-steps 3 --synthetic --device cuda:0 --arch resnet18 --width 16 \
   --set model.small_stem=true --batch 64 --size 32 --classes 10 --dim 32 --json --quiet \
   > "$OUT/ebv-small.json" 2> "$OUT/ebv-small.err"
-timeout 240 "$BIN" --bench-steps 3 --synthetic --device cuda:0 "${W[@]}" --json --quiet \
+timeout 200 "$BIN" --bench-steps 3 --synthetic --device cuda:0 "${W[@]}" --precision bf16 --json --quiet \
   > "$OUT/ebv.json" 2> "$OUT/ebv.err"
+timeout 100 "$BIN" --bench-steps 2 --synthetic --device cuda:0 --arch resnet50 --batch 64 --size 224 \
+  --classes 100000 --head ebv --dim 5000 --json --quiet > "$OUT/ebv-f32.json" 2> "$OUT/ebv-f32.err"
+# Data-parallel smoke run: needs shards; skipped on one GPU.
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -n "${EBV_SHARDS:-}" ]; then
+  timeout 120 "$BIN" --gpus 2 --shards "$EBV_SHARDS" --arch resnet18 --width 16 --epochs 1 \
+    --batch 64 --head fc --out "$OUT/ddp-run" --quiet --json > "$OUT/ddp.txt" 2>&1
+fi
 for f in "$OUT"/*.json; do echo "== $f"; cat "$f"; done

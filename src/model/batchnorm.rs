@@ -7,11 +7,14 @@
 //!   `running_var ← 0.9·running_var + 0.1·unbiased_var` and counts the
 //!   batch in `num_batches_tracked`;
 //! - eval mode uses the running statistics and changes nothing;
-//! - the statistics keep the parameters' dtype whatever the activation dtype.
+//! - the statistics keep the parameters' dtype whatever the activation dtype;
+//!   16-bit activations are normalised in f32 (candle's own BatchNorm fails
+//!   in train mode on bf16) and the result cast back.
 
 use candle_core::{Tensor, Var};
 
 use super::params::{ParamKind, ParamStore};
+use super::precision::is_half;
 use super::ModelError;
 use crate::kernels::{batch_norm_train, KernelImpl};
 
@@ -65,6 +68,10 @@ impl BatchNorm2d {
         let (n, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("batch norm over {} channels got {c}", self.channels);
+        }
+        if train && is_half(x.dtype()) {
+            let y = self.forward_t(&x.to_dtype(self.weight.dtype())?, true, relu)?;
+            return y.to_dtype(x.dtype());
         }
         if train {
             if n * h * w < 2 {

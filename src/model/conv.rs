@@ -7,6 +7,7 @@
 use candle_core::{Tensor, Var};
 
 use super::params::{ParamKind, ParamStore};
+use super::precision::cast;
 use super::ModelError;
 use crate::kernels::{conv2d, KernelImpl};
 
@@ -46,10 +47,11 @@ impl Conv2d {
         })
     }
 
+    /// The weight is cast to `x`'s dtype (mixed precision; see `precision`).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         conv2d(
             x,
-            self.weight.as_tensor(),
+            &cast(self.weight.as_tensor(), x.dtype())?,
             self.stride,
             self.padding,
             self.imp,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::linear::Linear;
 use super::params::ParamStore;
+use super::precision::{cast, is_half};
 use super::ModelError;
 
 /// Which head.
@@ -36,6 +37,15 @@ impl std::str::FromStr for HeadKind {
     }
 }
 
+/// The dtype sums over `dtype` values are taken in.
+fn accumulate(dtype: DType) -> DType {
+    if is_half(dtype) {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// F.normalize's epsilon: features shorter than this are not blown up.
 const NORM_EPS: f64 = 1e-12;
 
@@ -43,8 +53,11 @@ const NORM_EPS: f64 = 1e-12;
 pub struct Head {
     kind: HeadKind,
     fc: Linear,
-    /// [C, d], unit rows; EBV only.
+    /// Bᵀ [d, C] of the unit-row basis; EBV only.
     basis_t: Option<Tensor>,
+    /// Bᵀ in the compute dtype when that is not the parameters' (a bf16
+    /// copy made once, not per step).
+    basis_c: Option<Tensor>,
     tau: f64,
     classes: usize,
 }
@@ -74,6 +87,7 @@ impl Head {
             kind: HeadKind::Ebv,
             fc,
             basis_t: Some(basis_t),
+            basis_c: None,
             tau,
             classes,
         })
@@ -85,6 +99,7 @@ impl Head {
             kind: HeadKind::Fc,
             fc: Linear::new(store, "fc", features, classes)?,
             basis_t: None,
+            basis_c: None,
             tau: 1.0,
             classes,
         })
@@ -98,26 +113,44 @@ impl Head {
         self.classes
     }
 
-    /// Logits [N, C] for the loss.
+    /// Score in `dtype` (bf16 for mixed precision): keeps a copy of the
+    /// basis in that dtype for the C-wide GEMM.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> candle_core::Result<()> {
+        self.basis_c = match &self.basis_t {
+            Some(bt) if bt.dtype() != dtype => Some(bt.to_dtype(dtype)?),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// Logits [N, C] for the loss (f32 when the features are 16-bit).
     pub fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.basis_t {
-            Some(bt) => self.cosines_with(features, bt)? / self.tau,
-            None => self.fc.forward(features),
+        match self.kind {
+            HeadKind::Ebv => self.cosines(features)? / self.tau,
+            HeadKind::Fc => cast(&self.fc.forward(features)?, accumulate(features.dtype())),
         }
     }
 
     /// The scores users see: cosines [N, C] for EBV, logits for FC.
     pub fn scores(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.basis_t {
-            Some(bt) => self.cosines_with(features, bt),
-            None => self.fc.forward(features),
+        match self.kind {
+            HeadKind::Ebv => self.cosines(features),
+            HeadKind::Fc => cast(&self.fc.forward(features)?, accumulate(features.dtype())),
         }
     }
 
-    fn cosines_with(&self, features: &Tensor, bt: &Tensor) -> candle_core::Result<Tensor> {
+    fn cosines(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(bt) = self.basis_c.as_ref().or(self.basis_t.as_ref()) else {
+            candle_core::bail!("the fc head has no basis");
+        };
         let f = self.fc.forward(features)?;
+        // Normalise in f32 at least (a bf16 sum of d squares is coarse),
+        // score in the basis copy's dtype, return in f32.
+        let acc = accumulate(f.dtype());
+        let f = cast(&f, acc)?;
         let norm = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(NORM_EPS, f64::MAX)?;
-        f.broadcast_div(&norm)?.matmul(bt)
+        let unit = cast(&f.broadcast_div(&norm)?, bt.dtype())?;
+        cast(&unit.matmul(bt)?, acc)
     }
 }
 

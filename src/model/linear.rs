@@ -5,6 +5,7 @@
 use candle_core::{Tensor, Var};
 
 use super::params::{ParamKind, ParamStore};
+use super::precision::cast;
 use super::ModelError;
 
 #[derive(Debug, Clone)]
@@ -41,8 +42,10 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// Weight and bias are cast to `x`'s dtype (mixed precision).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())
+        let dt = x.dtype();
+        x.matmul(&cast(self.weight.as_tensor(), dt)?.t()?)?
+            .broadcast_add(&cast(self.bias.as_tensor(), dt)?)
     }
 }

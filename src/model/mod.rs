@@ -11,6 +11,7 @@ mod conv;
 mod head;
 mod linear;
 mod params;
+mod precision;
 mod resnet;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use conv::Conv2d;
 pub use head::{load_basis, Head, HeadKind};
 pub use linear::Linear;
 pub use params::{load_safetensors, save_safetensors, Entry, ParamKind, ParamStore};
+pub use precision::Precision;
 pub use resnet::{Arch, ResNet, ResNetConfig};
 
 /// Why a model cannot be built, loaded or saved.

@@ -15,12 +15,13 @@
 //! - the backbone ends with global average pooling: its output is
 //!   [N, features].
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::batchnorm::BatchNorm2d;
 use super::conv::Conv2d;
 use super::params::ParamStore;
+use super::precision::is_half;
 use super::ModelError;
 use crate::kernels::{max_pool2d, KernelImpl};
 
@@ -259,6 +260,11 @@ impl ResNet {
                 h = block.forward_t(&h, train)?;
             }
         }
-        h.mean((2, 3))
+        // A 16-bit mean over 49 (or 1024) values loses digits: pool in f32.
+        if is_half(h.dtype()) {
+            h.to_dtype(DType::F32)?.mean((2, 3))?.to_dtype(h.dtype())
+        } else {
+            h.mean((2, 3))
+        }
     }
 }

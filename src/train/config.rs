@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Augment, LoaderConfig, Shuffle, IMAGENET_MEAN, IMAGENET_STD};
 use crate::kernels::KernelImpl;
-use crate::model::{Arch, HeadKind, ResNetConfig};
+use crate::model::{Arch, HeadKind, Precision, ResNetConfig};
 use crate::shard::Split;
 
 use super::TrainError;
@@ -205,6 +205,10 @@ pub struct RunSection {
     pub keep_checkpoints: usize,
     /// `ebv` (this crate's CPU kernels) or `candle` (candle's own ops).
     pub kernels: String,
+    /// `f32`, or `bf16` mixed precision (bf16 activations, convolutions
+    /// and matmuls; f32 weights, optimiser state, BatchNorm statistics and
+    /// loss). Meant for GPUs: on CPUs candle's bf16 ops are slow.
+    pub precision: Precision,
 }
 
 impl Default for RunSection {
@@ -215,6 +219,7 @@ impl Default for RunSection {
             log_every: 50,
             keep_checkpoints: 2,
             kernels: "ebv".into(),
+            precision: Precision::F32,
         }
     }
 }
