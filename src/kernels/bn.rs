@@ -114,46 +114,103 @@ struct BatchNormFwd {
     saved: Arc<Mutex<Stats>>,
 }
 
-/// Per channel, the sums over its N planes (of `plane` elements each) of the two values `f(channel, index)`
-/// returns, in f64, parallel over channels.
+/// Per channel, the sums over its N planes of the two values `f(channel, plane)` returns for each plane (given
+/// as the index range of its elements), in f64, parallel over channels.
 fn channel_sums(
     n: usize,
     c: usize,
     plane: usize,
-    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+    f: impl Fn(usize, std::ops::Range<usize>) -> (f64, f64) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             (0..n).fold((0.0, 0.0), |acc, i| {
                 let base = (i * c + ch) * plane;
-                let s = lane_sums(plane, |k| f(ch, base + k));
+                let s = f(ch, base..base + plane);
                 (acc.0 + s.0, acc.1 + s.1)
             })
         })
         .collect()
 }
 
-/// Σ f(k) for k in 0..len with eight independent accumulators, so the additions pipeline instead of waiting on
-/// each other (a single running sum made the statistics passes latency-bound).
-#[inline]
-fn lane_sums(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-    let full = len / LANES * LANES;
-    for start in (0..full).step_by(LANES) {
+/// Eight independent accumulators in the element type (the vector width of f32 on AVX2), summed in f64 at the end
+/// of each plane: the inner loops vectorise, a plane's partial sums stay short (PyTorch's CPU BatchNorm also
+/// accumulates f32 in f32), and planes and images add up in f64.
+const LANES: usize = 8;
+
+fn finish<T: Float>(lanes: [T; LANES], tail: f64) -> f64 {
+    lanes.iter().map(|v| v.to_f64()).sum::<f64>() + tail
+}
+
+/// Σ x over one plane.
+fn plane_sum<T: Float>(x: &[T]) -> f64 {
+    let mut acc = [T::ZERO; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|v| v.to_f64()).sum();
+    for c in chunks {
         for l in 0..LANES {
-            let (x, y) = f(start + l);
-            a[l] += x;
-            b[l] += y;
+            acc[l] += c[l];
         }
     }
-    for k in full..len {
-        let (x, y) = f(k);
-        a[0] += x;
-        b[0] += y;
+    finish(acc, tail)
+}
+
+/// Σ (x − μ)² over one plane.
+fn plane_sq_dev<T: Float>(x: &[T], mu: T) -> f64 {
+    let mut acc = [T::ZERO; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| (v - mu).to_f64().powi(2))
+        .sum();
+    for c in chunks {
+        for l in 0..LANES {
+            let d = c[l] - mu;
+            acc[l] += d * d;
+        }
     }
-    (a.iter().sum(), b.iter().sum())
+    finish(acc, tail)
+}
+
+/// The gradient reaching the BatchNorm output: dy, zeroed where the fused ReLU cut the output.
+#[inline(always)]
+fn masked<T: Float>(relu: bool, y: T, dy: T) -> T {
+    if relu && y <= T::ZERO {
+        T::ZERO
+    } else {
+        dy
+    }
+}
+
+/// (Σ g, Σ g·(x − μ)) over one plane, g the masked output gradient.
+fn plane_grad_sums<T: Float>(x: &[T], y: &[T], dy: &[T], mu: T, relu: bool) -> (f64, f64) {
+    let (mut a, mut b) = ([T::ZERO; LANES], [T::ZERO; LANES]);
+    let (xc, yc, dc) = (
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+        dy.chunks_exact(LANES),
+    );
+    let (mut ta, mut tb) = (0.0, 0.0);
+    for ((&x, &y), &dy) in xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .zip(dc.remainder())
+    {
+        let g = masked(relu, y, dy).to_f64();
+        ta += g;
+        tb += g * (x - mu).to_f64();
+    }
+    for ((x, y), dy) in xc.zip(yc).zip(dc) {
+        for l in 0..LANES {
+            let g = masked(relu, y[l], dy[l]);
+            a[l] += g;
+            b[l] += g * (x[l] - mu);
+        }
+    }
+    (finish(a, ta), finish(b, tb))
 }
 
 fn bn_forward<T: Float>(
@@ -167,13 +224,12 @@ fn bn_forward<T: Float>(
     let [n, c, h, w] = dims;
     let plane = h * w;
     let m = (n * plane) as f64;
-    let mean = channel_sums(n, c, plane, |_, j| (x[j].to_f64(), 0.0))
+    let mean = channel_sums(n, c, plane, |_, r| (plane_sum(&x[r]), 0.0))
         .into_iter()
         .map(|s| s.0 / m)
         .collect::<Vec<_>>();
-    let var = channel_sums(n, c, plane, |ch, j| {
-        let d = x[j].to_f64() - mean[ch];
-        (d * d, 0.0)
+    let var = channel_sums(n, c, plane, |ch, r| {
+        (plane_sq_dev(&x[r], T::from_f64(mean[ch])), 0.0)
     })
     .into_iter()
     .map(|s| s.0 / m)
@@ -335,17 +391,10 @@ impl BatchNormBwd {
         let plane = h * w;
         let m = (n * plane) as f64;
         let zero = T::ZERO;
-        let g = |j: usize| {
-            if self.relu && y[j] <= zero {
-                0.0
-            } else {
-                dy[j].to_f64()
-            }
-        };
         // Σg and Σg·(x−μ); dγ = invstd·Σg·(x−μ).
-        let sums = channel_sums(n, c, plane, |ch, j| {
-            let gj = g(j);
-            (gj, gj * (x[j].to_f64() - self.mean[ch]))
+        let sums = channel_sums(n, c, plane, |ch, r| {
+            let mu = T::from_f64(self.mean[ch]);
+            plane_grad_sums(&x[r.clone()], &y[r.clone()], &dy[r], mu, self.relu)
         });
         let dbeta = sums.iter().map(|s| s.0).collect::<Vec<_>>();
         let dgamma = sums
@@ -362,14 +411,14 @@ impl BatchNormBwd {
             let b = T::from_f64(-a * self.invstd[ch] * dgamma[ch] / m);
             let c0 = T::from_f64(-a * dbeta[ch] / m);
             let (a, mu) = (T::from_f64(a), T::from_f64(self.mean[ch]));
-            for (k, d) in dx.iter_mut().enumerate() {
-                let j = base + k;
-                let gj = if self.relu && y[j] <= zero {
-                    zero
-                } else {
-                    dy[j]
-                };
-                *d = a * gj + b * (x[j] - mu) + c0;
+            let r = base..base + plane;
+            for (((d, &x), &y), &g) in dx
+                .iter_mut()
+                .zip(&x[r.clone()])
+                .zip(&y[r.clone()])
+                .zip(&dy[r])
+            {
+                *d = a * masked(self.relu, y, g) + b * (x - mu) + c0;
             }
         });
         (dx, dgamma, dbeta)
@@ -502,6 +551,8 @@ mod tests {
     fn matches_plain_op_formula() {
         for (dims, dtype) in [
             ([4, 3, 5, 6], DType::F32),
+            // Long planes: many passes of the f32 lane accumulators.
+            ([3, 2, 33, 31], DType::F32),
             ([2, 5, 3, 3], DType::F64),
             ([3, 2, 1, 1], DType::F32),
         ] {
