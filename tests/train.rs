@@ -556,6 +556,11 @@ fn bad_inputs_are_clear_errors_before_training() {
     };
     // Missing EBV file: not given, or not there.
     check(&[], "--ebv");
+    // bf16 is for GPUs.
+    check(
+        &["--ebv", s(&f.basis), "--precision", "bf16"],
+        "needs a CUDA device",
+    );
     check(
         &["--ebv", s(&f.root.join("missing.safetensors"))],
         "missing.safetensors",

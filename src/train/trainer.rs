@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::data::{Batch, Loader, SamplerState};
 use crate::kernels::KernelImpl;
-use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
+use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind, Precision};
 use crate::shard::{ShardSet, Split};
 
 use super::checkpoint::{self, TrainState};
@@ -302,9 +302,21 @@ struct Setup {
     spec: ModelSpec,
 }
 
+/// bf16 needs the GPU: say so before anything is built.
+fn check_precision(recipe: &Recipe, device: &Device) -> Result<(), TrainError> {
+    if recipe.run.precision == Precision::Bf16 && device.is_cpu() {
+        return Err(TrainError::Recipe {
+            origin: "run.precision".into(),
+            detail: "bf16 mixed precision needs a CUDA device (--device cuda:K; candle's CPU matmul has no bf16): use f32 on the CPU".into(),
+        });
+    }
+    Ok(())
+}
+
 fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
     let r = &opts.recipe;
     r.validate()?;
+    check_precision(r, &opts.device)?;
     let set = Arc::new(ShardSet::open(&opts.shards)?);
     let classes = set.classes().len();
     if set.num_rows(Split::Train) == 0 {
@@ -803,6 +815,7 @@ pub fn bench_steps(
     device: &Device,
 ) -> Result<BenchReport, TrainError> {
     size_elementwise_pool(recipe, recipe.data.batch);
+    check_precision(recipe, device)?;
     let imp = recipe.kernels()?;
     let seed = recipe.run.seed;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xBE7C);
