@@ -187,8 +187,9 @@ fn join_group(world: World, _dev: &Device) -> anyhow::Result<Box<dyn Collective>
     )
 }
 
-fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
-    let world = World::from_env()?.filter(|w| w.size > 1);
+/// `world`: this process's place in a multi-rank job (None for one process).
+fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, bool)> {
+    let world = world.filter(|w| w.size > 1);
     let dev = match (&a.device, world) {
         (Some(spec), _) => device(spec)?,
         (None, Some(w)) => device(&format!("cuda:{}", w.local_rank))?,
@@ -277,14 +278,15 @@ fn run(a: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
 fn main() -> ExitCode {
     let args = Args::parse();
     ebv::train::configure_runtime();
-    let launcher = match World::from_env() {
-        Ok(w) => w.is_none(),
+    let world = match World::from_env() {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("ebv-train: error: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(n) = args.gpus.filter(|&n| n > 1 && launcher) {
+    // Started by no launcher: `--gpus N` makes this process the launcher.
+    if let Some(n) = args.gpus.filter(|&n| n > 1 && world.is_none()) {
         return match launch(&args, n) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
@@ -293,7 +295,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&args) {
+    match run(&args, world) {
         Ok((value, interrupted)) => {
             if args.json && !value.is_null() {
                 println!(

@@ -25,7 +25,6 @@ pub struct ModelSpec {
 pub struct Classifier {
     pub store: ParamStore,
     spec: ModelSpec,
-    precision: Precision,
     /// The activations' dtype (the parameters' unless mixed precision).
     compute: DType,
     backbone: ResNet,
@@ -83,7 +82,6 @@ impl Classifier {
         Ok(Classifier {
             store,
             spec: spec.clone(),
-            precision: Precision::F32,
             compute: dtype,
             backbone,
             head,
@@ -97,22 +95,14 @@ impl Classifier {
     /// Compute in `precision` from now on (parameters keep their dtype).
     /// bf16 needs a CUDA device: candle's CPU matmul has no bf16.
     pub fn set_precision(&mut self, precision: Precision) -> candle_core::Result<()> {
-        if precision == Precision::Bf16 && self.store.device().is_cpu() {
-            candle_core::bail!(
-                "bf16 mixed precision needs a CUDA device (candle's CPU matmul has no bf16); use f32 on the CPU"
-            );
-        }
+        precision
+            .check_device(self.store.device())
+            .map_err(candle_core::Error::Msg)?;
         let dtype = match precision {
             Precision::F32 => self.store.dtype(),
             p => p.compute_dtype(),
         };
-        self.set_compute_dtype(dtype)?;
-        self.precision = precision;
-        Ok(())
-    }
-
-    pub fn precision(&self) -> Precision {
-        self.precision
+        self.set_compute_dtype(dtype)
     }
 
     /// The activations' dtype; [`Classifier::set_precision`] is the public
@@ -199,18 +189,23 @@ mod tests {
         }
     }
 
-    fn check_with(arch: Arch, imp: KernelImpl, train: &[f64], rm: &[f64], eval: &[f64]) {
-        let spec = ModelSpec {
+    /// torchvision's `resnetNN(num_classes=classes)`: full width, 7×7 stem, FC head.
+    fn fc_spec(arch: Arch, classes: usize) -> ModelSpec {
+        ModelSpec {
             backbone: ResNetConfig {
                 arch,
                 width: 64,
                 small_stem: false,
             },
             head: HeadKind::Fc,
-            classes: 10,
+            classes,
             dim: None,
             tau: 0.07,
-        };
+        }
+    }
+
+    fn check_with(arch: Arch, imp: KernelImpl, train: &[f64], rm: &[f64], eval: &[f64]) {
+        let spec = fc_spec(arch, 10);
         let model = Classifier::with_dtype(&spec, None, &Device::Cpu, DType::F64, 0, imp).unwrap();
         let mut tensors = HashMap::new();
         for e in model.store.entries() {
@@ -379,17 +374,7 @@ mod tests {
             (Arch::Resnet18, "torchvision-resnet18.tsv"),
             (Arch::Resnet50, "torchvision-resnet50.tsv"),
         ] {
-            let spec = ModelSpec {
-                backbone: ResNetConfig {
-                    arch,
-                    width: 64,
-                    small_stem: false,
-                },
-                head: HeadKind::Fc,
-                classes: 1000,
-                dim: None,
-                tau: 0.07,
-            };
+            let spec = fc_spec(arch, 1000);
             let model = Classifier::new(&spec, None, &Device::Cpu, 0, KernelImpl::Ebv).unwrap();
             let text = std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -418,17 +403,7 @@ mod tests {
             assert_eq!(got, want, "{file}");
         }
         // ResNet-50's parameter count (torchvision: 25,557,032).
-        let spec = ModelSpec {
-            backbone: ResNetConfig {
-                arch: Arch::Resnet50,
-                width: 64,
-                small_stem: false,
-            },
-            head: HeadKind::Fc,
-            classes: 1000,
-            dim: None,
-            tau: 0.07,
-        };
+        let spec = fc_spec(Arch::Resnet50, 1000);
         let m = Classifier::new(&spec, None, &Device::Cpu, 0, KernelImpl::Ebv).unwrap();
         assert_eq!(m.store.num_parameters(), 25_557_032);
     }

@@ -127,7 +127,7 @@ impl Head {
     pub fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         match self.kind {
             HeadKind::Ebv => self.cosines(features)? / self.tau,
-            HeadKind::Fc => cast(&self.fc.forward(features)?, accumulate(features.dtype())),
+            HeadKind::Fc => self.scores(features),
         }
     }
 

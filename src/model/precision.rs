@@ -26,6 +26,15 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Whether this precision can run on `device`; the error says why not.
+    /// bf16 needs CUDA: candle's CPU matmul has no bf16.
+    pub fn check_device(self, device: &candle_core::Device) -> std::result::Result<(), String> {
+        if self == Precision::Bf16 && device.is_cpu() {
+            return Err("bf16 mixed precision needs a CUDA device (--device cuda:K; candle's CPU matmul has no bf16): use f32 on the CPU".into());
+        }
+        Ok(())
+    }
+
     /// The dtype activations are computed in.
     pub fn compute_dtype(self) -> DType {
         match self {

@@ -41,6 +41,17 @@ impl Checksum {
     pub fn of(bytes: &[u8]) -> String {
         format!("{:032x}", XxHash3_128::oneshot(bytes))
     }
+
+    /// The hex digest of `bytes` (a mapped file), calling `progress` with
+    /// the bytes hashed after each 4 MiB.
+    pub fn of_chunked(bytes: &[u8], progress: &dyn Fn(u64)) -> String {
+        let mut h = Checksum::new();
+        for chunk in bytes.chunks(4 << 20) {
+            h.update(chunk);
+            progress(chunk.len() as u64);
+        }
+        h.hex()
+    }
 }
 
 /// Length and checksum of a file, read through a map (the fastest way to
@@ -57,13 +68,7 @@ pub fn file_checksum(path: &Path, progress: &dyn Fn(u64)) -> std::io::Result<(u6
     // (the contract of `reader`). A map that cannot be made (a pipe, an
     // odd file system) falls back to reading.
     match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(map) => {
-            for chunk in map.chunks(4 << 20) {
-                h.update(chunk);
-                progress(chunk.len() as u64);
-            }
-            Ok((map.len() as u64, h.hex()))
-        }
+        Ok(map) => Ok((map.len() as u64, Checksum::of_chunked(&map, progress))),
         Err(_) => {
             let mut buf = vec![0u8; 4 << 20];
             let mut total = 0u64;

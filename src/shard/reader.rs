@@ -451,12 +451,7 @@ impl Shard {
     /// The file's checksum (see `checksum`), calling `progress` with the
     /// bytes hashed after each 4 MiB.
     pub fn checksum(&self, progress: &dyn Fn(u64)) -> String {
-        let mut h = Checksum::new();
-        for chunk in self.map.chunks(4 << 20) {
-            h.update(chunk);
-            progress(chunk.len() as u64);
-        }
-        h.hex()
+        Checksum::of_chunked(&self.map, progress)
     }
 
     fn corrupt(&self, rg: usize, col: usize, detail: String) -> ReadError {

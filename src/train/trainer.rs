@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::data::{Batch, Loader, SamplerState};
 use crate::kernels::KernelImpl;
-use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind, Precision};
+use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
 use crate::shard::{ShardSet, Split};
 
 use super::checkpoint::{self, TrainState};
@@ -304,13 +304,14 @@ struct Setup {
 
 /// bf16 needs the GPU: say so before anything is built.
 fn check_precision(recipe: &Recipe, device: &Device) -> Result<(), TrainError> {
-    if recipe.run.precision == Precision::Bf16 && device.is_cpu() {
-        return Err(TrainError::Recipe {
+    recipe
+        .run
+        .precision
+        .check_device(device)
+        .map_err(|detail| TrainError::Recipe {
             origin: "run.precision".into(),
-            detail: "bf16 mixed precision needs a CUDA device (--device cuda:K; candle's CPU matmul has no bf16): use f32 on the CPU".into(),
-        });
-    }
-    Ok(())
+            detail,
+        })
 }
 
 fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
