@@ -6,7 +6,11 @@
 # Both read the *same* train shards made by ebv-pack (the peer reads any
 # Parquet with `image` and `label` columns). Prints one JSON line per run
 # and a table of medians.
-# Usage: bash benches/loader_vs_peer.sh [PYTHON] [WORKDIR] [N_IMAGES] [REPEATS]
+# Both stream the train split EPOCHS times (default 5) in one process, so
+# the figures are the steady state (ebv's batch buffers are reused from the
+# second epoch on, as in training; a one-epoch run of 8 batches mostly
+# measures fresh page faults).
+# Usage: [EPOCHS=5] bash benches/loader_vs_peer.sh [PYTHON] [WORKDIR] [N_IMAGES] [REPEATS]
 # PYTHON needs numpy, pillow and pyarrow.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +19,7 @@ PY=${1:-python3}
 WORK=${2:-/tmp/ebv-load-bench}
 N=${3:-3000}
 REPEATS=${4:-3}
+EPOCHS=${EPOCHS:-5}
 TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release
 (cd "$ROOT" && cargo build --release -q --bin ebv-pack --bin ebv-load --example memcpy_rate)
 mkdir -p "$WORK/data"
@@ -30,7 +35,7 @@ for enc in raw jpeg; do
 done
 RES="$WORK/results.jsonl"
 : > "$RES"
-echo "# $(date -Is) load: $(cut -d' ' -f1-3 /proc/loadavg) cores: $(nproc)" >&2
+echo "# $(date -Is) epochs: $EPOCHS load: $(cut -d' ' -f1-3 /proc/loadavg) cores: $(nproc)" >&2
 for rep in $(seq "$REPEATS"); do
   line=$("$TGT/examples/memcpy_rate" 1)
   echo "{\"tool\": \"memcpy\", \"threads\": 1, \"rep\": $rep, ${line#\{}" | tee -a "$RES"
@@ -39,12 +44,13 @@ for rep in $(seq "$REPEATS"); do
   for enc in raw jpeg; do
     for aug in 0 1; do
       flag=""; [ "$aug" = 1 ] && flag="--aug"
-      line=$($PY "$PEER/read_parquet.py" stream "peer-$enc" $flag | tail -1)
+      line=$($PY "$PEER/read_parquet.py" stream "peer-$enc" --epochs "$EPOCHS" $flag | tail -1)
       echo "{\"tool\": \"peer\", \"enc\": \"$enc\", \"aug\": $aug, \"threads\": 1, \"rep\": $rep, ${line#\{}" | tee -a "$RES"
       eflag="--no-aug"; [ "$aug" = 1 ] && eflag="--aug"
       for w in 1 2; do
         line=$("$TGT/ebv-load" --shards "shards-$enc" --split train --batch 256 --keep-last \
-          --workers "$w" --prefetch 4 --size 224 $eflag --shuffle global --seed "$rep" --json)
+          --workers "$w" --prefetch 4 --size 224 $eflag --shuffle global --seed "$rep" \
+          --epochs "$EPOCHS" --json)
         echo "{\"tool\": \"ebv\", \"enc\": \"$enc\", \"threads\": $w, \"rep\": $rep, ${line#\{}" | tee -a "$RES"
       done
     done

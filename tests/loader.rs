@@ -667,3 +667,74 @@ fn dropping_the_iterator_early_stops_the_workers() {
     );
     assert!(it.next().is_none());
 }
+
+/// `ebv-load` end to end: several epochs in one process count every train
+/// row once per epoch; a corrupt image is reported and replaced, not fatal;
+/// bad flags exit 2 naming the flag or the folder.
+#[test]
+fn ebv_load_binary_streams_epochs_and_reports() {
+    const LOAD: &str = env!("CARGO_BIN_EXE_ebv-load");
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = entries(20);
+    e.push(("train/c1/bad.jpg".into(), corrupt_jpeg(20)));
+    let out = pack(dir.path(), &e, "jpeg", 20);
+    let train_rows = manifest(&out)["totals"]["train"]["rows"].as_u64().unwrap();
+    let o = run(
+        LOAD,
+        &[
+            "--shards",
+            s(&out),
+            "--batch",
+            "4",
+            "--workers",
+            "2",
+            "--size",
+            "12",
+            "--aug",
+            "--epochs",
+            "3",
+            "--keep-last",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["images"].as_u64().unwrap(), 3 * train_rows);
+    assert_eq!(
+        report["batches"].as_u64().unwrap(),
+        3 * train_rows.div_ceil(4)
+    );
+    assert_eq!(report["epochs"], 3);
+    assert_eq!(report["encoding"], "jpeg");
+    // The corrupt entry (kept by the packer: its header is fine) is
+    // replaced once per epoch, and named.
+    assert_eq!(report["replaced"], 3, "{report}");
+    assert!(report["errors"].to_string().contains("bad.jpg"), "{report}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jpg"));
+    // --batches caps the total across epochs.
+    let o = run(
+        LOAD,
+        &[
+            "--shards",
+            s(&out),
+            "--batch",
+            "4",
+            "--epochs",
+            "3",
+            "--batches",
+            "5",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["batches"], 5);
+    assert_eq!(report["images"], 20);
+    let o = run(LOAD, &["--shards", s(&out), "--epochs", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--epochs"));
+    let missing = dir.path().join("nowhere");
+    let o = run(LOAD, &["--shards", s(&missing)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
+}

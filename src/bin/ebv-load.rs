@@ -57,13 +57,18 @@ struct Args {
     shuffle: Shuffle,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// First epoch.
     #[arg(long, default_value_t = 0)]
     epoch: u64,
+    /// Epochs to run, from --epoch on (the buffer pool carries over, as in
+    /// training, so later epochs show the steady state).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: u64,
     #[arg(long, default_value_t = 0)]
     rank: u32,
     #[arg(long, default_value_t = 1)]
     world: u32,
-    /// Stop after N batches (default: the whole epoch).
+    /// Stop after N batches in all (default: every batch of every epoch).
     #[arg(long)]
     batches: Option<u64>,
     /// Keep the last, short batch.
@@ -119,29 +124,37 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         augment,
     };
     let loader = Loader::new(Arc::clone(&set), cfg, args.seed)?;
-    let state = SamplerState {
-        seed: args.seed,
-        epoch: args.epoch,
-        position: 0,
-    };
     let cpu0 = process_cpu_s();
     let t0 = Instant::now();
-    let mut iter = loader.epoch(state)?;
     let mut images = 0u64;
     let mut batches = 0u64;
+    let mut replaced = 0u64;
+    let mut errors = Vec::new();
     let limit = args.batches.unwrap_or(u64::MAX);
-    while batches < limit {
-        let Some(batch) = iter.next() else { break };
-        let batch = batch?;
-        for e in &batch.replaced {
-            eprintln!("ebv-load: replaced a sample: {e}");
+    for epoch in args.epoch..args.epoch + args.epochs {
+        if batches >= limit {
+            break;
         }
-        images += batch.len() as u64;
-        batches += 1;
+        let state = SamplerState {
+            seed: args.seed,
+            epoch,
+            position: 0,
+        };
+        let mut iter = loader.epoch(state)?;
+        while batches < limit {
+            let Some(batch) = iter.next() else { break };
+            let batch = batch?;
+            for e in &batch.replaced {
+                eprintln!("ebv-load: replaced a sample: {e}");
+            }
+            images += batch.len() as u64;
+            batches += 1;
+        }
+        let summary = iter.summary();
+        replaced += summary.replaced;
+        errors.extend(summary.errors.iter().cloned());
     }
     let wall = t0.elapsed().as_secs_f64();
-    let summary = iter.summary().clone();
-    drop(iter);
     let cpu = process_cpu_s() - cpu0;
     Ok(serde_json::json!({
         "shards": args.shards.display().to_string(),
@@ -161,8 +174,9 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "images_per_s": images as f64 / wall,
         "images_per_cpu_s": images as f64 / cpu,
         "output_bytes_per_s": images as f64 * 3.0 * f64::from(args.size).powi(2) * 4.0 / wall,
-        "replaced": summary.replaced,
-        "errors": summary.errors,
+        "epochs": args.epochs,
+        "replaced": replaced,
+        "errors": errors,
     }))
 }
 

@@ -18,6 +18,7 @@
 use fast_image_resize as fir;
 use serde::{Deserialize, Serialize};
 
+use super::chw::write_chw;
 use super::rng::SampleRng;
 
 /// ImageNet mean and standard deviation (torchvision's usual constants).
@@ -270,43 +271,6 @@ pub fn random_erasing_box(
         });
     }
     None
-}
-
-/// Convert a `w`×`h` RGB8 HWC image into normalised f32 CHW in `dst`
-/// (3·w·h values), mirrored left–right when `flip`.
-pub fn write_chw(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    flip: bool,
-    scale: [f32; 3],
-    bias: [f32; 3],
-    dst: &mut [f32],
-) {
-    let plane = w * h;
-    debug_assert!(src.len() >= plane * 3 && dst.len() >= plane * 3);
-    let (r_plane, rest) = dst.split_at_mut(plane);
-    let (g_plane, b_plane) = rest.split_at_mut(plane);
-    for y in 0..h {
-        let row = &src[y * w * 3..(y + 1) * w * 3];
-        let r_out = &mut r_plane[y * w..(y + 1) * w];
-        let g_out = &mut g_plane[y * w..(y + 1) * w];
-        let b_out = &mut b_plane[y * w..(y + 1) * w];
-        if flip {
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                let o = w - 1 - x;
-                r_out[o] = px[0] as f32 * scale[0] + bias[0];
-                g_out[o] = px[1] as f32 * scale[1] + bias[1];
-                b_out[o] = px[2] as f32 * scale[2] + bias[2];
-            }
-        } else {
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                r_out[x] = px[0] as f32 * scale[0] + bias[0];
-                g_out[x] = px[1] as f32 * scale[1] + bias[1];
-                b_out[x] = px[2] as f32 * scale[2] + bias[2];
-            }
-        }
-    }
 }
 
 /// Set `region` of every channel of a CHW slot to `value`.

@@ -20,16 +20,18 @@
 
 mod augment;
 mod batch;
+mod chw;
 mod loader;
 mod rng;
 mod sampler;
 
 pub use augment::{
     apply_mix, batch_mix, centre_fallback, erase, eval_crop, random_erasing_box,
-    random_resized_crop_box, write_chw, Augment, BatchMix, Crop, CropBox, Renderer, SamplePlan,
-    IMAGENET_MEAN, IMAGENET_STD,
+    random_resized_crop_box, Augment, BatchMix, Crop, CropBox, Renderer, SamplePlan, IMAGENET_MEAN,
+    IMAGENET_STD,
 };
 pub use batch::Batch;
+pub use chw::write_chw;
 pub use loader::{default_workers, EpochIter, EpochSummary, Loader, LoaderConfig, SampleError};
 pub use rng::{mix64, SampleRng, Stream};
 pub use sampler::{Layout, Sampler, SamplerState, Shuffle};
