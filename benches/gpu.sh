@@ -3,6 +3,10 @@
 # installed (our device image). Runs in well under 8 minutes and writes its
 # results to $OUT (default ./gpu-out):
 #   gpu.txt           nvidia-smi
+#   kernels-f32.json  ebv-train --check-kernels: cuDNN conv (forward and both
+#   kernels-bf16.json backward passes), max-pool and BatchNorm on the GPU,
+#                     both --kernels, against the CPU f64 reference, and
+#                     ResNet-50 conv layers timed cuDNN vs candle (batch 32)
 #   torch.json        PyTorch: ResNet-50, batch 256, 224², bf16 autocast,
 #                     channels-last, EBV head C = 100,000, d = 5000
 #   ebv.json          ebv-train --bench-steps on the same workload, bf16
@@ -34,6 +38,12 @@ if [ -n "$NV" ]; then
   export LD_LIBRARY_PATH
 fi
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/gpu.txt"
+
+timeout 150 "$BIN" --check-kernels --device cuda:0 --json > "$OUT/kernels-f32.json" 2> "$OUT/kernels-f32.err"
+echo "check-kernels f32 exit $?" >> "$OUT/gpu.txt"
+timeout 150 "$BIN" --check-kernels --device cuda:0 --precision bf16 --json \
+  > "$OUT/kernels-bf16.json" 2> "$OUT/kernels-bf16.err"
+echo "check-kernels bf16 exit $?" >> "$OUT/gpu.txt"
 
 W=(--arch resnet50 --batch 256 --size 224 --classes 100000 --head ebv --dim 5000)
 timeout 180 $PY benches/peers/torch_step.py "${W[@]}" --device cuda --bf16 --channels-last --steps 10 \

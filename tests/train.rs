@@ -743,3 +743,35 @@ fn gpus_flag_and_rank_variables_need_a_cuda_build() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("RANK") && err.contains("not below"), "{err}");
 }
+
+/// `--check-kernels` needs no shards: on the CPU it compares both kernel
+/// implementations with the f64 reference and exits 0; bf16 on the CPU is a
+/// recipe error naming run.precision.
+#[test]
+fn check_kernels_runs_without_shards() {
+    let o = Command::new(TRAIN)
+        .args(["--check-kernels", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["failures"], 0, "{report}");
+    assert_eq!(report["dtype"], "f32");
+    let rows = report["rows"].as_array().unwrap();
+    for op in ["conv2d", "max_pool2d", "batch_norm"] {
+        for imp in ["ebv", "candle"] {
+            assert!(
+                rows.iter().any(|r| r["op"] == op && r["kernels"] == imp),
+                "no {op}/{imp} row"
+            );
+        }
+    }
+    let o = Command::new(TRAIN)
+        .args(["--check-kernels", "--precision", "bf16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("run.precision"), "{err}");
+}

@@ -2,8 +2,9 @@
 //! train a ResNet against EBV targets (or an FC baseline) on `ebv-pack`
 //! shards. `--resume` continues a run exactly; Ctrl-C stops with a
 //! checkpoint. `--bench-steps N --synthetic` times training steps on
-//! random data instead. Exit 0 ok, 2 error, 130 interrupted (checkpoint
-//! written).
+//! random data instead; `--check-kernels` checks the training kernels on
+//! the device against f64 CPU references. Exit 0 ok, 1 a kernel check
+//! failed, 2 error, 130 interrupted (checkpoint written).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,9 @@ use clap::Parser;
 use ebv::train::dist::{launch_local, rank_args, Collective, Solo, World};
 #[cfg(feature = "cuda")]
 use ebv::train::dist::{NcclGroup, RENDEZVOUS_ENV, RENDEZVOUS_TIMEOUT_ENV};
-use ebv::train::{bench_steps, install_interrupt_handler, train_with, Recipe, TrainOptions};
+use ebv::train::{
+    bench_steps, check_precision, install_interrupt_handler, train_with, Recipe, TrainOptions,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +27,7 @@ use ebv::train::{bench_steps, install_interrupt_handler, train_with, Recipe, Tra
 )]
 struct Args {
     /// Output folder of ebv-pack (train and val shards).
-    #[arg(long, required_unless_present = "synthetic")]
+    #[arg(long, required_unless_present_any = ["synthetic", "check_kernels"])]
     shards: Option<PathBuf>,
     /// Recipe (TOML); values it leaves out take the paper's ImageNet defaults.
     #[arg(long)]
@@ -89,6 +92,12 @@ struct Args {
     /// Time N training steps on random data (with --synthetic) and exit.
     #[arg(long)]
     bench_steps: Option<usize>,
+    /// Check the training kernels on --device in --precision (f32 or bf16)
+    /// against this crate's CPU kernels in f64: conv2d (cuDNN on a GPU),
+    /// max-pool and BatchNorm, output and gradients, both --kernels; on a
+    /// GPU also time ResNet-50's conv layers. Exit 1 when a check fails.
+    #[arg(long)]
+    check_kernels: bool,
     /// Use random images and labels instead of shards (benchmarks).
     #[arg(long)]
     synthetic: bool,
@@ -187,8 +196,54 @@ fn join_group(world: World, _dev: &Device) -> anyhow::Result<Box<dyn Collective>
     )
 }
 
+/// `--check-kernels`: the report, and whether a check failed.
+fn check_kernels(
+    a: &Args,
+    recipe: &Recipe,
+    dev: &Device,
+) -> anyhow::Result<(serde_json::Value, u8)> {
+    check_precision(recipe, dev)?;
+    let dtype = recipe.run.precision.compute_dtype();
+    let mut report = ebv::kernels::check_kernels(dev, dtype).context("--check-kernels")?;
+    if dev.is_cuda() {
+        report.timings =
+            ebv::kernels::time_convs(dev, dtype, 32, 5).context("--check-kernels timing")?;
+    }
+    if !a.json {
+        for r in &report.rows {
+            println!(
+                "{:<4} {:<11} {:<34} {:<7} {:<7} {:.2e} (tol {:.0e})",
+                if r.ok { "ok" } else { "FAIL" },
+                r.op,
+                r.case,
+                r.kernels,
+                r.output,
+                r.rel_diff,
+                r.tol
+            );
+        }
+        for t in &report.timings {
+            println!(
+                "time {:<44} {:<7} {:>9.3} ms fwd+bwd",
+                t.case, t.kernels, t.ms_forward_backward
+            );
+        }
+        println!(
+            "{} checks on {} in {}: {} failed",
+            report.rows.len(),
+            report.device,
+            report.dtype,
+            report.failures
+        );
+    }
+    let code = u8::from(report.failures > 0);
+    Ok((serde_json::to_value(&report)?, code))
+}
+
 /// `world`: this process's place in a multi-rank job (None for one process).
-fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, bool)> {
+/// Returns the report and the exit code (0 ok, 1 a check failed, 130
+/// interrupted).
+fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)> {
     let world = world.filter(|w| w.size > 1);
     let dev = match (&a.device, world) {
         (Some(spec), _) => device(spec)?,
@@ -203,6 +258,9 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, boo
         (p, _) => p.clone(),
     };
     let recipe = Recipe::load(recipe_path.as_deref(), &sets)?;
+    if a.check_kernels {
+        return check_kernels(a, &recipe, &dev);
+    }
     if let Some(steps) = a.bench_steps {
         if !a.synthetic {
             anyhow::bail!("--bench-steps runs on random data: add --synthetic");
@@ -223,7 +281,7 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, boo
                 report.peak_rss_bytes as f64 / (1u64 << 30) as f64
             );
         }
-        return Ok((serde_json::to_value(&report)?, false));
+        return Ok((serde_json::to_value(&report)?, 0));
     }
     let shards = a
         .shards
@@ -272,7 +330,12 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, boo
     } else {
         serde_json::Value::Null
     };
-    Ok((value, s.interrupted && ebv::train::interrupted()))
+    let code = if s.interrupted && ebv::train::interrupted() {
+        130
+    } else {
+        0
+    };
+    Ok((value, code))
 }
 
 fn main() -> ExitCode {
@@ -296,18 +359,14 @@ fn main() -> ExitCode {
         };
     }
     match run(&args, world) {
-        Ok((value, interrupted)) => {
+        Ok((value, code)) => {
             if args.json && !value.is_null() {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             }
-            if interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            }
+            ExitCode::from(code)
         }
         Err(e) => {
             eprintln!("ebv-train: error: {e:#}");

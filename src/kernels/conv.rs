@@ -24,22 +24,28 @@ pub(crate) fn conv2d_ebv(x: &Tensor, w: &Tensor, stride: usize, padding: usize) 
     x.apply_op2(&w, Conv2dFwd { stride, padding })
 }
 
+/// The shapes of one convolution, checked once. Shared with the cuDNN ops.
 #[derive(Clone, Copy, Debug)]
-struct ConvGeom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct ConvGeom {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
 }
 
 impl ConvGeom {
-    fn new(x_dims: &[usize], w_dims: &[usize], stride: usize, pad: usize) -> Result<Self> {
+    pub(super) fn new(
+        x_dims: &[usize],
+        w_dims: &[usize],
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
         let &[n, c, h, w] = x_dims else {
             bail!("conv2d: input must be [N,C,H,W], got {x_dims:?}");
         };
@@ -82,7 +88,7 @@ impl ConvGeom {
         self.c * self.h * self.w
     }
 
-    fn out_dims(&self) -> [usize; 4] {
+    pub(super) fn out_dims(&self) -> [usize; 4] {
         [self.n, self.o, self.ho, self.wo]
     }
 

@@ -1,10 +1,12 @@
-//! CPU training kernels for the layers of a ResNet: conv2d, max-pool and fused train-mode BatchNorm.
+//! Training kernels for the layers of a ResNet: conv2d, max-pool and fused train-mode BatchNorm.
 //!
 //! Every public function takes a [`KernelImpl`]. `Ebv` runs the hand-written CPU ops of this module (candle
 //! `CustomOp`s, so autograd flows through them) when all inputs are contiguous-able CPU tensors of one dtype,
-//! f32 or f64; anything else (CUDA, f16, mixed dtypes) silently takes the `Candle` path, built from candle's own ops,
-//! which works on every device. Both paths compute the same function and the same gradients (up to rounding, and up
-//! to how ties in max-pool are split, see [`max_pool2d`]).
+//! f32 or f64, and, in a build with the `cuda` feature, conv2d on a CUDA device through cuDNN for the forward and
+//! both backward passes (`cudnn.rs`; f32, f64, bf16, f16). Anything else silently takes the `Candle` path, built
+//! from candle's own ops, which works on every device. Both paths compute the same function and the same gradients
+//! (up to rounding, and up to how ties in max-pool are split, see [`max_pool2d`]); [`check_kernels`] measures that
+//! on any device.
 //!
 //! Invariants shared by the ops:
 //! - the forward ops make their inputs contiguous before `apply_op*`, and the backward ops make the incoming gradient
@@ -14,12 +16,17 @@
 //!   input gradient of the stem convolution.
 
 mod bn;
+mod check;
 mod conv;
+#[cfg(feature = "cuda")]
+mod cudnn;
 mod pool;
 #[cfg(test)]
 mod test_util;
 
 use std::cell::RefCell;
+
+pub use check::{check_kernels, time_convs, ConvTiming, KernelCheck, KernelCheckRow};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor, WithDType};
 
@@ -45,8 +52,13 @@ pub fn conv2d(
         bail!("conv2d: stride must be at least 1");
     }
     if use_ebv(imp, &[x, w]) {
-        conv::conv2d_ebv(x, w, stride, padding)
-    } else {
+        return conv::conv2d_ebv(x, w, stride, padding);
+    }
+    #[cfg(feature = "cuda")]
+    if imp == KernelImpl::Ebv && cudnn::applies(&[x, w]) {
+        return cudnn::conv2d_cudnn(x, w, stride, padding);
+    }
+    {
         x.conv2d(w, padding, stride, 1, 1)
     }
 }

@@ -3,34 +3,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-/// xorshift64*: deterministic, good enough for test data.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-1, 1).
-    pub(crate) fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-}
+pub(crate) use super::check::{max_rel_diff, to_vec, Rng};
 
 pub(crate) fn rand_tensor(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let mut rng = Rng::new(seed);
-    let len = dims.iter().product::<usize>();
-    let v = (0..len).map(|_| rng.uniform()).collect::<Vec<_>>();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-        .and_then(|t| t.to_dtype(dtype))
-        .expect("rand tensor")
+    super::check::rand_tensor(dims, seed, dtype).expect("rand tensor")
 }
 
 /// A random permutation of evenly spaced values in [-1, 1]: all distinct, at least 2/len apart.
@@ -46,24 +22,6 @@ pub(crate) fn distinct_tensor(dims: &[usize], seed: u64, dtype: DType) -> Tensor
     Tensor::from_vec(v, dims, &Device::Cpu)
         .and_then(|t| t.to_dtype(dtype))
         .expect("distinct tensor")
-}
-
-pub(crate) fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .and_then(|t| t.to_dtype(DType::F64))
-        .and_then(|t| t.to_vec1::<f64>())
-        .expect("to_vec")
-}
-
-/// max |a − b| / max(max |b|, 1e-30): a difference relative to the scale of the reference.
-pub(crate) fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (to_vec(a), to_vec(b));
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 /// Compares the autograd gradient of the scalar `loss(inputs)` with central differences (step 1e-6) at `per_input`

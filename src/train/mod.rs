@@ -32,8 +32,8 @@ pub use plot::write_curves;
 pub use predict::{predict, Prediction};
 pub use schedule::Schedule;
 pub use trainer::{
-    bench_steps, configure_runtime, install_interrupt_handler, interrupted, train, train_with,
-    BenchReport, TrainOptions, TrainOutcome,
+    bench_steps, check_precision, configure_runtime, install_interrupt_handler, interrupted, train,
+    train_with, BenchReport, TrainOptions, TrainOutcome,
 };
 
 /// Why training, evaluation or prediction cannot go on.

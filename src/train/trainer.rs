@@ -303,7 +303,7 @@ struct Setup {
 }
 
 /// bf16 needs the GPU: say so before anything is built.
-fn check_precision(recipe: &Recipe, device: &Device) -> Result<(), TrainError> {
+pub fn check_precision(recipe: &Recipe, device: &Device) -> Result<(), TrainError> {
     recipe
         .run
         .precision
