@@ -775,3 +775,46 @@ fn check_kernels_runs_without_shards() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("run.precision"), "{err}");
 }
+
+/// `model.class_chunk`: the class-chunked EBV head trains to the same
+/// losses and metrics as the full head (equal up to f32 rounding), the
+/// resolved recipe records it, and the FC head refuses it by name.
+#[test]
+fn class_chunked_head_trains_like_the_full_head() {
+    let f = fixture();
+    let full = f.root.join("full");
+    let chunked = f.root.join("chunked");
+    let steps = ["--epochs", "2", "--json"];
+    let o = train(&f, &full, &steps);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut args = steps.to_vec();
+    args.extend(["--set", "model.class_chunk=3"]);
+    let o = train(&f, &chunked, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = std::fs::read_to_string(chunked.join("config.toml")).unwrap();
+    assert!(cfg.contains("class_chunk = 3"), "{cfg}");
+    let (a, b) = (metrics(&full), metrics(&chunked));
+    assert_eq!(a.len(), b.len());
+    let mut compared = 0;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["kind"], y["kind"]);
+        for key in ["loss", "val_loss"] {
+            if let (Some(p), Some(q)) = (x[key].as_f64(), y[key].as_f64()) {
+                assert!(
+                    (p - q).abs() <= 1e-3 * (1.0 + p.abs()),
+                    "{key}: {p} vs {q}\n{x}\n{y}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 4, "too few losses compared: {a:?}");
+    let o = train(
+        &f,
+        &f.root.join("fc-chunk"),
+        &["--head", "fc", "--set", "model.class_chunk=2"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.class_chunk"), "{err}");
+}

@@ -121,6 +121,12 @@ impl Classifier {
         &self.head
     }
 
+    /// Score the EBV head `chunk` classes at a time (0: all at once); see
+    /// [`Head::set_class_chunk`].
+    pub fn set_class_chunk(&mut self, chunk: usize) -> candle_core::Result<()> {
+        self.head.set_class_chunk(chunk)
+    }
+
     /// Pooled features, in the compute dtype.
     pub fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.backbone

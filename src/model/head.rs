@@ -13,6 +13,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::chunked::ChunkedBasis;
 use super::linear::Linear;
 use super::params::ParamStore;
 use super::precision::{cast, is_half};
@@ -58,6 +59,9 @@ pub struct Head {
     /// Bᵀ in the compute dtype when that is not the parameters' (a bf16
     /// copy made once, not per step).
     basis_c: Option<Tensor>,
+    /// The basis as rows for class-chunked scoring (then `basis_t` and
+    /// `basis_c` are dropped); EBV only.
+    chunked: Option<ChunkedBasis>,
     tau: f64,
     classes: usize,
 }
@@ -88,6 +92,7 @@ impl Head {
             fc,
             basis_t: Some(basis_t),
             basis_c: None,
+            chunked: None,
             tau,
             classes,
         })
@@ -100,6 +105,7 @@ impl Head {
             fc: Linear::new(store, "fc", features, classes)?,
             basis_t: None,
             basis_c: None,
+            chunked: None,
             tau: 1.0,
             classes,
         })
@@ -116,11 +122,56 @@ impl Head {
     /// Score in `dtype` (bf16 for mixed precision): keeps a copy of the
     /// basis in that dtype for the C-wide GEMM.
     pub fn set_compute_dtype(&mut self, dtype: DType) -> candle_core::Result<()> {
+        if let Some(cb) = &mut self.chunked {
+            return cb.set_compute_dtype(dtype, accumulate(dtype));
+        }
         self.basis_c = match &self.basis_t {
             Some(bt) if bt.dtype() != dtype => Some(bt.to_dtype(dtype)?),
             _ => None,
         };
         Ok(())
+    }
+
+    /// Score the EBV head `chunk` classes at a time (0, or at least C: all
+    /// at once), so that training and evaluation never hold an N × C
+    /// matrix (see `chunked.rs`). The FC head has no basis to chunk.
+    pub fn set_class_chunk(&mut self, chunk: usize) -> candle_core::Result<()> {
+        if self.kind != HeadKind::Ebv {
+            if chunk == 0 {
+                return Ok(());
+            }
+            candle_core::bail!("model.class_chunk applies to the ebv head only");
+        }
+        let compute = match &self.chunked {
+            Some(cb) => Some(cb.compute_dtype()),
+            None => self
+                .basis_c
+                .as_ref()
+                .or(self.basis_t.as_ref())
+                .map(|b| b.dtype()),
+        };
+        if let Some(cb) = self.chunked.take() {
+            // Back to the transposed layout first, then decide anew.
+            self.basis_t = Some(cb.rows_t()?);
+        }
+        let Some(bt) = self.basis_t.clone() else {
+            candle_core::bail!("the ebv head has no basis");
+        };
+        if chunk == 0 || chunk >= self.classes {
+            return self.set_compute_dtype(compute.unwrap_or(bt.dtype()));
+        }
+        let mut cb = ChunkedBasis::new(&bt, chunk)?;
+        let dtype = compute.unwrap_or(bt.dtype());
+        cb.set_compute_dtype(dtype, accumulate(dtype))?;
+        self.chunked = Some(cb);
+        self.basis_t = None;
+        self.basis_c = None;
+        Ok(())
+    }
+
+    /// Classes per chunk when chunked.
+    pub fn class_chunk(&self) -> Option<usize> {
+        self.chunked.as_ref().map(|c| c.chunk())
     }
 
     /// Logits [N, C] for the loss (f32 when the features are 16-bit).
@@ -139,18 +190,58 @@ impl Head {
         }
     }
 
+    /// The projected features, L2-normalised, in the accumulation dtype
+    /// (f32 at least: a bf16 sum of d squares is coarse).
+    fn unit(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        let f = self.fc.forward(features)?;
+        let f = cast(&f, accumulate(f.dtype()))?;
+        let norm = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(NORM_EPS, f64::MAX)?;
+        f.broadcast_div(&norm)
+    }
+
     fn cosines(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        let unit = self.unit(features)?;
+        if let Some(cb) = &self.chunked {
+            return cb.cosines(&unit);
+        }
         let Some(bt) = self.basis_c.as_ref().or(self.basis_t.as_ref()) else {
             candle_core::bail!("the fc head has no basis");
         };
-        let f = self.fc.forward(features)?;
-        // Normalise in f32 at least (a bf16 sum of d squares is coarse),
-        // score in the basis copy's dtype, return in f32.
-        let acc = accumulate(f.dtype());
-        let f = cast(&f, acc)?;
-        let norm = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(NORM_EPS, f64::MAX)?;
-        let unit = cast(&f.broadcast_div(&norm)?, bt.dtype())?;
-        cast(&unit.matmul(bt)?, acc)
+        // Score in the basis copy's dtype, return in the accumulation dtype.
+        cast(&cast(&unit, bt.dtype())?.matmul(bt)?, unit.dtype())
+    }
+
+    /// Class-chunked training loss of a (mixed, smoothed) batch and its
+    /// top-1 hits against `labels`; the same value and gradients as
+    /// cross-entropy on [`Head::logits`], without the N × C logits.
+    pub fn chunked_loss(
+        &self,
+        features: &Tensor,
+        labels: &Tensor,
+        mix_labels: &Tensor,
+        lambda: f64,
+        smoothing: f64,
+    ) -> candle_core::Result<(Tensor, u64)> {
+        let Some(cb) = &self.chunked else {
+            candle_core::bail!("chunked_loss: the head is not class-chunked");
+        };
+        let unit = self.unit(features)?;
+        cb.train_loss(&unit, self.tau, labels, mix_labels, lambda, smoothing)
+    }
+
+    /// Class-chunked evaluation: mean cross-entropy and top-k hits for each
+    /// k of `ks`.
+    pub fn chunked_eval(
+        &self,
+        features: &Tensor,
+        labels: &Tensor,
+        ks: &[usize],
+    ) -> candle_core::Result<(f64, Vec<u64>)> {
+        let Some(cb) = &self.chunked else {
+            candle_core::bail!("chunked_eval: the head is not class-chunked");
+        };
+        let unit = self.unit(features)?;
+        cb.eval(&unit, self.tau, labels, ks)
     }
 }
 

@@ -6,6 +6,7 @@
 //! loops, data or shards.
 
 mod batchnorm;
+mod chunked;
 mod classifier;
 mod conv;
 mod head;

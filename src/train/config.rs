@@ -37,6 +37,10 @@ pub struct ModelSection {
     pub dim: usize,
     /// EBV temperature τ.
     pub tau: f64,
+    /// Score the EBV head this many classes at a time (0: all at once), so
+    /// that a step never holds an N × C logit matrix: for C near 10⁶ on a
+    /// GPU with little memory. Same loss, gradients and metrics.
+    pub class_chunk: usize,
 }
 
 impl Default for ModelSection {
@@ -48,6 +52,7 @@ impl Default for ModelSection {
             head: HeadKind::Ebv,
             dim: 0,
             tau: 0.07,
+            class_chunk: 0,
         }
     }
 }

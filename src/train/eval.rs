@@ -46,11 +46,16 @@ pub fn evaluate(
         } else {
             batch.to_tensor(device)?
         };
-        let (scores, logits) = model.scores_and_logits(&x)?;
-        let loss = hard_cross_entropy(&logits, &labels, 0.0)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let c = topk_correct(&scores, &labels, &[1, k5])?;
+        let (loss, c) = if model.head().class_chunk().is_some() {
+            let features = model.features_t(&x, false)?;
+            model.head().chunked_eval(&features, &labels, &[1, k5])?
+        } else {
+            let (scores, logits) = model.scores_and_logits(&x)?;
+            let loss = hard_cross_entropy(&logits, &labels, 0.0)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            (loss, topk_correct(&scores, &labels, &[1, k5])?)
+        };
         loss_sum += loss * b as f64;
         top1 += c[0];
         top5 += c[1];
@@ -249,8 +254,14 @@ pub fn open_model(
         dim: basis.as_ref().map(|b| b.dims()[1]),
         tau,
     };
-    let model = Classifier::new(&spec, basis.as_ref(), device, 0, imp)?;
+    let mut model = Classifier::new(&spec, basis.as_ref(), device, 0, imp)?;
     model.store.load(&tensors, &weights, false)?;
+    // A run trained class-chunked is evaluated the same way.
+    if let Some(r) = &recipe {
+        if spec.head == HeadKind::Ebv {
+            model.set_class_chunk(r.model.class_chunk)?;
+        }
+    }
     if let Some(names) = &classes {
         if names.len() != classes_n {
             return Err(TrainError::Setup(format!(

@@ -229,8 +229,17 @@ fn step(
     clip: f64,
     lr: f64,
 ) -> Result<(f64, u64), TrainError> {
-    let logits = model.forward_t(x, true)?;
-    let loss = batch_loss(&logits, labels, mix_labels, lambda, smoothing)?;
+    let (loss, correct) = if model.head().class_chunk().is_some() {
+        let features = model.features_t(x, true)?;
+        model
+            .head()
+            .chunked_loss(&features, labels, mix_labels, lambda, smoothing)?
+    } else {
+        let logits = model.forward_t(x, true)?;
+        let loss = batch_loss(&logits, labels, mix_labels, lambda, smoothing)?;
+        let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
+        (loss, correct)
+    };
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !value.is_finite() {
         return Err(TrainError::Other(format!(
@@ -249,7 +258,6 @@ fn step(
         }
     }
     optim.step(&grads, lr)?;
-    let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
     if sync.comm.size() == 1 {
         return Ok((value, correct));
     }
@@ -300,6 +308,16 @@ struct Setup {
     set: Arc<ShardSet>,
     basis: Option<Tensor>,
     spec: ModelSpec,
+}
+
+/// `model.class_chunk`, an error naming the key for the FC head.
+fn set_class_chunk(model: &mut Classifier, recipe: &Recipe) -> Result<(), TrainError> {
+    model
+        .set_class_chunk(recipe.model.class_chunk)
+        .map_err(|e| TrainError::Recipe {
+            origin: "model.class_chunk".into(),
+            detail: e.to_string(),
+        })
 }
 
 /// bf16 needs the GPU: say so before anything is built.
@@ -427,6 +445,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
 
     let mut model = Classifier::new(&spec, basis.as_ref(), &opts.device, seed, imp)?;
     model.set_precision(r.run.precision)?;
+    set_class_chunk(&mut model, r)?;
     if let Some(init) = &opts.init {
         let kept = load_init(&model, init)?;
         if crate::progress::chatty(opts.quiet) && !kept.is_empty() {
@@ -838,6 +857,7 @@ pub fn bench_steps(
     let spec = model_spec(recipe, classes, basis.as_ref())?;
     let mut model = Classifier::new(&spec, basis.as_ref(), device, seed, imp)?;
     model.set_precision(recipe.run.precision)?;
+    set_class_chunk(&mut model, recipe)?;
     let mut optim = build_optimizer(recipe, &model);
     let b = recipe.data.batch;
     let s = recipe.data.size as usize;
