@@ -11,6 +11,8 @@
 #                     channels-last, EBV head C = 100,000, d = 5000
 #   ebv.json          ebv-train --bench-steps on the same workload, bf16
 #                     mixed precision (f32 master weights), or its error
+#   ebv-chunked.json  the bf16 workload with the head scored 25,000 classes
+#                     at a time (model.class_chunk): the chunking's cost
 #   ebv-f32.json      the same in f32, batch 64 (the bf16 gain)
 #   ebv-small.json    a small ResNet-18 step on the GPU (a smoke test)
 #   ddp.txt           two-rank data-parallel smoke run when 2+ GPUs exist
@@ -54,6 +56,8 @@ timeout 120 "$BIN" --bench-steps 3 --synthetic --device cuda:0 --arch resnet18 -
   > "$OUT/ebv-small.json" 2> "$OUT/ebv-small.err"
 timeout 200 "$BIN" --bench-steps 3 --synthetic --device cuda:0 "${W[@]}" --precision bf16 --json --quiet \
   > "$OUT/ebv.json" 2> "$OUT/ebv.err"
+timeout 150 "$BIN" --bench-steps 3 --synthetic --device cuda:0 "${W[@]}" --precision bf16 \
+  --set model.class_chunk=25000 --json --quiet > "$OUT/ebv-chunked.json" 2> "$OUT/ebv-chunked.err"
 timeout 100 "$BIN" --bench-steps 2 --synthetic --device cuda:0 --arch resnet50 --batch 64 --size 224 \
   --classes 100000 --head ebv --dim 5000 --json --quiet > "$OUT/ebv-f32.json" 2> "$OUT/ebv-f32.err"
 # Data-parallel smoke run: needs shards; skipped on one GPU.
