@@ -14,6 +14,7 @@ mod metrics;
 mod optim;
 mod plot;
 mod predict;
+mod prefetch;
 mod schedule;
 mod trainer;
 

@@ -25,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Batch, Loader, SamplerState};
+use crate::data::{Loader, SamplerState};
 use crate::kernels::KernelImpl;
 use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
 use crate::shard::{ShardSet, Split};
@@ -40,6 +40,7 @@ use super::loss::{hard_cross_entropy, topk_correct};
 use super::metrics::{best_epoch, read_log, EpochMetrics, MetricsLog, Running, Summary};
 use super::optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
 use super::plot::write_curves;
+use super::prefetch::Prefetch;
 use super::schedule::Schedule;
 use super::TrainError;
 
@@ -286,21 +287,6 @@ fn write_log(log: &mut Option<MetricsLog>, value: &serde_json::Value) -> Result<
         Some(l) => l.write(value),
         None => Ok(()),
     }
-}
-
-fn batch_tensors(
-    batch: Batch,
-    device: &Device,
-) -> Result<(Tensor, Tensor, Tensor, f64), TrainError> {
-    let labels = batch.labels_tensor(device)?;
-    let mix = Tensor::from_slice(&batch.mix_labels, batch.mix_labels.len(), device)?;
-    let lambda = f64::from(batch.mix.lambda());
-    let x = if device.is_cpu() {
-        batch.into_tensor()?
-    } else {
-        batch.to_tensor(device)?
-    };
-    Ok((x, labels, mix, lambda))
 }
 
 /// Checks and run-folder set-up shared by fresh and resumed runs.
@@ -565,26 +551,27 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     let mut stop = false;
     while state.sampler.epoch < r.schedule.epochs && !stop {
         let epoch = state.sampler.epoch;
-        let mut iter = loader.epoch(state.sampler)?;
+        let iter = loader.epoch(state.sampler)?;
         let bar = crate::progress::bar(iter.num_batches(), "batch", opts.quiet || !primary);
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, r.schedule.epochs));
         let mut interval_start = Instant::now();
         let mut interval_images = 0u64;
-        for batch in &mut iter {
-            let batch = batch?;
+        // The next batch's tensors are made on a helper thread during this step.
+        let mut batches = Prefetch::start(iter, &opts.device);
+        for ready in &mut batches {
+            let ready = ready?;
             // Every rank's batch is the same size: count the group's images.
-            let n = batch.len() as u64 * world as u64;
-            let after = batch.state_after;
+            let n = ready.len as u64 * world as u64;
+            let after = ready.after;
             let lr = schedule.lr(state.step);
-            let (x, labels, mix, lambda) = batch_tensors(batch, &opts.device)?;
             let (loss, correct) = step(
                 &model,
                 &mut optim,
                 &sync,
-                &x,
-                &labels,
-                &mix,
-                lambda,
+                &ready.x,
+                &ready.labels,
+                &ready.mix_labels,
+                ready.lambda,
                 r.loss.label_smoothing,
                 r.optim.clip_grad_norm,
                 lr,
@@ -658,6 +645,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 epoch + 1
             )));
         }
+        let iter = batches.finish()?;
         state.sampler = iter.state();
         let replaced = iter.summary().replaced;
         drop(iter);
