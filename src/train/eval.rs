@@ -21,6 +21,7 @@ use super::checkpoint::{self, SPEC_KEY};
 use super::config::Recipe;
 use super::loss::{hard_cross_entropy, topk_correct};
 use super::metrics::EvalMetrics;
+use super::prefetch::Prefetch;
 use super::TrainError;
 
 /// Mean loss (no label smoothing), top-1 and top-5 of `model` in eval mode
@@ -32,20 +33,17 @@ pub fn evaluate(
     quiet: bool,
 ) -> Result<EvalMetrics, TrainError> {
     let seed = loader.sampler().seed();
-    let mut iter = loader.epoch(SamplerState::new(seed))?;
+    let iter = loader.epoch(SamplerState::new(seed))?;
     let bar = crate::progress::bar(iter.num_batches(), "batch", quiet);
     bar.set_prefix("eval");
     let k5 = 5.min(model.spec().classes);
     let (mut loss_sum, mut top1, mut top5, mut n) = (0.0f64, 0u64, 0u64, 0u64);
-    for batch in &mut iter {
-        let batch = batch?;
-        let b = batch.len() as u64;
-        let labels = batch.labels_tensor(device)?;
-        let x = if device.is_cpu() {
-            batch.into_tensor()?
-        } else {
-            batch.to_tensor(device)?
-        };
+    // The next batch is copied to the device while this one is scored.
+    let mut batches = Prefetch::start(iter, device);
+    for ready in &mut batches {
+        let ready = ready?;
+        let b = ready.len as u64;
+        let (x, labels) = (ready.x, ready.labels);
         let (loss, c) = if model.head().class_chunk().is_some() {
             let features = model.features_t(&x, false)?;
             model.head().chunked_eval(&features, &labels, &[1, k5])?
@@ -63,7 +61,7 @@ pub fn evaluate(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let replaced = iter.summary().replaced;
+    let replaced = batches.finish()?.summary().replaced;
     let n_f = n.max(1) as f64;
     Ok(EvalMetrics {
         loss: loss_sum / n_f,

@@ -1,5 +1,6 @@
 //! One batch ahead on the device: a helper thread takes the loader's next batch and makes its tensors (for a GPU,
-//! the one host-to-device copy of the step) while the trainer runs the current step.
+//! the one host-to-device copy of the step) while the trainer runs the current step (or evaluation scores the
+//! current batch).
 //!
 //! Why a thread: candle copies a host slice to the GPU with a driver call that stages pageable memory on the
 //! calling thread (a 256 × 224² f32 batch is 154 MB). Made on the trainer's thread, that staging sits between two
