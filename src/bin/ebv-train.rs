@@ -211,22 +211,29 @@ fn check_kernels(
     }
     if !a.json {
         for r in &report.rows {
-            println!(
-                "{:<4} {:<11} {:<34} {:<7} {:<7} {:.2e} (tol {:.0e})",
-                if r.ok { "ok" } else { "FAIL" },
-                r.op,
-                r.case,
-                r.kernels,
-                r.output,
-                r.rel_diff,
-                r.tol
+            let verdict = match (r.ok, &r.error) {
+                (false, _) => "FAIL",
+                (true, Some(_)) => "n/a",
+                (true, None) => "ok",
+            };
+            print!(
+                "{verdict:<4} {:<11} {:<34} {:<7} {:<7} {:.2e} (tol {:.0e})",
+                r.op, r.case, r.kernels, r.output, r.rel_diff, r.tol
             );
+            match &r.error {
+                Some(e) => println!(" error: {e}"),
+                None => println!(),
+            }
         }
         for t in &report.timings {
-            println!(
+            print!(
                 "time {:<44} {:<7} {:>9.3} ms fwd+bwd",
                 t.case, t.kernels, t.ms_forward_backward
             );
+            match &t.error {
+                Some(e) => println!(" error: {e}"),
+                None => println!(),
+            }
         }
         println!(
             "{} checks on {} in {}: {} failed",

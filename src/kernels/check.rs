@@ -25,10 +25,13 @@ pub struct KernelCheckRow {
     pub kernels: String,
     /// `y`, or `d<input>` for a gradient.
     pub output: String,
-    /// max |got − ref| / max |ref|.
+    /// max |got − ref| / max |ref| (NaN when the op could not run).
     pub rel_diff: f64,
     pub tol: f64,
+    /// Within tolerance. An error of this crate's kernels is a failure; one
+    /// of candle's ops (a dtype it lacks on this device) is only reported.
     pub ok: bool,
+    pub error: Option<String>,
 }
 
 /// Forward + backward time of one convolution layer.
@@ -36,7 +39,9 @@ pub struct KernelCheckRow {
 pub struct ConvTiming {
     pub case: String,
     pub kernels: String,
+    /// NaN when the layer could not run.
     pub ms_forward_backward: f64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,21 +100,10 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
     let mut push = |op: &str,
                     case: String,
                     imp: KernelImpl,
-                    got: &[Tensor],
+                    got: Result<Vec<Tensor>>,
                     want: &[Tensor],
                     names: &[&str]| {
-        for ((g, w), name) in got.iter().zip(want).zip(names) {
-            let d = max_rel_diff(g, w);
-            rows.push(KernelCheckRow {
-                op: op.to_string(),
-                case: case.clone(),
-                kernels: imp_name(imp).to_string(),
-                output: (*name).to_string(),
-                rel_diff: d,
-                tol,
-                ok: d <= tol,
-            });
-        }
+        rows.extend(compare(op, &case, imp, got, want, names, tol));
     };
     for (i, &[n, c, h, w, o, k, s, p]) in CONV_CASES.iter().enumerate() {
         let seed = 100 + 3 * i as u64;
@@ -127,8 +121,8 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
         )?;
         let case = format!("x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p}");
         for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
-            let got = outputs_and_grads(&f(imp), &[x.clone(), wt.clone()], &r, device, dtype)?;
-            push("conv2d", case.clone(), imp, &got, &want, &["y", "dx", "dw"]);
+            let got = outputs_and_grads(&f(imp), &[x.clone(), wt.clone()], &r, device, dtype);
+            push("conv2d", case.clone(), imp, got, &want, &["y", "dx", "dw"]);
         }
     }
     for (i, &[n, c, h, w, k, s, p]) in POOL_CASES.iter().enumerate() {
@@ -146,8 +140,8 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
         )?;
         let case = format!("x[{n},{c},{h},{w}] k{k} s{s} p{p}");
         for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
-            let got = outputs_and_grads(&f(imp), std::slice::from_ref(&x), &r, device, dtype)?;
-            push("max_pool2d", case.clone(), imp, &got, &want, &["y", "dx"]);
+            let got = outputs_and_grads(&f(imp), std::slice::from_ref(&x), &r, device, dtype);
+            push("max_pool2d", case.clone(), imp, got, &want, &["y", "dx"]);
         }
     }
     if matches!(dtype, DType::F32 | DType::F64) {
@@ -168,12 +162,12 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
                     outputs_and_grads(&f(KernelImpl::Ebv), &inputs, &r, &Device::Cpu, DType::F64)?;
                 let case = format!("x[{n},{c},{h},{w}] relu {relu}");
                 for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
-                    let got = outputs_and_grads(&f(imp), &inputs, &r, device, dtype)?;
+                    let got = outputs_and_grads(&f(imp), &inputs, &r, device, dtype);
                     push(
                         "batch_norm",
                         case.clone(),
                         imp,
-                        &got,
+                        got,
                         &want,
                         &["y", "dx", "dgamma", "dbeta"],
                     );
@@ -226,21 +220,70 @@ pub fn time_convs(
                 }
                 Ok(())
             };
-            step()?;
-            device.synchronize()?;
-            let t = Instant::now();
-            for _ in 0..iters.max(1) {
+            // One layer that cannot run (candle lacks some dtypes on some devices) must not hide the others.
+            let timed = || -> Result<f64> {
                 step()?;
-            }
-            device.synchronize()?;
+                device.synchronize()?;
+                let t = Instant::now();
+                for _ in 0..iters.max(1) {
+                    step()?;
+                }
+                device.synchronize()?;
+                Ok(t.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64)
+            };
+            let (ms, error) = match timed() {
+                Ok(ms) => (ms, None),
+                Err(e) => (f64::NAN, Some(e.to_string())),
+            };
             out.push(ConvTiming {
                 case: format!("x[{batch},{c},{h},{h}] w[{o},{c},{k},{k}] s{s} p{p}"),
                 kernels: imp_name(imp).to_string(),
-                ms_forward_backward: t.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64,
+                ms_forward_backward: ms,
+                error,
             });
         }
     }
     Ok(out)
+}
+
+/// One row per output: its difference from the reference, or the error that stopped the op (a failure for this
+/// crate's kernels, only a note for candle's).
+fn compare(
+    op: &str,
+    case: &str,
+    imp: KernelImpl,
+    got: Result<Vec<Tensor>>,
+    want: &[Tensor],
+    names: &[&str],
+    tol: f64,
+) -> Vec<KernelCheckRow> {
+    let row = |name: &str, rel_diff: f64, ok: bool, error: Option<String>| KernelCheckRow {
+        op: op.to_string(),
+        case: case.to_string(),
+        kernels: imp_name(imp).to_string(),
+        output: name.to_string(),
+        rel_diff,
+        tol,
+        ok,
+        error,
+    };
+    match got {
+        Ok(got) => names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match (got.get(i), want.get(i)) {
+                (Some(g), Some(w)) => {
+                    let d = max_rel_diff(g, w);
+                    row(name, d, d <= tol, None)
+                }
+                _ => row(name, f64::NAN, false, Some("missing output".into())),
+            })
+            .collect(),
+        Err(e) => names
+            .iter()
+            .map(|name| row(name, f64::NAN, imp != KernelImpl::Ebv, Some(e.to_string())))
+            .collect(),
+    }
 }
 
 fn imp_name(imp: KernelImpl) -> &'static str {
@@ -380,6 +423,42 @@ mod tests {
         assert!((max_rel_diff(&off, &want) - 0.025).abs() < 1e-9);
         assert!(max_rel_diff(&nan, &want).is_infinite());
         assert!(max_rel_diff(&short, &want).is_infinite());
+    }
+
+    #[test]
+    fn an_op_error_fails_ours_and_is_noted_for_candle() {
+        // A max-pool whose padding exceeds half the kernel is an error on both paths.
+        let x = plane_distinct_tensor(&[1, 1, 4, 4], 1, DType::F64).unwrap();
+        let f = |imp: KernelImpl| move |t: &[Tensor]| max_pool2d(&t[0], 2, 1, 2, imp);
+        let r = rand_tensor(&[1, 1, 7, 7], 2, DType::F64).unwrap();
+        let want = vec![r.clone(), x.clone()];
+        for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
+            let got = outputs_and_grads(
+                &f(imp),
+                std::slice::from_ref(&x),
+                &r,
+                &Device::Cpu,
+                DType::F64,
+            );
+            let rows = compare("max_pool2d", "bad", imp, got, &want, &["y", "dx"], 1e-9);
+            assert_eq!(rows.len(), 2);
+            for row in rows {
+                assert!(row.error.is_some() && row.rel_diff.is_nan());
+                assert_eq!(row.ok, imp == KernelImpl::Candle, "{row:?}");
+            }
+        }
+        // Results are compared output by output.
+        let off = (&x + 0.5).unwrap();
+        let rows = compare(
+            "t",
+            "t",
+            KernelImpl::Ebv,
+            Ok(vec![x.clone(), off]),
+            &[x.clone(), x.clone()],
+            &["a", "b"],
+            1e-9,
+        );
+        assert!(rows[0].ok && !rows[1].ok && rows[1].error.is_none());
     }
 
     #[test]
