@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{
@@ -86,21 +87,17 @@ impl Elem for f16 {
     const TENSOR_OPS: bool = true;
 }
 
-/// Which of the three passes an algorithm was chosen for.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Pass {
-    Forward,
-    Data,
-    Filter,
-}
+/// (device, dtype, [n, c, h, w, o, k, stride, pad]).
+type AlgoKey = (DeviceId, DType, [usize; 8]);
 
-/// (device, pass, dtype, [n, c, h, w, o, k, stride, pad]).
-type AlgoKey = (DeviceId, Pass, DType, [usize; 8]);
+/// Per pass: the chosen algorithm and its workspace bytes.
+type AlgoCache<A> = RefCell<HashMap<AlgoKey, (A, usize)>>;
 
 thread_local! {
     static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-    /// The chosen algorithm (as its raw enum value) and its workspace bytes.
-    static ALGOS: RefCell<HashMap<AlgoKey, (u32, usize)>> = RefCell::new(HashMap::new());
+    static FORWARD: AlgoCache<sys::cudnnConvolutionFwdAlgo_t> = RefCell::new(HashMap::new());
+    static DATA: AlgoCache<sys::cudnnConvolutionBwdDataAlgo_t> = RefCell::new(HashMap::new());
+    static FILTER: AlgoCache<sys::cudnnConvolutionBwdFilterAlgo_t> = RefCell::new(HashMap::new());
 }
 
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
@@ -114,23 +111,27 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
     })
 }
 
-fn key(dev: &CudaDevice, pass: Pass, dtype: DType, g: &ConvGeom) -> AlgoKey {
-    (
+/// The algorithm and workspace size cached for (device, dtype, shape), or cuDNN's heuristic choice, remembered.
+fn choose<A: Copy>(
+    cache: &'static LocalKey<AlgoCache<A>>,
+    dev: &CudaDevice,
+    dtype: DType,
+    g: &ConvGeom,
+    pick: impl FnOnce() -> Result<A>,
+    workspace: impl FnOnce(A) -> Result<usize>,
+) -> Result<(A, usize)> {
+    let key = (
         dev.id(),
-        pass,
         dtype,
         [g.n, g.c, g.h, g.w, g.o, g.k, g.stride, g.pad],
-    )
-}
-
-fn cached(key: &AlgoKey) -> Option<(u32, usize)> {
-    ALGOS.with(|a| a.borrow().get(key).copied())
-}
-
-fn remember(key: AlgoKey, algo: u32, bytes: usize) {
-    ALGOS.with(|a| {
-        a.borrow_mut().insert(key, (algo, bytes));
-    });
+    );
+    if let Some(hit) = cache.with(|c| c.borrow().get(&key).copied()) {
+        return Ok(hit);
+    }
+    let algo = pick()?;
+    let bytes = workspace(algo)?;
+    cache.with(|c| c.borrow_mut().insert(key, (algo, bytes)));
+    Ok((algo, bytes))
 }
 
 /// The descriptors of one convolution.
@@ -202,16 +203,14 @@ fn forward<T: Elem>(
         w: &d.w,
         y: &d.y,
     };
-    let k = key(dev, Pass::Forward, T::DTYPE, g);
-    let (algo, bytes) = match cached(&k) {
-        Some((a, b)) => (fwd_algo(a)?, b),
-        None => {
-            let a = op.pick_algorithm()?;
-            let b = op.get_workspace_size(a)?;
-            remember(k, a as u32, b);
-            (a, b)
-        }
-    };
+    let (algo, bytes) = choose(
+        &FORWARD,
+        dev,
+        T::DTYPE,
+        g,
+        || Ok(op.pick_algorithm()?),
+        |a| Ok(op.get_workspace_size(a)?),
+    )?;
     // SAFETY: the workspace is scratch for cuDNN, never read by us.
     let mut workspace = unsafe { dev.alloc::<u8>(bytes.max(1))? };
     // SAFETY: the descriptors were built from `g`, and the views were checked against the same shapes and dtype.
@@ -248,16 +247,14 @@ fn grad_input<T: Elem>(
         w: &d.w,
         dy: &d.y,
     };
-    let k = key(dev, Pass::Data, T::DTYPE, g);
-    let (algo, bytes) = match cached(&k) {
-        Some((a, b)) => (data_algo(a)?, b),
-        None => {
-            let a = op.pick_algorithm()?;
-            let b = op.get_workspace_size(a)?;
-            remember(k, a as u32, b);
-            (a, b)
-        }
-    };
+    let (algo, bytes) = choose(
+        &DATA,
+        dev,
+        T::DTYPE,
+        g,
+        || Ok(op.pick_algorithm()?),
+        |a| Ok(op.get_workspace_size(a)?),
+    )?;
     // SAFETY: scratch for cuDNN.
     let mut workspace = unsafe { dev.alloc::<u8>(bytes.max(1))? };
     // SAFETY: descriptors and views agree on shapes and dtype (checked above).
@@ -294,16 +291,14 @@ fn grad_weight<T: Elem>(
         dw: &d.w,
         dy: &d.y,
     };
-    let k = key(dev, Pass::Filter, T::DTYPE, g);
-    let (algo, bytes) = match cached(&k) {
-        Some((a, b)) => (filter_algo(a)?, b),
-        None => {
-            let a = op.pick_algorithm()?;
-            let b = op.get_workspace_size(a)?;
-            remember(k, a as u32, b);
-            (a, b)
-        }
-    };
+    let (algo, bytes) = choose(
+        &FILTER,
+        dev,
+        T::DTYPE,
+        g,
+        || Ok(op.pick_algorithm()?),
+        |a| Ok(op.get_workspace_size(a)?),
+    )?;
     // SAFETY: scratch for cuDNN.
     let mut workspace = unsafe { dev.alloc::<u8>(bytes.max(1))? };
     // SAFETY: descriptors and views agree on shapes and dtype (checked above).
@@ -318,58 +313,6 @@ fn grad_weight<T: Elem>(
         )?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dw, dev.clone()))
-}
-
-// The cache stores algorithms as their enum values; these map them back without transmuting.
-fn fwd_algo(v: u32) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
-    use sys::cudnnConvolutionFwdAlgo_t as A;
-    const ALL: [A; 8] = [
-        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
-    ];
-    match ALL.into_iter().find(|a| *a as u32 == v) {
-        Some(a) => Ok(a),
-        None => bail!("cudnn: unknown forward algorithm {v}"),
-    }
-}
-
-fn data_algo(v: u32) -> Result<sys::cudnnConvolutionBwdDataAlgo_t> {
-    use sys::cudnnConvolutionBwdDataAlgo_t as A;
-    const ALL: [A; 6] = [
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
-    ];
-    match ALL.into_iter().find(|a| *a as u32 == v) {
-        Some(a) => Ok(a),
-        None => bail!("cudnn: unknown backward-data algorithm {v}"),
-    }
-}
-
-fn filter_algo(v: u32) -> Result<sys::cudnnConvolutionBwdFilterAlgo_t> {
-    use sys::cudnnConvolutionBwdFilterAlgo_t as A;
-    const ALL: [A; 7] = [
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
-    ];
-    match ALL.into_iter().find(|a| *a as u32 == v) {
-        Some(a) => Ok(a),
-        None => bail!("cudnn: unknown backward-filter algorithm {v}"),
-    }
 }
 
 /// Dispatch a generic pass on the storage dtype.
