@@ -19,6 +19,9 @@
 
 use candle_core::{bail, DType, Result, Tensor, D};
 
+/// How label errors are introduced.
+const WHAT: &str = "chunked head";
+
 /// Largest class count whose indices are exact in f32.
 const MAX_CLASSES: usize = 1 << 24;
 
@@ -122,8 +125,8 @@ impl ChunkedBasis {
     ) -> Result<(Tensor, u64)> {
         let (n, _) = unit.dims2()?;
         let classes = self.classes();
-        check_labels(labels, n, classes)?;
-        check_labels(mix_labels, n, classes)?;
+        check_labels(labels, n, classes, WHAT)?;
+        check_labels(mix_labels, n, classes, WHAT)?;
         if !(0.0..=1.0).contains(&smoothing) || !(0.0..=1.0).contains(&lambda) {
             bail!("chunked loss: smoothing {smoothing} and lambda {lambda} must lie in [0, 1]");
         }
@@ -201,7 +204,7 @@ impl ChunkedBasis {
     ) -> Result<(f64, Vec<u64>)> {
         let (n, _) = unit.dims2()?;
         let classes = self.classes();
-        let host = check_labels(labels, n, classes)?;
+        let host = check_labels(labels, n, classes, WHAT)?;
         let acc = unit.dtype();
         let dev = unit.device();
         let u = unit.to_dtype(self.gemm_rows().dtype())?;
@@ -276,17 +279,20 @@ impl ChunkedBasis {
     }
 }
 
-/// Labels [N] of an integer dtype, each below `classes`; returned on the host.
-fn check_labels(labels: &Tensor, n: usize, classes: usize) -> Result<Vec<i64>> {
+/// Labels [N] of an integer dtype, each below `classes`; returned on the host. Errors start with `what`.
+/// Shared with the cross-entropy of `train::loss`.
+pub(crate) fn check_labels(
+    labels: &Tensor,
+    n: usize,
+    classes: usize,
+    what: &str,
+) -> Result<Vec<i64>> {
     if labels.dims() != [n] {
-        bail!(
-            "chunked head: labels should be [{n}], got {:?}",
-            labels.shape()
-        );
+        bail!("{what}: labels should be [{n}], got {:?}", labels.shape());
     }
     if !matches!(labels.dtype(), DType::U8 | DType::U32 | DType::I64) {
         bail!(
-            "chunked head: labels should be u8/u32/i64, got {:?}",
+            "{what}: labels should be u8/u32/i64, got {:?}",
             labels.dtype()
         );
     }
@@ -296,7 +302,7 @@ fn check_labels(labels: &Tensor, n: usize, classes: usize) -> Result<Vec<i64>> {
         .enumerate()
         .find(|&(_, &y)| y < 0 || y as u64 >= classes as u64)
     {
-        bail!("chunked head: label {bad} in row {row} is outside 0..{classes}");
+        bail!("{what}: label {bad} in row {row} is outside 0..{classes}");
     }
     Ok(host)
 }

@@ -18,6 +18,7 @@ mod resnet;
 use std::path::PathBuf;
 
 pub use batchnorm::{BatchNorm2d, BN_EPS, BN_MOMENTUM};
+pub(crate) use chunked::check_labels;
 pub use classifier::{Classifier, ModelSpec};
 pub use conv::Conv2d;
 pub use head::{load_basis, Head, HeadKind};

@@ -17,6 +17,8 @@
 
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 
+use crate::model::check_labels;
+
 /// Mean over the batch of the cross-entropy between `softmax(logits)` (`[B, C]`) and the soft
 /// targets (`[B, C]`, rows summing to 1) after label smoothing `t' = (1−ε)·t + ε/C`.
 ///
@@ -157,26 +159,7 @@ fn label_index(
     device: &Device,
     what: &str,
 ) -> Result<Tensor> {
-    if labels.dims() != [batch] {
-        bail!(
-            "{what}: labels should be [{batch}], got {:?}",
-            labels.shape()
-        )
-    }
-    if !matches!(labels.dtype(), DType::U8 | DType::U32 | DType::I64) {
-        bail!(
-            "{what}: labels should be u8/u32/i64, got {:?}",
-            labels.dtype()
-        )
-    }
-    let host = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
-    if let Some((row, &bad)) = host
-        .iter()
-        .enumerate()
-        .find(|&(_, &y)| y < 0 || y as u64 >= classes as u64)
-    {
-        bail!("{what}: label {bad} in row {row} is outside 0..{classes}")
-    }
+    check_labels(labels, batch, classes, what)?;
     labels.to_device(device)?.unsqueeze(1)
 }
 
