@@ -97,14 +97,6 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
     }
     let tol = tolerance(dtype, device);
     let mut rows = Vec::new();
-    let mut push = |op: &str,
-                    case: String,
-                    imp: KernelImpl,
-                    got: Result<Vec<Tensor>>,
-                    want: &[Tensor],
-                    names: &[&str]| {
-        rows.extend(compare(op, &case, imp, got, want, names, tol));
-    };
     for (i, &[n, c, h, w, o, k, s, p]) in CONV_CASES.iter().enumerate() {
         let seed = 100 + 3 * i as u64;
         let x = rand_tensor(&[n, c, h, w], seed, dtype)?;
@@ -122,7 +114,15 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
         let case = format!("x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p}");
         for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
             let got = outputs_and_grads(&f(imp), &[x.clone(), wt.clone()], &r, device, dtype);
-            push("conv2d", case.clone(), imp, got, &want, &["y", "dx", "dw"]);
+            rows.extend(compare(
+                "conv2d",
+                &case,
+                imp,
+                got,
+                &want,
+                &["y", "dx", "dw"],
+                tol,
+            ));
         }
     }
     for (i, &[n, c, h, w, k, s, p]) in POOL_CASES.iter().enumerate() {
@@ -141,7 +141,15 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
         let case = format!("x[{n},{c},{h},{w}] k{k} s{s} p{p}");
         for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
             let got = outputs_and_grads(&f(imp), std::slice::from_ref(&x), &r, device, dtype);
-            push("max_pool2d", case.clone(), imp, got, &want, &["y", "dx"]);
+            rows.extend(compare(
+                "max_pool2d",
+                &case,
+                imp,
+                got,
+                &want,
+                &["y", "dx"],
+                tol,
+            ));
         }
     }
     if matches!(dtype, DType::F32 | DType::F64) {
@@ -163,14 +171,8 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
                 let case = format!("x[{n},{c},{h},{w}] relu {relu}");
                 for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
                     let got = outputs_and_grads(&f(imp), &inputs, &r, device, dtype);
-                    push(
-                        "batch_norm",
-                        case.clone(),
-                        imp,
-                        got,
-                        &want,
-                        &["y", "dx", "dgamma", "dbeta"],
-                    );
+                    let names = ["y", "dx", "dgamma", "dbeta"];
+                    rows.extend(compare("batch_norm", &case, imp, got, &want, &names, tol));
                 }
             }
         }

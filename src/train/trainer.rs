@@ -459,6 +459,15 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         (Some(_), Some(p)) => Some(file_sha256(p)?),
         _ => None,
     };
+    let fresh = || TrainState {
+        step: 0,
+        sampler: SamplerState::new(seed),
+        seed,
+        interval: Running::default(),
+        epoch_acc: Running::default(),
+        history: Vec::new(),
+        basis_sha256: basis_sha.clone(),
+    };
     let mut state = match &latest {
         Some(dir) if opts.resume => {
             let s = checkpoint::restore(dir, &model, &mut optim)?;
@@ -470,15 +479,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             }
             s
         }
-        _ if !primary => TrainState {
-            step: 0,
-            sampler: SamplerState::new(seed),
-            seed,
-            interval: Running::default(),
-            epoch_acc: Running::default(),
-            history: Vec::new(),
-            basis_sha256: basis_sha.clone(),
-        },
+        _ if !primary => fresh(),
         _ => {
             let text = r.to_toml()?;
             crate::shard::write_replace(&run.join(CONFIG), text.as_bytes(), false)
@@ -491,15 +492,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                     std::fs::copy(p, &dst).map_err(|e| TrainError::io(&dst, e))?;
                 }
             }
-            TrainState {
-                step: 0,
-                sampler: SamplerState::new(seed),
-                seed,
-                interval: Running::default(),
-                epoch_acc: Running::default(),
-                history: Vec::new(),
-                basis_sha256: basis_sha.clone(),
-            }
+            fresh()
         }
     };
     // Rank 0's weights, buffers and (restored) state everywhere, as DDP does.
