@@ -38,8 +38,13 @@ pub(crate) struct ChunkedBasis {
 }
 
 impl ChunkedBasis {
-    /// From Bᵀ [d, C] (the head's layout) and a chunk of at least one class.
-    pub(crate) fn new(basis_t: &Tensor, chunk: usize) -> Result<ChunkedBasis> {
+    /// From Bᵀ [d, C] (the head's layout), scoring in `dtype` and summing in `acc`.
+    pub(crate) fn new(
+        basis_t: &Tensor,
+        chunk: usize,
+        dtype: DType,
+        acc: DType,
+    ) -> Result<ChunkedBasis> {
         let (_, classes) = basis_t.dims2()?;
         if chunk == 0 {
             bail!("class chunk must be at least 1");
@@ -48,23 +53,33 @@ impl ChunkedBasis {
             bail!("class-chunked head supports at most {MAX_CLASSES} classes, got {classes}");
         }
         let rows = basis_t.t()?.contiguous()?;
-        let sum = rows.sum_keepdim(0)?;
+        let (rows_c, sum) = Self::in_dtype(&rows, dtype, acc)?;
         Ok(ChunkedBasis {
             rows,
-            rows_c: None,
+            rows_c,
             sum,
             chunk,
         })
     }
 
     pub(crate) fn set_compute_dtype(&mut self, dtype: DType, acc: DType) -> Result<()> {
-        self.rows_c = if dtype != self.rows.dtype() {
-            Some(self.rows.to_dtype(dtype)?)
+        (self.rows_c, self.sum) = Self::in_dtype(&self.rows, dtype, acc)?;
+        Ok(())
+    }
+
+    /// The copy of `rows` in `dtype` (None when they already are) and the column sum of the rows the GEMMs use.
+    fn in_dtype(rows: &Tensor, dtype: DType, acc: DType) -> Result<(Option<Tensor>, Tensor)> {
+        let rows_c = if dtype != rows.dtype() {
+            Some(rows.to_dtype(dtype)?)
         } else {
             None
         };
-        self.sum = self.gemm_rows().to_dtype(acc)?.sum_keepdim(0)?;
-        Ok(())
+        let sum = rows_c
+            .as_ref()
+            .unwrap_or(rows)
+            .to_dtype(acc)?
+            .sum_keepdim(0)?;
+        Ok((rows_c, sum))
     }
 
     pub(crate) fn chunk(&self) -> usize {

@@ -157,13 +157,11 @@ impl Head {
         let Some(bt) = self.basis_t.clone() else {
             candle_core::bail!("the ebv head has no basis");
         };
-        if chunk == 0 || chunk >= self.classes {
-            return self.set_compute_dtype(compute.unwrap_or(bt.dtype()));
-        }
-        let mut cb = ChunkedBasis::new(&bt, chunk)?;
         let dtype = compute.unwrap_or(bt.dtype());
-        cb.set_compute_dtype(dtype, accumulate(dtype))?;
-        self.chunked = Some(cb);
+        if chunk == 0 || chunk >= self.classes {
+            return self.set_compute_dtype(dtype);
+        }
+        self.chunked = Some(ChunkedBasis::new(&bt, chunk, dtype, accumulate(dtype))?);
         self.basis_t = None;
         self.basis_c = None;
         Ok(())
