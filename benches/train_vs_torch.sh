@@ -10,6 +10,7 @@
 # Usage: benches/train_vs_torch.sh [PYTHON_WITH_TORCH]
 # Env:   THREADS  "1 2" (default)   WORKLOADS "rn50 rn18"   STEPS 2
 #        CANDLE=0 skips candle's own ops (slow: ~7× torch)
+#        IM2COL=1 also times ebv's kernels with run.conv_algo=im2col (no Winograd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3}
@@ -36,9 +37,15 @@ for w in $WORKLOADS; do
     p=$($PY benches/peers/torch_step.py "${peer[@]}" --threads "$t" --steps "$STEPS")
     ps=$(echo "$p" | field mean_step_seconds)
     printf '%-5s %3s %-7s %9.3f %9.2f %8s\n' "$w" "$t" torch "$ps" "$(echo "$p" | field peak_rss_bytes | awk '{print $1/2^30}')" 1.00
-    impls="ebv"; [ "${CANDLE:-1}" != 0 ] && impls="ebv candle"
+    impls="ebv"
+    [ "${IM2COL:-0}" != 0 ] && impls="$impls im2col"
+    [ "${CANDLE:-1}" != 0 ] && impls="$impls candle"
     for k in $impls; do
-      o=$(RAYON_NUM_THREADS=$t "$BIN" --bench-steps "$STEPS" --synthetic "${ours[@]}" --kernels "$k" --json --quiet)
+      case $k in
+        im2col) kflags=(--kernels ebv --set run.conv_algo=im2col) ;;
+        *) kflags=(--kernels "$k") ;;
+      esac
+      o=$(RAYON_NUM_THREADS=$t "$BIN" --bench-steps "$STEPS" --synthetic "${ours[@]}" "${kflags[@]}" --json --quiet)
       os=$(echo "$o" | field mean_step_seconds)
       printf '%-5s %3s %-7s %9.3f %9.2f %8.2f\n' "$w" "$t" "$k" "$os" "$(echo "$o" | field peak_rss_bytes | awk '{print $1/2^30}')" "$(python3 -c "print($os/$ps)")"
     done

@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Te
 use rayon::prelude::*;
 
 use super::conv::by_dtype;
-use super::{cpu_slice, Float};
+use super::{cpu_slice, zeroed, Float};
 
 pub(crate) fn check_args(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<()> {
     let &[n, c, h, w] = x.dims() else {
@@ -239,7 +239,7 @@ fn bn_forward<T: Float>(
         .map(|v| 1.0 / (v + eps).sqrt())
         .collect::<Vec<_>>();
     let gamma = gamma.iter().map(|g| g.to_f64()).collect::<Vec<_>>();
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = zeroed::<T>(x.len());
     let zero = T::ZERO;
     y.par_chunks_mut(plane)
         .zip(x.par_chunks(plane))

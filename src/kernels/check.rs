@@ -63,6 +63,7 @@ const CONV_CASES: &[[usize; 8]] = &[
     [4, 9, 8, 8, 11, 3, 2, 1],
     [2, 16, 14, 14, 32, 3, 1, 1],
     [2, 32, 14, 14, 16, 1, 2, 0],
+    [3, 16, 7, 9, 17, 3, 1, 1],
 ];
 
 /// (n, c, h, w, kernel, stride, pad).
@@ -409,7 +410,7 @@ mod tests {
             let bad: Vec<_> = report.rows.iter().filter(|r| !r.ok).collect();
             assert!(bad.is_empty(), "{dtype:?}: {bad:#?}");
             // conv: 8 cases × 2 impls × 3 outputs; pool 3 × 2 × 2; bn 2 × 2 relu × 2 × 4.
-            assert_eq!(report.rows.len(), 48 + 12 + 32);
+            assert_eq!(report.rows.len(), 54 + 12 + 32);
             assert_eq!(report.failures, 0);
         }
     }

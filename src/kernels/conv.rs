@@ -11,11 +11,14 @@
 //! one image when it has at least `MIN_GEMM_COLUMNS` output pixels, else a few side by side (one [C·K·K, g·Ho·Wo]
 //! matrix, with dY gathered and Y scattered to match) so the GEMMs are not thin. A 1×1 stride-1 unpadded conv of a
 //! single image needs no columns at all: the image itself is the [C, H·W] matrix.
+//!
+//! The ops hand 3×3 stride-1 convolutions with enough channels to `winograd.rs` (fewer multiplications, same
+//! function) unless [`super::ConvAlgo::Im2col`] is set; these im2col kernels are its reference in the tests.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, gemm_parallelism, matmul, Float, MatRef};
+use super::{cpu_slice, gemm_parallelism, matmul, winograd, zeroed, Float, MatRef};
 
 pub(crate) fn conv2d_ebv(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let x = x.contiguous()?;
@@ -256,9 +259,9 @@ fn scatter<T: Float>(src: &[T], rows: usize, p: usize, cnt: usize, dst: &mut [T]
     }
 }
 
-fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>> {
+pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>> {
     let (p, ckk) = (g.out_plane(), g.ckk());
-    let mut y = vec![T::ZERO; g.n * g.o * p];
+    let mut y = zeroed::<T>(g.n * g.o * p);
     let w_mat = MatRef {
         data: w,
         rs: ckk,
@@ -307,9 +310,9 @@ fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>> {
     Ok(y)
 }
 
-fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Vec<T>> {
+pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Vec<T>> {
     let (p, ckk) = (g.out_plane(), g.ckk());
-    let mut dx = vec![T::ZERO; g.n * g.in_image()];
+    let mut dx = zeroed::<T>(g.n * g.in_image());
     // Wᵀ as a [C·K·K, O] matrix, read in place.
     let wt = MatRef {
         data: w,
@@ -364,7 +367,7 @@ fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Vec<T>> {
     Ok(dx)
 }
 
-fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<Vec<T>> {
     let (p, ckk) = (g.out_plane(), g.ckk());
     let len = g.o * ckk;
     let plan = Plan::new(g);
@@ -486,11 +489,12 @@ impl CustomOp2 for Conv2dFwd {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> Result<CpuStorage> {
-            Ok(T::to_cpu_storage_owned(forward::<T>(
-                g,
-                cpu_slice(s1, l1)?,
-                cpu_slice(s2, l2)?,
-            )?))
+            let (x, w) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+            Ok(T::to_cpu_storage_owned(if winograd::applies(g) {
+                winograd::forward::<T>(g, x, w)?
+            } else {
+                forward::<T>(g, x, w)?
+            }))
         }
         let out = by_dtype!(s1, self.name(), run, &g, s1, l1, s2, l2)?;
         Ok((out, Shape::from(g.out_dims().to_vec())))
@@ -552,11 +556,12 @@ impl CustomOp2 for Conv2dGradInput {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> Result<CpuStorage> {
-            Ok(T::to_cpu_storage_owned(grad_input::<T>(
-                g,
-                cpu_slice(s1, l1)?,
-                cpu_slice(s2, l2)?,
-            )?))
+            let (dy, w) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+            Ok(T::to_cpu_storage_owned(if winograd::applies(g) {
+                winograd::grad_input::<T>(g, dy, w)?
+            } else {
+                grad_input::<T>(g, dy, w)?
+            }))
         }
         let out = by_dtype!(s1, self.name(), run, g, s1, l1, s2, l2)?;
         Ok((out, Shape::from(vec![g.n, g.c, g.h, g.w])))
@@ -596,11 +601,12 @@ impl CustomOp2 for Conv2dGradWeight {
             s2: &CpuStorage,
             l2: &Layout,
         ) -> Result<CpuStorage> {
-            Ok(T::to_cpu_storage_owned(grad_weight::<T>(
-                g,
-                cpu_slice(s1, l1)?,
-                cpu_slice(s2, l2)?,
-            )?))
+            let (x, dy) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+            Ok(T::to_cpu_storage_owned(if winograd::applies(g) {
+                winograd::grad_weight::<T>(g, x, dy)?
+            } else {
+                grad_weight::<T>(g, x, dy)?
+            }))
         }
         let out = by_dtype!(s1, self.name(), run, g, s1, l1, s2, l2)?;
         Ok((out, Shape::from(vec![g.o, g.c, g.k, g.k])))

@@ -1,4 +1,5 @@
-//! Training kernels for the layers of a ResNet: conv2d, max-pool and fused train-mode BatchNorm.
+//! Training kernels for the layers of a ResNet: conv2d (im2col + GEMM, Winograd F(2×2, 3×3) for 3×3 stride-1
+//! layers), max-pool, fused train-mode BatchNorm (+ ReLU) and the residual add + ReLU.
 //!
 //! Every public function takes a [`KernelImpl`]. `Ebv` runs the hand-written CPU ops of this module (candle
 //! `CustomOp`s, so autograd flows through them) when all inputs are contiguous-able CPU tensors of one dtype,
@@ -21,10 +22,13 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cudnn;
 mod pool;
+mod residual;
 #[cfg(test)]
 mod test_util;
+mod winograd;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use check::{check_kernels, time_convs, ConvTiming, KernelCheck, KernelCheckRow};
 
@@ -38,6 +42,46 @@ pub enum KernelImpl {
     Ebv,
     /// candle's own ops everywhere (with a working max-pool backward).
     Candle,
+}
+
+/// How [`KernelImpl::Ebv`] computes a CPU convolution (a process-wide setting: candle's ops carry no context).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions with at least 16 channels in and out, im2col + GEMM
+    /// for the rest.
+    #[default]
+    Auto,
+    /// im2col + GEMM for every convolution (for comparisons, and as the reference).
+    Im2col,
+}
+
+impl std::str::FromStr for ConvAlgo {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "im2col" => Ok(Self::Im2col),
+            _ => Err(format!(
+                "unknown conv algorithm {s:?} (expected auto or im2col)"
+            )),
+        }
+    }
+}
+
+static CONV_ALGO: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the CPU convolution algorithm for the whole process (see [`ConvAlgo`]).
+pub fn set_conv_algo(algo: ConvAlgo) {
+    CONV_ALGO.store(algo as u8, Ordering::Relaxed);
+}
+
+/// The CPU convolution algorithm in effect.
+pub fn conv_algo() -> ConvAlgo {
+    match CONV_ALGO.load(Ordering::Relaxed) {
+        1 => ConvAlgo::Im2col,
+        _ => ConvAlgo::Auto,
+    }
 }
 
 /// NCHW input x [N,Cin,H,W], weight w [Cout,Cin,K,K] (square kernel), no bias, groups 1, dilation 1.
@@ -81,6 +125,15 @@ pub fn max_pool2d(
         pool::max_pool2d_ebv(x, kernel, stride, padding)
     } else {
         pool::max_pool2d_candle(x, kernel, stride, padding)
+    }
+}
+
+/// relu(a + b) for two tensors of one shape: the end of a residual block.
+pub fn add_relu(a: &Tensor, b: &Tensor, imp: KernelImpl) -> Result<Tensor> {
+    if use_ebv(imp, &[a, b]) {
+        residual::add_relu_ebv(a, b)
+    } else {
+        residual::add_relu_candle(a, b)
     }
 }
 
@@ -154,6 +207,16 @@ macro_rules! impl_float {
 
 impl_float!(f32, SCRATCH_F32);
 impl_float!(f64, SCRATCH_F64);
+
+/// A zeroed activation-sized buffer, filled by the whole Rayon pool: zeroing a fresh output of tens of MB on the
+/// calling thread is serial time in every layer of a multi-threaded step (large buffers come from the heap, not
+/// from fresh zero pages, see `crate::memory`).
+pub(crate) fn zeroed<T: Float>(len: usize) -> Vec<T> {
+    use rayon::iter::ParallelExtend;
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(T::ZERO, len));
+    v
+}
 
 /// The contiguous elements of a CPU storage as described by `layout`.
 pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {

@@ -13,7 +13,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use super::conv::by_dtype;
-use super::{cpu_slice, Float};
+use super::{cpu_slice, zeroed, Float};
 
 pub(crate) fn check_args(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<()> {
     let &[_, _, h, w] = x.dims() else {
@@ -168,7 +168,7 @@ impl MaxPool2d {
 }
 
 fn pool_fwd<T: Float>(g: &PoolGeom, x: &[T]) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len() / (g.h * g.w) * g.ho * g.wo];
+    let mut y = zeroed::<T>(x.len() / (g.h * g.w) * g.ho * g.wo);
     y.par_chunks_mut(g.ho * g.wo)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(y, plane)| {
@@ -182,7 +182,7 @@ fn pool_fwd<T: Float>(g: &PoolGeom, x: &[T]) -> Vec<T> {
 }
 
 fn pool_bwd<T: Float>(g: &PoolGeom, x: &[T], dy: &[T]) -> Vec<T> {
-    let mut dx = vec![T::ZERO; x.len()];
+    let mut dx = zeroed::<T>(x.len());
     dx.par_chunks_mut(g.h * g.w)
         .zip(x.par_chunks(g.h * g.w))
         .zip(dy.par_chunks(g.ho * g.wo))

@@ -23,7 +23,7 @@ use super::conv::Conv2d;
 use super::params::ParamStore;
 use super::precision::is_half;
 use super::ModelError;
-use crate::kernels::{max_pool2d, KernelImpl};
+use crate::kernels::{add_relu, max_pool2d, KernelImpl};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,7 @@ struct Block {
     convs: Vec<Conv2d>,
     bns: Vec<BatchNorm2d>,
     downsample: Option<Downsample>,
+    imp: KernelImpl,
 }
 
 impl Block {
@@ -172,6 +173,7 @@ impl Block {
             convs,
             bns,
             downsample,
+            imp,
         })
     }
 
@@ -185,7 +187,7 @@ impl Block {
             Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train, false)?,
             None => x.clone(),
         };
-        (h + identity)?.relu()
+        add_relu(&h, &identity, self.imp)
     }
 }
 

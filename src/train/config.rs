@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Augment, LoaderConfig, Shuffle, IMAGENET_MEAN, IMAGENET_STD};
-use crate::kernels::KernelImpl;
+use crate::kernels::{ConvAlgo, KernelImpl};
 use crate::model::{Arch, HeadKind, Precision, ResNetConfig};
 use crate::shard::Split;
 
@@ -210,6 +210,9 @@ pub struct RunSection {
     pub keep_checkpoints: usize,
     /// `ebv` (this crate's CPU kernels) or `candle` (candle's own ops).
     pub kernels: String,
+    /// How `ebv` kernels convolve on the CPU: `auto` (Winograd for 3×3
+    /// stride-1 layers, im2col + GEMM elsewhere) or `im2col` (everywhere).
+    pub conv_algo: String,
     /// `f32`, or `bf16` mixed precision (bf16 activations, convolutions
     /// and matmuls; f32 weights, optimiser state, BatchNorm statistics and
     /// loss). Meant for GPUs: on CPUs candle's bf16 ops are slow.
@@ -224,6 +227,7 @@ impl Default for RunSection {
             log_every: 50,
             keep_checkpoints: 2,
             kernels: "ebv".into(),
+            conv_algo: "auto".into(),
             precision: Precision::F32,
         }
     }
@@ -313,7 +317,18 @@ impl Recipe {
             );
         }
         self.kernels()?;
+        self.conv_algo()?;
         Ok(())
+    }
+
+    pub fn conv_algo(&self) -> Result<ConvAlgo, TrainError> {
+        self.run
+            .conv_algo
+            .parse()
+            .map_err(|detail| TrainError::Recipe {
+                origin: "run.conv_algo".into(),
+                detail,
+            })
     }
 
     pub fn kernels(&self) -> Result<KernelImpl, TrainError> {
@@ -513,6 +528,10 @@ mod tests {
         assert!(Recipe::load(None, &["model.tau=0".into()]).is_err());
         assert!(Recipe::load(None, &["data.shuffle=sideways".into()]).is_err());
         assert!(Recipe::load(None, &["run.kernels=mkl".into()]).is_err());
+        let e = Recipe::load(None, &["run.conv_algo=fft".into()]).unwrap_err();
+        assert!(e.to_string().contains("run.conv_algo"), "{e}");
+        let r = Recipe::load(None, &["run.conv_algo=im2col".into()]).expect("im2col");
+        assert_eq!(r.conv_algo().expect("algo"), ConvAlgo::Im2col);
         assert!(Recipe::load(None, &["model.arch=resnet101".into()]).is_err());
     }
 }

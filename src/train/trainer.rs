@@ -400,6 +400,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     let Setup { set, basis, spec } = setup(opts)?;
     let r = &opts.recipe;
     let imp = r.kernels()?;
+    crate::kernels::set_conv_algo(r.conv_algo()?);
     let seed = r.run.seed;
 
     let loader = Loader::new(
@@ -818,6 +819,7 @@ pub fn bench_steps(
     size_elementwise_pool(recipe, recipe.data.batch);
     check_precision(recipe, device)?;
     let imp = recipe.kernels()?;
+    crate::kernels::set_conv_algo(recipe.conv_algo()?);
     let seed = recipe.run.seed;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xBE7C);
     let basis = match recipe.model.head {
