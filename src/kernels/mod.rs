@@ -1,5 +1,5 @@
 //! Training kernels for the layers of a ResNet: conv2d (im2col + GEMM, Winograd F(2×2, 3×3) for 3×3 stride-1
-//! layers), max-pool, fused train-mode BatchNorm (+ ReLU) and the residual add + ReLU.
+//! layers), max-pool, fused train-mode BatchNorm (+ ReLU) and the residual add + ReLU; and the SGD update.
 //!
 //! Every public function takes a [`KernelImpl`]. `Ebv` runs the hand-written CPU ops of this module (candle
 //! `CustomOp`s, so autograd flows through them) when all inputs are contiguous-able CPU tensors of one dtype,
@@ -23,6 +23,7 @@ mod conv;
 mod cudnn;
 mod pool;
 mod residual;
+mod sgd;
 #[cfg(test)]
 mod test_util;
 mod winograd;
@@ -31,6 +32,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use check::{check_kernels, time_convs, ConvTiming, KernelCheck, KernelCheckRow};
+pub use sgd::{sgd_momentum_update, SgdStep};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor, WithDType};
 

@@ -30,6 +30,8 @@ use std::collections::{HashMap, HashSet};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 
+use crate::kernels::{sgd_momentum_update, SgdStep};
+
 /// A trainable tensor and whether weight decay applies to it.
 pub struct Param {
     /// Unique name, used for the checkpoint keys (e.g. `layer1.0.conv1.weight`).
@@ -337,6 +339,21 @@ fn sgd_update(
     g: Tensor,
     buf: &mut Option<Tensor>,
 ) -> Result<Tensor> {
+    if cfg.momentum != 0.0 {
+        if let Some(b) = buf.as_ref() {
+            let step = SgdStep {
+                lr,
+                weight_decay: wd,
+                momentum: cfg.momentum,
+                dampening: cfg.dampening,
+                nesterov: cfg.nesterov,
+            };
+            if let Some((new_buf, new_p)) = sgd_momentum_update(p, &g, b, step)? {
+                *buf = Some(new_buf);
+                return Ok(new_p);
+            }
+        }
+    }
     let mut d_p = if wd != 0.0 {
         (g + p.affine(wd, 0.0)?)?
     } else {
