@@ -776,9 +776,10 @@ fn check_kernels_runs_without_shards() {
     assert!(err.contains("run.precision"), "{err}");
 }
 
-/// `model.class_chunk`: the class-chunked EBV head trains to the same
-/// losses and metrics as the full head (equal up to f32 rounding), the
-/// resolved recipe records it, and the FC head refuses it by name.
+/// `model.class_chunk`: the class-chunked EBV head trains like the full head
+/// ([`assert_trains_alike`]; the head's exact equality is tested in f64 in
+/// `model::chunked`), the resolved recipe records it, and the FC head
+/// refuses it by name.
 #[test]
 fn class_chunked_head_trains_like_the_full_head() {
     let f = fixture();
@@ -793,22 +794,7 @@ fn class_chunked_head_trains_like_the_full_head() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg = std::fs::read_to_string(chunked.join("config.toml")).unwrap();
     assert!(cfg.contains("class_chunk = 3"), "{cfg}");
-    let (a, b) = (metrics(&full), metrics(&chunked));
-    assert_eq!(a.len(), b.len());
-    let mut compared = 0;
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x["kind"], y["kind"]);
-        for key in ["loss", "val_loss"] {
-            if let (Some(p), Some(q)) = (x[key].as_f64(), y[key].as_f64()) {
-                assert!(
-                    (p - q).abs() <= 1e-3 * (1.0 + p.abs()),
-                    "{key}: {p} vs {q}\n{x}\n{y}"
-                );
-                compared += 1;
-            }
-        }
-    }
-    assert!(compared >= 4, "too few losses compared: {a:?}");
+    assert_trains_alike(&full, &chunked, "full head", "chunked head");
     let o = train(
         &f,
         &f.root.join("fc-chunk"),
@@ -817,6 +803,39 @@ fn class_chunked_head_trains_like_the_full_head() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("model.class_chunk"), "{err}");
+}
+
+/// Two runs of the same recipe whose arithmetic differs only by rounding
+/// (another kernel, another summation order) log the same losses: the first
+/// two to f32 rounding (the forward pass from the same initial weights, then
+/// one backward pass and update), the rest within 5%. Later losses cannot be
+/// held tighter on this tiny model: train-mode BatchNorm over channels that
+/// are nearly constant at the start amplifies a 1e-7 difference by up to
+/// 1/sqrt(eps), so runs that differ only in the thread count (or im2col
+/// against candle's own convolutions) drift apart by 0.1-2% within a few
+/// steps and usually rejoin later.
+fn assert_trains_alike(a: &Path, b: &Path, what_a: &str, what_b: &str) {
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(ma.len(), mb.len(), "{what_a} vs {what_b}: different logs");
+    let mut compared = 0;
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x["kind"], y["kind"]);
+        for key in ["loss", "val_loss"] {
+            if let (Some(p), Some(q)) = (x[key].as_f64(), y[key].as_f64()) {
+                let tol = if key == "loss" && compared < 2 {
+                    1e-5
+                } else {
+                    5e-2
+                };
+                assert!(
+                    p.is_finite() && (p - q).abs() <= tol * p.abs(),
+                    "{key} {compared}: {p} ({what_a}) vs {q} ({what_b})\n{x}\n{y}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 4, "too few losses compared: {ma:?}");
 }
 
 /// Winograd (the default for 3×3 stride-1 layers of 16+ channels: this
@@ -836,27 +855,7 @@ fn winograd_and_im2col_train_alike() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg = std::fs::read_to_string(im2col.join("config.toml")).unwrap();
     assert!(cfg.contains("conv_algo = \"im2col\""), "{cfg}");
-    // The first loss is the forward pass from the same initial weights, the
-    // second follows one backward pass and update: both agree to f32
-    // rounding. Later ones drift apart as training amplifies rounding (by
-    // ~0.5% at the first evaluation here; im2col against candle's own
-    // convolutions drifts by 2%), so they are only checked for sanity.
-    let losses = |dir: &Path| -> Vec<f64> {
-        metrics(dir)
-            .iter()
-            .filter_map(|x| x["loss"].as_f64())
-            .collect()
-    };
-    let (la, lb) = (losses(&auto), losses(&im2col));
-    assert_eq!(la.len(), lb.len());
-    assert!(la.len() >= 4, "too few losses: {la:?}");
-    for (i, (p, q)) in la.iter().zip(&lb).enumerate() {
-        let tol = if i < 2 { 1e-5 } else { 5e-2 };
-        assert!(
-            p.is_finite() && (p - q).abs() <= tol * p.abs(),
-            "loss {i}: {p} (auto) vs {q} (im2col)"
-        );
-    }
+    assert_trains_alike(&auto, &im2col, "winograd", "im2col");
     let o = train(&f, &f.root.join("fft"), &["--set", "run.conv_algo=fft"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

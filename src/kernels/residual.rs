@@ -22,7 +22,8 @@ pub(crate) fn add_relu_ebv(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         bail!("add_relu: shapes differ: {:?} and {:?}", a.dims(), b.dims());
     }
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    a.contiguous()?
+        .apply_op2(&b.contiguous()?, AddRelu(Pass::Forward))
 }
 
 pub(crate) fn add_relu_candle(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -41,25 +42,23 @@ fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     out
 }
 
-fn check<'a, T: Float>(
-    what: &str,
-    s1: &'a CpuStorage,
-    l1: &Layout,
-    s2: &'a CpuStorage,
-    l2: &Layout,
-) -> Result<(&'a [T], &'a [T])> {
-    if l1.dims() != l2.dims() {
-        bail!("{what}: shapes differ: {:?} and {:?}", l1.dims(), l2.dims());
-    }
-    Ok((cpu_slice(s1, l1)?, cpu_slice(s2, l2)?))
+/// Which pass of relu(a + b).
+#[derive(Clone, Copy)]
+enum Pass {
+    /// (a, b) ↦ relu(a + b); NaN becomes 0, as in candle's ReLU.
+    Forward,
+    /// (y, g) ↦ g·[y > 0], the gradient of both inputs.
+    Backward,
 }
 
-/// (a, b) ↦ relu(a + b). NaN becomes 0, as in candle's ReLU.
-struct AddRelu;
+struct AddRelu(Pass);
 
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
-        "ebv-add-relu"
+        match self.0 {
+            Pass::Forward => "ebv-add-relu",
+            Pass::Backward => "ebv-add-relu-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -70,22 +69,35 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         fn run<T: Float>(
+            op: &AddRelu,
             s1: &CpuStorage,
             l1: &Layout,
             s2: &CpuStorage,
             l2: &Layout,
         ) -> Result<CpuStorage> {
-            let (a, b) = check::<T>("add_relu", s1, l1, s2, l2)?;
-            Ok(T::to_cpu_storage_owned(zip_map(a, b, |x, y| {
-                let s = x + y;
-                if s > T::ZERO {
-                    s
-                } else {
-                    T::ZERO
-                }
-            })))
+            if l1.dims() != l2.dims() {
+                bail!(
+                    "{}: shapes differ: {:?} and {:?}",
+                    op.name(),
+                    l1.dims(),
+                    l2.dims()
+                );
+            }
+            let (x, z) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+            let out = match op.0 {
+                Pass::Forward => zip_map(x, z, |a, b| {
+                    let s = a + b;
+                    if s > T::ZERO {
+                        s
+                    } else {
+                        T::ZERO
+                    }
+                }),
+                Pass::Backward => zip_map(x, z, |y, g| if y > T::ZERO { g } else { T::ZERO }),
+            };
+            Ok(T::to_cpu_storage_owned(out))
         }
-        let out = by_dtype!(s1, self.name(), run, s1, l1, s2, l2)?;
+        let out = by_dtype!(s1, self.name(), run, self, s1, l1, s2, l2)?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -96,43 +108,8 @@ impl CustomOp2 for AddRelu {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?;
+        let d = res.apply_op2_no_bwd(&grad.contiguous()?, &AddRelu(Pass::Backward))?;
         Ok((Some(d.clone()), Some(d)))
-    }
-}
-
-/// (y, g) ↦ g·[y > 0].
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "ebv-add-relu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: Float>(
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> Result<CpuStorage> {
-            let (y, g) = check::<T>("add_relu backward", s1, l1, s2, l2)?;
-            Ok(T::to_cpu_storage_owned(zip_map(y, g, |y, g| {
-                if y > T::ZERO {
-                    g
-                } else {
-                    T::ZERO
-                }
-            })))
-        }
-        let out = by_dtype!(s1, self.name(), run, s1, l1, s2, l2)?;
-        Ok((out, l1.shape().clone()))
     }
 }
 
