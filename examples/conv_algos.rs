@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use ebv::kernels::{conv2d, set_conv_algo, ConvAlgo, KernelImpl};
 
 fn time(x: &Var, w: &Var, r: &Tensor) -> f64 {
@@ -54,7 +54,6 @@ fn main() {
             set_conv_algo(ConvAlgo::Auto);
             best_a = best_a.min(time(&x, &w, &r));
         }
-        let _ = DType::F32;
         println!(
             "{label:<16} {:>10.2} {:>10.2} {:>6.2}",
             best_i * 1e3,

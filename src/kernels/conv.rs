@@ -191,54 +191,97 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], ld: usize, off: usize, dx: &mut [T]
 /// are not thin (ResNet's 7×7 and 14×14 stages, small models at batch 128).
 const MIN_GEMM_COLUMNS: usize = 512;
 
-/// How images are processed: `per_task` images in each parallel task (or all images in one sequential loop whose
-/// GEMMs are parallel inside), `group` images side by side per GEMM.
-struct Plan {
-    parallel: bool,
-    par: gemm::Parallelism,
-    group: usize,
+/// How images are processed: as parallel tasks of `group` images each (single-threaded GEMMs), or group after group
+/// with GEMMs that are parallel inside; the images of a group sit side by side in one GEMM. Shared with
+/// `winograd.rs`.
+pub(super) struct Plan {
+    pub(super) parallel: bool,
+    pub(super) par: gemm::Parallelism,
+    pub(super) group: usize,
 }
 
 impl Plan {
-    fn new(g: &ConvGeom) -> Self {
-        let (parallel, par) = gemm_parallelism(g.n);
-        let group = if parallel {
-            let per_thread = g.n.div_ceil(rayon::current_num_threads());
-            MIN_GEMM_COLUMNS
-                .div_ceil(g.out_plane().max(1))
-                .clamp(1, per_thread.max(1))
+    /// Groups of `n` images of `cols_per_image` GEMM columns each, large enough for `min_cols` columns but at most
+    /// one thread's share of the images when groups are tasks, and at most `serial_group` images otherwise.
+    pub(super) fn new(
+        n: usize,
+        cols_per_image: usize,
+        min_cols: usize,
+        serial_group: usize,
+    ) -> Self {
+        let (parallel, par) = gemm_parallelism(n);
+        let cap = if parallel {
+            n.div_ceil(rayon::current_num_threads())
         } else {
-            1
+            serial_group
         };
+        let group = min_cols
+            .div_ceil(cols_per_image.max(1))
+            .clamp(1, cap.max(1));
         Self {
             parallel,
             par,
             group,
         }
     }
+
+    /// The plan of the im2col kernels: one image at a time when the GEMMs are parallel inside.
+    fn im2col(g: &ConvGeom) -> Self {
+        Self::new(g.n, g.out_plane(), MIN_GEMM_COLUMNS, 1)
+    }
 }
 
-/// Runs `f(first image, chunk of `out` for `group` consecutive images)` over all images (the last group may be
-/// shorter), in parallel when the plan says so.
-fn for_each_group<T: Float>(
+/// Runs `f(images of the group, chunk of `out` for them)` over groups of `plan.group` consecutive images (the last
+/// group may be shorter), in parallel when the plan says so.
+pub(super) fn for_each_group<T: Float>(
     out: &mut [T],
     per_image: usize,
     plan: &Plan,
-    f: impl Fn(usize, &mut [T]) -> Result<()> + Sync,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) -> Result<()> + Sync,
 ) -> Result<()> {
     if per_image == 0 {
         return Ok(());
     }
     let chunk = per_image * plan.group;
+    let run = |(i, o): (usize, &mut [T])| {
+        let first = i * plan.group;
+        f(first..first + o.len() / per_image, o)
+    };
     if plan.parallel {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .try_for_each(|(i, o)| f(i * plan.group, o))
+        out.par_chunks_mut(chunk).enumerate().try_for_each(run)
     } else {
-        out.chunks_mut(chunk)
-            .enumerate()
-            .try_for_each(|(i, o)| f(i * plan.group, o))
+        out.chunks_mut(chunk).enumerate().try_for_each(run)
     }
+}
+
+/// Σ `partial(range)` over a split of the images `0..n` into one contiguous range per thread when the plan runs
+/// tasks (one accumulator of `len` values per thread, not per image), or `partial(0..n)`. The split is fixed, not
+/// left to work stealing, so the sum is the same bits on every run.
+pub(super) fn sum_over_images<T: Float>(
+    plan: &Plan,
+    n: usize,
+    len: usize,
+    partial: impl Fn(std::ops::Range<usize>) -> Result<Vec<T>> + Sync,
+) -> Result<Vec<T>> {
+    if !plan.parallel {
+        return partial(0..n);
+    }
+    let parts = rayon::current_num_threads().min(n);
+    let sums = (0..parts)
+        .into_par_iter()
+        .map(|t| partial(t * n / parts..(t + 1) * n / parts))
+        .collect::<Result<Vec<_>>>()?;
+    let mut sums = sums.into_iter();
+    let Some(mut total) = sums.next() else {
+        return Ok(vec![T::ZERO; len]);
+    };
+    for s in sums {
+        total
+            .par_iter_mut()
+            .zip(s.par_iter())
+            .for_each(|(a, b)| *a += *b);
+    }
+    Ok(total)
 }
 
 /// Copies `cnt` consecutive [rows, p] blocks into one [rows, cnt·p] matrix (images side by side).
@@ -267,9 +310,9 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>
         rs: ckk,
         cs: 1,
     };
-    let plan = Plan::new(g);
-    for_each_group(&mut y, g.o * p, &plan, |first, y_grp| {
-        let cnt = y_grp.len() / (g.o * p);
+    let plan = Plan::im2col(g);
+    for_each_group(&mut y, g.o * p, &plan, |images, y_grp| {
+        let (first, cnt) = (images.start, images.len());
         let x_grp = &x[first * g.in_image()..(first + cnt) * g.in_image()];
         if cnt == 1 && g.pointwise() {
             return matmul(
@@ -319,9 +362,9 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
         rs: 1,
         cs: ckk,
     };
-    let plan = Plan::new(g);
-    for_each_group(&mut dx, g.in_image(), &plan, |first, dx_grp| {
-        let cnt = dx_grp.len() / g.in_image();
+    let plan = Plan::im2col(g);
+    for_each_group(&mut dx, g.in_image(), &plan, |images, dx_grp| {
+        let (first, cnt) = (images.start, images.len());
         let dy_grp = &dy[first * g.o * p..(first + cnt) * g.o * p];
         if cnt == 1 && g.pointwise() {
             return matmul(
@@ -370,7 +413,7 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
 pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<Vec<T>> {
     let (p, ckk) = (g.out_plane(), g.ckk());
     let len = g.o * ckk;
-    let plan = Plan::new(g);
+    let plan = Plan::im2col(g);
     // Sum over one range of images into a fresh accumulator, `plan.group` images per GEMM.
     let partial = |images: std::ops::Range<usize>| -> Result<Vec<T>> {
         let mut acc = vec![T::ZERO; len];
@@ -430,26 +473,7 @@ pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<V
         }
         Ok(acc)
     };
-    if !plan.parallel {
-        return partial(0..g.n);
-    }
-    // One partial sum per thread, not per image: the accumulators are O·C·K·K each.
-    let parts = rayon::current_num_threads().min(g.n);
-    let sums = (0..parts)
-        .into_par_iter()
-        .map(|t| partial(t * g.n / parts..(t + 1) * g.n / parts))
-        .collect::<Result<Vec<_>>>()?;
-    let mut sums = sums.into_iter();
-    let Some(mut total) = sums.next() else {
-        return Ok(vec![T::ZERO; len]);
-    };
-    for s in sums {
-        total
-            .par_iter_mut()
-            .zip(s.par_iter())
-            .for_each(|(a, b)| *a += *b);
-    }
-    Ok(total)
+    sum_over_images(&plan, g.n, len, partial)
 }
 
 /// Dispatches a typed kernel over the dtypes the CPU ops support.

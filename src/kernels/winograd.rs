@@ -19,10 +19,9 @@
 //! within 1e-5 (relative to the largest value) of an f64 reference, and equal to the im2col kernels to 1e-13 in f64.
 
 use candle_core::Result;
-use rayon::prelude::*;
 
-use super::conv::ConvGeom;
-use super::{gemm_parallelism, matmul, zeroed, Float, MatRef};
+use super::conv::{for_each_group, sum_over_images, ConvGeom, Plan};
+use super::{matmul, zeroed, Float, MatRef};
 
 /// Fewer channels than this on either side and the 16 GEMMs are too thin (K = C) to beat one im2col GEMM with
 /// K = 9·C: ResNet stems (C = 3) stay on im2col.
@@ -68,37 +67,9 @@ impl Tiles {
     }
 }
 
-/// How many images share one set of GEMMs, and whether the groups run as parallel tasks (single-threaded GEMMs) or
-/// one after another (GEMMs parallel inside).
-struct Plan {
-    parallel: bool,
-    par: gemm::Parallelism,
-    group: usize,
-}
-
-impl Plan {
-    fn new(g: &ConvGeom, tiles: &Tiles) -> Self {
-        let (parallel, par) = gemm_parallelism(g.n);
-        let cap = if parallel {
-            g.n.div_ceil(rayon::current_num_threads())
-        } else {
-            g.n
-        };
-        let group = MIN_TILES
-            .div_ceil(tiles.per_image().max(1))
-            .clamp(1, cap.max(1));
-        Self {
-            parallel,
-            par,
-            group,
-        }
-    }
-
-    fn groups(&self, n: usize) -> Vec<std::ops::Range<usize>> {
-        (0..n.div_ceil(self.group))
-            .map(|i| i * self.group..((i + 1) * self.group).min(n))
-            .collect()
-    }
+/// The image groups of a pass: at least `MIN_TILES` tiles per GEMM, however the groups run.
+fn plan(g: &ConvGeom, tiles: &Tiles) -> Plan {
+    Plan::new(g.n, tiles.per_image(), MIN_TILES, g.n)
 }
 
 /// U[k][o][c] = (G·w[o,c]·Gᵀ)[k] for every filter pair.
@@ -476,28 +447,6 @@ with_avx2!(
     transform_input_grad => transform_input_grad_body
 );
 
-/// Runs `f(images, chunk of out)` for every group of images of `plan`, as parallel tasks or one after another.
-fn for_each_group<T: Float>(
-    out: &mut [T],
-    per_image: usize,
-    plan: &Plan,
-    f: impl Fn(std::ops::Range<usize>, &mut [T]) -> Result<()> + Sync,
-) -> Result<()> {
-    if per_image == 0 {
-        return Ok(());
-    }
-    let chunk = per_image * plan.group;
-    let run = |(i, o): (usize, &mut [T])| {
-        let first = i * plan.group;
-        f(first..first + o.len() / per_image, o)
-    };
-    if plan.parallel {
-        out.par_chunks_mut(chunk).enumerate().try_for_each(run)
-    } else {
-        out.chunks_mut(chunk).enumerate().try_for_each(run)
-    }
-}
-
 /// A whole buffer of 16 equal blocks, each read as a matrix with these strides.
 fn mat<T>(data: &[T], rs: usize, cs: usize) -> MatRef<'_, T> {
     MatRef { data, rs, cs }
@@ -528,7 +477,7 @@ fn gemm16<T: Float>(
 /// y = conv(x, w) for a 3×3 stride-1 convolution ([`applies`]).
 pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>> {
     let tl = Tiles::new(g);
-    let plan = Plan::new(g, &tl);
+    let plan = plan(g, &tl);
     let u = transform_weights(g, w);
     let out_image = g.o * g.ho * g.wo;
     let mut y = zeroed::<T>(g.n * out_image);
@@ -554,7 +503,7 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>
 /// dX of a 3×3 stride-1 convolution from dY and W.
 pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Vec<T>> {
     let tl = Tiles::new(g);
-    let plan = Plan::new(g, &tl);
+    let plan = plan(g, &tl);
     let u = transform_weights(g, w);
     let (in_image, out_image) = (g.c * g.h * g.w, g.o * g.ho * g.wo);
     let mut dx = zeroed::<T>(g.n * in_image);
@@ -581,17 +530,19 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
 /// dW of a 3×3 stride-1 convolution from X and dY.
 pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<Vec<T>> {
     let tl = Tiles::new(g);
-    let plan = Plan::new(g, &tl);
+    let plan = plan(g, &tl);
     let (in_image, out_image) = (g.c * g.h * g.w, g.o * g.ho * g.wo);
     let len = 16 * g.o * g.c;
-    // dU summed over a run of image groups into one accumulator.
-    let partial = |groups: &[std::ops::Range<usize>]| -> Result<Vec<T>> {
+    // dU summed over a range of images into one accumulator, `plan.group` images per set of GEMMs.
+    let partial = |images: std::ops::Range<usize>| -> Result<Vec<T>> {
         let mut du = vec![T::ZERO; len];
-        for (gi, images) in groups.iter().enumerate() {
-            let cols = images.len() * tl.per_image();
+        let mut first = images.start;
+        while first < images.end {
+            let cnt = plan.group.min(images.end - first);
+            let cols = cnt * tl.per_image();
             T::with_scratch(16 * (g.c + g.o) * cols, |buf| {
                 let (v, dm) = buf.split_at_mut(16 * g.c * cols);
-                for (j, img) in images.clone().enumerate() {
+                for (j, img) in (first..first + cnt).enumerate() {
                     let off = j * tl.per_image();
                     transform_input(
                         g,
@@ -612,28 +563,14 @@ pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<V
                 }
                 // V[k]ᵀ, read in place.
                 let (dm, vt) = (mat(dm, cols, 1), mat(v, 1, cols));
-                gemm16(g.o, g.c, cols, &mut du, dm, vt, gi > 0, plan.par)
+                let accumulate = first > images.start;
+                gemm16(g.o, g.c, cols, &mut du, dm, vt, accumulate, plan.par)
             })?;
+            first += cnt;
         }
         Ok(du)
     };
-    let groups = plan.groups(g.n);
-    let du = if plan.parallel {
-        // One accumulator per thread, not per group.
-        let parts = rayon::current_num_threads().min(groups.len()).max(1);
-        let sums = (0..parts)
-            .into_par_iter()
-            .map(|t| partial(&groups[t * groups.len() / parts..(t + 1) * groups.len() / parts]))
-            .collect::<Result<Vec<_>>>()?;
-        let mut sums = sums.into_iter();
-        let mut total = sums.next().unwrap_or_else(|| vec![T::ZERO; len]);
-        for s in sums {
-            total.iter_mut().zip(&s).for_each(|(a, b)| *a += *b);
-        }
-        total
-    } else {
-        partial(&groups)?
-    };
+    let du = sum_over_images(&plan, g.n, len, partial)?;
     Ok(untransform_weight_grad(g, &du))
 }
 
