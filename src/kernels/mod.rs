@@ -26,6 +26,7 @@ mod residual;
 mod sgd;
 #[cfg(test)]
 mod test_util;
+mod transpose;
 mod winograd;
 
 use std::cell::RefCell;
@@ -180,10 +181,13 @@ pub(crate) trait Float: WithDType {
     /// im2col columns are not reallocated for every image. Falls back to a fresh buffer when the thread's buffer is
     /// already in use (a Rayon job stolen while this thread waits inside a parallel GEMM).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+
+    /// [`transpose::transpose8`]: SIMD shuffles where the type and the CPU allow.
+    fn transpose8(src: &[Self], s0: usize, ss: usize, dst: &mut [Self], d0: usize, ds: usize);
 }
 
 macro_rules! impl_float {
-    ($t:ty, $tls:ident) => {
+    ($t:ty, $tls:ident, $transpose:path) => {
         thread_local! {
             static $tls: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
         }
@@ -203,12 +207,23 @@ macro_rules! impl_float {
                     Err(_) => f(&mut vec![0.0; len]),
                 })
             }
+
+            fn transpose8(
+                src: &[Self],
+                s0: usize,
+                ss: usize,
+                dst: &mut [Self],
+                d0: usize,
+                ds: usize,
+            ) {
+                $transpose(src, s0, ss, dst, d0, ds)
+            }
         }
     };
 }
 
-impl_float!(f32, SCRATCH_F32);
-impl_float!(f64, SCRATCH_F64);
+impl_float!(f32, SCRATCH_F32, transpose::transpose8_f32);
+impl_float!(f64, SCRATCH_F64, transpose::transpose8_scalar);
 
 /// A zeroed activation-sized buffer, filled by the whole Rayon pool: zeroing a fresh output of tens of MB on the
 /// calling thread is serial time in every layer of a multi-threaded step (large buffers come from the heap, not
@@ -244,8 +259,6 @@ pub(crate) struct MatRef<'a, T> {
 }
 
 /// `dst[m×n] (row-major, contiguous) = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
-///
-/// Bounds are checked up front, which is what makes the raw-pointer `gemm::gemm` call sound.
 #[allow(clippy::too_many_arguments)] // a GEMM's shape, operands and options; a struct would only rename them
 pub(crate) fn matmul<T: Float>(
     m: usize,
@@ -257,19 +270,40 @@ pub(crate) fn matmul<T: Float>(
     accumulate: bool,
     par: gemm::Parallelism,
 ) -> Result<()> {
+    matmul_rs(m, n, k, dst, n, lhs, rhs, accumulate, par)
+}
+
+/// [`matmul`] into a `dst` whose rows are `dst_rs` ≥ n apart (the columns in between are left as they are).
+///
+/// Bounds are checked up front, which is what makes the raw-pointer `gemm::gemm` call sound.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_rs<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) -> Result<()> {
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if dst_rs < n || dst.len() <= last(m, n, dst_rs, 1) {
+        bail!("ebv matmul: destination too small for {m}x{n} rows {dst_rs} apart");
+    }
     if k == 0 {
         if !accumulate {
-            dst.iter_mut().take(m * n).for_each(|d| *d = T::ZERO);
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].iter_mut().for_each(|d| *d = T::ZERO);
+            }
         }
         return Ok(());
     }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    if dst.len() < m * n
-        || lhs.data.len() <= last(m, k, lhs.rs, lhs.cs)
-        || rhs.data.len() <= last(k, n, rhs.rs, rhs.cs)
+    if lhs.data.len() <= last(m, k, lhs.rs, lhs.cs) || rhs.data.len() <= last(k, n, rhs.rs, rhs.cs)
     {
         bail!("ebv matmul: operand too small for {m}x{k} · {k}x{n}");
     }
@@ -282,7 +316,7 @@ pub(crate) fn matmul<T: Float>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,

@@ -4,33 +4,49 @@
 //! The output is cut into 2×2 tiles; tile (ty, tx) reads the 4×4 input patch at rows 2ty−p.., columns 2tx−p..
 //! (zero outside the image). With the standard matrices (Lavin & Gray, 2016)
 //!   U = G·w·Gᵀ (4×4 per filter pair (o, c)),  V = Bᵀ·d·B (4×4 per channel and tile),
-//!   M = Σ_c U[o,c] ⊙ V[c]  (16 independent GEMMs [O, C]·[C, T] over T tiles),  Y = Aᵀ·M·A (2×2),
+//!   M = Σ_c U[o,c] ⊙ V[c]  (16 independent GEMMs [T, C]·[C, O] over T tiles),  Y = Aᵀ·M·A (2×2),
 //! and the gradients are the exact adjoints of those linear maps, so they are the gradients of the convolution
 //! itself (not an approximation of it):
-//!   dM = A·dY·Aᵀ;  dV[k] = U[k]ᵀ·dM[k] then dX += B·dV·Bᵀ scattered back onto the overlapping patches;
-//!   dU[k] = Σ dM[k]·V[k]ᵀ then dW = Gᵀ·dU·G.
+//!   dM = A·dY·Aᵀ;  dV[k] = dM[k]·U[k] then dX += B·dV·Bᵀ added back onto the overlapping patches;
+//!   dU[k] = Σ dM[k]ᵀ·V[k] then dW = Gᵀ·dU·G.
+//!
+//! The transforms run across channels: each image is first repacked channel-minor ([rows][cols][channels], zero
+//! padded around the image and up to a multiple of `LANES` channels), so that one tile's 4×4 patch is 16 runs of
+//! `LANES` contiguous channels and every step of a transform is the same add or subtract on `LANES` channels at once
+//! (one vector instruction). Working along the rows of a plane instead gives runs of 2–16 tiles on ResNet's small
+//! feature maps, where the loop overhead cost as much as the GEMMs.
 //!
 //! Invariants: the transformed matrices exist for a small group of images per task (thread-local scratch, layout
-//! [16][rows][T] so each of the 16 GEMMs reads a contiguous [rows, T] block), never for the whole batch; every output
-//! element is written by exactly one tile (tiles that stick out past an odd-sized output are clipped); only 3×3,
-//! stride 1 and padding ≤ 2 come here ([`applies`]).
+//! [16][tiles][channels padded to `LANES`], so each GEMM reads or writes one [T, C] block with rows `ld` apart; the
+//! padding lanes carry unspecified values and are never read back into a result), never for the whole batch; every
+//! output element is written by exactly one tile (tiles that stick out past an odd-sized output are clipped); only
+//! 3×3, stride 1 and padding ≤ 2 come here ([`applies`]).
 //!
 //! The transforms only add, subtract and halve, so F(2×2, 3×3) loses little precision: in f32 the tests find it
 //! within 1e-5 (relative to the largest value) of an f64 reference, and equal to the im2col kernels to 1e-13 in f64.
 
+use std::ops::Range;
+
 use candle_core::Result;
 
 use super::conv::{for_each_group, sum_over_images, ConvGeom, Plan};
-use super::{matmul, zeroed, Float, MatRef};
+use super::transpose::transpose8;
+use super::{matmul_rs, zeroed, Float, MatRef};
 
 /// Fewer channels than this on either side and the 16 GEMMs are too thin (K = C) to beat one im2col GEMM with
 /// K = 9·C: ResNet stems (C = 3) stay on im2col.
 const MIN_CHANNELS: usize = 16;
 
-/// At least this many tiles per GEMM when images are grouped (as for im2col's columns). Larger groups measured
-/// slower (`examples/conv_algos.rs`, one thread: 64 beat 256 and 1024 on the 4×4 and 8×8 layers): the
-/// transformed matrices, 16·(C+O)·tiles values, should stay in the core's cache between transform and GEMM.
-const MIN_TILES: usize = 64;
+/// About this many tiles per GEMM: small images are grouped up to it (as for im2col's columns), large ones cut into
+/// bands of tile rows down to it ([`Bands`]). The transformed matrices, 16·(C+O)·tiles values, should stay in the
+/// core's cache between transform and GEMM, yet the GEMMs should not be thin. Forward + both gradients of the eight
+/// 3×3 layer shapes of `examples/conv_algos.rs`, summed, best of 3 (ms): 32 tiles 328, 64 313, 128 307, 256 315 at
+/// one thread; 230, 183, 178, 179 at two.
+const MIN_TILES: usize = 128;
+
+/// Channels handled together by one step of a transform: 8 f32 lanes fill an AVX2 register (two for f64).
+const LANES: usize = 8;
+const _: () = assert!(LANES == super::transpose::BLOCK, "packing moves 8×8 blocks");
 
 /// Whether this convolution goes through Winograd.
 pub(super) fn applies(g: &ConvGeom) -> bool {
@@ -42,11 +58,15 @@ fn fits(g: &ConvGeom) -> bool {
     g.k == 3 && g.stride == 1 && g.pad <= 2 && g.c >= MIN_CHANNELS && g.o >= MIN_CHANNELS
 }
 
-/// The tiling of one image's output.
+/// The tiling of one image's output, and the padded channel counts of the transformed buffers.
 #[derive(Clone, Copy)]
 struct Tiles {
     th: usize,
     tw: usize,
+    /// Input channels rounded up to `LANES`: the row stride of V and dV.
+    cp: usize,
+    /// Output channels rounded up to `LANES`: the row stride of M and dM.
+    op: usize,
 }
 
 impl Tiles {
@@ -54,6 +74,8 @@ impl Tiles {
         Self {
             th: g.ho.div_ceil(2),
             tw: g.wo.div_ceil(2),
+            cp: g.c.next_multiple_of(LANES),
+            op: g.o.next_multiple_of(LANES),
         }
     }
 
@@ -61,9 +83,38 @@ impl Tiles {
         self.th * self.tw
     }
 
-    /// Length of a padded input row: input columns −p .. 2·tw+2−p, enough for every patch of a tile row.
-    fn row_len(&self) -> usize {
-        2 * self.tw + 2
+    /// Rows and columns of the padded input plane, input rows/columns −p .. 2·t+2−p: every tile's patch lies in it.
+    fn padded(&self) -> (usize, usize) {
+        (2 * self.th + 2, 2 * self.tw + 2)
+    }
+}
+
+/// Where one image's tiles go in a transformed buffer [16][tiles][ld]: `plane` values per k, rows `ld` apart, the
+/// image's first tile at row `off`.
+#[derive(Clone, Copy)]
+struct Slot {
+    ld: usize,
+    plane: usize,
+    off: usize,
+}
+
+impl Slot {
+    /// Index of lane 0 of channel block `c0` of tile `tile` (counted from the image's first) in plane `k`.
+    #[inline(always)]
+    fn at(&self, k: usize, tile: usize, c0: usize) -> usize {
+        k * self.plane + (self.off + tile) * self.ld + c0
+    }
+
+    /// Checks that `buf` holds the `tiles` rows of all 16 planes with at least `lanes` (a multiple of `LANES`)
+    /// values each: then every `at(k < 16, tile < tiles, c0 < lanes)` has `LANES` values in `buf`.
+    fn check<T>(&self, buf: &[T], tiles: usize, lanes: usize) {
+        assert!(
+            lanes.is_multiple_of(LANES)
+                && lanes <= self.ld
+                && self.plane >= (self.off + tiles) * self.ld
+                && 15 * self.plane + (self.off + tiles) * self.ld <= buf.len(),
+            "winograd: transformed buffer too small"
+        );
     }
 }
 
@@ -121,166 +172,169 @@ fn untransform_weight_grad<T: Float>(g: &ConvGeom, du: &[T]) -> Vec<T> {
     dw
 }
 
-/// `dst[i] = f(a[i], b[i])`: the element-wise form every transform below is written in, so that the compiler turns
-/// each step into vector instructions over a run of tiles (one lane per tile).
-#[inline(always)]
-fn map2<T: Copy>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
-    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(x, y);
-    }
-}
+/// `LANES` consecutive channels of one position.
+type Lanes<T> = [T; LANES];
 
-/// `dst[i] = f(a[i], b[i], c[i])`.
-#[inline(always)]
-fn map3<T: Copy>(dst: &mut [T], a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) {
-    for (((d, &x), &y), &z) in dst.iter_mut().zip(a).zip(b).zip(c) {
-        *d = f(x, y, z);
-    }
-}
-
-/// Splits a run of values into its even- and odd-indexed elements (a shorter `e`/`o` is filled as far as it goes;
-/// a missing last odd element leaves `o` as it was).
-#[inline(always)]
-fn deinterleave<T: Copy>(src: &[T], e: &mut [T], o: &mut [T]) {
-    let pairs = src.chunks_exact(2);
-    let last = pairs.remainder().first().copied();
-    let full = pairs.len();
-    for ((pair, e), o) in pairs.zip(e.iter_mut()).zip(o.iter_mut()) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-    if let (Some(v), Some(e)) = (last, e.get_mut(full)) {
-        *e = v;
-    }
-}
-
-/// The inverse of [`deinterleave`] for a whole even-length `dst`.
-#[inline(always)]
-fn interleave<T: Copy>(e: &[T], o: &[T], dst: &mut [T]) {
-    for ((pair, &e), &o) in dst.chunks_exact_mut(2).zip(e).zip(o) {
-        pair[0] = e;
-        pair[1] = o;
-    }
-}
-
-/// Mutable runs of `n` elements at each of `starts` in `buf` (the starts must be `n` or more apart, in order).
-fn runs_mut<'a, T, const K: usize>(
-    buf: &'a mut [T],
-    starts: [usize; K],
-    n: usize,
-) -> [&'a mut [T]; K] {
-    let mut rest = buf;
-    let mut consumed = 0;
-    let mut out: [Option<&'a mut [T]>; K] = std::array::from_fn(|_| None);
-    for (slot, s) in out.iter_mut().zip(starts) {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(s - consumed);
-        let (run, tail) = tail.split_at_mut(n);
-        *slot = Some(run);
-        rest = tail;
-        consumed = s + n;
-    }
-    out.map(|r| r.unwrap_or_default())
-}
-
-/// V[k][c][off + tile] = (Bᵀ·d·B)[k] for every channel and tile of one image `x` ([C, H, W]); `v` is [16][C][ld].
+/// Reads `LANES` values at `at`.
 ///
-/// Per tile row: the 4 patch rows (padded, input columns −p..) split into even and odd columns, so that tile tx's
-/// patch columns 2tx..2tx+3 are e[tx], o[tx], e[tx+1], o[tx+1] and every step is element-wise over tiles.
+/// # Safety
+/// `at + LANES <= buf.len()`. Each transform checks the extent of what it touches once, up front, instead of once
+/// per vector: per-vector checks cost as much as the arithmetic they guard.
 #[inline(always)]
-fn transform_input_body<T: Float>(
-    g: &ConvGeom,
-    tl: &Tiles,
-    x: &[T],
-    v: &mut [T],
+unsafe fn load<T: Float>(buf: &[T], at: usize) -> Lanes<T> {
+    debug_assert!(at + LANES <= buf.len());
+    // SAFETY: in bounds by the caller's contract; `Lanes<T>` is an array of T, so T's alignment suffices.
+    unsafe { buf.as_ptr().add(at).cast::<Lanes<T>>().read() }
+}
+
+/// Writes `LANES` values at `at`.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+unsafe fn store<T: Float>(buf: &mut [T], at: usize, v: Lanes<T>) {
+    debug_assert!(at + LANES <= buf.len());
+    // SAFETY: in bounds by the caller's contract.
+    unsafe { buf.as_mut_ptr().add(at).cast::<Lanes<T>>().write(v) }
+}
+
+/// Adds `LANES` values into `buf` at `at`.
+///
+/// # Safety
+/// As for [`load`].
+#[inline(always)]
+unsafe fn add_to<T: Float>(buf: &mut [T], at: usize, v: Lanes<T>) {
+    // SAFETY: the caller's contract.
+    unsafe { store(buf, at, add(load(buf, at), v)) }
+}
+
+#[inline(always)]
+fn add<T: Float>(mut a: Lanes<T>, b: Lanes<T>) -> Lanes<T> {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+    a
+}
+
+#[inline(always)]
+fn sub<T: Float>(mut a: Lanes<T>, b: Lanes<T>) -> Lanes<T> {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x -= y;
+    }
+    a
+}
+
+#[inline(always)]
+fn neg<T: Float>(mut a: Lanes<T>) -> Lanes<T> {
+    for x in a.iter_mut() {
+        *x = T::ZERO - *x;
+    }
+    a
+}
+
+/// A channel-minor image: [rows][cols][ld], channel c of pixel (y, x) of the source at row y + `at`, column x + `at`,
+/// lane c (lanes from C up to `ld` and everything outside the source are zero or unused).
+#[derive(Clone, Copy)]
+struct Packed {
+    cols: usize,
     ld: usize,
-    off: usize,
-) {
-    let (n, n1) = (tl.tw, tl.tw + 1);
-    let mut row = vec![T::ZERO; tl.row_len()];
-    // d: the 4 patch rows as [e | o] pairs; t = Bᵀ·d likewise.
-    let mut d = vec![T::ZERO; 8 * n1];
-    let mut t = vec![T::ZERO; 8 * n1];
-    let plane_stride = g.c * ld;
-    for (c, xc) in x.chunks_exact(g.h * g.w).enumerate().take(g.c) {
-        for ty in 0..tl.th {
-            for (i, di) in d.chunks_exact_mut(2 * n1).enumerate() {
-                row.fill(T::ZERO);
-                let iy = (2 * ty + i) as isize - g.pad as isize;
-                if iy >= 0 && (iy as usize) < g.h {
-                    let iy = iy as usize;
-                    row[g.pad..g.pad + g.w].copy_from_slice(&xc[iy * g.w..(iy + 1) * g.w]);
+    at: usize,
+}
+
+/// The shape of one image's planes, [C, h, w] (NCHW without the batch).
+#[derive(Clone, Copy)]
+struct Planes {
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+/// Repacks `planes` channel-minor into `dst` (zeroed first, so the border and the padding lanes are zero).
+#[inline(always)]
+fn pack_body<T: Float>(planes: &[T], shape: Planes, dst: &mut [T], p: Packed) {
+    dst.fill(T::ZERO);
+    let (h, w, hw) = (shape.h, shape.w, shape.h * shape.w);
+    for c0 in (0..shape.c).step_by(LANES) {
+        let lanes = LANES.min(shape.c - c0);
+        for y in 0..h {
+            let row = ((y + p.at) * p.cols + p.at) * p.ld + c0;
+            let src = c0 * hw + y * w;
+            let mut x = 0;
+            if lanes == LANES {
+                // 8×8 blocks: 8 channel rows of 8 pixels in, 8 pixels of 8 channels out.
+                while x + LANES <= w {
+                    transpose8(planes, src + x, hw, dst, row + x * p.ld, p.ld);
+                    x += LANES;
                 }
-                let (e, o) = di.split_at_mut(n1);
-                deinterleave(&row, e, o);
             }
-            let (d0, d1, d2, d3) = (
-                &d[..2 * n1],
-                &d[2 * n1..4 * n1],
-                &d[4 * n1..6 * n1],
-                &d[6 * n1..],
-            );
-            let [t0, t1, t2, t3] = runs_mut(&mut t, [0, 2 * n1, 4 * n1, 6 * n1], 2 * n1);
-            map2(t0, d0, d2, |a, b| a - b);
-            map2(t1, d1, d2, |a, b| a + b);
-            map2(t2, d2, d1, |a, b| a - b);
-            map2(t3, d1, d3, |a, b| a - b);
-            let base = c * ld + off + ty * tl.tw;
-            for (r, tr) in t.chunks_exact(2 * n1).enumerate() {
-                let (e, o) = tr.split_at(n1);
-                let (e0, e1, o0, o1) = (&e[..n], &e[1..], &o[..n], &o[1..]);
-                let at = |s: usize| (4 * r + s) * plane_stride + base;
-                let [v0, v1, v2, v3] = runs_mut(v, [at(0), at(1), at(2), at(3)], n);
-                map2(v0, e0, e1, |a, b| a - b);
-                map2(v1, o0, e1, |a, b| a + b);
-                map2(v2, e1, o0, |a, b| a - b);
-                map2(v3, o0, o1, |a, b| a - b);
+            for x in x..w {
+                let out = &mut dst[row + x * p.ld..][..lanes];
+                for (l, d) in out.iter_mut().enumerate() {
+                    *d = planes[src + l * hw + x];
+                }
             }
         }
     }
 }
 
-/// y[o] (one image, [O, Ho, Wo]) = Aᵀ·M·A for every output channel and tile; `m` is [16][O][ld].
+/// The inverse of [`pack_body`] for rows `ys` of the planes, which are overwritten there.
 #[inline(always)]
-fn transform_output_body<T: Float>(
-    g: &ConvGeom,
-    tl: &Tiles,
-    m: &[T],
-    y: &mut [T],
-    ld: usize,
-    off: usize,
-) {
-    let n = tl.tw;
-    let plane_stride = g.o * ld;
-    // s = Aᵀ·M (2×4 runs), then the two output rows' even and odd columns.
-    let mut s = vec![T::ZERO; 8 * n];
-    let mut out = vec![T::ZERO; 4 * n];
-    for (o, yo) in y.chunks_exact_mut(g.ho * g.wo).enumerate().take(g.o) {
-        for ty in 0..tl.th {
-            let base = o * ld + off + ty * tl.tw;
-            let mk: [&[T]; 16] = std::array::from_fn(|k| &m[k * plane_stride + base..][..n]);
-            for (q, sq) in s.chunks_exact_mut(2 * n).enumerate() {
-                let (s0, s1) = sq.split_at_mut(n);
-                map3(s0, mk[q], mk[4 + q], mk[8 + q], |a, b, c| a + b + c);
-                map3(s1, mk[4 + q], mk[8 + q], mk[12 + q], |a, b, c| a - b - c);
-            }
-            // s[q] = [s0_q | s1_q]; row r of y: even = s_r0 + s_r1 + s_r2, odd = s_r1 − s_r2 − s_r3.
-            for r in 0..2 {
-                let sq = |q: usize| &s[q * 2 * n + r * n..][..n];
-                let (ye, yodd) = out[2 * r * n..2 * (r + 1) * n].split_at_mut(n);
-                map3(ye, sq(0), sq(1), sq(2), |a, b, c| a + b + c);
-                map3(yodd, sq(1), sq(2), sq(3), |a, b, c| a - b - c);
-            }
-            for r in 0..2 {
-                let oy = 2 * ty + r;
-                if oy >= g.ho {
-                    break;
+fn unpack_body<T: Float>(src: &[T], p: Packed, planes: &mut [T], shape: Planes, ys: Range<usize>) {
+    let (w, hw) = (shape.w, shape.h * shape.w);
+    for c0 in (0..shape.c).step_by(LANES) {
+        let lanes = LANES.min(shape.c - c0);
+        for y in ys.clone() {
+            let row = ((y + p.at) * p.cols + p.at) * p.ld + c0;
+            let dst = c0 * hw + y * w;
+            let mut x = 0;
+            if lanes == LANES {
+                while x + LANES <= w {
+                    transpose8(src, row + x * p.ld, p.ld, planes, dst + x, hw);
+                    x += LANES;
                 }
-                let (ye, yodd) = out[2 * r * n..2 * (r + 1) * n].split_at(n);
-                let row = &mut yo[oy * g.wo..(oy + 1) * g.wo];
-                for ((pair, &e), &od) in row.chunks_mut(2).zip(ye).zip(yodd) {
-                    pair[0] = e;
-                    if let Some(p1) = pair.get_mut(1) {
-                        *p1 = od;
+            }
+            for x in x..w {
+                let run = &src[row + x * p.ld..][..lanes];
+                for (l, &v) in run.iter().enumerate() {
+                    planes[dst + l * hw + x] = v;
+                }
+            }
+        }
+    }
+}
+
+/// V[k][tile][c] = (Bᵀ·d·B)[k] for the tiles of tile rows `rows` (numbered from the band's first) and every
+/// channel, from one packed, padded image `xt` ([hp][wp][cp], [`Tiles::padded`]).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // the 4×4 tiles are read by column as well as by row
+fn tiles_input_body<T: Float>(tl: &Tiles, xt: &[T], rows: Range<usize>, v: &mut [T], s: Slot) {
+    let (hp, wp) = tl.padded();
+    let cp = tl.cp;
+    let xt = &xt[..hp * wp * cp];
+    s.check(v, rows.len() * tl.tw, cp);
+    // SAFETY (loads and stores below): `v` by the check above; in `xt` the last value read is
+    // ((2·th+1)·wp + 2·tw+1)·cp + cp − 1 = hp·wp·cp − 1 (rows.end ≤ th, asserted by the slicing in `Slot::check`'s
+    // callers' loops, and checked here).
+    assert!(rows.end <= tl.th);
+    for (band_row, ty) in rows.enumerate() {
+        for tx in 0..tl.tw {
+            let tile = band_row * tl.tw + tx;
+            let corner = (2 * ty * wp + 2 * tx) * cp;
+            for c0 in (0..cp).step_by(LANES) {
+                let d = |i: usize, j: usize| unsafe { load(xt, corner + (i * wp + j) * cp + c0) };
+                // t = Bᵀ·d (rows), then each row of t times B.
+                let mut t = [[[T::ZERO; LANES]; 4]; 4];
+                for (j, tj) in t.iter_mut().enumerate() {
+                    let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
+                    *tj = [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)];
+                }
+                for r in 0..4 {
+                    let (a, b, c, e) = (t[0][r], t[1][r], t[2][r], t[3][r]);
+                    unsafe {
+                        store(v, s.at(4 * r, tile, c0), sub(a, c));
+                        store(v, s.at(4 * r + 1, tile, c0), add(b, c));
+                        store(v, s.at(4 * r + 2, tile, c0), sub(c, b));
+                        store(v, s.at(4 * r + 3, tile, c0), sub(b, e));
                     }
                 }
             }
@@ -288,190 +342,300 @@ fn transform_output_body<T: Float>(
     }
 }
 
-/// dM[k][o][off + tile] = (A·dY·Aᵀ)[k] for one image's output gradient `dy` ([O, Ho, Wo]; zero past its edge).
+/// The 2×2 outputs Aᵀ·M·A of the tiles of tile rows `rows` for every output channel, into the tiled
+/// channel-minor output `yt` ([2·th][2·tw][op]).
 #[inline(always)]
-fn transform_output_grad_body<T: Float>(
-    g: &ConvGeom,
-    tl: &Tiles,
-    dy: &[T],
-    dm: &mut [T],
-    ld: usize,
-    off: usize,
-) {
-    let n = tl.tw;
-    let plane_stride = g.o * ld;
-    // The tile row's two dY rows as even/odd columns (zero past the edge), then q_r = dY[r]·Aᵀ (4 runs per row).
-    let mut eo = vec![T::ZERO; 4 * n];
-    let mut q = vec![T::ZERO; 8 * n];
-    for (o, dyo) in dy.chunks_exact(g.ho * g.wo).enumerate().take(g.o) {
-        for ty in 0..tl.th {
-            eo.fill(T::ZERO);
-            for (r, half) in eo.chunks_exact_mut(2 * n).enumerate() {
-                let oy = 2 * ty + r;
-                if oy < g.ho {
-                    let (e, od) = half.split_at_mut(n);
-                    deinterleave(&dyo[oy * g.wo..(oy + 1) * g.wo], e, od);
+#[allow(clippy::needless_range_loop)] // the 4×4 tiles are read by column as well as by row
+fn tiles_output_body<T: Float>(tl: &Tiles, m: &[T], rows: Range<usize>, yt: &mut [T], s: Slot) {
+    let (wt, op) = (2 * tl.tw, tl.op);
+    let yt = &mut yt[..2 * tl.th * wt * op];
+    s.check(m, rows.len() * tl.tw, op);
+    assert!(rows.end <= tl.th);
+    // SAFETY (loads and stores below): `m` by the check above; in `yt` the last value written is
+    // ((2·th−1)·wt + 2·tw−1)·op + op − 1 = 2·th·wt·op − 1.
+    for (band_row, ty) in rows.enumerate() {
+        for tx in 0..tl.tw {
+            let tile = band_row * tl.tw + tx;
+            let corner = (2 * ty * wt + 2 * tx) * op;
+            for o0 in (0..op).step_by(LANES) {
+                let mk = |i: usize, j: usize| unsafe { load(m, s.at(4 * i + j, tile, o0)) };
+                // s = Aᵀ·M (2×4), then y = s·A.
+                let mut sa = [[[T::ZERO; LANES]; 4]; 2];
+                for j in 0..4 {
+                    sa[0][j] = add(add(mk(0, j), mk(1, j)), mk(2, j));
+                    sa[1][j] = sub(sub(mk(1, j), mk(2, j)), mk(3, j));
                 }
-            }
-            for (r, qr) in q.chunks_exact_mut(4 * n).enumerate() {
-                let (e, od) = eo[2 * r * n..2 * (r + 1) * n].split_at(n);
-                let [q0, q1, q2, q3] = runs_mut(qr, [0, n, 2 * n, 3 * n], n);
-                q0.copy_from_slice(e);
-                map2(q1, e, od, |a, b| a + b);
-                map2(q2, e, od, |a, b| a - b);
-                map2(q3, e, od, |_, b| T::ZERO - b);
-            }
-            // dM rows: [q0, q0 + q1, q0 − q1, −q1] (q0, q1 the two dY rows' runs).
-            let base = o * ld + off + ty * tl.tw;
-            for j in 0..4 {
-                let (qa, qb) = (&q[j * n..][..n], &q[4 * n + j * n..][..n]);
-                let at = |i: usize| (4 * i + j) * plane_stride + base;
-                let [m0, m1, m2, m3] = runs_mut(dm, [at(0), at(1), at(2), at(3)], n);
-                m0.copy_from_slice(qa);
-                map2(m1, qa, qb, |a, b| a + b);
-                map2(m2, qa, qb, |a, b| a - b);
-                map2(m3, qa, qb, |_, b| T::ZERO - b);
+                for (r, row) in sa.iter().enumerate() {
+                    let at = corner + r * wt * op + o0;
+                    unsafe {
+                        store(yt, at, add(add(row[0], row[1]), row[2]));
+                        store(yt, at + op, sub(sub(row[1], row[2]), row[3]));
+                    }
+                }
             }
         }
     }
 }
 
-/// dx (one image, [C, H, W], accumulated into) += B·dV·Bᵀ for every channel and tile, each 4×4 result added back
-/// onto the patch it came from (the adjoint of [`transform_input`]); `dv` is [16][C][ld].
+/// dM[k][tile][o] = (A·dY·Aᵀ)[k] for the tiles of tile rows `rows`, from the tiled channel-minor output gradient
+/// `dyt` ([2·th][2·tw][op], zero past the output's edge).
 #[inline(always)]
-fn transform_input_grad_body<T: Float>(
-    g: &ConvGeom,
+#[allow(clippy::needless_range_loop)] // the 4×4 tiles are read by column as well as by row
+fn tiles_output_grad_body<T: Float>(
+    tl: &Tiles,
+    dyt: &[T],
+    rows: Range<usize>,
+    dm: &mut [T],
+    s: Slot,
+) {
+    let (wt, op) = (2 * tl.tw, tl.op);
+    let dyt = &dyt[..2 * tl.th * wt * op];
+    s.check(dm, rows.len() * tl.tw, op);
+    assert!(rows.end <= tl.th);
+    // SAFETY (loads and stores below): `dm` by the check above; `dyt` as `yt` in [`tiles_output_body`].
+    for (band_row, ty) in rows.enumerate() {
+        for tx in 0..tl.tw {
+            let tile = band_row * tl.tw + tx;
+            let corner = (2 * ty * wt + 2 * tx) * op;
+            for o0 in (0..op).step_by(LANES) {
+                // q_r = dY[r]·Aᵀ = [e, e + o, e − o, −o] for the row's two values (e, o).
+                let mut q = [[[T::ZERO; LANES]; 4]; 2];
+                for (r, qr) in q.iter_mut().enumerate() {
+                    let at = corner + r * wt * op + o0;
+                    let (e, od) = unsafe { (load(dyt, at), load(dyt, at + op)) };
+                    *qr = [e, add(e, od), sub(e, od), neg(od)];
+                }
+                // dM = A·q: rows q0, q0 + q1, q0 − q1, −q1.
+                for j in 0..4 {
+                    let (a, b) = (q[0][j], q[1][j]);
+                    unsafe {
+                        store(dm, s.at(j, tile, o0), a);
+                        store(dm, s.at(4 + j, tile, o0), add(a, b));
+                        store(dm, s.at(8 + j, tile, o0), sub(a, b));
+                        store(dm, s.at(12 + j, tile, o0), neg(b));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// B·dV·Bᵀ of the tiles of tile rows `rows`, each 4×4 result added onto the patch it came from in the padded
+/// channel-minor input gradient `dxt` ([hp][wp][cp]): the adjoint of [`tiles_input_body`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // the 4×4 tiles are read by column as well as by row
+fn tiles_input_grad_body<T: Float>(
     tl: &Tiles,
     dv: &[T],
-    dx: &mut [T],
-    ld: usize,
-    off: usize,
+    rows: Range<usize>,
+    dxt: &mut [T],
+    s: Slot,
 ) {
-    let n = tl.tw;
-    let rl = tl.row_len();
-    let plane_stride = g.c * ld;
-    // p = dV·Bᵀ (16 runs, row-major [r][q]), dd = B·p likewise, then one padded row as even/odd columns.
-    let mut p = vec![T::ZERO; 16 * n];
-    let mut dd = vec![T::ZERO; 16 * n];
-    let mut eo = vec![T::ZERO; 2 * (n + 1)];
-    let mut row = vec![T::ZERO; rl];
-    for (c, dxc) in dx.chunks_exact_mut(g.h * g.w).enumerate().take(g.c) {
-        for ty in 0..tl.th {
-            let base = c * ld + off + ty * tl.tw;
-            let dk = |k: usize| &dv[k * plane_stride + base..][..n];
-            for (r, pr) in p.chunks_exact_mut(4 * n).enumerate() {
-                let [p0, p1, p2, p3] = runs_mut(pr, [0, n, 2 * n, 3 * n], n);
-                let (a, b, cc, d) = (dk(4 * r), dk(4 * r + 1), dk(4 * r + 2), dk(4 * r + 3));
-                p0.copy_from_slice(a);
-                map3(p1, b, cc, d, |b, c, d| b - c + d);
-                map3(p2, b, cc, a, |b, c, a| b + c - a);
-                map2(p3, d, d, |_, d| T::ZERO - d);
-            }
-            let pr = |r: usize| &p[4 * r * n..][..4 * n];
-            let [dd0, dd1, dd2, dd3] = runs_mut(&mut dd, [0, 4 * n, 8 * n, 12 * n], 4 * n);
-            dd0.copy_from_slice(pr(0));
-            map3(dd1, pr(1), pr(2), pr(3), |b, c, d| b - c + d);
-            map3(dd2, pr(1), pr(2), pr(0), |b, c, a| b + c - a);
-            map2(dd3, pr(3), pr(3), |_, d| T::ZERO - d);
-            // Row i of the patches: tile t covers padded columns 2t..2t+3, so padded column 2m gets dd[i][0] of tile
-            // m and dd[i][2] of tile m−1, column 2m+1 dd[i][1] of tile m and dd[i][3] of tile m−1.
-            for (i, di) in dd.chunks_exact(4 * n).enumerate() {
-                let iy = (2 * ty + i) as isize - g.pad as isize;
-                if iy < 0 || iy as usize >= g.h {
-                    continue;
+    let (hp, wp) = tl.padded();
+    let cp = tl.cp;
+    let dxt = &mut dxt[..hp * wp * cp];
+    s.check(dv, rows.len() * tl.tw, cp);
+    assert!(rows.end <= tl.th);
+    // SAFETY (loads and stores below): `dv` by the check above; `dxt` as `xt` in [`tiles_input_body`].
+    for (band_row, ty) in rows.enumerate() {
+        for tx in 0..tl.tw {
+            let tile = band_row * tl.tw + tx;
+            let corner = (2 * ty * wp + 2 * tx) * cp;
+            for c0 in (0..cp).step_by(LANES) {
+                // p = dV·Bᵀ per row: [a, b − c + d, b + c − a, −d]; then the patch = B·p, row by row.
+                let mut p = [[[T::ZERO; LANES]; 4]; 4];
+                for (r, pr) in p.iter_mut().enumerate() {
+                    let dk = |j: usize| unsafe { load(dv, s.at(4 * r + j, tile, c0)) };
+                    let (a, b, c, d) = (dk(0), dk(1), dk(2), dk(3));
+                    *pr = [a, add(sub(b, c), d), sub(add(b, c), a), neg(d)];
                 }
-                let (e, od) = eo.split_at_mut(n + 1);
-                e[n] = T::ZERO;
-                od[n] = T::ZERO;
-                e[..n].copy_from_slice(&di[..n]);
-                od[..n].copy_from_slice(&di[n..2 * n]);
-                for (x, &v) in e[1..].iter_mut().zip(&di[2 * n..3 * n]) {
-                    *x += v;
-                }
-                for (x, &v) in od[1..].iter_mut().zip(&di[3 * n..]) {
-                    *x += v;
-                }
-                interleave(e, od, &mut row);
-                let iy = iy as usize;
-                for (d, &v) in dxc[iy * g.w..(iy + 1) * g.w].iter_mut().zip(&row[g.pad..]) {
-                    *d += v;
+                for j in 0..4 {
+                    let (a, b, c, d) = (p[0][j], p[1][j], p[2][j], p[3][j]);
+                    let at = |i: usize| corner + (i * wp + j) * cp + c0;
+                    unsafe {
+                        add_to(dxt, at(0), a);
+                        add_to(dxt, at(1), add(sub(b, c), d));
+                        add_to(dxt, at(2), sub(add(b, c), a));
+                        add_to(dxt, at(3), neg(d));
+                    }
                 }
             }
         }
     }
 }
 
-/// Defines `$name(g, tl, src, dst, ld, off)` running `$body` compiled for AVX2 when the CPU has it: the crate is
-/// built for baseline x86-64, whose SSE2 gives the element-wise loops of the transforms 4 f32 lanes; AVX2 gives 8.
+/// Defines `$name(args)` running `$body(args)` compiled for AVX2 when the CPU has it: the crate is built for
+/// baseline x86-64, whose SSE2 gives the lane-wise steps of the transforms 4 f32 lanes; AVX2 gives 8.
 macro_rules! with_avx2 {
-    ($(#[$doc:meta])* $name:ident => $body:ident) => {
+    ($(#[$doc:meta])* $name:ident => $body:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
-        fn $name<T: Float>(g: &ConvGeom, tl: &Tiles, src: &[T], dst: &mut [T], ld: usize, off: usize) {
+        fn $name<T: Float>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
-                unsafe fn avx2<T: Float>(
-                    g: &ConvGeom,
-                    tl: &Tiles,
-                    src: &[T],
-                    dst: &mut [T],
-                    ld: usize,
-                    off: usize,
-                ) {
-                    $body(g, tl, src, dst, ld, off)
+                unsafe fn avx2<T: Float>($($arg: $ty),*) {
+                    $body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above); the body is safe code.
-                    return unsafe { avx2(g, tl, src, dst, ld, off) };
+                    // SAFETY: the CPU supports AVX2 (checked just above); the body is safe to call.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
-            $body(g, tl, src, dst, ld, off)
+            $body($($arg),*)
         }
     };
 }
 
 with_avx2!(
-    /// [`transform_input_body`]: (x of one image, V).
-    transform_input => transform_input_body
+    /// [`pack_body`].
+    pack => pack_body(planes: &[T], shape: Planes, dst: &mut [T], p: Packed)
 );
 with_avx2!(
-    /// [`transform_output_body`]: (M, y of one image).
-    transform_output => transform_output_body
+    /// [`unpack_body`].
+    unpack => unpack_body(src: &[T], p: Packed, planes: &mut [T], shape: Planes, ys: Range<usize>)
 );
 with_avx2!(
-    /// [`transform_output_grad_body`]: (dY of one image, dM).
-    transform_output_grad => transform_output_grad_body
+    /// [`tiles_input_body`].
+    tiles_input => tiles_input_body(tl: &Tiles, xt: &[T], rows: Range<usize>, v: &mut [T], s: Slot)
 );
 with_avx2!(
-    /// [`transform_input_grad_body`]: (dV, dX of one image).
-    transform_input_grad => transform_input_grad_body
+    /// [`tiles_output_body`].
+    tiles_output => tiles_output_body(tl: &Tiles, m: &[T], rows: Range<usize>, yt: &mut [T], s: Slot)
+);
+with_avx2!(
+    /// [`tiles_output_grad_body`].
+    tiles_output_grad => tiles_output_grad_body(tl: &Tiles, dyt: &[T], rows: Range<usize>, dm: &mut [T], s: Slot)
+);
+with_avx2!(
+    /// [`tiles_input_grad_body`].
+    tiles_input_grad => tiles_input_grad_body(tl: &Tiles, dv: &[T], rows: Range<usize>, dxt: &mut [T], s: Slot)
 );
 
-/// A whole buffer of 16 equal blocks, each read as a matrix with these strides.
-fn mat<T>(data: &[T], rs: usize, cs: usize) -> MatRef<'_, T> {
-    MatRef { data, rs, cs }
-}
-
-/// The 16 independent GEMMs of a pass: block k of `dst` ([m, n], contiguous) = (`accumulate` ? itself : 0) +
-/// block k of `lhs` · block k of `rhs`, where each buffer holds 16 equal blocks.
-#[allow(clippy::too_many_arguments)] // a GEMM's shape, operands and options
+/// The 16 independent GEMMs of a pass: block k of `dst` ([m, n], rows `dst_rs` apart) = (`accumulate` ? itself :
+/// 0) + block k of `lhs` · block k of `rhs`, where each buffer holds 16 equal blocks.
 fn gemm16<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&mut [T], usize),
     lhs: MatRef<'_, T>,
     rhs: MatRef<'_, T>,
     accumulate: bool,
     par: gemm::Parallelism,
 ) -> Result<()> {
-    let (lb, rb) = (lhs.data.len() / 16, rhs.data.len() / 16);
-    for (i, d) in dst.chunks_exact_mut(m * n).take(16).enumerate() {
-        let l = mat(&lhs.data[i * lb..(i + 1) * lb], lhs.rs, lhs.cs);
-        let r = mat(&rhs.data[i * rb..(i + 1) * rb], rhs.rs, rhs.cs);
-        matmul(m, n, k, d, l, r, accumulate, par)?;
+    let (db, lb, rb) = (dst.len() / 16, lhs.data.len() / 16, rhs.data.len() / 16);
+    for (i, d) in dst.chunks_exact_mut(db).take(16).enumerate() {
+        let l = MatRef {
+            data: &lhs.data[i * lb..(i + 1) * lb],
+            ..lhs
+        };
+        let r = MatRef {
+            data: &rhs.data[i * rb..(i + 1) * rb],
+            ..rhs
+        };
+        matmul_rs(m, n, k, d, dst_rs, l, r, accumulate, par)?;
     }
     Ok(())
+}
+
+/// How one group of images is cut into bands of tile rows: the whole images when the group has several, bands of
+/// about `MIN_TILES` tiles when it is one large image, so that the transformed buffers stay in the core's cache
+/// between transform and GEMM (a 56×56 ResNet-50 image is 784 tiles: 6 MB of V and M at 64 channels).
+#[derive(Clone, Copy)]
+struct Bands {
+    tl: Tiles,
+    images: usize,
+    rows: usize,
+}
+
+impl Bands {
+    fn new(tl: Tiles, images: usize) -> Self {
+        let rows = if images > 1 {
+            tl.th
+        } else {
+            MIN_TILES.div_ceil(tl.tw).clamp(1, tl.th)
+        };
+        Self { tl, images, rows }
+    }
+
+    /// The bands' tile rows, in order.
+    fn iter(&self) -> impl Iterator<Item = Range<usize>> {
+        let (th, rows) = (self.tl.th, self.rows);
+        (0..th).step_by(rows).map(move |r| r..(r + rows).min(th))
+    }
+
+    /// Tiles of band `rows` over all the group's images: the GEMMs' row count.
+    fn tiles(&self, rows: &Range<usize>) -> usize {
+        self.images * rows.len() * self.tl.tw
+    }
+
+    /// Where image `j` of the group puts the tiles of band `rows` in a buffer with rows `ld` apart.
+    fn slot(&self, rows: &Range<usize>, ld: usize, j: usize) -> Slot {
+        Slot {
+            ld,
+            plane: self.tiles(rows) * ld,
+            off: j * rows.len() * self.tl.tw,
+        }
+    }
+}
+
+/// A group's scratch: the two transformed buffers and the two packed images.
+struct Scratch<'a, T> {
+    /// [16][tiles][cp]: V or dV.
+    vc: &'a mut [T],
+    /// [16][tiles][op]: M or dM.
+    vo: &'a mut [T],
+    /// The packed input side: x or dx, padded ([hp][wp][cp]).
+    xt: &'a mut [T],
+    /// The packed output side: y or dy, tiled ([2·th][2·tw][op]).
+    yt: &'a mut [T],
+}
+
+impl<T: Float> Scratch<'_, T> {
+    /// Runs `f` on the thread's scratch, cut for the largest band of `bands`.
+    fn with<R>(bands: &Bands, f: impl FnOnce(Scratch<'_, T>) -> R) -> R {
+        let tl = &bands.tl;
+        let tiles = bands.images * bands.rows * tl.tw;
+        let (hp, wp) = tl.padded();
+        let (v_len, m_len, x_len) = (16 * tiles * tl.cp, 16 * tiles * tl.op, hp * wp * tl.cp);
+        let y_len = 4 * tl.th * tl.tw * tl.op;
+        T::with_scratch(v_len + m_len + x_len + y_len, |buf| {
+            let (vc, rest) = buf.split_at_mut(v_len);
+            let (vo, rest) = rest.split_at_mut(m_len);
+            let (xt, yt) = rest.split_at_mut(x_len);
+            f(Scratch { vc, vo, xt, yt })
+        })
+    }
+}
+
+/// The packed layouts of one convolution: the input side padded by p, the output side tiled without a border.
+fn packed(g: &ConvGeom, tl: &Tiles) -> (Packed, Packed) {
+    (
+        Packed {
+            cols: tl.padded().1,
+            ld: tl.cp,
+            at: g.pad,
+        },
+        Packed {
+            cols: 2 * tl.tw,
+            ld: tl.op,
+            at: 0,
+        },
+    )
+}
+
+/// The input and output shapes of one image.
+fn shapes(g: &ConvGeom) -> (Planes, Planes) {
+    (
+        Planes {
+            c: g.c,
+            h: g.h,
+            w: g.w,
+        },
+        Planes {
+            c: g.o,
+            h: g.ho,
+            w: g.wo,
+        },
+    )
 }
 
 /// y = conv(x, w) for a 3×3 stride-1 convolution ([`applies`]).
@@ -479,20 +643,44 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>
     let tl = Tiles::new(g);
     let plan = plan(g, &tl);
     let u = transform_weights(g, w);
-    let out_image = g.o * g.ho * g.wo;
+    let ((sin, sout), (pin, pout)) = (shapes(g), packed(g, &tl));
+    let (in_image, out_image) = (g.c * g.h * g.w, g.o * g.ho * g.wo);
     let mut y = zeroed::<T>(g.n * out_image);
     for_each_group(&mut y, out_image, &plan, |images, y_grp| {
-        let cols = images.len() * tl.per_image();
-        T::with_scratch(16 * (g.c + g.o) * cols, |buf| {
-            let (v, m) = buf.split_at_mut(16 * g.c * cols);
-            for (j, img) in images.clone().enumerate() {
-                let x_n = &x[img * g.c * g.h * g.w..(img + 1) * g.c * g.h * g.w];
-                transform_input(g, &tl, x_n, v, cols, j * tl.per_image());
-            }
-            let (u, v) = (mat(&u, g.c, 1), mat(v, cols, 1));
-            gemm16(g.o, cols, g.c, m, u, v, false, plan.par)?;
-            for (j, y_n) in y_grp.chunks_exact_mut(out_image).enumerate() {
-                transform_output(g, &tl, m, y_n, cols, j * tl.per_image());
+        let bands = Bands::new(tl, images.len());
+        Scratch::with(&bands, |s: Scratch<'_, T>| {
+            for rows in bands.iter() {
+                for (j, img) in images.clone().enumerate() {
+                    // With several images there is one band: each image is packed just before its tiles are read.
+                    if rows.start == 0 {
+                        pack(&x[img * in_image..(img + 1) * in_image], sin, s.xt, pin);
+                    }
+                    tiles_input(&tl, s.xt, rows.clone(), s.vc, bands.slot(&rows, tl.cp, j));
+                }
+                // M[k] [T, O] = V[k] [T, C] · U[k]ᵀ (U[k] is [O, C], read transposed in place).
+                let t = bands.tiles(&rows);
+                let v = MatRef {
+                    data: &s.vc[..16 * t * tl.cp],
+                    rs: tl.cp,
+                    cs: 1,
+                };
+                let ut = MatRef {
+                    data: &u,
+                    rs: 1,
+                    cs: g.c,
+                };
+                let m = &mut s.vo[..16 * t * tl.op];
+                gemm16((t, g.o, g.c), (m, tl.op), v, ut, false, plan.par)?;
+                for (j, y_n) in y_grp.chunks_exact_mut(out_image).enumerate() {
+                    tiles_output(&tl, s.vo, rows.clone(), s.yt, bands.slot(&rows, tl.op, j));
+                    unpack(
+                        s.yt,
+                        pout,
+                        y_n,
+                        sout,
+                        2 * rows.start..(2 * rows.end).min(g.ho),
+                    );
+                }
             }
             Ok(())
         })
@@ -505,21 +693,50 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
     let tl = Tiles::new(g);
     let plan = plan(g, &tl);
     let u = transform_weights(g, w);
+    let ((sin, sout), (pin, pout)) = (shapes(g), packed(g, &tl));
     let (in_image, out_image) = (g.c * g.h * g.w, g.o * g.ho * g.wo);
     let mut dx = zeroed::<T>(g.n * in_image);
     for_each_group(&mut dx, in_image, &plan, |images, dx_grp| {
-        let cols = images.len() * tl.per_image();
-        T::with_scratch(16 * (g.c + g.o) * cols, |buf| {
-            let (dv, dm) = buf.split_at_mut(16 * g.c * cols);
-            for (j, img) in images.clone().enumerate() {
-                let dy_n = &dy[img * out_image..(img + 1) * out_image];
-                transform_output_grad(g, &tl, dy_n, dm, cols, j * tl.per_image());
-            }
-            // U[k]ᵀ, read in place.
-            let (ut, dm) = (mat(&u, 1, g.c), mat(dm, cols, 1));
-            gemm16(g.c, cols, g.o, dv, ut, dm, false, plan.par)?;
-            for (j, dx_n) in dx_grp.chunks_exact_mut(in_image).enumerate() {
-                transform_input_grad(g, &tl, dv, dx_n, cols, j * tl.per_image());
+        let bands = Bands::new(tl, images.len());
+        Scratch::with(&bands, |s: Scratch<'_, T>| {
+            for rows in bands.iter() {
+                for (j, img) in images.clone().enumerate() {
+                    if rows.start == 0 {
+                        pack(
+                            &dy[img * out_image..(img + 1) * out_image],
+                            sout,
+                            s.yt,
+                            pout,
+                        );
+                    }
+                    tiles_output_grad(&tl, s.yt, rows.clone(), s.vo, bands.slot(&rows, tl.op, j));
+                }
+                // dV[k] [T, C] = dM[k] [T, O] · U[k] [O, C].
+                let t = bands.tiles(&rows);
+                let dm = MatRef {
+                    data: &s.vo[..16 * t * tl.op],
+                    rs: tl.op,
+                    cs: 1,
+                };
+                let um = MatRef {
+                    data: &u,
+                    rs: g.c,
+                    cs: 1,
+                };
+                let dv = &mut s.vc[..16 * t * tl.cp];
+                gemm16((t, g.c, g.o), (dv, tl.cp), dm, um, false, plan.par)?;
+                // Neighbouring bands' patches overlap by two rows: the packed gradient is only complete, and
+                // unpacked, after the last band (with several images there is one band).
+                let last = rows.end == tl.th;
+                for (j, dx_n) in dx_grp.chunks_exact_mut(in_image).enumerate() {
+                    if rows.start == 0 {
+                        s.xt.fill(T::ZERO);
+                    }
+                    tiles_input_grad(&tl, s.vc, rows.clone(), s.xt, bands.slot(&rows, tl.cp, j));
+                    if last {
+                        unpack(s.xt, pin, dx_n, sin, 0..g.h);
+                    }
+                }
             }
             Ok(())
         })
@@ -531,40 +748,54 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
 pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<Vec<T>> {
     let tl = Tiles::new(g);
     let plan = plan(g, &tl);
+    let ((sin, sout), (pin, pout)) = (shapes(g), packed(g, &tl));
     let (in_image, out_image) = (g.c * g.h * g.w, g.o * g.ho * g.wo);
     let len = 16 * g.o * g.c;
-    // dU summed over a range of images into one accumulator, `plan.group` images per set of GEMMs.
-    let partial = |images: std::ops::Range<usize>| -> Result<Vec<T>> {
+    // dU summed over a range of images into one accumulator, `plan.group` images (or one image's bands) per set
+    // of GEMMs.
+    let partial = |images: Range<usize>| -> Result<Vec<T>> {
         let mut du = vec![T::ZERO; len];
         let mut first = images.start;
         while first < images.end {
             let cnt = plan.group.min(images.end - first);
-            let cols = cnt * tl.per_image();
-            T::with_scratch(16 * (g.c + g.o) * cols, |buf| {
-                let (v, dm) = buf.split_at_mut(16 * g.c * cols);
-                for (j, img) in (first..first + cnt).enumerate() {
-                    let off = j * tl.per_image();
-                    transform_input(
-                        g,
-                        &tl,
-                        &x[img * in_image..(img + 1) * in_image],
-                        v,
-                        cols,
-                        off,
-                    );
-                    transform_output_grad(
-                        g,
-                        &tl,
-                        &dy[img * out_image..(img + 1) * out_image],
-                        dm,
-                        cols,
-                        off,
-                    );
+            let bands = Bands::new(tl, cnt);
+            Scratch::with(&bands, |s: Scratch<'_, T>| {
+                for rows in bands.iter() {
+                    for (j, img) in (first..first + cnt).enumerate() {
+                        if rows.start == 0 {
+                            pack(&x[img * in_image..(img + 1) * in_image], sin, s.xt, pin);
+                            pack(
+                                &dy[img * out_image..(img + 1) * out_image],
+                                sout,
+                                s.yt,
+                                pout,
+                            );
+                        }
+                        tiles_input(&tl, s.xt, rows.clone(), s.vc, bands.slot(&rows, tl.cp, j));
+                        tiles_output_grad(
+                            &tl,
+                            s.yt,
+                            rows.clone(),
+                            s.vo,
+                            bands.slot(&rows, tl.op, j),
+                        );
+                    }
+                    // dU[k] [O, C] += dM[k]ᵀ [O, T] · V[k] [T, C] (dM read transposed in place).
+                    let t = bands.tiles(&rows);
+                    let dmt = MatRef {
+                        data: &s.vo[..16 * t * tl.op],
+                        rs: 1,
+                        cs: tl.op,
+                    };
+                    let v = MatRef {
+                        data: &s.vc[..16 * t * tl.cp],
+                        rs: tl.cp,
+                        cs: 1,
+                    };
+                    let accumulate = first > images.start || rows.start > 0;
+                    gemm16((g.o, g.c, t), (&mut du, g.c), dmt, v, accumulate, plan.par)?;
                 }
-                // V[k]ᵀ, read in place.
-                let (dm, vt) = (mat(dm, cols, 1), mat(v, 1, cols));
-                let accumulate = first > images.start;
-                gemm16(g.o, g.c, cols, &mut du, dm, vt, accumulate, plan.par)
+                Ok::<(), candle_core::Error>(())
             })?;
             first += cnt;
         }
@@ -593,9 +824,14 @@ mod tests {
             .fold(0f64, |m, (x, y)| m.max((x - y).abs() / scale))
     }
 
-    /// (n, c, h, w, o, pad): odd and even sizes, every padding Winograd takes, batch 1 and batches that group.
+    /// (n, c, h, w, o, pad): odd and even sizes, every padding Winograd takes, batch 1 and batches that group,
+    /// channel counts that are not a multiple of `LANES`, and images large enough (> `MIN_TILES` tiles) to be cut
+    /// into bands of tile rows, with a short last band.
     const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
         (1, 16, 8, 8, 16, 1),
+        (2, 16, 25, 21, 17, 1),
+        (1, 19, 26, 19, 16, 2),
+        (3, 16, 20, 30, 24, 0),
         (2, 17, 7, 9, 19, 1),
         (3, 16, 5, 6, 18, 0),
         (2, 16, 4, 3, 16, 2),
