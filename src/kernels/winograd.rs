@@ -89,8 +89,8 @@ impl Tiles {
     }
 }
 
-/// Where one image's tiles go in a transformed buffer [16][tiles][ld]: `plane` values per k, rows `ld` apart, the
-/// image's first tile at row `off`.
+/// Where one image's tiles of a band go in a transformed buffer [16][tiles][ld]: `plane` values per k, rows `ld`
+/// apart, the image's first tile at row `off`.
 #[derive(Clone, Copy)]
 struct Slot {
     ld: usize,
@@ -99,7 +99,8 @@ struct Slot {
 }
 
 impl Slot {
-    /// Index of lane 0 of channel block `c0` of tile `tile` (counted from the image's first) in plane `k`.
+    /// Index of lane 0 of channel block `c0` of tile `tile` (counted from the image's first tile in the band) in
+    /// plane `k`.
     #[inline(always)]
     fn at(&self, k: usize, tile: usize, c0: usize) -> usize {
         k * self.plane + (self.off + tile) * self.ld + c0
@@ -312,10 +313,9 @@ fn tiles_input_body<T: Float>(tl: &Tiles, xt: &[T], rows: Range<usize>, v: &mut 
     let cp = tl.cp;
     let xt = &xt[..hp * wp * cp];
     s.check(v, rows.len() * tl.tw, cp);
-    // SAFETY (loads and stores below): `v` by the check above; in `xt` the last value read is
-    // ((2·th+1)·wp + 2·tw+1)·cp + cp − 1 = hp·wp·cp − 1 (rows.end ≤ th, asserted by the slicing in `Slot::check`'s
-    // callers' loops, and checked here).
     assert!(rows.end <= tl.th);
+    // SAFETY (loads and stores below): `v` by the check above; in `xt`, with ty < th (asserted just above), the
+    // last value read is ((2·th+1)·wp + 2·tw+1)·cp + cp − 1 = hp·wp·cp − 1.
     for (band_row, ty) in rows.enumerate() {
         for tx in 0..tl.tw {
             let tile = band_row * tl.tw + tx;
