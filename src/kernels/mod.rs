@@ -182,7 +182,9 @@ pub(crate) trait Float: WithDType {
     /// already in use (a Rayon job stolen while this thread waits inside a parallel GEMM).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 
-    /// [`transpose::transpose8`]: SIMD shuffles where the type and the CPU allow.
+    /// Transposes the 8×8 block whose row i is `src[s0 + i·ss..][..8]` into `dst` (value j of row i to
+    /// `dst[d0 + j·ds + i]`), with SIMD shuffles where the type and the CPU allow (`transpose.rs`). Panics when a
+    /// row lies outside its slice.
     fn transpose8(src: &[Self], s0: usize, ss: usize, dst: &mut [Self], d0: usize, ds: usize);
 }
 

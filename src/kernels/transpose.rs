@@ -1,29 +1,15 @@
 //! 8×8 block transposes: how the Winograd kernels turn NCHW planes into channel-minor rows and back.
 //!
-//! [`transpose8`] reads 8 rows of 8 values (row i at `src[s0 + i·ss ..]`) and writes them as 8 columns (value j of
-//! row i to `dst[d0 + j·ds + i]`). For f32 on a CPU with AVX2 it is 8 loads, 24 in-register shuffles and 8 stores;
-//! otherwise (f64, or no AVX2) a plain loop, which the compiler does not turn into shuffles: 64 scalar moves, most of
-//! the repacking time of the Winograd transforms before this existed.
-
-use super::Float;
+//! `Float::transpose8` ([`transpose8_f32`], [`transpose8_scalar`] for f64) reads 8 rows of 8 values (row i at
+//! `src[s0 + i·ss ..]`) and writes them as 8 columns (value j of row i to `dst[d0 + j·ds + i]`). For f32 on a CPU
+//! with AVX2 it is 8 loads, 24 in-register shuffles and 8 stores; otherwise (f64, or no AVX2) a plain loop, which the
+//! compiler does not turn into shuffles: 64 scalar moves, most of the repacking time of the Winograd transforms
+//! before this existed.
 
 /// Side of the blocks.
 pub(super) const BLOCK: usize = 8;
 
-/// Transposes one 8×8 block (see the module header). Panics when a row lies outside its slice.
-#[inline]
-pub(super) fn transpose8<T: Float>(
-    src: &[T],
-    s0: usize,
-    ss: usize,
-    dst: &mut [T],
-    d0: usize,
-    ds: usize,
-) {
-    T::transpose8(src, s0, ss, dst, d0, ds);
-}
-
-/// The plain loop, for every element type.
+/// The plain loop, for every element type. Panics when a row lies outside its slice.
 #[inline(always)]
 pub(super) fn transpose8_scalar<T: Copy>(
     src: &[T],
@@ -41,7 +27,7 @@ pub(super) fn transpose8_scalar<T: Copy>(
     }
 }
 
-/// The f32 version: AVX2 shuffles when the CPU has them.
+/// The f32 version: AVX2 shuffles when the CPU has them. Panics when a row lies outside its slice.
 #[inline]
 pub(super) fn transpose8_f32(
     src: &[f32],
@@ -111,6 +97,7 @@ unsafe fn avx2(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Float;
     use super::*;
 
     /// Against the definition, in f32 (the AVX2 path where the CPU has it) and f64 (the loop), with strides
@@ -120,20 +107,20 @@ mod tests {
         let (ss, ds, s0, d0) = (11, 9, 3, 5);
         let src: Vec<f32> = (0..s0 + 7 * ss + 8).map(|i| i as f32 * 0.5 - 7.0).collect();
         let mut dst = vec![f32::NAN; d0 + 7 * ds + 8];
-        transpose8(&src, s0, ss, &mut dst, d0, ds);
+        f32::transpose8(&src, s0, ss, &mut dst, d0, ds);
         for i in 0..BLOCK {
             for j in 0..BLOCK {
                 assert_eq!(dst[d0 + j * ds + i], src[s0 + i * ss + j], "({i}, {j})");
             }
         }
         let mut back = vec![0f32; src.len()];
-        transpose8(&dst, d0, ds, &mut back, s0, ss);
+        f32::transpose8(&dst, d0, ds, &mut back, s0, ss);
         for i in 0..BLOCK {
             assert_eq!(back[s0 + i * ss..][..BLOCK], src[s0 + i * ss..][..BLOCK]);
         }
         let src64: Vec<f64> = src.iter().map(|&v| f64::from(v)).collect();
         let mut dst64 = vec![f64::NAN; dst.len()];
-        transpose8(&src64, s0, ss, &mut dst64, d0, ds);
+        f64::transpose8(&src64, s0, ss, &mut dst64, d0, ds);
         for i in 0..BLOCK {
             for j in 0..BLOCK {
                 assert_eq!(dst64[d0 + j * ds + i], f64::from(dst[d0 + j * ds + i]));
@@ -146,6 +133,6 @@ mod tests {
     fn refuses_a_block_past_the_end() {
         let src = vec![0f32; 63];
         let mut dst = vec![0f32; 64];
-        transpose8(&src, 0, 8, &mut dst, 0, 8);
+        f32::transpose8(&src, 0, 8, &mut dst, 0, 8);
     }
 }

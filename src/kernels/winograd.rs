@@ -30,7 +30,6 @@ use std::ops::Range;
 use candle_core::Result;
 
 use super::conv::{for_each_group, sum_over_images, ConvGeom, Plan};
-use super::transpose::transpose8;
 use super::{matmul_rs, zeroed, Float, MatRef};
 
 /// Fewer channels than this on either side and the 16 GEMMs are too thin (K = C) to beat one im2col GEMM with
@@ -264,7 +263,7 @@ fn pack_body<T: Float>(planes: &[T], shape: Planes, dst: &mut [T], p: Packed) {
             if lanes == LANES {
                 // 8×8 blocks: 8 channel rows of 8 pixels in, 8 pixels of 8 channels out.
                 while x + LANES <= w {
-                    transpose8(planes, src + x, hw, dst, row + x * p.ld, p.ld);
+                    T::transpose8(planes, src + x, hw, dst, row + x * p.ld, p.ld);
                     x += LANES;
                 }
             }
@@ -290,7 +289,7 @@ fn unpack_body<T: Float>(src: &[T], p: Packed, planes: &mut [T], shape: Planes, 
             let mut x = 0;
             if lanes == LANES {
                 while x + LANES <= w {
-                    transpose8(src, row + x * p.ld, p.ld, planes, dst + x, hw);
+                    T::transpose8(src, row + x * p.ld, p.ld, planes, dst + x, hw);
                     x += LANES;
                 }
             }
@@ -299,6 +298,27 @@ fn unpack_body<T: Float>(src: &[T], p: Packed, planes: &mut [T], shape: Planes, 
                 for (l, &v) in run.iter().enumerate() {
                     planes[dst + l * hw + x] = v;
                 }
+            }
+        }
+    }
+}
+
+/// Calls `f(tile, corner, c0)` for each tile of tile rows `rows` (tile numbered from the band's first) and each
+/// block of `LANES` channels c0 < `ld`, `corner` being the index of the tile's top-left value in a packed image with
+/// `cols` columns and rows `ld` apart ([`Packed`]).
+#[inline(always)]
+fn for_each_tile(
+    tl: &Tiles,
+    rows: Range<usize>,
+    cols: usize,
+    ld: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    for (band_row, ty) in rows.enumerate() {
+        for tx in 0..tl.tw {
+            let corner = (2 * ty * cols + 2 * tx) * ld;
+            for c0 in (0..ld).step_by(LANES) {
+                f(band_row * tl.tw + tx, corner, c0);
             }
         }
     }
@@ -316,30 +336,24 @@ fn tiles_input_body<T: Float>(tl: &Tiles, xt: &[T], rows: Range<usize>, v: &mut 
     assert!(rows.end <= tl.th);
     // SAFETY (loads and stores below): `v` by the check above; in `xt`, with ty < th (asserted just above), the
     // last value read is ((2·th+1)·wp + 2·tw+1)·cp + cp − 1 = hp·wp·cp − 1.
-    for (band_row, ty) in rows.enumerate() {
-        for tx in 0..tl.tw {
-            let tile = band_row * tl.tw + tx;
-            let corner = (2 * ty * wp + 2 * tx) * cp;
-            for c0 in (0..cp).step_by(LANES) {
-                let d = |i: usize, j: usize| unsafe { load(xt, corner + (i * wp + j) * cp + c0) };
-                // t = Bᵀ·d (rows), then each row of t times B.
-                let mut t = [[[T::ZERO; LANES]; 4]; 4];
-                for (j, tj) in t.iter_mut().enumerate() {
-                    let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
-                    *tj = [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)];
-                }
-                for r in 0..4 {
-                    let (a, b, c, e) = (t[0][r], t[1][r], t[2][r], t[3][r]);
-                    unsafe {
-                        store(v, s.at(4 * r, tile, c0), sub(a, c));
-                        store(v, s.at(4 * r + 1, tile, c0), add(b, c));
-                        store(v, s.at(4 * r + 2, tile, c0), sub(c, b));
-                        store(v, s.at(4 * r + 3, tile, c0), sub(b, e));
-                    }
-                }
+    for_each_tile(tl, rows, wp, cp, |tile, corner, c0| {
+        let d = |i: usize, j: usize| unsafe { load(xt, corner + (i * wp + j) * cp + c0) };
+        // t = Bᵀ·d (rows), then each row of t times B.
+        let mut t = [[[T::ZERO; LANES]; 4]; 4];
+        for (j, tj) in t.iter_mut().enumerate() {
+            let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
+            *tj = [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)];
+        }
+        for r in 0..4 {
+            let (a, b, c, e) = (t[0][r], t[1][r], t[2][r], t[3][r]);
+            unsafe {
+                store(v, s.at(4 * r, tile, c0), sub(a, c));
+                store(v, s.at(4 * r + 1, tile, c0), add(b, c));
+                store(v, s.at(4 * r + 2, tile, c0), sub(c, b));
+                store(v, s.at(4 * r + 3, tile, c0), sub(b, e));
             }
         }
-    }
+    });
 }
 
 /// The 2×2 outputs Aᵀ·M·A of the tiles of tile rows `rows` for every output channel, into the tiled
@@ -353,28 +367,22 @@ fn tiles_output_body<T: Float>(tl: &Tiles, m: &[T], rows: Range<usize>, yt: &mut
     assert!(rows.end <= tl.th);
     // SAFETY (loads and stores below): `m` by the check above; in `yt` the last value written is
     // ((2·th−1)·wt + 2·tw−1)·op + op − 1 = 2·th·wt·op − 1.
-    for (band_row, ty) in rows.enumerate() {
-        for tx in 0..tl.tw {
-            let tile = band_row * tl.tw + tx;
-            let corner = (2 * ty * wt + 2 * tx) * op;
-            for o0 in (0..op).step_by(LANES) {
-                let mk = |i: usize, j: usize| unsafe { load(m, s.at(4 * i + j, tile, o0)) };
-                // s = Aᵀ·M (2×4), then y = s·A.
-                let mut sa = [[[T::ZERO; LANES]; 4]; 2];
-                for j in 0..4 {
-                    sa[0][j] = add(add(mk(0, j), mk(1, j)), mk(2, j));
-                    sa[1][j] = sub(sub(mk(1, j), mk(2, j)), mk(3, j));
-                }
-                for (r, row) in sa.iter().enumerate() {
-                    let at = corner + r * wt * op + o0;
-                    unsafe {
-                        store(yt, at, add(add(row[0], row[1]), row[2]));
-                        store(yt, at + op, sub(sub(row[1], row[2]), row[3]));
-                    }
-                }
+    for_each_tile(tl, rows, wt, op, |tile, corner, o0| {
+        let mk = |i: usize, j: usize| unsafe { load(m, s.at(4 * i + j, tile, o0)) };
+        // s = Aᵀ·M (2×4), then y = s·A.
+        let mut sa = [[[T::ZERO; LANES]; 4]; 2];
+        for j in 0..4 {
+            sa[0][j] = add(add(mk(0, j), mk(1, j)), mk(2, j));
+            sa[1][j] = sub(sub(mk(1, j), mk(2, j)), mk(3, j));
+        }
+        for (r, row) in sa.iter().enumerate() {
+            let at = corner + r * wt * op + o0;
+            unsafe {
+                store(yt, at, add(add(row[0], row[1]), row[2]));
+                store(yt, at + op, sub(sub(row[1], row[2]), row[3]));
             }
         }
-    }
+    });
 }
 
 /// dM[k][tile][o] = (A·dY·Aᵀ)[k] for the tiles of tile rows `rows`, from the tiled channel-minor output gradient
@@ -393,31 +401,25 @@ fn tiles_output_grad_body<T: Float>(
     s.check(dm, rows.len() * tl.tw, op);
     assert!(rows.end <= tl.th);
     // SAFETY (loads and stores below): `dm` by the check above; `dyt` as `yt` in [`tiles_output_body`].
-    for (band_row, ty) in rows.enumerate() {
-        for tx in 0..tl.tw {
-            let tile = band_row * tl.tw + tx;
-            let corner = (2 * ty * wt + 2 * tx) * op;
-            for o0 in (0..op).step_by(LANES) {
-                // q_r = dY[r]·Aᵀ = [e, e + o, e − o, −o] for the row's two values (e, o).
-                let mut q = [[[T::ZERO; LANES]; 4]; 2];
-                for (r, qr) in q.iter_mut().enumerate() {
-                    let at = corner + r * wt * op + o0;
-                    let (e, od) = unsafe { (load(dyt, at), load(dyt, at + op)) };
-                    *qr = [e, add(e, od), sub(e, od), neg(od)];
-                }
-                // dM = A·q: rows q0, q0 + q1, q0 − q1, −q1.
-                for j in 0..4 {
-                    let (a, b) = (q[0][j], q[1][j]);
-                    unsafe {
-                        store(dm, s.at(j, tile, o0), a);
-                        store(dm, s.at(4 + j, tile, o0), add(a, b));
-                        store(dm, s.at(8 + j, tile, o0), sub(a, b));
-                        store(dm, s.at(12 + j, tile, o0), neg(b));
-                    }
-                }
+    for_each_tile(tl, rows, wt, op, |tile, corner, o0| {
+        // q_r = dY[r]·Aᵀ = [e, e + o, e − o, −o] for the row's two values (e, o).
+        let mut q = [[[T::ZERO; LANES]; 4]; 2];
+        for (r, qr) in q.iter_mut().enumerate() {
+            let at = corner + r * wt * op + o0;
+            let (e, od) = unsafe { (load(dyt, at), load(dyt, at + op)) };
+            *qr = [e, add(e, od), sub(e, od), neg(od)];
+        }
+        // dM = A·q: rows q0, q0 + q1, q0 − q1, −q1.
+        for j in 0..4 {
+            let (a, b) = (q[0][j], q[1][j]);
+            unsafe {
+                store(dm, s.at(j, tile, o0), a);
+                store(dm, s.at(4 + j, tile, o0), add(a, b));
+                store(dm, s.at(8 + j, tile, o0), sub(a, b));
+                store(dm, s.at(12 + j, tile, o0), neg(b));
             }
         }
-    }
+    });
 }
 
 /// B·dV·Bᵀ of the tiles of tile rows `rows`, each 4×4 result added onto the patch it came from in the padded
@@ -437,31 +439,25 @@ fn tiles_input_grad_body<T: Float>(
     s.check(dv, rows.len() * tl.tw, cp);
     assert!(rows.end <= tl.th);
     // SAFETY (loads and stores below): `dv` by the check above; `dxt` as `xt` in [`tiles_input_body`].
-    for (band_row, ty) in rows.enumerate() {
-        for tx in 0..tl.tw {
-            let tile = band_row * tl.tw + tx;
-            let corner = (2 * ty * wp + 2 * tx) * cp;
-            for c0 in (0..cp).step_by(LANES) {
-                // p = dV·Bᵀ per row: [a, b − c + d, b + c − a, −d]; then the patch = B·p, row by row.
-                let mut p = [[[T::ZERO; LANES]; 4]; 4];
-                for (r, pr) in p.iter_mut().enumerate() {
-                    let dk = |j: usize| unsafe { load(dv, s.at(4 * r + j, tile, c0)) };
-                    let (a, b, c, d) = (dk(0), dk(1), dk(2), dk(3));
-                    *pr = [a, add(sub(b, c), d), sub(add(b, c), a), neg(d)];
-                }
-                for j in 0..4 {
-                    let (a, b, c, d) = (p[0][j], p[1][j], p[2][j], p[3][j]);
-                    let at = |i: usize| corner + (i * wp + j) * cp + c0;
-                    unsafe {
-                        add_to(dxt, at(0), a);
-                        add_to(dxt, at(1), add(sub(b, c), d));
-                        add_to(dxt, at(2), sub(add(b, c), a));
-                        add_to(dxt, at(3), neg(d));
-                    }
-                }
+    for_each_tile(tl, rows, wp, cp, |tile, corner, c0| {
+        // p = dV·Bᵀ per row: [a, b − c + d, b + c − a, −d]; then the patch = B·p, row by row.
+        let mut p = [[[T::ZERO; LANES]; 4]; 4];
+        for (r, pr) in p.iter_mut().enumerate() {
+            let dk = |j: usize| unsafe { load(dv, s.at(4 * r + j, tile, c0)) };
+            let (a, b, c, d) = (dk(0), dk(1), dk(2), dk(3));
+            *pr = [a, add(sub(b, c), d), sub(add(b, c), a), neg(d)];
+        }
+        for j in 0..4 {
+            let (a, b, c, d) = (p[0][j], p[1][j], p[2][j], p[3][j]);
+            let at = |i: usize| corner + (i * wp + j) * cp + c0;
+            unsafe {
+                add_to(dxt, at(0), a);
+                add_to(dxt, at(1), add(sub(b, c), d));
+                add_to(dxt, at(2), sub(add(b, c), a));
+                add_to(dxt, at(3), neg(d));
             }
         }
-    }
+    });
 }
 
 /// Defines `$name(args)` running `$body(args)` compiled for AVX2 when the CPU has it: the crate is built for
