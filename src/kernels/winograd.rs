@@ -507,6 +507,11 @@ with_avx2!(
     tiles_input_grad => tiles_input_grad_body(tl: &Tiles, dv: &[T], rows: Range<usize>, dxt: &mut [T], s: Slot)
 );
 
+/// A matrix view with these strides.
+fn mat<T>(data: &[T], rs: usize, cs: usize) -> MatRef<'_, T> {
+    MatRef { data, rs, cs }
+}
+
 /// The 16 independent GEMMs of a pass: block k of `dst` ([m, n], rows `dst_rs` apart) = (`accumulate` ? itself :
 /// 0) + block k of `lhs` · block k of `rhs`, where each buffer holds 16 equal blocks.
 fn gemm16<T: Float>(
@@ -655,16 +660,8 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Result<Vec<T>
                 }
                 // M[k] [T, O] = V[k] [T, C] · U[k]ᵀ (U[k] is [O, C], read transposed in place).
                 let t = bands.tiles(&rows);
-                let v = MatRef {
-                    data: &s.vc[..16 * t * tl.cp],
-                    rs: tl.cp,
-                    cs: 1,
-                };
-                let ut = MatRef {
-                    data: &u,
-                    rs: 1,
-                    cs: g.c,
-                };
+                let v = mat(&s.vc[..16 * t * tl.cp], tl.cp, 1);
+                let ut = mat(&u, 1, g.c);
                 let m = &mut s.vo[..16 * t * tl.op];
                 gemm16((t, g.o, g.c), (m, tl.op), v, ut, false, plan.par)?;
                 for (j, y_n) in y_grp.chunks_exact_mut(out_image).enumerate() {
@@ -709,16 +706,8 @@ pub(super) fn grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Result<Ve
                 }
                 // dV[k] [T, C] = dM[k] [T, O] · U[k] [O, C].
                 let t = bands.tiles(&rows);
-                let dm = MatRef {
-                    data: &s.vo[..16 * t * tl.op],
-                    rs: tl.op,
-                    cs: 1,
-                };
-                let um = MatRef {
-                    data: &u,
-                    rs: g.c,
-                    cs: 1,
-                };
+                let dm = mat(&s.vo[..16 * t * tl.op], tl.op, 1);
+                let um = mat(&u, g.c, 1);
                 let dv = &mut s.vc[..16 * t * tl.cp];
                 gemm16((t, g.c, g.o), (dv, tl.cp), dm, um, false, plan.par)?;
                 // Neighbouring bands' patches overlap by two rows: the packed gradient is only complete, and
@@ -778,16 +767,8 @@ pub(super) fn grad_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Result<V
                     }
                     // dU[k] [O, C] += dM[k]ᵀ [O, T] · V[k] [T, C] (dM read transposed in place).
                     let t = bands.tiles(&rows);
-                    let dmt = MatRef {
-                        data: &s.vo[..16 * t * tl.op],
-                        rs: 1,
-                        cs: tl.op,
-                    };
-                    let v = MatRef {
-                        data: &s.vc[..16 * t * tl.cp],
-                        rs: tl.cp,
-                        cs: 1,
-                    };
+                    let dmt = mat(&s.vo[..16 * t * tl.op], 1, tl.op);
+                    let v = mat(&s.vc[..16 * t * tl.cp], tl.cp, 1);
                     let accumulate = first > images.start || rows.start > 0;
                     gemm16((g.o, g.c, t), (&mut du, g.c), dmt, v, accumulate, plan.par)?;
                 }
