@@ -409,7 +409,7 @@ mod tests {
             let report = check_kernels(&Device::Cpu, dtype).unwrap();
             let bad: Vec<_> = report.rows.iter().filter(|r| !r.ok).collect();
             assert!(bad.is_empty(), "{dtype:?}: {bad:#?}");
-            // conv: 8 cases × 2 impls × 3 outputs; pool 3 × 2 × 2; bn 2 × 2 relu × 2 × 4.
+            // conv: 9 cases × 2 impls × 3 outputs; pool 3 × 2 × 2; bn 2 × 2 relu × 2 × 4.
             assert_eq!(report.rows.len(), 54 + 12 + 32);
             assert_eq!(report.failures, 0);
         }

@@ -524,14 +524,8 @@ fn gemm16<T: Float>(
 ) -> Result<()> {
     let (db, lb, rb) = (dst.len() / 16, lhs.data.len() / 16, rhs.data.len() / 16);
     for (i, d) in dst.chunks_exact_mut(db).take(16).enumerate() {
-        let l = MatRef {
-            data: &lhs.data[i * lb..(i + 1) * lb],
-            ..lhs
-        };
-        let r = MatRef {
-            data: &rhs.data[i * rb..(i + 1) * rb],
-            ..rhs
-        };
+        let l = mat(&lhs.data[i * lb..(i + 1) * lb], lhs.rs, lhs.cs);
+        let r = mat(&rhs.data[i * rb..(i + 1) * rb], rhs.rs, rhs.cs);
         matmul_rs(m, n, k, d, dst_rs, l, r, accumulate, par)?;
     }
     Ok(())
@@ -594,7 +588,7 @@ impl<T: Float> Scratch<'_, T> {
     /// Runs `f` on the thread's scratch, cut for the largest band of `bands`.
     fn with<R>(bands: &Bands, f: impl FnOnce(Scratch<'_, T>) -> R) -> R {
         let tl = &bands.tl;
-        let tiles = bands.images * bands.rows * tl.tw;
+        let tiles = bands.tiles(&(0..bands.rows));
         let (hp, wp) = tl.padded();
         let (v_len, m_len, x_len) = (16 * tiles * tl.cp, 16 * tiles * tl.op, hp * wp * tl.cp);
         let y_len = 4 * tl.th * tl.tw * tl.op;
