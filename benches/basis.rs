@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the `ebv-basis` kernels: one loss + gradient
 //! evaluation (upper-triangle Gram + G = 2·M·B) on the dense and the sparse
-//! path at two violation densities, and one blockwise `check` pass.
+//! path at two violation densities, one blockwise `check` pass, and the
+//! construction of a Kerdock start (rows/s).
 //! Run: `cargo bench --bench basis`. The end-to-end comparison with the
 //! PyTorch peer is `benches/basis_vs_torch.sh`.
 
@@ -8,8 +9,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use ebv::basis::{check, hinge_loss_and_grad, Basis, CheckOptions, GradPath};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ebv::basis::{check, hinge_loss_and_grad, kerdock_basis, Basis, CheckOptions, GradPath};
 
 fn evaluation(c: &mut Criterion) {
     let (n, d) = (1000, 512);
@@ -48,5 +49,17 @@ fn check_pass(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, evaluation, check_pass);
+fn kerdock_start(c: &mut Criterion) {
+    // 20,000 of the 100k-class case's rows in R^4096 (the full 100,000 × 4096
+    // is 1.6 GB, too much to allocate per sample on a shared machine).
+    let (n, d) = (20_000, 4096);
+    let mut g = c.benchmark_group("kerdock_20000x4096");
+    g.sample_size(10).throughput(Throughput::Elements(n as u64));
+    g.bench_function("build", |bench| {
+        bench.iter(|| black_box(kerdock_basis(n, d, 42)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluation, check_pass, kerdock_start);
 criterion_main!(benches);

@@ -300,6 +300,59 @@ fn generate_finishes_at_once_when_random_start_meets_alpha() {
 }
 
 #[test]
+fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
+    // 640 classes in R^64: ten of the 33 mutually unbiased bases, every |cos|
+    // 0 or 1/8, i.e. 1.053 × Welch, where random unit vectors give ~0.55 and
+    // the optimisers stall at ~1.4 × Welch (BENCHMARKS.md).
+    let dir = tmp();
+    let flags = ["--init", "kerdock", "--seed", "5"];
+    let (c, s, p) = generate(dir.path(), 640, 64, "0.126", &flags);
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(
+        (s["instant"].clone(), s["init"].clone()),
+        (Value::Bool(true), "kerdock".into())
+    );
+    let r = assert_file_meets(&p, 640, 64, 0.125);
+    assert!((r.max - 0.125).abs() < 1e-6, "max {}", r.max);
+    let welch = f(&s, "welch");
+    assert!(r.max / welch < 1.06, "{} × Welch", r.max / welch);
+    assert_eq!(read_safetensors(&p).3["init"], "kerdock");
+
+    // Asked for less than 1/√D, the optimiser runs from that start and the
+    // best matrix it returns is never worse than the start.
+    let (c, s, p) = generate(
+        dir.path(),
+        640,
+        64,
+        "0.12",
+        &["--init", "kerdock", "--method", "adaptive", "--steps", "30"],
+    );
+    assert_eq!(c, 1, "{s}");
+    assert_eq!(f(&s, "steps"), 30.0);
+    let r = assert_file_meets(&p, 640, 64, 0.125);
+    assert!(r.max <= 0.125 + 1e-6);
+
+    // Above capacity (R^64 holds 33 × 64 = 2112 such vectors): a clear error.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "2113",
+            "--dim",
+            "64",
+            "--init",
+            "kerdock",
+            "--alpha",
+            "0.2",
+        ],
+    );
+    assert_eq!(code(&out), 2);
+    let e = stderr(&out);
+    assert!(e.contains("--init") && e.contains("at most 2112"), "{e}");
+}
+
+#[test]
 fn generate_is_deterministic_for_a_seed() {
     let dir = tmp();
     let a = dir.path().join("a");

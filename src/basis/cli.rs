@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::check::{check, CheckOptions, CheckReport};
 use super::error::BasisError;
-use super::generate::{generate, plan, AlphaSpec, GenerateConfig, Method, Summary};
+use super::generate::{generate, plan, AlphaSpec, GenerateConfig, Init, Method, Summary};
 use super::gram::GradPath;
 use super::import::import_pickle;
 use super::io::{write_npy, write_safetensors, MatrixFile};
@@ -61,6 +61,11 @@ pub struct GenerateArgs {
     /// Also write a NumPy .npy next to it (same name, .npy).
     #[arg(long)]
     pub npy: bool,
+    /// Starting matrix: random unit vectors (the paper's), or real mutually unbiased bases
+    /// from a Kerdock set (max |cos| = 1/√D at once, D = the largest power of 4 ≤ --dim,
+    /// up to D·(D/2+1) classes; best when --dim is a power of 4 and N ≥ 5·d).
+    #[arg(long, value_enum, default_value_t = Init::Random)]
+    pub init: Init,
     /// Optimiser: the paper's plain SGD, or the adaptive variant.
     #[arg(long, value_enum, default_value_t = Method::Sgd)]
     pub method: Method,
@@ -226,6 +231,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         d: a.dim,
         alpha: a.alpha,
         seed: a.seed,
+        init: a.init,
         method: a.method,
         lr: a.lr,
         max_steps: a.steps,
@@ -242,9 +248,10 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     if chatty {
         let r = p.random_max_cos;
         eprintln!(
-            "ebv-basis: N={} d={} method={} lr={} seed={}",
+            "ebv-basis: N={} d={} init={} method={} lr={} seed={}",
             p.n,
             p.d,
+            a.init.name(),
             a.method.name(),
             p.lr,
             a.seed
@@ -258,11 +265,32 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             "  random unit vectors: max |cos| ≈ {:.6} (90% in {:.6}–{:.6})",
             r.median, r.q05, r.q95
         );
+        if let Some(k) = p.kerdock {
+            eprintln!(
+                "  kerdock start: {} of {} vectors of {} mutually unbiased bases in R^{}: \
+                 max |cos| = 1/√{} = {:.6}{}",
+                p.n,
+                k.capacity,
+                k.bases,
+                k.dim,
+                k.dim,
+                k.coherence,
+                if p.welch > 0.0 {
+                    format!(" ({:.3} × Welch)", k.coherence / p.welch)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let start = p.kerdock.map_or(r.q95, |k| k.coherence);
         match a.alpha {
             AlphaSpec::Value(al) => {
                 eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
-                if al + a.tol >= r.q95 {
-                    eprintln!("  α is above what random vectors reach: expect to finish at step 0");
+                if al + a.tol >= start {
+                    eprintln!(
+                        "  α is above what the {} start reaches: expect to finish at step 0",
+                        a.init.name()
+                    );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
                     eprintln!(
                         "  α is within 10% of the Welch bound: it may not be reachable; consider \
@@ -332,9 +360,10 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     }
     if chatty {
         let verdict = match (s.alpha, s.reached, s.instant) {
-            (Some(_), true, true) => {
-                "reached at once: the random start already meets α".to_string()
-            }
+            (Some(_), true, true) => format!(
+                "reached at once: the {} start already meets α",
+                s.init.name()
+            ),
             (Some(al), true, false) => format!("reached α = {al} in {} steps", s.steps),
             (Some(al), false, _) => format!(
                 "NOT reached: α = {al} after {} steps; wrote the best matrix (step {})",
@@ -386,6 +415,7 @@ pub fn summary_metadata(s: &Summary) -> BTreeMap<String, String> {
     put("random_max_cos", s.random_max_cos.to_string());
     put("steps", s.steps.to_string());
     put("seed", s.seed.to_string());
+    put("init", s.init.name().into());
     put("method", s.method.name().into());
     put("lr", s.lr_start.to_string());
     m

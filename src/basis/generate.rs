@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::error::BasisError;
 use super::gram::{slice_rows, Engine, GradPath, Loss};
+use super::kerdock::{kerdock_basis, kerdock_fit, KerdockPlan};
 use super::matrix::{normalize_rows, Basis};
 use super::welch::{random_max_cos, welch_bound, RandomMaxCos};
 
@@ -73,6 +74,27 @@ impl Method {
     }
 }
 
+/// The matrix the optimiser starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// Rows i.i.d. standard normal, normalised (the paper's start).
+    Random,
+    /// Real mutually unbiased bases from a Kerdock set: max |cos| = 1/√D,
+    /// D = largest power of 4 ≤ d, for up to D·(D/2 + 1) classes.
+    Kerdock,
+}
+
+impl Init {
+    /// Name as written in metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Random => "random",
+            Init::Kerdock => "kerdock",
+        }
+    }
+}
+
 /// The target coherence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AlphaSpec {
@@ -91,8 +113,10 @@ pub struct GenerateConfig {
     pub d: usize,
     /// Target max |cos|.
     pub alpha: AlphaSpec,
-    /// Seed of the random start.
+    /// Seed of the random start (row order and column signs for Kerdock).
     pub seed: u64,
+    /// Starting matrix.
+    pub init: Init,
     /// Optimiser.
     pub method: Method,
     /// Learning rate (initial one for `Adaptive`); `None` = method default.
@@ -123,6 +147,7 @@ impl Default for GenerateConfig {
             d: 1000,
             alpha: AlphaSpec::Value(0.002),
             seed: 42,
+            init: Init::Random,
             method: Method::Sgd,
             lr: None,
             max_steps: 100_000,
@@ -146,6 +171,8 @@ pub struct Plan {
     pub welch: f64,
     /// Max |cos| of random unit vectors (median and 5–95 % band).
     pub random_max_cos: RandomMaxCos,
+    /// The Kerdock start, when asked for.
+    pub kerdock: Option<KerdockPlan>,
     /// Rows per Gram slice.
     pub slice: usize,
     /// Learning rate the run starts with.
@@ -178,7 +205,7 @@ pub struct Summary {
     pub tol: f64,
     /// α + tol was reached (always true for auto).
     pub reached: bool,
-    /// The random start already met α: no step was taken.
+    /// The start (random or Kerdock) already met α: no step was taken.
     pub instant: bool,
     /// Max off-diagonal |cos| of the returned matrix.
     pub max_abs_cos: f64,
@@ -188,6 +215,8 @@ pub struct Summary {
     /// max_abs_cos / welch (None for N ≤ d).
     pub ratio_to_welch: Option<f64>,
     pub random_max_cos: f64,
+    /// The starting matrix.
+    pub init: Init,
     /// Update steps taken in total.
     pub steps: u64,
     /// Step at which the returned matrix was evaluated.
@@ -248,6 +277,10 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
     if !(cfg.tol.is_finite() && cfg.tol >= 0.0) {
         return Err(BasisError::arg("--tol", "must be a non-negative number"));
     }
+    let kerdock = match cfg.init {
+        Init::Random => None,
+        Init::Kerdock => Some(kerdock_fit(n, d)?),
+    };
     let slice = match cfg.slice {
         Some(0) => return Err(BasisError::arg("--slice", "must be at least 1")),
         Some(s) => s.min(n),
@@ -263,6 +296,7 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         d,
         welch,
         random_max_cos: random_max_cos(n, d),
+        kerdock,
         slice,
         lr,
         mem_estimate: copies * nd + (slice * n) as u64 * 4,
@@ -287,9 +321,16 @@ pub fn generate(
         Method::Sgd => Loss::Hinge,
         Method::Adaptive => Loss::SquaredHinge,
     };
-    let mut tau = target.unwrap_or(welch + AUTO_SHRINK * (plan.random_max_cos.median - welch));
+    let start_max = match plan.kerdock {
+        Some(k) => k.coherence,
+        None => plan.random_max_cos.median,
+    };
+    let mut tau = target.unwrap_or(welch + AUTO_SHRINK * (start_max - welch));
 
-    let mut b = Basis::random(n, d, cfg.seed);
+    let mut b = match cfg.init {
+        Init::Random => Basis::random(n, d, cfg.seed),
+        Init::Kerdock => kerdock_basis(n, d, cfg.seed)?,
+    };
     let mut eng = Engine::new(n, d, plan.slice, cfg.mem_bytes, cfg.grad_path);
     let mut velocity = match cfg.method {
         Method::Adaptive => vec![0.0f32; n * d],
@@ -418,6 +459,7 @@ pub fn generate(
         welch,
         ratio_to_welch: (welch > 0.0).then(|| max / welch),
         random_max_cos: plan.random_max_cos.median,
+        init: cfg.init,
         steps: step,
         best_step,
         last_max_abs_cos: last_max as f64,

@@ -9,6 +9,8 @@
 //!   hinge-loss gradient G = 2·M·B built from it; never holds an N × N matrix.
 //! - [`generate`]: the optimiser loop (the paper's plain SGD, and an adaptive
 //!   variant), with divergence recovery and `--alpha auto`.
+//! - [`kerdock`]: a structured start (real mutually unbiased bases from a
+//!   Kerdock set) at 1/√D coherence for up to D·(D/2 + 1) classes, D = 4^k.
 //! - [`check`]: blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.
@@ -27,15 +29,19 @@ pub mod generate;
 pub mod gram;
 pub mod import;
 pub mod io;
+pub mod kerdock;
 pub mod matrix;
 pub mod pickle;
 pub mod welch;
 
 pub use check::{check, CheckOptions, CheckReport, HistBin};
 pub use error::BasisError;
-pub use generate::{generate, AlphaSpec, GenerateConfig, Generated, Method, StepInfo, Summary};
+pub use generate::{
+    generate, AlphaSpec, GenerateConfig, Generated, Init, Method, StepInfo, Summary,
+};
 pub use gram::{hinge_loss_and_grad, GradPath};
 pub use import::{import_pickle, Imported, PickleForm};
 pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
+pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
 pub use welch::{random_max_cos, welch_bound, RandomMaxCos};
