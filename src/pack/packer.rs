@@ -3,7 +3,8 @@
 //! Workers (a rayon pool of `--threads`) encode fixed-size chunks of the
 //! permuted item list; results come back in input order, so the shards are
 //! identical whatever the thread count. One thread writes while the pool
-//! encodes the next chunk. After each finished shard a small record
+//! encodes the next chunks (up to [`QUEUE_CHUNKS`] ahead); train and val go
+//! through the same pipeline, one after the other, without a drain between. After each finished shard a small record
 //! (`.ebv-pack/<shard>.json`) notes where the next shard starts and what was
 //! rejected so far; a rerun with the same plan resumes after the last one.
 
@@ -269,8 +270,9 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     let mut rejected = plan.rejected.clone();
     let mut summary_splits = BTreeMap::new();
     let (mut written, mut reused) = (0u64, 0u64);
-    for (split, items) in &splits {
-        let done = ctx.run_split(*split, items)?;
+    let inputs: Vec<(Split, &[Item])> = splits.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+    let dones = ctx.run_splits(&inputs)?;
+    for (&(split, _), done) in inputs.iter().zip(dones) {
         let mut s = SplitSummary {
             rows: done.records.iter().map(|r| r.rows).sum(),
             shards: done.records.len() as u64,
@@ -282,7 +284,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         s.converted = s.rows - s.passthrough;
         written += done.written;
         reused += done.records.len() as u64 - done.written;
-        summary_splits.insert(*split, s);
+        summary_splits.insert(split, s);
         records.extend(done.records);
         rejected.extend(done.rejected);
     }
@@ -583,6 +585,24 @@ struct Context<'a> {
     bar: &'a indicatif::ProgressBar,
 }
 
+/// Encoded chunks that may wait for the writer. Deep enough that a writer
+/// stalled for a moment (a page-cache flush, a shard's footer) does not stop
+/// the pool; 6 × 64 raw 224² images ≈ 58 MB.
+const QUEUE_CHUNKS: usize = 6;
+
+/// One split on its way through the writer.
+struct SplitWrite<'i> {
+    split: Split,
+    items: &'i [Item],
+    meta: ShardMeta,
+    writer: Option<ShardWriter>,
+    /// Rejections since the last finished shard (recorded with the next one).
+    pending_rejects: Vec<RejectedEntry>,
+    /// Passthrough rows of the open shard.
+    passthrough: u64,
+    done: SplitDone,
+}
+
 struct SplitDone {
     records: Vec<ShardRecord>,
     rejected: Vec<RejectedEntry>,
@@ -654,119 +674,140 @@ impl Context<'_> {
         Ok(states)
     }
 
-    fn run_split(&self, split: Split, items: &[Item]) -> Result<SplitDone, PackError> {
-        let kept = self.resumable(split)?;
-        let mut pos = kept.last().map_or(0, |s| s.next_input);
-        let mut done = SplitDone {
-            records: Vec::new(),
-            rejected: Vec::new(),
-            passthrough: 0,
-            written: 0,
-        };
-        for s in kept {
-            done.records.push(s.record);
-            done.rejected.extend(s.rejected);
-            done.passthrough += s.passthrough;
+    /// Packs every split through one pipeline: the pool encodes chunks of
+    /// the splits in order while this thread writes, so the pool does not
+    /// idle at a split boundary while the writer drains its queue.
+    fn run_splits(&self, splits: &[(Split, &[Item])]) -> Result<Vec<SplitDone>, PackError> {
+        let mut states = Vec::with_capacity(splits.len());
+        // First item of each split this run encodes (after the shards that a
+        // resumed run keeps).
+        let mut starts = Vec::with_capacity(splits.len());
+        for &(split, items) in splits {
+            let kept = self.resumable(split)?;
+            let pos = kept.last().map_or(0, |s| s.next_input).min(items.len());
+            let mut done = SplitDone {
+                records: Vec::new(),
+                rejected: Vec::new(),
+                passthrough: 0,
+                written: 0,
+            };
+            for s in kept {
+                done.records.push(s.record);
+                done.rejected.extend(s.rejected);
+                done.passthrough += s.passthrough;
+            }
+            self.bar.inc(pos as u64);
+            starts.push(pos);
+            states.push(SplitWrite {
+                split,
+                items,
+                meta: self.meta(split),
+                writer: None,
+                pending_rejects: Vec::new(),
+                passthrough: 0,
+                done,
+            });
         }
-        self.bar.inc(pos as u64);
-        pos = pos.min(items.len());
-        let meta = self.meta(split);
 
         std::thread::scope(|scope| -> Result<(), PackError> {
-            let (tx, rx) = crossbeam_channel::bounded::<(usize, Vec<Outcome>)>(2);
+            let (tx, rx) = crossbeam_channel::bounded::<(usize, usize, Vec<Outcome>)>(QUEUE_CHUNKS);
             scope.spawn(move || {
-                let mut start = pos;
-                while start < items.len() {
-                    let end = (start + self.chunk).min(items.len());
-                    let outs: Vec<Outcome> = self.pool.install(|| {
-                        items[start..end]
-                            .par_iter()
-                            .map(|it| self.encode(it))
-                            .collect()
-                    });
-                    if tx.send((start, outs)).is_err() {
-                        return; // the writer stopped on an error
+                for (si, &(_, items)) in splits.iter().enumerate() {
+                    let mut start = starts[si];
+                    while start < items.len() {
+                        let end = (start + self.chunk).min(items.len());
+                        let outs: Vec<Outcome> = self.pool.install(|| {
+                            items[start..end]
+                                .par_iter()
+                                .map(|it| self.encode(it))
+                                .collect()
+                        });
+                        if tx.send((si, start, outs)).is_err() {
+                            return; // the writer stopped on an error
+                        }
+                        start = end;
                     }
-                    start = end;
                 }
             });
-            let mut writer: Option<ShardWriter> = None;
-            let mut pending_rejects = Vec::new();
-            let mut shard_passthrough = 0u64;
-            for (start, outs) in rx {
+            let mut open = 0;
+            for (si, start, outs) in rx {
+                // Splits arrive in order: the ones before `si` are complete.
+                while open < si {
+                    self.close_split(&mut states[open])?;
+                    open += 1;
+                }
+                let st = &mut states[si];
                 for (k, out) in outs.into_iter().enumerate() {
-                    let i = start + k;
-                    let item = &items[i];
-                    self.bar.inc(1);
-                    let bytes = match out {
-                        Ok(Encoded::Passthrough(b)) => {
-                            shard_passthrough += 1;
-                            b
-                        }
-                        Ok(Encoded::Converted(b)) => b,
-                        Err(reason) => {
-                            pending_rejects.push(RejectedEntry {
-                                key: item.key.clone(),
-                                split: Some(split),
-                                reason,
-                            });
-                            continue;
-                        }
-                    };
-                    let index = done.records.len();
-                    let w = match writer.as_mut() {
-                        Some(w) => w,
-                        None => writer.insert(ShardWriter::create(
-                            self.out,
-                            index,
-                            &meta,
-                            self.row_group_rows,
-                        )?),
-                    };
-                    w.push(item.label, &bytes, &item.key)?;
-                    if w.rows() as usize >= self.shard_rows {
-                        if let Some(w) = writer.take() {
-                            self.finish_shard(
-                                split,
-                                w,
-                                i + 1,
-                                &mut pending_rejects,
-                                &mut shard_passthrough,
-                                &mut done,
-                            )?;
-                        }
-                    }
+                    self.write_one(st, start + k, out)?;
                 }
             }
-            if let Some(w) = writer.take() {
-                self.finish_shard(
-                    split,
-                    w,
-                    items.len(),
-                    &mut pending_rejects,
-                    &mut shard_passthrough,
-                    &mut done,
-                )?;
+            for st in &mut states[open..] {
+                self.close_split(st)?;
             }
-            done.rejected.append(&mut pending_rejects);
             Ok(())
         })?;
-        Ok(done)
+        Ok(states.into_iter().map(|s| s.done).collect())
+    }
+
+    /// Appends item `i` of a split to its current shard (or records its
+    /// rejection), closing the shard when it is full.
+    fn write_one(&self, st: &mut SplitWrite<'_>, i: usize, out: Outcome) -> Result<(), PackError> {
+        let item = &st.items[i];
+        self.bar.inc(1);
+        let bytes = match out {
+            Ok(Encoded::Passthrough(b)) => {
+                st.passthrough += 1;
+                b
+            }
+            Ok(Encoded::Converted(b)) => b,
+            Err(reason) => {
+                st.pending_rejects.push(RejectedEntry {
+                    key: item.key.clone(),
+                    split: Some(st.split),
+                    reason,
+                });
+                return Ok(());
+            }
+        };
+        let index = st.done.records.len();
+        let w = match st.writer.as_mut() {
+            Some(w) => w,
+            None => st.writer.insert(ShardWriter::create(
+                self.out,
+                index,
+                &st.meta,
+                self.row_group_rows,
+            )?),
+        };
+        w.push(item.label, &bytes, &item.key)?;
+        if w.rows() as usize >= self.shard_rows {
+            if let Some(w) = st.writer.take() {
+                self.finish_shard(st, w, i + 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes a split's last shard; rejections after it go to the split's
+    /// list (a resumed run encodes them again, as before this split ended).
+    fn close_split(&self, st: &mut SplitWrite<'_>) -> Result<(), PackError> {
+        if let Some(w) = st.writer.take() {
+            self.finish_shard(st, w, st.items.len())?;
+        }
+        st.done.rejected.append(&mut st.pending_rejects);
+        Ok(())
     }
 
     fn finish_shard(
         &self,
-        split: Split,
+        st: &mut SplitWrite<'_>,
         writer: ShardWriter,
         next_input: usize,
-        pending_rejects: &mut Vec<RejectedEntry>,
-        passthrough: &mut u64,
-        done: &mut SplitDone,
     ) -> Result<(), PackError> {
         let w = writer.finish()?;
         let record = ShardRecord {
             file: w.file.clone(),
-            split,
+            split: st.split,
             rows: w.rows,
             row_groups: w.row_groups,
             bytes: w.bytes,
@@ -776,12 +817,13 @@ impl Context<'_> {
             plan: self.fingerprint.to_string(),
             record: record.clone(),
             next_input,
-            rejected: std::mem::take(pending_rejects),
-            passthrough: std::mem::take(passthrough),
+            rejected: std::mem::take(&mut st.pending_rejects),
+            passthrough: std::mem::take(&mut st.passthrough),
         };
         let path = self.state_dir.join(format!("{}.json", w.file));
         let json = serde_json::to_vec(&state).map_err(|e| PackError::Usage(e.to_string()))?;
         write_replace(&path, &json, false)?;
+        let done = &mut st.done;
         done.records.push(record);
         done.rejected.extend(state.rejected);
         done.passthrough += state.passthrough;

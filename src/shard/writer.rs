@@ -301,13 +301,11 @@ impl ShardWriter {
             return Ok(());
         }
         let labels: ArrayRef = Arc::new(UInt32Array::from(std::mem::take(&mut self.labels)));
-        // The next row group holds about as many bytes: size its buffer now
-        // so that filling it never reallocates (one copy per image, not two).
         let capacity = self.images.len();
-        let values = Buffer::from_vec(std::mem::replace(
-            &mut self.images,
-            Vec::with_capacity(capacity),
-        ));
+        let values = Buffer::from_vec(std::mem::take(&mut self.images));
+        // A second handle on the bytes, to take the allocation back once
+        // Parquet is done with the batch.
+        let reuse = values.clone();
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         let images: ArrayRef = match self.encoding {
             Encoding::Raw => Arc::new(
@@ -330,6 +328,18 @@ impl ShardWriter {
             .write(&batch)
             .and_then(|_| writer.flush())
             .map_err(|e| ShardError::parquet(&self.tmp_path, e))?;
+        drop(batch);
+        // The next row group holds about as many bytes. Reusing this one's
+        // buffer (already faulted in) saves the kernel zeroing 16 MiB of
+        // fresh pages per row group; a new one is sized so filling it never
+        // reallocates (one copy per image, not two).
+        self.images = match reuse.into_vec::<u8>() {
+            Ok(mut v) => {
+                v.clear();
+                v
+            }
+            Err(_) => Vec::with_capacity(capacity),
+        };
         self.row_groups += 1;
         Ok(())
     }
@@ -361,8 +371,9 @@ impl ShardWriter {
             .map_err(|e| ShardError::io(&self.tmp_path, e.into_error()))?;
         // No fsync here (see the module header): the rename is atomic for
         // a killed process, and `sync_files` makes the set durable once.
-        start_writeback(&file);
-        drop(file);
+        // On its own thread: the call can block for tens of ms while the
+        // device queue is full, which would stall the whole pipeline here.
+        std::thread::spawn(move || start_writeback(&file));
         // Nor a folder fsync: on ext4 that commits the journal, which waits
         // for this file's data anyway.
         std::fs::rename(&self.tmp_path, &self.final_path)
