@@ -318,17 +318,38 @@ fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
     assert!(r.max / welch < 1.06, "{} × Welch", r.max / welch);
     assert_eq!(read_safetensors(&p).3["init"], "kerdock");
 
-    // Asked for less than 1/√D, the optimiser runs from that start and the
-    // best matrix it returns is never worse than the start.
-    let (c, s, p) = generate(
+    // Asked for less than 1/√D, the optimiser runs from that start (the plan
+    // says what to expect) and the best matrix it returns is never worse.
+    let p = dir.path().join("below.safetensors");
+    let out = run(
         dir.path(),
-        640,
-        64,
-        "0.12",
-        &["--init", "kerdock", "--method", "adaptive", "--steps", "30"],
+        &[
+            "generate",
+            "--classes",
+            "640",
+            "--dim",
+            "64",
+            "--alpha",
+            "0.12",
+            "--init",
+            "kerdock",
+            "--method",
+            "adaptive",
+            "--steps",
+            "30",
+            "--json",
+            "--out",
+            p.to_str().unwrap(),
+        ],
     );
-    assert_eq!(c, 1, "{s}");
-    assert_eq!(f(&s, "steps"), 30.0);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("kerdock start: 640 of 2112 vectors of 33 mutually unbiased bases"),
+        "{e}"
+    );
+    assert!(e.contains("below the kerdock start's 0.125000"), "{e}");
+    assert_eq!(f(&json(&out), "steps"), 30.0);
     let r = assert_file_meets(&p, 640, 64, 0.125);
     assert!(r.max <= 0.125 + 1e-6);
 

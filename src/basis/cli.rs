@@ -291,6 +291,13 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                         "  α is above what the {} start reaches: expect to finish at step 0",
                         a.init.name()
                     );
+                } else if let Some(k) = p.kerdock {
+                    eprintln!(
+                        "  α is below the kerdock start's {:.6}: the optimiser runs from there, but \
+                         in our measurements it did not improve on it (a local optimum); the \
+                         best matrix is written either way",
+                        k.coherence
+                    );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
                     eprintln!(
                         "  α is within 10% of the Welch bound: it may not be reachable; consider \

@@ -24,6 +24,11 @@
 //! (momentum reset) when it rises. The force on a pair shrinks as it nears τ,
 //! so pairs settle rather than chatter across τ as with the plain hinge.
 //!
+//! `Init::Kerdock` replaces the random start by real mutually unbiased bases
+//! (`kerdock`), which already sit at 1/√D; either method then runs from
+//! there as from any start, and `--alpha auto` starts its continuation from
+//! 1/√D instead of the random maximum.
+//!
 //! `AlphaSpec::Auto` (either method) lowers τ by continuation:
 //! τ ← W + 0.9·(max − W) (W = Welch bound) each time the current τ is met,
 //! and keeps the best matrix, until the step budget or a stall (no gain for
