@@ -294,7 +294,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                 } else if let Some(k) = p.kerdock {
                     eprintln!(
                         "  α is below the kerdock start's {:.6}: the optimiser runs from there, but \
-                         in our measurements it did not improve on it (a local optimum); the \
+                         in our measurements it did not improve on it (it looks like a local optimum); the \
                          best matrix is written either way",
                         k.coherence
                     );

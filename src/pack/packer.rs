@@ -3,10 +3,11 @@
 //! Workers (a rayon pool of `--threads`) encode fixed-size chunks of the
 //! permuted item list; results come back in input order, so the shards are
 //! identical whatever the thread count. One thread writes while the pool
-//! encodes the next chunks (up to [`QUEUE_CHUNKS`] ahead); train and val go
-//! through the same pipeline, one after the other, without a drain between. After each finished shard a small record
-//! (`.ebv-pack/<shard>.json`) notes where the next shard starts and what was
-//! rejected so far; a rerun with the same plan resumes after the last one.
+//! encodes the next chunks (up to `QUEUE_CHUNKS` ahead); train and val go
+//! through the same pipeline, one after the other, without a drain between.
+//! After each finished shard a small record (`.ebv-pack/<shard>.json`) notes
+//! where the next shard starts and what was rejected so far; a rerun with the
+//! same plan resumes after the last one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
