@@ -64,7 +64,7 @@ fn generate(dir: &Path, n: usize) {
             let jpeg = encode_jpeg(&px, w, h, 90).expect("encode");
             wr.push(
                 i as u32 % classes,
-                &jpeg,
+                jpeg,
                 &format!("c{}/{i}.jpg", i as u32 % classes),
             )
             .expect("push");

@@ -743,7 +743,7 @@ fn handmade(dir: &Path) -> PathBuf {
     for (split, rows) in rows {
         let mut w = ShardWriter::create(&out, 0, &meta(split), 2).unwrap();
         for (label, image, key) in &rows {
-            w.push(*label, image, key).unwrap();
+            w.push(*label, image.as_slice(), key).unwrap();
         }
         let ws = w.finish().unwrap();
         totals.insert(

@@ -266,6 +266,8 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         pool: &pool,
         chunk: threads * 32,
         bar: &bar,
+        spare: std::sync::Mutex::new(Vec::new()),
+        spare_cap: SPARE_BYTES / bytes_per_image(cfg.encoding, cfg.height, cfg.width).max(1),
     };
     let mut records = Vec::new();
     let mut rejected = plan.rejected.clone();
@@ -584,7 +586,16 @@ struct Context<'a> {
     pool: &'a rayon::ThreadPool,
     chunk: usize,
     bar: &'a indicatif::ProgressBar,
+    /// Image buffers of written row groups, for the workers to decode into.
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Most buffers kept in `spare`.
+    spare_cap: usize,
 }
+
+/// Bytes of stored images kept for reuse: about what the pipeline holds
+/// between pool and writer at the defaults (6 chunks of 64 raw 224² images
+/// and a row group), so steady state allocates nothing.
+const SPARE_BYTES: usize = 80 << 20;
 
 /// Encoded chunks that may wait for the writer. Deep enough that a writer
 /// stalled for a moment (a page-cache flush, a shard's footer) does not stop
@@ -618,7 +629,15 @@ impl Context<'_> {
         match item.payload {
             Payload::Entry(i) => {
                 let bytes = self.source.read(&self.source.entries()[i])?;
-                encode_file(bytes, &self.cfg)
+                // A poisoned lock only means another worker panicked; a
+                // fresh buffer is as good.
+                let spare = self
+                    .spare
+                    .lock()
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .unwrap_or_default();
+                encode_file(bytes, &self.cfg, spare)
             }
             Payload::Idx { set, index } => {
                 let s = &self.plan.idx_sets[set];
@@ -780,7 +799,14 @@ impl Context<'_> {
                 self.row_group_rows,
             )?),
         };
-        w.push(item.label, &bytes, &item.key)?;
+        w.push(item.label, bytes, &item.key)?;
+        let spent = w.take_spent();
+        if !spent.is_empty() {
+            if let Ok(mut spare) = self.spare.lock() {
+                let room = self.spare_cap.saturating_sub(spare.len());
+                spare.extend(spent.into_iter().take(room));
+            }
+        }
         if w.rows() as usize >= self.shard_rows {
             if let Some(w) = st.writer.take() {
                 self.finish_shard(st, w, i + 1)?;

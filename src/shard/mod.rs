@@ -15,7 +15,9 @@
 //! This module knows nothing of training or of how shards are produced.
 
 mod checksum;
+mod chunk;
 mod classes;
+mod direct;
 mod manifest;
 mod page;
 mod reader;

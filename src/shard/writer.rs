@@ -7,27 +7,31 @@
 //! loss is the caller's step: [`sync_files`] before publishing a manifest
 //! (syncing each shard as it closes would stall the pipeline on the disk's
 //! flush rate, ~0.3 GB/s here, for a guarantee the manifest gives anyway).
+//!
+//! Bytes go to the file around the page cache where the filesystem allows
+//! it ([`DirectFile`]), and the image column is spliced in from the rows'
+//! own buffers ([`ImageChunk`]): a raw image crosses the writer thread in
+//! one copy.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, BinaryArray, FixedSizeBinaryArray, RecordBatch, StringArray, UInt32Array,
-};
-use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow_array::{ArrayRef, StringArray, UInt32Array};
 use arrow_schema::Schema;
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding as PqEncoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use super::checksum::Checksum;
-use super::schema::{
-    arrow_schema, shard_file_name, Encoding, ShardMeta, COL_IMAGE, COL_KEY, COL_LABEL,
-};
+use super::chunk::ImageChunk;
+use super::direct::DirectFile;
+use super::schema::{arrow_schema, shard_file_name, Encoding, ShardMeta, COL_KEY, COL_LABEL};
 
 /// Errors of the shard layer; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -176,26 +180,34 @@ pub struct WrittenShard {
 }
 
 /// Buffers rows of one row group, then hands them to Parquet.
+///
+/// The label and key columns go through the parquet crate's Arrow column
+/// writers; the image column is spliced in as one page built from the rows'
+/// own buffers ([`ImageChunk`]), so an image is copied once on its way to
+/// the file (into [`DirectFile`]'s block buffer), not four times.
 pub struct ShardWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
     file_name: String,
-    writer: Option<ArrowWriter<HashingWriter<BufWriter<File>>>>,
+    writer: Option<SerializedFileWriter<HashingWriter<DirectFile>>>,
+    columns: ArrowRowGroupWriterFactory,
     schema: Arc<Schema>,
     encoding: Encoding,
     image_len: usize,
     row_group_rows: usize,
     labels: Vec<u32>,
-    images: Vec<u8>,
-    offsets: Vec<i32>,
+    images: Vec<Vec<u8>>,
+    image_bytes: u64,
     keys: Vec<String>,
+    /// The image buffers of the last row group written, for reuse.
+    spent: Vec<Vec<u8>>,
     rows: u64,
     row_groups: u64,
 }
 
-/// Writer settings that make the image column sliceable in place.
-fn properties(meta: &ShardMeta, row_group_rows: usize) -> WriterProperties {
-    let image = ColumnPath::from(COL_IMAGE);
+/// Writer settings for the label and key columns (the image column's one
+/// page is uncompressed and PLAIN by construction).
+fn properties(meta: &ShardMeta) -> WriterProperties {
     let kv = meta
         .to_key_values()
         .into_iter()
@@ -208,10 +220,7 @@ fn properties(meta: &ShardMeta, row_group_rows: usize) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::None)
         // Label min/max per row group lets a reader skip by class cheaply.
         .set_column_statistics_enabled(ColumnPath::from(COL_LABEL), EnabledStatistics::Chunk)
-        .set_column_encoding(image.clone(), PqEncoding::PLAIN)
         .set_column_encoding(ColumnPath::from(COL_KEY), PqEncoding::PLAIN)
-        .set_column_write_page_header_statistics(image, false)
-        .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(kv))
         .build()
 }
@@ -227,37 +236,34 @@ impl ShardWriter {
         let file_name = shard_file_name(meta.split, index);
         let final_path = dir.join(&file_name);
         let tmp_path = temp_path(&final_path);
-        let file = File::create(&tmp_path).map_err(|e| ShardError::io(&tmp_path, e))?;
+        let file = DirectFile::create(&tmp_path).map_err(|e| ShardError::io(&tmp_path, e))?;
         let sink = HashingWriter {
-            // Small buffer: page headers are batched, page bodies (≥ 64 KiB)
-            // go straight to the file instead of through one more copy.
-            inner: BufWriter::with_capacity(64 << 10, file),
+            inner: file,
             hasher: Checksum::new(),
             written: 0,
         };
         let schema = arrow_schema(meta.encoding, meta.height, meta.width);
         let row_group_rows = row_group_rows.max(1);
-        let writer =
-            ArrowWriter::try_new(sink, schema.clone(), Some(properties(meta, row_group_rows)))
-                .map_err(|e| ShardError::parquet(&tmp_path, e))?;
+        // Through ArrowWriter so the footer carries the Arrow schema as
+        // every Arrow-based reader expects; rows are then written below it.
+        let (writer, columns) = ArrowWriter::try_new(sink, schema.clone(), Some(properties(meta)))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(|e| ShardError::parquet(&tmp_path, e))?;
         Ok(ShardWriter {
             final_path,
             tmp_path,
             file_name,
             writer: Some(writer),
+            columns,
             schema,
             encoding: meta.encoding,
             image_len: (meta.height * meta.width * 3) as usize,
             row_group_rows,
             labels: Vec::with_capacity(row_group_rows),
-            images: match meta.encoding {
-                Encoding::Raw => {
-                    Vec::with_capacity(row_group_rows * (meta.height * meta.width * 3) as usize)
-                }
-                Encoding::Jpeg => Vec::new(),
-            },
-            offsets: vec![0],
+            images: Vec::with_capacity(row_group_rows),
+            image_bytes: 0,
             keys: Vec::with_capacity(row_group_rows),
+            spent: Vec::new(),
             rows: 0,
             row_groups: 0,
         })
@@ -268,8 +274,15 @@ impl ShardWriter {
         self.rows
     }
 
-    /// Append one row. A raw image must be exactly H*W*3 bytes.
-    pub fn push(&mut self, label: u32, image: &[u8], key: &str) -> Result<(), ShardError> {
+    /// Append one row. A raw image must be exactly H*W*3 bytes. An owned
+    /// buffer is kept as it is until its row group is written.
+    pub fn push(
+        &mut self,
+        label: u32,
+        image: impl Into<Vec<u8>>,
+        key: &str,
+    ) -> Result<(), ShardError> {
+        let image = image.into();
         if self.encoding == Encoding::Raw && image.len() != self.image_len {
             return Err(ShardError::Invalid {
                 path: self.tmp_path.clone(),
@@ -280,13 +293,16 @@ impl ShardWriter {
                 ),
             });
         }
-        let end = self.images.len() + image.len();
-        let end = i32::try_from(end).map_err(|_| ShardError::Invalid {
-            path: self.tmp_path.clone(),
-            detail: "row group exceeds 2 GiB; lower --row-group-rows".into(),
-        })?;
-        self.images.extend_from_slice(image);
-        self.offsets.push(end);
+        // A Parquet page holds at most i32::MAX bytes (values, plus a
+        // 4-byte length each for variable-length ones).
+        self.image_bytes += image.len() as u64 + 4;
+        if self.image_bytes > i32::MAX as u64 - 64 {
+            return Err(ShardError::Invalid {
+                path: self.tmp_path.clone(),
+                detail: "row group exceeds 2 GiB; lower --row-group-rows".into(),
+            });
+        }
+        self.images.push(image);
         self.labels.push(label);
         self.keys.push(key.to_string());
         self.rows += 1;
@@ -300,48 +316,65 @@ impl ShardWriter {
         if self.labels.is_empty() {
             return Ok(());
         }
+        let pq = |e| ShardError::parquet(&self.tmp_path, e);
         let labels: ArrayRef = Arc::new(UInt32Array::from(std::mem::take(&mut self.labels)));
-        let capacity = self.images.len();
-        let values = Buffer::from_vec(std::mem::take(&mut self.images));
-        // A second handle on the bytes, to take the allocation back once
-        // Parquet is done with the batch.
-        let reuse = values.clone();
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        let images: ArrayRef = match self.encoding {
-            Encoding::Raw => Arc::new(
-                FixedSizeBinaryArray::try_new(self.image_len as i32, values, None)
-                    .map_err(|e| self.invalid(e))?,
-            ),
-            Encoding::Jpeg => {
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-                Arc::new(BinaryArray::try_new(offsets, values, None).map_err(|e| self.invalid(e))?)
-            }
-        };
         let keys: ArrayRef = Arc::new(StringArray::from(std::mem::take(&mut self.keys)));
-        let batch = RecordBatch::try_new(self.schema.clone(), vec![labels, images, keys])
-            .map_err(|e| self.invalid(e))?;
+        let images = std::mem::replace(&mut self.images, Vec::with_capacity(self.row_group_rows));
+        self.image_bytes = 0;
+        let rows = images.len();
+        let chunk = ImageChunk::new(images, self.encoding == Encoding::Jpeg)
+            .ok_or_else(|| self.invalid("row group exceeds 2 GiB; lower --row-group-rows"))?;
+        // One Arrow column writer per field, in schema order; the image
+        // one is unused (its chunk is built above).
+        let mut writers = self
+            .columns
+            .create_column_writers(self.row_groups as usize)
+            .map_err(pq)?;
+        if writers.len() != 3 {
+            return Err(self.invalid(format!("{} column writers, expected 3", writers.len())));
+        }
+        let fields = self.schema.fields();
+        let mut encode = |col: usize, array: &ArrayRef| {
+            let mut w = writers.remove(col);
+            for leaf in compute_leaves(&fields[col], array)? {
+                w.write(&leaf)?;
+            }
+            w.close()
+        };
+        // Key first: removing index 2 leaves the label writer at index 0.
+        let key_chunk = encode(2, &keys).map_err(pq)?;
+        let label_chunk = encode(0, &labels).map_err(pq)?;
+        drop(labels);
+        drop(keys);
         let writer = self.writer.as_mut().ok_or_else(|| ShardError::Invalid {
             path: self.tmp_path.clone(),
             detail: "writer already finished".into(),
         })?;
-        writer
-            .write(&batch)
-            .and_then(|_| writer.flush())
-            .map_err(|e| ShardError::parquet(&self.tmp_path, e))?;
-        drop(batch);
-        // The next row group holds about as many bytes. Reusing this one's
-        // buffer (already faulted in) saves the kernel zeroing 16 MiB of
-        // fresh pages per row group; a new one is sized so filling it never
-        // reallocates (one copy per image, not two).
-        self.images = match reuse.into_vec::<u8>() {
-            Ok(mut v) => {
-                v.clear();
-                v
-            }
-            Err(_) => Vec::with_capacity(capacity),
-        };
+        let image_column = writer.schema_descr().column(1);
+        let close = chunk.close_result(image_column).map_err(pq)?;
+        let mut rg = writer.next_row_group().map_err(pq)?;
+        label_chunk.append_to_row_group(&mut rg).map_err(pq)?;
+        rg.append_column(&chunk, close).map_err(pq)?;
+        key_chunk.append_to_row_group(&mut rg).map_err(pq)?;
+        let meta = rg.close().map_err(pq)?;
+        if meta.num_rows() != rows as i64 {
+            return Err(self.invalid(format!(
+                "row group {} holds {} rows, expected {rows}",
+                self.row_groups,
+                meta.num_rows()
+            )));
+        }
+        if let Some(images) = chunk.into_images() {
+            self.spent = images;
+        }
         self.row_groups += 1;
         Ok(())
+    }
+
+    /// The image buffers of row groups written since the last call (their
+    /// contents are stale): the caller may decode the next images into them.
+    pub fn take_spent(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.spent)
     }
 
     fn invalid(&self, e: impl std::fmt::Display) -> ShardError {
@@ -365,15 +398,20 @@ impl ShardWriter {
             .map_err(|e| ShardError::io(&self.tmp_path, e))?;
         let bytes = sink.written;
         let xxh3_128 = sink.hasher.hex();
+        let direct = sink.inner.is_direct();
         let file = sink
             .inner
-            .into_inner()
-            .map_err(|e| ShardError::io(&self.tmp_path, e.into_error()))?;
+            .finish()
+            .map_err(|e| ShardError::io(&self.tmp_path, e))?;
         // No fsync here (see the module header): the rename is atomic for
         // a killed process, and `sync_files` makes the set durable once.
-        // On its own thread: the call can block for tens of ms while the
-        // device queue is full, which would stall the whole pipeline here.
-        std::thread::spawn(move || start_writeback(&file));
+        // Written through the page cache, the file is mostly dirty pages:
+        // start their writeback, on a thread of its own since the call can
+        // block for tens of ms while the device queue is full. Direct
+        // writes left at most one block in the cache.
+        if !direct {
+            std::thread::spawn(move || start_writeback(&file));
+        }
         // Nor a folder fsync: on ext4 that commits the journal, which waits
         // for this file's data anyway.
         std::fs::rename(&self.tmp_path, &self.final_path)
