@@ -398,8 +398,7 @@ impl ShardWriter {
             .map_err(|e| ShardError::io(&self.tmp_path, e))?;
         let bytes = sink.written;
         let xxh3_128 = sink.hasher.hex();
-        let direct = sink.inner.is_direct();
-        let file = sink
+        let done = sink
             .inner
             .finish()
             .map_err(|e| ShardError::io(&self.tmp_path, e))?;
@@ -409,7 +408,8 @@ impl ShardWriter {
         // start their writeback, on a thread of its own since the call can
         // block for tens of ms while the device queue is full. Direct
         // writes left at most one block in the cache.
-        if !direct {
+        if !done.direct {
+            let file = done.file;
             std::thread::spawn(move || start_writeback(&file));
         }
         // Nor a folder fsync: on ext4 that commits the journal, which waits
