@@ -267,7 +267,12 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         chunk: threads * 32,
         bar: &bar,
         spare: std::sync::Mutex::new(Vec::new()),
-        spare_cap: SPARE_BYTES / bytes_per_image(cfg.encoding, cfg.height, cfg.width).max(1),
+        // Only raw rows are worth reusing: each is exactly one decode's
+        // output; a JPEG row is too small to decode into and would grow.
+        spare_cap: match cfg.encoding {
+            Encoding::Raw => SPARE_BYTES / bytes_per_image(cfg.encoding, cfg.height, cfg.width),
+            Encoding::Jpeg => 0,
+        },
     };
     let mut records = Vec::new();
     let mut rejected = plan.rejected.clone();
@@ -592,9 +597,9 @@ struct Context<'a> {
     spare_cap: usize,
 }
 
-/// Bytes of stored images kept for reuse: about what the pipeline holds
-/// between pool and writer at the defaults (6 chunks of 64 raw 224² images
-/// and a row group), so steady state allocates nothing.
+/// Bytes of raw rows kept for reuse: about what the pipeline holds between
+/// pool and writer at the defaults (6 chunks of 64 raw 224² images and a
+/// row group), so steady state allocates nothing.
 const SPARE_BYTES: usize = 80 << 20;
 
 /// Encoded chunks that may wait for the writer. Deep enough that a writer
