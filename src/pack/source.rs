@@ -10,9 +10,9 @@
 //! inflated by a per-thread decompressor into an output sized from the
 //! central directory, and both are checked against its CRC-32 and size as
 //! the zip crate would. That skips the crate's per-entry local-header parse,
-//! decompressor allocation and zero-filled read buffer, which were a third
-//! of a JPEG passthrough pack's CPU. Other methods and encrypted entries go
-//! through the zip crate.
+//! decompressor allocation and zero-filled read buffer (a deflated JPEG
+//! passthrough pack ran 1.14× faster without them; BENCHMARKS.md). Other
+//! methods and encrypted entries go through the zip crate.
 
 use std::cell::RefCell;
 use std::io::{Cursor, Read};
