@@ -603,7 +603,7 @@ struct Context<'a> {
 const SPARE_BYTES: usize = 80 << 20;
 
 /// Encoded chunks that may wait for the writer. Deep enough that a writer
-/// stalled for a moment (a page-cache flush, a shard's footer) does not stop
+/// stalled for a moment (a block write to the device, a shard's footer) does not stop
 /// the pool; 6 × 64 raw 224² images ≈ 58 MB.
 const QUEUE_CHUNKS: usize = 6;
 

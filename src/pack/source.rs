@@ -192,13 +192,11 @@ impl Source {
             ));
         }
         let mut buf = Vec::with_capacity(entry.size as usize);
-        match &self.kind {
-            Kind::Zip { bytes, .. } if entry.span.is_some() => {
-                if let Some(span) = entry.span {
-                    read_span(bytes.as_ref(), span, entry.size, &mut buf)?;
-                }
+        match (&self.kind, entry.span) {
+            (Kind::Zip { bytes, .. }, Some(span)) => {
+                read_span(bytes.as_ref(), span, entry.size, &mut buf)?;
             }
-            Kind::Zip { archive, .. } => {
+            (Kind::Zip { archive, .. }, None) => {
                 let mut archive = archive.clone();
                 let f = archive
                     .by_index(entry.index)
@@ -208,7 +206,7 @@ impl Source {
                     .read_to_end(&mut buf)
                     .map_err(|e| format!("unreadable entry: {e}"))?;
             }
-            Kind::Dir(root) => {
+            (Kind::Dir(root), _) => {
                 let path = root.join(&entry.name);
                 std::fs::File::open(&path)
                     .and_then(|f| f.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut buf))

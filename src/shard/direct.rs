@@ -130,12 +130,12 @@ pub struct DirectFile {
     block: Block,
     /// Bytes of `block` in use.
     len: usize,
-    /// A second block, free to fill, when the I/O thread has none.
+    /// The second block when it is free to fill; `None` while the I/O
+    /// thread is writing it.
     spare: Option<Block>,
     jobs: Option<crossbeam_channel::Sender<Block>>,
     done: crossbeam_channel::Receiver<std::io::Result<Block>>,
     thread: Option<std::thread::JoinHandle<Writer>>,
-    in_flight: bool,
 }
 
 impl DirectFile {
@@ -165,14 +165,12 @@ impl DirectFile {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            in_flight: false,
         })
     }
 
     /// Wait for the block in flight, if any; its buffer becomes the spare.
     fn settle(&mut self) -> std::io::Result<()> {
-        if self.in_flight {
-            self.in_flight = false;
+        if self.spare.is_none() {
             let block = self
                 .done
                 .recv()
@@ -185,7 +183,10 @@ impl DirectFile {
     /// Hand the full block to the I/O thread and continue in the spare.
     fn ship(&mut self) -> std::io::Result<()> {
         self.settle()?;
-        let next = self.spare.take().unwrap_or_else(Block::new);
+        let next = self
+            .spare
+            .take()
+            .ok_or_else(|| std::io::Error::other("no free shard block"))?;
         let full = std::mem::replace(&mut self.block, next);
         self.len = 0;
         let jobs = self
@@ -195,7 +196,6 @@ impl DirectFile {
         if jobs.send(full).is_err() {
             return Err(std::io::Error::other("shard I/O thread stopped"));
         }
-        self.in_flight = true;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, StringArray, UInt32Array};
 use arrow_schema::Schema;
-use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding as PqEncoding};
 use parquet::file::metadata::KeyValue;
@@ -326,26 +326,22 @@ impl ShardWriter {
             .ok_or_else(|| self.invalid("row group exceeds 2 GiB; lower --row-group-rows"))?;
         // One Arrow column writer per field, in schema order; the image
         // one is unused (its chunk is built above).
-        let mut writers = self
+        let writers = self
             .columns
             .create_column_writers(self.row_groups as usize)
             .map_err(pq)?;
-        if writers.len() != 3 {
-            return Err(self.invalid(format!("{} column writers, expected 3", writers.len())));
-        }
+        let [label_writer, _, key_writer]: [ArrowColumnWriter; 3] = writers
+            .try_into()
+            .map_err(|w: Vec<_>| self.invalid(format!("{} column writers, expected 3", w.len())))?;
         let fields = self.schema.fields();
-        let mut encode = |col: usize, array: &ArrayRef| {
-            let mut w = writers.remove(col);
-            for leaf in compute_leaves(&fields[col], array)? {
+        let encode = |mut w: ArrowColumnWriter, col: usize, array: ArrayRef| {
+            for leaf in compute_leaves(&fields[col], &array)? {
                 w.write(&leaf)?;
             }
             w.close()
         };
-        // Key first: removing index 2 leaves the label writer at index 0.
-        let key_chunk = encode(2, &keys).map_err(pq)?;
-        let label_chunk = encode(0, &labels).map_err(pq)?;
-        drop(labels);
-        drop(keys);
+        let label_chunk = encode(label_writer, 0, labels).map_err(pq)?;
+        let key_chunk = encode(key_writer, 2, keys).map_err(pq)?;
         let writer = self.writer.as_mut().ok_or_else(|| ShardError::Invalid {
             path: self.tmp_path.clone(),
             detail: "writer already finished".into(),
