@@ -374,6 +374,82 @@ fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
 }
 
 #[test]
+fn generate_steiner_start_sits_on_the_welch_bound() {
+    // 465 = 3 × 155 of the 496 vectors of the Steiner frame of the lines of
+    // PG(4, 2) in R^155: every |cos| is 1/15, 1.016 × Welch for (465, 155).
+    let dir = tmp();
+    let (c, s, p) = generate(dir.path(), 465, 155, "0.0667", &["--init", "steiner"]);
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(
+        (s["instant"].clone(), s["init"].clone()),
+        (Value::Bool(true), "steiner".into())
+    );
+    let r = assert_file_meets(&p, 465, 155, 0.0667);
+    assert!((r.max - 1.0 / 15.0).abs() < 1e-6 && (r.min - 1.0 / 15.0).abs() < 1e-6);
+    assert!(
+        r.max / f(&s, "welch") < 1.02,
+        "{} × Welch",
+        r.max / f(&s, "welch")
+    );
+    assert_eq!(read_safetensors(&p).3["init"], "steiner");
+
+    // N/d = 5 with d = 775 (lines of AG(3, 5)): `--init auto` finds it, and it
+    // is within 1 % of the bound, where optimisers stop at ~1.26 ×.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "3875",
+            "--dim",
+            "775",
+            "--init",
+            "auto",
+            "--alpha",
+            "auto",
+            "--steps",
+            "0",
+            "--out",
+            dir.path().join("ag35.safetensors").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("--init auto chose: steiner"), "{e}");
+    assert!(
+        e.contains("steiner start: 3875 of 4000 vectors of the Steiner frame of the lines of AG(3, 5) in R^775"),
+        "{e}"
+    );
+    let s = json(&out);
+    assert_eq!(s["init"], "steiner");
+    let ratio = f(&s, "ratio_to_welch");
+    assert!(ratio > 1.0 && ratio < 1.005, "{ratio}");
+
+    // More than the frames hold: a clear error that lists them.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "500",
+            "--dim",
+            "160",
+            "--init",
+            "steiner",
+            "--alpha",
+            "0.2",
+        ],
+    );
+    assert_eq!(code(&out), 2);
+    let e = stderr(&out);
+    assert!(
+        e.contains("--init") && e.contains("at most 496") && e.contains("PG(4, 2)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn generate_is_deterministic_for_a_seed() {
     let dir = tmp();
     let a = dir.path().join("a");

@@ -10,11 +10,16 @@ Independent probes (not ebv's code) used to judge the ebv-basis target of
          independently of ebv (D = d must be a power of 4), then the pnorm
          run started from them plus 1e-3 noise: does a local method improve
          on the construction?
+  kerdockpad  the Kerdock bases of R^K (K a power of 4, K < d) in the first K
+         columns of R^d, plus Gaussian noise of std NOISE per entry, then
+         the pnorm run: can a local method use the other d - K columns?
 Prints the best max |cos| as a multiple of the Welch bound.
 
   python coherence_probe.py ap      N D ITERS MU_OVER_WELCH
   python coherence_probe.py pnorm   N D ITERS LR P
+  python coherence_probe.py pnorm32 N D ITERS LR P                     # float32
   python coherence_probe.py kerdock N D ITERS LR P
+  python coherence_probe.py kerdockpad N D ITERS LR P K NOISE   # float32
 """
 import math
 import sys
@@ -111,15 +116,15 @@ def kerdock_vectors(n, d):
     return x[:n]
 
 
-def pnorm(n, d, iters, lr, p_max, x0=None):
+def pnorm(n, d, iters, lr, p_max, x0=None, noise=1e-3, dtype="float64"):
     import torch
 
     torch.set_num_threads(2)
     w = welch(n, d)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=getattr(torch, dtype))
     if x0 is not None:
-        x = torch.from_numpy(x0) + 1e-3 * x
+        x = torch.from_numpy(x0).to(x.dtype) + noise * x
     x = (x / x.norm(dim=1, keepdim=True)).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     off = ~torch.eye(n, dtype=torch.bool)
@@ -148,5 +153,13 @@ if __name__ == "__main__":
         np.fill_diagonal(g0, 0)
         print(f"kerdock start: max |cos| {np.abs(g0).max():.6f} = {np.abs(g0).max() / welch(n, d):.3f}x welch")
         pnorm(n, d, iters, float(sys.argv[5]), float(sys.argv[6]), x0)
+    elif mode == "kerdockpad":
+        k, noise = int(sys.argv[7]), float(sys.argv[8])
+        x0 = np.zeros((n, d))
+        x0[:, :k] = kerdock_vectors(n, k)
+        print(f"kerdock start in R^{k} of R^{d}: {1 / math.sqrt(k) / welch(n, d):.3f}x welch")
+        pnorm(n, d, iters, float(sys.argv[5]), float(sys.argv[6]), x0, noise, "float32")
+    elif mode == "pnorm32":
+        pnorm(n, d, iters, float(sys.argv[5]), float(sys.argv[6]), dtype="float32")
     else:
         pnorm(n, d, iters, float(sys.argv[5]), float(sys.argv[6]))

@@ -15,7 +15,9 @@ use serde_json::json;
 
 use super::check::{check, CheckOptions, CheckReport};
 use super::error::BasisError;
-use super::generate::{generate, plan, AlphaSpec, GenerateConfig, Init, Method, Summary};
+use super::generate::{
+    generate, plan, AlphaSpec, GenerateConfig, Init, Method, Summary, DEFAULT_JITTER,
+};
 use super::gram::GradPath;
 use super::import::import_pickle;
 use super::io::{write_npy, write_safetensors, MatrixFile};
@@ -61,15 +63,23 @@ pub struct GenerateArgs {
     /// Also write a NumPy .npy next to it (same name, .npy).
     #[arg(long)]
     pub npy: bool,
-    /// Starting matrix: random unit vectors (the paper's), or real mutually unbiased bases
+    /// Starting matrix: random unit vectors (the paper's); real mutually unbiased bases
     /// from a Kerdock set (max |cos| = 1/√D at once, D = the largest power of 4 ≤ --dim,
-    /// up to D·(D/2+1) classes; best when --dim is a power of 4 and N ≥ 5·d).
+    /// up to D·(D/2+1) classes; best when --dim is a power of 4 and N ≥ 5·d); a Steiner
+    /// equiangular tight frame (on the Welch bound at a few shapes, e.g. up to 4000 classes
+    /// in --dim 775 at 1/31); or auto: the lowest of these for (N, d).
     #[arg(long, value_enum, default_value_t = Init::Random)]
     pub init: Init,
-    /// Optimiser: the paper's plain SGD, or the adaptive variant.
+    /// Noise (norm per row) added to a kerdock/steiner start before the first step, so that
+    /// the optimiser can leave the construction's subspace; 0 for none.
+    #[arg(long, default_value_t = DEFAULT_JITTER)]
+    pub jitter: f64,
+    /// Optimiser: the paper's plain SGD; adaptive (squared hinge, momentum); or pnorm (Adam on a
+    /// p-norm of the |cos|, p 8 → 128: best from a kerdock start embedded in fewer columns).
     #[arg(long, value_enum, default_value_t = Method::Sgd)]
     pub method: Method,
-    /// Learning rate (sgd default 1e-3; adaptive: initial step, default 0.1).
+    /// Learning rate (sgd default 1e-3; adaptive: initial step, default 0.1; pnorm: Adam's,
+    /// default 0.02/√d, 0.005/√d from a kerdock/steiner start).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Maximum number of steps.
@@ -242,6 +252,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         guard: !a.no_guard,
         patience: a.patience,
         grad_path: GradPath::Auto,
+        jitter: a.jitter,
     };
     let chatty = progress::chatty(a.quiet);
     let p = plan(&cfg)?;
@@ -265,38 +276,41 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             "  random unit vectors: max |cos| ≈ {:.6} (90% in {:.6}–{:.6})",
             r.median, r.q05, r.q95
         );
-        if let Some(k) = p.kerdock {
+        let init = p.start.as_ref().map_or(Init::Random, |c| c.init);
+        if a.init == Init::Auto {
+            eprintln!("  --init auto chose: {}", init.name());
+        }
+        if let Some(c) = &p.start {
             eprintln!(
-                "  kerdock start: {} of {} vectors of {} mutually unbiased bases in R^{}: \
-                 max |cos| = 1/√{} = {:.6}{}",
+                "  {} start: {} of {} {}: max |cos| = {:.6}{}",
+                c.init.name(),
                 p.n,
-                k.capacity,
-                k.bases,
-                k.dim,
-                k.dim,
-                k.coherence,
+                c.capacity,
+                c.description,
+                c.coherence,
                 if p.welch > 0.0 {
-                    format!(" ({:.3} × Welch)", k.coherence / p.welch)
+                    format!(" ({:.3} × Welch)", c.coherence / p.welch)
                 } else {
                     String::new()
                 }
             );
         }
-        let start = p.kerdock.map_or(r.q95, |k| k.coherence);
+        let start = p.start.as_ref().map_or(r.q95, |c| c.coherence);
         match a.alpha {
             AlphaSpec::Value(al) => {
                 eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
                 if al + a.tol >= start {
                     eprintln!(
                         "  α is above what the {} start reaches: expect to finish at step 0",
-                        a.init.name()
+                        init.name()
                     );
-                } else if let Some(k) = p.kerdock {
+                } else if let Some(c) = &p.start {
                     eprintln!(
-                        "  α is below the kerdock start's {:.6}: the optimiser runs from there, but \
-                         in our measurements it did not improve on it (it looks like a local optimum); the \
-                         best matrix is written either way",
-                        k.coherence
+                        "  α is below the {} start's {:.6}: the optimiser runs from there, but \
+                         in our measurements it did not improve on such a start (it looks like a local \
+                         optimum); the best matrix is written either way",
+                        c.init.name(),
+                        c.coherence
                     );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
                     eprintln!(

@@ -32,13 +32,10 @@
 //! inside that D-dimensional subspace (its gradient G = 2·M·B is a
 //! combination of the rows).
 
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::error::BasisError;
-use super::matrix::Basis;
+use super::matrix::{Basis, Embedding};
 
 /// Largest supported exponent: D = 2^30 would not fit one row in memory anyway.
 const MAX_M: u32 = 30;
@@ -111,23 +108,15 @@ pub fn kerdock_basis(n: usize, d: usize, seed: u64) -> Result<Basis, BasisError>
         .map(|a| quadratic_table(&alternating_form(&field, a as u32), m))
         .collect();
 
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    // Which of the used_bases·D vectors become rows, and in what order.
-    let mut pick: Vec<usize> = (0..used_bases * dim).collect();
-    pick.shuffle(&mut rng);
-    pick.truncate(n);
-    // Coordinate x of the construction goes to column cols[x] with sign signs[x].
-    let mut cols: Vec<usize> = (0..d).collect();
-    cols.shuffle(&mut rng);
-    cols.truncate(dim);
-    let signs: Vec<f32> = (0..dim)
-        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
-        .collect();
+    // Which of the used_bases·D vectors become rows, and in what order;
+    // coordinate x of the construction goes to column cols[x] with sign signs[x].
+    let place = Embedding::seeded(n, used_bases * dim, dim, d, seed);
+    let (cols, signs) = (&place.cols, &place.signs);
 
     let scale = 1.0 / (dim as f32).sqrt();
     let mut data = vec![0.0f32; n * d];
     data.par_chunks_mut(d)
-        .zip(pick.par_iter())
+        .zip(place.pick.par_iter())
         .for_each(|(row, &v)| {
             let (basis, b) = (v / dim, v % dim);
             if basis == 0 {

@@ -4,7 +4,8 @@
 //! [`Basis::normalize_rows`]; norms are accumulated in f64 so that
 //! renormalising every step does not drift.
 
-use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
@@ -69,4 +70,35 @@ pub(crate) fn normalize_rows(data: &mut [f32], d: usize) {
             row.iter_mut().for_each(|x| *x *= inv);
         }
     });
+}
+
+/// Where a construction's rows and coordinates go in an N × d matrix: which
+/// `n` of its `pool` vectors become rows (in a seeded order), and the column
+/// and sign of each of its `dim` coordinates (a seeded choice of the d
+/// columns). Shared by the structured starts so that they depend on the seed
+/// the same way.
+pub(crate) struct Embedding {
+    /// Row k of the matrix is vector `pick[k]` of the construction.
+    pub pick: Vec<usize>,
+    /// Coordinate x of the construction goes to column `cols[x]`…
+    pub cols: Vec<usize>,
+    /// …multiplied by `signs[x]` (±1).
+    pub signs: Vec<f32>,
+}
+
+impl Embedding {
+    /// Requires `n ≤ pool` and `dim ≤ d`.
+    pub fn seeded(n: usize, pool: usize, dim: usize, d: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut pick: Vec<usize> = (0..pool).collect();
+        pick.shuffle(&mut rng);
+        pick.truncate(n);
+        let mut cols: Vec<usize> = (0..d).collect();
+        cols.shuffle(&mut rng);
+        cols.truncate(dim);
+        let signs = (0..dim)
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect();
+        Embedding { pick, cols, signs }
+    }
 }

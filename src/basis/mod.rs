@@ -11,6 +11,8 @@
 //!   variant), with divergence recovery and `--alpha auto`.
 //! - [`kerdock`]: a structured start (real mutually unbiased bases from a
 //!   Kerdock set) at 1/√D coherence for up to D·(D/2 + 1) classes, D = 4^k.
+//! - [`steiner`]: a structured start on the Welch bound (Steiner equiangular
+//!   tight frames from the lines of finite geometries) at a few shapes.
 //! - [`check`]: blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.
@@ -32,16 +34,19 @@ pub mod io;
 pub mod kerdock;
 pub mod matrix;
 pub mod pickle;
+pub mod steiner;
 pub mod welch;
 
 pub use check::{check, CheckOptions, CheckReport, HistBin};
 pub use error::BasisError;
 pub use generate::{
-    generate, AlphaSpec, GenerateConfig, Generated, Init, Method, StepInfo, Summary,
+    construction, generate, AlphaSpec, Construction, GenerateConfig, Generated, Init, Method,
+    StepInfo, Summary,
 };
 pub use gram::{hinge_loss_and_grad, GradPath};
 pub use import::{import_pickle, Imported, PickleForm};
 pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
+pub use steiner::{steiner_basis, steiner_designs, steiner_fit, steiner_plan, Design};
 pub use welch::{random_max_cos, welch_bound, RandomMaxCos};
