@@ -426,6 +426,30 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
     let ratio = f(&s, "ratio_to_welch");
     assert!(ratio > 1.0 && ratio < 1.005, "{ratio}");
 
+    // Where (N, d) has no good start but a nearby dimension has, the plan says so.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "1000",
+            "--dim",
+            "480",
+            "--alpha",
+            "auto",
+            "--steps",
+            "0",
+            "--out",
+            dir.path().join("hint.safetensors").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("hint: --dim 496 --init steiner gives max |cos| 0.032258 (1.011 × Welch there"),
+        "{e}"
+    );
+
     // More than the frames hold: a clear error that lists them.
     let out = run(
         dir.path(),

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::check::{check, CheckOptions, CheckReport};
 use super::error::BasisError;
 use super::generate::{
-    generate, plan, AlphaSpec, GenerateConfig, Init, Method, Summary, DEFAULT_JITTER,
+    generate, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method, Summary, DEFAULT_JITTER,
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
@@ -294,6 +294,19 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                     String::new()
                 }
             );
+        }
+        let ratio = p.start.as_ref().map(|c| c.coherence / p.welch);
+        if ratio.is_none_or(|x| x > 1.1) {
+            for s in nearby_starts(p.n, p.d).iter().take(2) {
+                eprintln!(
+                    "  hint: --dim {} --init {} gives max |cos| {:.6} ({:.3} × Welch there; {})",
+                    s.dim,
+                    s.start.init.name(),
+                    s.start.coherence,
+                    s.ratio_to_welch,
+                    s.start.description
+                );
+            }
         }
         let start = p.start.as_ref().map_or(r.q95, |c| c.coherence);
         match a.alpha {

@@ -52,7 +52,7 @@ use super::error::BasisError;
 use super::gram::{slice_rows, Engine, GradPath, Loss};
 use super::kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 use super::matrix::{normalize_rows, Basis};
-use super::steiner::{steiner_basis, steiner_fit, steiner_plan, Design};
+use super::steiner::{steiner_basis, steiner_designs, steiner_fit, steiner_plan, Design};
 use super::welch::{random_max_cos, welch_bound, RandomMaxCos};
 
 /// p of `Method::Pnorm` at the first step and after the anneal.
@@ -233,6 +233,51 @@ pub enum AlphaSpec {
     Value(f64),
     /// As low as the step budget allows.
     Auto,
+}
+
+/// A structured start for N classes at a dimension near the one asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NearbyStart {
+    /// The `--dim` to ask for (the construction's own dimension).
+    pub dim: usize,
+    pub start: Construction,
+    /// Its max |cos| over the Welch bound for (N, dim).
+    pub ratio_to_welch: f64,
+}
+
+/// Constructions that give N classes within 1.1 × the Welch bound at a
+/// dimension within ±25 % of d, best first: what to suggest when (N, d)
+/// itself has none. Empty for N ≤ d.
+pub fn nearby_starts(n: usize, d: usize) -> Vec<NearbyStart> {
+    if n <= d {
+        return Vec::new();
+    }
+    let (lo, hi) = (d - d / 4, d + d / 4);
+    let mut out: Vec<NearbyStart> = Vec::new();
+    let mut consider = |dim: usize, start: Construction| {
+        if (lo..=hi).contains(&dim) && dim < n && start.capacity >= n {
+            let ratio_to_welch = start.coherence / welch_bound(n, dim);
+            if ratio_to_welch <= 1.1 {
+                out.push(NearbyStart {
+                    dim,
+                    start,
+                    ratio_to_welch,
+                });
+            }
+        }
+    };
+    for des in steiner_designs(hi) {
+        consider(des.blocks, Construction::steiner(des));
+    }
+    let mut k = 4usize;
+    while k <= hi {
+        if let Some(plan) = kerdock_plan(k) {
+            consider(k, Construction::kerdock(plan));
+        }
+        k *= 4;
+    }
+    out.sort_by(|a, b| a.ratio_to_welch.total_cmp(&b.ratio_to_welch));
+    out
 }
 
 /// Everything `generate` needs.
@@ -782,6 +827,20 @@ mod tests {
         );
         // N ≤ d: an orthonormal-like matrix is reachable, no construction.
         assert_eq!(pick(300, 400, auto), None);
+    }
+
+    #[test]
+    fn nearby_starts_suggest_a_dimension_with_a_frame() {
+        // 1000 classes in R^480 have no good start; R^496 (AG(5, 2)) is at
+        // (1/31) / √(504 / (496 · 999)) = 1.0114 × Welch.
+        let near = nearby_starts(1000, 480);
+        assert_eq!(near[0].dim, 496);
+        assert_eq!(near[0].start.init, Init::Steiner);
+        assert!((near[0].ratio_to_welch - 1.0114).abs() < 1e-3);
+        assert!(near.iter().all(|s| s.ratio_to_welch <= 1.1));
+        // 1280 in R^250: the Kerdock bases of R^256 (1.118 ×) miss 1.1 ×; nothing else fits.
+        assert!(nearby_starts(1280, 250).is_empty());
+        assert!(nearby_starts(100, 200).is_empty());
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub mod welch;
 pub use check::{check, CheckOptions, CheckReport, HistBin};
 pub use error::BasisError;
 pub use generate::{
-    construction, generate, AlphaSpec, Construction, GenerateConfig, Generated, Init, Method,
-    StepInfo, Summary,
+    construction, generate, nearby_starts, AlphaSpec, Construction, GenerateConfig, Generated,
+    Init, Method, NearbyStart, StepInfo, Summary,
 };
 pub use gram::{hinge_loss_and_grad, GradPath};
 pub use import::{import_pickle, Imported, PickleForm};
