@@ -10,9 +10,10 @@
 //! - A 2-(v, k, 1) design: v points, b blocks of k points, every pair of
 //!   points in exactly one block, so every point lies in r = (v−1)/(k−1)
 //!   blocks. The b blocks are the coordinates.
-//! - A real Hadamard matrix H of order r + 1 (Sylvester's, so r + 1 must be a
-//!   power of two) with its all-ones first row removed: r rows, r + 1
-//!   columns.
+//! - A real Hadamard matrix H of order r + 1, its columns' signs flipped so
+//!   that the first row is all ones, then that row removed: r rows, r + 1
+//!   columns. H is Sylvester's (order 2^a) or Sylvester's ⊗ Paley's (order
+//!   2^a·(p + 1), p ≡ 3 mod 4 prime), so r + 1 must be one of those orders.
 //! - Point p gives r + 1 vectors: column c of that matrix, scaled by 1/√r,
 //!   written on the r coordinates of the blocks through p.
 //! - Two vectors of one point: (r + 1)·δ − 1 over r, i.e. −1/r (columns of H
@@ -21,13 +22,18 @@
 //!   |cos| is 1/r, and v·(r + 1) vectors in R^b at 1/r is the Welch bound for
 //!   that shape.
 //!
-//! Designs: the lines of the affine and projective geometries AG(m, q) and
-//! PG(m, q) over a prime field, kept when r + 1 = (q^m − 1)/(q − 1) + 1 is a
-//! power of two. The search runs over (q, m) in code; what it finds is
-//! AG(m, 2) (pairs: N = 4^m in R^(2^(m−1)·(2^m−1)), N/d ≈ 2), PG(m, 2)
-//! (triples, N/d ≈ 3) and AG(3, 5), PG(3, 5) (r = 31: 4000 in R^775 and
-//! 4992 in R^806, N/d ≈ 5.2 and 6.2). N/d is about the block size k, so
-//! these help at a few shapes only; elsewhere use a Kerdock or random start.
+//! Designs, searched in code and kept when r + 1 is a Hadamard order above:
+//! - the lines of the affine and projective geometries AG(m, q) and PG(m, q)
+//!   over a prime field (r = (q^m − 1)/(q − 1)). What the search finds is
+//!   AG(m, 2) (pairs: N = 4^m in R^(2^(m−1)·(2^m−1)), N/d ≈ 2), PG(m, 2)
+//!   (triples, N/d ≈ 3) and AG(3, 5), PG(3, 5) (r = 31: 4000 in R^775 and
+//!   4992 in R^806, N/d ≈ 5.2 and 6.2);
+//! - Bose's Steiner triple systems on v = 6n + 3 points (Z_(2n+1) × Z_3),
+//!   r = (v − 1)/2: with Paley's matrices they add N/d ≈ 3.2 shapes between
+//!   the PG(m, 2) ones, e.g. 780 in R^247 (v = 39), 3828 in R^1247 (v = 87).
+//!
+//! N/d is about the block size k, so these help at a few shapes only;
+//! elsewhere use a Kerdock or random start.
 //!
 //! Invariants: rows are exactly unit length (r entries ±1/√r); the output
 //! depends on (N, d, seed) only. When d > b the b coordinates go to a
@@ -46,13 +52,21 @@ const PRIMES: [u32; 18] = [
     2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61,
 ];
 
-/// A 2-(v, k, 1) design: the lines of AG(m, q) or PG(m, q), q prime.
+/// Where a design comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Family {
+    /// The lines of AG(m, q), q prime.
+    Affine { m: u32, q: u32 },
+    /// The lines of PG(m, q), q prime.
+    Projective { m: u32, q: u32 },
+    /// Bose's Steiner triple system on v = 6n + 3 points.
+    Bose { v: usize },
+}
+
+/// A 2-(v, k, 1) design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Design {
-    /// PG(m, q) when true, AG(m, q) otherwise.
-    pub projective: bool,
-    pub m: u32,
-    pub q: u32,
+    pub family: Family,
     /// v: points.
     pub points: usize,
     /// k: points per line.
@@ -63,9 +77,119 @@ pub struct Design {
     pub replication: usize,
 }
 
+/// A normalised real Hadamard matrix: `order` × `order` signs, row-major,
+/// first row all +1.
+struct Hadamard {
+    order: usize,
+    signs: Vec<i8>,
+}
+
+impl Hadamard {
+    /// Sylvester's matrix of order 2^a ⊗ Paley's of order p + 1 (p ≡ 3 mod 4
+    /// prime), or Sylvester's alone; `None` for other orders.
+    fn new(order: usize) -> Option<Hadamard> {
+        let core = hadamard_core(order)?;
+        let s = order / core;
+        let paley = (core > 1).then(|| paley(core - 1));
+        let mut signs = vec![0i8; order * order];
+        for i in 0..order {
+            for j in 0..order {
+                let syl = if ((i / core) & (j / core)).count_ones() & 1 == 1 {
+                    -1
+                } else {
+                    1
+                };
+                let pal = paley
+                    .as_ref()
+                    .map_or(1, |h| h[(i % core) * core + j % core]);
+                signs[i * order + j] = syl * pal;
+            }
+        }
+        debug_assert_eq!(s * core, order);
+        // Flip columns so that row 0 is all ones: columns stay orthogonal.
+        for j in 0..order {
+            if signs[j] < 0 {
+                for i in 0..order {
+                    signs[i * order + j] = -signs[i * order + j];
+                }
+            }
+        }
+        Some(Hadamard { order, signs })
+    }
+
+    fn at(&self, i: usize, j: usize) -> i8 {
+        self.signs[i * self.order + j]
+    }
+}
+
+/// The Paley factor of a Hadamard order: 1 for a power of two, p + 1 when
+/// order = 2^a·(p + 1) with p ≡ 3 mod 4 prime; `None` otherwise.
+fn hadamard_core(order: usize) -> Option<usize> {
+    if order == 0 {
+        return None;
+    }
+    if order.is_power_of_two() {
+        return Some(1);
+    }
+    let mut core = order;
+    loop {
+        let p = core - 1;
+        if p % 4 == 3 && is_prime(p) {
+            return Some(core);
+        }
+        if core % 2 == 1 || core < 8 {
+            return None;
+        }
+        core /= 2;
+    }
+}
+
+fn is_prime(p: usize) -> bool {
+    p >= 2
+        && (2..)
+            .take_while(|k| k * k <= p)
+            .all(|k| !p.is_multiple_of(k))
+}
+
+/// Paley's (type I) Hadamard matrix of order p + 1, p ≡ 3 mod 4 prime:
+/// I + S with S = [[0, 1ᵀ], [−1, Q]], Q_ij = χ(j − i) (χ the quadratic
+/// character mod p); row-major signs.
+fn paley(p: usize) -> Vec<i8> {
+    let mut square = vec![false; p];
+    for x in 1..p {
+        square[x * x % p] = true;
+    }
+    let chi = |x: usize| -> i8 {
+        match x % p {
+            0 => 0,
+            y if square[y] => 1,
+            _ => -1,
+        }
+    };
+    let order = p + 1;
+    let mut h = vec![0i8; order * order];
+    for i in 0..order {
+        for j in 0..order {
+            let s = match (i, j) {
+                (0, 0) => 0,
+                (0, _) => 1,
+                (_, 0) => -1,
+                _ => chi(j + p - i),
+            };
+            h[i * order + j] = s + (i == j) as i8;
+        }
+    }
+    h
+}
+
 impl Design {
     /// The lines of AG(m, q) or PG(m, q); `None` on overflow.
-    fn new(projective: bool, m: u32, q: u32) -> Option<Design> {
+    fn geometry(projective: bool, m: u32, q: u32) -> Option<Design> {
+        let family = if projective {
+            Family::Projective { m, q }
+        } else {
+            Family::Affine { m, q }
+        };
         let q = q as usize;
         let pow = |e: u32| q.checked_pow(e);
         // Points on a line through a fixed point: (q^m − 1)/(q − 1), affine or projective.
@@ -77,9 +201,7 @@ impl Design {
         };
         let blocks = points.checked_mul(replication)? / block;
         Some(Design {
-            projective,
-            m,
-            q: q as u32,
+            family,
             points,
             block,
             blocks,
@@ -87,10 +209,24 @@ impl Design {
         })
     }
 
-    /// "lines of AG(3, 5)".
+    /// Bose's triple system on v = 6n + 3 points.
+    fn bose(v: usize) -> Design {
+        Design {
+            family: Family::Bose { v },
+            points: v,
+            block: 3,
+            blocks: v * (v - 1) / 6,
+            replication: (v - 1) / 2,
+        }
+    }
+
+    /// "lines of AG(3, 5)", "Bose triple system on 39 points".
     pub fn name(&self) -> String {
-        let g = if self.projective { 'P' } else { 'A' };
-        format!("lines of {g}G({}, {})", self.m, self.q)
+        match self.family {
+            Family::Affine { m, q } => format!("lines of AG({m}, {q})"),
+            Family::Projective { m, q } => format!("lines of PG({m}, {q})"),
+            Family::Bose { v } => format!("Bose triple system on {v} points"),
+        }
     }
 
     /// Vectors in the frame: v·(r + 1).
@@ -112,15 +248,26 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
         for projective in [false, true] {
             for m in 2.. {
                 // Lines grow with m: stop at the first one that is too big.
-                match Design::new(projective, m, q) {
+                match Design::geometry(projective, m, q) {
                     Some(des) if des.blocks <= max_blocks => {
-                        if (des.replication + 1).is_power_of_two() {
+                        if hadamard_core(des.replication + 1).is_some() {
                             out.push(des);
                         }
                     }
                     _ => break,
                 }
             }
+        }
+    }
+    // v = 2^k − 1 has r + 1 a power of two: PG(k − 1, 2) already gives that shape.
+    for v in (9..).step_by(6) {
+        let des = Design::bose(v);
+        if des.blocks > max_blocks {
+            break;
+        }
+        let order = des.replication + 1;
+        if !order.is_power_of_two() && hadamard_core(order).is_some() {
+            out.push(des);
         }
     }
     out
@@ -174,6 +321,7 @@ pub fn steiner_basis(n: usize, d: usize, seed: u64) -> Result<Basis, BasisError>
     let des = steiner_fit(n, d)?;
     let through = lines_through_points(&des);
     let r = des.replication;
+    let h = Hadamard::new(r + 1).expect("designs are kept only for Hadamard orders");
     let place = Embedding::seeded(n, des.capacity(), des.blocks, d, seed);
     let scale = 1.0 / (r as f32).sqrt();
     let mut data = vec![0.0f32; n * d];
@@ -182,9 +330,8 @@ pub fn steiner_basis(n: usize, d: usize, seed: u64) -> Result<Basis, BasisError>
         .for_each(|(row, &v)| {
             let (point, c) = (v / (r + 1), v % (r + 1));
             for (i, &line) in through[point].iter().enumerate() {
-                // Row i + 1 of Sylvester's H (row 0, all ones, is the one removed).
-                let odd = ((i + 1) & c).count_ones() & 1 == 1;
-                let s = if odd { -scale } else { scale };
+                // Row i + 1 of H (row 0, all ones, is the one removed).
+                let s = if h.at(i + 1, c) < 0 { -scale } else { scale };
                 row[place.cols[line]] = s * place.signs[line];
             }
         });
@@ -205,8 +352,8 @@ fn lines_through_points(des: &Design) -> Vec<Vec<usize>> {
 /// Points as coordinate vectors over GF(q): all of GF(q)^m (affine), or the
 /// non-zero vectors of GF(q)^(m+1) whose last non-zero coordinate is 1
 /// (projective: one representative per 1-dimensional subspace).
-fn points(des: &Design) -> Vec<Vec<u32>> {
-    let (q, len) = (des.q, des.m as usize + des.projective as usize);
+fn points(projective: bool, m: u32, q: u32) -> Vec<Vec<u32>> {
+    let len = m as usize + projective as usize;
     let total = (q as usize).pow(len as u32);
     (0..total)
         .map(|mut code| {
@@ -218,15 +365,43 @@ fn points(des: &Design) -> Vec<Vec<u32>> {
                 })
                 .collect::<Vec<u32>>()
         })
-        .filter(|x| !des.projective || x.iter().rev().find(|&&c| c != 0) == Some(&1))
+        .filter(|x| !projective || x.iter().rev().find(|&&c| c != 0) == Some(&1))
         .collect()
 }
 
-/// The lines of the geometry as sorted point indices, each found once (from
-/// the pair of its two lowest points).
+/// The blocks of the design as sorted point indices.
 fn lines(des: &Design) -> Vec<Vec<usize>> {
-    let q = des.q;
-    let pts = points(des);
+    match des.family {
+        Family::Affine { m, q } => geometry_lines(false, m, q, des.blocks),
+        Family::Projective { m, q } => geometry_lines(true, m, q, des.blocks),
+        Family::Bose { v } => bose_triples(v),
+    }
+}
+
+/// Bose: points (x, i) ∈ Z_(2n+1) × Z_3 as x + i·(2n+1); the triples
+/// {(x,0), (x,1), (x,2)} and, for x < y, {(x,i), (y,i), ((x+y)/2, i+1)},
+/// halving mod 2n+1 (an idempotent commutative quasigroup).
+fn bose_triples(v: usize) -> Vec<Vec<usize>> {
+    let g = v / 3;
+    let half = g.div_ceil(2); // 2⁻¹ mod g
+    let at = |x: usize, i: usize| x + (i % 3) * g;
+    let mut out: Vec<Vec<usize>> = (0..g).map(|x| vec![at(x, 0), at(x, 1), at(x, 2)]).collect();
+    for x in 0..g {
+        for y in x + 1..g {
+            for i in 0..3 {
+                let mut t = vec![at(x, i), at(y, i), at((x + y) * half % g, i + 1)];
+                t.sort_unstable();
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// The lines of AG(m, q) or PG(m, q) as sorted point indices, each found
+/// once (from the pair of its two lowest points).
+fn geometry_lines(projective: bool, m: u32, q: u32, blocks: usize) -> Vec<Vec<usize>> {
+    let pts = points(projective, m, q);
     let code = |x: &[u32]| {
         x.iter()
             .rev()
@@ -240,7 +415,7 @@ fn lines(des: &Design) -> Vec<Vec<usize>> {
         .map(|a| (1..q).find(|&b| a * b % q == 1).unwrap_or(0))
         .collect();
     let lookup = |x: &[u32]| -> usize {
-        if !des.projective {
+        if !projective {
             return index[code(x)];
         }
         let last = x.iter().rev().find(|&&c| c != 0).copied().unwrap_or(1);
@@ -248,11 +423,11 @@ fn lines(des: &Design) -> Vec<Vec<usize>> {
         let y: Vec<u32> = x.iter().map(|&c| c * s % q).collect();
         index[code(&y)]
     };
-    let mut out = Vec::with_capacity(des.blocks);
+    let mut out = Vec::with_capacity(blocks);
     for i in 0..pts.len() {
         for j in i + 1..pts.len() {
             let (a, b) = (&pts[i], &pts[j]);
-            let mut line: Vec<usize> = if des.projective {
+            let mut line: Vec<usize> = if projective {
                 // a, and b + t·a for every t.
                 std::iter::once(i)
                     .chain((0..q).map(|t| {
@@ -288,7 +463,29 @@ mod tests {
     use super::*;
 
     fn design(projective: bool, m: u32, q: u32) -> Design {
-        Design::new(projective, m, q).unwrap()
+        Design::geometry(projective, m, q).unwrap()
+    }
+
+    #[test]
+    fn hadamard_matrices_are_orthogonal_and_normalised() {
+        for order in [1usize, 2, 4, 8, 12, 20, 24, 32, 40, 44, 48, 68, 80] {
+            let h = Hadamard::new(order).unwrap_or_else(|| panic!("order {order}"));
+            for i in 0..order {
+                assert_eq!(h.at(0, i), 1, "order {order}: row 0");
+                for k in 0..order {
+                    let dot: i64 = (0..order).map(|j| (h.at(i, j) * h.at(k, j)) as i64).sum();
+                    assert_eq!(
+                        dot,
+                        if i == k { order as i64 } else { 0 },
+                        "order {order}: rows {i}, {k}"
+                    );
+                }
+            }
+        }
+        // 28 = 27 + 1 needs GF(27); 36, 52 need other constructions: not offered.
+        for order in [3usize, 6, 28, 36, 52] {
+            assert!(Hadamard::new(order).is_none(), "order {order}");
+        }
     }
 
     #[test]
@@ -308,6 +505,7 @@ mod tests {
             ("lines of PG(5, 2)", 2016, 651),
             ("lines of AG(3, 5)", 4000, 775),
             ("lines of PG(3, 5)", 4992, 806),
+            ("Bose triple system on 39 points", 780, 247),
         ];
         let want: Vec<(String, usize, usize)> = want
             .iter()
@@ -393,7 +591,8 @@ mod tests {
 
     #[test]
     fn full_frames_sit_on_the_welch_bound() {
-        for des in steiner_designs(200) {
+        // Every family up to 250 lines, Bose's 39 points with Paley's H_20 included.
+        for des in steiner_designs(250) {
             let (n, d) = (des.capacity(), des.blocks);
             let b = steiner_basis(n, d, 3).unwrap();
             // The closed form of the bound, independent of the construction.
