@@ -35,9 +35,12 @@
 //! construction whose coherence is known in closed form (real mutually
 //! unbiased bases at 1/√D, `kerdock`; Steiner equiangular tight frames at
 //! 1/r, `steiner`); `Init::Auto` takes whichever of them is lowest for
-//! (N, d) when it beats random vectors. Either method then runs from there
-//! as from any start, and `--alpha auto` starts its continuation from the
-//! construction's coherence instead of the random maximum.
+//! (N, d) when it meets α at once or beats what the optimisers reach from
+//! random vectors at that N/d. The start is evaluated as built (step 0),
+//! then jittered (`jitter`) so that the optimiser can leave its columns;
+//! any method then runs from there as from any start, and `--alpha auto`
+//! starts its continuation from the construction's coherence instead of the
+//! random maximum.
 //!
 //! `AlphaSpec::Auto` (either method) lowers τ by continuation:
 //! τ ← W + 0.9·(max − W) (W = Welch bound) each time the current τ is met,
@@ -112,8 +115,9 @@ pub enum Init {
     /// Real mutually unbiased bases from a Kerdock set: max |cos| = 1/√D,
     /// D = largest power of 4 ≤ d, for up to D·(D/2 + 1) classes.
     Kerdock,
-    /// A Steiner equiangular tight frame (lines of AG(m, q) or PG(m, q)):
-    /// max |cos| = 1/r, on the Welch bound, at a few shapes (e.g. 4000 in R^775).
+    /// A Steiner equiangular tight frame (the lines of AG(m, q) or PG(m, q),
+    /// or a Bose triple system): max |cos| = 1/r, on the Welch bound, at a
+    /// few shapes (e.g. 4000 in R^775).
     Steiner,
     /// The construction with the lowest max |cos| for (N, d) when it meets α
     /// at once or beats what the optimisers reach from random vectors at that
