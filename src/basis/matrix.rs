@@ -33,15 +33,7 @@ impl Basis {
     /// only, not on the number of threads.
     pub fn random(n: usize, d: usize, seed: u64) -> Self {
         let mut data = vec![0.0f32; n * d];
-        if d > 0 {
-            data.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(i as u64);
-                for x in row.iter_mut() {
-                    *x = StandardNormal.sample(&mut rng);
-                }
-            });
-        }
+        add_gaussian(&mut data, d, seed, 1.0);
         let mut b = Basis { n, d, data };
         b.normalize_rows();
         b
@@ -56,6 +48,23 @@ impl Basis {
     pub fn normalize_rows(&mut self) {
         normalize_rows(&mut self.data, self.d);
     }
+}
+
+/// Adds `scale`·z to every entry, z i.i.d. standard normal; row i draws from
+/// ChaCha8 stream i of `seed`, so the result does not depend on the number
+/// of threads.
+pub(crate) fn add_gaussian(data: &mut [f32], d: usize, seed: u64, scale: f32) {
+    if d == 0 {
+        return;
+    }
+    data.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(i as u64);
+        for x in row.iter_mut() {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            *x += scale * z;
+        }
+    });
 }
 
 /// Scales every `d`-long row of `data` to unit L2 norm (f64 accumulation).

@@ -45,9 +45,9 @@ use rayon::prelude::*;
 use super::error::BasisError;
 use super::matrix::{Basis, Embedding};
 
-/// Primes searched for q. Above 5 none gives r + 1 a power of two for a
-/// design that fits in memory (the equation q^2 + q + 2 = 2^s, m = 3, has
-/// q = 5 and q = 90 as its only solutions above 2), so this is ample.
+/// Primes searched for q. For m = 2, r + 1 = q + 2 is a multiple of 4 only
+/// for q = 2; for m ≥ 3 the lines number at least q^2·(q^2 + q + 1), so
+/// q ≤ 61 covers every design up to 13 million lines, far past any --dim.
 const PRIMES: [u32; 18] = [
     2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61,
 ];
@@ -89,7 +89,6 @@ impl Hadamard {
     /// prime), or Sylvester's alone; `None` for other orders.
     fn new(order: usize) -> Option<Hadamard> {
         let core = hadamard_core(order)?;
-        let s = order / core;
         let paley = (core > 1).then(|| paley(core - 1));
         let mut signs = vec![0i8; order * order];
         for i in 0..order {
@@ -105,7 +104,6 @@ impl Hadamard {
                 signs[i * order + j] = syl * pal;
             }
         }
-        debug_assert_eq!(s * core, order);
         // Flip columns so that row 0 is all ones: columns stay orthogonal.
         for j in 0..order {
             if signs[j] < 0 {
@@ -279,7 +277,7 @@ pub fn steiner_plan(n: usize, d: usize) -> Option<Design> {
     steiner_designs(d)
         .into_iter()
         .filter(|des| des.capacity() >= n)
-        .min_by_key(|des| (usize::MAX - des.replication, des.blocks))
+        .min_by_key(|des| (std::cmp::Reverse(des.replication), des.blocks))
 }
 
 /// [`steiner_plan`], or an error naming `--init` that lists what would fit.
