@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use super::check::{check, CheckOptions, CheckReport};
+use super::device::Backend;
 use super::error::BasisError;
 use super::generate::{
     generate, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method, Summary, DEFAULT_JITTER,
@@ -212,22 +213,33 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn check_device(device: &str) -> Result<(), BasisError> {
-    match device {
-        "cpu" => Ok(()),
-        d if d == "cuda"
-            || d.strip_prefix("cuda:")
-                .is_some_and(|k| k.parse::<u32>().is_ok()) =>
-        {
-            Err(BasisError::NoCuda {
-                device: d.to_string(),
-            })
-        }
-        d => Err(BasisError::arg(
-            "--device",
-            format!("`{d}` is not a device (cpu or cuda:K)"),
-        )),
+/// `cpu` → ebv's own kernel; `cuda` / `cuda:K` → the device kernel on GPU K
+/// (a build with the cuda feature; otherwise an error saying how to get one).
+fn backend(device: &str) -> Result<Backend, BasisError> {
+    if device == "cpu" {
+        return Ok(Backend::Native);
     }
+    let ordinal = match device.strip_prefix("cuda:") {
+        Some(k) => k.parse::<usize>().ok(),
+        None => (device == "cuda").then_some(0),
+    };
+    let Some(k) = ordinal else {
+        return Err(BasisError::arg(
+            "--device",
+            format!("`{device}` is not a device (cpu or cuda:K)"),
+        ));
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(BasisError::NoCuda {
+            device: device.to_string(),
+        });
+    }
+    candle_core::Device::new_cuda(k)
+        .map(Backend::Candle)
+        .map_err(|e| BasisError::Device {
+            device: device.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 fn gib(bytes: u64) -> String {
@@ -235,7 +247,7 @@ fn gib(bytes: u64) -> String {
 }
 
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
-    check_device(&a.device)?;
+    let backend = backend(&a.device)?;
     let cfg = GenerateConfig {
         n: a.classes,
         d: a.dim,
@@ -253,19 +265,22 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         patience: a.patience,
         grad_path: GradPath::Auto,
         jitter: a.jitter,
+        backend,
     };
     let chatty = progress::chatty(a.quiet);
     let p = plan(&cfg)?;
     if chatty {
         let r = p.random_max_cos;
         eprintln!(
-            "ebv-basis: N={} d={} init={} method={} lr={} seed={}",
+            "ebv-basis: N={} d={} init={} method={} lr={} seed={} device={} slice={}",
             p.n,
             p.d,
             a.init.name(),
             a.method.name(),
             p.lr,
-            a.seed
+            a.seed,
+            p.device,
+            p.slice
         );
         eprintln!(
             "  Welch bound (no matrix does better): {:.6}{}",
@@ -618,9 +633,13 @@ mod tests {
 
     #[test]
     fn cuda_is_a_clear_error() {
-        let e = check_device("cuda:0").unwrap_err().to_string();
-        assert!(e.contains("built without the cuda feature"), "{e}");
-        assert!(check_device("cpu").is_ok());
-        assert!(check_device("tpu").is_err());
+        if !cfg!(feature = "cuda") {
+            let e = backend("cuda:0").unwrap_err().to_string();
+            assert!(e.contains("built without the cuda feature"), "{e}");
+        }
+        assert!(matches!(backend("cpu"), Ok(Backend::Native)));
+        let e = backend("tpu").unwrap_err().to_string();
+        assert!(e.contains("--device") && e.contains("cpu or cuda:K"), "{e}");
+        assert!(backend("cuda:x").is_err());
     }
 }

@@ -27,10 +27,14 @@ pub enum BasisError {
 
     /// CUDA was asked for in a build without it.
     #[error(
-        "--device {device}: this ebv-basis was built without the cuda feature (CUDA support is \
-         not implemented yet); use --device cpu"
+        "--device {device}: this ebv-basis was built without the cuda feature; rebuild with \
+         `cargo build --release --features cuda` (see the README) or use --device cpu"
     )]
     NoCuda { device: String },
+
+    /// The device kernel failed (no such GPU, out of device memory, a driver error).
+    #[error("--device {device}: {reason}")]
+    Device { device: String, reason: String },
 
     /// An I/O error on a named file.
     #[error("{path}: {source}")]

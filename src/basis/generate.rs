@@ -51,6 +51,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::device::{device_slice_rows, Backend, DeviceEngine, Kernel};
 use super::error::BasisError;
 use super::gram::{slice_rows, Engine, GradPath, Loss};
 use super::kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
@@ -320,6 +321,8 @@ pub struct GenerateConfig {
     /// Norm of the seeded Gaussian noise added to every row of a structured
     /// start before the first update (0: none). See [`DEFAULT_JITTER`].
     pub jitter: f64,
+    /// Where the Gram work runs (the optimiser itself stays on the host).
+    pub backend: Backend,
 }
 
 /// Default `jitter`. A construction embedded in fewer than d coordinates
@@ -351,6 +354,7 @@ impl Default for GenerateConfig {
             patience: 500,
             grad_path: GradPath::Auto,
             jitter: DEFAULT_JITTER,
+            backend: Backend::Native,
         }
     }
 }
@@ -368,6 +372,8 @@ pub struct Plan {
     pub start: Option<Construction>,
     /// Rows per Gram slice.
     pub slice: usize,
+    /// Where the Gram work runs: `cpu` or `cuda:K`.
+    pub device: String,
     /// Learning rate the run starts with.
     pub lr: f64,
     /// Approximate resident memory of the run, bytes.
@@ -423,6 +429,8 @@ pub struct Summary {
     pub lr_end: f64,
     /// Times the guard restored the best matrix and halved lr.
     pub recoveries: u32,
+    /// Where the Gram work ran (`cpu`, `cuda:K`).
+    pub device: String,
     pub seconds: f64,
     pub version: &'static str,
 }
@@ -478,10 +486,11 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
     if !(cfg.jitter.is_finite() && cfg.jitter >= 0.0) {
         return Err(BasisError::arg("--jitter", "must be a non-negative number"));
     }
-    let slice = match cfg.slice {
-        Some(0) => return Err(BasisError::arg("--slice", "must be at least 1")),
-        Some(s) => s.min(n),
-        None => slice_rows(n, cfg.mem_bytes),
+    let slice = match (cfg.slice, &cfg.backend) {
+        (Some(0), _) => return Err(BasisError::arg("--slice", "must be at least 1")),
+        (Some(s), _) => s.min(n),
+        (None, Backend::Native) => slice_rows(n, cfg.mem_bytes),
+        (None, Backend::Candle(_)) => device_slice_rows(n, cfg.mem_bytes),
     };
     let nd = (n * d) as u64 * 4;
     let copies = match cfg.method {
@@ -497,7 +506,13 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         start,
         slice,
         lr,
-        mem_estimate: copies * nd + (slice * n) as u64 * 4,
+        mem_estimate: copies * nd
+            + match cfg.backend {
+                Backend::Native => (slice * n) as u64 * 4,
+                // B and G staged on the host; the slice temporaries live on the device.
+                Backend::Candle(_) => 2 * nd,
+            },
+        device: cfg.backend.name(),
     })
 }
 
@@ -541,7 +556,12 @@ pub fn generate(
         Init::Steiner => steiner_basis(n, d, cfg.seed)?,
         Init::Random | Init::Auto => Basis::random(n, d, cfg.seed),
     };
-    let mut eng = Engine::new(n, d, plan.slice, cfg.mem_bytes, cfg.grad_path);
+    let mut eng = match &cfg.backend {
+        Backend::Native => {
+            Kernel::Native(Engine::new(n, d, plan.slice, cfg.mem_bytes, cfg.grad_path))
+        }
+        Backend::Candle(dev) => Kernel::Device(DeviceEngine::new(n, d, plan.slice, dev.clone())?),
+    };
     let mut velocity = match cfg.method {
         Method::Adaptive | Method::Pnorm => vec![0.0f32; n * d],
         Method::Sgd => Vec::new(),
@@ -571,7 +591,7 @@ pub fn generate(
             Loss::Power { p, .. } => m_ref * PNORM_NEGLIGIBLE.powf(1.0 / (p - 1.0)),
             _ => tau as f32,
         };
-        let mut ev = eng.evaluate(&b.data, cut, loss_kind, step < cfg.max_steps);
+        let mut ev = eng.evaluate(&b.data, cut, loss_kind, step < cfg.max_steps)?;
         if let (Loss::Power { p, .. }, true) = (loss_kind, ev.violations > 0) {
             // Scale to the probe's objective m·(mean (|c|/m)^p)^(1/p): its
             // gradient is ours over p·Σ(|c|/m)^p/m times that p-norm, so the
@@ -579,7 +599,7 @@ pub fn generate(
             let total = ev.loss;
             let norm = m_ref as f64 * (total / (2.0 * pairs)).powf(1.0 / p as f64);
             let k = (norm / (p as f64 * total / m_ref as f64)) as f32;
-            eng.grad.iter_mut().for_each(|g| *g *= k);
+            eng.grad_mut().iter_mut().for_each(|g| *g *= k);
             ev.loss = norm;
         }
         let mx = ev.max_abs;
@@ -652,7 +672,7 @@ pub fn generate(
             }
         }
 
-        let g = &mut eng.grad;
+        let g = eng.grad_mut();
         match cfg.method {
             Method::Sgd => {
                 let s = lr as f32;
@@ -732,6 +752,7 @@ pub fn generate(
         lr_start: plan.lr,
         lr_end: lr,
         recoveries,
+        device: plan.device.clone(),
         seconds: started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION"),
     };
@@ -891,6 +912,35 @@ mod tests {
         let r = g.summary.ratio_to_welch.unwrap();
         assert!(r < 1.4, "{r} × Welch");
         assert!(g.summary.max_abs_cos < 0.5 * g.summary.random_max_cos);
+    }
+
+    #[test]
+    fn device_kernel_follows_the_native_one() {
+        // The --device kernel on candle's CPU device, through the whole loop:
+        // every method from random, and pnorm from a jittered Kerdock start,
+        // land where the native kernel lands (f32 sums in another order, so
+        // close rather than equal).
+        let runs = [
+            (Method::Sgd, Init::Random, 0.3, 400),
+            (Method::Adaptive, Init::Random, 0.3, 400),
+            (Method::Pnorm, Init::Kerdock, 0.22, 300),
+        ];
+        for (method, init, alpha, steps) in runs {
+            let mut c = cfg(140, 32, alpha);
+            c.method = method;
+            c.init = init;
+            c.max_steps = steps;
+            c.slice = Some(48);
+            let native = generate(&c, &mut |_| {}).unwrap().summary;
+            c.backend = Backend::Candle(candle_core::Device::Cpu);
+            let dev = generate(&c, &mut |_| {}).unwrap().summary;
+            let what = format!("{method:?} from {init:?}");
+            assert_eq!(dev.device, "cpu (candle)", "{what}");
+            assert!(native.reached && dev.reached, "{what}: {native:?} {dev:?}");
+            assert!(native.steps > 1, "{what}: nothing to compare");
+            let (a, b) = (native.steps as f64, dev.steps as f64);
+            assert!((a - b).abs() <= 0.1 * a + 2.0, "{what}: {a} vs {b} steps");
+        }
     }
 
     #[test]

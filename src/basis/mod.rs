@@ -7,6 +7,8 @@
 //!   unit vectors) used to refuse impossible targets and to predict trivial ones.
 //! - [`gram`]: the blockwise Gram kernel (GEMM through the `gemm` crate) and the
 //!   hinge-loss gradient G = 2·M·B built from it; never holds an N × N matrix.
+//! - [`device`]: the same kernel as candle tensors on a device (`--device
+//!   cuda:K`: cuBLAS GEMMs over full-row slices), tested on candle's CPU device.
 //! - [`generate`]: the optimiser loop (the paper's plain SGD, and an adaptive
 //!   variant), with divergence recovery and `--alpha auto`.
 //! - [`kerdock`]: a structured start (real mutually unbiased bases from a
@@ -26,6 +28,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gram;
@@ -38,6 +41,7 @@ pub mod steiner;
 pub mod welch;
 
 pub use check::{check, CheckOptions, CheckReport, HistBin};
+pub use device::{device_slice_rows, Backend};
 pub use error::BasisError;
 pub use generate::{
     construction, generate, nearby_starts, AlphaSpec, Construction, GenerateConfig, Generated,
