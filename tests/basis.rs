@@ -712,6 +712,67 @@ fn import_paper_pickles_match_published_figures() {
     }
 }
 
+#[test]
+fn generate_starts_from_a_given_matrix() {
+    // The paper's (1000, 100) matrix, imported, as the start: N and d come
+    // from the file, step 0 evaluates it as given (its published max |cos|),
+    // and an α it already meets finishes there.
+    let dir = tmp();
+    let paper = dir.path().join("p100.safetensors");
+    let src = paper_dir().join("eq_100_1000.pkl");
+    let out = run(
+        dir.path(),
+        &[
+            "import",
+            src.to_str().unwrap(),
+            "--out",
+            paper.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let p = paper.to_str().unwrap();
+    let again = dir.path().join("again.safetensors");
+    let a = again.to_str().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "generate", "--start", p, "--alpha", "0.2", "--out", a, "--json", "-q",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let j = json(&out);
+    assert_eq!((j["n"].as_u64(), j["d"].as_u64()), (Some(1000), Some(100)));
+    assert_eq!(j["init"], "file");
+    assert_eq!(j["instant"], true);
+    assert!((f(&j, "max_abs_cos") - 0.135044).abs() < 5e-7, "{j}");
+    assert_file_meets(&again, 1000, 100, 0.2);
+    // An α below it runs from it (exit 1 when not reached), never above it.
+    let out = run(
+        dir.path(),
+        &[
+            "generate", "--start", p, "--alpha", "0.1", "--method", "pnorm", "--steps", "20",
+            "--out", a, "--json", "-q",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(f(&json(&out), "max_abs_cos") <= 0.135044 + 5e-7);
+    // A shape that does not match, and --init beside --start, are errors.
+    let out = run(
+        dir.path(),
+        &["generate", "--start", p, "--classes", "999", "--out", a],
+    );
+    assert_eq!(code(&out), 2);
+    let e = stderr(&out);
+    assert!(e.contains("--start") && e.contains("1000 × 100"), "{e}");
+    let out = run(
+        dir.path(),
+        &["generate", "--start", p, "--init", "kerdock", "--out", a],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = run(dir.path(), &["generate", "--alpha", "0.2", "--out", a]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
 /// A latin-1 string of `bytes`, as protocol 2 pickles carry binary data.
 fn latin1_unicode(bytes: &[u8]) -> Vec<u8> {
     let s: String = bytes.iter().map(|&b| b as char).collect();

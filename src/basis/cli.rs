@@ -21,7 +21,7 @@ use super::generate::{
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
-use super::io::{write_npy, write_safetensors, MatrixFile};
+use super::io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 use crate::progress;
 
 /// Generate, check and import Equiangular Basis Vectors (EBV, CVPR 2023).
@@ -46,12 +46,17 @@ pub enum Command {
 /// `ebv-basis generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Number of classes N (rows).
-    #[arg(long)]
-    pub classes: usize,
-    /// Dimension d (columns).
-    #[arg(long)]
-    pub dim: usize,
+    /// Number of classes N (rows); with --start, the matrix's rows by default.
+    #[arg(long, required_unless_present = "start")]
+    pub classes: Option<usize>,
+    /// Dimension d (columns); with --start, the matrix's columns by default.
+    #[arg(long, required_unless_present = "start")]
+    pub dim: Option<usize>,
+    /// Start from this matrix (safetensors or .npy: an earlier run's output to continue,
+    /// or an imported paper matrix to refine) instead of --init; rows are renormalised and
+    /// not jittered.
+    #[arg(long, conflicts_with = "init")]
+    pub start: Option<PathBuf>,
     /// Target max |cos| (a number), or `auto` for as low as the step budget allows.
     #[arg(long, default_value = "0.002", value_parser = parse_alpha)]
     pub alpha: AlphaSpec,
@@ -248,9 +253,20 @@ fn gib(bytes: u64) -> String {
 
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let backend = backend(&a.device)?;
+    let start = match &a.start {
+        Some(path) => {
+            Some(read_matrix(path).with_context(|| format!("--start {}", path.display()))?)
+        }
+        None => None,
+    };
+    let (n, d) = match (&start, a.classes, a.dim) {
+        (Some(m), c, k) => (c.unwrap_or(m.n), k.unwrap_or(m.d)),
+        (None, Some(c), Some(k)) => (c, k),
+        _ => anyhow::bail!("--classes and --dim are needed unless --start gives them"),
+    };
     let cfg = GenerateConfig {
-        n: a.classes,
-        d: a.dim,
+        n,
+        d,
         alpha: a.alpha,
         seed: a.seed,
         init: a.init,
@@ -266,6 +282,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         grad_path: GradPath::Auto,
         jitter: a.jitter,
         backend,
+        start,
     };
     let chatty = progress::chatty(a.quiet);
     let p = plan(&cfg)?;
@@ -275,7 +292,11 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             "ebv-basis: N={} d={} init={} method={} lr={} seed={} device={} slice={}",
             p.n,
             p.d,
-            a.init.name(),
+            if a.start.is_some() {
+                Init::File.name()
+            } else {
+                a.init.name()
+            },
             a.method.name(),
             p.lr,
             a.seed,
@@ -292,7 +313,14 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             r.median, r.q05, r.q95
         );
         let init = p.start.as_ref().map_or(Init::Random, |c| c.init);
-        if a.init == Init::Auto {
+        if let Some(path) = &a.start {
+            eprintln!(
+                "  start: {} ({} × {}), rows renormalised, no jitter; its max |cos| is step 0's",
+                path.display(),
+                p.n,
+                p.d
+            );
+        } else if a.init == Init::Auto {
             eprintln!("  --init auto chose: {}", init.name());
         }
         if let Some(c) = &p.start {
@@ -327,18 +355,25 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         match a.alpha {
             AlphaSpec::Value(al) => {
                 eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
-                if al + a.tol >= start {
+                if a.start.is_some() {
+                    // Its coherence is known only after step 0.
+                } else if al + a.tol >= start {
                     eprintln!(
                         "  α is above what the {} start reaches: expect to finish at step 0",
                         init.name()
                     );
                 } else if let Some(c) = &p.start {
                     eprintln!(
-                        "  α is below the {} start's {:.6}: the optimiser runs from there, but \
-                         in our measurements it did not improve on such a start (it looks like a local \
-                         optimum); the best matrix is written either way",
+                        "  α is below the {} start's {:.6}: the optimiser runs from it, jittered; \
+                         in our measurements only --method pnorm improved on such a start{}; the \
+                         best matrix is written either way",
                         c.init.name(),
-                        c.coherence
+                        c.coherence,
+                        if a.method == Method::Pnorm {
+                            ""
+                        } else {
+                            " (the others stayed at it)"
+                        }
                     );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
                     eprintln!(

@@ -124,6 +124,10 @@ pub enum Init {
     /// at once or beats what the optimisers reach from random vectors at that
     /// N/d; random otherwise.
     Auto,
+    /// A given matrix ([`GenerateConfig::start`]): an earlier run's output to
+    /// continue, or an imported matrix to refine. Not a `--init` value.
+    #[value(skip)]
+    File,
 }
 
 impl Init {
@@ -134,6 +138,7 @@ impl Init {
             Init::Kerdock => "kerdock",
             Init::Steiner => "steiner",
             Init::Auto => "auto",
+            Init::File => "file",
         }
     }
 }
@@ -206,7 +211,7 @@ pub fn construction(
     tol: f64,
 ) -> Result<Option<Construction>, BasisError> {
     Ok(match init {
-        Init::Random => None,
+        Init::Random | Init::File => None,
         Init::Kerdock => Some(Construction::kerdock(kerdock_fit(n, d)?)),
         Init::Steiner => Some(Construction::steiner(steiner_fit(n, d)?)),
         Init::Auto => {
@@ -323,6 +328,9 @@ pub struct GenerateConfig {
     pub jitter: f64,
     /// Where the Gram work runs (the optimiser itself stays on the host).
     pub backend: Backend,
+    /// Start from this N × d matrix instead of `init` (rows are renormalised,
+    /// no jitter): continues an earlier run, or refines a given matrix.
+    pub start: Option<Basis>,
 }
 
 /// Default `jitter`. A construction embedded in fewer than d coordinates
@@ -355,6 +363,7 @@ impl Default for GenerateConfig {
             grad_path: GradPath::Auto,
             jitter: DEFAULT_JITTER,
             backend: Backend::Native,
+            start: None,
         }
     }
 }
@@ -445,6 +454,17 @@ pub struct Generated {
 /// Validates `cfg` and computes what is printed before starting.
 pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
     let (n, d) = (cfg.n, cfg.d);
+    if let Some(m) = &cfg.start {
+        if (m.n, m.d) != (n, d) {
+            return Err(BasisError::arg(
+                "--start",
+                format!(
+                    "the matrix is {} × {}, but --classes {n} --dim {d} were asked",
+                    m.n, m.d
+                ),
+            ));
+        }
+    }
     if n < 2 {
         return Err(BasisError::arg("--classes", "need at least 2 classes"));
     }
@@ -468,10 +488,16 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
             });
         }
     }
-    let start = construction(n, d, cfg.init, cfg.alpha, cfg.tol)?;
+    let init = if cfg.start.is_some() {
+        Init::File
+    } else {
+        cfg.init
+    };
+    let start = construction(n, d, init, cfg.alpha, cfg.tol)?;
     // Adam moves every coordinate by about lr per step: a fraction of a unit
     // row's typical entry 1/√d, smaller from a construction already near its goal.
-    let pnorm_lr = if start.is_some() { 0.005 } else { 0.02 } / (d as f64).sqrt();
+    let refine = start.is_some() || cfg.start.is_some();
+    let pnorm_lr = if refine { 0.005 } else { 0.02 } / (d as f64).sqrt();
     let lr = cfg.lr.unwrap_or(match cfg.method {
         Method::Sgd => 1e-3,
         Method::Adaptive => 0.1,
@@ -544,17 +570,16 @@ pub fn generate(
             }
         }
     };
-    let start_max = match &plan.start {
-        Some(c) => c.coherence,
-        None => plan.random_max_cos.median,
+    let init = match (&cfg.start, &plan.start) {
+        (Some(_), _) => Init::File,
+        (None, Some(c)) => c.init,
+        (None, None) => Init::Random,
     };
-    let mut tau = target.unwrap_or(welch + AUTO_SHRINK * (start_max - welch));
-
-    let init = plan.start.as_ref().map_or(Init::Random, |c| c.init);
-    let mut b = match init {
-        Init::Kerdock => kerdock_basis(n, d, cfg.seed)?,
-        Init::Steiner => steiner_basis(n, d, cfg.seed)?,
-        Init::Random | Init::Auto => Basis::random(n, d, cfg.seed),
+    let mut b = match (&cfg.start, init) {
+        (Some(m), _) => m.clone(),
+        (None, Init::Kerdock) => kerdock_basis(n, d, cfg.seed)?,
+        (None, Init::Steiner) => steiner_basis(n, d, cfg.seed)?,
+        (None, _) => Basis::random(n, d, cfg.seed),
     };
     let mut eng = match &cfg.backend {
         Backend::Native => {
@@ -562,6 +587,17 @@ pub fn generate(
         }
         Backend::Candle(dev) => Kernel::Device(DeviceEngine::new(n, d, plan.slice, dev.clone())?),
     };
+    let start_max = match (&cfg.start, &plan.start) {
+        // A given matrix: one evaluation without gradient (a Gram pass) to
+        // scale the first p-norm step and the first auto threshold.
+        (Some(_), _) => {
+            normalize_rows(&mut b.data, d);
+            eng.evaluate(&b.data, 1.0, Loss::Hinge, false)?.max_abs as f64
+        }
+        (None, Some(c)) => c.coherence,
+        (None, None) => plan.random_max_cos.median,
+    };
+    let mut tau = target.unwrap_or(welch + AUTO_SHRINK * (start_max - welch));
     let mut velocity = match cfg.method {
         Method::Adaptive | Method::Pnorm => vec![0.0f32; n * d],
         Method::Sgd => Vec::new(),
@@ -941,6 +977,41 @@ mod tests {
             let (a, b) = (native.steps as f64, dev.steps as f64);
             assert!((a - b).abs() <= 0.1 * a + 2.0, "{what}: {a} vs {b} steps");
         }
+    }
+
+    #[test]
+    fn a_given_start_continues_a_run() {
+        // 60 adaptive steps, then 60 more from the output: the second run's
+        // step 0 is the first run's best, and it only goes down from there.
+        let mut c = cfg(140, 32, 0.16);
+        c.alpha = AlphaSpec::Auto;
+        c.method = Method::Adaptive;
+        c.max_steps = 60;
+        let first = generate(&c, &mut |_| {}).unwrap();
+        c.start = Some(first.basis.clone());
+        let mut step0 = None;
+        let second = generate(&c, &mut |s| {
+            if s.step == 0 {
+                step0 = Some(s.max_abs_cos)
+            }
+        })
+        .unwrap();
+        let s0 = step0.unwrap();
+        assert!(
+            (s0 - first.summary.max_abs_cos).abs() < 1e-6,
+            "{s0} vs {}",
+            first.summary.max_abs_cos
+        );
+        assert_eq!(second.summary.init, Init::File);
+        assert!(
+            second.summary.best_step > 0,
+            "no step improved on the start"
+        );
+        assert!(second.summary.max_abs_cos < first.summary.max_abs_cos);
+        // A matrix of another shape is refused, naming the flag.
+        c.n = 141;
+        let e = generate(&c, &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("--start") && e.contains("140 × 32"), "{e}");
     }
 
     #[test]
