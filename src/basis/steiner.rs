@@ -12,8 +12,9 @@
 //!   blocks. The b blocks are the coordinates.
 //! - A real Hadamard matrix H of order r + 1, its columns' signs flipped so
 //!   that the first row is all ones, then that row removed: r rows, r + 1
-//!   columns. H is Sylvester's (order 2^a) or Sylvester's ⊗ Paley's (order
-//!   2^a·(p + 1), p ≡ 3 mod 4 prime), so r + 1 must be one of those orders.
+//!   columns. H is Sylvester's (order 2^a) or Sylvester's ⊗ Paley's (type I:
+//!   order 2^a·(p + 1), p ≡ 3 mod 4 prime; type II: 2^a·2(q + 1), q ≡ 1 mod
+//!   4 prime), so r + 1 must be one of those orders.
 //! - Point p gives r + 1 vectors: column c of that matrix, scaled by 1/√r,
 //!   written on the r coordinates of the blocks through p.
 //! - Two vectors of one point: (r + 1)·δ − 1 over r, i.e. −1/r (columns of H
@@ -28,9 +29,12 @@
 //!   AG(m, 2) (pairs: N = 4^m in R^(2^(m−1)·(2^m−1)), N/d ≈ 2), PG(m, 2)
 //!   (triples, N/d ≈ 3) and AG(3, 5), PG(3, 5) (r = 31: 4000 in R^775 and
 //!   4992 in R^806, N/d ≈ 5.2 and 6.2);
-//! - Bose's Steiner triple systems on v = 6n + 3 points (Z_(2n+1) × Z_3),
-//!   r = (v − 1)/2: with Paley's matrices they add N/d ≈ 3.2 shapes between
-//!   the PG(m, 2) ones, e.g. 780 in R^247 (v = 39), 3828 in R^1247 (v = 87).
+//! - Steiner triple systems, Bose's on v = 6n + 3 points (Z_(2n+1) × Z_3)
+//!   and Skolem's on v = 6n + 1 (Z_2n × Z_3 and one more point), r =
+//!   (v − 1)/2: with Paley's matrices they add N/d ≈ 3.0–3.2 shapes between
+//!   the PG(m, 2) ones, e.g. 780 in R^247 (v = 39), 1540 in R^495 (v = 55),
+//!   3160 in R^1027 (v = 79), 3828 in R^1247 (v = 87), 15400 in R^5075
+//!   (v = 175).
 //!
 //! N/d is about the block size k, so these help at a few shapes only;
 //! elsewhere use a Kerdock or random start.
@@ -61,6 +65,8 @@ pub enum Family {
     Projective { m: u32, q: u32 },
     /// Bose's Steiner triple system on v = 6n + 3 points.
     Bose { v: usize },
+    /// Skolem's Steiner triple system on v = 6n + 1 points.
+    Skolem { v: usize },
 }
 
 /// A 2-(v, k, 1) design.
@@ -85,11 +91,17 @@ struct Hadamard {
 }
 
 impl Hadamard {
-    /// Sylvester's matrix of order 2^a ⊗ Paley's of order p + 1 (p ≡ 3 mod 4
+    /// Sylvester's matrix of order 2^a ⊗ a Paley matrix (type I, order p + 1
+    /// with p ≡ 3 mod 4 prime; type II, order 2(q + 1) with q ≡ 1 mod 4
     /// prime), or Sylvester's alone; `None` for other orders.
     fn new(order: usize) -> Option<Hadamard> {
         let core = hadamard_core(order)?;
-        let paley = (core > 1).then(|| paley(core - 1));
+        let paley = match core {
+            Core::Sylvester => None,
+            Core::PaleyI(p) => Some(paley(p)),
+            Core::PaleyII(q) => Some(paley2(q)),
+        };
+        let core = core.order();
         let mut signs = vec![0i8; order * order];
         for i in 0..order {
             for j in 0..order {
@@ -120,20 +132,47 @@ impl Hadamard {
     }
 }
 
-/// The Paley factor of a Hadamard order: 1 for a power of two, p + 1 when
-/// order = 2^a·(p + 1) with p ≡ 3 mod 4 prime; `None` otherwise.
-fn hadamard_core(order: usize) -> Option<usize> {
+/// The factor of a Hadamard order besides Sylvester's 2^a.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Core {
+    /// Order 1: the order is a power of two.
+    Sylvester,
+    /// Paley I of order p + 1, p ≡ 3 mod 4 prime.
+    PaleyI(usize),
+    /// Paley II of order 2(q + 1), q ≡ 1 mod 4 prime.
+    PaleyII(usize),
+}
+
+impl Core {
+    fn order(self) -> usize {
+        match self {
+            Core::Sylvester => 1,
+            Core::PaleyI(p) => p + 1,
+            Core::PaleyII(q) => 2 * (q + 1),
+        }
+    }
+}
+
+/// How to build a Hadamard matrix of `order` as 2^a ⊗ a Paley matrix (the
+/// largest core that works); `None` when neither type fits.
+fn hadamard_core(order: usize) -> Option<Core> {
     if order == 0 {
         return None;
     }
     if order.is_power_of_two() {
-        return Some(1);
+        return Some(Core::Sylvester);
     }
     let mut core = order;
     loop {
         let p = core - 1;
         if p % 4 == 3 && is_prime(p) {
-            return Some(core);
+            return Some(Core::PaleyI(p));
+        }
+        if core.is_multiple_of(2) {
+            let q = core / 2 - 1;
+            if q % 4 == 1 && is_prime(q) {
+                return Some(Core::PaleyII(q));
+            }
         }
         if core % 2 == 1 || core < 8 {
             return None;
@@ -180,6 +219,38 @@ fn paley(p: usize) -> Vec<i8> {
     h
 }
 
+/// Paley's type II Hadamard matrix of order 2(q + 1), q ≡ 1 mod 4 prime:
+/// the symmetric conference matrix C = [[0, 1ᵀ], [1, Q]] (Q_ij = χ(j − i))
+/// with each 0 replaced by [[1, −1], [−1, −1]] and each ±1 by
+/// ±[[1, 1], [1, −1]]; row-major signs.
+fn paley2(q: usize) -> Vec<i8> {
+    let mut square = vec![false; q];
+    for x in 1..q {
+        square[x * x % q] = true;
+    }
+    let c = |i: usize, j: usize| -> i8 {
+        match (i, j) {
+            (0, 0) => 0,
+            (0, _) | (_, 0) => 1,
+            _ if i == j => 0,
+            _ if square[(j + q - i) % q] => 1,
+            _ => -1,
+        }
+    };
+    let order = 2 * (q + 1);
+    let mut h = vec![0i8; order * order];
+    for i in 0..order {
+        for j in 0..order {
+            let (a, b) = (i % 2, j % 2);
+            h[i * order + j] = match c(i / 2, j / 2) {
+                0 => [[1, -1], [-1, -1]][a][b],
+                x => x * [[1, 1], [1, -1]][a][b],
+            };
+        }
+    }
+    h
+}
+
 impl Design {
     /// The lines of AG(m, q) or PG(m, q); `None` on overflow.
     fn geometry(projective: bool, m: u32, q: u32) -> Option<Design> {
@@ -207,10 +278,15 @@ impl Design {
         })
     }
 
-    /// Bose's triple system on v = 6n + 3 points.
-    fn bose(v: usize) -> Design {
+    /// A Steiner triple system on v points (v ≡ 3 mod 6: Bose's; v ≡ 1
+    /// mod 6: Skolem's).
+    fn triples(v: usize) -> Design {
         Design {
-            family: Family::Bose { v },
+            family: if v % 6 == 3 {
+                Family::Bose { v }
+            } else {
+                Family::Skolem { v }
+            },
             points: v,
             block: 3,
             blocks: v * (v - 1) / 6,
@@ -224,6 +300,7 @@ impl Design {
             Family::Affine { m, q } => format!("lines of AG({m}, {q})"),
             Family::Projective { m, q } => format!("lines of PG({m}, {q})"),
             Family::Bose { v } => format!("Bose triple system on {v} points"),
+            Family::Skolem { v } => format!("Skolem triple system on {v} points"),
         }
     }
 
@@ -258,8 +335,8 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
         }
     }
     // v = 2^k − 1 has r + 1 a power of two: PG(k − 1, 2) already gives that shape.
-    for v in (9..).step_by(6) {
-        let des = Design::bose(v);
+    for v in (7..).step_by(2).filter(|v| v % 6 == 1 || v % 6 == 3) {
+        let des = Design::triples(v);
         if des.blocks > max_blocks {
             break;
         }
@@ -373,6 +450,7 @@ fn lines(des: &Design) -> Vec<Vec<usize>> {
         Family::Affine { m, q } => geometry_lines(false, m, q, des.blocks),
         Family::Projective { m, q } => geometry_lines(true, m, q, des.blocks),
         Family::Bose { v } => bose_triples(v),
+        Family::Skolem { v } => skolem_triples(v),
     }
 }
 
@@ -388,6 +466,44 @@ fn bose_triples(v: usize) -> Vec<Vec<usize>> {
         for y in x + 1..g {
             for i in 0..3 {
                 let mut t = vec![at(x, i), at(y, i), at((x + y) * half % g, i + 1)];
+                t.sort_unstable();
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// Skolem: points ∞ and (x, i) ∈ Z_2n × Z_3 (v = 6n + 1) as x + i·2n, ∞
+/// last; with the half-idempotent commutative quasigroup x∘y = h(x + y mod
+/// 2n), h(2k) = k and h(2k + 1) = k + n (so x∘x = x mod n), the triples are
+/// {(x,0), (x,1), (x,2)} for x < n, {∞, (x+n, i), (x, i+1)} for x < n, and
+/// {(x,i), (y,i), (x∘y, i+1)} for x < y.
+fn skolem_triples(v: usize) -> Vec<Vec<usize>> {
+    let g = (v - 1) / 3; // 2n
+    let n = g / 2;
+    let inf = v - 1;
+    let at = |x: usize, i: usize| x + (i % 3) * g;
+    let op = |x: usize, y: usize| {
+        let s = (x + y) % g;
+        if s % 2 == 0 {
+            s / 2
+        } else {
+            s / 2 + n
+        }
+    };
+    let mut out: Vec<Vec<usize>> = (0..n).map(|x| vec![at(x, 0), at(x, 1), at(x, 2)]).collect();
+    for x in 0..n {
+        for i in 0..3 {
+            let mut t = vec![inf, at(x + n, i), at(x, i + 1)];
+            t.sort_unstable();
+            out.push(t);
+        }
+    }
+    for x in 0..g {
+        for y in x + 1..g {
+            for i in 0..3 {
+                let mut t = vec![at(x, i), at(y, i), at(op(x, y), i + 1)];
                 t.sort_unstable();
                 out.push(t);
             }
@@ -466,7 +582,10 @@ mod tests {
 
     #[test]
     fn hadamard_matrices_are_orthogonal_and_normalised() {
-        for order in [1usize, 2, 4, 8, 12, 20, 24, 32, 40, 44, 48, 68, 80] {
+        // Paley I cores (12, 20, 24, 44, 48, 68, 80), Paley II (28, 36, 56, 60, 72, 76).
+        for order in [
+            1usize, 2, 4, 8, 12, 20, 24, 28, 32, 36, 40, 44, 48, 56, 60, 68, 72, 76, 80,
+        ] {
             let h = Hadamard::new(order).unwrap_or_else(|| panic!("order {order}"));
             for i in 0..order {
                 assert_eq!(h.at(0, i), 1, "order {order}: row 0");
@@ -480,8 +599,8 @@ mod tests {
                 }
             }
         }
-        // 28 = 27 + 1 needs GF(27); 36, 52 need other constructions: not offered.
-        for order in [3usize, 6, 28, 36, 52] {
+        // 52 = 2·(25 + 1) and 92 = 4·23 need GF(25) or other constructions: not offered.
+        for order in [3usize, 6, 10, 52, 92] {
             assert!(Hadamard::new(order).is_none(), "order {order}");
         }
     }
@@ -504,6 +623,7 @@ mod tests {
             ("lines of AG(3, 5)", 4000, 775),
             ("lines of PG(3, 5)", 4992, 806),
             ("Bose triple system on 39 points", 780, 247),
+            ("Skolem triple system on 55 points", 1540, 495),
         ];
         let want: Vec<(String, usize, usize)> = want
             .iter()
@@ -609,6 +729,46 @@ mod tests {
         assert!(ratio < 1.005, "{ratio}");
         // And the whole frame is at the bound.
         assert!((1.0 / 31.0 - welch_bound(4000, 775)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn triple_systems_are_steiner_systems() {
+        // Every v the two constructions cover up to 45, whether or not r + 1
+        // is a Hadamard order (the frame needs one, the design does not).
+        for v in (7..=45).filter(|v| v % 6 == 1 || v % 6 == 3) {
+            let des = Design::triples(v);
+            let ls = lines(&des);
+            assert_eq!(ls.len(), des.blocks, "v = {v}");
+            let mut pairs = vec![0u8; v * v];
+            for l in &ls {
+                assert!(
+                    l.len() == 3 && l[0] < l[1] && l[1] < l[2] && l[2] < v,
+                    "v = {v}: {l:?}"
+                );
+                for (a, &p) in l.iter().enumerate() {
+                    for &q in &l[a + 1..] {
+                        pairs[p * v + q] += 1;
+                    }
+                }
+            }
+            for p in 0..v {
+                for q in p + 1..v {
+                    assert_eq!(pairs[p * v + q], 1, "v = {v}: points {p}, {q}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skolem_55_with_paley_ii_sits_on_the_welch_bound() {
+        // r + 1 = 28 = 2·(13 + 1): Paley II. 1540 vectors in R^495 at 1/27;
+        // every row against the first 60.
+        let des = Design::triples(55);
+        assert_eq!((des.capacity(), des.blocks), (1540, 495));
+        let b = steiner_basis(1540, 495, 5).unwrap();
+        assert_equiangular(&b, 60, 1.0 / 27.0, "Skolem 55");
+        assert!((1.0 / 27.0 - welch_bound(1540, 495)).abs() < 1e-12);
+        assert_eq!(steiner_plan(1500, 500), Some(des));
     }
 
     #[test]
