@@ -486,7 +486,7 @@ fn skolem_triples(v: usize) -> Vec<Vec<usize>> {
     let at = |x: usize, i: usize| x + (i % 3) * g;
     let op = |x: usize, y: usize| {
         let s = (x + y) % g;
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             s / 2
         } else {
             s / 2 + n
