@@ -42,6 +42,15 @@
 //! starts its continuation from the construction's coherence instead of the
 //! random maximum.
 //!
+//! A given matrix (`GenerateConfig::start`, `--start FILE`, `Init::File`)
+//! replaces both: it is renormalised, evaluated once to scale the first step,
+//! never jittered, and is the best matrix until beaten, so continuing a run or
+//! refining an imported matrix never returns anything worse than the input.
+//!
+//! The Gram work goes to `backend`: ebv's CPU kernel ([`super::gram`]) or the
+//! same contract on a candle device ([`super::device`], `--device cuda:K`);
+//! the optimiser state stays on the host either way.
+//!
 //! `AlphaSpec::Auto` (either method) lowers τ by continuation:
 //! τ ← W + 0.9·(max − W) (W = Welch bound) each time the current τ is met,
 //! and keeps the best matrix, until the step budget or a stall (no gain for
