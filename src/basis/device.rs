@@ -11,7 +11,7 @@
 //! the loss over ordered pairs, and G = 2·M·B with M_ij = ∂loss/∂C_ij.
 //! What differs is the shape of the work, chosen for a device: each slice
 //! of S rows computes the full rows C[s:e, 0:N] (not the upper triangle),
-//! so that G[s:e] = W·B is one GEMM per slice with no scatter; that doubles
+//! so that `G[s:e] = W·B` is one GEMM per slice with no scatter; that doubles
 //! the flops, which a GPU can afford and which keeps every step a handful of
 //! large kernels. The weights are dense (no sparse pair list): on a GPU the
 //! elementwise pass over S × N costs far less than the GEMMs around it.

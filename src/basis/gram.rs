@@ -10,7 +10,7 @@
 //! M_ij = ∂loss/∂C_ij (zero diagonal), which is non-zero only on violating
 //! pairs. Per slice we choose how to apply M:
 //! - dense: the block is overwritten in place by M and two GEMMs add
-//!   M·B[s:N] to G[s:e] and Mᵀ·B[s:e] to G[s:N];
+//!   `M·B[s:N]` to `G[s:e]` and `Mᵀ·B[s:e]` to `G[s:N]`;
 //! - sparse: the violating pairs are listed, and after the last slice each
 //!   row of G gathers its pairs (rows in parallel, no write conflicts).
 //!
