@@ -773,6 +773,102 @@ fn generate_starts_from_a_given_matrix() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
 
+/// Starts a long `generate` (2000 × 128 toward an α it cannot reach) that
+/// checkpoints to `out` every 0.1 s, and waits for its first checkpoint.
+fn spawn_long_run(dir: &Path, out: &Path, extra: &[&str]) -> std::process::Child {
+    let child = Command::new(BIN)
+        .current_dir(dir)
+        .args([
+            "generate",
+            "--classes",
+            "2000",
+            "--dim",
+            "128",
+            "--alpha",
+            "0.087",
+            "--method",
+            "adaptive",
+            "--steps",
+            "1000000",
+            "--checkpoint-every",
+            "0.1",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !out.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
+    let dir = tmp();
+    // SIGKILL mid-run: the last checkpoint is a complete, consistent matrix
+    // (its metadata says which step), and --start continues from it.
+    let out_p = dir.path().join("long.safetensors");
+    let mut child = spawn_long_run(dir.path(), &out_p, &["-q"]);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (n, d, vals, meta) = read_safetensors(&out_p);
+    assert_eq!((n, d), (2000, 128));
+    let step: u64 = meta["checkpoint"].parse().unwrap();
+    assert!(step > 0);
+    let r = direct(n, d, &vals);
+    assert!((r.norm_min - 1.0).abs() < 1e-5 && (r.norm_max - 1.0).abs() < 1e-5);
+    let m: f64 = meta["max_abs_cos"].parse().unwrap();
+    assert!((m - r.max).abs() < 2e-6, "metadata {m}, direct {}", r.max);
+    let more = dir.path().join("more.safetensors");
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--start",
+            out_p.to_str().unwrap(),
+            "--alpha",
+            "auto",
+            "--method",
+            "adaptive",
+            "--steps",
+            "30",
+            "--out",
+            more.to_str().unwrap(),
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(f(&json(&out), "max_abs_cos") <= m + 1e-7);
+
+    // SIGINT: the run stops after its step and writes its best matrix as a
+    // final result (exit 1: α not reached), not a checkpoint.
+    let out_q = dir.path().join("int.safetensors");
+    let child = spawn_long_run(dir.path(), &out_q, &["--json"]);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted at step"),
+        "{}",
+        stderr(&out)
+    );
+    let j = json(&out);
+    assert!(j["steps"].as_u64().unwrap() < 1_000_000);
+    let (_, _, vals, meta) = read_safetensors(&out_q);
+    assert!(!meta.contains_key("checkpoint"), "{meta:?}");
+    let r = direct(2000, 128, &vals);
+    assert!((f(&j, "max_abs_cos") - r.max).abs() < 2e-6);
+}
+
 /// A latin-1 string of `bytes`, as protocol 2 pickles carry binary data.
 fn latin1_unicode(bytes: &[u8]) -> Vec<u8> {
     let s: String = bytes.iter().map(|&b| b as char).collect();

@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -17,11 +20,13 @@ use super::check::{check, CheckOptions, CheckReport};
 use super::device::Backend;
 use super::error::BasisError;
 use super::generate::{
-    generate, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method, Summary, DEFAULT_JITTER,
+    generate_with_checkpoints, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method,
+    Summary, DEFAULT_JITTER,
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
 use super::io::{read_matrix, write_npy, write_safetensors, MatrixFile};
+use super::matrix::Basis;
 use crate::progress;
 
 /// Generate, check and import Equiangular Basis Vectors (EBV, CVPR 2023).
@@ -115,6 +120,12 @@ pub struct GenerateArgs {
     /// Write one CSV line per step (step, max |cos|, best, violations, loss, lr, τ).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Save the best matrix so far to --out every this many seconds while it improves
+    /// (atomically; metadata `checkpoint` = its step), so that a killed run loses at most
+    /// that interval and continues with --start; 0 turns it off. Ctrl-C stops the run at
+    /// the end of its step and writes the best matrix as usual.
+    #[arg(long, default_value_t = 300.0)]
+    pub checkpoint_every: f64,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -253,6 +264,18 @@ fn gib(bytes: u64) -> String {
 
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let backend = backend(&a.device)?;
+    if !(a.checkpoint_every.is_finite() && a.checkpoint_every >= 0.0) {
+        anyhow::bail!("--checkpoint-every: must be a non-negative number of seconds");
+    }
+    // Ctrl-C: stop at the end of the step and write the best matrix; twice: exit now.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after this step and writing the best matrix (Ctrl-C again to abort)");
+    });
     let start = match &a.start {
         Some(path) => {
             Some(read_matrix(path).with_context(|| format!("--start {}", path.display()))?)
@@ -283,6 +306,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         jitter: a.jitter,
         backend,
         start,
+        stop: Some(stop.clone()),
     };
     let chatty = progress::chatty(a.quiet);
     let p = plan(&cfg)?;
@@ -405,22 +429,41 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         None => None,
     };
     let mut trace_err = None;
-    let g = generate(&cfg, &mut |s| {
-        if let Some(w) = trace.as_mut() {
-            if let Err(e) = writeln!(
-                w,
-                "{},{},{},{},{},{},{}",
-                s.step, s.max_abs_cos, s.best_max_abs_cos, s.violations, s.loss, s.lr, s.tau
-            ) {
-                trace_err.get_or_insert(e);
+    let mut last_flush = Instant::now();
+    let out_path = a.out.clone();
+    let mut save = |m: &Basis, s: &Summary| -> Result<(), BasisError> {
+        let mut meta = summary_metadata(s);
+        meta.insert("checkpoint".into(), s.steps.to_string());
+        write_safetensors(&out_path, m, &meta)
+    };
+    let checkpoint = (a.checkpoint_every > 0.0).then_some((a.checkpoint_every, &mut save as _));
+    let g = generate_with_checkpoints(
+        &cfg,
+        &mut |s| {
+            if let Some(w) = trace.as_mut() {
+                if let Err(e) = writeln!(
+                    w,
+                    "{},{},{},{},{},{},{}",
+                    s.step, s.max_abs_cos, s.best_max_abs_cos, s.violations, s.loss, s.lr, s.tau
+                ) {
+                    trace_err.get_or_insert(e);
+                }
+                // Readable while the run goes on (`tail -f`), and mostly kept if it is killed.
+                if last_flush.elapsed().as_secs() >= 2 {
+                    if let Err(e) = w.flush() {
+                        trace_err.get_or_insert(e);
+                    }
+                    last_flush = Instant::now();
+                }
             }
-        }
-        pb.set_position(s.step);
-        pb.set_message(format!(
-            "max|cos| {:.5} (best {:.5}, τ {:.5}) viol {}",
-            s.max_abs_cos, s.best_max_abs_cos, s.tau, s.violations
-        ));
-    })?;
+            pb.set_position(s.step);
+            pb.set_message(format!(
+                "max|cos| {:.5} (best {:.5}, τ {:.5}) viol {}",
+                s.max_abs_cos, s.best_max_abs_cos, s.tau, s.violations
+            ));
+        },
+        checkpoint,
+    )?;
     pb.finish_and_clear();
     if let Some(mut w) = trace {
         w.flush().context("writing the trace")?;
@@ -456,6 +499,13 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             (None, _, _) => format!("auto: best after {} steps (step {})", s.steps, s.best_step),
         };
         eprintln!("{verdict}");
+        if stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "  interrupted at step {}: continue with --start {}",
+                s.steps,
+                a.out.display()
+            );
+        }
         eprintln!(
             "  max |cos| {:.6}  mean |cos| {:.6}  Welch {:.6}{}  ({:.1} s, {} recoveries)",
             s.max_abs_cos,

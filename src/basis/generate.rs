@@ -56,6 +56,8 @@
 //! and keeps the best matrix, until the step budget or a stall (no gain for
 //! [`AUTO_STALL_STEPS`] steps).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -340,6 +342,9 @@ pub struct GenerateConfig {
     /// Start from this N × d matrix instead of `init` (rows are renormalised,
     /// no jitter): continues an earlier run, or refines a given matrix.
     pub start: Option<Basis>,
+    /// Checked after every step: when set, the run stops and returns its best
+    /// matrix as if the step budget were spent (Ctrl-C in the binary).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Default `jitter`. A construction embedded in fewer than d coordinates
@@ -373,6 +378,7 @@ impl Default for GenerateConfig {
             jitter: DEFAULT_JITTER,
             backend: Backend::Native,
             start: None,
+            stop: None,
         }
     }
 }
@@ -556,6 +562,22 @@ pub fn generate(
     cfg: &GenerateConfig,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<Generated, BasisError> {
+    generate_with_checkpoints(cfg, on_step, None)
+}
+
+/// Saves the best matrix so far with the summary it would have if the run
+/// stopped there; see [`generate_with_checkpoints`].
+pub type CheckpointFn<'a> = &'a mut dyn FnMut(&Basis, &Summary) -> Result<(), BasisError>;
+
+/// [`generate`], handing the best matrix so far to `checkpoint.1` at most
+/// every `checkpoint.0` seconds, when it has improved since the last call.
+/// A run killed between checkpoints loses only that interval: the saved
+/// matrix continues it through [`GenerateConfig::start`].
+pub fn generate_with_checkpoints(
+    cfg: &GenerateConfig,
+    on_step: &mut dyn FnMut(&StepInfo),
+    mut checkpoint: Option<(f64, CheckpointFn)>,
+) -> Result<Generated, BasisError> {
     let plan = plan(cfg)?;
     let started = Instant::now();
     let (n, d) = (cfg.n, cfg.d);
@@ -628,6 +650,8 @@ pub fn generate(
     let mut step = 0u64;
     let mut reached = false;
     let mut last_max: f32;
+    let mut last_save = Instant::now();
+    let mut saved_step: Option<u64> = None;
 
     loop {
         normalize_rows(&mut b.data, d);
@@ -668,6 +692,32 @@ pub fn generate(
             lr,
             tau,
         });
+        if let Some((every, save)) = checkpoint.as_mut() {
+            let due = last_save.elapsed().as_secs_f64() >= *every;
+            if due && saved_step != Some(best_step) && step > 0 {
+                let snap = Snapshot {
+                    reached: false,
+                    step,
+                    best_max,
+                    best_mean,
+                    best_step,
+                    last_max,
+                    lr,
+                    recoveries,
+                };
+                let summary = summarize(cfg, &plan, init, started, snap);
+                save(
+                    &Basis {
+                        n,
+                        d,
+                        data: best.clone(),
+                    },
+                    &summary,
+                )?;
+                saved_step = Some(best_step);
+                last_save = Instant::now();
+            }
+        }
         if let Some(a) = target {
             if mx as f64 <= a + cfg.tol {
                 reached = true;
@@ -681,6 +731,9 @@ pub fn generate(
             .max_seconds
             .is_some_and(|t| started.elapsed().as_secs_f64() > t)
         {
+            break;
+        }
+        if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             break;
         }
         if target.is_none() && step - last_gain >= AUTO_STALL_STEPS {
@@ -774,34 +827,76 @@ pub fn generate(
         step += 1;
     }
 
+    let summary = summarize(
+        cfg,
+        &plan,
+        init,
+        started,
+        Snapshot {
+            reached,
+            step,
+            best_max,
+            best_mean,
+            best_step,
+            last_max,
+            lr,
+            recoveries,
+        },
+    );
     let basis = Basis { n, d, data: best };
-    let max = best_max as f64;
-    let summary = Summary {
-        n,
-        d,
+    Ok(Generated { basis, summary })
+}
+
+/// Where a run stands, for its summary (final or at a checkpoint).
+#[derive(Clone, Copy)]
+struct Snapshot {
+    reached: bool,
+    step: u64,
+    best_max: f32,
+    best_mean: f64,
+    best_step: u64,
+    last_max: f32,
+    lr: f64,
+    recoveries: u32,
+}
+
+fn summarize(
+    cfg: &GenerateConfig,
+    plan: &Plan,
+    init: Init,
+    started: Instant,
+    s: Snapshot,
+) -> Summary {
+    let target = match cfg.alpha {
+        AlphaSpec::Value(a) => Some(a),
+        AlphaSpec::Auto => None,
+    };
+    let (max, welch) = (s.best_max as f64, plan.welch);
+    Summary {
+        n: cfg.n,
+        d: cfg.d,
         alpha: target,
         tol: cfg.tol,
-        reached: reached || target.is_none(),
-        instant: reached && step == 0,
+        reached: s.reached || target.is_none(),
+        instant: s.reached && s.step == 0,
         max_abs_cos: max,
-        mean_abs_cos: best_mean,
+        mean_abs_cos: s.best_mean,
         welch,
         ratio_to_welch: (welch > 0.0).then(|| max / welch),
         random_max_cos: plan.random_max_cos.median,
         init,
-        steps: step,
-        best_step,
-        last_max_abs_cos: last_max as f64,
+        steps: s.step,
+        best_step: s.best_step,
+        last_max_abs_cos: s.last_max as f64,
         seed: cfg.seed,
         method: cfg.method,
         lr_start: plan.lr,
-        lr_end: lr,
-        recoveries,
+        lr_end: s.lr,
+        recoveries: s.recoveries,
         device: plan.device.clone(),
         seconds: started.elapsed().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION"),
-    };
-    Ok(Generated { basis, summary })
+    }
 }
 
 /// g_i ← g_i − (g_i·b_i)·b_i for unit rows b_i: only the tangent part moves
@@ -1021,6 +1116,37 @@ mod tests {
         c.n = 141;
         let e = generate(&c, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("--start") && e.contains("140 × 32"), "{e}");
+    }
+
+    #[test]
+    fn checkpoints_hand_over_each_improvement_and_stop_ends_the_run() {
+        let mut c = cfg(140, 32, 0.16);
+        c.alpha = AlphaSpec::Auto;
+        c.method = Method::Adaptive;
+        c.max_steps = 40;
+        let mut saved: Vec<(f64, u64, Vec<f32>)> = Vec::new();
+        let mut save = |m: &Basis, s: &Summary| -> Result<(), BasisError> {
+            assert!(!s.reached || s.alpha.is_none());
+            saved.push((s.max_abs_cos, s.best_step, m.data.clone()));
+            Ok(())
+        };
+        let g = generate_with_checkpoints(&c, &mut |_| {}, Some((0.0, &mut save))).unwrap();
+        assert!(saved.len() > 5, "{} checkpoints", saved.len());
+        for w in saved.windows(2) {
+            assert!(w[1].0 < w[0].0 && w[1].1 > w[0].1, "not an improvement");
+        }
+        // Each checkpoint is the matrix its summary describes: the last one
+        // has the final best's step, so it is the returned matrix.
+        let last = saved.last().unwrap();
+        if last.1 == g.summary.best_step {
+            assert_eq!(last.2, g.basis.data);
+        }
+        assert!(last.0 >= g.summary.max_abs_cos);
+        // A raised stop flag ends the run after the step it is in.
+        c.max_steps = 1000;
+        c.stop = Some(Arc::new(AtomicBool::new(true)));
+        let g = generate(&c, &mut |_| {}).unwrap();
+        assert_eq!(g.summary.steps, 0);
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub use check::{check, CheckOptions, CheckReport, HistBin};
 pub use device::{device_slice_rows, Backend};
 pub use error::BasisError;
 pub use generate::{
-    construction, generate, nearby_starts, AlphaSpec, Construction, GenerateConfig, Generated,
-    Init, Method, NearbyStart, StepInfo, Summary,
+    construction, generate, generate_with_checkpoints, nearby_starts, AlphaSpec, CheckpointFn,
+    Construction, GenerateConfig, Generated, Init, Method, NearbyStart, StepInfo, Summary,
 };
 pub use gram::{hinge_loss_and_grad, GradPath};
 pub use import::{import_pickle, Imported, PickleForm};
