@@ -316,11 +316,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             "ebv-basis: N={} d={} init={} method={} lr={} seed={} device={} slice={}",
             p.n,
             p.d,
-            if a.start.is_some() {
-                Init::File.name()
-            } else {
-                a.init.name()
-            },
+            p.init.name(),
             a.method.name(),
             p.lr,
             a.seed,
@@ -336,7 +332,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             "  random unit vectors: max |cos| ≈ {:.6} (90% in {:.6}–{:.6})",
             r.median, r.q05, r.q95
         );
-        let init = p.start.as_ref().map_or(Init::Random, |c| c.init);
+        let init = p.init;
         if let Some(path) = &a.start {
             eprintln!(
                 "  start: {} ({} × {}), rows renormalised, no jitter; its max |cos| is step 0's",

@@ -128,7 +128,7 @@ pub enum Init {
     /// D = largest power of 4 ≤ d, for up to D·(D/2 + 1) classes.
     Kerdock,
     /// A Steiner equiangular tight frame (the lines of AG(m, q) or PG(m, q),
-    /// or a Bose triple system): max |cos| = 1/r, on the Welch bound, at a
+    /// or a Bose or Skolem triple system): max |cos| = 1/r, on the Welch bound, at a
     /// few shapes (e.g. 4000 in R^775).
     Steiner,
     /// The construction with the lowest max |cos| for (N, d) when it meets α
@@ -392,7 +392,10 @@ pub struct Plan {
     pub welch: f64,
     /// Max |cos| of random unit vectors (median and 5–95 % band).
     pub random_max_cos: RandomMaxCos,
-    /// The structured start (`None`: random unit vectors).
+    /// The start the run takes: `Random`, `Kerdock`, `Steiner` or `File`
+    /// (what `Auto` resolved to).
+    pub init: Init,
+    /// The structured start (`None`: random unit vectors or a given matrix).
     pub start: Option<Construction>,
     /// Rows per Gram slice.
     pub slice: usize,
@@ -544,6 +547,11 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         d,
         welch,
         random_max_cos: random_max_cos(n, d),
+        init: match (&start, init) {
+            (Some(c), _) => c.init,
+            (None, Init::File) => Init::File,
+            (None, _) => Init::Random,
+        },
         start,
         slice,
         lr,
@@ -601,11 +609,7 @@ pub fn generate_with_checkpoints(
             }
         }
     };
-    let init = match (&cfg.start, &plan.start) {
-        (Some(_), _) => Init::File,
-        (None, Some(c)) => c.init,
-        (None, None) => Init::Random,
-    };
+    let init = plan.init;
     let mut b = match (&cfg.start, init) {
         (Some(m), _) => m.clone(),
         (None, Init::Kerdock) => kerdock_basis(n, d, cfg.seed)?,
@@ -706,14 +710,15 @@ pub fn generate_with_checkpoints(
                     recoveries,
                 };
                 let summary = summarize(cfg, &plan, init, started, snap);
-                save(
-                    &Basis {
-                        n,
-                        d,
-                        data: best.clone(),
-                    },
-                    &summary,
-                )?;
+                // Lend the best rows to the callback without copying them.
+                let lent = Basis {
+                    n,
+                    d,
+                    data: std::mem::take(&mut best),
+                };
+                let saved = save(&lent, &summary);
+                best = lent.data;
+                saved?;
                 saved_step = Some(best_step);
                 last_save = Instant::now();
             }
@@ -950,6 +955,19 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-6, "moved by {worst}");
+    }
+
+    #[test]
+    fn plan_records_the_start_auto_resolved_to() {
+        let mut c = cfg(1000, 200, 0.1);
+        c.init = Init::Auto;
+        assert_eq!(plan(&c).unwrap().init, Init::Random);
+        let mut c = cfg(3875, 775, 0.05);
+        c.init = Init::Auto;
+        assert_eq!(plan(&c).unwrap().init, Init::Steiner);
+        let mut c = cfg(140, 32, 0.3);
+        c.start = Some(Basis::random(140, 32, 1));
+        assert_eq!(plan(&c).unwrap().init, Init::File);
     }
 
     #[test]

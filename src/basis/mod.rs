@@ -9,12 +9,14 @@
 //!   hinge-loss gradient G = 2·M·B built from it; never holds an N × N matrix.
 //! - [`device`]: the same kernel as candle tensors on a device (`--device
 //!   cuda:K`: cuBLAS GEMMs over full-row slices), tested on candle's CPU device.
-//! - [`generate`]: the optimiser loop (the paper's plain SGD, and an adaptive
-//!   variant), with divergence recovery and `--alpha auto`.
+//! - [`generate`]: the optimiser loop (the paper's plain SGD, an adaptive
+//!   variant and a p-norm method), with divergence recovery, `--alpha auto`,
+//!   checkpoints and continuation from a given matrix.
 //! - [`kerdock`]: a structured start (real mutually unbiased bases from a
 //!   Kerdock set) at 1/√D coherence for up to D·(D/2 + 1) classes, D = 4^k.
 //! - [`steiner`]: a structured start on the Welch bound (Steiner equiangular
-//!   tight frames from the lines of finite geometries) at a few shapes.
+//!   tight frames from the lines of finite geometries and from triple
+//!   systems) at a few shapes.
 //! - [`check`]: blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.

@@ -632,26 +632,36 @@ mod tests {
         assert_eq!(found, want);
     }
 
+    /// `lines(des)` has b blocks of k increasing points below v, and every
+    /// pair of points lies in exactly one of them.
+    fn assert_steiner_system(des: &Design) {
+        let ls = lines(des);
+        assert_eq!(ls.len(), des.blocks, "{}", des.name());
+        let v = des.points;
+        let mut pairs = vec![0u8; v * v];
+        for l in &ls {
+            assert!(
+                l.len() == des.block && l.windows(2).all(|w| w[0] < w[1]) && l[l.len() - 1] < v,
+                "{}: {l:?}",
+                des.name()
+            );
+            for (a, &p) in l.iter().enumerate() {
+                for &s in &l[a + 1..] {
+                    pairs[p * v + s] += 1;
+                }
+            }
+        }
+        for p in 0..v {
+            for s in p + 1..v {
+                assert_eq!(pairs[p * v + s], 1, "{}: points {p}, {s}", des.name());
+            }
+        }
+    }
+
     #[test]
     fn lines_form_a_steiner_system() {
         for des in steiner_designs(1000) {
-            let ls = lines(&des);
-            assert_eq!(ls.len(), des.blocks, "{}", des.name());
-            let v = des.points;
-            let mut pairs = vec![0u8; v * v];
-            for l in &ls {
-                assert_eq!(l.len(), des.block, "{}", des.name());
-                for (a, &p) in l.iter().enumerate() {
-                    for &s in &l[a + 1..] {
-                        pairs[p * v + s] += 1;
-                    }
-                }
-            }
-            for p in 0..v {
-                for s in p + 1..v {
-                    assert_eq!(pairs[p * v + s], 1, "{}: points {p}, {s}", des.name());
-                }
-            }
+            assert_steiner_system(&des);
             let through = lines_through_points(&des);
             assert!(through.iter().all(|t| t.len() == des.replication));
         }
@@ -737,25 +747,8 @@ mod tests {
         // is a Hadamard order (the frame needs one, the design does not).
         for v in (7..=45).filter(|v| v % 6 == 1 || v % 6 == 3) {
             let des = Design::triples(v);
-            let ls = lines(&des);
-            assert_eq!(ls.len(), des.blocks, "v = {v}");
-            let mut pairs = vec![0u8; v * v];
-            for l in &ls {
-                assert!(
-                    l.len() == 3 && l[0] < l[1] && l[1] < l[2] && l[2] < v,
-                    "v = {v}: {l:?}"
-                );
-                for (a, &p) in l.iter().enumerate() {
-                    for &q in &l[a + 1..] {
-                        pairs[p * v + q] += 1;
-                    }
-                }
-            }
-            for p in 0..v {
-                for q in p + 1..v {
-                    assert_eq!(pairs[p * v + q], 1, "v = {v}: points {p}, {q}");
-                }
-            }
+            assert_eq!(des.block, 3);
+            assert_steiner_system(&des);
         }
     }
 
