@@ -3,7 +3,7 @@
 //! Why: one step at N = 10,000, d = 512 is ~10¹¹ flops; the CPU kernel in
 //! [`super::gram`] takes 0.7–1.5 s for it on this project's 2 cores, so the
 //! thousands of steps a p-norm run needs near 1.3 × Welch take hours there
-//! and seconds on a GPU (cuBLAS f32, full precision: candle leaves TF32 off
+//! and should take minutes on a GPU (an estimate: not measured yet; cuBLAS f32, full precision: candle leaves TF32 off
 //! for f32 GEMMs unless asked, and a 10-bit mantissa could not resolve the
 //! 1e-4 stop tolerance).
 //!
