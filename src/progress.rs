@@ -1,8 +1,11 @@
-//! Progress reporting shared by every long-running command.
+//! Terminal behaviour shared by every command: progress reporting, and what
+//! happens when stdout's reader goes away.
 //!
-//! Invariant: progress goes to stderr only, and is hidden when stderr is not a
+//! Invariants: progress goes to stderr only, and is hidden when stderr is not a
 //! terminal or when the user asked for `--quiet`, so that `--json` output on
-//! stdout stays machine-readable and CI logs stay clean.
+//! stdout stays machine-readable and CI logs stay clean. A closed stdout
+//! (`ebv-stats --json | head`) ends the process quietly, as it ends any Unix
+//! filter, never with a panic.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -46,4 +49,16 @@ fn target(quiet: bool) -> ProgressDrawTarget {
 /// Whether human-readable chatter (not progress bars) should go to stderr.
 pub fn chatty(quiet: bool) -> bool {
     !quiet
+}
+
+/// Restore the default action of SIGPIPE (terminate quietly), which the Rust
+/// runtime sets to "ignore": otherwise a write to a closed pipe returns an
+/// error and `println!` panics. Call first thing in `main`.
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called at the start of `main`, before any thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

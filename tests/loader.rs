@@ -738,3 +738,78 @@ fn ebv_load_binary_streams_epochs_and_reports() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
 }
+
+/// Every train row as (label, key, image bytes), read through `set`.
+fn all_train_rows(set: &ShardSet) -> Vec<(u32, String, Vec<u8>)> {
+    let mut rows = Vec::new();
+    for shard in set.split_shards(Split::Train) {
+        for g in shard.row_groups() {
+            for r in g.unwrap().iter() {
+                rows.push((r.label, r.key.to_string(), r.image.to_vec()));
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn read_advice_follows_order_and_encoding_and_never_changes_what_is_read() {
+    use ebv::shard::Access;
+    let dir = tempfile::tempdir().unwrap();
+    for enc in ["raw", "jpeg"] {
+        let out = pack(dir.path(), &entries(16), enc, 16);
+        let reference = all_train_rows(&ShardSet::open(&out).unwrap());
+        assert_eq!(reference.len(), 27);
+        for (shuffle, want) in [
+            (
+                Shuffle::Global,
+                if enc == "raw" {
+                    Access::Random
+                } else {
+                    Access::Normal
+                },
+            ),
+            (Shuffle::Buffer(8), Access::Normal),
+            (Shuffle::None, Access::Sequential),
+        ] {
+            // A fresh set per order: its row-group indexes get built under
+            // the advice (under Random, with the chunk prefetches).
+            let set = Arc::new(ShardSet::open(&out).unwrap());
+            let mut cfg = train_cfg(16, 4, 2);
+            cfg.shuffle = shuffle;
+            let loader = Loader::new(Arc::clone(&set), cfg, 3).unwrap();
+            for shard in set.split_shards(Split::Train) {
+                assert_eq!(shard.access(), want, "{enc} {shuffle}");
+            }
+            // The other split is not the loader's business.
+            for shard in set.split_shards(Split::Val) {
+                assert_eq!(shard.access(), Access::Normal, "{enc} {shuffle}");
+            }
+            // Batches (with the per-image prefetches under Random) come out,
+            // and every row reads back byte for byte.
+            let n: usize = collect(&loader, SamplerState::new(3))
+                .iter()
+                .map(Batch::len)
+                .sum();
+            assert_eq!(
+                n, 24,
+                "{enc} {shuffle}: 27 rows, batches of 4, last dropped"
+            );
+            assert_eq!(all_train_rows(&set), reference, "{enc} {shuffle}");
+        }
+        // Every advice by hand, with the indexes built under it.
+        for access in [Access::Random, Access::Sequential, Access::Normal] {
+            let set = ShardSet::open(&out).unwrap();
+            set.advise(Split::Train, access);
+            for shard in set.split_shards(Split::Train) {
+                for g in shard.row_groups() {
+                    let g = g.unwrap();
+                    for i in 0..g.len() {
+                        g.prefetch_image(i);
+                    }
+                }
+            }
+            assert_eq!(all_train_rows(&set), reference, "{enc} {access:?}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use clap::Parser;
 use ebv::basis::cli::{run, Cli};
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

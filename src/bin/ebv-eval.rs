@@ -100,6 +100,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let args = Args::parse();
     ebv::train::configure_runtime();
     match run(&args) {

@@ -181,6 +181,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let args = Args::parse();
     match run(&args) {
         Ok(report) => {

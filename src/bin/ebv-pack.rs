@@ -91,6 +91,7 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     ebv::memory::keep_large_buffers_in_heap();
     let args = Args::parse();
     match run(&args) {

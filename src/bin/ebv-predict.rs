@@ -63,6 +63,7 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let args = Args::parse();
     ebv::train::configure_runtime();
     match run(&args) {

@@ -39,6 +39,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let args = Args::parse();
     let opts = StatsOptions {
         deep: args.deep,

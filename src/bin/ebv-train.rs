@@ -346,6 +346,7 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)
 }
 
 fn main() -> ExitCode {
+    ebv::progress::quiet_broken_pipe();
     let args = Args::parse();
     ebv::train::configure_runtime();
     let world = match World::from_env() {

@@ -32,7 +32,7 @@ use super::rng::{mix64, SampleRng, Stream};
 use super::sampler::{Layout, Sampler, SamplerState, Shuffle};
 use super::DataError;
 use crate::image::{decode_rgb8_into, DecodeLimits};
-use crate::shard::{Encoding, ShardSet, Split};
+use crate::shard::{Access, Encoding, ShardSet, Split};
 
 /// Replacement rows tried for one failing sample before giving up.
 pub const MAX_REPLACEMENTS: u32 = 16;
@@ -145,6 +145,20 @@ impl Loader {
             cfg.rank,
             cfg.world,
         )?;
+        // How the rows will be read, for the OS's readahead (see
+        // `shard::Access`). A global shuffle reads scattered rows: a cold raw
+        // image would otherwise pull the disk's whole readahead window (up
+        // to MiBs) for its 150 KB. A JPEG row group is read whole at its
+        // first access anyway (its index walks every length prefix), where
+        // the default read-around is the fast way. The other orders read
+        // row groups front to back.
+        for shard in set.split_shards(cfg.split) {
+            shard.advise(match (cfg.shuffle, shard.meta().encoding) {
+                (Shuffle::Global, Encoding::Raw) => Access::Random,
+                (Shuffle::Global, Encoding::Jpeg) | (Shuffle::Buffer(_), _) => Access::Normal,
+                (Shuffle::None, _) => Access::Sequential,
+            });
+        }
         let cap = cfg.prefetch + 2 * workers + 2;
         Ok(Loader {
             set,
@@ -399,7 +413,11 @@ impl Worker {
         let mut labels = Vec::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let mut replaced = Vec::new();
-        for (k, &(pos, row)) in self.order[lo as usize..hi as usize].iter().enumerate() {
+        let positions = &self.order[lo as usize..hi as usize];
+        if self.cfg.shuffle == Shuffle::Global {
+            self.prefetch(positions);
+        }
+        for (k, &(pos, row)) in positions.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
                 self.pool.give(images);
                 return None;
@@ -466,6 +484,24 @@ impl Worker {
             images,
             pool: Some(Arc::clone(&self.pool)),
         }))
+    }
+
+    /// Announce a batch's images to the OS before rendering them, so that
+    /// cold ones are read while the first ones render (shards read with
+    /// `Access::Random` only; see `shard::Access`). A row group that fails
+    /// to open is left to `render`, which reports it.
+    fn prefetch(&self, positions: &[(u64, u64)]) {
+        for &(_, row) in positions {
+            let (si, srow) = self.set.locate(self.cfg.split, row);
+            let shard = &self.set.shards()[si];
+            if shard.access() != Access::Random {
+                continue;
+            }
+            let (rg, i) = shard.locate(srow);
+            if let Ok(group) = shard.row_group(rg) {
+                group.prefetch_image(i);
+            }
+        }
     }
 
     /// Render the sample at padded position `pos` (split row `row`) into

@@ -29,7 +29,8 @@ pub enum Shuffle {
     /// File order (evaluation).
     None,
     /// A seeded permutation of every row (random access into the maps is
-    /// cheap, so this is the default for training).
+    /// cheap, so this is the default for training; the loader announces
+    /// each raw image to the OS so a cold read fetches just its bytes).
     Global,
     /// For slow storage: shards in shuffled order, each shard's row groups
     /// in shuffled order, rows drawn through a shuffle buffer of this many

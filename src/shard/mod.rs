@@ -30,7 +30,7 @@ pub use classes::{read_classes_tsv, write_classes_tsv};
 pub use manifest::{
     reason_kind, Manifest, RejectedEntry, ShardRecord, SourceInfo, SplitTotals, MANIFEST_FILE,
 };
-pub use reader::{ReadError, Row, RowGroup, Shard, ShardSet};
+pub use reader::{Access, ReadError, Row, RowGroup, Shard, ShardSet};
 pub use schema::{
     arrow_schema, shard_file_name, Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY,
     COL_LABEL, FORMAT_VERSION,

@@ -13,6 +13,19 @@
 //! the key and the image lie; labels are decoded into that cache (4 bytes a
 //! row). Later accesses to the row group are two slice operations.
 //!
+//! Page-cache behaviour: a fault on a mapped page makes the kernel read
+//! around it (`read_ahead_kb`: 128 KiB by default, 8 MiB on some cloud
+//! disks), which suits sequential reads and wastes the rest. [`Access`]
+//! passes the caller's pattern to the OS (`madvise`): with
+//! [`Access::Random`] a fault reads its page only, and a reader of
+//! scattered rows announces each image with [`RowGroup::prefetch_image`]
+//! (one request for exactly its bytes). A row group's first access under
+//! `Random` announces its key column, and for JPEG shards its image column,
+//! before walking them: BYTE_ARRAY values can only be found by reading
+//! every length prefix, so a JPEG row group is read whole once, as one
+//! request instead of a fault per image. Advice never changes what is read,
+//! only how much the OS reads around it.
+//!
 //! Contract:
 //! - an index out of range (row, row group, global row of a split) is a
 //!   programming error and **panics**, like slice indexing; check
@@ -29,8 +42,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+#[cfg(unix)]
+use memmap2::Advice;
 use memmap2::Mmap;
 use parquet::basic::{Compression, ConvertedType, Type as PhysicalType};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -133,6 +149,29 @@ impl ReadError {
     }
 }
 
+/// How a shard's pages are about to be read; see the module header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// The OS default: a fault reads around itself.
+    #[default]
+    Normal,
+    /// Front to back: aggressive readahead (whole-shard scans).
+    Sequential,
+    /// Scattered rows: a fault reads its own page only; announce larger
+    /// reads with [`RowGroup::prefetch_image`].
+    Random,
+}
+
+impl Access {
+    fn code(self) -> u8 {
+        match self {
+            Access::Normal => 0,
+            Access::Sequential => 1,
+            Access::Random => 2,
+        }
+    }
+}
+
 /// One row, borrowed from the mapped shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row<'a> {
@@ -178,6 +217,8 @@ pub struct Shard {
     /// First row of each row group, plus the total at the end.
     group_starts: Vec<u64>,
     groups: Vec<OnceLock<RowGroupIndex>>,
+    /// The last [`Access`] given to [`Shard::advise`], as its code.
+    access: AtomicU8,
 }
 
 impl std::fmt::Debug for Shard {
@@ -212,6 +253,10 @@ impl Shard {
         // SAFETY: the map is read-only and shards are immutable once named
         // (see the module contract); we never create a `&mut` into it.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ReadError::io(path, e))?;
+        // The footer is a few KB at the end: without this, its fault would
+        // read `read_ahead_kb` of images around it (8 MiB on some disks).
+        #[cfg(unix)]
+        let _ = map.advise(Advice::Random);
         let metadata = read_footer(path, &map)?;
         let meta = check_schema_and_meta(path, &metadata)?;
         let mut group_starts = Vec::with_capacity(metadata.num_row_groups() + 1);
@@ -236,7 +281,7 @@ impl Shard {
         let groups = (0..metadata.num_row_groups())
             .map(|_| OnceLock::new())
             .collect();
-        Ok(Shard {
+        let shard = Shard {
             path: path.to_path_buf(),
             map,
             metadata,
@@ -244,7 +289,52 @@ impl Shard {
             rows,
             group_starts,
             groups,
-        })
+            access: AtomicU8::new(Access::Random.code()),
+        };
+        shard.advise(Access::Normal);
+        Ok(shard)
+    }
+
+    /// Tell the OS how this shard's pages are about to be read. A hint: an
+    /// OS that refuses it (or has no `madvise`) reads the same bytes, maybe
+    /// slower, so a refusal is not an error.
+    pub fn advise(&self, access: Access) {
+        self.access.store(access.code(), Ordering::Relaxed);
+        #[cfg(unix)]
+        {
+            let advice = match access {
+                Access::Normal => Advice::Normal,
+                Access::Sequential => Advice::Sequential,
+                Access::Random => Advice::Random,
+            };
+            // Advisory; see the doc comment.
+            let _ = self.map.advise(advice);
+        }
+    }
+
+    /// The access pattern last given to [`Shard::advise`].
+    pub fn access(&self) -> Access {
+        match self.access.load(Ordering::Relaxed) {
+            1 => Access::Sequential,
+            2 => Access::Random,
+            _ => Access::Normal,
+        }
+    }
+
+    /// Ask the OS to start reading `range` of the file now (`MADV_WILLNEED`):
+    /// one request for the whole range, where touching it page by page under
+    /// [`Access::Random`] would fault once per page. Returns at once; a
+    /// range outside the file is ignored (it cannot come from this reader).
+    fn prefetch(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if range.start < range.end && range.end <= self.map.len() {
+            // Advisory, like `advise`.
+            let _ = self
+                .map
+                .advise_range(Advice::WillNeed, range.start, range.end - range.start);
+        }
+        #[cfg(not(unix))]
+        let _ = range;
     }
 
     /// Open a shard listed in `manifest` and check it against its record:
@@ -674,6 +764,16 @@ impl Shard {
     }
 
     fn build_index(&self, rg: usize) -> Result<RowGroupIndex, ReadError> {
+        if self.access() == Access::Random {
+            // The walks below touch every key, and every JPEG's length
+            // prefix: one request per chunk instead of a fault per page.
+            for col in [LABEL, KEY, IMAGE] {
+                if col != IMAGE || self.meta.encoding == Encoding::Jpeg {
+                    let (start, end) = self.chunk_range(rg, col);
+                    self.prefetch(start..end);
+                }
+            }
+        }
         let label_pages = self.pages(rg, LABEL)?;
         let labels = self.decode_labels(rg, &label_pages)?;
         let fixed = match self.meta.encoding {
@@ -915,6 +1015,15 @@ impl<'a> RowGroup<'a> {
         &self.shard.map[start..start + s.len as usize]
     }
 
+    /// Announce that image `i` is about to be read (see the module
+    /// header): under [`Access::Random`] its bytes then arrive as one read
+    /// instead of a fault per page. Cheap when they are already cached.
+    pub fn prefetch_image(&self, i: usize) {
+        let s = self.data.images[i];
+        let start = self.data.image_base + s.offset as usize;
+        self.shard.prefetch(start..start + s.len as usize);
+    }
+
     pub fn row(&self, i: usize) -> Row<'a> {
         Row {
             label: self.label(i),
@@ -1033,6 +1142,13 @@ impl ShardSet {
             .0
             .iter()
             .map(move |&i| &self.shards[i])
+    }
+
+    /// [`Shard::advise`] for every shard of `split`.
+    pub fn advise(&self, split: Split, access: Access) {
+        for shard in self.split_shards(split) {
+            shard.advise(access);
+        }
     }
 
     /// Rows of `split`.

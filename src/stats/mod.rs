@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::shard::{Manifest, ReadError, ShardSet, VerifyReport, MANIFEST_FILE};
+use crate::shard::{Access, Manifest, ReadError, ShardSet, Split, VerifyReport, MANIFEST_FILE};
 
 pub use deep::{deep_scan, DeepReport, DeepSplit};
 pub use summary::{summarize, Summary};
@@ -154,6 +154,10 @@ pub fn run(dir: &Path, opts: &StatsOptions) -> Result<Report, StatsError> {
         Err(e) => return Err(e.into()),
     };
     if opts.deep {
+        // Whole row groups now, front to back: the OS's read-around again.
+        for split in Split::ALL {
+            set.advise(split, Access::Normal);
+        }
         let rows: u64 = set.shards().iter().map(|s| s.num_rows()).sum();
         let bar = crate::progress::bar(rows, "img", opts.quiet);
         bar.set_message("decoding");
