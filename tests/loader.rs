@@ -770,7 +770,7 @@ fn read_advice_follows_order_and_encoding_and_never_changes_what_is_read() {
                 },
             ),
             (Shuffle::Buffer(8), Access::Normal),
-            (Shuffle::None, Access::Sequential),
+            (Shuffle::None, Access::Normal),
         ] {
             // A fresh set per order: its row-group indexes get built under
             // the advice (under Random, with the chunk prefetches).
@@ -782,8 +782,10 @@ fn read_advice_follows_order_and_encoding_and_never_changes_what_is_read() {
                 assert_eq!(shard.access(), want, "{enc} {shuffle}");
             }
             // The other split is not the loader's business.
+            set.advise(Split::Val, Access::Sequential);
+            let _ = Loader::new(Arc::clone(&set), loader.config().clone(), 3).unwrap();
             for shard in set.split_shards(Split::Val) {
-                assert_eq!(shard.access(), Access::Normal, "{enc} {shuffle}");
+                assert_eq!(shard.access(), Access::Sequential, "{enc} {shuffle}");
             }
             // Batches (with the per-image prefetches under Random) come out,
             // and every row reads back byte for byte.

@@ -150,13 +150,14 @@ impl Loader {
         // image would otherwise pull the disk's whole readahead window (up
         // to MiBs) for its 150 KB. A JPEG row group is read whole at its
         // first access anyway (its index walks every length prefix), where
-        // the default read-around is the fast way. The other orders read
-        // row groups front to back.
+        // the default read-around is the fast way, and the other orders
+        // read row groups front to back. Not `Sequential` for those: it lets
+        // the kernel drop pages right behind the reader, and an evaluation
+        // split is read again every epoch.
         for shard in set.split_shards(cfg.split) {
             shard.advise(match (cfg.shuffle, shard.meta().encoding) {
                 (Shuffle::Global, Encoding::Raw) => Access::Random,
-                (Shuffle::Global, Encoding::Jpeg) | (Shuffle::Buffer(_), _) => Access::Normal,
-                (Shuffle::None, _) => Access::Sequential,
+                _ => Access::Normal,
             });
         }
         let cap = cfg.prefetch + 2 * workers + 2;

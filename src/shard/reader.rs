@@ -155,7 +155,9 @@ pub enum Access {
     /// The OS default: a fault reads around itself.
     #[default]
     Normal,
-    /// Front to back: aggressive readahead (whole-shard scans).
+    /// Front to back, once: aggressive readahead, and the kernel may drop
+    /// pages soon after they are read (one-pass scans such as
+    /// `ebv-stats --deep`; not for data read again, like an eval split).
     Sequential,
     /// Scattered rows: a fault reads its own page only; announce larger
     /// reads with [`RowGroup::prefetch_image`].
