@@ -146,18 +146,22 @@ impl Loader {
             cfg.world,
         )?;
         // How the rows will be read, for the OS's readahead (see
-        // `shard::Access`). A global shuffle reads scattered rows: a cold raw
+        // `shard::Access`). A global shuffle reads scattered rows: a cold
         // image would otherwise pull the disk's whole readahead window (up
-        // to MiBs) for its 150 KB. A JPEG row group is read whole at its
-        // first access anyway (its index walks every length prefix), where
-        // the default read-around is the fast way, and the other orders
-        // read row groups front to back. Not `Sequential` for those: it lets
-        // the kernel drop pages right behind the reader, and an evaluation
-        // split is read again every epoch.
+        // to MiBs) for its 18–150 KB. Where the images cannot be located
+        // without reading them (JPEG shards whose footer predates
+        // `ebv.image_lengths`), a row group is read whole at its first
+        // access anyway and the default read-around is the fast way; the
+        // other orders read row groups front to back. Not `Sequential` for
+        // those: it lets the kernel drop pages right behind the reader, and
+        // an evaluation split is read again every epoch.
         for shard in set.split_shards(cfg.split) {
-            shard.advise(match (cfg.shuffle, shard.meta().encoding) {
-                (Shuffle::Global, Encoding::Raw) => Access::Random,
-                _ => Access::Normal,
+            let scattered =
+                cfg.shuffle == Shuffle::Global && shard.locates_images_without_reading();
+            shard.advise(if scattered {
+                Access::Random
+            } else {
+                Access::Normal
             });
         }
         let cap = cfg.prefetch + 2 * workers + 2;

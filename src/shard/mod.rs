@@ -32,8 +32,8 @@ pub use manifest::{
 };
 pub use reader::{Access, ReadError, Row, RowGroup, Shard, ShardSet};
 pub use schema::{
-    arrow_schema, shard_file_name, Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY,
-    COL_LABEL, FORMAT_VERSION,
+    arrow_schema, decode_image_lengths, encode_image_lengths, shard_file_name, Encoding, ShardMeta,
+    Split, CLASSES_FILE, COL_IMAGE, COL_KEY, COL_LABEL, FORMAT_VERSION, IMAGE_LENGTHS_KEY,
 };
 pub use verify::{verify_dir, Problem, VerifyReport};
 pub use writer::{sync_files, write_atomic, write_replace, ShardError, ShardWriter, WrittenShard};

@@ -19,12 +19,14 @@
 //! passes the caller's pattern to the OS (`madvise`): with
 //! [`Access::Random`] a fault reads its page only, and a reader of
 //! scattered rows announces each image with [`RowGroup::prefetch_image`]
-//! (one request for exactly its bytes). A row group's first access under
-//! `Random` announces its key column, and for JPEG shards its image column,
-//! before walking them: BYTE_ARRAY values can only be found by reading
-//! every length prefix, so a JPEG row group is read whole once, as one
-//! request instead of a fault per image. Advice never changes what is read,
-//! only how much the OS reads around it.
+//! (one request for exactly its bytes). BYTE_ARRAY values (JPEG images,
+//! keys) can only be found by reading every length prefix before them, so a
+//! JPEG shard's footer lists its image lengths (`ebv.image_lengths`) and the
+//! reader places images from that; for older shards without it, a row
+//! group's first access under `Random` announces its whole image column and
+//! walks it (one request instead of a fault per image). Keys are always
+//! walked (a few KB per row group). Advice never changes what is read, only
+//! how much the OS reads around it.
 //!
 //! Contract:
 //! - an index out of range (row, row group, global row of a split) is a
@@ -58,7 +60,8 @@ use super::page::{
     parse_page_header, ENCODING_PLAIN, PAGE_DATA, PAGE_DATA_V2, PAGE_DICTIONARY, PAGE_INDEX,
 };
 use super::schema::{
-    Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY, COL_LABEL, FORMAT_VERSION,
+    decode_image_lengths, Encoding, ShardMeta, Split, CLASSES_FILE, COL_IMAGE, COL_KEY, COL_LABEL,
+    FORMAT_VERSION, IMAGE_LENGTHS_KEY,
 };
 use super::writer::ShardError;
 
@@ -186,7 +189,7 @@ pub struct Row<'a> {
 /// Where one value lies, relative to its column chunk. Eight bytes a row
 /// keeps the cache small (a 1.8M-row set costs ~36 MB for keys and images
 /// if every row group is touched).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
     offset: u32,
     len: u32,
@@ -221,6 +224,9 @@ pub struct Shard {
     groups: Vec<OnceLock<RowGroupIndex>>,
     /// The last [`Access`] given to [`Shard::advise`], as its code.
     access: AtomicU8,
+    /// JPEG shards: every image's length from the footer
+    /// (`ebv.image_lengths`), in row order; None when the footer has none.
+    image_lengths: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -280,6 +286,23 @@ impl Shard {
                 detail: format!("footer says {declared} rows, its row groups hold {rows}"),
             });
         }
+        let image_lengths = match key_values(&metadata).get(IMAGE_LENGTHS_KEY) {
+            None => None,
+            Some(_) if meta.encoding != Encoding::Jpeg => {
+                return Err(ReadError::Metadata {
+                    path: path.to_path_buf(),
+                    detail: format!("'{IMAGE_LENGTHS_KEY}' in a {} shard", meta.encoding),
+                })
+            }
+            Some(v) => {
+                Some(
+                    decode_image_lengths(v, rows).map_err(|detail| ReadError::Metadata {
+                        path: path.to_path_buf(),
+                        detail,
+                    })?,
+                )
+            }
+        };
         let groups = (0..metadata.num_row_groups())
             .map(|_| OnceLock::new())
             .collect();
@@ -292,6 +315,7 @@ impl Shard {
             group_starts,
             groups,
             access: AtomicU8::new(Access::Random.code()),
+            image_lengths,
         };
         shard.advise(Access::Normal);
         Ok(shard)
@@ -312,6 +336,13 @@ impl Shard {
             // Advisory; see the doc comment.
             let _ = self.map.advise(advice);
         }
+    }
+
+    /// Whether an image's place is known without reading the image column:
+    /// raw shards (fixed width) and JPEG shards whose footer lists the image
+    /// lengths. Otherwise a row group's first access reads its images whole.
+    pub fn locates_images_without_reading(&self) -> bool {
+        self.meta.encoding == Encoding::Raw || self.image_lengths.is_some()
     }
 
     /// The access pattern last given to [`Shard::advise`].
@@ -535,7 +566,26 @@ impl Shard {
     /// the checksum). Caches the row-group layouts as a side effect.
     pub fn check_pages(&self) -> Result<(), ReadError> {
         for g in self.row_groups() {
-            g?;
+            let g = g?;
+            if self.image_lengths.is_some() {
+                // The index came from the footer's lengths: walk the length
+                // prefixes too, which must agree.
+                let pages = self.pages(g.index, IMAGE)?;
+                let walked = self.image_spans(g.index, &pages)?;
+                if walked.0 != g.data.image_base || walked.1 != g.data.images {
+                    let first = walked
+                        .1
+                        .iter()
+                        .zip(&g.data.images)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    return Err(self.corrupt(
+                        g.index,
+                        IMAGE,
+                        format!("row {first}: length prefix disagrees with '{IMAGE_LENGTHS_KEY}'"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -765,12 +815,73 @@ impl Shard {
         Ok((base, spans))
     }
 
+    /// The image spans of row group `rg`, read from the column itself.
+    fn image_spans(
+        &self,
+        rg: usize,
+        pages: &[PageValues],
+    ) -> Result<(usize, Vec<Span>), ReadError> {
+        let fixed = match self.meta.encoding {
+            Encoding::Raw => Some(self.meta.height as usize * self.meta.width as usize * 3),
+            Encoding::Jpeg => None,
+        };
+        self.spans(rg, IMAGE, pages, fixed)
+    }
+
+    /// The image spans of row group `rg` from the footer's lengths, without
+    /// touching the values: None without lengths or when the chunk is not
+    /// the one data page `ebv-pack` writes (then the column is walked). The
+    /// lengths must fill the page exactly; `check_pages` also compares them
+    /// with the length prefixes.
+    fn listed_spans(
+        &self,
+        rg: usize,
+        pages: &[PageValues],
+    ) -> Result<Option<(usize, Vec<Span>)>, ReadError> {
+        let (Some(all), [page]) = (&self.image_lengths, pages) else {
+            return Ok(None);
+        };
+        let lens = &all[self.group_starts[rg] as usize..self.group_starts[rg + 1] as usize];
+        let total: u64 = lens.iter().map(|&l| u64::from(l) + 4).sum();
+        if page.count != lens.len() || total != (page.end - page.start) as u64 {
+            return Err(self.corrupt(
+                rg,
+                IMAGE,
+                format!(
+                    "'{IMAGE_LENGTHS_KEY}' lists {} images of {total} bytes with prefixes, \
+                     the page holds {} values in {} bytes",
+                    lens.len(),
+                    page.count,
+                    page.end - page.start
+                ),
+            ));
+        }
+        let (base, end) = self.chunk_range(rg, IMAGE);
+        if end - base > u32::MAX as usize {
+            return Err(self.corrupt(rg, IMAGE, "column chunk larger than 4 GiB".into()));
+        }
+        let mut pos = page.start;
+        let spans = lens
+            .iter()
+            .map(|&len| {
+                let span = Span {
+                    offset: (pos + 4 - base) as u32,
+                    len,
+                };
+                pos += 4 + len as usize;
+                span
+            })
+            .collect();
+        Ok(Some((base, spans)))
+    }
+
     fn build_index(&self, rg: usize) -> Result<RowGroupIndex, ReadError> {
         if self.access() == Access::Random {
-            // The walks below touch every key, and every JPEG's length
-            // prefix: one request per chunk instead of a fault per page.
+            // The walks below touch every key (and, without the footer's
+            // lengths, every JPEG's length prefix): one request per chunk
+            // instead of a fault per page.
             for col in [LABEL, KEY, IMAGE] {
-                if col != IMAGE || self.meta.encoding == Encoding::Jpeg {
+                if col != IMAGE || !self.locates_images_without_reading() {
                     let (start, end) = self.chunk_range(rg, col);
                     self.prefetch(start..end);
                 }
@@ -778,12 +889,11 @@ impl Shard {
         }
         let label_pages = self.pages(rg, LABEL)?;
         let labels = self.decode_labels(rg, &label_pages)?;
-        let fixed = match self.meta.encoding {
-            Encoding::Raw => Some(self.meta.height as usize * self.meta.width as usize * 3),
-            Encoding::Jpeg => None,
-        };
         let image_pages = self.pages(rg, IMAGE)?;
-        let (image_base, images) = self.spans(rg, IMAGE, &image_pages, fixed)?;
+        let (image_base, images) = match self.listed_spans(rg, &image_pages)? {
+            Some(found) => found,
+            None => self.image_spans(rg, &image_pages)?,
+        };
         let key_pages = self.pages(rg, KEY)?;
         let (key_base, keys) = self.spans(rg, KEY, &key_pages, None)?;
         // Validate UTF-8 once here so that key access later cannot fail.
@@ -804,7 +914,7 @@ impl Shard {
 }
 
 /// Read and decode the Parquet footer of a mapped file.
-fn read_footer(path: &Path, map: &[u8]) -> Result<ParquetMetaData, ReadError> {
+fn read_footer(path: &Path, map: &Mmap) -> Result<ParquetMetaData, ReadError> {
     let n = map.len();
     let not = |detail: String| ReadError::NotParquet {
         path: path.to_path_buf(),
@@ -825,6 +935,10 @@ fn read_footer(path: &Path, map: &[u8]) -> Result<ParquetMetaData, ReadError> {
             detail: format!("footer length {footer_len} exceeds the file ({n} bytes)"),
         });
     }
+    // One request for the whole footer (tens of KB with the image
+    // lengths) instead of a fault per page under `Access::Random`.
+    #[cfg(unix)]
+    let _ = map.advise_range(Advice::WillNeed, n - 8 - footer_len, footer_len);
     ParquetMetaDataReader::decode_metadata(&map[n - 8 - footer_len..n - 8]).map_err(|e| {
         ReadError::Footer {
             path: path.to_path_buf(),
@@ -833,17 +947,22 @@ fn read_footer(path: &Path, map: &[u8]) -> Result<ParquetMetaData, ReadError> {
     })
 }
 
-/// Check the v1 schema and parse the `ebv.*` footer metadata.
-fn check_schema_and_meta(path: &Path, md: &ParquetMetaData) -> Result<ShardMeta, ReadError> {
-    let fm = md.file_metadata();
-    let kv: HashMap<String, String> = fm
+/// The footer's key-value metadata.
+fn key_values(md: &ParquetMetaData) -> HashMap<String, String> {
+    md.file_metadata()
         .key_value_metadata()
         .map(|kv| {
             kv.iter()
                 .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Check the v1 schema and parse the `ebv.*` footer metadata.
+fn check_schema_and_meta(path: &Path, md: &ParquetMetaData) -> Result<ShardMeta, ReadError> {
+    let fm = md.file_metadata();
+    let kv = key_values(md);
     let meta = ShardMeta::from_key_values(&kv).map_err(|detail| ReadError::Metadata {
         path: path.to_path_buf(),
         detail,
@@ -1187,6 +1306,102 @@ impl ShardSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::ShardWriter;
+
+    fn meta(encoding: Encoding) -> ShardMeta {
+        ShardMeta {
+            format_version: FORMAT_VERSION,
+            encoding,
+            height: 2,
+            width: 2,
+            split: Split::Train,
+            num_classes: 3,
+            plan: "test".into(),
+        }
+    }
+
+    /// 10 rows in row groups of 3, images of varied lengths (0 included).
+    fn jpeg_rows() -> Vec<(u32, String, Vec<u8>)> {
+        (0..10u32)
+            .map(|i| {
+                let len = [5, 0, 17, 3, 4096, 1, 9, 300, 2, 8000][i as usize];
+                let img = (0..len).map(|b| (b as u32 * 7 + i) as u8).collect();
+                (i % 3, format!("k{i}"), img)
+            })
+            .collect()
+    }
+
+    fn write(dir: &Path, enc: Encoding, rows: &[(u32, String, Vec<u8>)], lengths: bool) -> PathBuf {
+        let mut w = ShardWriter::create(dir, 0, &meta(enc), 3).unwrap();
+        w.list_image_lengths = lengths;
+        for (label, key, img) in rows {
+            w.push(*label, img.clone(), key).unwrap();
+        }
+        w.finish().unwrap().path
+    }
+
+    fn read_all(shard: &Shard) -> Vec<(u32, String, Vec<u8>)> {
+        shard
+            .row_groups()
+            .flat_map(|g| {
+                g.unwrap()
+                    .iter()
+                    .map(|r| (r.label, r.key.to_string(), r.image.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jpeg_images_are_found_from_the_footer_lengths_or_by_walking() {
+        let rows = jpeg_rows();
+        for lengths in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), Encoding::Jpeg, &rows, lengths);
+            for access in [Access::Normal, Access::Random] {
+                let shard = Shard::open(&path).unwrap();
+                assert_eq!(shard.image_lengths.is_some(), lengths);
+                assert_eq!(shard.locates_images_without_reading(), lengths);
+                shard.advise(access);
+                assert_eq!(read_all(&shard), rows, "lengths {lengths}, {access:?}");
+                shard.check_pages().unwrap();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Vec<_> = (0..4u32)
+            .map(|i| (i, format!("r{i}"), vec![i as u8; 12]))
+            .collect();
+        let shard = Shard::open(&write(dir.path(), Encoding::Raw, &raw, true)).unwrap();
+        assert!(shard.image_lengths.is_none() && shard.locates_images_without_reading());
+        assert_eq!(read_all(&shard), raw);
+    }
+
+    #[test]
+    fn a_length_prefix_that_disagrees_with_the_footer_is_named_by_check_pages() {
+        let rows = jpeg_rows();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), Encoding::Jpeg, &rows, true);
+        // Row 2 of row group 1 (shard row 5, 1 byte): its prefix sits 4
+        // bytes before its bytes.
+        let offset = {
+            let shard = Shard::open(&path).unwrap();
+            let g = shard.row_group(1).unwrap();
+            g.image(2).as_ptr() as usize - shard.mapped().as_ptr() as usize - 4
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[offset..offset + 4], 1u32.to_le_bytes());
+        bytes[offset] = 2;
+        std::fs::write(&path, &bytes).unwrap();
+        let shard = Shard::open(&path).unwrap();
+        // The footer still places every image where it is...
+        assert_eq!(read_all(&shard), rows);
+        // ...and the full check walks the prefixes.
+        let e = shard.check_pages().unwrap_err().to_string();
+        assert!(
+            e.contains("train-00000.parquet") && e.contains("row group 1") && e.contains("image"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn short_and_non_parquet_files_are_errors() {

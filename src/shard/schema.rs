@@ -12,6 +12,8 @@ pub const COL_LABEL: &str = "label";
 pub const COL_IMAGE: &str = "image";
 pub const COL_KEY: &str = "key";
 pub const CLASSES_FILE: &str = "classes.tsv";
+/// Footer key of a JPEG shard's image lengths (see [`encode_image_lengths`]).
+pub const IMAGE_LENGTHS_KEY: &str = "ebv.image_lengths";
 
 /// Which split a shard holds.
 #[derive(
@@ -158,9 +160,61 @@ impl ShardMeta {
     }
 }
 
+/// The byte length of every image of a JPEG shard, in row order, as the
+/// footer value of [`IMAGE_LENGTHS_KEY`]: decimal, comma-separated (about six
+/// bytes a row). With it a reader finds any image without reading the image
+/// column, whose BYTE_ARRAY values can otherwise only be found by walking
+/// every length prefix before them.
+pub fn encode_image_lengths(lengths: &[u32]) -> String {
+    let mut out = String::with_capacity(lengths.len() * 6);
+    for (i, len) in lengths.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&len.to_string());
+    }
+    out
+}
+
+/// Parse [`encode_image_lengths`]' output for a shard of `rows` rows; the
+/// error says what is wrong.
+pub fn decode_image_lengths(value: &str, rows: u64) -> Result<Vec<u32>, String> {
+    let mut out = Vec::with_capacity(rows as usize);
+    if !value.is_empty() {
+        for (i, v) in value.split(',').enumerate() {
+            let len = v
+                .parse()
+                .map_err(|_| format!("'{IMAGE_LENGTHS_KEY}': value {i} ('{v}') is not a length"))?;
+            out.push(len);
+        }
+    }
+    if out.len() as u64 != rows {
+        return Err(format!(
+            "'{IMAGE_LENGTHS_KEY}' holds {} lengths for {rows} rows",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_lengths_round_trip_and_bad_values_are_named() {
+        for lens in [vec![], vec![7], vec![18734, 0, 4_000_000_000]] {
+            let s = encode_image_lengths(&lens);
+            assert_eq!(decode_image_lengths(&s, lens.len() as u64).unwrap(), lens);
+        }
+        assert_eq!(encode_image_lengths(&[1, 22, 333]), "1,22,333");
+        let e = decode_image_lengths("1,2", 3).unwrap_err();
+        assert!(e.contains("2 lengths for 3 rows"), "{e}");
+        let e = decode_image_lengths("1,x,3", 3).unwrap_err();
+        assert!(e.contains("value 1 ('x')"), "{e}");
+        assert!(decode_image_lengths("1,-2", 2).is_err());
+        assert!(decode_image_lengths("", 1).is_err());
+    }
 
     #[test]
     fn meta_round_trips_through_key_values() {

@@ -31,7 +31,10 @@ use parquet::schema::types::ColumnPath;
 use super::checksum::Checksum;
 use super::chunk::ImageChunk;
 use super::direct::DirectFile;
-use super::schema::{arrow_schema, shard_file_name, Encoding, ShardMeta, COL_KEY, COL_LABEL};
+use super::schema::{
+    arrow_schema, encode_image_lengths, shard_file_name, Encoding, ShardMeta, COL_KEY, COL_LABEL,
+    IMAGE_LENGTHS_KEY,
+};
 
 /// Errors of the shard layer; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +204,11 @@ pub struct ShardWriter {
     keys: Vec<String>,
     /// The image buffers of the last row group written, for reuse.
     spent: Vec<Vec<u8>>,
+    /// Every JPEG's length in row order, for the footer (empty for raw).
+    image_lengths: Vec<u32>,
+    /// Whether the footer gets the lengths (off only to make, in tests, a
+    /// shard like those written before the key existed).
+    pub(crate) list_image_lengths: bool,
     rows: u64,
     row_groups: u64,
 }
@@ -264,6 +272,8 @@ impl ShardWriter {
             image_bytes: 0,
             keys: Vec::with_capacity(row_group_rows),
             spent: Vec::new(),
+            image_lengths: Vec::new(),
+            list_image_lengths: true,
             rows: 0,
             row_groups: 0,
         })
@@ -322,6 +332,11 @@ impl ShardWriter {
         let images = std::mem::replace(&mut self.images, Vec::with_capacity(self.row_group_rows));
         self.image_bytes = 0;
         let rows = images.len();
+        if self.encoding == Encoding::Jpeg {
+            // Each fits: the row group is checked against 2 GiB above.
+            self.image_lengths
+                .extend(images.iter().map(|i| i.len() as u32));
+        }
         let chunk = ImageChunk::new(images, self.encoding == Encoding::Jpeg)
             .ok_or_else(|| self.invalid("row group exceeds 2 GiB; lower --row-group-rows"))?;
         // One Arrow column writer per field, in schema order; the image
@@ -383,10 +398,16 @@ impl ShardWriter {
     /// Write the footer and move the file to its final name.
     pub fn finish(mut self) -> Result<WrittenShard, ShardError> {
         self.flush_row_group()?;
-        let writer = self
+        let mut writer = self
             .writer
             .take()
             .ok_or_else(|| self.invalid("writer already finished"))?;
+        if self.encoding == Encoding::Jpeg && self.list_image_lengths {
+            writer.append_key_value_metadata(KeyValue::new(
+                IMAGE_LENGTHS_KEY.to_string(),
+                encode_image_lengths(&self.image_lengths),
+            ));
+        }
         let mut sink = writer
             .into_inner()
             .map_err(|e| ShardError::parquet(&self.tmp_path, e))?;
