@@ -358,6 +358,17 @@ fn footer_schema_and_encodings() {
         if encoding == "raw" {
             assert!(rows.iter().all(|r| r.image.len() == 8 * 6 * 3));
         }
+        // JPEG shards list every image's length, in row order, as the
+        // parquet crate's own reader sees the images; raw shards do not.
+        match kv.get("ebv.image_lengths") {
+            Some(v) => {
+                assert_eq!(encoding, "jpeg");
+                let listed: Vec<usize> = v.split(',').map(|x| x.parse().unwrap()).collect();
+                let actual: Vec<usize> = rows.iter().map(|r| r.image.len()).collect();
+                assert_eq!(listed, actual);
+            }
+            None => assert_eq!(encoding, "raw"),
+        }
     }
 }
 
