@@ -10,7 +10,8 @@
 //! M_ij = ∂loss/∂C_ij (zero diagonal), which is non-zero only on violating
 //! pairs. Per slice we choose how to apply M:
 //! - dense: the block is overwritten in place by M and two GEMMs add
-//!   `M·B[s:N]` to `G[s:e]` and `Mᵀ·B[s:e]` to `G[s:N]`;
+//!   `M·B[s:N]` to `G[s:e]` and `Mᵀ·B[s:e]` to `G[s:N]`; when the slice
+//!   before went dense, the statistics and M come out of one pass;
 //! - sparse: the violating pairs are listed, and after the last slice each
 //!   row of G gathers its pairs (rows in parallel, no write conflicts).
 //!
@@ -101,6 +102,9 @@ pub(crate) struct Engine {
     offsets: Vec<usize>,
     entries: Vec<(u32, f32)>,
     row_evals: Vec<Eval>,
+    /// Whether the last slice took the dense path: the next one then scans
+    /// and weighs in one pass (see `evaluate`).
+    dense_hint: bool,
 }
 
 /// Rows per slice for an N-row matrix within `mem_bytes` (the Gram block gets
@@ -129,6 +133,7 @@ impl Engine {
             offsets: Vec::new(),
             entries: Vec::new(),
             row_evals: Vec::new(),
+            dense_hint: false,
         }
     }
 
@@ -149,11 +154,30 @@ impl Engine {
             let blk = &mut self.block[..rows * w];
             matmul_nt(rows, w, d, &b[s * d..], d, &b[s * d..], d, blk, w);
 
+            // Fused: when this slice will take the dense path (forced, or
+            // predicted from the last slice, since violations come in bulk),
+            // one pass takes the statistics and writes the weights in place,
+            // one powf per pair for the p-norm instead of two. The dense
+            // path is then taken whatever the density (it needs no pair
+            // memory, and its result is the same).
+            let fused = want_grad
+                && match self.path {
+                    GradPath::Dense => true,
+                    GradPath::Sparse => false,
+                    GradPath::Auto => self.dense_hint,
+                };
             self.row_evals.clear();
-            blk.par_chunks(w)
-                .enumerate()
-                .map(|(r, row)| scan_row(&row[r + 1..], tau, loss))
-                .collect_into_vec(&mut self.row_evals);
+            if fused {
+                blk.par_chunks_mut(w)
+                    .enumerate()
+                    .map(|(r, row)| scan_and_weigh_row(row, r, tau, loss))
+                    .collect_into_vec(&mut self.row_evals);
+            } else {
+                blk.par_chunks(w)
+                    .enumerate()
+                    .map(|(r, row)| scan_row(&row[r + 1..], tau, loss))
+                    .collect_into_vec(&mut self.row_evals);
+            }
             let mut slice_eval = Eval::default();
             for re in &self.row_evals {
                 slice_eval.merge(re);
@@ -169,12 +193,15 @@ impl Engine {
                     GradPath::Sparse => !fits,
                     GradPath::Auto => density > DENSE_DENSITY || !fits,
                 };
-                if dense {
-                    blk.par_chunks_mut(w).enumerate().for_each(|(r, row)| {
-                        for (j, c) in row.iter_mut().enumerate() {
-                            *c = if j > r { weight(*c, tau, loss) } else { 0.0 };
-                        }
-                    });
+                self.dense_hint = dense;
+                if dense || fused {
+                    if !fused {
+                        blk.par_chunks_mut(w).enumerate().for_each(|(r, row)| {
+                            for (j, c) in row.iter_mut().enumerate() {
+                                *c = if j > r { weight(*c, tau, loss) } else { 0.0 };
+                            }
+                        });
+                    }
                     let bs = &b[s * d..];
                     // G[s:e] += M·B[s:N]
                     matmul_acc_nn(rows, d, w, blk, w, bs, d, &mut self.grad[s * d..], d);
@@ -286,6 +313,50 @@ fn scan_row(upper: &[f32], tau: f32, loss: Loss) -> Eval {
     ev.loss = 2.0 * lsum;
     ev.sum_abs = sum;
     ev
+}
+
+/// [`scan_row`] for row `r` of a slice block, also overwriting the row with
+/// the weights of [`weight`] (zero on and left of the diagonal): the dense
+/// path's two passes over the block in one, with one powf per violating
+/// pair for the p-norm (x^(p−1) serves both the term x^p and the weight).
+fn scan_and_weigh_row(row: &mut [f32], r: usize, tau: f32, loss: Loss) -> Eval {
+    let (lower, upper) = row.split_at_mut(r + 1);
+    lower.fill(0.0);
+    let mut sum = 0.0f64;
+    let mut lsum = 0.0f64;
+    let mut mx = 0.0f32;
+    let mut count = 0u64;
+    for c in upper {
+        let a = c.abs();
+        sum += a as f64;
+        mx = mx.max(a);
+        if a > tau {
+            count += 1;
+            let s = if *c > 0.0 { 1.0 } else { -1.0 };
+            let (term, w) = match loss {
+                Loss::Hinge => ((a - tau) as f64, 2.0 * s),
+                Loss::SquaredHinge => {
+                    let v = a - tau;
+                    ((v as f64) * (v as f64), 4.0 * v * s)
+                }
+                Loss::Power { p, inv_m } => {
+                    let x = a * inv_m;
+                    let t = x.powf(p - 1.0);
+                    ((t * x) as f64, 2.0 * p * inv_m * t * s)
+                }
+            };
+            lsum += term;
+            *c = w;
+        } else {
+            *c = 0.0;
+        }
+    }
+    Eval {
+        max_abs: mx,
+        violations: count,
+        loss: 2.0 * lsum,
+        sum_abs: sum,
+    }
 }
 
 /// ∂loss/∂C_ij for a violating pair, times the 2 of G = 2·M·B.
@@ -572,7 +643,13 @@ mod tests {
             p: p as f32,
             inv_m: (1.0 / m) as f32,
         };
-        for (path, slice) in [(GradPath::Dense, 16), (GradPath::Sparse, 9)] {
+        // Dense takes the fused pass, Sparse the two-pass scan, Auto both
+        // (its first slice unfused, the rest fused).
+        for (path, slice) in [
+            (GradPath::Dense, 16),
+            (GradPath::Sparse, 9),
+            (GradPath::Auto, 7),
+        ] {
             let mut eng = Engine::new(n, d, slice, 1 << 30, path);
             let ev = eng.evaluate(&b.data, tau as f32, loss, true);
             let direct = loss_f64(&b64);
