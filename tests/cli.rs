@@ -13,63 +13,67 @@ const BINS: [&str; 7] = [
     env!("CARGO_BIN_EXE_ebv-train"),
 ];
 
+/// Run `bin` with `args`, its stdout a pipe whose reading end is closed
+/// before the child starts (so its first write meets a broken pipe whatever
+/// the timing); the exit status and stderr.
+#[cfg(unix)]
+fn run_into_closed_pipe(
+    bin: &str,
+    args: &[&std::ffi::OsStr],
+) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[cfg(unix)]
 #[test]
 fn a_closed_stdout_is_a_quiet_sigpipe_not_a_panic() {
+    use std::ffi::OsStr;
     use std::os::unix::process::ExitStatusExt;
     for bin in BINS {
-        // The reading end is closed before the child starts, so its first
-        // write to stdout meets a broken pipe whatever the timing.
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let out = Command::new(bin)
-            .arg("--help")
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (status, stderr) = run_into_closed_pipe(bin, &[OsStr::new("--help")]);
         assert!(!stderr.contains("panicked"), "{bin}: {stderr}");
         assert_eq!(
-            out.status.signal(),
+            status.signal(),
             Some(libc::SIGPIPE),
-            "{bin}: {:?} {stderr}",
-            out.status
+            "{bin}: {status:?} {stderr}"
         );
     }
     // A command that prints its result with `println!` (which panics on a
     // broken pipe when SIGPIPE is ignored, Rust's default).
     let dir = tempfile::tempdir().unwrap();
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = Command::new(BINS[0])
-        .args([
-            "generate",
-            "--classes",
-            "8",
-            "--dim",
-            "4",
-            "--alpha",
-            "auto",
-            "--steps",
-            "0",
-            "--json",
-            "-q",
-        ])
-        .arg("--out")
-        .arg(dir.path().join("b.safetensors"))
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = dir.path().join("b.safetensors");
+    let mut args: Vec<&OsStr> = [
+        "generate",
+        "--classes",
+        "8",
+        "--dim",
+        "4",
+        "--alpha",
+        "auto",
+        "--steps",
+        "0",
+        "--json",
+        "-q",
+        "--out",
+    ]
+    .into_iter()
+    .map(OsStr::new)
+    .collect();
+    args.push(out.as_os_str());
+    let (status, stderr) = run_into_closed_pipe(BINS[0], &args);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGPIPE),
-        "{:?} {stderr}",
-        out.status
-    );
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?} {stderr}");
     // The work was done before the output: the matrix is there.
-    assert!(dir.path().join("b.safetensors").exists());
+    assert!(out.exists());
 }

@@ -300,12 +300,7 @@ fn scan_row(upper: &[f32], tau: f32, loss: Loss) -> Eval {
         mx = mx.max(a);
         if a > tau {
             count += 1;
-            let v = (a - tau) as f64;
-            lsum += match loss {
-                Loss::Hinge => v,
-                Loss::SquaredHinge => v * v,
-                Loss::Power { p, inv_m } => ((a * inv_m).powf(p)) as f64,
-            };
+            lsum += term_and_weight(c, tau, loss).0;
         }
     }
     ev.max_abs = mx;
@@ -317,8 +312,8 @@ fn scan_row(upper: &[f32], tau: f32, loss: Loss) -> Eval {
 
 /// [`scan_row`] for row `r` of a slice block, also overwriting the row with
 /// the weights of [`weight`] (zero on and left of the diagonal): the dense
-/// path's two passes over the block in one, with one powf per violating
-/// pair for the p-norm (x^(p−1) serves both the term x^p and the weight).
+/// path's two passes over the block in one, one [`term_and_weight`] (one
+/// powf for the p-norm) per violating pair instead of two.
 fn scan_and_weigh_row(row: &mut [f32], r: usize, tau: f32, loss: Loss) -> Eval {
     let (lower, upper) = row.split_at_mut(r + 1);
     lower.fill(0.0);
@@ -332,19 +327,7 @@ fn scan_and_weigh_row(row: &mut [f32], r: usize, tau: f32, loss: Loss) -> Eval {
         mx = mx.max(a);
         if a > tau {
             count += 1;
-            let s = if *c > 0.0 { 1.0 } else { -1.0 };
-            let (term, w) = match loss {
-                Loss::Hinge => ((a - tau) as f64, 2.0 * s),
-                Loss::SquaredHinge => {
-                    let v = a - tau;
-                    ((v as f64) * (v as f64), 4.0 * v * s)
-                }
-                Loss::Power { p, inv_m } => {
-                    let x = a * inv_m;
-                    let t = x.powf(p - 1.0);
-                    ((t * x) as f64, 2.0 * p * inv_m * t * s)
-                }
-            };
+            let (term, w) = term_and_weight(*c, tau, loss);
             lsum += term;
             *c = w;
         } else {
@@ -359,19 +342,34 @@ fn scan_and_weigh_row(row: &mut [f32], r: usize, tau: f32, loss: Loss) -> Eval {
     }
 }
 
-/// ∂loss/∂C_ij for a violating pair, times the 2 of G = 2·M·B.
+/// For a violating pair (|c| > τ): its loss term, and ∂loss/∂C_ij times the
+/// 2 of G = 2·M·B. One powf for the p-norm: x^(p−1) gives the weight, and
+/// times x the term x^p.
 #[inline]
-fn weight(c: f32, tau: f32, loss: Loss) -> f32 {
+fn term_and_weight(c: f32, tau: f32, loss: Loss) -> (f64, f32) {
     let a = c.abs();
-    if a <= tau {
-        return 0.0;
-    }
     let s = if c > 0.0 { 1.0 } else { -1.0 };
     match loss {
-        Loss::Hinge => 2.0 * s,
-        Loss::SquaredHinge => 4.0 * (a - tau) * s,
-        Loss::Power { p, inv_m } => 2.0 * p * inv_m * (a * inv_m).powf(p - 1.0) * s,
+        Loss::Hinge => ((a - tau) as f64, 2.0 * s),
+        Loss::SquaredHinge => {
+            let v = a - tau;
+            ((v as f64) * (v as f64), 4.0 * v * s)
+        }
+        Loss::Power { p, inv_m } => {
+            let x = a * inv_m;
+            let t = x.powf(p - 1.0);
+            ((t * x) as f64, 2.0 * p * inv_m * t * s)
+        }
     }
+}
+
+/// ∂loss/∂C_ij times 2 (zero for a pair within τ).
+#[inline]
+fn weight(c: f32, tau: f32, loss: Loss) -> f32 {
+    if c.abs() <= tau {
+        return 0.0;
+    }
+    term_and_weight(c, tau, loss).1
 }
 
 /// Loss and gradient of the hinge loss Σ_{i≠j} max(0, |C_ij| − α) (or its

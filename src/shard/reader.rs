@@ -266,7 +266,8 @@ impl Shard {
         #[cfg(unix)]
         let _ = map.advise(Advice::Random);
         let metadata = read_footer(path, &map)?;
-        let meta = check_schema_and_meta(path, &metadata)?;
+        let kv = key_values(&metadata);
+        let meta = check_schema_and_meta(path, &metadata, &kv)?;
         let mut group_starts = Vec::with_capacity(metadata.num_row_groups() + 1);
         let mut rows = 0u64;
         for (i, rg) in metadata.row_groups().iter().enumerate() {
@@ -286,7 +287,7 @@ impl Shard {
                 detail: format!("footer says {declared} rows, its row groups hold {rows}"),
             });
         }
-        let image_lengths = match key_values(&metadata).get(IMAGE_LENGTHS_KEY) {
+        let image_lengths = match kv.get(IMAGE_LENGTHS_KEY) {
             None => None,
             Some(_) if meta.encoding != Encoding::Jpeg => {
                 return Err(ReadError::Metadata {
@@ -959,11 +960,15 @@ fn key_values(md: &ParquetMetaData) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Check the v1 schema and parse the `ebv.*` footer metadata.
-fn check_schema_and_meta(path: &Path, md: &ParquetMetaData) -> Result<ShardMeta, ReadError> {
+/// Check the v1 schema and parse the `ebv.*` footer metadata (`kv`, from
+/// [`key_values`]).
+fn check_schema_and_meta(
+    path: &Path,
+    md: &ParquetMetaData,
+    kv: &HashMap<String, String>,
+) -> Result<ShardMeta, ReadError> {
     let fm = md.file_metadata();
-    let kv = key_values(md);
-    let meta = ShardMeta::from_key_values(&kv).map_err(|detail| ReadError::Metadata {
+    let meta = ShardMeta::from_key_values(kv).map_err(|detail| ReadError::Metadata {
         path: path.to_path_buf(),
         detail,
     })?;
