@@ -374,6 +374,61 @@ fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
 }
 
 #[test]
+fn generate_papers_1000x200_within_1_1_welch_from_a_topped_up_frame() {
+    // The paper's eq_200_1000 shape: its released matrix is at 1.265 × Welch
+    // and optimisers from random vectors stop at 1.24–1.27 ×. `--init auto`
+    // takes the 976-vector frame of the radical (61, 5, 1) difference family
+    // and tops it up with 24 random rows; the adaptive optimiser fits them in.
+    let dir = tmp();
+    let welch = ((1000.0 - 200.0) / (200.0 * 999.0f64)).sqrt();
+    let alpha = format!("{:.4}", 1.1 * welch);
+    let (c, s, p) = generate(
+        dir.path(),
+        1000,
+        200,
+        &alpha,
+        &["--init", "auto", "--method", "adaptive", "--steps", "600"],
+    );
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(
+        (s["init"].clone(), s["reached"].clone()),
+        ("steiner".into(), Value::Bool(true))
+    );
+    assert!(
+        s["start"].as_str().unwrap().ends_with("+ 24 random rows"),
+        "{s}"
+    );
+    // Checked on the file itself, O(N²) in f64, not on the summary.
+    let r = assert_file_meets(&p, 1000, 200, alpha.parse().unwrap());
+    assert!(
+        r.max / welch <= 1.1 + 1e-4 / welch + 1e-6,
+        "{} × Welch",
+        r.max / welch
+    );
+    assert!(read_safetensors(&p).3["start"].contains("radical (61, 5, 1) difference family"));
+    // Without optimiser steps there is nothing to place the random rows: no top-up.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "1000",
+            "--dim",
+            "200",
+            "--init",
+            "steiner",
+            "--steps",
+            "0",
+            "--alpha",
+            "0.1",
+        ],
+    );
+    assert_eq!(code(&out), 2);
+    let e = stderr(&out);
+    assert!(e.contains("--init") && e.contains("topped up"), "{e}");
+}
+
+#[test]
 fn generate_steiner_start_sits_on_the_welch_bound() {
     // 465 = 3 × 155 of the 496 vectors of the Steiner frame of the lines of
     // PG(4, 2) in R^155: every |cos| is 1/15, 1.016 × Welch for (465, 155).
@@ -450,13 +505,14 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
         "{e}"
     );
 
-    // More than the frames hold: a clear error that lists them.
+    // More than the frames hold, even topped up (496 < 90 % of 600): a
+    // clear error that lists them.
     let out = run(
         dir.path(),
         &[
             "generate",
             "--classes",
-            "500",
+            "600",
             "--dim",
             "160",
             "--init",

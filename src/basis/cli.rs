@@ -345,14 +345,22 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         }
         if let Some(c) = &p.start {
             eprintln!(
-                "  {} start: {} of {} {}: max |cos| = {:.6}{}",
+                "  {} start: {} of {} {}: max |cos| = {:.6}{}{}",
                 c.init.name(),
-                p.n,
+                p.n - c.topped_up,
                 c.capacity,
                 c.description,
                 c.coherence,
                 if p.welch > 0.0 {
                     format!(" ({:.3} × Welch)", c.coherence / p.welch)
+                } else {
+                    String::new()
+                },
+                if c.topped_up > 0 {
+                    format!(
+                        "; topped up with {} random rows for the optimiser to fit in",
+                        c.topped_up
+                    )
                 } else {
                     String::new()
                 }
@@ -371,7 +379,12 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                 );
             }
         }
-        let start = p.start.as_ref().map_or(r.q95, |c| c.coherence);
+        // A topped-up start is as coherent as its random rows at step 0.
+        let start = p
+            .start
+            .as_ref()
+            .filter(|c| c.topped_up == 0)
+            .map_or(r.q95, |c| c.coherence);
         match a.alpha {
             AlphaSpec::Value(al) => {
                 eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
@@ -382,17 +395,26 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                         "  α is above what the {} start reaches: expect to finish at step 0",
                         init.name()
                     );
+                } else if let Some(c) = p.start.as_ref().filter(|c| c.topped_up > 0) {
+                    eprintln!(
+                        "  the optimiser fits the {} random rows in around the {} frame, \
+                         jittered; in our measurements --method adaptive did that best",
+                        c.topped_up,
+                        c.init.name()
+                    );
                 } else if let Some(c) = &p.start {
                     eprintln!(
                         "  α is below the {} start's {:.6}: the optimiser runs from it, jittered; \
-                         in our measurements only --method pnorm improved on such a start{}; the \
-                         best matrix is written either way",
+                         in our measurements the optimisers improved on such a start only when it \
+                         left columns free (--dim above its {}), --method pnorm wherever we \
+                         measured{}; the best matrix is written either way",
                         c.init.name(),
                         c.coherence,
+                        c.dim,
                         if a.method == Method::Pnorm {
                             ""
                         } else {
-                            " (the others stayed at it)"
+                            ", the others at some shapes"
                         }
                     );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
@@ -546,6 +568,9 @@ pub fn summary_metadata(s: &Summary) -> BTreeMap<String, String> {
     put("steps", s.steps.to_string());
     put("seed", s.seed.to_string());
     put("init", s.init.name().into());
+    if let Some(start) = &s.start {
+        put("start", start.clone());
+    }
     put("method", s.method.name().into());
     put("lr", s.lr_start.to_string());
     m

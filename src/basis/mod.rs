@@ -54,5 +54,8 @@ pub use import::{import_pickle, Imported, PickleForm};
 pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
-pub use steiner::{steiner_basis, steiner_designs, steiner_fit, steiner_plan, Design};
+pub use steiner::{
+    steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan, steiner_plan, Design,
+    MIN_FILL,
+};
 pub use welch::{random_max_cos, welch_bound, RandomMaxCos};

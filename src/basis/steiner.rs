@@ -34,13 +34,28 @@
 //!   (v − 1)/2: with Paley's matrices they add N/d ≈ 3.0–3.2 shapes between
 //!   the PG(m, 2) ones, e.g. 780 in R^247 (v = 39), 1540 in R^495 (v = 55),
 //!   3160 in R^1027 (v = 79), 3828 in R^1247 (v = 87), 15400 in R^5075
-//!   (v = 175).
+//!   (v = 175);
+//! - radical difference families (Wilson, Buratti) for odd k ≥ 5 and v
+//!   prime ≡ 1 mod k(k − 1): with ε of order k mod v and g a primitive root,
+//!   the base blocks g^(e·i)·{1, ε, …, ε^(k−1)} (e = (k − 1)/2, i < (v −
+//!   1)/(k(k − 1))) and all their translates mod v form a 2-(v, k, 1) design
+//!   when ε^s − 1 (s = 1..e) lie in distinct cosets of ⟨g^e⟩. Every
+//!   difference is checked when the design is built, not only the coset
+//!   rule. This adds v = 61, k = 5: 976 in R^183 at 1/15 (N/d ≈ 5.3), the
+//!   frame under the paper's own (1000, 200) shape.
 //!
 //! N/d is about the block size k, so these help at a few shapes only;
 //! elsewhere use a Kerdock or random start.
 //!
-//! Invariants: rows are exactly unit length (r entries ±1/√r); the output
-//! depends on (N, d, seed) only. When d > b the b coordinates go to a
+//! A frame a little short of N (at least [`MIN_FILL`] of it, in at most d
+//! coordinates) can still start an optimiser: [`steiner_basis`] tops it up
+//! with seeded random unit rows, which the optimiser then fits in around the
+//! frame (the paper's (1000, 200): the 976 vectors above plus 24 reach
+//! 1.056 × Welch, where optimisers from random vectors stop at 1.24–1.27 ×).
+//! Such a start is never taken without optimiser steps to place the rows.
+//!
+//! Invariants: rows are exactly unit length (r entries ±1/√r; top-up rows
+//! are normalised Gaussians); the output depends on (N, d, seed) only. When d > b the b coordinates go to a
 //! seeded choice of the d columns (zeros elsewhere) with seeded signs, as
 //! for Kerdock, and an optimiser started there stays in that subspace.
 
@@ -67,7 +82,13 @@ pub enum Family {
     Bose { v: usize },
     /// Skolem's Steiner triple system on v = 6n + 1 points.
     Skolem { v: usize },
+    /// The translates of a radical (v, k, 1) difference family, v prime.
+    Radical { v: usize, k: usize },
 }
+
+/// Least share of N that a frame must give before the rest is topped up
+/// with random rows for an optimiser to place.
+pub const MIN_FILL: f64 = 0.9;
 
 /// A 2-(v, k, 1) design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -178,6 +199,14 @@ fn hadamard_core(order: usize) -> Option<Core> {
             return None;
         }
         core /= 2;
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -294,6 +323,21 @@ impl Design {
         }
     }
 
+    /// The design of a radical (v, k, 1) difference family, or `None` when
+    /// v is not a prime ≡ 1 mod k(k − 1), k is even or below 5, or no
+    /// ε of order k passes (see [`radical_base_blocks`]).
+    fn radical(v: usize, k: usize) -> Option<Design> {
+        radical_base_blocks(v, k)?;
+        let blocks = v * (v - 1) / (k * (k - 1));
+        Some(Design {
+            family: Family::Radical { v, k },
+            points: v,
+            block: k,
+            blocks,
+            replication: (v - 1) / (k - 1),
+        })
+    }
+
     /// "lines of AG(3, 5)", "Bose triple system on 39 points".
     pub fn name(&self) -> String {
         match self.family {
@@ -301,6 +345,7 @@ impl Design {
             Family::Projective { m, q } => format!("lines of PG({m}, {q})"),
             Family::Bose { v } => format!("Bose triple system on {v} points"),
             Family::Skolem { v } => format!("Skolem triple system on {v} points"),
+            Family::Radical { v, k } => format!("radical ({v}, {k}, 1) difference family"),
         }
     }
 
@@ -345,6 +390,104 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
             out.push(des);
         }
     }
+    // Odd k only: with v ≡ 1 mod k(k − 1), r = (v − 1)/(k − 1) is a
+    // multiple of k, so an even k leaves r + 1 odd, never a Hadamard order.
+    for k in (5..).step_by(2) {
+        let step = k * (k - 1);
+        // The smallest v has v − 1 = k(k − 1): b = v ≥ step + 1.
+        if step + 1 > max_blocks {
+            break;
+        }
+        for v in (step + 1..).step_by(step) {
+            let blocks = v * (v - 1) / step;
+            if blocks > max_blocks {
+                break;
+            }
+            if hadamard_core((v - 1) / (k - 1) + 1).is_none() {
+                continue;
+            }
+            if let Some(des) = Design::radical(v, k) {
+                out.push(des);
+            }
+        }
+    }
+    out
+}
+
+/// Base blocks of a radical (v, k, 1) difference family: v prime ≡ 1 mod
+/// k(k − 1), k odd ≥ 5, ε = g^((v − 1)/k · j) for the first j coprime to k
+/// whose ε^s − 1 (s = 1..(k − 1)/2) fall in distinct cosets of ⟨g^e⟩,
+/// e = (k − 1)/2; blocks g^(e·i)·⟨ε⟩. `None` when no ε passes or the
+/// differences, checked one by one, do not cover Z_v \ {0} exactly once.
+fn radical_base_blocks(v: usize, k: usize) -> Option<Vec<Vec<usize>>> {
+    if k < 5 || k.is_multiple_of(2) || !is_prime(v) || !(v - 1).is_multiple_of(k * (k - 1)) {
+        return None;
+    }
+    let (e, m) = ((k - 1) / 2, (v - 1) / (k * (k - 1)));
+    let mul = |a: usize, b: usize| (a as u64 * b as u64 % v as u64) as usize;
+    let pow = |mut b: usize, mut x: usize| {
+        let mut r = 1;
+        while x > 0 {
+            if x & 1 == 1 {
+                r = mul(r, b);
+            }
+            b = mul(b, b);
+            x >>= 1;
+        }
+        r
+    };
+    let factors: Vec<usize> = (2..v)
+        .filter(|&q| (v - 1).is_multiple_of(q) && is_prime(q))
+        .collect();
+    let g = (2..v).find(|&g| factors.iter().all(|&q| pow(g, (v - 1) / q) != 1))?;
+    let mut log = vec![0usize; v];
+    let mut x = 1;
+    for i in 0..v - 1 {
+        log[x] = i;
+        x = mul(x, g);
+    }
+    let eps = (1..k)
+        .filter(|&j| gcd(j, k) == 1)
+        .map(|j| pow(g, (v - 1) / k * j))
+        .find(|&eps| {
+            let mut seen = vec![false; e];
+            (1..=e).all(|s| {
+                let c = log[(pow(eps, s) + v - 1) % v] % e;
+                !std::mem::replace(&mut seen[c], true)
+            })
+        })?;
+    let blocks: Vec<Vec<usize>> = (0..m)
+        .map(|i| {
+            let l = pow(g, e * i);
+            let mut b: Vec<usize> = (0..k).map(|t| mul(l, pow(eps, t))).collect();
+            b.sort_unstable();
+            b
+        })
+        .collect();
+    let mut hit = vec![false; v];
+    for b in &blocks {
+        for &x in b {
+            for &y in b {
+                if x != y && std::mem::replace(&mut hit[(x + v - y) % v], true) {
+                    return None;
+                }
+            }
+        }
+    }
+    hit[1..].iter().all(|&h| h).then_some(blocks)
+}
+
+/// The translates B + t (t ∈ Z_v) of every base block, sorted.
+fn radical_lines(v: usize, k: usize) -> Vec<Vec<usize>> {
+    let base = radical_base_blocks(v, k).expect("kept only when the family exists");
+    let mut out = Vec::with_capacity(base.len() * v);
+    for b in &base {
+        for t in 0..v {
+            let mut l: Vec<usize> = b.iter().map(|&x| (x + t) % v).collect();
+            l.sort_unstable();
+            out.push(l);
+        }
+    }
     out
 }
 
@@ -357,10 +500,33 @@ pub fn steiner_plan(n: usize, d: usize) -> Option<Design> {
         .min_by_key(|des| (std::cmp::Reverse(des.replication), des.blocks))
 }
 
-/// [`steiner_plan`], or an error naming `--init` that lists what would fit.
-pub fn steiner_fit(n: usize, d: usize) -> Result<Design, BasisError> {
+/// A frame short of N by at most 1 − [`MIN_FILL`] in at most d
+/// coordinates, for a start topped up with random rows: the lowest
+/// coherence, then the most vectors; `None` when none is that close.
+pub fn steiner_partial_plan(n: usize, d: usize) -> Option<Design> {
+    let least = (MIN_FILL * n as f64).ceil() as usize;
+    steiner_designs(d)
+        .into_iter()
+        .filter(|des| (least..n).contains(&des.capacity()))
+        .min_by_key(|des| {
+            (
+                std::cmp::Reverse(des.replication),
+                std::cmp::Reverse(des.capacity()),
+            )
+        })
+}
+
+/// [`steiner_plan`], or with `top_up` (an optimiser will run) the
+/// [`steiner_partial_plan`]; an error naming `--init` that lists what would
+/// fit.
+pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisError> {
     if let Some(des) = steiner_plan(n, d) {
         return Ok(des);
+    }
+    if top_up {
+        if let Some(des) = steiner_partial_plan(n, d) {
+            return Ok(des);
+        }
     }
     let fits = steiner_designs(d);
     let msg = if fits.is_empty() {
@@ -380,9 +546,18 @@ pub fn steiner_fit(n: usize, d: usize) -> Result<Design, BasisError> {
                 )
             })
             .collect();
+        let partial = if !top_up && steiner_partial_plan(n, d).is_some() {
+            format!(
+                "; with --steps above 0 a frame of at least {:.0} % of them is topped up with \
+                 random rows",
+                MIN_FILL * 100.0
+            )
+        } else {
+            String::new()
+        };
         format!(
             "steiner gives at most {} vectors with --dim {d} ({}); --classes {n} needs a \
-             larger --dim or another --init",
+             larger --dim or another --init{partial}",
             big[0].capacity(),
             list.join(", ")
         )
@@ -390,17 +565,22 @@ pub fn steiner_fit(n: usize, d: usize) -> Result<Design, BasisError> {
     Err(BasisError::arg("--init", msg))
 }
 
-/// N rows of the Steiner ETF of [`steiner_fit`] in R^d: rows in a seeded
-/// order, the b coordinates on a seeded choice of columns with seeded signs.
-pub fn steiner_basis(n: usize, d: usize, seed: u64) -> Result<Basis, BasisError> {
-    let des = steiner_fit(n, d)?;
+/// N rows in R^d from the Steiner ETF of [`steiner_fit`]: the frame's rows
+/// in a seeded order, its b coordinates on a seeded choice of columns with
+/// seeded signs; with `top_up`, rows past the frame's capacity are seeded
+/// random unit vectors (the last ones).
+pub fn steiner_basis(n: usize, d: usize, seed: u64, top_up: bool) -> Result<Basis, BasisError> {
+    let des = steiner_fit(n, d, top_up)?;
     let through = lines_through_points(&des);
     let r = des.replication;
     let h = Hadamard::new(r + 1).expect("designs are kept only for Hadamard orders");
-    let place = Embedding::seeded(n, des.capacity(), des.blocks, d, seed);
+    let framed = n.min(des.capacity());
+    let place = Embedding::seeded(framed, des.capacity(), des.blocks, d, seed);
     let scale = 1.0 / (r as f32).sqrt();
     let mut data = vec![0.0f32; n * d];
-    data.par_chunks_mut(d)
+    let (frame, extra) = data.split_at_mut(framed * d);
+    frame
+        .par_chunks_mut(d)
         .zip(place.pick.par_iter())
         .for_each(|(row, &v)| {
             let (point, c) = (v / (r + 1), v % (r + 1));
@@ -410,8 +590,15 @@ pub fn steiner_basis(n: usize, d: usize, seed: u64) -> Result<Basis, BasisError>
                 row[place.cols[line]] = s * place.signs[line];
             }
         });
+    if n > framed {
+        extra.copy_from_slice(&Basis::random(n - framed, d, seed ^ TOP_UP_SEED).data);
+    }
     Ok(Basis { n, d, data })
 }
+
+/// Mixed into the seed of the top-up rows, so that they differ from a
+/// random start's first rows.
+const TOP_UP_SEED: u64 = 0x70b0_0f11;
 
 /// For each point, the indices of the r lines through it (ascending).
 fn lines_through_points(des: &Design) -> Vec<Vec<usize>> {
@@ -451,6 +638,7 @@ fn lines(des: &Design) -> Vec<Vec<usize>> {
         Family::Projective { m, q } => geometry_lines(true, m, q, des.blocks),
         Family::Bose { v } => bose_triples(v),
         Family::Skolem { v } => skolem_triples(v),
+        Family::Radical { v, k } => radical_lines(v, k),
     }
 }
 
@@ -624,6 +812,7 @@ mod tests {
             ("lines of PG(3, 5)", 4992, 806),
             ("Bose triple system on 39 points", 780, 247),
             ("Skolem triple system on 55 points", 1540, 495),
+            ("radical (61, 5, 1) difference family", 976, 183),
         ];
         let want: Vec<(String, usize, usize)> = want
             .iter()
@@ -722,7 +911,7 @@ mod tests {
         // Every family up to 250 lines, Bose's 39 points with Paley's H_20 included.
         for des in steiner_designs(250) {
             let (n, d) = (des.capacity(), des.blocks);
-            let b = steiner_basis(n, d, 3).unwrap();
+            let b = steiner_basis(n, d, 3, false).unwrap();
             // The closed form of the bound, independent of the construction.
             let welch = welch_bound(n, d);
             assert!((des.coherence() - welch).abs() < 1e-12, "{}", des.name());
@@ -733,7 +922,7 @@ mod tests {
     #[test]
     fn ag35_at_five_classes_per_dim() {
         // 3875 = 5 × 775 of the 4000 vectors; every row against the first 120.
-        let b = steiner_basis(3875, 775, 11).unwrap();
+        let b = steiner_basis(3875, 775, 11, false).unwrap();
         assert_equiangular(&b, 120, 1.0 / 31.0, "AG(3, 5)");
         let ratio = (1.0 / 31.0) / welch_bound(3875, 775);
         assert!(ratio < 1.005, "{ratio}");
@@ -753,12 +942,67 @@ mod tests {
     }
 
     #[test]
+    fn radical_difference_families_are_steiner_systems() {
+        // (41, 5): r + 1 = 11 is no Hadamard order, so the frame search skips
+        // it, but the design exists; (61, 5), (701, 5) and (883, 7) are kept.
+        for (v, k) in [(41, 5), (61, 5), (701, 5), (883, 7)] {
+            let des = Design::radical(v, k).unwrap_or_else(|| panic!("({v}, {k})"));
+            assert_eq!((des.block, des.replication), (k, (v - 1) / (k - 1)));
+            assert_steiner_system(&des);
+        }
+        // The coset rule fails for (211, 7) and (541, 5); v must be a prime
+        // ≡ 1 mod k(k − 1), k odd and at least 5.
+        for (v, k) in [(211, 7), (541, 5), (81, 5), (62, 5), (13, 3), (13, 4)] {
+            assert!(Design::radical(v, k).is_none(), "({v}, {k})");
+        }
+        let shapes: Vec<(usize, usize)> = steiner_designs(30_000)
+            .iter()
+            .filter(|des| matches!(des.family, Family::Radical { .. }))
+            .map(|des| (des.capacity(), des.blocks))
+            .collect();
+        assert_eq!(shapes, [(976, 183), (123_376, 24_535), (130_684, 18_543)]);
+    }
+
+    #[test]
+    fn a_frame_short_of_n_is_topped_up_only_when_asked() {
+        let des = Design::radical(61, 5).unwrap();
+        // The paper's (1000, 200): 976 of the frame's vectors and 24 random.
+        assert_eq!(steiner_plan(1000, 200), None);
+        assert_eq!(steiner_partial_plan(1000, 200), Some(des));
+        assert_eq!(steiner_fit(1000, 200, true).ok(), Some(des));
+        let e = steiner_fit(1000, 200, false).unwrap_err().to_string();
+        assert!(e.contains("--init") && e.contains("topped up"), "{e}");
+        // Below 90 % of N, or more lines than d: no top-up.
+        assert_eq!(steiner_partial_plan(1085, 200), None);
+        assert_eq!(steiner_partial_plan(1000, 182), None);
+        // A full frame is never reported as partial.
+        assert_eq!(steiner_partial_plan(976, 183), None);
+
+        let b = steiner_basis(1000, 200, 4, true).unwrap();
+        assert_eq!((b.n, b.d), (1000, 200));
+        let frame = Basis {
+            n: 976,
+            d: 200,
+            data: b.data[..976 * 200].to_vec(),
+        };
+        assert_equiangular(&frame, 80, 1.0 / 15.0, "radical (61, 5) in R^200");
+        let sp = sparse(&b);
+        for (i, row) in sp.iter().enumerate().skip(976) {
+            assert!((dot(row, row) - 1.0).abs() < 1e-5, "top-up row {i}");
+            // Dense random rows, unlike the frame's 15 non-zeros.
+            assert!(row.len() > 150, "top-up row {i}: {} non-zeros", row.len());
+        }
+        assert_eq!(b, steiner_basis(1000, 200, 4, true).unwrap());
+        assert!(steiner_basis(1000, 200, 4, false).is_err());
+    }
+
+    #[test]
     fn skolem_55_with_paley_ii_sits_on_the_welch_bound() {
         // r + 1 = 28 = 2·(13 + 1): Paley II. 1540 vectors in R^495 at 1/27;
         // every row against the first 60.
         let des = Design::triples(55);
         assert_eq!((des.capacity(), des.blocks), (1540, 495));
-        let b = steiner_basis(1540, 495, 5).unwrap();
+        let b = steiner_basis(1540, 495, 5, false).unwrap();
         assert_equiangular(&b, 60, 1.0 / 27.0, "Skolem 55");
         assert!((1.0 / 27.0 - welch_bound(1540, 495)).abs() < 1e-12);
         assert_eq!(steiner_plan(1500, 500), Some(des));
@@ -777,22 +1021,22 @@ mod tests {
 
     #[test]
     fn embeds_in_larger_dims_and_depends_on_the_seed() {
-        let b = steiner_basis(100, 40, 1).unwrap(); // PG(3, 2): 120 in R^35
+        let b = steiner_basis(100, 40, 1, false).unwrap(); // PG(3, 2): 120 in R^35
         assert_eq!((b.n, b.d), (100, 40));
         assert_equiangular(&b, 100, 1.0 / 7.0, "PG(3, 2) in R^40");
         let zero_cols = (0..40)
             .filter(|&c| (0..b.n).all(|r| b.row(r)[c] == 0.0))
             .count();
         assert_eq!(zero_cols, 5);
-        assert_eq!(b, steiner_basis(100, 40, 1).unwrap());
-        assert_ne!(b, steiner_basis(100, 40, 2).unwrap());
+        assert_eq!(b, steiner_basis(100, 40, 1, false).unwrap());
+        assert_ne!(b, steiner_basis(100, 40, 2, false).unwrap());
     }
 
     #[test]
     fn refuses_what_it_cannot_give() {
-        let e = steiner_basis(10, 5, 0).unwrap_err().to_string();
+        let e = steiner_basis(10, 5, 0, true).unwrap_err().to_string();
         assert!(e.contains("--init") && e.contains("at least 6"), "{e}");
-        let e = steiner_basis(5000, 800, 0).unwrap_err().to_string();
+        let e = steiner_basis(5000, 800, 0, true).unwrap_err().to_string();
         assert!(
             e.contains("at most 4000") && e.contains("lines of AG(3, 5) (4000 vectors in R^775)"),
             "{e}"
