@@ -505,14 +505,14 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
         "{e}"
     );
 
-    // More than the frames hold, even topped up (496 < 90 % of 600): a
+    // More than the frames hold, even topped up (496 < 75 % of 700): a
     // clear error that lists them.
     let out = run(
         dir.path(),
         &[
             "generate",
             "--classes",
-            "600",
+            "700",
             "--dim",
             "160",
             "--init",

@@ -40,7 +40,7 @@
 //! then jittered (`jitter`) so that the optimiser can leave its columns;
 //! any method then runs from there as from any start, and `--alpha auto`
 //! starts its continuation from the construction's coherence instead of the
-//! random maximum. A Steiner frame of at least 90 % of N is topped up with
+//! random maximum. A Steiner frame of at least 75 % of N is topped up with
 //! random rows when steps will run (`Construction::topped_up`); such a start
 //! is evaluated at step 0 like a given matrix, since its random rows, not the
 //! frame, set its max |cos|.
@@ -135,7 +135,7 @@ pub enum Init {
     /// A Steiner equiangular tight frame (the lines of AG(m, q) or PG(m, q),
     /// a Bose or Skolem triple system, or a radical difference family): max
     /// |cos| = 1/r, on the Welch bound, at a few shapes (e.g. 4000 in
-    /// R^775); a frame of ≥ 90 % of N is topped up with random rows when
+    /// R^775); a frame of ≥ 75 % of N is topped up with random rows when
     /// steps will run.
     Steiner,
     /// The construction with the lowest max |cos| for (N, d) when it meets α
@@ -176,7 +176,7 @@ pub struct Construction {
     /// unbiased bases in R^64".
     pub description: String,
     /// Rows past its capacity, random unit vectors for the optimiser to fit
-    /// in (a Steiner frame of at least 90 % of N); 0 when it gives all N.
+    /// in (a Steiner frame of at least 75 % of N); 0 when it gives all N.
     pub topped_up: usize,
 }
 
@@ -222,7 +222,7 @@ fn optimiser_reach(ratio: f64) -> f64 {
 
 /// The construction `init` asks for, `None` for a random start; an error
 /// naming `--init` when the asked one cannot give N vectors in R^d.
-/// `optimise` (steps will run) lets a Steiner frame of at least 90 % of N
+/// `optimise` (steps will run) lets a Steiner frame of at least 75 % of N
 /// be topped up with random rows.
 ///
 /// `Init::Auto` takes the construction with the lowest coherence when it

@@ -88,7 +88,7 @@ pub enum Family {
 
 /// Least share of N that a frame must give before the rest is topped up
 /// with random rows for an optimiser to place.
-pub const MIN_FILL: f64 = 0.9;
+pub const MIN_FILL: f64 = 0.75;
 
 /// A 2-(v, k, 1) design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -972,8 +972,9 @@ mod tests {
         assert_eq!(steiner_fit(1000, 200, true).ok(), Some(des));
         let e = steiner_fit(1000, 200, false).unwrap_err().to_string();
         assert!(e.contains("--init") && e.contains("topped up"), "{e}");
-        // Below 90 % of N, or more lines than d: no top-up.
-        assert_eq!(steiner_partial_plan(1085, 200), None);
+        // Below 75 % of N (976 < 0.75 · 1302), or more lines than d: no top-up.
+        assert_eq!(steiner_partial_plan(1302, 200), None);
+        assert_eq!(steiner_partial_plan(1301, 200), Some(des));
         assert_eq!(steiner_partial_plan(1000, 182), None);
         // A full frame is never reported as partial.
         assert_eq!(steiner_partial_plan(976, 183), None);
@@ -1036,7 +1037,7 @@ mod tests {
     fn refuses_what_it_cannot_give() {
         let e = steiner_basis(10, 5, 0, true).unwrap_err().to_string();
         assert!(e.contains("--init") && e.contains("at least 6"), "{e}");
-        let e = steiner_basis(5000, 800, 0, true).unwrap_err().to_string();
+        let e = steiner_basis(6000, 800, 0, true).unwrap_err().to_string();
         assert!(
             e.contains("at most 4000") && e.contains("lines of AG(3, 5) (4000 vectors in R^775)"),
             "{e}"
