@@ -55,9 +55,10 @@
 //! Such a start is never taken without optimiser steps to place the rows.
 //!
 //! Invariants: rows are exactly unit length (r entries ±1/√r; top-up rows
-//! are normalised Gaussians); the output depends on (N, d, seed) only. When d > b the b coordinates go to a
-//! seeded choice of the d columns (zeros elsewhere) with seeded signs, as
-//! for Kerdock, and an optimiser started there stays in that subspace.
+//! are normalised Gaussians); the output depends on (N, d, seed) only. When
+//! d > b the b coordinates go to a seeded choice of the d columns (zeros
+//! elsewhere) with seeded signs, as for Kerdock, and an optimiser started
+//! there stays in that subspace.
 
 use rayon::prelude::*;
 
