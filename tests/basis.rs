@@ -28,6 +28,14 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `ebv-basis` expecting a refusal (exit 2); returns its stderr.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    let e = stderr(&out);
+    assert_eq!(code(&out), 2, "{e}");
+    e
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -237,7 +245,7 @@ fn generate_converges_1041x384_alpha_0051_lr_1e4() {
 fn generate_refuses_alpha_below_welch() {
     // The paper's issue #4: N=1041, d=384, α=0.002 collapses there; Welch is 0.04056.
     let dir = tmp();
-    let out = run(
+    let e = refused(
         dir.path(),
         &[
             "generate",
@@ -251,8 +259,6 @@ fn generate_refuses_alpha_below_welch() {
             "x.safetensors",
         ],
     );
-    assert_eq!(code(&out), 2);
-    let e = stderr(&out);
     assert!(e.contains("below the Welch bound 0.040560"), "{e}");
     assert!(!dir.path().join("x.safetensors").exists());
 }
@@ -354,7 +360,7 @@ fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
     assert!(r.max <= 0.125 + 1e-6);
 
     // Above capacity (R^64 holds 33 × 64 = 2112 such vectors): a clear error.
-    let out = run(
+    let e = refused(
         dir.path(),
         &[
             "generate",
@@ -368,8 +374,6 @@ fn generate_kerdock_start_is_near_welch_at_ten_classes_per_dim() {
             "0.2",
         ],
     );
-    assert_eq!(code(&out), 2);
-    let e = stderr(&out);
     assert!(e.contains("--init") && e.contains("at most 2112"), "{e}");
 }
 
@@ -407,7 +411,7 @@ fn generate_papers_1000x200_within_1_1_welch_from_a_topped_up_frame() {
     );
     assert!(read_safetensors(&p).3["start"].contains("radical (61, 5, 1) difference family"));
     // Without optimiser steps there is nothing to place the random rows: no top-up.
-    let out = run(
+    let e = refused(
         dir.path(),
         &[
             "generate",
@@ -423,8 +427,6 @@ fn generate_papers_1000x200_within_1_1_welch_from_a_topped_up_frame() {
             "0.1",
         ],
     );
-    assert_eq!(code(&out), 2);
-    let e = stderr(&out);
     assert!(e.contains("--init") && e.contains("topped up"), "{e}");
 }
 
@@ -507,7 +509,7 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
 
     // More than the frames hold, even topped up (496 < 75 % of 700): a
     // clear error that lists them.
-    let out = run(
+    let e = refused(
         dir.path(),
         &[
             "generate",
@@ -521,8 +523,6 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
             "0.2",
         ],
     );
-    assert_eq!(code(&out), 2);
-    let e = stderr(&out);
     assert!(
         e.contains("--init") && e.contains("at most 496") && e.contains("PG(4, 2)"),
         "{e}"
@@ -708,8 +708,7 @@ fn check_matches_direct_computation() {
         b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8'}",
     )
     .unwrap();
-    let out = run(dir.path(), &["check", "junk.npy"]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    refused(dir.path(), &["check", "junk.npy"]);
 }
 
 fn paper_dir() -> PathBuf {
@@ -813,20 +812,16 @@ fn generate_starts_from_a_given_matrix() {
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(f(&json(&out), "max_abs_cos") <= 0.135044 + 5e-7);
     // A shape that does not match, and --init beside --start, are errors.
-    let out = run(
+    let e = refused(
         dir.path(),
         &["generate", "--start", p, "--classes", "999", "--out", a],
     );
-    assert_eq!(code(&out), 2);
-    let e = stderr(&out);
     assert!(e.contains("--start") && e.contains("1000 × 100"), "{e}");
-    let out = run(
+    refused(
         dir.path(),
         &["generate", "--start", p, "--init", "kerdock", "--out", a],
     );
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    let out = run(dir.path(), &["generate", "--alpha", "0.2", "--out", a]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    refused(dir.path(), &["generate", "--alpha", "0.2", "--out", a]);
 }
 
 /// Starts a long `generate` (2000 × 128 toward an α it cannot reach) that
@@ -1049,12 +1044,11 @@ fn import_refuses_unlisted_globals_without_running_them() {
     p.extend(binunicode(&cmd));
     p.extend(b"\x85R.");
     std::fs::write(dir.path().join("evil.pkl"), p).unwrap();
-    let out = run(
+    let e = refused(
         dir.path(),
         &["import", "evil.pkl", "--out", "x.safetensors"],
     );
-    assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("`os.system`"), "{}", stderr(&out));
+    assert!(e.contains("`os.system`"), "{e}");
     assert!(!marker.exists() && !dir.path().join("x.safetensors").exists());
     // Truncated data is an error too.
     std::fs::write(
@@ -1062,19 +1056,13 @@ fn import_refuses_unlisted_globals_without_running_them() {
         &numpy_pickle_p4(4, 4, &[0u8; 64])[..60],
     )
     .unwrap();
-    assert_eq!(
-        code(&run(
-            dir.path(),
-            &["import", "cut.pkl", "--out", "y.safetensors"]
-        )),
-        2
-    );
+    refused(dir.path(), &["import", "cut.pkl", "--out", "y.safetensors"]);
 }
 
 #[test]
 fn cuda_device_is_a_clear_error() {
     let dir = tmp();
-    let out = run(
+    let e = refused(
         dir.path(),
         &[
             "generate",
@@ -1088,12 +1076,7 @@ fn cuda_device_is_a_clear_error() {
             "cuda:0",
         ],
     );
-    assert_eq!(code(&out), 2);
-    assert!(
-        stderr(&out).contains("built without the cuda feature"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(e.contains("built without the cuda feature"), "{e}");
 }
 
 #[test]
