@@ -54,7 +54,8 @@ for c in $CASES; do
     b) one 1000 200 0.08 1e-4 "sgd adaptive sgd+auto adaptive+auto" ;;
     # the paper's own shape at 1.1 × Welch (0.06328): from a topped-up Steiner frame
     d) one 1000 200 0.0696 1e-4 "sgd+auto adaptive+auto" ;;
-    # α = 1.3 × Welch (0.04305); plain SGD at this size is the peer's own loop
-    c) one 10000 512 0.056 1e-4 "adaptive" ;;
+    # α = 1.3 × Welch (0.04305); plain SGD from random at this size is the peer's own
+    # loop; +auto starts from the net of 20 parallel classes of AG(2, 23) (1/20)
+    c) one 10000 512 0.056 1e-4 "adaptive sgd+auto adaptive+auto" ;;
   esac
 done

@@ -410,24 +410,22 @@ fn generate_papers_1000x200_within_1_1_welch_from_a_topped_up_frame() {
         r.max / welch
     );
     assert!(read_safetensors(&p).3["start"].contains("radical (61, 5, 1) difference family"));
-    // Without optimiser steps there is nothing to place the random rows: no top-up.
-    let e = refused(
+    // Without optimiser steps there is nothing to place the random rows: no
+    // top-up, the whole frame of the net of AG(2, 11) (1/12) instead.
+    let (c, s, _) = generate(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "1000",
-            "--dim",
-            "200",
-            "--init",
-            "steiner",
-            "--steps",
-            "0",
-            "--alpha",
-            "0.1",
-        ],
+        1000,
+        200,
+        "0.1",
+        &["--init", "steiner", "--steps", "0"],
     );
-    assert!(e.contains("--init") && e.contains("topped up"), "{e}");
+    assert_eq!(c, 0, "{s}");
+    let start = s["start"].as_str().unwrap();
+    assert!(
+        start.contains("net of 12 parallel classes of AG(2, 11)") && !start.contains("random"),
+        "{s}"
+    );
+    assert!((f(&s, "max_abs_cos") - 1.0 / 12.0).abs() < 1e-6, "{s}");
 }
 
 #[test]
@@ -507,26 +505,58 @@ fn generate_steiner_start_sits_on_the_welch_bound() {
         "{e}"
     );
 
-    // More than the frames hold, even topped up (496 < 75 % of 700): a
-    // clear error that lists them.
+    // More than the frames hold, even topped up (53²·4 = 11236 from 3
+    // classes of AG(2, 53) < 75 % of 20000): a clear error that lists them.
     let e = refused(
         dir.path(),
         &[
             "generate",
             "--classes",
-            "700",
+            "20000",
             "--dim",
             "160",
             "--init",
             "steiner",
             "--alpha",
-            "0.2",
+            "0.5",
         ],
     );
     assert!(
-        e.contains("--init") && e.contains("at most 496") && e.contains("PG(4, 2)"),
+        e.contains("--init") && e.contains("at most 11236") && e.contains("AG(2, 53)"),
         "{e}"
     );
+}
+
+#[test]
+fn generate_10000x512_meets_1_3_welch_at_once_from_a_net() {
+    // The (10000, 512) case at α = 0.056 (1.3 × Welch 0.04305): the
+    // first 20 parallel classes of AG(2, 23) with H_20 give 10580 vectors in
+    // R^460 at 1/20, so `--init auto` meets α at step 0 (optimisers from
+    // random vectors were at 2.35 × after 240 s).
+    let dir = tmp();
+    let (c, s, p) = generate(dir.path(), 10_000, 512, "0.056", &["--init", "auto"]);
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(
+        (s["init"].clone(), s["instant"].clone(), s["steps"].clone()),
+        ("steiner".into(), Value::Bool(true), 0.into())
+    );
+    assert!(
+        s["start"]
+            .as_str()
+            .unwrap()
+            .contains("net of 20 parallel classes of AG(2, 23)"),
+        "{s}"
+    );
+    // `check` recomputes all 49,995,000 pairs from the file, in f64.
+    let a = json(&run(
+        dir.path(),
+        &["check", p.to_str().unwrap(), "--precision", "f64", "--json"],
+    ));
+    assert!((f(&a, "max_abs_cos") - 0.05).abs() < 1e-6, "{a}");
+    assert!((f(&a, "ratio_to_welch") - 1.161).abs() < 1e-3, "{a}");
+    // Pairs of points on no common line (4 of AG(2, 23)'s 24 directions are
+    // left out) are orthogonal.
+    assert!(f(&a, "min_abs_cos") < 1e-6, "{a}");
 }
 
 #[test]

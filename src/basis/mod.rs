@@ -15,8 +15,9 @@
 //! - [`kerdock`]: a structured start (real mutually unbiased bases from a
 //!   Kerdock set) at 1/√D coherence for up to D·(D/2 + 1) classes, D = 4^k.
 //! - [`steiner`]: a structured start on the Welch bound (Steiner equiangular
-//!   tight frames from the lines of finite geometries and from triple
-//!   systems) at a few shapes.
+//!   tight frames from the lines of finite geometries, triple systems and
+//!   difference families) at a few shapes, and at 1/r from nets of AG(2, q)
+//!   wherever N/d is large.
 //! - [`check`]: blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.
@@ -55,7 +56,7 @@ pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
 pub use steiner::{
-    steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan, steiner_plan, Design,
-    MIN_FILL,
+    frame_designs, net_designs, steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan,
+    steiner_plan, Design, MIN_FILL,
 };
 pub use welch::{random_max_cos, welch_bound, RandomMaxCos};

@@ -1,5 +1,6 @@
 //! A structured start: Steiner equiangular tight frames (Fickus, Mixon and
-//! Tremain, 2012), whose vectors sit exactly on the Welch bound.
+//! Tremain, 2012), whose vectors sit exactly on the Welch bound, and the
+//! same construction on nets (1/r, near the bound when N/d is large).
 //!
 //! Why: for N ≈ 5·d the optimisers stop at 1.24–1.27 × Welch and a Kerdock
 //! start needs d to be a power of 4 (1.118 × at N = 5·d). The lines of
@@ -44,8 +45,27 @@
 //!   rule. This adds v = 61, k = 5: 976 in R^183 at 1/15 (N/d ≈ 5.3), the
 //!   frame under the paper's own (1000, 200) shape.
 //!
-//! N/d is about the block size k, so these help at a few shapes only;
-//! elsewhere use a Kerdock or random start.
+//! N/d is about the block size k, so these help at a few shapes only.
+//!
+//! Nets widen that to many classes per dimension. The construction needs only
+//! that two points share *at most* one block: then two vectors of
+//! different points meet in at most one coordinate, |cos| ∈ {0, 1/r}. The
+//! first r parallel classes of AG(2, q) (q prime, 3 ≤ r ≤ q + 1: vertical
+//! lines, then slopes 0, 1, …) are such a net: q² points, q·r lines of q
+//! points. Its frame is not tight (pairs of points on no common line give
+//! 0), but its coherence is 1/r in q·r coordinates for N up to q²·(r + 1),
+//! about 1/√d at N/d ≈ q. Each point's vectors come from a Hadamard matrix of
+//! order r + 1 less its row of ones, as above, or, when only r is a Hadamard
+//! order, from all r rows and r columns of one (same-point vectors are then
+//! orthogonal): `Design::hadamard` says which. Example: 20 classes of AG(2,
+//! 23) with H_20 give 10,580 vectors in R^460 at 1/20, 1.16 × the Welch
+//! bound of (10000, 512), where optimisers from random vectors stop at
+//! 2.3 × in minutes; 68 classes of AG(2, 67) with H_68 give 305,252 in
+//! R^4556 at 1/68, 1.07 × Welch for the paper's (100000, 5000), where the
+//! Kerdock start is 1.13 ×. (AG(2, q) itself, r = q + 1 with H of order
+//! q + 2, is a 2-design above; only q = 2 has that order.)
+//!
+//! Elsewhere use a Kerdock or random start.
 //!
 //! A frame a little short of N (at least [`MIN_FILL`] of it, in at most d
 //! coordinates) can still start an optimiser: [`steiner_basis`] tops it up
@@ -85,6 +105,9 @@ pub enum Family {
     Skolem { v: usize },
     /// The translates of a radical (v, k, 1) difference family, v prime.
     Radical { v: usize, k: usize },
+    /// The first r parallel classes of AG(2, q), q prime: a net, where two
+    /// points share at most one line.
+    Net { q: u32, r: usize },
 }
 
 /// Least share of N that a frame must give before the rest is topped up
@@ -103,6 +126,9 @@ pub struct Design {
     pub blocks: usize,
     /// r: lines through a point.
     pub replication: usize,
+    /// Order of the Hadamard matrix whose columns give each point's
+    /// vectors: r + 1 (its row of ones removed) or r (all rows).
+    pub hadamard: usize,
 }
 
 /// A normalised real Hadamard matrix: `order` × `order` signs, row-major,
@@ -305,6 +331,7 @@ impl Design {
             block,
             blocks,
             replication,
+            hadamard: replication + 1,
         })
     }
 
@@ -321,6 +348,7 @@ impl Design {
             block: 3,
             blocks: v * (v - 1) / 6,
             replication: (v - 1) / 2,
+            hadamard: (v - 1) / 2 + 1,
         }
     }
 
@@ -336,6 +364,33 @@ impl Design {
             block: k,
             blocks,
             replication: (v - 1) / (k - 1),
+            hadamard: (v - 1) / (k - 1) + 1,
+        })
+    }
+
+    /// The net of the first r parallel classes of AG(2, q): `None` unless q
+    /// is prime, 3 ≤ r ≤ q + 1 and r + 1 or r is a Hadamard order (r + 1
+    /// preferred: more vectors), and not AG(2, q) with r + 1 (a 2-design,
+    /// [`Design::geometry`]).
+    fn net(q: u32, r: usize) -> Option<Design> {
+        let qs = q as usize;
+        if !is_prime(qs) || r < 3 || r > qs + 1 {
+            return None;
+        }
+        let hadamard = if r <= qs && hadamard_core(r + 1).is_some() {
+            r + 1
+        } else if hadamard_core(r).is_some() {
+            r
+        } else {
+            return None;
+        };
+        Some(Design {
+            family: Family::Net { q, r },
+            points: qs * qs,
+            block: qs,
+            blocks: qs * r,
+            replication: r,
+            hadamard,
         })
     }
 
@@ -347,12 +402,22 @@ impl Design {
             Family::Bose { v } => format!("Bose triple system on {v} points"),
             Family::Skolem { v } => format!("Skolem triple system on {v} points"),
             Family::Radical { v, k } => format!("radical ({v}, {k}, 1) difference family"),
+            Family::Net { q, r } => format!("net of {r} parallel classes of AG(2, {q})"),
         }
     }
 
-    /// Vectors in the frame: v·(r + 1).
+    /// "Steiner frame of the lines of AG(3, 5)", "frame of the net of …".
+    pub fn frame_name(&self) -> String {
+        match self.family {
+            Family::Net { .. } => format!("frame of the {} with H_{}", self.name(), self.hadamard),
+            _ => format!("Steiner frame of the {}", self.name()),
+        }
+    }
+
+    /// Vectors in the frame: v·(r + 1), or v·r when each point takes the
+    /// r columns of a Hadamard matrix of order r.
     pub fn capacity(&self) -> usize {
-        self.points * (self.replication + 1)
+        self.points * self.hadamard
     }
 
     /// Every off-diagonal |cos| of the frame: 1/r.
@@ -412,6 +477,34 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
             }
         }
     }
+    out
+}
+
+/// Every net ([`Design::net`]) with at most `max_blocks` lines: for each
+/// prime q, each r from 3 to q + 1 that fits.
+pub fn net_designs(max_blocks: usize) -> Vec<Design> {
+    let top = max_blocks / 3;
+    // A sieve: q runs to max_blocks / 3, past what trial division affords at large d.
+    let mut composite = vec![false; top + 1];
+    let mut out = Vec::new();
+    for q in 2..=top {
+        if composite[q] {
+            continue;
+        }
+        for m in (q * q..=top).step_by(q) {
+            composite[m] = true;
+        }
+        let most = (q + 1).min(max_blocks / q);
+        out.extend((3..=most).filter_map(|r| Design::net(q as u32, r)));
+    }
+    out
+}
+
+/// The designs every plan chooses from: [`steiner_designs`] and
+/// [`net_designs`].
+pub fn frame_designs(max_blocks: usize) -> Vec<Design> {
+    let mut out = steiner_designs(max_blocks);
+    out.extend(net_designs(max_blocks));
     out
 }
 
@@ -495,7 +588,7 @@ fn radical_lines(v: usize, k: usize) -> Vec<Vec<usize>> {
 /// The design with the lowest coherence that gives N vectors in R^d (the
 /// fewest lines on a tie); `None` when none does.
 pub fn steiner_plan(n: usize, d: usize) -> Option<Design> {
-    steiner_designs(d)
+    frame_designs(d)
         .into_iter()
         .filter(|des| des.capacity() >= n)
         .min_by_key(|des| (std::cmp::Reverse(des.replication), des.blocks))
@@ -506,7 +599,7 @@ pub fn steiner_plan(n: usize, d: usize) -> Option<Design> {
 /// coherence, then the most vectors; `None` when none is that close.
 pub fn steiner_partial_plan(n: usize, d: usize) -> Option<Design> {
     let least = (MIN_FILL * n as f64).ceil() as usize;
-    steiner_designs(d)
+    frame_designs(d)
         .into_iter()
         .filter(|des| (least..n).contains(&des.capacity()))
         .min_by_key(|des| {
@@ -518,18 +611,19 @@ pub fn steiner_partial_plan(n: usize, d: usize) -> Option<Design> {
 }
 
 /// [`steiner_plan`], or with `top_up` (an optimiser will run) the
-/// [`steiner_partial_plan`]; an error naming `--init` that lists what would
+/// [`steiner_partial_plan`] when there is no whole frame or the partial one
+/// has the lower coherence; an error naming `--init` that lists what would
 /// fit.
 pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisError> {
-    if let Some(des) = steiner_plan(n, d) {
-        return Ok(des);
+    let whole = steiner_plan(n, d);
+    let partial = steiner_partial_plan(n, d).filter(|_| top_up);
+    match (whole, partial) {
+        // The optimiser places the top-up rows; a whole frame wins ties.
+        (Some(w), Some(p)) if p.replication > w.replication => return Ok(p),
+        (Some(des), _) | (None, Some(des)) => return Ok(des),
+        (None, None) => {}
     }
-    if top_up {
-        if let Some(des) = steiner_partial_plan(n, d) {
-            return Ok(des);
-        }
-    }
-    let fits = steiner_designs(d);
+    let fits = frame_designs(d);
     let msg = if fits.is_empty() {
         format!("steiner needs --dim of at least 6 (the lines of AG(2, 2)), got {d}")
     } else {
@@ -540,10 +634,11 @@ pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisErro
             .take(3)
             .map(|des| {
                 format!(
-                    "{} ({} vectors in R^{})",
+                    "{} ({} vectors in R^{} at 1/{})",
                     des.name(),
                     des.capacity(),
-                    des.blocks
+                    des.blocks,
+                    des.replication
                 )
             })
             .collect();
@@ -573,8 +668,10 @@ pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisErro
 pub fn steiner_basis(n: usize, d: usize, seed: u64, top_up: bool) -> Result<Basis, BasisError> {
     let des = steiner_fit(n, d, top_up)?;
     let through = lines_through_points(&des);
-    let r = des.replication;
-    let h = Hadamard::new(r + 1).expect("designs are kept only for Hadamard orders");
+    let (r, per_point) = (des.replication, des.hadamard);
+    let h = Hadamard::new(per_point).expect("designs are kept only for Hadamard orders");
+    // With r + 1 columns, row 0 (all ones) is the one left out.
+    let skip = per_point - r;
     let framed = n.min(des.capacity());
     let place = Embedding::seeded(framed, des.capacity(), des.blocks, d, seed);
     let scale = 1.0 / (r as f32).sqrt();
@@ -584,10 +681,9 @@ pub fn steiner_basis(n: usize, d: usize, seed: u64, top_up: bool) -> Result<Basi
         .par_chunks_mut(d)
         .zip(place.pick.par_iter())
         .for_each(|(row, &v)| {
-            let (point, c) = (v / (r + 1), v % (r + 1));
+            let (point, c) = (v / per_point, v % per_point);
             for (i, &line) in through[point].iter().enumerate() {
-                // Row i + 1 of H (row 0, all ones, is the one removed).
-                let s = if h.at(i + 1, c) < 0 { -scale } else { scale };
+                let s = if h.at(i + skip, c) < 0 { -scale } else { scale };
                 row[place.cols[line]] = s * place.signs[line];
             }
         });
@@ -640,7 +736,28 @@ fn lines(des: &Design) -> Vec<Vec<usize>> {
         Family::Bose { v } => bose_triples(v),
         Family::Skolem { v } => skolem_triples(v),
         Family::Radical { v, k } => radical_lines(v, k),
+        Family::Net { q, r } => net_lines(q as usize, r),
     }
+}
+
+/// The lines of the first r parallel classes of AG(2, q), point (x, y) as
+/// x + q·y: class 0 the verticals x = a, class s + 1 the lines y = s·x + a;
+/// line a of class c has index c·q + a.
+fn net_lines(q: usize, r: usize) -> Vec<Vec<usize>> {
+    let mut out = Vec::with_capacity(q * r);
+    for c in 0..r {
+        for a in 0..q {
+            let mut l: Vec<usize> = (0..q)
+                .map(|t| match c {
+                    0 => a + q * t,
+                    _ => t + q * (((c - 1) * t + a) % q),
+                })
+                .collect();
+            l.sort_unstable();
+            out.push(l);
+        }
+    }
+    out
 }
 
 /// Bose: points (x, i) ∈ Z_(2n+1) × Z_3 as x + i·(2n+1); the triples
@@ -822,9 +939,10 @@ mod tests {
         assert_eq!(found, want);
     }
 
-    /// `lines(des)` has b blocks of k increasing points below v, and every
-    /// pair of points lies in exactly one of them.
-    fn assert_steiner_system(des: &Design) {
+    /// How many of `lines(des)` hold each pair of points (row-major v × v,
+    /// upper triangle), after checking there are b lines of k increasing
+    /// points below v.
+    fn pair_counts(des: &Design) -> Vec<u8> {
         let ls = lines(des);
         assert_eq!(ls.len(), des.blocks, "{}", des.name());
         let v = des.points;
@@ -841,6 +959,12 @@ mod tests {
                 }
             }
         }
+        pairs
+    }
+
+    /// Every pair of points lies in exactly one line of the design.
+    fn assert_steiner_system(des: &Design) {
+        let (pairs, v) = (pair_counts(des), des.points);
         for p in 0..v {
             for s in p + 1..v {
                 assert_eq!(pairs[p * v + s], 1, "{}: points {p}, {s}", des.name());
@@ -967,18 +1091,29 @@ mod tests {
     #[test]
     fn a_frame_short_of_n_is_topped_up_only_when_asked() {
         let des = Design::radical(61, 5).unwrap();
-        // The paper's (1000, 200): 976 of the frame's vectors and 24 random.
-        assert_eq!(steiner_plan(1000, 200), None);
+        // The paper's (1000, 200): 976 of the frame's vectors and 24 random
+        // (1/15) beat the whole frame of AG(2, 11) with H_12 (1/12) when an
+        // optimiser runs; without one the whole frame is the answer.
+        let net = Design::net(11, 12).unwrap();
+        assert_eq!(steiner_plan(1000, 200), Some(net));
         assert_eq!(steiner_partial_plan(1000, 200), Some(des));
         assert_eq!(steiner_fit(1000, 200, true).ok(), Some(des));
-        let e = steiner_fit(1000, 200, false).unwrap_err().to_string();
-        assert!(e.contains("--init") && e.contains("topped up"), "{e}");
-        // Below 75 % of N (976 < 0.75 · 1302), or more lines than d: no top-up.
-        assert_eq!(steiner_partial_plan(1302, 200), None);
+        assert_eq!(steiner_fit(1000, 200, false).ok(), Some(net));
+        // The most any frame gives in 200 coordinates: 3 classes of AG(2,
+        // 61), 61²·4 = 14884; 15000 only with a top-up.
+        let e = steiner_fit(15_000, 200, false).unwrap_err().to_string();
+        assert!(
+            e.contains("--init") && e.contains("at most 14884") && e.contains("topped up"),
+            "{e}"
+        );
+        assert_eq!(steiner_fit(15_000, 200, true).ok(), Design::net(61, 3));
+        // Below 75 % of N (976 < 0.75 · 1302), or more lines than d: not
+        // this frame (a coarser net may still be short by less).
+        assert_ne!(steiner_partial_plan(1302, 200), Some(des));
         assert_eq!(steiner_partial_plan(1301, 200), Some(des));
-        assert_eq!(steiner_partial_plan(1000, 182), None);
+        assert_ne!(steiner_partial_plan(1000, 182), Some(des));
         // A full frame is never reported as partial.
-        assert_eq!(steiner_partial_plan(976, 183), None);
+        assert_ne!(steiner_partial_plan(976, 183), Some(des));
 
         let b = steiner_basis(1000, 200, 4, true).unwrap();
         assert_eq!((b.n, b.d), (1000, 200));
@@ -995,7 +1130,9 @@ mod tests {
             assert!(row.len() > 150, "top-up row {i}: {} non-zeros", row.len());
         }
         assert_eq!(b, steiner_basis(1000, 200, 4, true).unwrap());
-        assert!(steiner_basis(1000, 200, 4, false).is_err());
+        // Without the top-up: the whole net of AG(2, 11), all rows sparse.
+        let whole = steiner_basis(1000, 200, 4, false).unwrap();
+        assert!(sparse(&whole).iter().all(|row| row.len() == 12));
     }
 
     #[test]
@@ -1038,10 +1175,151 @@ mod tests {
     fn refuses_what_it_cannot_give() {
         let e = steiner_basis(10, 5, 0, true).unwrap_err().to_string();
         assert!(e.contains("--init") && e.contains("at least 6"), "{e}");
-        let e = steiner_basis(6000, 800, 0, true).unwrap_err().to_string();
+        // In R^800 the most vectors come from 3 classes of AG(2, 263): 263²·4.
+        // 276676 < 0.75 · 400000: no top-up either.
+        let e = match steiner_basis(400_000, 800, 0, true) {
+            Ok(_) => panic!("400000 vectors in R^800 from a frame"),
+            Err(e) => e.to_string(),
+        };
         assert!(
-            e.contains("at most 4000") && e.contains("lines of AG(3, 5) (4000 vectors in R^775)"),
+            e.contains("at most 276676")
+                && e.contains(
+                    "net of 3 parallel classes of AG(2, 263) (276676 vectors in R^789 at 1/3)"
+                ),
             "{e}"
         );
+    }
+
+    /// Every pair of points on at most one line (exactly one when `full`),
+    /// every point on r lines.
+    fn assert_net(des: &Design, full: bool) {
+        let (pairs, v) = (pair_counts(des), des.points);
+        let shared: usize = (0..v)
+            .flat_map(|p| (p + 1..v).map(move |s| (p, s)))
+            .map(|(p, s)| {
+                assert!(pairs[p * v + s] <= 1, "{}: points {p}, {s}", des.name());
+                pairs[p * v + s] as usize
+            })
+            .sum();
+        // Each line holds C(q, 2) pairs and no pair twice.
+        assert_eq!(shared, des.blocks * des.block * (des.block - 1) / 2);
+        assert_eq!(shared == v * (v - 1) / 2, full, "{}", des.name());
+        assert!(lines_through_points(des)
+            .iter()
+            .all(|t| t.len() == des.replication));
+    }
+
+    #[test]
+    fn nets_are_partial_linear_spaces() {
+        for (q, r, h) in [
+            (5, 3, 4),
+            (5, 4, 4),
+            (7, 7, 8),
+            (7, 8, 8),
+            (11, 11, 12),
+            (23, 20, 20),
+        ] {
+            let des = Design::net(q, r).unwrap_or_else(|| panic!("net ({q}, {r})"));
+            assert_eq!(
+                (des.points, des.block, des.blocks, des.hadamard),
+                ((q * q) as usize, q as usize, q as usize * r, h),
+                "{}",
+                des.name()
+            );
+            assert_net(&des, r == q as usize + 1);
+        }
+        // q not prime, r below 3 or above q + 1, or neither r nor r + 1 a
+        // Hadamard order (r = 5: 5 and 6); AG(2, 2) is the 2-design's.
+        for (q, r) in [(9, 4), (5, 2), (5, 7), (7, 5), (2, 3)] {
+            assert!(Design::net(q, r).is_none(), "net ({q}, {r})");
+        }
+        let small: Vec<(u32, usize)> = net_designs(40)
+            .iter()
+            .map(|des| match des.family {
+                Family::Net { q, r } => (q, r),
+                _ => unreachable!("net_designs gives nets"),
+            })
+            .collect();
+        assert_eq!(
+            small,
+            [
+                (3, 3),
+                (3, 4),
+                (5, 3),
+                (5, 4),
+                (7, 3),
+                (7, 4),
+                (11, 3),
+                (13, 3)
+            ]
+        );
+    }
+
+    /// Every |cos| among the N rows of `b`, through a dense f64 product.
+    fn all_cos(b: &Basis) -> Vec<f64> {
+        let sp = sparse(b);
+        let mut out = Vec::new();
+        for i in 0..b.n {
+            assert!((dot(&sp[i], &sp[i]) - 1.0).abs() < 1e-6, "row {i} norm");
+            for j in i + 1..b.n {
+                out.push(dot(&sp[i], &sp[j]).abs());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn net_frames_have_coherence_one_over_r() {
+        // Both kinds of H (r + 1 less a row; r whole), a partial and a full
+        // plane, every pair of the whole frame.
+        for (q, r) in [(5, 3), (5, 4), (7, 7), (7, 8), (11, 11)] {
+            let des = Design::net(q, r).unwrap();
+            let (n, d) = (des.capacity(), des.blocks);
+            let b = steiner_basis(n, d, 7, false).unwrap();
+            let mu = 1.0 / r as f64;
+            let cos = all_cos(&b);
+            assert!(
+                cos.iter().all(|&c| c < 1e-6 || (c - mu).abs() < 1e-6),
+                "{}: |cos| outside {{0, 1/{r}}}",
+                des.name()
+            );
+            // Pairs at 1/r: two vectors of points on a common line, and (r + 1
+            // columns) two of one point.
+            let at_mu = cos.iter().filter(|&&c| c > 1e-6).count();
+            let per = des.hadamard;
+            let line_pairs = des.blocks * des.block * (des.block - 1) / 2;
+            let same = if per == r + 1 {
+                des.points * per * (per - 1) / 2
+            } else {
+                0
+            };
+            assert_eq!(at_mu, line_pairs * per * per + same, "{}", des.name());
+        }
+    }
+
+    #[test]
+    fn nets_fill_the_square_root_shapes() {
+        // (10000, 512): 20 classes of AG(2, 23) with H_20, 10580 in R^460 at
+        // 1/20 = 1.161 × Welch; the paper's (100000, 5000): 68 classes of
+        // AG(2, 67) with H_68 (Paley I, p = 67), 305252 in R^4556 at 1/68.
+        let des = steiner_plan(10_000, 512).unwrap();
+        assert_eq!(des, Design::net(23, 20).unwrap());
+        assert_eq!((des.capacity(), des.blocks), (10_580, 460));
+        assert!(((1.0 / 20.0) / welch_bound(10_000, 512) - 1.161).abs() < 1e-3);
+        let des = steiner_plan(100_000, 5000).unwrap();
+        assert_eq!(des, Design::net(67, 68).unwrap());
+        assert_eq!((des.capacity(), des.blocks), (305_252, 4556));
+        // The frame as built, 10000 rows in R^512, against the first 40 rows.
+        let b = steiner_basis(10_000, 512, 9, false).unwrap();
+        let sp = sparse(&b);
+        let mut top = 0.0f64;
+        for i in 0..40 {
+            for j in 0..b.n {
+                if j != i {
+                    top = top.max(dot(&sp[i], &sp[j]).abs());
+                }
+            }
+        }
+        assert!((top - 0.05).abs() < 1e-6, "{top}");
     }
 }
