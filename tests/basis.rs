@@ -560,6 +560,34 @@ fn generate_10000x512_meets_1_3_welch_at_once_from_a_net() {
 }
 
 #[test]
+fn generate_papers_1000x400_within_1_1_welch_from_a_triple_system() {
+    // The paper's dimension study at d = 400 (its α ≈ 0.044, 1.14 × Welch):
+    // Skolem's triple system on 49 points has r = 24, and H_24 whole gives
+    // 49·24 = 1176 vectors in R^392 at 1/24 = 1.075 × Welch, at step 0.
+    let dir = tmp();
+    let (c, s, p) = generate(
+        dir.path(),
+        1000,
+        400,
+        "auto",
+        &["--init", "auto", "--steps", "0"],
+    );
+    assert_eq!(c, 0, "{s}");
+    assert!(
+        s["start"]
+            .as_str()
+            .unwrap()
+            .contains("Skolem triple system on 49 points"),
+        "{s}"
+    );
+    let welch = ((1000.0 - 400.0) / (400.0 * 999.0f64)).sqrt();
+    // Checked on the file itself, O(N²) in f64.
+    let r = assert_file_meets(&p, 1000, 400, 1.0 / 24.0 + 1e-6);
+    assert!((r.max - 1.0 / 24.0).abs() < 1e-6, "{}", r.max);
+    assert!(r.max / welch < 1.1, "{} × Welch", r.max / welch);
+}
+
+#[test]
 fn generate_is_deterministic_for_a_seed() {
     let dir = tmp();
     let a = dir.path().join("a");

@@ -23,8 +23,15 @@
 //!   different points: the points share exactly one block, so ±1/r. Every
 //!   |cos| is 1/r, and v·(r + 1) vectors in R^b at 1/r is the Welch bound for
 //!   that shape.
+//! - When only r, not r + 1, is such an order, each point takes all r rows
+//!   and r columns of H_r instead (`Design::hadamard` = r): v·r vectors,
+//!   orthogonal within a point, ±1/r across, so coherence 1/r still, short
+//!   of tight. This adds PG(2, q) for q + 1 = 12, 20, 24, 32 (e.g. 7620 in
+//!   R^381 at 1/20) and triple systems with (v − 1)/2 = 12, 16, 24, …
+//!   (Skolem's 49 points: 1176 in R^392 at 1/24, 1.075 × Welch for the
+//!   paper's (1000, 400)).
 //!
-//! Designs, searched in code and kept when r + 1 is a Hadamard order above:
+//! Designs, searched in code and kept when r + 1 or r is a Hadamard order above:
 //! - the lines of the affine and projective geometries AG(m, q) and PG(m, q)
 //!   over a prime field (r = (q^m − 1)/(q − 1)). What the search finds is
 //!   AG(m, 2) (pairs: N = 4^m in R^(2^(m−1)·(2^m−1)), N/d ≈ 2), PG(m, 2)
@@ -54,16 +61,14 @@
 //! lines, then slopes 0, 1, …) are such a net: q² points, q·r lines of q
 //! points. Its frame is not tight (pairs of points on no common line give
 //! 0), but its coherence is 1/r in q·r coordinates for N up to q²·(r + 1),
-//! about 1/√d at N/d ≈ q. Each point's vectors come from a Hadamard matrix of
-//! order r + 1 less its row of ones, as above, or, when only r is a Hadamard
-//! order, from all r rows and r columns of one (same-point vectors are then
-//! orthogonal): `Design::hadamard` says which. Example: 20 classes of AG(2,
+//! about 1/√d at N/d ≈ q. Each point's vectors come from H_(r+1) less its
+//! row of ones or from H_r whole, as above. Example: 20 classes of AG(2,
 //! 23) with H_20 give 10,580 vectors in R^460 at 1/20, 1.16 × the Welch
 //! bound of (10000, 512), where optimisers from random vectors stop at
 //! 2.3 × in minutes; 68 classes of AG(2, 67) with H_68 give 305,252 in
 //! R^4556 at 1/68, 1.07 × Welch for the paper's (100000, 5000), where the
-//! Kerdock start is 1.13 ×. (AG(2, q) itself, r = q + 1 with H of order
-//! q + 2, is a 2-design above; only q = 2 has that order.)
+//! Kerdock start is 1.13 ×. (AG(2, q) itself, all q + 1 classes, is the
+//! 2-design above with H_(q+2), only q = 2, and a net with H_(q+1).)
 //!
 //! Elsewhere use a Kerdock or random start.
 //!
@@ -229,6 +234,20 @@ fn hadamard_core(order: usize) -> Option<Core> {
     }
 }
 
+/// Order of the Hadamard matrix a frame with r lines per point takes: r + 1
+/// (its row of ones dropped: r + 1 vectors per point, the Steiner ETF) when
+/// that order can be built, else r (all rows: r orthogonal vectors per
+/// point); `None` for neither.
+fn frame_order(r: usize) -> Option<usize> {
+    if hadamard_core(r + 1).is_some() {
+        Some(r + 1)
+    } else if r >= 2 && hadamard_core(r).is_some() {
+        Some(r)
+    } else {
+        None
+    }
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 {
         a
@@ -331,13 +350,14 @@ impl Design {
             block,
             blocks,
             replication,
-            hadamard: replication + 1,
+            hadamard: frame_order(replication).unwrap_or(replication + 1),
         })
     }
 
     /// A Steiner triple system on v points (v ≡ 3 mod 6: Bose's; v ≡ 1
     /// mod 6: Skolem's).
     fn triples(v: usize) -> Design {
+        let r = (v - 1) / 2;
         Design {
             family: if v % 6 == 3 {
                 Family::Bose { v }
@@ -347,8 +367,8 @@ impl Design {
             points: v,
             block: 3,
             blocks: v * (v - 1) / 6,
-            replication: (v - 1) / 2,
-            hadamard: (v - 1) / 2 + 1,
+            replication: r,
+            hadamard: frame_order(r).unwrap_or(r + 1),
         }
     }
 
@@ -357,14 +377,14 @@ impl Design {
     /// ε of order k passes (see [`radical_base_blocks`]).
     fn radical(v: usize, k: usize) -> Option<Design> {
         radical_base_blocks(v, k)?;
-        let blocks = v * (v - 1) / (k * (k - 1));
+        let (blocks, r) = (v * (v - 1) / (k * (k - 1)), (v - 1) / (k - 1));
         Some(Design {
             family: Family::Radical { v, k },
             points: v,
             block: k,
             blocks,
-            replication: (v - 1) / (k - 1),
-            hadamard: (v - 1) / (k - 1) + 1,
+            replication: r,
+            hadamard: frame_order(r).unwrap_or(r + 1),
         })
     }
 
@@ -377,13 +397,7 @@ impl Design {
         if !is_prime(qs) || r < 3 || r > qs + 1 {
             return None;
         }
-        let hadamard = if r <= qs && hadamard_core(r + 1).is_some() {
-            r + 1
-        } else if hadamard_core(r).is_some() {
-            r
-        } else {
-            return None;
-        };
+        let hadamard = frame_order(r).filter(|&h| h == r || r <= qs)?;
         Some(Design {
             family: Family::Net { q, r },
             points: qs * qs,
@@ -436,7 +450,11 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
                 // Lines grow with m: stop at the first one that is too big.
                 match Design::geometry(projective, m, q) {
                     Some(des) if des.blocks <= max_blocks => {
-                        if hadamard_core(des.replication + 1).is_some() {
+                        // AG(2, q) with H of order r = q + 1 is the net of
+                        // all q + 1 classes ([`net_designs`]).
+                        let plane = !projective && m == 2;
+                        let r = des.replication;
+                        if frame_order(r).is_some() && !(plane && des.hadamard == r) {
                             out.push(des);
                         }
                     }
@@ -451,13 +469,11 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
         if des.blocks > max_blocks {
             break;
         }
-        let order = des.replication + 1;
-        if !order.is_power_of_two() && hadamard_core(order).is_some() {
+        if !(v + 1).is_power_of_two() && frame_order(des.replication).is_some() {
             out.push(des);
         }
     }
-    // Odd k only: with v ≡ 1 mod k(k − 1), r = (v − 1)/(k − 1) is a
-    // multiple of k, so an even k leaves r + 1 odd, never a Hadamard order.
+    // Odd k only (the construction below needs it).
     for k in (5..).step_by(2) {
         let step = k * (k - 1);
         // The smallest v has v − 1 = k(k − 1): b = v ≥ step + 1.
@@ -469,7 +485,7 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
             if blocks > max_blocks {
                 break;
             }
-            if hadamard_core((v - 1) / (k - 1) + 1).is_none() {
+            if frame_order((v - 1) / (k - 1)).is_none() {
                 continue;
             }
             if let Some(des) = Design::radical(v, k) {
@@ -917,6 +933,9 @@ mod tests {
             .iter()
             .map(|des| (des.name(), des.capacity(), des.blocks))
             .collect();
+        // The r-column kind (H of order r, v·r vectors) where only r is a
+        // Hadamard order: PG(2, q) for q + 1 = 4, 8, 12, 20, 24, 32 and
+        // triple systems with (v − 1)/2 = 4, 12, 16, 24, 28, 36.
         let want = [
             ("lines of AG(2, 2)", 16, 6),
             ("lines of AG(3, 2)", 64, 28),
@@ -926,10 +945,22 @@ mod tests {
             ("lines of PG(3, 2)", 120, 35),
             ("lines of PG(4, 2)", 496, 155),
             ("lines of PG(5, 2)", 2016, 651),
+            ("lines of PG(2, 3)", 13 * 4, 13),
             ("lines of AG(3, 5)", 4000, 775),
             ("lines of PG(3, 5)", 4992, 806),
+            ("lines of PG(2, 7)", 57 * 8, 57),
+            ("lines of PG(2, 11)", 133 * 12, 133),
+            ("lines of PG(2, 19)", 381 * 20, 381),
+            ("lines of PG(2, 23)", 553 * 24, 553),
+            ("lines of PG(2, 31)", 993 * 32, 993),
+            ("Bose triple system on 9 points", 9 * 4, 12),
+            ("Skolem triple system on 25 points", 25 * 12, 100),
+            ("Bose triple system on 33 points", 33 * 16, 176),
             ("Bose triple system on 39 points", 780, 247),
+            ("Skolem triple system on 49 points", 49 * 24, 392),
             ("Skolem triple system on 55 points", 1540, 495),
+            ("Bose triple system on 57 points", 57 * 28, 532),
+            ("Skolem triple system on 73 points", 73 * 36, 876),
             ("radical (61, 5, 1) difference family", 976, 183),
         ];
         let want: Vec<(String, usize, usize)> = want
@@ -1033,8 +1064,12 @@ mod tests {
 
     #[test]
     fn full_frames_sit_on_the_welch_bound() {
-        // Every family up to 250 lines, Bose's 39 points with Paley's H_20 included.
+        // Every family up to 250 lines with H of order r + 1, Bose's 39
+        // points with Paley's H_20 included.
         for des in steiner_designs(250) {
+            if des.hadamard == des.replication {
+                continue;
+            }
             let (n, d) = (des.capacity(), des.blocks);
             let b = steiner_basis(n, d, 3, false).unwrap();
             // The closed form of the bound, independent of the construction.
@@ -1042,6 +1077,39 @@ mod tests {
             assert!((des.coherence() - welch).abs() < 1e-12, "{}", des.name());
             assert_equiangular(&b, n, welch, &des.name());
         }
+    }
+
+    #[test]
+    fn r_column_frames_have_coherence_one_over_r() {
+        // H of order r (all rows): a point's r vectors are orthogonal, two
+        // points' vectors meet in their one common line at ±1/r. Every pair
+        // of the whole frame, up to 200 lines.
+        let mut seen = 0;
+        for des in steiner_designs(200) {
+            let r = des.replication;
+            if des.hadamard != r {
+                continue;
+            }
+            seen += 1;
+            let b = steiner_basis(des.capacity(), des.blocks, 5, false).unwrap();
+            let cos = all_cos(&b);
+            let at_mu = cos.iter().filter(|&&c| c > 1e-6).count();
+            assert!(
+                cos.iter()
+                    .all(|&c| c < 1e-6 || (c - 1.0 / r as f64).abs() < 1e-6),
+                "{}",
+                des.name()
+            );
+            // Pairs of distinct points (each pair on one line) × r² columns.
+            assert_eq!(
+                at_mu,
+                des.points * (des.points - 1) / 2 * r * r,
+                "{}",
+                des.name()
+            );
+        }
+        // PG(2, 3), PG(2, 7), PG(2, 11), Bose 9, Skolem 25, Bose 33.
+        assert_eq!(seen, 6);
     }
 
     #[test]
@@ -1085,7 +1153,20 @@ mod tests {
             .filter(|des| matches!(des.family, Family::Radical { .. }))
             .map(|des| (des.capacity(), des.blocks))
             .collect();
-        assert_eq!(shapes, [(976, 183), (123_376, 24_535), (130_684, 18_543)]);
+        // With H of order r + 1 (976, 123376, 130684) or r: v = 241, 641
+        // (k = 5, r = 60, 160), 337 (k = 7, r = 56), 1153 (k = 9, r = 144).
+        assert_eq!(
+            shapes,
+            [
+                (976, 183),
+                (241 * 60, 2892),
+                (641 * 160, 20_512),
+                (123_376, 24_535),
+                (337 * 56, 2696),
+                (130_684, 18_543),
+                (1153 * 144, 18_448)
+            ]
+        );
     }
 
     #[test]
@@ -1151,8 +1232,10 @@ mod tests {
     fn plan_prefers_low_coherence_then_few_lines() {
         // 3000 vectors in R^900: AG(3, 5) and PG(3, 5) both at 1/31; AG uses 775 lines.
         assert_eq!(steiner_plan(3000, 900), Some(design(false, 3, 5)));
-        // 400 in R^200: AG(4, 2) is also at 1/15 but holds 256; PG(4, 2) holds 496.
-        assert_eq!(steiner_plan(400, 200), Some(design(true, 4, 2)));
+        // 400 in R^160: AG(4, 2) is also at 1/15 but holds 256; PG(4, 2) holds 496.
+        assert_eq!(steiner_plan(400, 160), Some(design(true, 4, 2)));
+        // In R^200, Bose's 33 points with H_16 (528 in R^176 at 1/16) beat both.
+        assert_eq!(steiner_plan(400, 200), Some(Design::triples(33)));
         // 4993 in R^10000: AG(7, 2) (16384 in R^8128, 1/127) beats PG(6, 2) (8128 in R^2667, 1/63).
         assert_eq!(steiner_plan(4993, 10_000), Some(design(false, 7, 2)));
         assert_eq!(steiner_plan(10, 5), None);
