@@ -91,8 +91,11 @@ use super::error::BasisError;
 use super::matrix::{Basis, Embedding};
 
 /// Primes searched for q. For m = 2, r + 1 = q + 2 is a multiple of 4 only
-/// for q = 2; for m ≥ 3 the lines number at least q^2·(q^2 + q + 1), so
-/// q ≤ 61 covers every design up to 13 million lines, far past any --dim.
+/// for q = 2, and PG(2, q) with H_(q+1) (q²+q+1 lines) is matched at 1/(q+1)
+/// by the net of AG(2, q)'s q + 1 classes in one line fewer, which
+/// [`net_designs`] finds for every q; for m ≥ 3 the lines number at least
+/// q^2·(q^2 + q + 1), so q ≤ 61 covers every design up to 13 million lines,
+/// far past any --dim.
 const PRIMES: [u32; 18] = [
     2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61,
 ];
