@@ -499,7 +499,7 @@ pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
     out
 }
 
-/// Every net ([`Design::net`]) with at most `max_blocks` lines: for each
+/// Every net (`Design::net`) with at most `max_blocks` lines: for each
 /// prime q, each r from 3 to q + 1 that fits.
 pub fn net_designs(max_blocks: usize) -> Vec<Design> {
     let top = max_blocks / 3;
