@@ -36,14 +36,16 @@
 //! unbiased bases at 1/√D, `kerdock`; Steiner equiangular tight frames and
 //! the frames of nets at 1/r, `steiner`); `Init::Auto` takes whichever of
 //! them is lowest for (N, d) when it meets α at once or beats what the
-//! optimisers reach from random vectors at that N/d. The start is evaluated as built (step 0),
-//! then jittered (`jitter`) so that the optimiser can leave its columns;
-//! any method then runs from there as from any start, and `--alpha auto`
-//! starts its continuation from the construction's coherence instead of the
-//! random maximum. A Steiner frame of at least 75 % of N is topped up with
-//! random rows when steps will run (`Construction::topped_up`); such a start
-//! is evaluated at step 0 like a given matrix, since its random rows, not the
-//! frame, set its max |cos|.
+//! optimisers reach from random vectors at that N/d. The start is evaluated
+//! as built (step 0), then jittered (`jitter`) so that the optimiser can
+//! leave its columns; any method then runs from there as from any start,
+//! and `--alpha auto` starts its continuation from the construction's
+//! coherence instead of the random maximum. A Steiner frame of at least
+//! 75 % of N is topped up with random rows when steps will run
+//! (`Construction::topped_up`), and `Init::Auto` prefers it to a whole
+//! construction of higher coherence that does not meet α at once; such a
+//! start is evaluated at step 0 like a given matrix, since its random rows,
+//! not the frame, set its max |cos|.
 //!
 //! A given matrix (`GenerateConfig::start`, `--start FILE`, `Init::File`)
 //! replaces both: it is renormalised, evaluated once to scale the first step,
