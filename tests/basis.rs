@@ -554,8 +554,8 @@ fn generate_10000x512_meets_1_3_welch_at_once_from_a_net() {
     ));
     assert!((f(&a, "max_abs_cos") - 0.05).abs() < 1e-6, "{a}");
     assert!((f(&a, "ratio_to_welch") - 1.161).abs() < 1e-3, "{a}");
-    // Pairs of points on no common line (4 of AG(2, 23)'s 24 directions are
-    // left out) are orthogonal.
+    // Vectors of points on no common line (4 of AG(2, 23)'s 24 directions
+    // are left out), and a point's own 20 (columns of H_20), are orthogonal.
     assert!(f(&a, "min_abs_cos") < 1e-6, "{a}");
 }
 
