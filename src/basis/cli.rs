@@ -347,11 +347,9 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         }
         if let Some(c) = &p.start {
             eprintln!(
-                "  {} start: {} of {} {}: max |cos| = {:.6}{}{}",
+                "  {} start: {}: max |cos| = {:.6}{}{}",
                 c.init.name(),
-                p.n - c.topped_up,
-                c.capacity,
-                c.description,
+                c.rows_of(p.n),
                 c.coherence,
                 if p.welch > 0.0 {
                     format!(" ({:.3} × Welch)", c.coherence / p.welch)

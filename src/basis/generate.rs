@@ -183,6 +183,17 @@ pub struct Construction {
 }
 
 impl Construction {
+    /// "976 of 976 vectors of the …": the rows of N it gives itself, of
+    /// its capacity.
+    pub fn rows_of(&self, n: usize) -> String {
+        format!(
+            "{} of {} {}",
+            n - self.topped_up,
+            self.capacity,
+            self.description
+        )
+    }
+
     fn kerdock(k: KerdockPlan) -> Self {
         Construction {
             init: Init::Kerdock,
@@ -923,13 +934,9 @@ fn summarize(
         ratio_to_welch: (welch > 0.0).then(|| max / welch),
         random_max_cos: plan.random_max_cos.median,
         init,
-        start: plan.start.as_ref().map(|c| {
-            let own = cfg.n - c.topped_up;
-            let extra = match c.topped_up {
-                0 => String::new(),
-                t => format!(" + {t} random rows"),
-            };
-            format!("{own} of {} {}{extra}", c.capacity, c.description)
+        start: plan.start.as_ref().map(|c| match c.topped_up {
+            0 => c.rows_of(cfg.n),
+            t => format!("{} + {t} random rows", c.rows_of(cfg.n)),
         }),
         steps: s.step,
         best_step: s.best_step,

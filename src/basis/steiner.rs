@@ -1094,18 +1094,9 @@ mod tests {
                 continue;
             }
             seen += 1;
-            let b = steiner_basis(des.capacity(), des.blocks, 5, false).unwrap();
-            let cos = all_cos(&b);
-            let at_mu = cos.iter().filter(|&&c| c > 1e-6).count();
-            assert!(
-                cos.iter()
-                    .all(|&c| c < 1e-6 || (c - 1.0 / r as f64).abs() < 1e-6),
-                "{}",
-                des.name()
-            );
             // Pairs of distinct points (each pair on one line) × r² columns.
             assert_eq!(
-                at_mu,
+                pairs_at_one_over_r(&des, 5),
                 des.points * (des.points - 1) / 2 * r * r,
                 "{}",
                 des.name()
@@ -1341,17 +1332,27 @@ mod tests {
         );
     }
 
-    /// Every |cos| among the N rows of `b`, through a dense f64 product.
-    fn all_cos(b: &Basis) -> Vec<f64> {
-        let sp = sparse(b);
-        let mut out = Vec::new();
+    /// Builds the whole frame of `des` (every vector it holds, in its own
+    /// b coordinates), checks unit rows and every |cos| in {0, 1/r} over all
+    /// pairs (sparse f64 dot products), and returns how many are at 1/r.
+    fn pairs_at_one_over_r(des: &Design, seed: u64) -> usize {
+        let b = steiner_basis(des.capacity(), des.blocks, seed, false).unwrap();
+        let mu = 1.0 / des.replication as f64;
+        let sp = sparse(&b);
+        let mut at_mu = 0;
         for i in 0..b.n {
             assert!((dot(&sp[i], &sp[i]) - 1.0).abs() < 1e-6, "row {i} norm");
             for j in i + 1..b.n {
-                out.push(dot(&sp[i], &sp[j]).abs());
+                let c = dot(&sp[i], &sp[j]).abs();
+                assert!(
+                    c < 1e-6 || (c - mu).abs() < 1e-6,
+                    "{}: |cos({i}, {j})| = {c}, not 0 or {mu}",
+                    des.name()
+                );
+                at_mu += (c > 1e-6) as usize;
             }
         }
-        out
+        at_mu
     }
 
     #[test]
@@ -1360,18 +1361,9 @@ mod tests {
         // plane, every pair of the whole frame.
         for (q, r) in [(5, 3), (5, 4), (7, 7), (7, 8), (11, 11)] {
             let des = Design::net(q, r).unwrap();
-            let (n, d) = (des.capacity(), des.blocks);
-            let b = steiner_basis(n, d, 7, false).unwrap();
-            let mu = 1.0 / r as f64;
-            let cos = all_cos(&b);
-            assert!(
-                cos.iter().all(|&c| c < 1e-6 || (c - mu).abs() < 1e-6),
-                "{}: |cos| outside {{0, 1/{r}}}",
-                des.name()
-            );
+            let at_mu = pairs_at_one_over_r(&des, 7);
             // Pairs at 1/r: two vectors of points on a common line, and (r + 1
             // columns) two of one point.
-            let at_mu = cos.iter().filter(|&&c| c > 1e-6).count();
             let per = des.hadamard;
             let line_pairs = des.blocks * des.block * (des.block - 1) / 2;
             let same = if per == r + 1 {
