@@ -74,6 +74,7 @@ use super::kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 use super::matrix::{add_gaussian, normalize_rows, Basis};
 use super::steiner::{
     frame_designs, steiner_basis, steiner_fit, steiner_partial_plan, steiner_plan, Design,
+    TOP_UP_MARGIN,
 };
 use super::welch::{random_max_cos, welch_bound, RandomMaxCos};
 
@@ -241,8 +242,9 @@ fn optimiser_reach(ratio: f64) -> f64 {
 /// `Init::Auto` takes the construction with the lowest coherence when it
 /// meets α + tol at once; otherwise, with `optimise`, a topped-up frame
 /// below what an optimiser from random vectors reaches for this N/d
-/// ([`optimiser_reach`]) when its coherence is the lower, else the whole
-/// construction when below that reach; random otherwise.
+/// ([`optimiser_reach`]) when its coherence is lower by more than
+/// [`TOP_UP_MARGIN`], else the whole construction when below that reach;
+/// random otherwise.
 pub fn construction(
     n: usize,
     d: usize,
@@ -279,7 +281,7 @@ pub fn construction(
             match (whole, topped) {
                 // Done at step 0, nothing to place.
                 (Some(w), _) if meets(&w) => Some(w),
-                (Some(w), Some(t)) if t.coherence < w.coherence => Some(t),
+                (Some(w), Some(t)) if t.coherence * TOP_UP_MARGIN < w.coherence => Some(t),
                 (Some(w), t) => Some(w).filter(|w| w.coherence < reach).or(t),
                 (None, t) => t,
             }

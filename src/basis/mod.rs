@@ -57,6 +57,6 @@ pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
 pub use steiner::{
     frame_designs, net_designs, steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan,
-    steiner_plan, Design, MIN_FILL,
+    steiner_plan, Design, MIN_FILL, TOP_UP_MARGIN,
 };
 pub use welch::{random_max_cos, welch_bound, RandomMaxCos};

@@ -31,7 +31,8 @@
 //!   (Skolem's 49 points: 1176 in R^392 at 1/24, 1.075 × Welch for the
 //!   paper's (1000, 400)).
 //!
-//! Designs, searched in code and kept when r + 1 or r is a Hadamard order above:
+//! Designs, searched in code and kept when r + 1 or r is a Hadamard order
+//! above (less a point: r or r − 1):
 //! - the lines of the affine and projective geometries AG(m, q) and PG(m, q)
 //!   over a prime field (r = (q^m − 1)/(q − 1)). What the search finds is
 //!   AG(m, 2) (pairs: N = 4^m in R^(2^(m−1)·(2^m−1)), N/d ≈ 2), PG(m, 2)
@@ -50,7 +51,18 @@
 //!   when ε^s − 1 (s = 1..e) lie in distinct cosets of ⟨g^e⟩. Every
 //!   difference is checked when the design is built, not only the coset
 //!   rule. This adds v = 61, k = 5: 976 in R^183 at 1/15 (N/d ≈ 5.3), the
-//!   frame under the paper's own (1000, 200) shape.
+//!   frame under the paper's own (1000, 200) shape. For k = 4 the blocks
+//!   are {0} ∪ g^(2i)·⟨ε⟩, ε of order 3 (v = 13, 73, 97, 109, 181, …);
+//!   (37, 4) and (61, 4), where that fails, come from a short table of
+//!   cyclic families ([`CYCLIC_FAMILIES`]), checked the same way.
+//!
+//! Any of these designs less one point is a frame too: the point and the
+//! r blocks through it go, every other point loses exactly the one block it
+//! shared with it, so v − 1 points lie on r − 1 blocks each, two on at most
+//! one (the argument for nets below), in b − r coordinates at 1/(r − 1),
+//! taking H_r less its row of ones or H_(r − 1). Not tight, but it fits
+//! shapes the designs miss: the (61, 4, 1) design less a point gives 1200
+//! vectors in R^285 at 1/19, 1.089 × Welch for the paper's (1000, 300).
 //!
 //! N/d is about the block size k, so these help at a few shapes only.
 //!
@@ -77,7 +89,9 @@
 //! with seeded random unit rows, which the optimiser then fits in around the
 //! frame (the paper's (1000, 200): the 976 vectors above plus 24 reach
 //! 1.056 × Welch, where optimisers from random vectors stop at 1.24–1.27 ×).
-//! Such a start is never taken without optimiser steps to place the rows.
+//! Such a start is never taken without optimiser steps to place the rows,
+//! nor over a whole frame unless its coherence is lower by more than
+//! [`TOP_UP_MARGIN`].
 //!
 //! Invariants: rows are exactly unit length (r entries ±1/√r; top-up rows
 //! are normalised Gaussians); the output depends on (N, d, seed) only. When
@@ -113,6 +127,9 @@ pub enum Family {
     Skolem { v: usize },
     /// The translates of a radical (v, k, 1) difference family, v prime.
     Radical { v: usize, k: usize },
+    /// The translates of a (v, k, 1) difference family from
+    /// [`CYCLIC_FAMILIES`], where the radical construction fails.
+    Cyclic { v: usize, k: usize },
     /// The first r parallel classes of AG(2, q), q prime: a net, where two
     /// points share at most one line.
     Net { q: u32, r: usize },
@@ -121,6 +138,15 @@ pub enum Family {
 /// Least share of N that a frame must give before the rest is topped up
 /// with random rows for an optimiser to place.
 pub const MIN_FILL: f64 = 0.75;
+
+/// How much lower a topped-up frame's coherence must be than a whole
+/// frame's (or any whole construction's) before it is taken instead: the
+/// random rows cost some of the gain. Measured with `--method adaptive`,
+/// 2000 steps: at the paper's (1000, 200) 976 vectors at 1/15 topped up
+/// end at 1.057 × Welch against the whole net's 1/12 (1.317 ×); at (1000,
+/// 300) 840 at 1/20 topped up end at 1.163 × against the whole 1200-vector
+/// frame's 1/19 (1.089 ×).
+pub const TOP_UP_MARGIN: f64 = 1.1;
 
 /// A 2-(v, k, 1) design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -137,6 +163,10 @@ pub struct Design {
     /// Order of the Hadamard matrix whose columns give each point's
     /// vectors: r + 1 (its row of ones removed) or r (all rows).
     pub hadamard: usize,
+    /// The 2-design of `family` less its last point and the blocks through
+    /// it: every other point loses exactly one block, so points, blocks and
+    /// r above are v − 1, b − r and r − 1 of the design's.
+    pub punctured: bool,
 }
 
 /// A normalised real Hadamard matrix: `order` × `order` signs, row-major,
@@ -354,6 +384,7 @@ impl Design {
             blocks,
             replication,
             hadamard: frame_order(replication).unwrap_or(replication + 1),
+            punctured: false,
         })
     }
 
@@ -372,22 +403,30 @@ impl Design {
             blocks: v * (v - 1) / 6,
             replication: r,
             hadamard: frame_order(r).unwrap_or(r + 1),
+            punctured: false,
         }
     }
 
     /// The design of a radical (v, k, 1) difference family, or `None` when
-    /// v is not a prime ≡ 1 mod k(k − 1), k is even or below 5, or no
-    /// ε of order k passes (see [`radical_base_blocks`]).
+    /// v is not a prime ≡ 1 mod k(k − 1), k is not 4 or odd ≥ 5, or no ε
+    /// passes (see [`radical_base_blocks`]); else that of a family in
+    /// [`CYCLIC_FAMILIES`].
     fn radical(v: usize, k: usize) -> Option<Design> {
-        radical_base_blocks(v, k)?;
+        let family = if radical_base_blocks(v, k).is_some() {
+            Family::Radical { v, k }
+        } else {
+            cyclic_base_blocks(v, k)?;
+            Family::Cyclic { v, k }
+        };
         let (blocks, r) = (v * (v - 1) / (k * (k - 1)), (v - 1) / (k - 1));
         Some(Design {
-            family: Family::Radical { v, k },
+            family,
             points: v,
             block: k,
             blocks,
             replication: r,
             hadamard: frame_order(r).unwrap_or(r + 1),
+            punctured: false,
         })
     }
 
@@ -408,26 +447,56 @@ impl Design {
             blocks: qs * r,
             replication: r,
             hadamard,
+            punctured: false,
         })
     }
 
-    /// "lines of AG(3, 5)", "Bose triple system on 39 points".
+    /// This 2-design less one point and the r blocks through it: v − 1
+    /// points on r − 1 blocks each, any two on at most one. `None` for a
+    /// net, for r − 1 below 3, or when neither r nor r − 1 is a Hadamard
+    /// order ([`frame_order`] of r − 1).
+    fn punctured(self) -> Option<Design> {
+        let r = self.replication;
+        if matches!(self.family, Family::Net { .. }) || self.punctured || r < 4 {
+            return None;
+        }
+        Some(Design {
+            points: self.points - 1,
+            blocks: self.blocks - r,
+            replication: r - 1,
+            hadamard: frame_order(r - 1)?,
+            punctured: true,
+            ..self
+        })
+    }
+
+    /// "lines of AG(3, 5)", "Bose triple system on 39 points", "cyclic
+    /// (61, 4, 1) difference family less one point".
     pub fn name(&self) -> String {
-        match self.family {
+        let less = if self.punctured {
+            " less one point"
+        } else {
+            ""
+        };
+        let name = match self.family {
             Family::Affine { m, q } => format!("lines of AG({m}, {q})"),
             Family::Projective { m, q } => format!("lines of PG({m}, {q})"),
             Family::Bose { v } => format!("Bose triple system on {v} points"),
             Family::Skolem { v } => format!("Skolem triple system on {v} points"),
             Family::Radical { v, k } => format!("radical ({v}, {k}, 1) difference family"),
+            Family::Cyclic { v, k } => format!("cyclic ({v}, {k}, 1) difference family"),
             Family::Net { q, r } => format!("net of {r} parallel classes of AG(2, {q})"),
-        }
+        };
+        name + less
     }
 
-    /// "Steiner frame of the lines of AG(3, 5)", "frame of the net of …".
+    /// "Steiner frame of the lines of AG(3, 5)", "frame of the net of …"
+    /// (nets and punctured designs, which are not 2-designs).
     pub fn frame_name(&self) -> String {
-        match self.family {
-            Family::Net { .. } => format!("frame of the {} with H_{}", self.name(), self.hadamard),
-            _ => format!("Steiner frame of the {}", self.name()),
+        if self.punctured || matches!(self.family, Family::Net { .. }) {
+            format!("frame of the {} with H_{}", self.name(), self.hadamard)
+        } else {
+            format!("Steiner frame of the {}", self.name())
         }
     }
 
@@ -447,52 +516,64 @@ impl Design {
 /// the order found.
 pub fn steiner_designs(max_blocks: usize) -> Vec<Design> {
     let mut out = Vec::new();
+    // The design itself when r + 1 or r is a Hadamard order, then the
+    // design less one point when r or r − 1 is; `whole` false leaves out
+    // the design itself (a shape another family already gives).
+    let mut keep = |des: Design, whole: bool| {
+        if whole && des.blocks <= max_blocks && frame_order(des.replication).is_some() {
+            out.push(des);
+        }
+        if let Some(less) = des.punctured().filter(|p| p.blocks <= max_blocks) {
+            out.push(less);
+        }
+    };
     for q in PRIMES {
         for projective in [false, true] {
             for m in 2.. {
-                // Lines grow with m: stop at the first one that is too big.
+                // Lines grow with m: stop at the first one too big even
+                // less a point.
                 match Design::geometry(projective, m, q) {
-                    Some(des) if des.blocks <= max_blocks => {
+                    Some(des) if des.blocks - des.replication <= max_blocks => {
                         // AG(2, q) with H of order r = q + 1 is the net of
                         // all q + 1 classes ([`net_designs`]).
                         let plane = !projective && m == 2;
-                        let r = des.replication;
-                        if frame_order(r).is_some() && !(plane && des.hadamard == r) {
-                            out.push(des);
-                        }
+                        keep(des, !(plane && des.hadamard == des.replication));
                     }
                     _ => break,
                 }
             }
         }
     }
-    // v = 2^k − 1 has r + 1 a power of two: PG(k − 1, 2) already gives that shape.
+    // v = 2^k − 1 has r + 1 a power of two: PG(k − 1, 2) already gives
+    // that shape, whole and less a point.
     for v in (7..).step_by(2).filter(|v| v % 6 == 1 || v % 6 == 3) {
         let des = Design::triples(v);
-        if des.blocks > max_blocks {
+        if des.blocks - des.replication > max_blocks {
             break;
         }
-        if !(v + 1).is_power_of_two() && frame_order(des.replication).is_some() {
-            out.push(des);
+        if !(v + 1).is_power_of_two() {
+            keep(des, true);
         }
     }
-    // Odd k only (the construction below needs it).
-    for k in (5..).step_by(2) {
+    // k = 4 and odd k (the constructions below need them).
+    for k in std::iter::once(4).chain((5..).step_by(2)) {
         let step = k * (k - 1);
-        // The smallest v has v − 1 = k(k − 1): b = v ≥ step + 1.
-        if step + 1 > max_blocks {
+        // The smallest v has v − 1 = k(k − 1): b = v ≥ step + 1, and less
+        // a point b − r = v − k.
+        if step + 1 - k > max_blocks {
             break;
         }
         for v in (step + 1..).step_by(step) {
-            let blocks = v * (v - 1) / step;
-            if blocks > max_blocks {
+            let r = (v - 1) / (k - 1);
+            if v * (v - 1) / step - r > max_blocks {
                 break;
             }
-            if frame_order((v - 1) / (k - 1)).is_none() {
+            // (13, 4) is PG(2, 3), found above.
+            if (frame_order(r).is_none() && frame_order(r - 1).is_none()) || (v, k) == (13, 4) {
                 continue;
             }
             if let Some(des) = Design::radical(v, k) {
-                out.push(des);
+                keep(des, true);
             }
         }
     }
@@ -527,16 +608,22 @@ pub fn frame_designs(max_blocks: usize) -> Vec<Design> {
     out
 }
 
-/// Base blocks of a radical (v, k, 1) difference family: v prime ≡ 1 mod
-/// k(k − 1), k odd ≥ 5, ε = g^((v − 1)/k · j) for the first j coprime to k
-/// whose ε^s − 1 (s = 1..(k − 1)/2) fall in distinct cosets of ⟨g^e⟩,
-/// e = (k − 1)/2; blocks g^(e·i)·⟨ε⟩. `None` when no ε passes or the
-/// differences, checked one by one, do not cover Z_v \ {0} exactly once.
+/// Base blocks of a radical (v, k, 1) difference family, v prime ≡ 1 mod
+/// k(k − 1), g a primitive root:
+/// - k odd ≥ 5: ε = g^((v − 1)/k · j) for the first j coprime to k whose
+///   ε^s − 1 (s = 1..(k − 1)/2) fall in distinct cosets of ⟨g^e⟩, e = (k −
+///   1)/2; blocks g^(e·i)·⟨ε⟩;
+/// - k = 4: ε of order 3; blocks {0} ∪ g^(2i)·⟨ε⟩, which works when ε − 1
+///   is not a square mod v (v = 13, 73, 97, 109, …, not 37 or 61).
+///
+/// `None` for other (v, k), when no ε passes, or when the differences,
+/// checked one by one, do not cover Z_v \ {0} exactly once.
 fn radical_base_blocks(v: usize, k: usize) -> Option<Vec<Vec<usize>>> {
-    if k < 5 || k.is_multiple_of(2) || !is_prime(v) || !(v - 1).is_multiple_of(k * (k - 1)) {
+    let odd = k >= 5 && k % 2 == 1;
+    if !(odd || k == 4) || !is_prime(v) || !(v - 1).is_multiple_of(k * (k - 1)) {
         return None;
     }
-    let (e, m) = ((k - 1) / 2, (v - 1) / (k * (k - 1)));
+    let m = (v - 1) / (k * (k - 1));
     let mul = |a: usize, b: usize| (a as u64 * b as u64 % v as u64) as usize;
     let pow = |mut b: usize, mut x: usize| {
         let mut r = 1;
@@ -553,46 +640,100 @@ fn radical_base_blocks(v: usize, k: usize) -> Option<Vec<Vec<usize>>> {
         .filter(|&q| (v - 1).is_multiple_of(q) && is_prime(q))
         .collect();
     let g = (2..v).find(|&g| factors.iter().all(|&q| pow(g, (v - 1) / q) != 1))?;
-    let mut log = vec![0usize; v];
-    let mut x = 1;
-    for i in 0..v - 1 {
-        log[x] = i;
-        x = mul(x, g);
-    }
-    let eps = (1..k)
-        .filter(|&j| gcd(j, k) == 1)
-        .map(|j| pow(g, (v - 1) / k * j))
-        .find(|&eps| {
-            let mut seen = vec![false; e];
-            (1..=e).all(|s| {
-                let c = log[(pow(eps, s) + v - 1) % v] % e;
-                !std::mem::replace(&mut seen[c], true)
+    let blocks: Vec<Vec<usize>> = if k == 4 {
+        let eps = pow(g, (v - 1) / 3);
+        (0..m)
+            .map(|i| {
+                let l = pow(g, 2 * i);
+                let mut b = vec![0, l, mul(l, eps), mul(l, mul(eps, eps))];
+                b.sort_unstable();
+                b
             })
-        })?;
-    let blocks: Vec<Vec<usize>> = (0..m)
-        .map(|i| {
-            let l = pow(g, e * i);
-            let mut b: Vec<usize> = (0..k).map(|t| mul(l, pow(eps, t))).collect();
-            b.sort_unstable();
-            b
-        })
-        .collect();
+            .collect()
+    } else {
+        let e = (k - 1) / 2;
+        let mut log = vec![0usize; v];
+        let mut x = 1;
+        for i in 0..v - 1 {
+            log[x] = i;
+            x = mul(x, g);
+        }
+        let eps = (1..k)
+            .filter(|&j| gcd(j, k) == 1)
+            .map(|j| pow(g, (v - 1) / k * j))
+            .find(|&eps| {
+                let mut seen = vec![false; e];
+                (1..=e).all(|s| {
+                    let c = log[(pow(eps, s) + v - 1) % v] % e;
+                    !std::mem::replace(&mut seen[c], true)
+                })
+            })?;
+        (0..m)
+            .map(|i| {
+                let l = pow(g, e * i);
+                let mut b: Vec<usize> = (0..k).map(|t| mul(l, pow(eps, t))).collect();
+                b.sort_unstable();
+                b
+            })
+            .collect()
+    };
+    is_difference_family(v, &blocks).then_some(blocks)
+}
+
+/// (v, k, 1) difference families the radical construction misses, as base
+/// blocks mod v. Found by a backtracking search (each new block holds 0 and
+/// the smallest difference not yet covered) and not trusted: every
+/// difference is checked when the design is built. (61, 4) gives the
+/// 1200-vector frame in R^285 at 1/19 (the design less a point, H_20) under
+/// the paper's (1000, 300).
+const CYCLIC_FAMILIES: [(usize, &[&[usize]]); 2] = [
+    (37, &[&[0, 1, 3, 24], &[0, 4, 9, 15], &[0, 7, 17, 25]]),
+    (
+        61,
+        &[
+            &[0, 1, 3, 7],
+            &[0, 5, 13, 34],
+            &[0, 9, 26, 42],
+            &[0, 10, 24, 46],
+            &[0, 11, 23, 41],
+        ],
+    ),
+];
+
+/// The base blocks of [`CYCLIC_FAMILIES`] for (v, k), when listed and
+/// they pass the difference check.
+fn cyclic_base_blocks(v: usize, k: usize) -> Option<Vec<Vec<usize>>> {
+    let (_, base) = CYCLIC_FAMILIES
+        .iter()
+        .find(|(w, b)| *w == v && b[0].len() == k)?;
+    let blocks: Vec<Vec<usize>> = base.iter().map(|b| b.to_vec()).collect();
+    is_difference_family(v, &blocks).then_some(blocks)
+}
+
+/// Whether the differences x − y (x ≠ y in one block) cover Z_v \ {0}
+/// exactly once.
+fn is_difference_family(v: usize, blocks: &[Vec<usize>]) -> bool {
     let mut hit = vec![false; v];
-    for b in &blocks {
+    for b in blocks {
         for &x in b {
             for &y in b {
+                if x >= v || y >= v {
+                    return false;
+                }
                 if x != y && std::mem::replace(&mut hit[(x + v - y) % v], true) {
-                    return None;
+                    return false;
                 }
             }
         }
     }
-    hit[1..].iter().all(|&h| h).then_some(blocks)
+    hit[1..].iter().all(|&h| h)
 }
 
 /// The translates B + t (t ∈ Z_v) of every base block, sorted.
-fn radical_lines(v: usize, k: usize) -> Vec<Vec<usize>> {
-    let base = radical_base_blocks(v, k).expect("kept only when the family exists");
+fn difference_lines(v: usize, k: usize) -> Vec<Vec<usize>> {
+    let base = radical_base_blocks(v, k)
+        .or_else(|| cyclic_base_blocks(v, k))
+        .expect("kept only when the family exists");
     let mut out = Vec::with_capacity(base.len() * v);
     for b in &base {
         for t in 0..v {
@@ -637,8 +778,9 @@ pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisErro
     let whole = steiner_plan(n, d);
     let partial = steiner_partial_plan(n, d).filter(|_| top_up);
     match (whole, partial) {
-        // The optimiser places the top-up rows; a whole frame wins ties.
-        (Some(w), Some(p)) if p.replication > w.replication => return Ok(p),
+        // The optimiser places the top-up rows; a whole frame wins unless
+        // clearly coarser.
+        (Some(w), Some(p)) if p.coherence() * TOP_UP_MARGIN < w.coherence() => return Ok(p),
         (Some(des), _) | (None, Some(des)) => return Ok(des),
         (None, None) => {}
     }
@@ -685,8 +827,13 @@ pub fn steiner_fit(n: usize, d: usize, top_up: bool) -> Result<Design, BasisErro
 /// seeded signs; with `top_up`, rows past the frame's capacity are seeded
 /// random unit vectors (the last ones).
 pub fn steiner_basis(n: usize, d: usize, seed: u64, top_up: bool) -> Result<Basis, BasisError> {
-    let des = steiner_fit(n, d, top_up)?;
-    let through = lines_through_points(&des);
+    Ok(frame_basis(&steiner_fit(n, d, top_up)?, n, d, seed))
+}
+
+/// N rows in R^d (d ≥ the design's lines) from the frame of `des`, as
+/// [`steiner_basis`] lays them out; rows past its capacity are the top-up.
+fn frame_basis(des: &Design, n: usize, d: usize, seed: u64) -> Basis {
+    let through = lines_through_points(des);
     let (r, per_point) = (des.replication, des.hadamard);
     let h = Hadamard::new(per_point).expect("designs are kept only for Hadamard orders");
     // With r + 1 columns, row 0 (all ones) is the one left out.
@@ -709,7 +856,7 @@ pub fn steiner_basis(n: usize, d: usize, seed: u64, top_up: bool) -> Result<Basi
     if n > framed {
         extra.copy_from_slice(&Basis::random(n - framed, d, seed ^ TOP_UP_SEED).data);
     }
-    Ok(Basis { n, d, data })
+    Basis { n, d, data }
 }
 
 /// Mixed into the seed of the top-up rows, so that they differ from a
@@ -747,16 +894,23 @@ fn points(projective: bool, m: u32, q: u32) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// The blocks of the design as sorted point indices.
+/// The blocks of the design as sorted point indices; less a point, the
+/// blocks through the design's last point are left out (the others keep
+/// their indices).
 fn lines(des: &Design) -> Vec<Vec<usize>> {
-    match des.family {
+    let all = match des.family {
         Family::Affine { m, q } => geometry_lines(false, m, q, des.blocks),
         Family::Projective { m, q } => geometry_lines(true, m, q, des.blocks),
         Family::Bose { v } => bose_triples(v),
         Family::Skolem { v } => skolem_triples(v),
-        Family::Radical { v, k } => radical_lines(v, k),
+        Family::Radical { v, k } | Family::Cyclic { v, k } => difference_lines(v, k),
         Family::Net { q, r } => net_lines(q as usize, r),
+    };
+    if !des.punctured {
+        return all;
     }
+    let gone = des.points;
+    all.into_iter().filter(|l| !l.contains(&gone)).collect()
 }
 
 /// The lines of the first r parallel classes of AG(2, q), point (x, y) as
@@ -938,7 +1092,9 @@ mod tests {
             .collect();
         // The r-column kind (H of order r, v·r vectors) where only r is a
         // Hadamard order: PG(2, q) for q + 1 = 4, 8, 12, 20, 24, 32 and
-        // triple systems with (v − 1)/2 = 4, 12, 16, 24, 28, 36.
+        // triple systems with (v − 1)/2 = 4, 12, 16, 24, 28, 36. Less one
+        // point (v − 1 points on r − 1 blocks, b − r blocks) where r or
+        // r − 1 is such an order: (v − 1)·r or (v − 1)·(r − 1) vectors.
         let want = [
             ("lines of AG(2, 2)", 16, 6),
             ("lines of AG(3, 2)", 64, 28),
@@ -948,23 +1104,133 @@ mod tests {
             ("lines of PG(3, 2)", 120, 35),
             ("lines of PG(4, 2)", 496, 155),
             ("lines of PG(5, 2)", 2016, 651),
+            ("lines of AG(2, 3) less one point", 8 * 4, 12 - 4),
+            ("lines of AG(3, 3) less one point", 26 * 12, 117 - 13),
             ("lines of PG(2, 3)", 13 * 4, 13),
+            ("lines of PG(2, 3) less one point", 12 * 4, 13 - 4),
+            ("lines of PG(3, 3) less one point", 39 * 12, 130 - 13),
             ("lines of AG(3, 5)", 4000, 775),
             ("lines of PG(3, 5)", 4992, 806),
+            ("lines of AG(2, 7) less one point", 48 * 8, 56 - 8),
             ("lines of PG(2, 7)", 57 * 8, 57),
+            ("lines of PG(2, 7) less one point", 56 * 8, 57 - 8),
+            ("lines of AG(2, 11) less one point", 120 * 12, 132 - 12),
             ("lines of PG(2, 11)", 133 * 12, 133),
+            ("lines of PG(2, 11) less one point", 132 * 12, 133 - 12),
+            ("lines of AG(2, 19) less one point", 360 * 20, 380 - 20),
             ("lines of PG(2, 19)", 381 * 20, 381),
+            ("lines of PG(2, 19) less one point", 380 * 20, 381 - 20),
+            ("lines of AG(2, 23) less one point", 528 * 24, 552 - 24),
             ("lines of PG(2, 23)", 553 * 24, 553),
+            ("lines of PG(2, 23) less one point", 552 * 24, 553 - 24),
+            ("lines of AG(2, 31) less one point", 960 * 32, 992 - 32),
             ("lines of PG(2, 31)", 993 * 32, 993),
+            ("lines of PG(2, 31) less one point", 992 * 32, 993 - 32),
             ("Bose triple system on 9 points", 9 * 4, 12),
+            (
+                "Bose triple system on 9 points less one point",
+                8 * 4,
+                12 - 4,
+            ),
+            (
+                "Skolem triple system on 19 points less one point",
+                18 * 8,
+                57 - 9,
+            ),
             ("Skolem triple system on 25 points", 25 * 12, 100),
+            (
+                "Skolem triple system on 25 points less one point",
+                24 * 12,
+                100 - 12,
+            ),
+            (
+                "Bose triple system on 27 points less one point",
+                26 * 12,
+                117 - 13,
+            ),
             ("Bose triple system on 33 points", 33 * 16, 176),
+            (
+                "Bose triple system on 33 points less one point",
+                32 * 16,
+                176 - 16,
+            ),
             ("Bose triple system on 39 points", 780, 247),
+            (
+                "Skolem triple system on 43 points less one point",
+                42 * 20,
+                301 - 21,
+            ),
             ("Skolem triple system on 49 points", 49 * 24, 392),
+            (
+                "Skolem triple system on 49 points less one point",
+                48 * 24,
+                392 - 24,
+            ),
+            (
+                "Bose triple system on 51 points less one point",
+                50 * 24,
+                425 - 25,
+            ),
             ("Skolem triple system on 55 points", 1540, 495),
             ("Bose triple system on 57 points", 57 * 28, 532),
+            (
+                "Bose triple system on 57 points less one point",
+                56 * 28,
+                532 - 28,
+            ),
+            (
+                "Skolem triple system on 67 points less one point",
+                66 * 32,
+                737 - 33,
+            ),
             ("Skolem triple system on 73 points", 73 * 36, 876),
+            (
+                "Skolem triple system on 73 points less one point",
+                72 * 36,
+                876 - 36,
+            ),
+            (
+                "Bose triple system on 75 points less one point",
+                74 * 36,
+                925 - 37,
+            ),
+            ("cyclic (37, 4, 1) difference family", 37 * 12, 111),
+            (
+                "cyclic (37, 4, 1) difference family less one point",
+                36 * 12,
+                111 - 12,
+            ),
+            ("cyclic (61, 4, 1) difference family", 61 * 20, 305),
+            (
+                "cyclic (61, 4, 1) difference family less one point",
+                60 * 20,
+                305 - 20,
+            ),
+            ("radical (73, 4, 1) difference family", 73 * 24, 438),
+            (
+                "radical (73, 4, 1) difference family less one point",
+                72 * 24,
+                438 - 24,
+            ),
+            ("radical (97, 4, 1) difference family", 97 * 32, 776),
+            (
+                "radical (97, 4, 1) difference family less one point",
+                96 * 32,
+                776 - 32,
+            ),
+            ("radical (109, 4, 1) difference family", 109 * 36, 981),
+            (
+                "radical (109, 4, 1) difference family less one point",
+                108 * 36,
+                981 - 36,
+            ),
             ("radical (61, 5, 1) difference family", 976, 183),
+            // PG(2, 8), from the radical construction: 73 points, k = r = 9.
+            (
+                "radical (73, 9, 1) difference family less one point",
+                72 * 8,
+                73 - 9,
+            ),
         ];
         let want: Vec<(String, usize, usize)> = want
             .iter()
@@ -1009,6 +1275,12 @@ mod tests {
     #[test]
     fn lines_form_a_steiner_system() {
         for des in steiner_designs(1000) {
+            if des.punctured {
+                // Less a point: the pairs of the removed blocks' other
+                // points are on no block now, every other pair on one.
+                assert_partial_linear_space(&des, false);
+                continue;
+            }
             assert_steiner_system(&des);
             let through = lines_through_points(&des);
             assert!(through.iter().all(|t| t.len() == des.replication));
@@ -1070,11 +1342,11 @@ mod tests {
         // Every family up to 250 lines with H of order r + 1, Bose's 39
         // points with Paley's H_20 included.
         for des in steiner_designs(250) {
-            if des.hadamard == des.replication {
+            if des.hadamard == des.replication || des.punctured {
                 continue;
             }
             let (n, d) = (des.capacity(), des.blocks);
-            let b = steiner_basis(n, d, 3, false).unwrap();
+            let b = frame_basis(&des, n, d, 3);
             // The closed form of the bound, independent of the construction.
             let welch = welch_bound(n, d);
             assert!((des.coherence() - welch).abs() < 1e-12, "{}", des.name());
@@ -1090,7 +1362,7 @@ mod tests {
         let mut seen = 0;
         for des in steiner_designs(200) {
             let r = des.replication;
-            if des.hadamard != r {
+            if des.hadamard != r || des.punctured {
                 continue;
             }
             seen += 1;
@@ -1102,8 +1374,9 @@ mod tests {
                 des.name()
             );
         }
-        // PG(2, 3), PG(2, 7), PG(2, 11), Bose 9, Skolem 25, Bose 33.
-        assert_eq!(seen, 6);
+        // PG(2, 3), PG(2, 7), PG(2, 11), Bose 9, Skolem 25, Bose 33, the
+        // cyclic (37, 4, 1).
+        assert_eq!(seen, 7);
     }
 
     #[test]
@@ -1138,13 +1411,52 @@ mod tests {
             assert_steiner_system(&des);
         }
         // The coset rule fails for (211, 7) and (541, 5); v must be a prime
-        // ≡ 1 mod k(k − 1), k odd and at least 5.
-        for (v, k) in [(211, 7), (541, 5), (81, 5), (62, 5), (13, 3), (13, 4)] {
+        // ≡ 1 mod k(k − 1), k 4 or odd and at least 5. For k = 4, ε − 1 is
+        // a square mod 37, 61, 157 and 193: (37, 4) and (61, 4) come from
+        // the table of cyclic families instead, the others from nowhere.
+        for (v, k) in [
+            (211, 7),
+            (541, 5),
+            (81, 5),
+            (62, 5),
+            (13, 3),
+            (25, 4),
+            (157, 4),
+            (193, 4),
+        ] {
             assert!(Design::radical(v, k).is_none(), "({v}, {k})");
         }
+        for (v, radical) in [
+            (13, true),
+            (37, false),
+            (61, false),
+            (73, true),
+            (97, true),
+            (109, true),
+        ] {
+            let des = Design::radical(v, 4).unwrap_or_else(|| panic!("({v}, 4)"));
+            let family = if radical {
+                Family::Radical { v, k: 4 }
+            } else {
+                Family::Cyclic { v, k: 4 }
+            };
+            assert_eq!((des.family, des.replication), (family, (v - 1) / 3));
+            assert_steiner_system(&des);
+        }
+        // The table is checked, not trusted: a wrong block is refused.
+        assert!(is_difference_family(
+            61,
+            &cyclic_base_blocks(61, 4).unwrap()
+        ));
+        assert!(!is_difference_family(
+            61,
+            &[vec![0, 1, 3, 7], vec![0, 5, 13, 35]]
+        ));
         let shapes: Vec<(usize, usize)> = steiner_designs(30_000)
             .iter()
-            .filter(|des| matches!(des.family, Family::Radical { .. }))
+            .filter(|des| {
+                matches!(des.family, Family::Radical { k, .. } if k % 2 == 1) && !des.punctured
+            })
             .map(|des| (des.capacity(), des.blocks))
             .collect();
         // With H of order r + 1 (976, 123376, 130684) or r: v = 241, 641
@@ -1224,8 +1536,10 @@ mod tests {
 
     #[test]
     fn plan_prefers_low_coherence_then_few_lines() {
-        // 3000 vectors in R^900: AG(3, 5) and PG(3, 5) both at 1/31; AG uses 775 lines.
-        assert_eq!(steiner_plan(3000, 900), Some(design(false, 3, 5)));
+        // 4000 vectors in R^900: AG(3, 5) and PG(3, 5) both at 1/31; AG uses 775 lines.
+        assert_eq!(steiner_plan(4000, 900), Some(design(false, 3, 5)));
+        // 3000: the radical (97, 4, 1) with H_32 (3104 in R^776) is at 1/32.
+        assert_eq!(steiner_plan(3000, 900), Design::radical(97, 4));
         // 400 in R^160: AG(4, 2) is also at 1/15 but holds 256; PG(4, 2) holds 496.
         assert_eq!(steiner_plan(400, 160), Some(design(true, 4, 2)));
         // In R^200, Bose's 33 points with H_16 (528 in R^176 at 1/16) beat both.
@@ -1269,7 +1583,7 @@ mod tests {
 
     /// Every pair of points on at most one line (exactly one when `full`),
     /// every point on r lines.
-    fn assert_net(des: &Design, full: bool) {
+    fn assert_partial_linear_space(des: &Design, full: bool) {
         let (pairs, v) = (pair_counts(des), des.points);
         let shared: usize = (0..v)
             .flat_map(|p| (p + 1..v).map(move |s| (p, s)))
@@ -1303,7 +1617,7 @@ mod tests {
                 "{}",
                 des.name()
             );
-            assert_net(&des, r == q as usize + 1);
+            assert_partial_linear_space(&des, r == q as usize + 1);
         }
         // q not prime, r below 3 or above q + 1, or neither r nor r + 1 a
         // Hadamard order (r = 5: 5 and 6); AG(2, 2) is the 2-design's.
@@ -1336,7 +1650,7 @@ mod tests {
     /// b coordinates), checks unit rows and every |cos| in {0, 1/r} over all
     /// pairs (sparse f64 dot products), and returns how many are at 1/r.
     fn pairs_at_one_over_r(des: &Design, seed: u64) -> usize {
-        let b = steiner_basis(des.capacity(), des.blocks, seed, false).unwrap();
+        let b = frame_basis(des, des.capacity(), des.blocks, seed);
         let mu = 1.0 / des.replication as f64;
         let sp = sparse(&b);
         let mut at_mu = 0;
@@ -1373,6 +1687,67 @@ mod tests {
             };
             assert_eq!(at_mu, line_pairs * per * per + same, "{}", des.name());
         }
+    }
+
+    #[test]
+    fn frames_less_a_point_have_coherence_one_over_r() {
+        // v − 1 points on r − 1 blocks each, any two on at most one, so the
+        // frame is at 1/(r − 1): every pair of every such whole frame up to
+        // 200 lines, the count at 1/(r − 1) in closed form (as for nets).
+        let mut seen = Vec::new();
+        for des in steiner_designs(200).into_iter().filter(|d| d.punctured) {
+            let (r, per) = (des.replication, des.hadamard);
+            let line_pairs = des.blocks * des.block * (des.block - 1) / 2;
+            let same = if per == r + 1 {
+                des.points * per * (per - 1) / 2
+            } else {
+                0
+            };
+            assert_eq!(
+                pairs_at_one_over_r(&des, 13),
+                line_pairs * per * per + same,
+                "{}",
+                des.name()
+            );
+            seen.push(des.blocks);
+        }
+        // AG(2, 3), AG(3, 3), PG(2, 3), PG(3, 3), AG(2, 7), PG(2, 7),
+        // AG(2, 11), PG(2, 11), Bose 9, Skolem 19, Skolem 25, Bose 27,
+        // Bose 33, the cyclic (37, 4, 1), PG(2, 8).
+        assert_eq!(
+            seen,
+            [8, 104, 9, 117, 48, 49, 120, 121, 8, 48, 88, 104, 160, 99, 64]
+        );
+    }
+
+    #[test]
+    fn papers_1000_by_300_from_the_61_point_design_less_a_point() {
+        // 1200 vectors in R^285 at 1/19 = 1.089 × Welch(1000, 300): the
+        // plan, and kept over the topped-up 840 at 1/20 (not lower by
+        // TOP_UP_MARGIN) when an optimiser runs.
+        let des = Design::radical(61, 4).unwrap().punctured().unwrap();
+        assert_eq!(
+            (des.points, des.blocks, des.replication, des.hadamard),
+            (60, 285, 19, 20)
+        );
+        assert_eq!(steiner_plan(1000, 300), Some(des));
+        let partial = steiner_partial_plan(1000, 300).unwrap();
+        assert_eq!(partial.replication, 20);
+        assert_eq!(steiner_fit(1000, 300, true).ok(), Some(des));
+        let ratio = des.coherence() / welch_bound(1000, 300);
+        assert!((ratio - 1.089).abs() < 1e-3, "{ratio}");
+        // The 1000 rows as built, every pair.
+        let b = steiner_basis(1000, 300, 21, true).unwrap();
+        let sp = sparse(&b);
+        let mut top = 0.0f64;
+        for i in 0..b.n {
+            for j in i + 1..b.n {
+                let c = dot(&sp[i], &sp[j]).abs();
+                assert!(c < 1e-6 || (c - 1.0 / 19.0).abs() < 1e-6, "{i}, {j}: {c}");
+                top = top.max(c);
+            }
+        }
+        assert!((top - 1.0 / 19.0).abs() < 1e-6);
     }
 
     #[test]
