@@ -16,9 +16,11 @@
 # a label scan over 1 MiB row groups pulls whole shards into the cache:
 # without the eviction, whatever ran before would decide the figure.
 #
-# Inputs: the peer's generated 224x224 zips (`gen_synth_zip.py --sizes 224`):
-# JPEG passthrough on the 20,000-image stored zip, raw on the 2,000-image one
-# (raw is 150 KB an image: 300 MB of shards per variant).
+# Inputs: the peer's generated 224x224 zips (`gen_synth_zip.py --sizes 224`,
+# as benches/pack_vs_peer.sh makes them): JPEG passthrough on the 20,000
+# distinct images of synth_224_large_stored.zip (session 11 used the
+# 2,000-image zip's entries ten times over), raw on the 2,000-image one (raw
+# is 150 KB an image: 300 MB of shards per variant).
 # Usage: bash benches/rowgroup_sweep.sh [ZIPDIR] [WORKDIR] [REPEATS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,16 +38,16 @@ echo "# $(date -Is) load: $(cut -d' ' -f1-3 /proc/loadavg) cores: $(nproc)" >&2
 # rows per group = MiB / image bytes (18.7 KB per JPEG, 150,528 B raw);
 # shards keep ~192 MiB except in the last two lines, which vary the shard.
 VARIANTS=(
-  "jpeg synth_224_x10_stored.zip 1 56 10692"
-  "jpeg synth_224_x10_stored.zip 4 224 10692"
-  "jpeg synth_224_x10_stored.zip 16 891 10692"
-  "jpeg synth_224_x10_stored.zip 64 3564 10692"
+  "jpeg synth_224_large_stored.zip 1 56 10692"
+  "jpeg synth_224_large_stored.zip 4 224 10692"
+  "jpeg synth_224_large_stored.zip 16 891 10692"
+  "jpeg synth_224_large_stored.zip 64 3564 10692"
   "raw synth_224_stored.zip 1 7 1332"
   "raw synth_224_stored.zip 4 28 1332"
   "raw synth_224_stored.zip 16 111 1332"
   "raw synth_224_stored.zip 64 444 1332"
-  "jpeg synth_224_x10_stored.zip 16 891 1782"
-  "jpeg synth_224_x10_stored.zip 16 891 42768"
+  "jpeg synth_224_large_stored.zip 16 891 1782"
+  "jpeg synth_224_large_stored.zip 16 891 42768"
 )
 
 peak_kib() { awk '/Maximum resident/ {print $NF}' "$1"; }
