@@ -9,6 +9,9 @@
 //! `O_DIRECT` the device reads our buffer by DMA and the CPU stays on
 //! decoding. Direct writes are synchronous, so full blocks go to a thread
 //! of the file's own (one block in flight) and the caller fills the next.
+//! Since the CPU never reads a block back, it is filled with non-temporal
+//! stores and kept on huge pages where the kernel grants them (fewer pages
+//! to pin per write): 3–5 % more raw images/s, measured in BENCHMARKS.md.
 //!
 //! Invariants: bytes reach the file in the order written (one I/O thread,
 //! blocks in sequence); an error on the I/O thread is returned by a later
@@ -43,11 +46,17 @@ struct Block {
     start: usize,
 }
 
+/// Alignment of the block's window: a transparent huge page (x86-64), so
+/// that the window is four whole huge pages where the kernel grants them.
+const HUGE: usize = 2 << 20;
+
 impl Block {
     fn new() -> Block {
-        let storage = vec![0u8; CHUNK + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN);
-        Block { storage, start }
+        let storage = vec![0u8; CHUNK + HUGE];
+        let start = storage.as_ptr().align_offset(HUGE);
+        let block = Block { storage, start };
+        advise_huge(block.window());
+        block
     }
     fn window(&self) -> &[u8] {
         &self.storage[self.start..self.start + CHUNK]
@@ -223,7 +232,7 @@ impl Write for DirectFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(CHUNK - self.len);
         let at = self.len;
-        self.block.window_mut()[at..at + n].copy_from_slice(&buf[..n]);
+        copy_streaming(&mut self.block.window_mut()[at..at + n], &buf[..n]);
         self.len += n;
         if self.len == CHUNK {
             self.ship()?;
@@ -248,6 +257,57 @@ impl Drop for DirectFile {
         }
     }
 }
+
+/// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has
+/// them (SSE2, every x86-64): the block is read next by the device (DMA),
+/// never by this CPU, so its lines need not be fetched into the cache
+/// before being overwritten, nor evict the decoders' working sets.
+fn copy_streaming(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        // Plain copies up to a 16-byte aligned destination, and for the tail.
+        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        dst[..head].copy_from_slice(&src[..head]);
+        let body = (dst.len() - head) / 16 * 16;
+        let (d, s) = (&mut dst[head..head + body], &src[head..head + body]);
+        for (dc, sc) in d.chunks_exact_mut(16).zip(s.chunks_exact(16)) {
+            // SAFETY: SSE2 is part of x86-64; `sc` and `dc` are 16 bytes,
+            // `dc` 16-byte aligned (after `head`); the load is unaligned.
+            unsafe {
+                let v = _mm_loadu_si128(sc.as_ptr() as *const __m128i);
+                _mm_stream_si128(dc.as_mut_ptr() as *mut __m128i, v);
+            }
+        }
+        // SAFETY: SSE2. Orders the streaming stores before whatever hands
+        // the block to the I/O thread.
+        unsafe { _mm_sfence() };
+        dst[head + body..].copy_from_slice(&src[head + body..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
+/// Asks for transparent huge pages under `window` (not yet touched: the
+/// zeroed allocation is faulted in on first write). Why: every direct write
+/// pins the block's pages for the device, page by page (`gup`, 1–2 % of a
+/// raw pack's CPU with 4 KiB pages). Advice only: refused or unsupported,
+/// the block works the same on small pages.
+#[cfg(target_os = "linux")]
+fn advise_huge(window: &[u8]) {
+    // SAFETY: madvise reads no memory; the range lies inside `window`.
+    unsafe {
+        libc::madvise(
+            window.as_ptr() as *mut libc::c_void,
+            window.len(),
+            libc::MADV_HUGEPAGE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_window: &[u8]) {}
 
 #[cfg(target_os = "linux")]
 fn open_direct(path: &Path) -> std::io::Result<(File, bool)> {
@@ -291,6 +351,31 @@ fn clear_direct(_file: &File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streaming_copy_equals_a_plain_copy() {
+        // Every destination alignment against a 16-byte boundary, lengths
+        // around it (head only, head + body, + tail), against what a plain
+        // copy leaves; bytes outside the range stay untouched.
+        let src = pattern(300);
+        for at in 0..20 {
+            for len in [0, 1, 15, 16, 17, 31, 32, 33, 100, 255] {
+                let mut got = vec![0xAAu8; 320];
+                let mut want = got.clone();
+                copy_streaming(&mut got[at..at + len], &src[3..3 + len]);
+                want[at..at + len].copy_from_slice(&src[3..3 + len]);
+                assert_eq!(got, want, "at {at}, len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_window_is_aligned_for_direct_io_and_huge_pages() {
+        let b = Block::new();
+        assert_eq!(b.window().len(), CHUNK);
+        assert_eq!(b.window().as_ptr() as usize % HUGE, 0);
+        assert_eq!(HUGE % ALIGN, 0);
+    }
 
     /// Bytes with no period that could hide a misplaced block.
     fn pattern(n: usize) -> Vec<u8> {
