@@ -78,9 +78,9 @@ pub struct GenerateArgs {
     /// from a Kerdock set (max |cos| = 1/√D at once, D = the largest power of 4 ≤ --dim,
     /// up to D·(D/2+1) classes; best when --dim is a power of 4 and N ≥ 5·d); a Steiner
     /// equiangular tight frame (on the Welch bound at a few shapes, e.g. up to 4000 classes
-    /// in --dim 775 at 1/31) or the frame of a net of AG(2, q) (1/r in q·r columns for up to
-    /// q²·(r+1) classes, e.g. 10000 classes in --dim 512 at 1/20); or auto: the lowest of
-    /// these for (N, d).
+    /// in --dim 775 at 1/31), the frame of a net of AG(2, q) (1/r in q·r columns for up to
+    /// q²·(r+1) classes, e.g. 10000 classes in --dim 512 at 1/20) or of a design less one
+    /// point (e.g. 1000 classes in --dim 300 at 1/19); or auto: the lowest of these for (N, d).
     #[arg(long, value_enum, default_value_t = Init::Random)]
     pub init: Init,
     /// Noise (norm per row) added to a kerdock/steiner start before the first step, so that
