@@ -175,7 +175,7 @@ pub struct Construction {
     pub capacity: usize,
     /// Max off-diagonal |cos| of any two of its vectors.
     pub coherence: f64,
-    /// What it is, after "N of <capacity> ": e.g. "vectors of 33 mutually
+    /// What it is, after "N of `capacity` ": e.g. "vectors of 33 mutually
     /// unbiased bases in R^64".
     pub description: String,
     /// Rows past its capacity, random unit vectors for the optimiser to fit
@@ -242,7 +242,7 @@ fn optimiser_reach(ratio: f64) -> f64 {
 /// `Init::Auto` takes the construction with the lowest coherence when it
 /// meets α + tol at once; otherwise, with `optimise`, a topped-up frame
 /// below what an optimiser from random vectors reaches for this N/d
-/// ([`optimiser_reach`]) when its coherence is lower by more than
+/// (`optimiser_reach`) when its coherence is lower by more than
 /// [`TOP_UP_MARGIN`], else the whole construction when below that reach;
 /// random otherwise.
 pub fn construction(

@@ -1,7 +1,7 @@
 //! Reads the paper's released matrices (`eq_{d}_{N}.pkl`) without Python.
 //!
 //! Two forms exist, both plain pickles read through the restricted
-//! [`pickle`](super::pickle) reader:
+//! [`super::pickle`] reader:
 //! 1. a torch tensor: `torch._utils._rebuild_tensor_v2(storage, offset,
 //!    size, stride, …)` with `storage = torch.storage._load_from_bytes(b)`,
 //!    where `b` is the legacy `torch.save` layout: five pickles (magic

@@ -9,7 +9,7 @@
 //!   hinge-loss gradient G = 2·M·B built from it; never holds an N × N matrix.
 //! - [`device`]: the same kernel as candle tensors on a device (`--device
 //!   cuda:K`: cuBLAS GEMMs over full-row slices), tested on candle's CPU device.
-//! - [`generate`]: the optimiser loop (the paper's plain SGD, an adaptive
+//! - [`generate`](mod@generate): the optimiser loop (the paper's plain SGD, an adaptive
 //!   variant and a p-norm method), with divergence recovery, `--alpha auto`,
 //!   checkpoints and continuation from a given matrix.
 //! - [`kerdock`]: a structured start (real mutually unbiased bases from a
@@ -18,7 +18,7 @@
 //!   tight frames from the lines of finite geometries, triple systems and
 //!   difference families) at a few shapes, and at 1/r from nets of AG(2, q)
 //!   wherever N/d is large.
-//! - [`check`]: blockwise coherence statistics of a stored matrix.
+//! - [`check`](mod@check): blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.
 //! - [`pickle`]: a restricted pickle VM that builds a value tree and executes

@@ -54,7 +54,7 @@
 //!   frame under the paper's own (1000, 200) shape. For k = 4 the blocks
 //!   are {0} ∪ g^(2i)·⟨ε⟩, ε of order 3 (v = 13, 73, 97, 109, 181, …);
 //!   (37, 4) and (61, 4), where that fails, come from a short table of
-//!   cyclic families ([`CYCLIC_FAMILIES`]), checked the same way.
+//!   cyclic families (`CYCLIC_FAMILIES`), checked the same way.
 //!
 //! Any of these designs less one point is a frame too: the point and the
 //! r blocks through it go, every other point loses exactly the one block it
@@ -128,7 +128,7 @@ pub enum Family {
     /// The translates of a radical (v, k, 1) difference family, v prime.
     Radical { v: usize, k: usize },
     /// The translates of a (v, k, 1) difference family from
-    /// [`CYCLIC_FAMILIES`], where the radical construction fails.
+    /// a short table of base blocks, where the radical construction fails.
     Cyclic { v: usize, k: usize },
     /// The first r parallel classes of AG(2, q), q prime: a net, where two
     /// points share at most one line.

@@ -18,8 +18,8 @@ use ebv::shard::Encoding;
     about = "Pack a zip or folder of labelled images into Parquet shards"
 )]
 struct Args {
-    /// A .zip file or a folder: class folders (train/<class>/<file>,
-    /// val/<class>/<file>), list files (train.csv, val.csv) or IDX files.
+    /// A .zip file or a folder: class folders (train/CLASS/FILE,
+    /// val/CLASS/FILE), list files (train.csv, val.csv) or IDX files.
     source: PathBuf,
     /// Output folder for shards, manifest.json and classes.tsv.
     #[arg(long, default_value = "shards")]

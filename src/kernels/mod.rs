@@ -87,7 +87,7 @@ pub fn conv_algo() -> ConvAlgo {
     }
 }
 
-/// NCHW input x [N,Cin,H,W], weight w [Cout,Cin,K,K] (square kernel), no bias, groups 1, dilation 1.
+/// NCHW input x `[N, Cin, H, W]`, weight w `[Cout, Cin, K, K]` (square kernel), no bias, groups 1, dilation 1.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -142,7 +142,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor, imp: KernelImpl) -> Result<Tensor> {
 
 /// Train-mode BatchNorm over (N,H,W) per channel: y = (x-mean)/sqrt(var_biased+eps)*weight + bias, optionally
 /// followed by ReLU.
-/// Returns (y, batch_mean [C], batch_var_unbiased [C]) — the two statistics detached, for the caller's running-stat
+/// Returns (y, batch_mean `[C]`, batch_var_unbiased `[C]`) — the two statistics detached, for the caller's running-stat
 /// update (PyTorch uses the unbiased variance for running_var).
 pub fn batch_norm_train(
     x: &Tensor,

@@ -15,7 +15,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `{name}.weight` [out, in] and `{name}.bias` [out].
+    /// `{name}.weight` `[out, in]` and `{name}.bias` `[out]`.
     pub fn new(
         store: &mut ParamStore,
         name: &str,

@@ -186,8 +186,8 @@ pub struct WrittenShard {
 ///
 /// The label and key columns go through the parquet crate's Arrow column
 /// writers; the image column is spliced in as one page built from the rows'
-/// own buffers ([`ImageChunk`]), so an image is copied once on its way to
-/// the file (into [`DirectFile`]'s block buffer), not four times.
+/// own buffers (`ImageChunk`), so an image is copied once on its way to
+/// the file (into `DirectFile`'s block buffer), not four times.
 pub struct ShardWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,

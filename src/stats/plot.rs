@@ -2,7 +2,7 @@
 //! grid of sample training images captioned with their class names.
 //!
 //! Drawn pixel by pixel onto an `image::RgbImage` with the built-in 5×7
-//! font ([`super::font`]), so the figure looks the same on every machine
+//! font (`super::font`), so the figure looks the same on every machine
 //! and needs no font or plotting library.
 
 use std::path::Path;
