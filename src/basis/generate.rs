@@ -43,9 +43,10 @@
 //! coherence instead of the random maximum. A Steiner frame of at least
 //! 75 % of N is topped up with random rows when steps will run
 //! (`Construction::topped_up`), and `Init::Auto` prefers it to a whole
-//! construction of higher coherence that does not meet α at once; such a
-//! start is evaluated at step 0 like a given matrix, since its random rows,
-//! not the frame, set its max |cos|.
+//! construction that does not meet α at once when the frame's coherence is
+//! lower by more than `TOP_UP_MARGIN` (10 %); such a start is evaluated at
+//! step 0 like a given matrix, since its random rows, not the frame, set its
+//! max |cos|.
 //!
 //! A given matrix (`GenerateConfig::start`, `--start FILE`, `Init::File`)
 //! replaces both: it is renormalised, evaluated once to scale the first step,
