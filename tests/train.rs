@@ -759,7 +759,8 @@ fn check_kernels_runs_without_shards() {
     assert_eq!(report["failures"], 0, "{report}");
     assert_eq!(report["dtype"], "f32");
     let rows = report["rows"].as_array().unwrap();
-    for op in ["conv2d", "max_pool2d", "batch_norm"] {
+    assert_eq!(report["candle_off"], 0, "{report}");
+    for op in ["conv2d", "max_pool2d", "batch_norm", "add_relu"] {
         for imp in ["ebv", "candle"] {
             assert!(
                 rows.iter().any(|r| r["op"] == op && r["kernels"] == imp),
@@ -774,6 +775,58 @@ fn check_kernels_runs_without_shards() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("run.precision"), "{err}");
+}
+
+/// `--bench-steps N --synthetic` times N steps of a tiny model and takes one
+/// more apart: its phases and (unchunked head) each of ebv's ops, with call
+/// counts that match the architecture.
+#[test]
+fn bench_steps_reports_phases_and_ops() {
+    let o = Command::new(TRAIN)
+        .args([
+            "--bench-steps",
+            "2",
+            "--synthetic",
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--set",
+            "model.small_stem=true",
+            "--batch",
+            "4",
+            "--size",
+            "16",
+            "--classes",
+            "5",
+            "--dim",
+            "8",
+            "--kernels",
+            "candle",
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["steps"], 2, "{r}");
+    assert_eq!(r["step_seconds"].as_array().unwrap().len(), 2);
+    let phases = r["phase_seconds"].as_object().unwrap();
+    for k in [
+        "features",
+        "forward_loss",
+        "backward",
+        "optimizer",
+        "profiled_forward_backward",
+    ] {
+        assert!(phases[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+    }
+    // ResNet-18 ends 8 basic blocks with a residual add + ReLU; with candle's
+    // ops on the CPU that is the op ebv times there.
+    assert_eq!(phases["calls:add_relu_forward"], 8.0, "{r}");
+    assert!(phases["op:add_relu_forward"].as_f64().unwrap() >= 0.0);
 }
 
 /// `model.class_chunk`: the class-chunked EBV head trains like the full head

@@ -97,11 +97,14 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its algorithms (torch.backends.cudnn.benchmark)")
     p.add_argument("--head", default="fc", choices=["fc", "ebv"])
     p.add_argument("--dim", type=int, default=1000, help="EBV dimension d")
     p.add_argument("--tau", type=float, default=0.07)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     torch.manual_seed(0)
     dev = torch.device(a.device)
     # EBV: fc projects to d; logits = normalize(f) @ B^T / tau against a fixed
@@ -140,6 +143,7 @@ def main():
     print(json.dumps({
         "peer": f"torch {torch.__version__}", "arch": a.arch, "width": a.width, "batch": a.batch, "size": a.size,
         "threads": a.threads, "device": a.device, "bf16": a.bf16, "head": a.head,
+        "channels_last": a.channels_last, "cudnn_benchmark": a.cudnn_benchmark, "classes": a.classes, "dim": a.dim,
         "images_per_second": a.batch / mean, "parameters": sum(p.numel() for p in m.parameters()),
         "step_seconds": times, "mean_step_seconds": mean,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

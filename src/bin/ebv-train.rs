@@ -70,7 +70,7 @@ struct Args {
     workers: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
-    /// ebv (this crate's CPU kernels) or candle (candle's own ops).
+    /// ebv (this crate's kernels: its CPU ops; on CUDA, cuDNN and its own CUDA kernels) or candle (candle's own ops).
     #[arg(long)]
     kernels: Option<String>,
     /// f32, or bf16 mixed precision (GPUs; f32 master weights).
@@ -125,7 +125,14 @@ fn device(spec: &str) -> anyhow::Result<Device> {
     let k: usize = k
         .parse()
         .with_context(|| format!("--device {spec}: bad GPU index"))?;
-    Device::new_cuda(k).with_context(|| format!("--device {spec}"))
+    let dev = Device::new_cuda(k).with_context(|| format!("--device {spec}"))?;
+    // Only a matter of speed: training is the same without it.
+    if let Err(e) = ebv::kernels::keep_device_memory(&dev) {
+        eprintln!(
+            "ebv-train: warning: --device {spec}: could not keep freed GPU memory pooled: {e}"
+        );
+    }
+    Ok(dev)
 }
 
 fn overrides(a: &Args) -> Vec<String> {

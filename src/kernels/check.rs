@@ -1,5 +1,6 @@
-//! A self-check of the kernels on any device: each op's output and gradients, through both [`KernelImpl`]s, against
-//! this module's CPU kernels in f64 (themselves checked against finite differences in the unit tests). It is what
+//! A self-check of the kernels on any device: each op's (conv2d, max-pool, BatchNorm, residual add + ReLU) output
+//! and gradients, through both [`KernelImpl`]s (and, on a GPU, the channels-last ops), against this module's CPU
+//! kernels in f64 (themselves checked against finite differences in the unit tests). It is what
 //! `ebv-train --check-kernels` runs, so the cuDNN ops can be checked on a GPU machine with the shipped binary, and
 //! what the CPU tests run here.
 //!
@@ -8,14 +9,18 @@
 //!   the input rounding;
 //! - max-pool inputs are distinct within each plane and exactly representable in 16 bits, so no window has a tie
 //!   (the two implementations split tied gradients differently, by design);
-//! - BatchNorm is checked in f32/f64 only: the model runs it in f32 under mixed precision.
+//! - BatchNorm is checked in f32/f64, and on CUDA also as the model runs it under mixed precision: 16-bit
+//!   activations with f32 parameters.
 
 use std::time::Instant;
 
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use serde::Serialize;
 
-use super::{batch_norm_train, conv2d, max_pool2d, KernelImpl};
+use super::{
+    add_relu, batch_norm_train, batch_norm_train_nhwc, channels_last, conv2d, conv2d_nhwc,
+    max_pool2d, max_pool2d_nhwc, KernelImpl,
+};
 
 /// One compared tensor.
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +54,11 @@ pub struct KernelCheck {
     pub device: String,
     pub dtype: String,
     pub rows: Vec<KernelCheckRow>,
+    /// Rows of this crate's kernels out of tolerance or in error.
     pub failures: usize,
+    /// Rows of candle's own ops out of tolerance: reported, not failures (on an H200, candle 0.11.1's ReLU
+    /// gradient in bf16 is one).
+    pub candle_off: usize,
     pub timings: Vec<ConvTiming>,
 }
 
@@ -71,10 +80,12 @@ const POOL_CASES: &[[usize; 7]] = &[
     [2, 3, 9, 11, 3, 2, 1],
     [1, 2, 8, 8, 3, 2, 1],
     [2, 2, 7, 7, 2, 2, 0],
+    [2, 3, 23, 21, 3, 2, 1],
 ];
 
 /// (n, c, h, w).
-const BN_CASES: &[[usize; 4]] = &[[4, 3, 5, 5], [2, 5, 3, 7]];
+/// The last is large enough that the CUDA kernels split each channel's sums over several blocks.
+const BN_CASES: &[[usize; 4]] = &[[4, 3, 5, 5], [2, 5, 3, 7], [16, 4, 48, 48]];
 
 /// The largest difference each dtype may show against the f64 reference, relative to the reference's scale.
 fn tolerance(dtype: DType, device: &Device) -> f64 {
@@ -126,6 +137,40 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
             ));
         }
     }
+    // Channels-last (NHWC) convolutions where the model would use them: inputs and outputs transposed around the
+    // op, so the gradients reach the NCHW inputs and compare with the same reference.
+    let nhwc = channels_last(device, dtype, KernelImpl::Ebv);
+    if nhwc {
+        for (i, &[n, c, h, w, o, k, s, p]) in CONV_CASES.iter().enumerate() {
+            let seed = 100 + 3 * i as u64;
+            let x = rand_tensor(&[n, c, h, w], seed, dtype)?;
+            let wt = rand_tensor(&[o, c, k, k], seed + 1, dtype)?;
+            let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let r = rand_tensor(&[n, o, ho, wo], seed + 2, dtype)?;
+            let want = outputs_and_grads(
+                &|t: &[Tensor]| conv2d(&t[0], &t[1], s, p, KernelImpl::Ebv),
+                &[x.clone(), wt.clone()],
+                &r,
+                &Device::Cpu,
+                DType::F64,
+            )?;
+            let f = move |t: &[Tensor]| {
+                conv2d_nhwc(&to_nhwc(&t[0])?, &to_nhwc(&t[1])?, s, p)?.permute((0, 3, 1, 2))
+            };
+            let got = outputs_and_grads(&f, &[x, wt], &r, device, dtype);
+            let case = format!("x[{n},{c},{h},{w}] w[{o},{c},{k},{k}] s{s} p{p}");
+            let names = ["y", "dx", "dw"];
+            rows.extend(nhwc_rows(compare(
+                "conv2d",
+                &case,
+                KernelImpl::Ebv,
+                got,
+                &want,
+                &names,
+                tol,
+            )));
+        }
+    }
     for (i, &[n, c, h, w, k, s, p]) in POOL_CASES.iter().enumerate() {
         let seed = 200 + 2 * i as u64;
         let x = plane_distinct_tensor(&[n, c, h, w], seed, dtype)?;
@@ -152,6 +197,37 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
                 tol,
             ));
         }
+        if nhwc {
+            let f = move |t: &[Tensor]| {
+                max_pool2d_nhwc(&to_nhwc(&t[0])?, k, s, p)?.permute((0, 3, 1, 2))
+            };
+            let got = outputs_and_grads(&f, std::slice::from_ref(&x), &r, device, dtype);
+            let names = ["y", "dx"];
+            rows.extend(nhwc_rows(compare(
+                "max_pool2d",
+                &case,
+                KernelImpl::Ebv,
+                got,
+                &want,
+                &names,
+                tol,
+            )));
+        }
+    }
+    for (i, dims) in [[2, 3, 9, 11], [4, 16, 7, 7]].iter().enumerate() {
+        let seed = 500 + 3 * i as u64;
+        let a = rand_tensor(dims, seed, dtype)?;
+        let b = rand_tensor(dims, seed + 1, dtype)?;
+        let r = rand_tensor(dims, seed + 2, dtype)?;
+        let f = |imp: KernelImpl| move |t: &[Tensor]| add_relu(&t[0], &t[1], imp);
+        let inputs = [a, b];
+        let want = outputs_and_grads(&f(KernelImpl::Ebv), &inputs, &r, &Device::Cpu, DType::F64)?;
+        let case = format!("a, b {dims:?}");
+        for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
+            let got = outputs_and_grads(&f(imp), &inputs, &r, device, dtype);
+            let names = ["y", "da", "db"];
+            rows.extend(compare("add_relu", &case, imp, got, &want, &names, tol));
+        }
     }
     if matches!(dtype, DType::F32 | DType::F64) {
         for (i, &[n, c, h, w]) in BN_CASES.iter().enumerate() {
@@ -170,16 +246,85 @@ pub fn check_kernels(device: &Device, dtype: DType) -> Result<KernelCheck> {
                 let want =
                     outputs_and_grads(&f(KernelImpl::Ebv), &inputs, &r, &Device::Cpu, DType::F64)?;
                 let case = format!("x[{n},{c},{h},{w}] relu {relu}");
+                let names = ["y", "dx", "dgamma", "dbeta"];
                 for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
                     let got = outputs_and_grads(&f(imp), &inputs, &r, device, dtype);
-                    let names = ["y", "dx", "dgamma", "dbeta"];
                     rows.extend(compare("batch_norm", &case, imp, got, &want, &names, tol));
+                }
+                if nhwc {
+                    let got = outputs_and_grads(&bn_nhwc(relu), &inputs, &r, device, dtype);
+                    rows.extend(nhwc_rows(compare(
+                        "batch_norm",
+                        &case,
+                        KernelImpl::Ebv,
+                        got,
+                        &want,
+                        &names,
+                        tol,
+                    )));
                 }
             }
         }
     }
-    let failures = rows.iter().filter(|r| !r.ok).count();
+    // Mixed precision as the model runs it on a GPU: 16-bit activations, f32 γ and β (this crate's CUDA kernels
+    // only; candle's ops need one dtype).
+    if matches!(dtype, DType::BF16 | DType::F16) && device.is_cuda() {
+        for (i, &[n, c, h, w]) in BN_CASES.iter().enumerate() {
+            for relu in [false, true] {
+                let seed = 350 + 4 * i as u64;
+                let x = rand_tensor(&[n, c, h, w], seed, dtype)?;
+                let gamma = (rand_tensor(&[c], seed + 1, DType::F32)? + 1.5)?;
+                let beta = rand_tensor(&[c], seed + 2, DType::F32)?;
+                let r = rand_tensor(&[n, c, h, w], seed + 3, dtype)?;
+                let f = move |t: &[Tensor]| {
+                    batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu, KernelImpl::Ebv)
+                        .map(|(y, _, _)| y)
+                };
+                let inputs = [x, gamma, beta];
+                let want = outputs_and_grads(&f, &inputs, &r, &Device::Cpu, DType::F64)?;
+                let got =
+                    outputs_and_grads_in(&f, &inputs, &r, device, &[dtype, DType::F32, DType::F32]);
+                let case = format!("x[{n},{c},{h},{w}] {dtype:?} with f32 parameters, relu {relu}");
+                let names = ["y", "dx", "dgamma", "dbeta"];
+                rows.extend(compare(
+                    "batch_norm",
+                    &case,
+                    KernelImpl::Ebv,
+                    got,
+                    &want,
+                    &names,
+                    tol,
+                ));
+                let got = outputs_and_grads_in(
+                    &bn_nhwc(relu),
+                    &inputs,
+                    &r,
+                    device,
+                    &[dtype, DType::F32, DType::F32],
+                );
+                rows.extend(nhwc_rows(compare(
+                    "batch_norm",
+                    &case,
+                    KernelImpl::Ebv,
+                    got,
+                    &want,
+                    &names,
+                    tol,
+                )));
+            }
+        }
+    }
+    // candle's own ops are the comparison, not the subject: a wrong result of theirs is reported, not failed.
+    let failures = rows
+        .iter()
+        .filter(|r| !r.ok && r.kernels != "candle")
+        .count();
+    let candle_off = rows
+        .iter()
+        .filter(|r| !r.ok && r.kernels == "candle")
+        .count();
     Ok(KernelCheck {
+        candle_off,
         device: format!("{device:?}"),
         dtype: format!("{dtype:?}").to_lowercase(),
         rows,
@@ -212,11 +357,35 @@ pub fn time_convs(
         let w = (rand_tensor(&[o, c, k, k], seed + 1, dtype)?.to_device(device)? * 0.05)?;
         let ho = (h + 2 * p - k) / s + 1;
         let r = rand_tensor(&[batch, o, ho, ho], seed + 2, dtype)?.to_device(device)?;
-        for imp in [KernelImpl::Ebv, KernelImpl::Candle] {
+        let nhwc = channels_last(device, dtype, KernelImpl::Ebv);
+        let variants: &[(KernelImpl, bool)] = if nhwc {
+            &[
+                (KernelImpl::Ebv, false),
+                (KernelImpl::Candle, false),
+                (KernelImpl::Ebv, true),
+            ]
+        } else {
+            &[(KernelImpl::Ebv, false), (KernelImpl::Candle, false)]
+        };
+        for &(imp, nhwc) in variants {
+            // Channels-last: the operands stored NHWC / OHWI, as the model keeps activations on a GPU.
+            let (x, w, r) = if nhwc {
+                (
+                    to_nhwc(&x)?.contiguous()?,
+                    to_nhwc(&w)?.contiguous()?,
+                    to_nhwc(&r)?.contiguous()?,
+                )
+            } else {
+                (x.clone(), w.clone(), r.clone())
+            };
             let xv = Var::from_tensor(&x)?;
             let wv = Var::from_tensor(&w)?;
             let step = || -> Result<()> {
-                let y = conv2d(xv.as_tensor(), wv.as_tensor(), s, p, imp)?;
+                let y = if nhwc {
+                    conv2d_nhwc(xv.as_tensor(), wv.as_tensor(), s, p)?
+                } else {
+                    conv2d(xv.as_tensor(), wv.as_tensor(), s, p, imp)?
+                };
                 let g = (y * &r)?.sum_all()?.backward()?;
                 if g.get(xv.as_tensor()).is_none() || g.get(wv.as_tensor()).is_none() {
                     bail!("time_convs: missing gradient");
@@ -240,7 +409,11 @@ pub fn time_convs(
             };
             out.push(ConvTiming {
                 case: format!("x[{batch},{c},{h},{h}] w[{o},{c},{k},{k}] s{s} p{p}"),
-                kernels: imp_name(imp).to_string(),
+                kernels: if nhwc {
+                    "ebv-nhwc".to_string()
+                } else {
+                    imp_name(imp).to_string()
+                },
                 ms_forward_backward: ms,
                 error,
             });
@@ -289,6 +462,30 @@ fn compare(
     }
 }
 
+/// `[N,C,H,W]` → `[N,H,W,C]` (also `[O,C,K,K]` → `[O,K,K,C]`).
+fn to_nhwc(t: &Tensor) -> Result<Tensor> {
+    t.permute((0, 2, 3, 1))
+}
+
+/// Channels-last BatchNorm between NCHW tensors (the statistics dropped).
+fn bn_nhwc(relu: bool) -> impl Fn(&[Tensor]) -> Result<Tensor> {
+    move |t: &[Tensor]| {
+        batch_norm_train_nhwc(&to_nhwc(&t[0])?, &t[1], &t[2], 1e-5, relu)?
+            .0
+            .permute((0, 3, 1, 2))
+    }
+}
+
+/// Rows of the channels-last ops, named so in `kernels`.
+fn nhwc_rows(rows: Vec<KernelCheckRow>) -> Vec<KernelCheckRow> {
+    rows.into_iter()
+        .map(|r| KernelCheckRow {
+            kernels: "ebv-nhwc".into(),
+            ..r
+        })
+        .collect()
+}
+
 fn imp_name(imp: KernelImpl) -> &'static str {
     match imp {
         KernelImpl::Ebv => "ebv",
@@ -304,9 +501,24 @@ fn outputs_and_grads(
     device: &Device,
     dtype: DType,
 ) -> Result<Vec<Tensor>> {
+    outputs_and_grads_in(f, inputs, r, device, &vec![dtype; inputs.len()])
+}
+
+/// As [`outputs_and_grads`], input i in `dtypes[i]`; r in the first input's dtype.
+fn outputs_and_grads_in(
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    r: &Tensor,
+    device: &Device,
+    dtypes: &[DType],
+) -> Result<Vec<Tensor>> {
+    let Some(&dtype) = dtypes.first() else {
+        bail!("check_kernels: no inputs");
+    };
     let vars = inputs
         .iter()
-        .map(|t| Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?))
+        .zip(dtypes)
+        .map(|(t, &dt)| Var::from_tensor(&t.to_dtype(dt)?.to_device(device)?))
         .collect::<Result<Vec<_>>>()?;
     let tensors = vars
         .iter()
@@ -409,8 +621,8 @@ mod tests {
             let report = check_kernels(&Device::Cpu, dtype).unwrap();
             let bad: Vec<_> = report.rows.iter().filter(|r| !r.ok).collect();
             assert!(bad.is_empty(), "{dtype:?}: {bad:#?}");
-            // conv: 9 cases × 2 impls × 3 outputs; pool 3 × 2 × 2; bn 2 × 2 relu × 2 × 4.
-            assert_eq!(report.rows.len(), 54 + 12 + 32);
+            // conv: 9 cases × 2 impls × 3 outputs; pool 4 × 2 × 2; add_relu 2 × 2 × 3; bn 3 × 2 relu × 2 × 4.
+            assert_eq!(report.rows.len(), 54 + 16 + 12 + 48);
             assert_eq!(report.failures, 0);
         }
     }

@@ -14,14 +14,15 @@
 //! - the cuDNN handle is per thread and per device (a handle is neither `Send` nor `Sync`) and bound to the device's
 //!   candle stream, so the ops are ordered with every other candle kernel without synchronisation;
 //! - algorithms come from cuDNN's heuristics (`cudnnGet*Algorithm_v7`, PyTorch's choice with
-//!   `cudnn.benchmark = False`), cached per shape and dtype with their workspace size.
+//!   `cudnn.benchmark = False`) or, with `EBV_CUDNN_FIND=1`, are measured (`cudnn_find.rs`, PyTorch's
+//!   `cudnn.benchmark = True`); either choice is cached per shape, dtype, layout and pass with its workspace size.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
-use candle_core::backend::BackendStorage;
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::cudnn::{
     sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
     FilterDescriptor, TensorDescriptor,
@@ -32,6 +33,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Ten
 use half::{bf16, f16};
 
 use super::conv::ConvGeom;
+use super::cudnn_find;
 
 /// Whether the cuDNN ops take these tensors: all on one CUDA device, one floating dtype.
 pub(super) fn applies(tensors: &[&Tensor]) -> bool {
@@ -57,7 +59,55 @@ pub(super) fn conv2d_cudnn(
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     let g = ConvGeom::new(x.dims(), w.dims(), stride, padding)?;
-    x.apply_op2(&w, CudnnConv { g })
+    x.apply_op2(&w, CudnnConv { g, nhwc: false })
+}
+
+/// Channels-last: x `[N,H,W,C]`, w `[O,K,K,C]` ↦ y `[N,Ho,Wo,O]` (cuDNN's NHWC / KRSC layouts, the tensor-core
+/// kernels' own, as PyTorch's `channels_last`).
+pub(super) fn conv2d_cudnn_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let (&[n, h, wd, c], &[o, k, k2, wc]) = (x.dims(), w.dims()) else {
+        bail!(
+            "conv2d (channels-last): x must be [N,H,W,C] and w [O,K,K,C], got {:?} and {:?}",
+            x.dims(),
+            w.dims()
+        );
+    };
+    let g = ConvGeom::new(&[n, c, h, wd], &[o, wc, k, k2], stride, padding)?;
+    x.apply_op2(&w, CudnnConv { g, nhwc: true })
+}
+
+/// Raw descriptors for a measured algorithm choice (`cudnn_find.rs`) when `EBV_CUDNN_FIND=1` asks for one; else
+/// none, and cuDNN's heuristics choose. Both compute the same convolution; on an H200 the measured choice made the
+/// ResNet-50 step slower (1,342 against 1,618 images/s, BENCHMARKS.md), so it is not the default.
+fn find<T: Elem>(g: &ConvGeom, nhwc: bool) -> Option<cudnn_find::RawConv> {
+    if std::env::var("EBV_CUDNN_FIND").map_or(true, |v| v != "1") {
+        return None;
+    }
+    cudnn_find::RawConv::new::<T, T::Compute>(g, nhwc, T::TENSOR_OPS)
+}
+
+/// The memory-order dims of X, W and Y for a layout.
+fn layout_dims(g: &ConvGeom, nhwc: bool) -> ([usize; 4], [usize; 4], [usize; 4]) {
+    if nhwc {
+        (
+            [g.n, g.h, g.w, g.c],
+            [g.o, g.k, g.k, g.c],
+            [g.n, g.ho, g.wo, g.o],
+        )
+    } else {
+        (
+            [g.n, g.c, g.h, g.w],
+            [g.o, g.c, g.k, g.k],
+            [g.n, g.o, g.ho, g.wo],
+        )
+    }
 }
 
 /// Element types: storage type, the type cuDNN accumulates in, and whether tensor cores may be used.
@@ -87,8 +137,8 @@ impl Elem for f16 {
     const TENSOR_OPS: bool = true;
 }
 
-/// (device, dtype, [n, c, h, w, o, k, stride, pad]).
-type AlgoKey = (DeviceId, DType, [usize; 8]);
+/// (device, dtype, [n, c, h, w, o, k, stride, pad, nhwc]).
+type AlgoKey = (DeviceId, DType, [usize; 9]);
 
 /// Per pass: the chosen algorithm and its workspace bytes.
 type AlgoCache<A> = RefCell<HashMap<AlgoKey, (A, usize)>>;
@@ -117,13 +167,24 @@ fn choose<A: Copy>(
     dev: &CudaDevice,
     dtype: DType,
     g: &ConvGeom,
+    nhwc: bool,
     pick: impl FnOnce() -> Result<A>,
     workspace: impl FnOnce(A) -> Result<usize>,
 ) -> Result<(A, usize)> {
     let key = (
         dev.id(),
         dtype,
-        [g.n, g.c, g.h, g.w, g.o, g.k, g.stride, g.pad],
+        [
+            g.n,
+            g.c,
+            g.h,
+            g.w,
+            g.o,
+            g.k,
+            g.stride,
+            g.pad,
+            usize::from(nhwc),
+        ],
     );
     if let Some(hit) = cache.with(|c| c.borrow().get(&key).copied()) {
         return Ok(hit);
@@ -149,8 +210,13 @@ fn dim(v: usize) -> Result<i32> {
     }
 }
 
-fn descriptors<T: Elem>(cudnn: &Arc<Cudnn>, g: &ConvGeom) -> Result<Descriptors<T>> {
-    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+/// cuDNN takes the dims in N, C, H, W order whatever the memory format.
+fn descriptors<T: Elem>(cudnn: &Arc<Cudnn>, g: &ConvGeom, nhwc: bool) -> Result<Descriptors<T>> {
+    let nchw = if nhwc {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+    } else {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+    };
     let (p, s) = (dim(g.pad)?, dim(g.stride)?);
     let mut conv = cudnn.create_conv2d::<T::Compute>(
         [p, p],
@@ -185,6 +251,7 @@ fn view<'a, T: Elem>(
 
 fn forward<T: Elem>(
     g: &ConvGeom,
+    nhwc: bool,
     x: &CudaStorage,
     lx: &Layout,
     w: &CudaStorage,
@@ -192,9 +259,10 @@ fn forward<T: Elem>(
 ) -> Result<CudaStorage> {
     let dev = &x.device;
     let cudnn = handle(dev)?;
-    let d = descriptors::<T>(&cudnn, g)?;
-    let xv = view::<T>(x, lx, &[g.n, g.c, g.h, g.w], "X")?;
-    let wv = view::<T>(w, lw, &[g.o, g.c, g.k, g.k], "W")?;
+    let d = descriptors::<T>(&cudnn, g, nhwc)?;
+    let (xd, wd, _) = layout_dims(g, nhwc);
+    let xv = view::<T>(x, lx, &xd, "X")?;
+    let wv = view::<T>(w, lw, &wd, "W")?;
     // SAFETY: β = 0, cuDNN writes every element of y.
     let mut y = unsafe { dev.alloc::<T>(g.n * g.o * g.ho * g.wo)? };
     let op = ConvForward {
@@ -208,7 +276,12 @@ fn forward<T: Elem>(
         dev,
         T::DTYPE,
         g,
-        || Ok(op.pick_algorithm()?),
+        nhwc,
+        || match find::<T>(g, nhwc).and_then(|raw| cudnn_find::forward(dev, &raw, &xv, &wv, &mut y))
+        {
+            Some(a) => Ok(a),
+            None => Ok(op.pick_algorithm()?),
+        },
         |a| Ok(op.get_workspace_size(a)?),
     )?;
     // SAFETY: the workspace is scratch for cuDNN, never read by us.
@@ -229,6 +302,7 @@ fn forward<T: Elem>(
 
 fn grad_input<T: Elem>(
     g: &ConvGeom,
+    nhwc: bool,
     dy: &CudaStorage,
     ldy: &Layout,
     w: &CudaStorage,
@@ -236,9 +310,10 @@ fn grad_input<T: Elem>(
 ) -> Result<CudaStorage> {
     let dev = &dy.device;
     let cudnn = handle(dev)?;
-    let d = descriptors::<T>(&cudnn, g)?;
-    let dyv = view::<T>(dy, ldy, &g.out_dims(), "dY")?;
-    let wv = view::<T>(w, lw, &[g.o, g.c, g.k, g.k], "W")?;
+    let d = descriptors::<T>(&cudnn, g, nhwc)?;
+    let (_, wd, yd) = layout_dims(g, nhwc);
+    let dyv = view::<T>(dy, ldy, &yd, "dY")?;
+    let wv = view::<T>(w, lw, &wd, "W")?;
     // SAFETY: β = 0, cuDNN writes every element of dx.
     let mut dx = unsafe { dev.alloc::<T>(g.n * g.c * g.h * g.w)? };
     let op = ConvBackwardData {
@@ -252,7 +327,13 @@ fn grad_input<T: Elem>(
         dev,
         T::DTYPE,
         g,
-        || Ok(op.pick_algorithm()?),
+        nhwc,
+        || match find::<T>(g, nhwc)
+            .and_then(|raw| cudnn_find::backward_data(dev, &raw, &wv, &dyv, &mut dx))
+        {
+            Some(a) => Ok(a),
+            None => Ok(op.pick_algorithm()?),
+        },
         |a| Ok(op.get_workspace_size(a)?),
     )?;
     // SAFETY: scratch for cuDNN.
@@ -273,6 +354,7 @@ fn grad_input<T: Elem>(
 
 fn grad_weight<T: Elem>(
     g: &ConvGeom,
+    nhwc: bool,
     x: &CudaStorage,
     lx: &Layout,
     dy: &CudaStorage,
@@ -280,9 +362,10 @@ fn grad_weight<T: Elem>(
 ) -> Result<CudaStorage> {
     let dev = &x.device;
     let cudnn = handle(dev)?;
-    let d = descriptors::<T>(&cudnn, g)?;
-    let xv = view::<T>(x, lx, &[g.n, g.c, g.h, g.w], "X")?;
-    let dyv = view::<T>(dy, ldy, &g.out_dims(), "dY")?;
+    let d = descriptors::<T>(&cudnn, g, nhwc)?;
+    let (xd, _, yd) = layout_dims(g, nhwc);
+    let xv = view::<T>(x, lx, &xd, "X")?;
+    let dyv = view::<T>(dy, ldy, &yd, "dY")?;
     // SAFETY: β = 0, cuDNN writes every element of dw.
     let mut dw = unsafe { dev.alloc::<T>(g.o * g.c * g.k * g.k)? };
     let op = ConvBackwardFilter {
@@ -296,7 +379,13 @@ fn grad_weight<T: Elem>(
         dev,
         T::DTYPE,
         g,
-        || Ok(op.pick_algorithm()?),
+        nhwc,
+        || match find::<T>(g, nhwc)
+            .and_then(|raw| cudnn_find::backward_filter(dev, &raw, &xv, &dyv, &mut dw))
+        {
+            Some(a) => Ok(a),
+            None => Ok(op.pick_algorithm()?),
+        },
         |a| Ok(op.get_workspace_size(a)?),
     )?;
     // SAFETY: scratch for cuDNN.
@@ -335,6 +424,7 @@ fn cpu_only(name: &str) -> Result<(CpuStorage, Shape)> {
 /// (X, W) ↦ Y.
 struct CudnnConv {
     g: ConvGeom,
+    nhwc: bool,
 }
 
 impl CustomOp2 for CudnnConv {
@@ -360,8 +450,11 @@ impl CustomOp2 for CudnnConv {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.g;
-        let out = by_dtype!(s1, self.name(), forward, g, s1, l1, s2, l2)?;
-        Ok((out, Shape::from(g.out_dims().to_vec())))
+        let sync = || s1.device.synchronize();
+        let out = super::profile::profiled("conv_forward", sync, || {
+            by_dtype!(s1, self.name(), forward, g, self.nhwc, s1, l1, s2, l2)
+        })?;
+        Ok((out, Shape::from(layout_dims(g, self.nhwc).2.to_vec())))
     }
 
     fn bwd(
@@ -373,12 +466,24 @@ impl CustomOp2 for CudnnConv {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &CudnnGradInput { g: self.g })?)
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &CudnnGradInput {
+                    g: self.g,
+                    nhwc: self.nhwc,
+                },
+            )?)
         } else {
             None
         };
         let gw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &CudnnGradWeight { g: self.g })?)
+            Some(x.apply_op2_no_bwd(
+                &grad,
+                &CudnnGradWeight {
+                    g: self.g,
+                    nhwc: self.nhwc,
+                },
+            )?)
         } else {
             None
         };
@@ -389,6 +494,7 @@ impl CustomOp2 for CudnnConv {
 /// (dY, W) ↦ dX.
 struct CudnnGradInput {
     g: ConvGeom,
+    nhwc: bool,
 }
 
 impl CustomOp2 for CudnnGradInput {
@@ -414,14 +520,18 @@ impl CustomOp2 for CudnnGradInput {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.g;
-        let out = by_dtype!(s1, self.name(), grad_input, g, s1, l1, s2, l2)?;
-        Ok((out, Shape::from(vec![g.n, g.c, g.h, g.w])))
+        let sync = || s1.device.synchronize();
+        let out = super::profile::profiled("conv_grad_input", sync, || {
+            by_dtype!(s1, self.name(), grad_input, g, self.nhwc, s1, l1, s2, l2)
+        })?;
+        Ok((out, Shape::from(layout_dims(g, self.nhwc).0.to_vec())))
     }
 }
 
 /// (X, dY) ↦ dW.
 struct CudnnGradWeight {
     g: ConvGeom,
+    nhwc: bool,
 }
 
 impl CustomOp2 for CudnnGradWeight {
@@ -447,7 +557,10 @@ impl CustomOp2 for CudnnGradWeight {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.g;
-        let out = by_dtype!(s1, self.name(), grad_weight, g, s1, l1, s2, l2)?;
-        Ok((out, Shape::from(vec![g.o, g.c, g.k, g.k])))
+        let sync = || s1.device.synchronize();
+        let out = super::profile::profiled("conv_grad_weight", sync, || {
+            by_dtype!(s1, self.name(), grad_weight, g, self.nhwc, s1, l1, s2, l2)
+        })?;
+        Ok((out, Shape::from(layout_dims(g, self.nhwc).1.to_vec())))
     }
 }

@@ -4,7 +4,8 @@
 //! Every public function takes a [`KernelImpl`]. `Ebv` runs the hand-written CPU ops of this module (candle
 //! `CustomOp`s, so autograd flows through them) when all inputs are contiguous-able CPU tensors of one dtype,
 //! f32 or f64, and, in a build with the `cuda` feature, conv2d on a CUDA device through cuDNN for the forward and
-//! both backward passes (`cudnn.rs`; f32, f64, bf16, f16). Anything else silently takes the `Candle` path, built
+//! both backward passes (`cudnn.rs`; f32, f64, bf16, f16), and BatchNorm and max-pool on CUDA through this crate's
+//! own kernels (`gpu.rs`, `cuda/*.cu`; BatchNorm takes bf16/f16 activations with f32 parameters as they are). Anything else silently takes the `Candle` path, built
 //! from candle's own ops, which works on every device. Both paths compute the same function and the same gradients
 //! (up to rounding, and up to how ties in max-pool are split, see [`max_pool2d`]); [`check_kernels`] measures that
 //! on any device.
@@ -21,7 +22,12 @@ mod check;
 mod conv;
 #[cfg(feature = "cuda")]
 mod cudnn;
+#[cfg(feature = "cuda")]
+mod cudnn_find;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod pool;
+mod profile;
 mod residual;
 mod sgd;
 #[cfg(test)]
@@ -33,6 +39,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use check::{check_kernels, time_convs, ConvTiming, KernelCheck, KernelCheckRow};
+pub use profile::{op_profile, set_op_profile};
 pub use sgd::{sgd_momentum_update, SgdStep};
 
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor, WithDType};
@@ -124,6 +131,10 @@ pub fn max_pool2d(
     imp: KernelImpl,
 ) -> Result<Tensor> {
     pool::check_args(x, kernel, stride, padding)?;
+    #[cfg(feature = "cuda")]
+    if imp == KernelImpl::Ebv && gpu::pool_applies(x) {
+        return pool::max_pool2d_ebv(x, kernel, stride, padding);
+    }
     if use_ebv(imp, &[x]) {
         pool::max_pool2d_ebv(x, kernel, stride, padding)
     } else {
@@ -133,10 +144,131 @@ pub fn max_pool2d(
 
 /// relu(a + b) for two tensors of one shape: the end of a residual block.
 pub fn add_relu(a: &Tensor, b: &Tensor, imp: KernelImpl) -> Result<Tensor> {
-    if use_ebv(imp, &[a, b]) {
+    #[cfg(feature = "cuda")]
+    let on_gpu = imp == KernelImpl::Ebv
+        && gpu::pool_applies(a)
+        && a.dtype() == b.dtype()
+        && b.device().same_device(a.device());
+    #[cfg(not(feature = "cuda"))]
+    let on_gpu = false;
+    if use_ebv(imp, &[a, b]) || on_gpu {
         residual::add_relu_ebv(a, b)
     } else {
-        residual::add_relu_candle(a, b)
+        profile::profiled(
+            "add_relu_forward",
+            || a.device().synchronize(),
+            || residual::add_relu_candle(a, b),
+        )
+    }
+}
+
+/// Lets a CUDA device keep the memory a step frees for the next step instead of returning it to the driver.
+///
+/// Every tensor on a CUDA device is a stream-ordered allocation from the device's default memory pool (cudarc), and
+/// that pool's release threshold is 0 unless set: at each synchronisation (one or two per training step) it hands
+/// its free memory back, and the next step maps it again. With the threshold at its maximum the pool behaves as
+/// PyTorch's caching allocator does. A no-op on the CPU and in builds without `cuda`.
+pub fn keep_device_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        use candle_core::cuda_backend::WrapErr;
+        let ctx = dev.cuda_stream().context().clone();
+        ctx.bind_to_thread().w()?;
+        let mut threshold = u64::MAX;
+        // SAFETY: the pool is the live device's default pool, and the release threshold attribute takes a u64.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(ctx.cu_device()).w()?;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .w()?;
+        }
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Whether the channels-last (NHWC) ops below run tensors of this device and dtype with these kernels: CUDA
+/// builds, [`KernelImpl::Ebv`], a CUDA device, f32/bf16/f16. Models lay out their activations channels-last exactly
+/// when this holds (cuDNN's tensor-core convolutions work in NHWC; in NCHW PyTorch's own ResNet-50 step is 1.9×
+/// slower on an H200, BENCHMARKS.md).
+pub fn channels_last(device: &Device, dtype: DType, imp: KernelImpl) -> bool {
+    cfg!(feature = "cuda")
+        && imp == KernelImpl::Ebv
+        && device.is_cuda()
+        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// Channels-last conv2d: x `[N,H,W,C]`, w `[O,K,K,C]` ↦ `[N,Ho,Wo,O]`, through cuDNN (forward and both backward
+/// passes). Only where [`channels_last`] holds.
+pub fn conv2d_nhwc(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if stride == 0 {
+        bail!("conv2d: stride must be at least 1");
+    }
+    #[cfg(feature = "cuda")]
+    if cudnn::applies(&[x, w]) {
+        return cudnn::conv2d_cudnn_nhwc(x, w, stride, padding);
+    }
+    let _ = (w, padding);
+    bail!(
+        "conv2d: channels-last needs a CUDA build and CUDA tensors of one float dtype, got {:?} {:?}",
+        x.device(),
+        x.dtype()
+    )
+}
+
+/// Channels-last max-pool, x `[N,H,W,C]`, with [`max_pool2d`]'s semantics. Only where [`channels_last`] holds.
+pub fn max_pool2d_nhwc(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if gpu::pool_applies(x) {
+        let op = gpu::MaxPoolNhwc::new(kernel, stride, padding);
+        return x.contiguous()?.apply_op1(op);
+    }
+    let _ = (kernel, stride, padding);
+    bail!(
+        "max_pool2d: channels-last needs a CUDA build and a CUDA tensor, got {:?} {:?}",
+        x.device(),
+        x.dtype()
+    )
+}
+
+/// Channels-last train-mode BatchNorm, x `[N,H,W,C]`, with [`batch_norm_train`]'s semantics and return values;
+/// 16-bit x takes f32 γ and β as they are. Only where [`channels_last`] holds.
+pub fn batch_norm_train_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if gpu::bn_applies(x, weight, bias) {
+        return gpu::batch_norm_cuda(x, weight, bias, eps, relu, true);
+    }
+    let _ = (bias, eps, relu);
+    bail!(
+        "batch_norm_train: channels-last needs a CUDA build, x on CUDA and γ, β in f32 (f64 for f64 x), got x {:?} \
+         {:?} and γ {:?}",
+        x.device(),
+        x.dtype(),
+        weight.dtype()
+    )
+}
+
+/// Whether [`batch_norm_train`] normalises a half-precision `x` as it is, with f32 parameters and statistics (this
+/// crate's CUDA kernels); elsewhere the caller casts x to the parameters' dtype first.
+pub fn batch_norm_takes_mixed(x: &Tensor, weight: &Tensor, bias: &Tensor, imp: KernelImpl) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        imp == KernelImpl::Ebv && gpu::bn_applies(x, weight, bias)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, weight, bias, imp);
+        false
     }
 }
 
@@ -153,6 +285,10 @@ pub fn batch_norm_train(
     imp: KernelImpl,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     bn::check_args(x, weight, bias)?;
+    #[cfg(feature = "cuda")]
+    if imp == KernelImpl::Ebv && gpu::bn_applies(x, weight, bias) {
+        return gpu::batch_norm_cuda(x, weight, bias, eps, relu, false);
+    }
     if use_ebv(imp, &[x, weight, bias]) {
         bn::batch_norm_ebv(x, weight, bias, eps, relu)
     } else {
@@ -348,5 +484,27 @@ pub(crate) fn gemm_parallelism(images: usize) -> (bool, gemm::Parallelism) {
         (true, gemm::Parallelism::None)
     } else {
         (false, gemm::Parallelism::Rayon(threads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_last_is_for_gpus_only_and_says_so_elsewhere() {
+        let dev = Device::Cpu;
+        assert!(!channels_last(&dev, DType::F32, KernelImpl::Ebv));
+        let x = Tensor::zeros((1, 4, 4, 2), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 1, 1, 2), DType::F32, &dev).unwrap();
+        let c = Tensor::ones(2, DType::F32, &dev).unwrap();
+        let errors = [
+            conv2d_nhwc(&x, &w, 1, 0).unwrap_err(),
+            max_pool2d_nhwc(&x, 2, 2, 0).unwrap_err(),
+            batch_norm_train_nhwc(&x, &c, &c, 1e-5, true).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(e.to_string().contains("channels-last needs a CUDA"), "{e}");
+        }
     }
 }

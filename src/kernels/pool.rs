@@ -1,6 +1,8 @@
 //! 2-D max-pool with −inf padding and PyTorch's gradient: all of an output's gradient goes to the first maximum of its
 //! window (row-major scan; a NaN counts as a maximum, as in PyTorch).
 //!
+//! The same op runs on CUDA through this crate's kernels (`gpu.rs`, `cuda/max_pool.cu`), with the same semantics.
+//!
 //! The CPU op stores nothing besides its output: the backward op recomputes each window's argmax from the input,
 //! which costs about one forward pass and saves a u32 per output element held between forward and backward.
 //! Windows are clipped to the image instead of materialising the padding; `check_args` guarantees (padding ≤ k/2)
@@ -58,6 +60,19 @@ impl PoolGeom {
             ho,
             wo,
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> Result<super::gpu::PoolGeom32> {
+        super::gpu::PoolGeom32::new(
+            self.h,
+            self.w,
+            self.k,
+            self.stride,
+            self.pad,
+            self.ho,
+            self.wo,
+        )
     }
 
     /// The window of output `o` along an axis of `size`, clipped to the image.
@@ -211,6 +226,18 @@ impl CustomOp1 for MaxPool2d {
         Ok((out, Shape::from(vec![d[0], d[1], g.ho, g.wo])))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (planes, g) = self.geom(l.dims())?;
+        let out = super::gpu::pool_fwd(s, l, planes, g.cuda()?)?;
+        let d = l.dims();
+        Ok((out, Shape::from(vec![d[0], d[1], g.ho, g.wo])))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let bwd = MaxPool2dGrad {
@@ -265,6 +292,28 @@ impl CustomOp2 for MaxPool2dGrad {
             )))
         }
         let out = by_dtype!(s1, self.name(), run, &g, s1, l1, s2, l2)?;
+        Ok((out, Shape::from(d.to_vec())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let fwd = MaxPool2d {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let (planes, g) = fwd.geom(l1.dims())?;
+        let d = l1.dims();
+        if l2.dims() != [d[0], d[1], g.ho, g.wo] {
+            bail!("{}: dY {:?} does not match X {d:?}", self.name(), l2.dims());
+        }
+        let out = super::gpu::pool_bwd(s1, l1, s2, l2, planes, g.cuda()?)?;
         Ok((out, Shape::from(d.to_vec())))
     }
 }

@@ -6,6 +6,8 @@
 //! parallel pass and the backward another: both inputs get the same gradient, g·[y > 0] (PyTorch's ReLU gradient;
 //! candle's passes the gradient at exactly 0 too, a difference of measure zero).
 //!
+//! The same op runs on CUDA through this crate's kernel (`gpu.rs`, `cuda/residual.cu`): one pass each way there too.
+//!
 //! Invariants: the inputs have one shape and dtype (checked); the backward reads only the stored output (y > 0
 //! exactly where a + b > 0), so nothing else is kept between forward and backward.
 
@@ -96,6 +98,19 @@ impl CustomOp2 for AddRelu {
             Ok(T::to_cpu_storage_owned(out))
         }
         let out = by_dtype!(s1, self.name(), run, self, s1, l1, s2, l2)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let forward = matches!(self.0, Pass::Forward);
+        let out = super::gpu::add_relu(forward, s1, l1, s2, l2)?;
         Ok((out, l1.shape().clone()))
     }
 

@@ -9,14 +9,15 @@
 //! - eval mode uses the running statistics and changes nothing;
 //! - the statistics keep the parameters' dtype whatever the activation dtype;
 //!   16-bit activations are normalised in f32 (candle's own BatchNorm fails
-//!   in train mode on bf16) and the result cast back.
+//!   in train mode on bf16): on CUDA by this crate's kernels, which read the
+//!   16-bit tensor as it is; elsewhere by casting it to f32 and back.
 
 use candle_core::{Tensor, Var};
 
 use super::params::{ParamKind, ParamStore};
 use super::precision::is_half;
 use super::ModelError;
-use crate::kernels::{batch_norm_train, KernelImpl};
+use crate::kernels::{batch_norm_takes_mixed, batch_norm_train, batch_norm_train_nhwc, KernelImpl};
 
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -65,11 +66,32 @@ impl BatchNorm2d {
 
     /// Normalise `x` [N, C, H, W]; `relu` applies max(·, 0) afterwards.
     pub fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+        self.forward_layout(x, train, relu, false)
+    }
+
+    /// As [`BatchNorm2d::forward_t`]; with `nhwc`, x is channels-last `[N,H,W,C]` (CUDA only, see
+    /// [`crate::kernels::channels_last`]).
+    pub fn forward_layout(
+        &self,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+        nhwc: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = if nhwc {
+            let (n, h, w, c) = x.dims4()?;
+            (n, c, h, w)
+        } else {
+            x.dims4()?
+        };
         if c != self.channels {
             candle_core::bail!("batch norm over {} channels got {c}", self.channels);
         }
-        if train && is_half(x.dtype()) {
+        if train
+            && !nhwc
+            && is_half(x.dtype())
+            && !batch_norm_takes_mixed(x, self.weight.as_tensor(), self.bias.as_tensor(), self.imp)
+        {
             let y = self.forward_t(&x.to_dtype(self.weight.dtype())?, true, relu)?;
             return y.to_dtype(x.dtype());
         }
@@ -80,14 +102,24 @@ impl BatchNorm2d {
                     x.dims()
                 );
             }
-            let (y, mean, var) = batch_norm_train(
-                x,
-                self.weight.as_tensor(),
-                self.bias.as_tensor(),
-                BN_EPS,
-                relu,
-                self.imp,
-            )?;
+            let (y, mean, var) = if nhwc {
+                batch_norm_train_nhwc(
+                    x,
+                    self.weight.as_tensor(),
+                    self.bias.as_tensor(),
+                    BN_EPS,
+                    relu,
+                )?
+            } else {
+                batch_norm_train(
+                    x,
+                    self.weight.as_tensor(),
+                    self.bias.as_tensor(),
+                    BN_EPS,
+                    relu,
+                    self.imp,
+                )?
+            };
             let keep = 1.0 - BN_MOMENTUM;
             let rm = ((self.running_mean.as_tensor().detach() * keep)?
                 + (mean.to_dtype(self.running_mean.dtype())? * BN_MOMENTUM)?)?;
@@ -106,9 +138,10 @@ impl BatchNorm2d {
             let shift = (self.bias.as_tensor().detach()
                 - (self.running_mean.as_tensor().detach() * &scale)?)?;
             let dt = x.dtype();
+            let per_channel = if nhwc { (1, 1, 1, c) } else { (1, c, 1, 1) };
             let y = x
-                .broadcast_mul(&scale.to_dtype(dt)?.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&shift.to_dtype(dt)?.reshape((1, c, 1, 1))?)?;
+                .broadcast_mul(&scale.to_dtype(dt)?.reshape(per_channel)?)?
+                .broadcast_add(&shift.to_dtype(dt)?.reshape(per_channel)?)?;
             if relu {
                 y.relu()
             } else {

@@ -9,7 +9,7 @@ use candle_core::{Tensor, Var};
 use super::params::{ParamKind, ParamStore};
 use super::precision::cast;
 use super::ModelError;
-use crate::kernels::{conv2d, KernelImpl};
+use crate::kernels::{conv2d, conv2d_nhwc, KernelImpl};
 
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -49,12 +49,17 @@ impl Conv2d {
 
     /// The weight is cast to `x`'s dtype (mixed precision; see `precision`).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        conv2d(
-            x,
-            &cast(self.weight.as_tensor(), x.dtype())?,
-            self.stride,
-            self.padding,
-            self.imp,
-        )
+        self.forward_layout(x, false)
+    }
+
+    /// As [`Conv2d::forward`]; with `nhwc`, x is `[N,H,W,C]` and so is the result (the weight, stored
+    /// `[O,C,K,K]`, is transposed to `[O,K,K,C]` for the call; its gradient flows back through the transpose).
+    pub fn forward_layout(&self, x: &Tensor, nhwc: bool) -> candle_core::Result<Tensor> {
+        let w = cast(self.weight.as_tensor(), x.dtype())?;
+        if nhwc {
+            conv2d_nhwc(x, &w.permute((0, 2, 3, 1))?, self.stride, self.padding)
+        } else {
+            conv2d(x, &w, self.stride, self.padding, self.imp)
+        }
     }
 }

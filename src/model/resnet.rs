@@ -23,7 +23,7 @@ use super::conv::Conv2d;
 use super::params::ParamStore;
 use super::precision::is_half;
 use super::ModelError;
-use crate::kernels::{add_relu, max_pool2d, KernelImpl};
+use crate::kernels::{add_relu, channels_last, max_pool2d, max_pool2d_nhwc, KernelImpl};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,14 +177,17 @@ impl Block {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    /// `nhwc`: x and every activation are channels-last (see [`channels_last`]).
+    fn forward_t(&self, x: &Tensor, train: bool, nhwc: bool) -> candle_core::Result<Tensor> {
         let last = self.convs.len() - 1;
         let mut h = x.clone();
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            h = bn.forward_t(&conv.forward(&h)?, train, i != last)?;
+            h = bn.forward_layout(&conv.forward_layout(&h, nhwc)?, train, i != last, nhwc)?;
         }
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward_t(&d.conv.forward(x)?, train, false)?,
+            Some(d) => {
+                d.bn.forward_layout(&d.conv.forward_layout(x, nhwc)?, train, false, nhwc)?
+            }
             None => x.clone(),
         };
         add_relu(&h, &identity, self.imp)
@@ -252,21 +255,38 @@ impl ResNet {
     }
 
     /// Pooled features [N, features] of images [N, 3, H, W].
+    ///
+    /// Where [`channels_last`] holds (CUDA), the images are transposed to [N, H, W, 3] once and every activation
+    /// stays channels-last, the layout of cuDNN's tensor-core convolutions; the parameters keep PyTorch's layout
+    /// either way, so checkpoints do not depend on it.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut h = self.bn1.forward_t(&self.conv1.forward(x)?, train, true)?;
+        let nhwc = channels_last(x.device(), x.dtype(), self.imp);
+        let x = if nhwc {
+            x.permute((0, 2, 3, 1))?.contiguous()?
+        } else {
+            x.clone()
+        };
+        let mut h =
+            self.bn1
+                .forward_layout(&self.conv1.forward_layout(&x, nhwc)?, train, true, nhwc)?;
         if !self.cfg.small_stem {
-            h = max_pool2d(&h, 3, 2, 1, self.imp)?;
+            h = if nhwc {
+                max_pool2d_nhwc(&h, 3, 2, 1)?
+            } else {
+                max_pool2d(&h, 3, 2, 1, self.imp)?
+            };
         }
         for stage in &self.stages {
             for block in stage {
-                h = block.forward_t(&h, train)?;
+                h = block.forward_t(&h, train, nhwc)?;
             }
         }
+        let spatial = if nhwc { (1, 2) } else { (2, 3) };
         // A 16-bit mean over 49 (or 1024) values loses digits: pool in f32.
         if is_half(h.dtype()) {
-            h.to_dtype(DType::F32)?.mean((2, 3))?.to_dtype(h.dtype())
+            h.to_dtype(DType::F32)?.mean(spatial)?.to_dtype(h.dtype())
         } else {
-            h.mean((2, 3))
+            h.mean(spatial)
         }
     }
 }

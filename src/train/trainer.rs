@@ -14,6 +14,7 @@
 //! - an interrupt (Ctrl-C) or `--max-steps` ends the current step, writes a
 //!   checkpoint at that position and returns; nothing is lost.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -230,24 +231,30 @@ fn step(
     clip: f64,
     lr: f64,
 ) -> Result<(f64, u64), TrainError> {
-    let (loss, correct) = if model.head().class_chunk().is_some() {
+    let (loss, logits, chunked_correct) = if model.head().class_chunk().is_some() {
         let features = model.features_t(x, true)?;
-        model
+        let (loss, correct) = model
             .head()
-            .chunked_loss(&features, labels, mix_labels, lambda, smoothing)?
+            .chunked_loss(&features, labels, mix_labels, lambda, smoothing)?;
+        (loss, None, correct)
     } else {
         let logits = model.forward_t(x, true)?;
         let loss = batch_loss(&logits, labels, mix_labels, lambda, smoothing)?;
-        let correct = topk_correct(&logits.detach(), labels, &[1])?[0];
-        (loss, correct)
+        (loss, Some(logits.detach()), 0)
     };
+    // Reading a value back waits for the device: do it once the backward is queued behind the forward, so a GPU
+    // never idles between the two. A non-finite loss still stops the step before the update.
+    let mut grads = loss.backward()?;
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !value.is_finite() {
         return Err(TrainError::Other(format!(
             "the loss is {value}: training diverged (lower optim.lr or set optim.clip_grad_norm)"
         )));
     }
-    let mut grads = loss.backward()?;
+    let correct = match logits {
+        Some(logits) => topk_correct(&logits, labels, &[1])?[0],
+        None => chunked_correct,
+    };
     sync.buckets
         .all_reduce_mean(sync.vars, &mut grads, sync.comm)?;
     if clip > 0.0 {
@@ -805,6 +812,12 @@ pub struct BenchReport {
     pub images_per_second: f64,
     /// Peak resident memory of the process (getrusage), bytes.
     pub peak_rss_bytes: u64,
+    /// One more step taken apart, each phase ended by a device synchronisation: `features` (the trunk's
+    /// forward alone), `forward_loss` (the whole forward and the loss), `backward`, `optimizer`; then (unchunked
+    /// heads) a forward + backward with each of this crate's ops synchronised and timed: `op:NAME` seconds and
+    /// `calls:NAME`, with `profiled_forward_backward` the whole of that pass.
+    #[serde(default)]
+    pub phase_seconds: BTreeMap<String, f64>,
 }
 
 /// Time `steps` training steps (plus one warm-up) of the recipe's model on
@@ -872,11 +885,14 @@ pub fn bench_steps(
             0.0,
             1e-3,
         )?;
+        // GPU work is asynchronous: the optimiser's kernels count in this step.
+        device.synchronize()?;
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let phase_seconds = step_phases(&model, &mut optim, &x, &labels, recipe, device)?;
     Ok(BenchReport {
         arch: recipe.model.arch.name().into(),
         head: format!("{:?}", recipe.model.head).to_lowercase(),
@@ -894,7 +910,63 @@ pub fn bench_steps(
         mean_step_seconds: mean,
         images_per_second: b as f64 / mean.max(1e-12),
         peak_rss_bytes: peak_rss(),
+        phase_seconds,
     })
+}
+
+/// Seconds of each phase of one step (see [`BenchReport::phase_seconds`]).
+fn step_phases(
+    model: &Classifier,
+    optim: &mut Optimizer,
+    x: &Tensor,
+    labels: &Tensor,
+    recipe: &Recipe,
+    device: &Device,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let mut out = BTreeMap::new();
+    let mut lap = |name: &str, t: Instant| -> Result<Instant, TrainError> {
+        device.synchronize()?;
+        out.insert(name.to_string(), t.elapsed().as_secs_f64());
+        Ok(Instant::now())
+    };
+    device.synchronize()?;
+    let t = Instant::now();
+    drop(model.features_t(x, true)?);
+    let t = lap("features", t)?;
+    let smoothing = recipe.loss.label_smoothing;
+    let loss = if model.head().class_chunk().is_some() {
+        let features = model.features_t(x, true)?;
+        model
+            .head()
+            .chunked_loss(&features, labels, labels, 1.0, smoothing)?
+            .0
+    } else {
+        batch_loss(&model.forward_t(x, true)?, labels, labels, 1.0, smoothing)?
+    };
+    let t = lap("forward_loss", t)?;
+    let grads = loss.backward()?;
+    let t = lap("backward", t)?;
+    optim.step(&grads, 1e-3)?;
+    lap("optimizer", t)?;
+    // The same step once more, each of this crate's ops timed on its own (see `kernels::set_op_profile`).
+    crate::kernels::set_op_profile(true);
+    let profiled = (|| -> Result<f64, TrainError> {
+        device.synchronize()?;
+        let t = Instant::now();
+        let loss = batch_loss(&model.forward_t(x, true)?, labels, labels, 1.0, smoothing)?;
+        drop(loss.backward()?);
+        device.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    })();
+    crate::kernels::set_op_profile(false);
+    if model.head().class_chunk().is_none() {
+        out.insert("profiled_forward_backward".into(), profiled?);
+        for (name, (secs, calls)) in crate::kernels::op_profile() {
+            out.insert(format!("op:{name}"), secs);
+            out.insert(format!("calls:{name}"), calls as f64);
+        }
+    }
+    Ok(out)
 }
 
 /// Peak resident set size of this process, bytes (0 where unknown).
