@@ -13,6 +13,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/elem.cuh");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

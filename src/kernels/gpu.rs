@@ -1,20 +1,22 @@
-//! Train-mode BatchNorm (+ ReLU) and max-pool on CUDA: this crate's own kernels (`cuda/*.cu`, compiled to PTX by
-//! `build.rs` with the toolkit's nvcc, loaded once per device through candle's custom-module cache) launched on the
-//! device's candle stream, so they are ordered with every other candle kernel without synchronisation.
+//! Train-mode BatchNorm (+ ReLU), max-pool and the residual add + ReLU on CUDA: this crate's own kernels
+//! (`cuda/*.cu`, compiled to PTX by `build.rs` with the toolkit's nvcc, loaded once per device through candle's
+//! custom-module cache) launched on the device's candle stream, so they are ordered with every other candle kernel
+//! without synchronisation.
 //!
 //! Why: candle's ops take BatchNorm apart into broadcast binary ops and multi-axis reductions whose every element
 //! pays 64-bit index divisions; on an H200 that made a ResNet-50 bf16 step at batch 256 take 1.29 s against
 //! PyTorch's 0.057 s (benches/gpu.sh, BENCHMARKS.md). Here a BatchNorm is three launches forward (partial sums,
 //! per-channel statistics, normalise) and three backward, reading bf16 activations directly with f32 parameters
-//! (no casts through f32 tensors), and max-pool is one gather kernel each way.
+//! (no casts through f32 tensors); max-pool is one kernel each way (channels-last keeps the forward's argmax for
+//! the backward); the residual add + ReLU is one pass each way.
 //!
 //! Invariants:
-//! - NCHW, contiguous operands, each tensor under 2³¹ elements (`bn_applies`, `pool_applies`; larger tensors take
-//!   candle's ops);
+//! - NCHW or, where the model runs channels-last, NHWC; contiguous operands, each tensor under 2³¹ elements
+//!   (`bn_applies`, `pool_applies`; larger tensors take candle's ops);
 //! - storage type T ∈ {f32, f64, bf16, f16}; γ, β, the statistics and the arithmetic in P = f64 for f64, f32
 //!   otherwise; sums over a channel in f64;
-//! - the same semantics as the CPU ops in `bn.rs` and `pool.rs` (`check_kernels` compares both with the f64 CPU
-//!   reference on the GPU).
+//! - the same semantics as the CPU ops in `bn.rs`, `pool.rs` and `residual.rs` (`check_kernels` compares both
+//!   with the f64 CPU reference on the GPU).
 
 use std::sync::{Arc, Mutex};
 

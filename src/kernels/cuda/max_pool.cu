@@ -1,28 +1,13 @@
-// 2-D max-pool over NCHW or channels-last (NHWC) tensors on CUDA, the GPU side of `pool.rs`, with the same semantics: −inf padding (windows
-// clipped to the image), and all of an output's gradient goes to the first maximum of its window in row-major order
-// (a NaN counts as a maximum, as in PyTorch).
+// 2-D max-pool over NCHW or channels-last (NHWC) tensors on CUDA, the GPU side of `pool.rs`, with the same
+// semantics: −inf padding (windows clipped to the image), and all of an output's gradient goes to the first maximum
+// of its window in row-major order (a NaN counts as a maximum, as in PyTorch).
 //
 // Forward: one thread per output. Backward: one thread per input element, which sums dy over the windows that cover
 // it and whose argmax is that element: a gather, so no atomics and the result does not depend on scheduling. NCHW
 // recomputes each window's argmax from x, as the CPU op does; channels-last (the model's layout on a GPU) keeps the
-// forward's argmax, a u32 per output, because rescanning the windows made the backward 10× the forward. Indices are 32-bit within a plane; the caller keeps every tensor under 2³¹
-// elements.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ double ld(double v) { return v; }
-__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-__device__ __forceinline__ void st(float &d, float v) { d = v; }
-__device__ __forceinline__ void st(double &d, double v) { d = v; }
-__device__ __forceinline__ void st(__nv_bfloat16 &d, float v) { d = __float2bfloat16(v); }
-__device__ __forceinline__ void st(__half &d, float v) { d = __float2half(v); }
-
-// The arithmetic type of a storage type: f64 for f64, f32 otherwise.
-template <typename T> struct Acc { typedef float type; };
-template <> struct Acc<double> { typedef double type; };
+// forward's argmax, a u32 per output, because rescanning the windows made the backward 10× the forward. Indices are
+// 32-bit within a plane; the caller keeps every tensor under 2³¹ elements.
+#include "elem.cuh"
 
 struct Geom {
   uint32_t h, w, k, stride, pad, ho, wo;

@@ -1,19 +1,8 @@
 // The end of a residual block on CUDA, relu(a + b), and its backward g·[y > 0] (both inputs get that gradient):
 // the GPU side of `residual.rs`, one pass each way instead of candle's add, ReLU, comparison, cast and multiply.
 // NaN becomes 0 in the forward, as in candle's ReLU. Flat grid-stride loops over contiguous tensors of under 2³¹
-// elements, two elements per step for 16-bit types.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ double ld(double v) { return v; }
-__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-__device__ __forceinline__ void st(float &d, float v) { d = v; }
-__device__ __forceinline__ void st(double &d, double v) { d = v; }
-__device__ __forceinline__ void st(__nv_bfloat16 &d, float v) { d = __float2bfloat16(v); }
-__device__ __forceinline__ void st(__half &d, float v) { d = __float2half(v); }
+// elements.
+#include "elem.cuh"
 
 template <typename T>
 __device__ void add_relu_fwd(const T *a, const T *b, T *y, uint32_t n) {
