@@ -826,7 +826,7 @@ fn bench_steps_reports_phases_and_ops() {
     // ResNet-18 ends 8 basic blocks with a residual add + ReLU; with candle's
     // ops on the CPU that is the op ebv times there.
     assert_eq!(phases["calls:add_relu_forward"], 8.0, "{r}");
-    assert!(phases["op:add_relu_forward"].as_f64().unwrap() >= 0.0);
+    assert!(phases["op:add_relu_forward"].is_f64(), "{r}");
 }
 
 /// `model.class_chunk`: the class-chunked EBV head trains like the full head

@@ -147,8 +147,69 @@ impl RawConv {
     }
 }
 
-/// How many algorithms each pass has (cuDNN's `*_ALGO_COUNT`).
+/// How many algorithms each pass has at most (cuDNN's `*_ALGO_COUNT`).
 const MAX_ALGOS: usize = 8;
+
+/// A pass's perf record: whether the algorithm ran, and which it was.
+trait Perf: Copy {
+    type Algo: Copy;
+    fn ran(&self) -> bool;
+    fn algo(&self) -> Self::Algo;
+}
+
+macro_rules! perf {
+    ($perf:ty, $algo:ty) => {
+        impl Perf for $perf {
+            type Algo = $algo;
+            fn ran(&self) -> bool {
+                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+            }
+            fn algo(&self) -> $algo {
+                self.algo
+            }
+        }
+    };
+}
+
+perf!(
+    sys::cudnnConvolutionFwdAlgoPerf_t,
+    sys::cudnnConvolutionFwdAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnConvolutionBwdDataAlgo_t
+);
+perf!(
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnConvolutionBwdFilterAlgo_t
+);
+
+/// Runs one `cudnnFind*AlgorithmEx` call, `find(handle, returned count, perf records, workspace)` (the operands'
+/// pointers captured by the caller), with a scratch workspace of [`FIND_WORKSPACE`] bytes; the fastest algorithm
+/// that ran (cuDNN sorts the records by time).
+fn fastest<P: Perf>(
+    dev: &CudaDevice,
+    find: impl FnOnce(sys::cudnnHandle_t, *mut i32, *mut P, *mut c_void) -> sys::cudnnStatus_t,
+) -> Option<P::Algo> {
+    let stream = dev.cuda_stream();
+    // SAFETY: scratch for cuDNN only.
+    let mut ws = unsafe { dev.alloc::<u8>(FIND_WORKSPACE) }.ok()?;
+    let (wsp, _gws) = ws.device_ptr_mut(&stream);
+    with_handle(dev, |h| {
+        let mut n = 0;
+        // SAFETY: all-zero is a valid bit pattern of the plain-data perf structs, overwritten by cuDNN.
+        let mut perf = [unsafe { std::mem::zeroed::<P>() }; MAX_ALGOS];
+        if find(h, &mut n, perf.as_mut_ptr(), wsp as *mut c_void)
+            != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+        {
+            return None;
+        }
+        perf[..n.clamp(0, MAX_ALGOS as i32) as usize]
+            .iter()
+            .find(|p| p.ran())
+            .map(|p| p.algo())
+    })
+}
 
 /// The fastest forward algorithm that ran, measured on (x, w) into y.
 pub(super) fn forward<X: DevicePtr<T>, W: DevicePtr<T>, Y: DevicePtrMut<T>, T>(
@@ -159,20 +220,13 @@ pub(super) fn forward<X: DevicePtr<T>, W: DevicePtr<T>, Y: DevicePtrMut<T>, T>(
     y: &mut Y,
 ) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
     let stream = dev.cuda_stream();
-    // SAFETY: scratch for cuDNN only.
-    let mut ws = unsafe { dev.alloc::<u8>(FIND_WORKSPACE) }.ok()?;
     let (xp, _gx) = x.device_ptr(&stream);
     let (wp, _gw) = w.device_ptr(&stream);
     let (yp, _gy) = y.device_ptr_mut(&stream);
-    let (wsp, _gws) = ws.device_ptr_mut(&stream);
-    with_handle(dev, |h| {
-        let mut n = 0;
-        // SAFETY: all-zero is a valid bit pattern of the plain-data perf struct, overwritten by cuDNN.
-        let mut perf =
-            [unsafe { std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>() }; MAX_ALGOS];
-        // SAFETY: descriptors match the buffers' shapes and dtype (built from the same geometry as the caller's).
+    fastest(dev, |h, n, perf, ws| {
+        // SAFETY: descriptors match the buffers' shapes and dtype (built from the caller's geometry).
         unsafe {
-            if sys::cudnnFindConvolutionForwardAlgorithmEx(
+            sys::cudnnFindConvolutionForwardAlgorithmEx(
                 h,
                 raw.x,
                 xp as *const c_void,
@@ -182,19 +236,12 @@ pub(super) fn forward<X: DevicePtr<T>, W: DevicePtr<T>, Y: DevicePtrMut<T>, T>(
                 raw.y,
                 yp as *mut c_void,
                 MAX_ALGOS as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-                wsp as *mut c_void,
+                n,
+                perf,
+                ws,
                 FIND_WORKSPACE,
-            ) != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            {
-                return None;
-            }
+            )
         }
-        perf[..n.max(0) as usize]
-            .iter()
-            .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-            .map(|p| p.algo)
     })
 }
 
@@ -207,20 +254,13 @@ pub(super) fn backward_data<W: DevicePtr<T>, DY: DevicePtr<T>, DX: DevicePtrMut<
     dx: &mut DX,
 ) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
     let stream = dev.cuda_stream();
-    // SAFETY: scratch for cuDNN only.
-    let mut ws = unsafe { dev.alloc::<u8>(FIND_WORKSPACE) }.ok()?;
     let (wp, _gw) = w.device_ptr(&stream);
     let (dyp, _gdy) = dy.device_ptr(&stream);
     let (dxp, _gdx) = dx.device_ptr_mut(&stream);
-    let (wsp, _gws) = ws.device_ptr_mut(&stream);
-    with_handle(dev, |h| {
-        let mut n = 0;
-        // SAFETY: as in `forward`.
-        let mut perf =
-            [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>() }; MAX_ALGOS];
+    fastest(dev, |h, n, perf, ws| {
         // SAFETY: as in `forward`.
         unsafe {
-            if sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
                 h,
                 raw.w,
                 wp as *const c_void,
@@ -230,19 +270,12 @@ pub(super) fn backward_data<W: DevicePtr<T>, DY: DevicePtr<T>, DX: DevicePtrMut<
                 raw.x,
                 dxp as *mut c_void,
                 MAX_ALGOS as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-                wsp as *mut c_void,
+                n,
+                perf,
+                ws,
                 FIND_WORKSPACE,
-            ) != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            {
-                return None;
-            }
+            )
         }
-        perf[..n.max(0) as usize]
-            .iter()
-            .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-            .map(|p| p.algo)
     })
 }
 
@@ -255,20 +288,13 @@ pub(super) fn backward_filter<X: DevicePtr<T>, DY: DevicePtr<T>, DW: DevicePtrMu
     dw: &mut DW,
 ) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
     let stream = dev.cuda_stream();
-    // SAFETY: scratch for cuDNN only.
-    let mut ws = unsafe { dev.alloc::<u8>(FIND_WORKSPACE) }.ok()?;
     let (xp, _gx) = x.device_ptr(&stream);
     let (dyp, _gdy) = dy.device_ptr(&stream);
     let (dwp, _gdw) = dw.device_ptr_mut(&stream);
-    let (wsp, _gws) = ws.device_ptr_mut(&stream);
-    with_handle(dev, |h| {
-        let mut n = 0;
-        // SAFETY: as in `forward`.
-        let mut perf =
-            [unsafe { std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>() }; MAX_ALGOS];
+    fastest(dev, |h, n, perf, ws| {
         // SAFETY: as in `forward`.
         unsafe {
-            if sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
                 h,
                 raw.x,
                 xp as *const c_void,
@@ -278,18 +304,11 @@ pub(super) fn backward_filter<X: DevicePtr<T>, DY: DevicePtr<T>, DW: DevicePtrMu
                 raw.w,
                 dwp as *mut c_void,
                 MAX_ALGOS as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-                wsp as *mut c_void,
+                n,
+                perf,
+                ws,
                 FIND_WORKSPACE,
-            ) != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            {
-                return None;
-            }
+            )
         }
-        perf[..n.max(0) as usize]
-            .iter()
-            .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-            .map(|p| p.algo)
     })
 }

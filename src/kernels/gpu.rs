@@ -329,8 +329,17 @@ fn p_suffix<T: Elem>() -> &'static str {
     }
 }
 
-/// Dispatches on the storage dtype of x: `$f::<T>($args)` for f32, f64, bf16 and f16.
+/// Dispatches on the storage dtype of x: `$f::<T>($args)` (or `self.$f::<T>($args)`) for f32, f64, bf16 and f16.
 macro_rules! by_cuda_dtype {
+    ($s:expr, $what:expr, $recv:ident . $f:ident, $($args:expr),*) => {
+        match $s.dtype() {
+            DType::F32 => $recv.$f::<f32>($($args),*),
+            DType::F64 => $recv.$f::<f64>($($args),*),
+            DType::BF16 => $recv.$f::<bf16>($($args),*),
+            DType::F16 => $recv.$f::<f16>($($args),*),
+            d => bail!("{}: no CUDA kernel for {d:?}", $what),
+        }
+    };
     ($s:expr, $what:expr, $f:ident, $($args:expr),*) => {
         match $s.dtype() {
             DType::F32 => $f::<f32>($($args),*),
@@ -369,12 +378,8 @@ impl CustomOp3 for BnFwd {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let sync = || s1.device.synchronize();
-        let out = super::profile::profiled("batch_norm_forward", sync, || match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2, s3, l3),
-            DType::BF16 => self.run::<bf16>(s1, l1, s2, l2, s3, l3),
-            DType::F16 => self.run::<f16>(s1, l1, s2, l2, s3, l3),
-            d => bail!("{}: no CUDA kernel for {d:?}", self.name()),
+        let out = super::profile::profiled("batch_norm_forward", sync, || {
+            by_cuda_dtype!(s1, self.name(), self.run, s1, l1, s2, l2, s3, l3)
         })?;
         Ok((out, l1.shape().clone()))
     }
@@ -586,12 +591,8 @@ impl CustomOp3 for BnBwd {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let sync = || s1.device.synchronize();
-        let out = super::profile::profiled("batch_norm_backward", sync, || match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-            DType::F64 => self.run::<f64>(s1, l1, s2, l2, s3, l3),
-            DType::BF16 => self.run::<bf16>(s1, l1, s2, l2, s3, l3),
-            DType::F16 => self.run::<f16>(s1, l1, s2, l2, s3, l3),
-            d => bail!("{}: no CUDA kernel for {d:?}", self.name()),
+        let out = super::profile::profiled("batch_norm_backward", sync, || {
+            by_cuda_dtype!(s1, self.name(), self.run, s1, l1, s2, l2, s3, l3)
         })?;
         Ok((out, l1.shape().clone()))
     }

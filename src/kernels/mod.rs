@@ -258,20 +258,6 @@ pub fn batch_norm_train_nhwc(
     )
 }
 
-/// Whether [`batch_norm_train`] normalises a half-precision `x` as it is, with f32 parameters and statistics (this
-/// crate's CUDA kernels); elsewhere the caller casts x to the parameters' dtype first.
-pub fn batch_norm_takes_mixed(x: &Tensor, weight: &Tensor, bias: &Tensor, imp: KernelImpl) -> bool {
-    #[cfg(feature = "cuda")]
-    {
-        imp == KernelImpl::Ebv && gpu::bn_applies(x, weight, bias)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (x, weight, bias, imp);
-        false
-    }
-}
-
 /// Train-mode BatchNorm over (N,H,W) per channel: y = (x-mean)/sqrt(var_biased+eps)*weight + bias, optionally
 /// followed by ReLU.
 /// Returns (y, batch_mean `[C]`, batch_var_unbiased `[C]`) — the two statistics detached, for the caller's running-stat

@@ -78,8 +78,6 @@ mod tests {
         let y = add_relu(&a, &b, KernelImpl::Candle).unwrap();
         assert_eq!(y.to_vec1::<f32>().unwrap(), [1.5, 0.0, 0.0]);
         assert!(calls() > before);
-        let (secs, _) = op_profile()["add_relu_forward"];
-        assert!(secs >= 0.0);
         set_op_profile(false);
         let after = calls();
         add_relu(&a, &b, KernelImpl::Candle).unwrap();

@@ -9,15 +9,16 @@
 //! - eval mode uses the running statistics and changes nothing;
 //! - the statistics keep the parameters' dtype whatever the activation dtype;
 //!   16-bit activations are normalised in f32 (candle's own BatchNorm fails
-//!   in train mode on bf16): on CUDA by this crate's kernels, which read the
-//!   16-bit tensor as it is; elsewhere by casting it to f32 and back.
+//!   in train mode on bf16): channels-last on CUDA by this crate's kernels,
+//!   which read the 16-bit tensor as it is; otherwise by casting it to f32
+//!   and back.
 
 use candle_core::{Tensor, Var};
 
 use super::params::{ParamKind, ParamStore};
 use super::precision::is_half;
 use super::ModelError;
-use crate::kernels::{batch_norm_takes_mixed, batch_norm_train, batch_norm_train_nhwc, KernelImpl};
+use crate::kernels::{batch_norm_train, batch_norm_train_nhwc, KernelImpl};
 
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -87,11 +88,7 @@ impl BatchNorm2d {
         if c != self.channels {
             candle_core::bail!("batch norm over {} channels got {c}", self.channels);
         }
-        if train
-            && !nhwc
-            && is_half(x.dtype())
-            && !batch_norm_takes_mixed(x, self.weight.as_tensor(), self.bias.as_tensor(), self.imp)
-        {
+        if train && !nhwc && is_half(x.dtype()) {
             let y = self.forward_t(&x.to_dtype(self.weight.dtype())?, true, relu)?;
             return y.to_dtype(x.dtype());
         }

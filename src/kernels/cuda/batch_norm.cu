@@ -172,9 +172,23 @@ __device__ void grad_apply(const T *x, const T *y, const T *dy, T *dx, const P *
 // Channels-last (NHWC): x is [M, C] with M = N·H·W rows. Block (t, s) of grid (⌈C/32⌉, S), 32×8 threads: lane x
 // takes channel 32·t + x, the 8 rows of threads stride over rows [M·s/S, M·(s+1)/S), so each warp reads 32
 // consecutive channels of one row. The 8 partial sums per channel meet in shared memory.
+// Adds the 8 row-threads' (a, b) of each channel in shared memory and writes the channel's total to
+// part[ch·S + s]: the end of both channels-last partial-sum kernels.
+__device__ void column_sum2(double a, double b, double2 *part, uint32_t ch, uint32_t c) {
+  __shared__ double2 acc[8][32];
+  acc[threadIdx.y][threadIdx.x] = make_double2(a, b);
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    for (int k = 1; k < 8; ++k) {
+      a += acc[k][threadIdx.x].x;
+      b += acc[k][threadIdx.x].y;
+    }
+    part[ch * gridDim.y + blockIdx.y] = make_double2(a, b);
+  }
+}
+
 template <typename T>
 __device__ void stats_partial_nhwc(const T *x, double2 *part, uint32_t m, uint32_t c) {
-  __shared__ double2 acc[8][32];
   const uint32_t ch = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, splits = gridDim.y;
   const uint32_t r0 = (uint32_t)((uint64_t)m * s / splits), r1 = (uint32_t)((uint64_t)m * (s + 1) / splits);
   double sum = 0.0, sq = 0.0;
@@ -185,15 +199,7 @@ __device__ void stats_partial_nhwc(const T *x, double2 *part, uint32_t m, uint32
       sq += v * v;
     }
   }
-  acc[threadIdx.y][threadIdx.x] = make_double2(sum, sq);
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    for (int k = 1; k < 8; ++k) {
-      sum += acc[k][threadIdx.x].x;
-      sq += acc[k][threadIdx.x].y;
-    }
-    part[ch * splits + s] = make_double2(sum, sq);
-  }
+  column_sum2(sum, sq, part, ch, c);
 }
 
 template <typename T, typename P>
@@ -209,7 +215,6 @@ __device__ void apply_nhwc(const T *x, T *y, const P *coef, uint32_t c, uint32_t
 template <typename T, typename P>
 __device__ void grad_partial_nhwc(const T *x, const T *y, const T *dy, const P *stats, double2 *part, uint32_t m,
                                   uint32_t c, int relu) {
-  __shared__ double2 acc[8][32];
   const uint32_t ch = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, splits = gridDim.y;
   const uint32_t r0 = (uint32_t)((uint64_t)m * s / splits), r1 = (uint32_t)((uint64_t)m * (s + 1) / splits);
   double sg = 0.0, sgx = 0.0;
@@ -223,15 +228,7 @@ __device__ void grad_partial_nhwc(const T *x, const T *y, const T *dy, const P *
       sgx += g * ((double)Cvt<T>::load(x[at]) - mean);
     }
   }
-  acc[threadIdx.y][threadIdx.x] = make_double2(sg, sgx);
-  __syncthreads();
-  if (threadIdx.y == 0 && ch < c) {
-    for (int k = 1; k < 8; ++k) {
-      sg += acc[k][threadIdx.x].x;
-      sgx += acc[k][threadIdx.x].y;
-    }
-    part[ch * splits + s] = make_double2(sg, sgx);
-  }
+  column_sum2(sg, sgx, part, ch, c);
 }
 
 template <typename T, typename P>

@@ -21,6 +21,12 @@ __device__ __forceinline__ void window(const Geom &g, uint32_t o, uint32_t size,
   hi = end < size ? end : size;
 }
 
+// The outputs [lo, hi) along an axis of `outs` whose windows cover input i: o·stride − pad ≤ i < o·stride − pad + k.
+__device__ __forceinline__ void covering(const Geom &g, uint32_t i, uint32_t outs, uint32_t &lo, uint32_t &hi) {
+  lo = i + g.pad + 1 > g.k ? (i + g.pad + 1 - g.k + g.stride - 1) / g.stride : 0;
+  hi = min((i + g.pad) / g.stride + 1, outs);
+}
+
 // Index within the plane of the first maximum of output (oy, ox)'s window.
 template <typename T>
 __device__ __forceinline__ uint32_t argmax(const T *plane, const Geom &g, uint32_t oy, uint32_t ox) {
@@ -61,11 +67,9 @@ __device__ void pool_bwd(const T *x, const T *dy, T *dx, uint32_t planes, Geom g
     const uint32_t iy = at / g.w, ix = at % g.w;
     const T *plane = x + (size_t)p * per;
     const T *dplane = dy + (size_t)p * g.ho * g.wo;
-    // Outputs whose window covers row iy: o·stride − pad ≤ iy < o·stride − pad + k.
-    const uint32_t ylo = iy + g.pad + 1 > g.k ? (iy + g.pad + 1 - g.k + g.stride - 1) / g.stride : 0;
-    const uint32_t yhi = min((iy + g.pad) / g.stride + 1, g.ho);
-    const uint32_t xlo = ix + g.pad + 1 > g.k ? (ix + g.pad + 1 - g.k + g.stride - 1) / g.stride : 0;
-    const uint32_t xhi = min((ix + g.pad) / g.stride + 1, g.wo);
+    uint32_t ylo, yhi, xlo, xhi;
+    covering(g, iy, g.ho, ylo, yhi);
+    covering(g, ix, g.wo, xlo, xhi);
     typename Acc<T>::type acc = 0;
     for (uint32_t oy = ylo; oy < yhi; ++oy) {
       for (uint32_t ox = xlo; ox < xhi; ++ox) {
@@ -121,10 +125,9 @@ __device__ void pool_bwd_idx_nhwc(const uint32_t *idx, const T *dy, T *dx, uint3
     const uint32_t at = pix % (g.h * g.w), img = pix / (g.h * g.w);
     const uint32_t iy = at / g.w, ix = at % g.w;
     const size_t obase = (size_t)img * g.ho * g.wo * c + ch;
-    const uint32_t ylo = iy + g.pad + 1 > g.k ? (iy + g.pad + 1 - g.k + g.stride - 1) / g.stride : 0;
-    const uint32_t yhi = min((iy + g.pad) / g.stride + 1, g.ho);
-    const uint32_t xlo = ix + g.pad + 1 > g.k ? (ix + g.pad + 1 - g.k + g.stride - 1) / g.stride : 0;
-    const uint32_t xhi = min((ix + g.pad) / g.stride + 1, g.wo);
+    uint32_t ylo, yhi, xlo, xhi;
+    covering(g, iy, g.ho, ylo, yhi);
+    covering(g, ix, g.wo, xlo, xhi);
     typename Acc<T>::type acc = 0;
     for (uint32_t oy = ylo; oy < yhi; ++oy) {
       for (uint32_t ox = xlo; ox < xhi; ++ox) {
