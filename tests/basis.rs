@@ -621,6 +621,134 @@ fn generate_is_deterministic_for_a_seed() {
 }
 
 #[test]
+fn generate_writes_byte_identical_files_for_a_seed() {
+    // The paper's default method; the whole file, metadata included.
+    let dir = tmp();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (_, sa, pa) = generate(&a, 300, 64, "0.3", &["--seed", "5", "--npy"]);
+    let (_, _, pb) = generate(&b, 300, 64, "0.3", &["--seed", "5", "--npy"]);
+    assert!(f(&sa, "steps") > 0.0, "{sa}");
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    let (na, nb) = (pa.with_extension("npy"), pb.with_extension("npy"));
+    assert_eq!(std::fs::read(na).unwrap(), std::fs::read(nb).unwrap());
+}
+
+#[test]
+fn generate_gives_orthonormal_rows_when_classes_fit_the_dimension() {
+    let dir = tmp();
+    // The paper's loop from random vectors cannot reach 0; orthonormal rows are 0.
+    let (c, s, p) = generate(dir.path(), 150, 200, "0", &["--init", "auto"]);
+    assert_eq!(c, 0, "{s}");
+    assert_eq!(
+        (f(&s, "steps"), &s["init"]),
+        (0.0, &Value::from("orthogonal"))
+    );
+    let r = assert_file_meets(&p, 150, 200, 0.0);
+    assert!(r.max < 1e-6, "{}", r.max);
+    // Without --init the plan points there; with N > d orthogonal is refused.
+    let out = run(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "150",
+            "--dim",
+            "200",
+            "--alpha",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            "r.safetensors",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("--init orthogonal (or auto)"),
+        "{}",
+        stderr(&out)
+    );
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "201",
+            "--dim",
+            "200",
+            "--init",
+            "orthogonal",
+            "--alpha",
+            "0.3",
+        ],
+    );
+    assert!(e.contains("N ≤ d"), "{e}");
+}
+
+#[test]
+fn generate_refuses_unusable_shapes_and_outputs_before_running() {
+    let dir = tmp();
+    // N·d beyond the address space: an error, not a crash in the GEMM.
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "3",
+            "--dim",
+            "6148914691236517206",
+            "--alpha",
+            "0.9",
+        ],
+    );
+    assert!(e.contains("address space"), "{e}");
+    // --npy would overwrite an --out that already ends in .npy.
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "20",
+            "--dim",
+            "8",
+            "--alpha",
+            "0.9",
+            "--npy",
+            "--out",
+            "x.npy",
+        ],
+    );
+    assert!(e.contains("--out x.npy"), "{e}");
+    // An output directory that does not exist: refused up front, nothing run.
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--classes",
+            "20",
+            "--dim",
+            "8",
+            "--alpha",
+            "0.9",
+            "--out",
+            "no/such/x.safetensors",
+        ],
+    );
+    assert!(
+        e.contains("cannot write in no/such") && !e.contains("Welch"),
+        "{e}"
+    );
+    // An I/O error names its cause once.
+    let e = refused(dir.path(), &["check", "missing.npy"]);
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "left files behind"
+    );
+}
+
+#[test]
 fn outputs_round_trip_safetensors_and_npy() {
     let dir = tmp();
     let (c, s, p) = generate(
@@ -1042,6 +1170,20 @@ fn numpy_pickle_p2(n: usize, d: usize, data: &[u8], fortran: bool) -> Vec<u8> {
 
 /// A protocol-4 numpy pickle (numpy 2.x module name, STACK_GLOBAL, BINBYTES).
 fn numpy_pickle_p4(n: usize, d: usize, data: &[u8]) -> Vec<u8> {
+    let mut shape = binint(n as i32);
+    shape.extend(binint(d as i32));
+    numpy_pickle_p4_shape(&shape, data)
+}
+
+/// LONG1 of a non-negative i64 (how pickle writes ints beyond 32 bits).
+fn long1(v: i64) -> Vec<u8> {
+    let mut p = vec![0x8a, 8];
+    p.extend(v.to_le_bytes());
+    p
+}
+
+/// [`numpy_pickle_p4`] with the two shape entries given as pickle opcodes.
+fn numpy_pickle_p4_shape(shape: &[u8], data: &[u8]) -> Vec<u8> {
     let sg = |m: &str, name: &str| {
         let mut v = vec![0x8c, m.len() as u8];
         v.extend(m.as_bytes());
@@ -1054,8 +1196,7 @@ fn numpy_pickle_p4(n: usize, d: usize, data: &[u8]) -> Vec<u8> {
     p.extend(sg("numpy._core.multiarray", "_reconstruct"));
     p.extend(sg("numpy", "ndarray"));
     p.extend(b"K\x00\x85C\x01b\x87R(K\x01");
-    p.extend(binint(n as i32));
-    p.extend(binint(d as i32));
+    p.extend(shape);
     p.extend(b"\x86");
     p.extend(dtype_f4(&sg("numpy", "dtype")));
     p.push(0x89);
@@ -1123,6 +1264,38 @@ fn import_refuses_unlisted_globals_without_running_them() {
     )
     .unwrap();
     refused(dir.path(), &["import", "cut.pkl", "--out", "y.safetensors"]);
+}
+
+#[test]
+fn import_refuses_hostile_pickles_with_a_clear_error() {
+    let dir = tmp();
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    // A shape whose byte count wraps in 64 bits (2^62 × 4 × 4 = 2^66), no data.
+    let mut shape = long1(1 << 62);
+    shape.extend(binint(4));
+    cases.push((
+        "wrap.pkl",
+        numpy_pickle_p4_shape(&shape, &[]),
+        "needs 73786976294838206464 bytes",
+    ));
+    // Two million nested 1-tuples.
+    let mut deep = b"\x80\x02K\x01".to_vec();
+    deep.extend(std::iter::repeat_n(0x85u8, 2_000_000));
+    deep.push(b'.');
+    cases.push(("deep.pkl", deep, "nested more than"));
+    // A "billion laughs" through the memo, ~330 bytes.
+    let mut laughs = b"\x80\x02(K\x01lq\x00".to_vec();
+    for i in 1..=40u8 {
+        laughs.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+    }
+    laughs.push(b'.');
+    cases.push(("laughs.pkl", laughs, "values built from"));
+    for (name, bytes, want) in cases {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        let e = refused(dir.path(), &["import", name, "--out", "x.safetensors"]);
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+        assert!(!dir.path().join("x.safetensors").exists());
+    }
 }
 
 #[test]

@@ -32,6 +32,14 @@ pub trait RowSource: Sync {
     fn d(&self) -> usize;
     /// Rows `start..end` into `out`, row-major.
     fn read_rows(&self, start: usize, end: usize, out: &mut [f32]);
+    /// The same rows in f64; sources that hold f64 override this so that an
+    /// f64 check of an f64 file sees every bit.
+    fn read_rows_f64(&self, start: usize, end: usize, out: &mut [f64]) {
+        let d = self.d();
+        let mut tmp = vec![0.0f32; (end - start) * d];
+        self.read_rows(start, end, &mut tmp);
+        out.iter_mut().zip(&tmp).for_each(|(o, &x)| *o = x as f64);
+    }
 }
 
 impl RowSource for MatrixFile {
@@ -43,6 +51,9 @@ impl RowSource for MatrixFile {
     }
     fn read_rows(&self, start: usize, end: usize, out: &mut [f32]) {
         MatrixFile::read_rows(self, start, end, out)
+    }
+    fn read_rows_f64(&self, start: usize, end: usize, out: &mut [f64]) {
+        MatrixFile::read_rows_f64(self, start, end, out)
     }
 }
 
@@ -176,10 +187,15 @@ impl Acc {
 trait Elt: Scalar + Default {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// Rows `s..e` of `src` into `out` in this type.
+    fn read(src: &dyn RowSource, s: usize, e: usize, out: &mut [Self]);
 }
 impl Elt for f32 {
     fn from_f64(x: f64) -> Self {
         x as f32
+    }
+    fn read(src: &dyn RowSource, s: usize, e: usize, out: &mut [Self]) {
+        src.read_rows(s, e, out)
     }
     fn to_f64(self) -> f64 {
         self as f64
@@ -188,6 +204,9 @@ impl Elt for f32 {
 impl Elt for f64 {
     fn from_f64(x: f64) -> Self {
         x
+    }
+    fn read(src: &dyn RowSource, s: usize, e: usize, out: &mut [Self]) {
+        src.read_rows_f64(s, e, out)
     }
     fn to_f64(self) -> f64 {
         self
@@ -261,16 +280,16 @@ pub fn check(
 
 fn row_norms(src: &dyn RowSource, mem: u64) -> Vec<f64> {
     let (n, d) = (src.n(), src.d());
-    let rows = ((mem / 4 / d as u64).max(1) as usize).min(n);
-    let mut buf = vec![0.0f32; rows * d];
+    let rows = ((mem / 8 / d as u64).max(1) as usize).min(n);
+    let mut buf = vec![0.0f64; rows * d];
     let mut norms = Vec::with_capacity(n);
     let mut s = 0;
     while s < n {
         let e = (s + rows).min(n);
-        src.read_rows(s, e, &mut buf);
+        src.read_rows_f64(s, e, &mut buf[..(e - s) * d]);
         let part: Vec<f64> = buf[..(e - s) * d]
             .par_chunks(d)
-            .map(|r| r.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt())
+            .map(|r| r.iter().map(|&x| x * x).sum::<f64>().sqrt())
             .collect();
         norms.extend(part);
         s = e;
@@ -278,26 +297,17 @@ fn row_norms(src: &dyn RowSource, mem: u64) -> Vec<f64> {
     norms
 }
 
-fn load_unit<T: Elt>(
-    src: &dyn RowSource,
-    norms: &[f64],
-    s: usize,
-    e: usize,
-    tmp: &mut [f32],
-    out: &mut [T],
-) {
+/// Rows `s..e` of `src`, scaled to unit length, into `out` (read in place:
+/// no staging buffer beyond the two blocks `block_rows` budgets for).
+fn load_unit<T: Elt>(src: &dyn RowSource, norms: &[f64], s: usize, e: usize, out: &mut [T]) {
     let d = src.d();
-    src.read_rows(s, e, tmp);
-    out[..(e - s) * d]
-        .par_chunks_mut(d)
-        .zip(tmp[..(e - s) * d].par_chunks(d))
-        .enumerate()
-        .for_each(|(r, (o, t))| {
-            let inv = 1.0 / norms[s + r];
-            o.iter_mut()
-                .zip(t)
-                .for_each(|(x, &y)| *x = T::from_f64(y as f64 * inv));
-        });
+    let out = &mut out[..(e - s) * d];
+    T::read(src, s, e, out);
+    out.par_chunks_mut(d).enumerate().for_each(|(r, o)| {
+        let inv = 1.0 / norms[s + r];
+        o.iter_mut()
+            .for_each(|x| *x = T::from_f64(x.to_f64() * inv));
+    });
 }
 
 fn pairs_stats<T: Elt>(
@@ -310,7 +320,6 @@ fn pairs_stats<T: Elt>(
     let r = block_rows(n, d, std::mem::size_of::<T>(), mem);
     let nb = n.div_ceil(r);
     let total = (nb * (nb + 1) / 2) as u64;
-    let mut tmp = vec![0.0f32; r * d];
     let mut a = vec![T::default(); r * d];
     let mut b = vec![T::default(); r * d];
     let mut c = vec![T::default(); r * r];
@@ -318,13 +327,13 @@ fn pairs_stats<T: Elt>(
     let mut done = 0u64;
     for bi in 0..nb {
         let (s, e) = (bi * r, ((bi + 1) * r).min(n));
-        load_unit(src, norms, s, e, &mut tmp, &mut a);
+        load_unit(src, norms, s, e, &mut a);
         for bj in bi..nb {
             let (t, f) = (bj * r, ((bj + 1) * r).min(n));
             let rhs: &[T] = if bj == bi {
                 &a
             } else {
-                load_unit(src, norms, t, f, &mut tmp, &mut b);
+                load_unit(src, norms, t, f, &mut b);
                 &b
             };
             let (rows, w) = (e - s, f - t);

@@ -264,8 +264,34 @@ fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// Refuses an output that cannot be written before any work is done (a
+/// long run must not fail at its first checkpoint), and an `--out` the
+/// `--npy` copy would overwrite.
+fn check_out(out: &Path, npy: bool) -> anyhow::Result<()> {
+    if npy && out.with_extension("npy") == out {
+        anyhow::bail!(
+            "--out {}: --npy writes NAME.npy beside the safetensors file, which would be this \
+             same path; give --out a .safetensors name",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        anyhow::bail!("--out {}: is a directory; give a file name", out.display());
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".ebv-basis-probe-")
+        .tempfile_in(dir)
+        .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    Ok(())
+}
+
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let backend = backend(&a.device)?;
+    check_out(&a.out, a.npy)?;
     if !(a.checkpoint_every.is_finite() && a.checkpoint_every >= 0.0) {
         anyhow::bail!("--checkpoint-every: must be a non-negative number of seconds");
     }
@@ -367,7 +393,12 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             );
         }
         let ratio = p.start.as_ref().map(|c| c.coherence / p.welch);
-        if ratio.is_none_or(|x| x > 1.1) {
+        if p.start.is_none() && p.n <= p.d && a.start.is_none() {
+            eprintln!(
+                "  hint: N ≤ d, so orthonormal rows exist: --init orthogonal (or auto) gives \
+                 max |cos| 0 at step 0"
+            );
+        } else if ratio.is_none_or(|x| x > 1.1) {
             for s in nearby_starts(p.n, p.d).iter().take(2) {
                 eprintln!(
                     "  hint: --dim {} --init {} gives max |cos| {:.6} ({:.3} × Welch there; {})",
@@ -668,6 +699,7 @@ fn print_report(file: &Path, format: &str, r: &CheckReport) {
 }
 
 fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
+    check_out(&a.out, a.npy)?;
     let imp = import_pickle(&a.file)?;
     let report = check(
         &imp.basis,

@@ -11,8 +11,9 @@ pub enum BasisError {
     #[error(
         "--alpha {alpha} is below the Welch bound {welch:.6} for N={n}, d={d}: no {n} unit \
          vectors in R^{d} have a max |cos| that small, so the paper's loop would run to its \
-         step limit (or collapse); use --alpha >= {welch:.6} (the paper's own matrices sit at \
-         1.1-1.4x Welch), or --alpha auto"
+         step limit (or collapse); use --alpha >= {up:.6} (the paper's own matrices sit at \
+         1.1-1.4x Welch), or --alpha auto",
+        up = round_up_6(.welch)
     )]
     BelowWelch {
         alpha: f64,
@@ -37,11 +38,10 @@ pub enum BasisError {
     Device { device: String, reason: String },
 
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A file that is not a readable basis matrix.
@@ -66,11 +66,23 @@ pub enum BasisError {
     },
 }
 
+/// The smallest 6-decimal number at or above `x`, so that the value the
+/// message suggests is itself accepted.
+fn round_up_6(x: &f64) -> f64 {
+    let up = (x * 1e6).ceil() / 1e6;
+    // The division can land a hair below x; step once more in that case.
+    if up < *x {
+        up + 1e-6
+    } else {
+        up
+    }
+}
+
 impl BasisError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         BasisError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

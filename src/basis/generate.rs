@@ -34,9 +34,10 @@
 //! `Init::Kerdock` and `Init::Steiner` replace the random start by a
 //! construction whose coherence is known in closed form (real mutually
 //! unbiased bases at 1/√D, `kerdock`; Steiner equiangular tight frames and
-//! the frames of nets at 1/r, `steiner`); `Init::Auto` takes whichever of
-//! them is lowest for (N, d) when it meets α at once or beats what the
-//! optimisers reach from random vectors at that N/d. The start is evaluated
+//! the frames of nets at 1/r, `steiner`; for N ≤ d, orthonormal rows at 0,
+//! `Init::Orthogonal`); `Init::Auto` takes whichever of them is lowest for
+//! (N, d) when it meets α at once or beats what the optimisers reach from
+//! random vectors at that N/d, and orthonormal rows whenever N ≤ d. The start is evaluated
 //! as built (step 0), then jittered (`jitter`) so that the optimiser can
 //! leave its columns; any method then runs from there as from any start,
 //! and `--alpha auto` starts its continuation from the construction's
@@ -73,6 +74,7 @@ use super::error::BasisError;
 use super::gram::{slice_rows, Engine, GradPath, Loss};
 use super::kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 use super::matrix::{add_gaussian, normalize_rows, Basis};
+use super::orthogonal::orthonormal_basis;
 use super::steiner::{
     frame_designs, steiner_basis, steiner_fit, steiner_partial_plan, steiner_plan, Design,
     TOP_UP_MARGIN,
@@ -142,9 +144,11 @@ pub enum Init {
     /// R^775); a frame of ≥ 75 % of N is topped up with random rows when
     /// steps will run.
     Steiner,
+    /// Orthonormal rows (N ≤ d only): max |cos| 0, a seeded random rotation.
+    Orthogonal,
     /// The construction with the lowest max |cos| for (N, d) when it meets α
     /// at once or beats what the optimisers reach from random vectors at that
-    /// N/d; random otherwise.
+    /// N/d (orthonormal rows whenever N ≤ d); random otherwise.
     Auto,
     /// A given matrix ([`GenerateConfig::start`]): an earlier run's output to
     /// continue, or an imported matrix to refine. Not a `--init` value.
@@ -159,6 +163,7 @@ impl Init {
             Init::Random => "random",
             Init::Kerdock => "kerdock",
             Init::Steiner => "steiner",
+            Init::Orthogonal => "orthogonal",
             Init::Auto => "auto",
             Init::File => "file",
         }
@@ -168,7 +173,7 @@ impl Init {
 /// A structured start: a construction whose max |cos| is known in closed form.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Construction {
-    /// `Kerdock` or `Steiner` (never `Random` or `Auto`).
+    /// `Kerdock`, `Steiner` or `Orthogonal` (never `Random` or `Auto`).
     pub init: Init,
     /// Coordinates it uses (≤ d; the rest of the columns stay zero).
     pub dim: usize,
@@ -194,6 +199,17 @@ impl Construction {
             self.capacity,
             self.description
         )
+    }
+
+    fn orthogonal(d: usize) -> Self {
+        Construction {
+            init: Init::Orthogonal,
+            dim: d,
+            capacity: d,
+            coherence: 0.0,
+            description: format!("orthonormal rows in R^{d} (a seeded random rotation)"),
+            topped_up: 0,
+        }
     }
 
     fn kerdock(k: KerdockPlan) -> Self {
@@ -258,9 +274,19 @@ pub fn construction(
         Init::Random | Init::File => None,
         Init::Kerdock => Some(Construction::kerdock(kerdock_fit(n, d)?)),
         Init::Steiner => Some(Construction::steiner(steiner_fit(n, d, optimise)?, n)),
+        Init::Orthogonal if n > d => {
+            return Err(BasisError::arg(
+                "--init",
+                format!(
+                    "orthogonal needs N ≤ d, but N = {n} > d = {d}; use --init auto for the best \
+                     construction at this shape"
+                ),
+            ))
+        }
+        Init::Orthogonal => Some(Construction::orthogonal(d)),
         Init::Auto => {
             if n <= d {
-                return Ok(None);
+                return Ok(Some(Construction::orthogonal(d)));
             }
             let kerdock = kerdock_plan(d)
                 .filter(|k| k.capacity >= n)
@@ -538,10 +564,21 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
     if d < 2 {
         return Err(BasisError::arg("--dim", "need a dimension of at least 2"));
     }
+    // N·d elements must be addressable before any size below is computed:
+    // the GEMM's bounds checks and the allocations all derive from it.
+    let nd_elems = n
+        .checked_mul(d)
+        .filter(|&e| e.checked_mul(4 * 5).is_some())
+        .ok_or_else(|| {
+            BasisError::arg(
+                "--dim",
+                format!("an N × d = {n} × {d} matrix does not fit in this machine's address space"),
+            )
+        })?;
     let welch = welch_bound(n, d);
     if let AlphaSpec::Value(a) = cfg.alpha {
-        if !(a.is_finite() && (0.0..1.0).contains(&a)) {
-            return Err(BasisError::arg("--alpha", format!("{a} is not in [0, 1)")));
+        if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+            return Err(BasisError::arg("--alpha", format!("{a} is not in [0, 1]")));
         }
         if a < welch {
             return Err(BasisError::BelowWelch {
@@ -582,12 +619,33 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         (None, Backend::Native) => slice_rows(n, cfg.mem_bytes),
         (None, Backend::Candle(_)) => device_slice_rows(n, cfg.mem_bytes),
     };
-    let nd = (n * d) as u64 * 4;
+    let nd = nd_elems as u64 * 4;
     let copies = match cfg.method {
         Method::Sgd => 3,      // B, G, best
         Method::Adaptive => 4, // + velocity
         Method::Pnorm => 5,    // + both Adam moments
     };
+    let mem_estimate = copies * nd
+        + match cfg.backend {
+            Backend::Native => (slice as u64).saturating_mul(n as u64 * 4),
+            // B and G staged on the host; the slice temporaries live on the device.
+            Backend::Candle(_) => 2 * nd,
+        };
+    if let Some(avail) = available_memory() {
+        // Refuse what cannot be allocated rather than abort on it: the
+        // slice is already within --mem, so only the N × d copies can overflow.
+        if mem_estimate > avail {
+            return Err(BasisError::arg(
+                "--classes/--dim",
+                format!(
+                    "an N × d = {n} × {d} run needs about {:.1} GiB of host memory ({copies} \
+                     copies of the matrix + the Gram slice), but only {:.1} GiB is available",
+                    mem_estimate as f64 / (1u64 << 30) as f64,
+                    avail as f64 / (1u64 << 30) as f64
+                ),
+            ));
+        }
+    }
     Ok(Plan {
         n,
         d,
@@ -601,14 +659,61 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         start,
         slice,
         lr,
-        mem_estimate: copies * nd
-            + match cfg.backend {
-                Backend::Native => (slice * n) as u64 * 4,
-                // B and G staged on the host; the slice temporaries live on the device.
-                Backend::Candle(_) => 2 * nd,
-            },
+        mem_estimate,
         device: cfg.backend.name(),
     })
+}
+
+/// Memory this process could still get (Linux `MemAvailable` + free swap);
+/// `None` where that is not known, and then nothing is refused up front.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
+/// The divergence rule of `Method::Sgd` (see the module header): max |cos|
+/// 25 % above the best for `patience` steps in a row, or a jump past
+/// 2 × best + 0.05 (a collapse in progress does not wait for the patience).
+#[derive(Debug)]
+struct Guard {
+    patience: u64,
+    above_best: u64,
+}
+
+impl Guard {
+    fn new(patience: u64) -> Self {
+        Guard {
+            patience: patience.max(1),
+            above_best: 0,
+        }
+    }
+
+    /// Feeds one step's max |cos| and the best so far; true when the run
+    /// should go back to the best matrix (the count then starts over).
+    fn diverged(&mut self, mx: f32, best: f32) -> bool {
+        if mx > best * (1.0 + GUARD_SLACK) + 1e-4 {
+            self.above_best += 1;
+        } else {
+            self.above_best = 0;
+        }
+        let collapsing = mx > 2.0 * best + 0.05;
+        if self.above_best >= self.patience || collapsing {
+            self.above_best = 0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Runs the generator. `on_step` sees every evaluated step.
@@ -660,6 +765,7 @@ pub fn generate_with_checkpoints(
         (Some(m), _) => m.clone(),
         (None, Init::Kerdock) => kerdock_basis(n, d, cfg.seed)?,
         (None, Init::Steiner) => steiner_basis(n, d, cfg.seed, cfg.max_steps > 0)?,
+        (None, Init::Orthogonal) => orthonormal_basis(n, d, cfg.seed)?,
         (None, _) => Basis::random(n, d, cfg.seed),
     };
     let mut eng = match &cfg.backend {
@@ -695,7 +801,7 @@ pub fn generate_with_checkpoints(
     let (mut best_max, mut best_mean, mut best_step) = (f32::INFINITY, 0.0f64, 0u64);
     let mut lr = plan.lr;
     let mut prev_loss: Option<f64> = None;
-    let mut above_best = 0u64;
+    let mut guard = Guard::new(cfg.patience);
     let mut recoveries = 0u32;
     let mut last_gain = 0u64;
     let mut step = 0u64;
@@ -803,23 +909,12 @@ pub fn generate_with_checkpoints(
             continue;
         }
 
-        if cfg.guard && cfg.method == Method::Sgd {
-            if mx > best_max * (1.0 + GUARD_SLACK) + 1e-4 {
-                above_best += 1;
-            } else {
-                above_best = 0;
-            }
-            // A collapse in progress (the paper's max |cos| → 0.6–0.9997)
-            // does not wait for the patience to run out.
-            let collapsing = mx > 2.0 * best_max + 0.05;
-            if above_best >= cfg.patience.max(1) || collapsing {
-                b.data.copy_from_slice(&best);
-                lr *= 0.5;
-                recoveries += 1;
-                above_best = 0;
-                step += 1;
-                continue;
-            }
+        if cfg.guard && cfg.method == Method::Sgd && guard.diverged(mx, best_max) {
+            b.data.copy_from_slice(&best);
+            lr *= 0.5;
+            recoveries += 1;
+            step += 1;
+            continue;
         }
 
         let g = eng.grad_mut();
@@ -981,12 +1076,62 @@ mod tests {
     }
 
     #[test]
+    fn guard_fires_on_patience_and_on_a_jump() {
+        let best = 0.1f32;
+        // 0.13 is 30 % above the best (past the 25 % slack), far below a jump.
+        let mut g = Guard::new(3);
+        assert_eq!(
+            [0.13, 0.13, 0.13].map(|mx| g.diverged(mx, best)),
+            [false, false, true]
+        );
+        // The count starts over after firing, and after any step near the best.
+        assert!(!g.diverged(0.13, best) && !g.diverged(0.13, best));
+        assert!(!g.diverged(0.12, best)); // within the slack: resets
+        assert!(!g.diverged(0.13, best) && !g.diverged(0.13, best));
+        assert!(g.diverged(0.13, best));
+        // A jump past 2 × best + 0.05 fires at once, whatever the patience.
+        let mut g = Guard::new(1_000_000);
+        assert!(!g.diverged(0.249, best));
+        assert!(g.diverged(0.251, best));
+        // Patience 0 behaves as 1 (never "wait zero steps and fire forever").
+        let mut g = Guard::new(0);
+        assert!(!g.diverged(0.1, best) && g.diverged(0.13, best));
+    }
+
+    #[test]
     fn refuses_alpha_below_welch() {
         // The paper's issue #4 case: N=1041, d=384, α=0.002 (Welch 0.0406).
         let err = plan(&cfg(1041, 384, 0.002)).unwrap_err();
         assert!(matches!(err, BasisError::BelowWelch { .. }), "{err}");
         assert!(err.to_string().contains("Welch bound 0.040560"), "{err}");
         assert!(plan(&cfg(1041, 384, 0.051)).is_ok());
+        // The value the message suggests (rounded up, not to nearest) is accepted.
+        let msg = err.to_string();
+        let suggested: f64 = msg
+            .split("use --alpha >= ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no suggestion in: {msg}"));
+        assert_eq!(suggested, 0.040561);
+        assert!(plan(&cfg(1041, 384, suggested)).is_ok());
+    }
+
+    #[test]
+    fn refuses_shapes_that_overflow_or_cannot_be_allocated() {
+        // N·d wraps usize: an error before any size is computed from it.
+        let err = plan(&cfg(3, 6_148_914_691_236_517_206, 0.9)).unwrap_err();
+        assert!(err.to_string().contains("address space"), "{err}");
+        let err = plan(&cfg(4_294_967_295, 8_589_934_594, 0.9)).unwrap_err();
+        assert!(err.to_string().contains("address space"), "{err}");
+        // Addressable but far beyond any host's memory (6 TB for sgd's three copies).
+        if available_memory().is_some() {
+            let err = plan(&cfg(100_000_000, 5000, 0.9)).unwrap_err();
+            assert!(err.to_string().contains("GiB is available"), "{err}");
+        }
+        // α = 1 is trivially met, not refused.
+        assert!(plan(&cfg(10, 4, 1.0)).is_ok());
+        assert!(plan(&cfg(10, 4, 1.01)).is_err());
     }
 
     #[test]
@@ -1062,8 +1207,16 @@ mod tests {
         // topped up with 24 random rows, when an optimiser will place them.
         assert_eq!(pick_with(1000, 200, auto, true), Some((Init::Steiner, 24)));
         assert_eq!(pick_with(1000, 200, auto, false), None);
-        // N ≤ d: an orthonormal-like matrix is reachable, no construction.
-        assert_eq!(pick(300, 400, auto), None);
+        // N ≤ d: orthonormal rows, whatever α asks.
+        assert_eq!(pick(300, 400, auto), Some(Init::Orthogonal));
+        assert_eq!(
+            pick(400, 400, AlphaSpec::Value(0.5)),
+            Some(Init::Orthogonal)
+        );
+        assert_eq!(
+            pick(401, 400, auto).filter(|i| *i == Init::Orthogonal),
+            None
+        );
     }
 
     #[test]

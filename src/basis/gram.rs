@@ -471,6 +471,23 @@ fn matmul_acc_nn(
     out: &mut [f32],
     ldo: usize,
 ) {
+    matmul_scaled_acc_nn(m, n, k, 1.0, a, lda, b, ldb, out, ldo)
+}
+
+/// out(m×n) += scale · A(m×k, stride lda) · B(k×n, stride ldb).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_scaled_acc_nn<T: Scalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    scale: T,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    out: &mut [T],
+    ldo: usize,
+) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -494,8 +511,8 @@ fn matmul_acc_nn(
             b.as_ptr(),
             1,
             ldb as isize,
-            1.0,
-            1.0,
+            T::ONE,
+            scale,
             false,
             false,
             false,

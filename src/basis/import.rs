@@ -143,34 +143,69 @@ fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         .ok_or_else(|| perr(path, "storage offset is not an integer"))?;
     let [n, d] = dims2(size, "tensor size", path)?;
     let [s0, s1] = dims2(stride, "tensor stride", path)?;
-    if n < 0 || d < 0 || s0 < 0 || s1 < 0 || offset < 0 {
-        return Err(perr(path, "negative size, stride or offset"));
-    }
+    let data = gather_strided(&values, offset, [n, d], [s0, s1]).map_err(|r| perr(path, r))?;
     let (n, d) = (n as usize, d as usize);
-    let last = if n == 0 || d == 0 {
-        0
-    } else {
-        offset as usize + (n - 1) * s0 as usize + (d - 1) * s1 as usize + 1
-    };
-    if last > values.len() {
-        return Err(perr(
-            path,
-            format!(
-                "tensor {n}×{d} reaches element {last} of a storage of {}",
-                values.len()
-            ),
-        ));
-    }
-    let mut data = Vec::with_capacity(n * d);
-    for i in 0..n {
-        for k in 0..d {
-            data.push(values[offset as usize + i * s0 as usize + k * s1 as usize]);
-        }
-    }
     Ok(Imported {
         basis: Basis { n, d, data },
         form: PickleForm::Torch { location },
     })
+}
+
+/// The n×d elements `values[offset + i·s0 + k·s1]`, row-major, after
+/// checking every size, stride and offset against the storage with exact
+/// (u128) arithmetic, so a hostile header is an error, never a wrapped index
+/// or an allocation larger than the storage.
+fn gather_strided(
+    values: &[f32],
+    offset: i64,
+    [n, d]: [i64; 2],
+    [s0, s1]: [i64; 2],
+) -> Result<Vec<f32>, String> {
+    if n < 0 || d < 0 || s0 < 0 || s1 < 0 || offset < 0 {
+        return Err("negative size, stride or offset".into());
+    }
+    if (s0 == 0 && n > 1) || (s1 == 0 && d > 1) {
+        // Rows or columns that alias one another: not a matrix of distinct vectors.
+        return Err(format!(
+            "tensor {n}×{d} has a zero stride ({s0}, {s1}): its rows or columns alias"
+        ));
+    }
+    // Each factor is < 2^63 and the sum < 2^128: nothing below wraps.
+    let (nu, du) = (n as u128, d as u128);
+    if nu * du > values.len() as u128 {
+        // More elements than the storage holds: strides that overlap.
+        return Err(format!(
+            "tensor {n}×{d} has more elements than its storage of {}",
+            values.len()
+        ));
+    }
+    let last = if n == 0 || d == 0 {
+        0
+    } else {
+        offset as u128 + (nu - 1) * s0 as u128 + (du - 1) * s1 as u128 + 1
+    };
+    if last > values.len() as u128 {
+        return Err(format!(
+            "tensor {n}×{d} with stride ({s0}, {s1}) and offset {offset} reaches element {last} \
+             of a storage of {}",
+            values.len()
+        ));
+    }
+    // Every element lies inside the storage, so these fit in usize.
+    let (n, d, s0, s1, offset) = (
+        n as usize,
+        d as usize,
+        s0 as usize,
+        s1 as usize,
+        offset as usize,
+    );
+    let mut data = Vec::with_capacity(n * d);
+    for i in 0..n {
+        for k in 0..d {
+            data.push(values[offset + i * s0 + k * s1]);
+        }
+    }
+    Ok(data)
 }
 
 /// Decodes the legacy `torch.save` bytes of one storage: (values, location).
@@ -346,12 +381,12 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         }
         _ => return Err(perr(path, "array data is not bytes")),
     };
-    if bytes.len() != n * d * size {
+    let need = (n as u128) * (d as u128) * size as u128;
+    if bytes.len() as u128 != need {
         return Err(perr(
             path,
             format!(
-                "array {n}×{d} of {code} needs {} bytes, found {}",
-                n * d * size,
+                "array {n}×{d} of {code} needs {need} bytes, found {}",
                 bytes.len()
             ),
         ));
@@ -388,4 +423,35 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
             dtype: format!("{order}{code}"),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathers_strided_views_and_refuses_hostile_headers() {
+        let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        // Row-major 3×4, its transpose as a view (4×3, stride (1, 4)), and an offset 2×2.
+        assert_eq!(gather_strided(&v, 0, [3, 4], [4, 1]).unwrap(), v);
+        let t = gather_strided(&v, 0, [4, 3], [1, 4]).unwrap();
+        assert_eq!(&t[..4], &[0.0, 4.0, 8.0, 1.0]);
+        assert_eq!(
+            gather_strided(&v, 5, [2, 2], [4, 1]).unwrap(),
+            [5.0, 6.0, 9.0, 10.0]
+        );
+        assert!(gather_strided(&v, 0, [0, 7], [7, 1]).unwrap().is_empty());
+        let err = |off, size, stride| gather_strided(&v, off, size, stride).unwrap_err();
+        // Sizes whose product wraps in 64 bits; one that wraps to 0.
+        assert!(err(0, [1 << 31, 1 << 31], [0, 0]).contains("zero stride"));
+        assert!(err(0, [1 << 31, 1 << 31], [1 << 31, 1]).contains("more elements"));
+        assert!(err(0, [1 << 40, 1 << 24], [1 << 24, 1]).contains("more elements"));
+        // A stride whose reach would wrap, and a plain overrun by one.
+        let e = err(0, [2, 2], [1 << 62, 1]);
+        assert!(e.contains("reaches element 4611686018427387906"), "{e}");
+        assert!(err(1, [3, 4], [4, 1]).contains("reaches element 13"));
+        assert!(err(0, [3, 4], [4, 0]).contains("zero stride"));
+        assert!(err(-1, [1, 1], [1, 1]).contains("negative"));
+        assert!(err(i64::MAX, [1, 1], [1, 1]).contains("reaches element"));
+    }
 }

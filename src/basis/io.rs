@@ -1,22 +1,24 @@
 //! Reading and writing basis matrices: safetensors (one F32 tensor `ebv`,
 //! shape [N, d], string metadata) and NumPy `.npy` (v1.0 header, `<f4`,
-//! C order).
+//! C order). Reading also takes F16/BF16/F64 safetensors and `.npy` files
+//! of f2/f4/f8 in either byte order and either memory order, as numpy and
+//! PyTorch write them; f64 files can be read without rounding to f32.
 //!
 //! Invariants: writes are atomic (a temp file in the destination's directory,
 //! synced, then renamed over it), so a reader never sees half a matrix.
 //! Reads memory-map the file and convert rows on demand
 //! ([`MatrixFile::read_rows`]), so `check` on a 100,000 × 5000 matrix holds
-//! only the blocks it is working on; values are little-endian on disk
-//! whatever the host.
+//! only the blocks it is working on. Written files are byte-identical for the
+//! same matrix and metadata (the header's keys are sorted).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use super::error::BasisError;
 use super::matrix::Basis;
@@ -27,6 +29,8 @@ pub const TENSOR_NAME: &str = "ebv";
 /// Element type on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
+    F16,
+    BF16,
     F32,
     F64,
 }
@@ -34,9 +38,40 @@ pub enum Elem {
 impl Elem {
     fn size(self) -> usize {
         match self {
+            Elem::F16 | Elem::BF16 => 2,
             Elem::F32 => 4,
             Elem::F64 => 8,
         }
+    }
+
+    /// The value of one element's bytes (`big`: big-endian on disk), exactly.
+    fn decode(self, b: &[u8], big: bool) -> f64 {
+        let mut a = [0u8; 8];
+        let k = self.size();
+        a[..k].copy_from_slice(&b[..k]);
+        if big {
+            a[..k].reverse();
+        }
+        match self {
+            Elem::F16 => f16_to_f64(u16::from_le_bytes([a[0], a[1]])),
+            // bfloat16 is the top half of an f32.
+            Elem::BF16 => f32::from_bits((u16::from_le_bytes([a[0], a[1]]) as u32) << 16) as f64,
+            Elem::F32 => f32::from_le_bytes([a[0], a[1], a[2], a[3]]) as f64,
+            Elem::F64 => f64::from_le_bytes(a),
+        }
+    }
+}
+
+/// IEEE binary16 to f64 (exact: every f16 is an f64).
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    sign * match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
     }
 }
 
@@ -49,6 +84,8 @@ pub struct MatrixFile {
     /// Columns.
     pub d: usize,
     elem: Elem,
+    /// Big-endian elements (a `>` .npy descr).
+    big: bool,
     offset: usize,
     fortran: bool,
     /// `"safetensors"` or `"npy"`.
@@ -66,6 +103,13 @@ impl MatrixFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| BasisError::io(path, e))?;
         if map.starts_with(b"\x93NUMPY") {
             open_npy(path, map)
+        } else if map.first() == Some(&0x80) || map.starts_with(b"PK\x03\x04") {
+            // Pickles start with PROTO (0x80); torch.save's zip format with PK.
+            Err(BasisError::format(
+                path,
+                "a pickle or torch.save file, not a safetensors or .npy matrix: convert the \
+                 paper's .pkl files with `ebv-basis import FILE.pkl --out FILE.safetensors`",
+            ))
         } else {
             open_safetensors(path, map)
         }
@@ -78,22 +122,24 @@ impl MatrixFile {
 
     /// Copies rows `start..end` into `out` (row-major, `(end−start)·d` values) as f32.
     pub fn read_rows(&self, start: usize, end: usize, out: &mut [f32]) {
+        self.read_rows_with(start, end, out, |x| x as f32)
+    }
+
+    /// [`Self::read_rows`] in f64: f64 files exactly, the others widened.
+    pub fn read_rows_f64(&self, start: usize, end: usize, out: &mut [f64]) {
+        self.read_rows_with(start, end, out, |x| x)
+    }
+
+    /// True when the elements on disk are f64 (so f64 reads keep every bit).
+    pub fn is_f64(&self) -> bool {
+        self.elem == Elem::F64
+    }
+
+    fn read_rows_with<T>(&self, start: usize, end: usize, out: &mut [T], conv: impl Fn(f64) -> T) {
         assert!(start <= end && end <= self.n && out.len() >= (end - start) * self.d);
         let (d, sz) = (self.d, self.elem.size());
         let bytes = &self.map[self.offset..];
-        let get = |idx: usize| -> f32 {
-            let p = idx * sz;
-            match self.elem {
-                Elem::F32 => {
-                    f32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]])
-                }
-                Elem::F64 => {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&bytes[p..p + 8]);
-                    f64::from_le_bytes(a) as f32
-                }
-            }
-        };
+        let get = |idx: usize| conv(self.elem.decode(&bytes[idx * sz..], self.big));
         for (r, i) in (start..end).enumerate() {
             let row = &mut out[r * d..(r + 1) * d];
             for (k, x) in row.iter_mut().enumerate() {
@@ -139,11 +185,13 @@ fn open_safetensors(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
     };
     let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
     let elem = match view.dtype() {
+        Dtype::F16 => Elem::F16,
+        Dtype::BF16 => Elem::BF16,
         Dtype::F32 => Elem::F32,
         Dtype::F64 => Elem::F64,
         other => {
             return Err(bad(format!(
-                "tensor `{name}` is {other:?}; F32 or F64 expected"
+                "tensor `{name}` is {other:?}; F16, BF16, F32 or F64 expected"
             )))
         }
     };
@@ -166,6 +214,7 @@ fn open_safetensors(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         n,
         d,
         elem,
+        big: false,
         offset,
         fortran: false,
         format: "safetensors",
@@ -198,12 +247,21 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
     let descr = dict_value(header, "descr").ok_or_else(|| bad("no 'descr'"))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let elem = match descr {
-        "<f4" => Elem::F32,
-        "<f8" => Elem::F64,
-        other => {
+    // '=' is native order and '|' "not applicable": numpy writes '<'/'>' for
+    // floats, but both are legal; '=' means the writer's order, assumed little.
+    let (order, code) = descr.split_at(descr.len().min(1));
+    let big = match order {
+        ">" => true,
+        "<" | "=" | "|" => false,
+        _ => return Err(bad(&format!("dtype {descr} not supported"))),
+    };
+    let elem = match code {
+        "f2" => Elem::F16,
+        "f4" => Elem::F32,
+        "f8" => Elem::F64,
+        _ => {
             return Err(bad(&format!(
-                "dtype {other} not supported (<f4 or <f8 expected)"
+                "dtype {descr} not supported (f2, f4 or f8 in either byte order expected)"
             )))
         }
     };
@@ -229,7 +287,7 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         .checked_mul(d)
         .and_then(|x| x.checked_mul(elem.size()))
         .ok_or_else(|| bad("shape overflows"))?;
-    if map.len() < offset + need {
+    if offset.checked_add(need).is_none_or(|end| map.len() < end) {
         return Err(bad(&format!(
             "data truncated: {} bytes for a {n}×{d} matrix that needs {need}",
             map.len() - offset
@@ -241,6 +299,7 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         n,
         d,
         elem,
+        big,
         offset,
         fortran,
         format: "npy",
@@ -313,11 +372,31 @@ pub fn write_safetensors(
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), BasisError> {
     let bytes = le_bytes(&basis.data);
-    let view = TensorView::new(Dtype::F32, vec![basis.n, basis.d], &bytes)
-        .map_err(|e| BasisError::format(path, e.to_string()))?;
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    atomic_write(path, |tmp, _| {
-        safetensors::tensor::serialize_to_file([(TENSOR_NAME, view)], Some(meta), tmp)
+    if bytes.len() != basis.n * basis.d * 4 {
+        return Err(BasisError::format(path, "matrix data is not N × d values"));
+    }
+    // The safetensors crate writes its metadata from a HashMap, in a random
+    // key order, so two identical runs would differ byte for byte. The
+    // format is simple enough to write with sorted keys (serde_json's map is
+    // a BTreeMap): u64 LE header length, the JSON header padded with spaces
+    // to a multiple of 8 bytes, then the data.
+    let header = serde_json::json!({
+        "__metadata__": metadata,
+        TENSOR_NAME: {
+            "dtype": "F32",
+            "shape": [basis.n, basis.d],
+            "data_offsets": [0, bytes.len()],
+        },
+    });
+    let mut json =
+        serde_json::to_vec(&header).map_err(|e| BasisError::format(path, e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    atomic_write(path, |_, file| {
+        let mut w = BufWriter::new(file);
+        w.write_all(&(json.len() as u64).to_le_bytes())
+            .and_then(|_| w.write_all(&json))
+            .and_then(|_| w.write_all(&bytes))
+            .and_then(|_| w.flush())
             .map_err(|e| e.to_string())
     })
 }
@@ -379,6 +458,121 @@ mod tests {
         assert_eq!(read_matrix(&np).unwrap(), b);
         // Only the two files: no temp file left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn safetensors_bytes_are_deterministic_and_readable_by_the_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Basis::random(9, 5, 3);
+        let meta: BTreeMap<String, String> = (0..20)
+            .map(|i| (format!("key{i:02}"), format!("value {i}")))
+            .collect();
+        let (p, q) = (
+            dir.path().join("p.safetensors"),
+            dir.path().join("q.safetensors"),
+        );
+        write_safetensors(&p, &b, &meta).unwrap();
+        write_safetensors(&q, &b, &meta).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes, std::fs::read(&q).unwrap());
+        // Header: length, JSON with sorted keys, padded to 8; then the data.
+        let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(hlen % 8, 0);
+        let header = std::str::from_utf8(&bytes[8..8 + hlen]).unwrap();
+        assert!(
+            header.starts_with("{\"__metadata__\":{\"key00\""),
+            "{header}"
+        );
+        assert!(header.find("key19").unwrap() < header.find("\"ebv\"").unwrap());
+        assert_eq!(bytes.len(), 8 + hlen + 9 * 5 * 4);
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor(TENSOR_NAME).unwrap();
+        assert_eq!((view.dtype(), view.shape()), (Dtype::F32, &[9usize, 5][..]));
+        assert_eq!(read_matrix(&p).unwrap(), b);
+    }
+
+    /// A v1.0 `.npy` file of `descr` with the given data bytes.
+    fn npy(descr: &str, fortran: bool, shape: (usize, usize), data: &[u8]) -> Vec<u8> {
+        let dict = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({}, {}), }}\n",
+            if fortran { "True" } else { "False" },
+            shape.0,
+            shape.1
+        );
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend((dict.len() as u16).to_le_bytes());
+        v.extend(dict.as_bytes());
+        v.extend(data);
+        v
+    }
+
+    #[test]
+    fn reads_half_big_endian_fortran_and_exact_f64() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, bytes: Vec<u8>| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            MatrixFile::open(&p).unwrap()
+        };
+        // IEEE half bit patterns and their values: 0.5, -1.25, 3, 65504 (max),
+        // 2^-24 (smallest subnormal), -0.
+        let halves: [(u16, f32); 6] = [
+            (0x3800, 0.5),
+            (0xBD00, -1.25),
+            (0x4200, 3.0),
+            (0x7BFF, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x8000, -0.0),
+        ];
+        let want: Vec<f32> = halves.iter().map(|h| h.1).collect();
+        let le: Vec<u8> = halves.iter().flat_map(|h| h.0.to_le_bytes()).collect();
+        let be: Vec<u8> = halves.iter().flat_map(|h| h.0.to_be_bytes()).collect();
+        let mut got = vec![0.0f32; 6];
+        for (name, descr, bytes) in [("le.npy", "<f2", le), ("be.npy", ">f2", be)] {
+            open(name, npy(descr, false, (2, 3), &bytes)).read_rows(0, 2, &mut got);
+            assert_eq!(got, want, "{descr}");
+        }
+        // Big-endian f4, Fortran order: the file holds the columns.
+        let m = [[1.5f32, -2.0, 0.25], [4.0, 8.5, -16.0]];
+        let cols: Vec<u8> = (0..3)
+            .flat_map(|k| (0..2).map(move |i| (i, k)))
+            .flat_map(|(i, k)| m[i][k].to_be_bytes())
+            .collect();
+        open("bef.npy", npy(">f4", true, (2, 3), &cols)).read_rows(0, 2, &mut got);
+        assert_eq!(got, [1.5, -2.0, 0.25, 4.0, 8.5, -16.0]);
+        // f8 read in f64 keeps what f32 cannot hold.
+        let vals = [1.0 + 2f64.powi(-40), -1.0 / 3.0];
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = open("f8.npy", npy("<f8", false, (1, 2), &bytes));
+        assert!(f.is_f64());
+        let mut g64 = [0.0f64; 2];
+        f.read_rows_f64(0, 1, &mut g64);
+        assert_eq!(g64, vals);
+        // Unsupported dtypes name themselves.
+        let p = dir.path().join("i4.npy");
+        std::fs::write(&p, npy("<i4", false, (1, 1), &[0; 4])).unwrap();
+        let e = MatrixFile::open(&p).err().unwrap().to_string();
+        assert!(e.contains("dtype <i4 not supported"), "{e}");
+    }
+
+    #[test]
+    fn reads_f16_and_bf16_safetensors_and_points_pickles_to_import() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1.0 and -2.5 in both 16-bit formats.
+        for (dtype, bits) in [
+            (Dtype::F16, [0x3C00u16, 0xC100]),
+            (Dtype::BF16, [0x3F80, 0xC020]),
+        ] {
+            let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let view = safetensors::tensor::TensorView::new(dtype, vec![1, 2], &bytes).unwrap();
+            let p = dir.path().join(format!("{dtype:?}.safetensors"));
+            safetensors::tensor::serialize_to_file([(TENSOR_NAME, view)], None, &p).unwrap();
+            assert_eq!(read_matrix(&p).unwrap().data, [1.0, -2.5], "{dtype:?}");
+        }
+        let p = dir.path().join("eq.pkl");
+        std::fs::write(&p, b"\x80\x02K\x01.").unwrap();
+        let e = MatrixFile::open(&p).err().unwrap().to_string();
+        assert!(e.contains("ebv-basis import"), "{e}");
     }
 
     #[test]

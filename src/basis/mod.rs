@@ -18,6 +18,7 @@
 //!   tight frames from the lines of finite geometries, triple systems and
 //!   difference families) at a few shapes, and at 1/r from nets of AG(2, q)
 //!   wherever N/d is large.
+//! - [`orthogonal`]: orthonormal rows, the exact answer when N ≤ d.
 //! - [`check`](mod@check): blockwise coherence statistics of a stored matrix.
 //! - [`io`]: safetensors and `.npy` reading (memory-mapped, blockwise) and
 //!   atomic writing.
@@ -39,6 +40,7 @@ pub mod import;
 pub mod io;
 pub mod kerdock;
 pub mod matrix;
+pub mod orthogonal;
 pub mod pickle;
 pub mod steiner;
 pub mod welch;
@@ -55,6 +57,7 @@ pub use import::{import_pickle, Imported, PickleForm};
 pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
+pub use orthogonal::orthonormal_basis;
 pub use steiner::{
     frame_designs, net_designs, steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan,
     steiner_plan, Design, MIN_FILL, TOP_UP_MARGIN,

@@ -9,8 +9,47 @@
 //! that mutates a container after fetching it back from the memo is read as
 //! if it had not; out-of-band buffers (protocol 5 `NEXT_BUFFER`) are refused.
 //! Every length is checked against the bytes that remain.
+//!
+//! Hostile input cannot exhaust the machine: values nest at most
+//! [`MAX_DEPTH`] deep (so building, cloning and dropping them never overflows
+//! the stack), and the nodes the reader creates, memo copies included, are
+//! capped at a small multiple of the input's size (so a few hundred bytes
+//! that copy a memoised tree into itself forty times — a "billion laughs" —
+//! are refused instead of growing exponentially). The size and depth of every
+//! stack entry are tracked beside it, so the checks cost O(1) per opcode.
 
 use std::collections::HashMap;
+
+/// Deepest nesting of containers a pickle may build (the paper's files: 6).
+pub const MAX_DEPTH: u32 = 200;
+
+/// Nodes a pickle may create beyond one per input byte (the paper's
+/// files create fewer nodes than they have bytes).
+const EXTRA_NODES: u64 = 1 << 20;
+
+/// Size and nesting of a value, kept beside it on the stack and in the memo.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    depth: u32,
+    nodes: u64,
+}
+
+const LEAF: Meta = Meta { depth: 1, nodes: 1 };
+
+impl Meta {
+    /// A container holding values of these metas.
+    fn holding(items: &[Meta]) -> Meta {
+        items.iter().fold(LEAF, |m, i| m.with(*i))
+    }
+
+    /// This container after one more item.
+    fn with(self, item: Meta) -> Meta {
+        Meta {
+            depth: self.depth.max(item.depth.saturating_add(1)),
+            nodes: self.nodes.saturating_add(item.nodes),
+        }
+    }
+}
 
 /// A value on the pickle stack.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,8 +128,11 @@ pub fn load<'a>(
         data,
         pos: *pos,
         stack: Vec::new(),
+        metas: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        created: 0,
+        node_budget: (data.len() as u64).saturating_add(EXTRA_NODES),
         allow,
     };
     let v = m.run()?;
@@ -102,8 +144,13 @@ struct Machine<'a, 'f> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value<'a>>,
+    /// `metas[i]` describes `stack[i]`.
+    metas: Vec<Meta>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value<'a>>,
+    memo: HashMap<u32, (Value<'a>, Meta)>,
+    /// Nodes made so far, copies included; at most `node_budget`.
+    created: u64,
+    node_budget: u64,
     allow: &'f dyn Fn(&str, &str) -> bool,
 }
 
@@ -176,26 +223,68 @@ impl<'a, 'f> Machine<'a, 'f> {
         ))
     }
 
-    fn pop(&mut self) -> Result<Value<'a>, PickleError> {
+    /// Pushes a value of the given size and nesting, charging its nodes.
+    fn push(&mut self, v: Value<'a>, meta: Meta) -> Result<(), PickleError> {
+        self.check(meta)?;
+        self.stack.push(v);
+        self.metas.push(meta);
+        Ok(())
+    }
+
+    fn push_leaf(&mut self, v: Value<'a>) -> Result<(), PickleError> {
+        self.charge(1)?;
+        self.push(v, LEAF)
+    }
+
+    /// Refuses a value nested too deep, or one whose nodes would take the
+    /// reader past its budget.
+    fn check(&mut self, meta: Meta) -> Result<(), PickleError> {
+        if meta.depth > MAX_DEPTH {
+            return Err(bad(format!(
+                "values nested more than {MAX_DEPTH} deep at offset {}",
+                self.pos
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts `nodes` more made (a new node, or a copy of a memoised tree).
+    fn charge(&mut self, nodes: u64) -> Result<(), PickleError> {
+        self.created = self.created.saturating_add(nodes);
+        if self.created > self.node_budget {
+            return Err(bad(format!(
+                "more than {} values built from {} bytes at offset {} (a pickle that copies \
+                 memoised values into themselves?)",
+                self.node_budget,
+                self.data.len(),
+                self.pos
+            )));
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<(Value<'a>, Meta), PickleError> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err(bad(format!(
                 "stack underflow at a mark, offset {}",
                 self.pos
             )));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| bad(format!("stack underflow at offset {}", self.pos)))
+        match (self.stack.pop(), self.metas.pop()) {
+            (Some(v), Some(m)) => Ok((v, m)),
+            _ => Err(bad(format!("stack underflow at offset {}", self.pos))),
+        }
     }
 
-    fn top(&mut self) -> Result<&mut Value<'a>, PickleError> {
+    fn top(&mut self) -> Result<(&mut Value<'a>, &mut Meta), PickleError> {
         let pos = self.pos;
-        self.stack
-            .last_mut()
-            .ok_or_else(|| bad(format!("empty stack at offset {pos}")))
+        match (self.stack.last_mut(), self.metas.last_mut()) {
+            (Some(v), Some(m)) => Ok((v, m)),
+            _ => Err(bad(format!("empty stack at offset {pos}"))),
+        }
     }
 
-    fn pop_mark(&mut self) -> Result<Vec<Value<'a>>, PickleError> {
+    fn pop_mark(&mut self) -> Result<(Vec<Value<'a>>, Vec<Meta>), PickleError> {
         let m = self
             .marks
             .pop()
@@ -203,7 +292,18 @@ impl<'a, 'f> Machine<'a, 'f> {
         if m > self.stack.len() {
             return Err(bad("mark above the stack".into()));
         }
-        Ok(self.stack.split_off(m))
+        Ok((self.stack.split_off(m), self.metas.split_off(m)))
+    }
+
+    /// Pushes a container of `items`, measured from their metas.
+    fn push_container(
+        &mut self,
+        make: impl FnOnce(Vec<Value<'a>>) -> Value<'a>,
+        items: (Vec<Value<'a>>, Vec<Meta>),
+    ) -> Result<(), PickleError> {
+        let meta = Meta::holding(&items.1);
+        self.charge(1)?;
+        self.push(make(items.0), meta)
     }
 
     fn global(&self, module: &str, name: &str) -> Result<Value<'a>, PickleError> {
@@ -220,44 +320,69 @@ impl<'a, 'f> Machine<'a, 'f> {
         }
     }
 
+    /// Copies the top of the stack (DUP, MEMOIZE): a copy costs its nodes.
+    fn copy_top(&mut self) -> Result<(Value<'a>, Meta), PickleError> {
+        let meta = *self.top()?.1;
+        self.charge(meta.nodes)?;
+        Ok((self.top()?.0.clone(), meta))
+    }
+
     fn memo_put(&mut self, key: u32) -> Result<(), PickleError> {
-        let v = self.top()?.clone();
-        self.memo.insert(key, v);
+        let entry = self.copy_top()?;
+        self.memo.insert(key, entry);
         Ok(())
     }
 
     fn memo_get(&mut self, key: u32) -> Result<(), PickleError> {
-        let v = self
+        let meta = self
             .memo
             .get(&key)
-            .cloned()
+            .map(|e| e.1)
             .ok_or_else(|| bad(format!("memo key {key} unset")))?;
-        self.stack.push(v);
-        Ok(())
+        // Charged before the copy is made: the budget, not the allocator,
+        // stops a tree that doubles with every fetch.
+        self.charge(meta.nodes)?;
+        let v = self.memo[&key].0.clone();
+        self.push(v, meta)
     }
 
-    fn set_items(&mut self, items: Vec<Value<'a>>) -> Result<(), PickleError> {
-        if !items.len().is_multiple_of(2) {
+    /// Adds items to the container on top, updating its meta.
+    fn extend_top(
+        &mut self,
+        items: (Vec<Value<'a>>, Vec<Meta>),
+        add: impl FnOnce(&mut Value<'a>, Vec<Value<'a>>) -> Result<(), PickleError>,
+    ) -> Result<(), PickleError> {
+        let (top, meta) = self.top()?;
+        let grown = items.1.iter().fold(*meta, |m, i| m.with(*i));
+        add(top, items.0)?;
+        *meta = grown;
+        self.check(grown)
+    }
+
+    fn set_items(&mut self, items: (Vec<Value<'a>>, Vec<Meta>)) -> Result<(), PickleError> {
+        if !items.0.len().is_multiple_of(2) {
             return Err(bad("odd number of dict items".into()));
         }
-        let Value::Dict(d) = self.top()? else {
-            return Err(bad("SETITEMS on a non-dict".into()));
-        };
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.push((k, v));
-        }
-        Ok(())
+        self.extend_top(items, |top, items| {
+            let Value::Dict(d) = top else {
+                return Err(bad("SETITEMS on a non-dict".into()));
+            };
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                d.push((k, v));
+            }
+            Ok(())
+        })
     }
 
-    fn append(&mut self, items: Vec<Value<'a>>) -> Result<(), PickleError> {
-        match self.top()? {
+    fn append(&mut self, items: (Vec<Value<'a>>, Vec<Meta>)) -> Result<(), PickleError> {
+        self.extend_top(items, |top, items| match top {
             Value::List(l) => {
                 l.extend(items);
                 Ok(())
             }
             _ => Err(bad("APPEND on a non-list".into())),
-        }
+        })
     }
 
     fn run(&mut self) -> Result<Value<'a>, PickleError> {
@@ -275,7 +400,7 @@ impl<'a, 'f> Machine<'a, 'f> {
                     self.u64()?; // FRAME: a length hint only
                 }
                 b'.' => {
-                    let v = self.pop()?;
+                    let (v, _) = self.pop()?;
                     return Ok(v);
                 }
                 b'(' => self.marks.push(self.stack.len()),
@@ -286,23 +411,23 @@ impl<'a, 'f> Machine<'a, 'f> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
-                    self.stack.push(v);
+                    let (v, m) = self.copy_top()?;
+                    self.push(v, m)?;
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push_leaf(Value::None)?,
+                0x88 => self.push_leaf(Value::Bool(true))?,
+                0x89 => self.push_leaf(Value::Bool(false))?,
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v as i64))
+                    self.push_leaf(Value::Int(v as i64))?
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64))
+                    self.push_leaf(Value::Int(v as i64))?
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Value::Int(v as i64))
+                    self.push_leaf(Value::Int(v as i64))?
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a {
@@ -312,90 +437,92 @@ impl<'a, 'f> Machine<'a, 'f> {
                         usize::try_from(n).map_err(|_| bad("negative LONG4 length".into()))?
                     };
                     let b = self.take(n)?;
-                    self.stack.push(long_value(b));
+                    self.push_leaf(long_value(b))?;
                 }
                 b'G' => {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(self.take(8)?);
-                    self.stack.push(Value::Float(f64::from_be_bytes(a)))
+                    self.push_leaf(Value::Float(f64::from_be_bytes(a)))?
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let v = self.utf8(n)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 0x8c => {
                     let n = self.u8()? as usize;
                     let v = self.utf8(n)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 0x8d => {
                     let n = self.len64()?;
                     let v = self.utf8(n)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 b'T' => {
                     let n = self.u32()? as usize;
                     let v = self.latin1(n)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 b'U' => {
                     let n = self.u8()? as usize;
                     let v = self.latin1(n)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 b'B' => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(b))
+                    self.push_leaf(Value::Bytes(b))?
                 }
                 b'C' => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(b))
+                    self.push_leaf(Value::Bytes(b))?
                 }
                 0x8e | 0x96 => {
                     let n = self.len64()?;
                     let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(b))
+                    self.push_leaf(Value::Bytes(b))?
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b')' => self.push_leaf(Value::Tuple(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items))
+                    self.push_container(Value::Tuple, items)?
                 }
                 0x85..=0x87 => {
                     let k = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(k);
+                    let (mut items, mut metas) = (Vec::with_capacity(k), Vec::with_capacity(k));
                     for _ in 0..k {
-                        items.push(self.pop()?);
+                        let (v, m) = self.pop()?;
+                        items.push(v);
+                        metas.push(m);
                     }
                     items.reverse();
-                    self.stack.push(Value::Tuple(items))
+                    self.push_container(Value::Tuple, (items, metas))?
                 }
-                b']' => self.stack.push(Value::List(Vec::new())),
+                b']' => self.push_leaf(Value::List(Vec::new()))?,
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items))
+                    self.push_container(Value::List, items)?
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    self.append(vec![v])?
+                    let (v, m) = self.pop()?;
+                    self.append((vec![v], vec![m]))?
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b'}' => self.push_leaf(Value::Dict(Vec::new()))?,
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Dict(Vec::new()));
+                    self.push_leaf(Value::Dict(Vec::new()))?;
                     self.set_items(items)?
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.set_items(vec![k, v])?
+                    let (v, mv) = self.pop()?;
+                    let (k, mk) = self.pop()?;
+                    self.set_items((vec![k, v], vec![mk, mv]))?
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
@@ -425,43 +552,51 @@ impl<'a, 'f> Machine<'a, 'f> {
                     let module = self.line()?;
                     let name = self.line()?;
                     let g = self.global(module, name)?;
-                    self.stack.push(g)
+                    self.push_leaf(g)?
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let (name, _) = self.pop()?;
+                    let (module, _) = self.pop()?;
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err(bad(format!("STACK_GLOBAL without strings at offset {at}")));
                     };
                     let g = self.global(&module, &name)?;
-                    self.stack.push(g)
+                    self.push_leaf(g)?
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
+                    let (args, ma) = self.pop()?;
+                    let (func, mf) = self.pop()?;
                     if !matches!(func, Value::Global { .. }) {
                         return Err(bad(format!("call of a non-global at offset {at}")));
                     }
-                    self.stack.push(Value::Call {
+                    self.charge(1)?;
+                    let call = Value::Call {
                         func: Box::new(func),
                         args: Box::new(args),
                         state: None,
-                    })
+                    };
+                    self.push(call, Meta::holding(&[mf, ma]))?
                 }
                 b'b' => {
                     let st = self.pop()?;
-                    match self.top()? {
-                        Value::Call { state, .. } if state.is_none() => *state = Some(Box::new(st)),
-                        _ => return Err(bad(format!("BUILD on a non-object at offset {at}"))),
-                    }
+                    self.extend_top((vec![st.0], vec![st.1]), |top, mut st| match top {
+                        Value::Call { state, .. } if state.is_none() => {
+                            *state = st.pop().map(Box::new);
+                            Ok(())
+                        }
+                        _ => Err(bad(format!("BUILD on a non-object at offset {at}"))),
+                    })?
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
-                    self.stack.push(Value::Persistent(Box::new(pid)))
+                    let (pid, m) = self.pop()?;
+                    self.charge(1)?;
+                    self.push(Value::Persistent(Box::new(pid)), Meta::holding(&[m]))?
                 }
                 b'P' => {
                     let s = self.line()?.to_string();
-                    self.stack.push(Value::Persistent(Box::new(Value::Str(s))))
+                    self.charge(2)?;
+                    let pid = Value::Persistent(Box::new(Value::Str(s)));
+                    self.push(pid, Meta::holding(&[LEAF]))?
                 }
                 other => {
                     return Err(bad(format!(
@@ -549,6 +684,53 @@ mod tests {
             load(b"\x80\x02.", &mut 0, &allow_none),
             Err(PickleError::Malformed(_))
         ));
+    }
+
+    fn malformed(r: Result<Value<'_>, PickleError>) -> String {
+        match r {
+            Err(PickleError::Malformed(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        // 1 wrapped in two million 1-tuples: recursion in clone/drop/Debug
+        // would overflow the thread's stack long before the end.
+        let mut p = b"\x80\x02K\x01".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, 2_000_000));
+        p.push(b'.');
+        let m = malformed(load(&p, &mut 0, &allow_none));
+        assert!(m.contains("nested more than 200 deep"), "{m}");
+        // Just inside the limit is fine.
+        let mut p = b"\x80\x02K\x01".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, MAX_DEPTH as usize - 1));
+        p.push(b'.');
+        assert!(load(&p, &mut 0, &allow_none).is_ok());
+    }
+
+    #[test]
+    fn refuses_exponential_memo_copies() {
+        // "Billion laughs": list_i = [list_{i-1}, list_{i-1}] through the
+        // memo, 40 levels in ~300 bytes: 2^40 nodes if copies were free.
+        let mut p = b"\x80\x02(K\x01lq\x00".to_vec();
+        for i in 1..=40u8 {
+            p.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+        }
+        p.push(b'.');
+        let t = std::time::Instant::now();
+        let m = malformed(load(&p, &mut 0, &allow_none));
+        assert!(m.contains("values built from"), "{m}");
+        // Refused at the budget, not after building gigabytes.
+        assert!(t.elapsed().as_secs() < 10);
+        // A legitimately large flat list (100,000 ints) is not refused.
+        let mut p = b"\x80\x02](".to_vec();
+        for _ in 0..100_000 {
+            p.extend(b"K\x07");
+        }
+        p.extend(b"e.");
+        let v = load(&p, &mut 0, &allow_none).unwrap();
+        assert_eq!(v.as_seq().map(|s| s.len()), Some(100_000));
     }
 
     #[test]

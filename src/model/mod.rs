@@ -36,11 +36,10 @@ pub enum ModelError {
     Checkpoint { path: PathBuf, detail: String },
     #[error("EBV basis {}: {detail}", path.display())]
     Basis { path: PathBuf, detail: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -326,7 +326,7 @@ pub type TensorMap = HashMap<String, Tensor>;
 pub fn load_safetensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>), ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let bad = |detail: String| ModelError::Checkpoint {
         path: path.to_path_buf(),

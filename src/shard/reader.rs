@@ -77,11 +77,10 @@ const KEY: usize = 2;
 pub enum ReadError {
     #[error("{path}: missing (listed in manifest.json)")]
     Missing { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: truncated: {actual} bytes, manifest.json says {expected}")]
     Truncated {
@@ -147,7 +146,7 @@ impl ReadError {
     fn io(path: &Path, source: std::io::Error) -> ReadError {
         ReadError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

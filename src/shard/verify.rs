@@ -106,7 +106,7 @@ pub fn verify_dir(dir: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     let listed: BTreeSet<&str> = manifest.shards.iter().map(|r| r.file.as_str()).collect();
     let rd = std::fs::read_dir(dir).map_err(|e| ReadError::Io {
         path: dir.to_path_buf(),
-        source: e,
+        cause: e,
     })?;
     let mut strays = BTreeSet::new();
     for entry in rd.flatten() {
@@ -208,7 +208,7 @@ fn hash_file(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(u64, Strin
         },
         _ => ReadError::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         },
     })
 }

@@ -39,17 +39,15 @@ use super::schema::{
 /// Errors of the shard layer; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: parquet: {source}")]
+    #[error("{path}: parquet: {cause}")]
     Parquet {
         path: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
+        cause: parquet::errors::ParquetError,
     },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
@@ -59,13 +57,13 @@ impl ShardError {
     pub fn io(path: &Path, source: std::io::Error) -> ShardError {
         ShardError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
     fn parquet(path: &Path, source: parquet::errors::ParquetError) -> ShardError {
         ShardError::Parquet {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }

@@ -253,7 +253,7 @@ impl Recipe {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| TrainError::Io {
                     path: p.to_path_buf(),
-                    source: e,
+                    cause: e,
                 })?;
                 toml::from_str(&text).map_err(|e| TrainError::Recipe {
                     origin: p.display().to_string(),

@@ -46,11 +46,10 @@ pub enum TrainError {
     Setup(String),
     #[error("checkpoint {}: {detail}", path.display())]
     Checkpoint { path: PathBuf, detail: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
@@ -70,7 +69,7 @@ impl TrainError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> TrainError {
         TrainError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 }
