@@ -179,7 +179,10 @@ fn scan_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
             code += 1;
         }
         match *bytes.get(code)? {
-            0x00 | 0xD0..=0xD7 => pos = code + 1,
+            // Stuffing and restart markers belong to the scan; a reserved
+            // code (below 0xC0) is corrupt data, which is the decoder's to
+            // judge (`--verify decode`), not the end of the scan.
+            0x00..=0xBF | 0xD0..=0xD7 => pos = code + 1,
             _ => return Some(code - 1),
         }
     }
@@ -292,5 +295,10 @@ mod tests {
         let end = hand.len();
         hand.extend([0xFF, 0xD9, 0x00]);
         assert_eq!(image_end(&hand), Ok(end));
+        // Corrupt scan bytes (0xFF then a reserved code) do not end it.
+        let corrupt = [
+            0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0xFF, 0x05, 0x01, 0xFF, 0xD9,
+        ];
+        assert_eq!(image_end(&corrupt), Ok(corrupt.len()));
     }
 }
