@@ -90,6 +90,7 @@ fn generate(dir: &Path, n: usize) {
                 rows: n as u64,
                 bytes: records.iter().map(|r| r.bytes).sum(),
                 rejected: 0,
+                passthrough: 0,
             },
         ),
         (Split::Val, SplitTotals::default()),

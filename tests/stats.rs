@@ -753,6 +753,7 @@ fn handmade(dir: &Path) -> PathBuf {
                 rows: ws.rows,
                 bytes: ws.bytes,
                 rejected: 0,
+                passthrough: 0,
             },
         );
         records.push(ShardRecord {

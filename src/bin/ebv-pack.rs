@@ -144,7 +144,10 @@ fn print_summary(s: &PackSummary, out: &std::path::Path) {
             s.shards_reused
         );
     }
-    eprintln!("layout {:?}, {} classes", s.layout, s.num_classes);
+    eprintln!("layout {}, {} classes", s.layout, s.num_classes);
+    for note in &s.notes {
+        eprintln!("note: {note}");
+    }
     eprintln!(
         "{:<6} {:>10} {:>7} {:>12} {:>9} {:>12} {:>10}",
         "split", "rows", "shards", "bytes", "rejected", "passthrough", "converted"
@@ -169,6 +172,9 @@ fn print_summary(s: &PackSummary, out: &std::path::Path) {
         for (reason, n) in &s.rejected_by_reason {
             eprintln!("  {n:>8}  {reason}");
         }
+    }
+    for warning in &s.warnings {
+        eprintln!("warning: {warning}");
     }
     if !s.already_complete {
         eprintln!(

@@ -136,11 +136,11 @@ pub(super) fn decode_jpeg_into(
     out: &mut Vec<u8>,
 ) -> Result<(u32, u32, Orientation), ImageError> {
     let fmt = ImageFormat::Jpeg;
-    // A JPEG that does not end in EOI was cut short; zune-jpeg would pad the
-    // missing scan with grey rather than fail, so check it here.
-    if !super::jpeg::ends_with_eoi(bytes) {
-        return Err(corrupt(fmt, "truncated (no end-of-image marker)"));
-    }
+    // A JPEG whose image never reaches its end marker was cut short;
+    // zune-jpeg would pad the missing scan with grey rather than fail, so
+    // check it here. Bytes after that marker are not the image's.
+    let end = super::jpeg::image_end(bytes).map_err(|e| corrupt(fmt, e))?;
+    let bytes = &bytes[..end];
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::MAX)

@@ -21,7 +21,8 @@ pub struct JpegHeader {
     pub orientation: Orientation,
     /// Whether a start-of-scan marker follows the frame header.
     pub has_scan: bool,
-    /// Whether the stream ends in an end-of-image marker.
+    /// Whether the image reaches its end-of-image marker (bytes after it
+    /// are allowed: see [`image_end`]).
     pub complete: bool,
 }
 
@@ -98,7 +99,7 @@ impl JpegHeader {
             progressive,
             orientation,
             has_scan,
-            complete: ends_with_eoi(bytes),
+            complete: image_end(bytes).is_ok(),
         })
     }
 
@@ -115,15 +116,76 @@ impl JpegHeader {
     }
 }
 
-/// Whether `bytes` ends with an end-of-image marker, ignoring trailing
-/// padding bytes (zeros or 0xFF fill) that some writers append.
-pub(crate) fn ends_with_eoi(bytes: &[u8]) -> bool {
-    let mut end = bytes.len();
-    let floor = end.saturating_sub(4096);
-    while end > floor && (bytes[end - 1] == 0 || bytes[end - 1] == b'\n') {
-        end -= 1;
+/// The reason given for a JPEG whose image never reaches its end marker.
+pub(crate) const TRUNCATED: &str = "truncated (no end-of-image marker)";
+
+/// Offset just past the end-of-image marker that ends the image in `bytes`.
+///
+/// The marker segments are walked by their lengths and each scan's
+/// entropy-coded data is skipped up to the next real marker (0xFF followed
+/// by 0x00 is a stuffed byte, 0xFF 0xD0..0xD7 a restart marker, neither ends
+/// the scan), so a progressive file's several scans and an EXIF thumbnail's
+/// own end marker are passed over. Looking at the last bytes of the file
+/// instead would reject the many photos with data after the image (phones
+/// append depth maps and HDR gain maps; decoders ignore it).
+pub(crate) fn image_end(bytes: &[u8]) -> Result<usize, String> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err("missing start-of-image marker".into());
     }
-    end >= 4 && bytes[end - 2] == 0xFF && bytes[end - 1] == 0xD9
+    let mut pos = 2;
+    loop {
+        match bytes.get(pos) {
+            None => return Err(TRUNCATED.into()),
+            Some(0xFF) => {}
+            Some(_) => return Err(format!("expected a marker at byte {pos}")),
+        }
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = bytes.get(pos) else {
+            return Err(TRUNCATED.into());
+        };
+        pos += 1;
+        match marker {
+            0xD9 => return Ok(pos),
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len_bytes) = bytes.get(pos..pos + 2) else {
+            return Err(TRUNCATED.into());
+        };
+        let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+        if len < 2 {
+            return Err(format!("marker segment of length {len} at byte {pos}"));
+        }
+        pos += len;
+        if pos > bytes.len() {
+            return Err(TRUNCATED.into());
+        }
+        if marker == 0xDA {
+            pos = scan_end(bytes, pos).ok_or(TRUNCATED)?;
+        }
+    }
+}
+
+/// Position of the 0xFF that starts the marker ending the entropy-coded
+/// data that begins at `pos`; `None` when the data runs out first.
+fn scan_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let ff = pos + bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        let mut code = ff + 1;
+        while bytes.get(code) == Some(&0xFF) {
+            code += 1;
+        }
+        match *bytes.get(code)? {
+            // Stuffing and restart markers belong to the scan; a reserved
+            // code (below 0xC0) is corrupt data, which is the decoder's to
+            // judge (`--verify decode`), not the end of the scan.
+            0x00..=0xBF | 0xD0..=0xD7 => pos = code + 1,
+            _ => return Some(code - 1),
+        }
+    }
 }
 
 /// Encode tightly packed RGB8 pixels as a baseline JPEG (4:2:0, like
@@ -177,5 +239,66 @@ mod tests {
         assert!(!h.is_passthrough(40, 24));
         assert!(JpegHeader::parse(&bytes[..10]).is_err());
         assert!(JpegHeader::parse(b"not a jpeg").is_err());
+        for cut in [bytes.len() - 1, bytes.len() - 2, bytes.len() / 2, 3] {
+            assert!(image_end(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn data_after_the_end_marker_is_not_truncation() {
+        let bytes = encode_jpeg(&gradient(40, 24), 40, 24, 90).unwrap();
+        assert_eq!(image_end(&bytes), Ok(bytes.len()));
+        // What phones append: another JPEG (a depth map), text, noise.
+        let mut trailing = bytes.clone();
+        trailing.extend(encode_jpeg(&gradient(8, 8), 8, 8, 50).unwrap());
+        trailing.extend(b"\0\0HDRgainmap\xFF\xD8 trailing");
+        assert_eq!(image_end(&trailing), Ok(bytes.len()));
+        let h = JpegHeader::parse(&trailing).unwrap();
+        assert!(h.complete && h.is_passthrough(40, 24));
+    }
+
+    #[test]
+    fn progressive_scans_stuffing_and_restarts_are_walked() {
+        let px = gradient(48, 40);
+        let mut progressive = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut progressive, 90);
+        enc.set_progressive(true);
+        enc.encode(&px, 48, 40, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let scans = progressive
+            .windows(2)
+            .filter(|w| w == &[0xFF, 0xDA])
+            .count();
+        assert!(scans > 1, "{scans} scans");
+        let h = JpegHeader::parse(&progressive).unwrap();
+        assert!(h.progressive && h.complete);
+        assert_eq!(image_end(&progressive), Ok(progressive.len()));
+        // Cut among the later scans, or just before the end marker.
+        for cut in [progressive.len() * 2 / 3, progressive.len() - 2] {
+            assert_eq!(image_end(&progressive[..cut]), Err(TRUNCATED.to_string()));
+        }
+
+        let mut restarts = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut restarts, 90);
+        enc.set_restart_interval(2);
+        enc.encode(&px, 48, 40, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert!(restarts
+            .windows(2)
+            .any(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])));
+        assert_eq!(image_end(&restarts), Ok(restarts.len()));
+
+        // Hand-made: a scan holding stuffed bytes, a restart marker and fill
+        // bytes before the end marker, then trailing bytes.
+        let mut hand = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
+        hand.extend([0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56, 0xFF, 0xFF, 0xD9]);
+        let end = hand.len();
+        hand.extend([0xFF, 0xD9, 0x00]);
+        assert_eq!(image_end(&hand), Ok(end));
+        // Corrupt scan bytes (0xFF then a reserved code) do not end it.
+        let corrupt = [
+            0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0xFF, 0x05, 0x01, 0xFF, 0xD9,
+        ];
+        assert_eq!(image_end(&corrupt), Ok(corrupt.len()));
     }
 }

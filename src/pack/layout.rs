@@ -8,7 +8,24 @@
 //! Invariants: classes are indexed from the sorted training class names
 //! (numerically when every name is an integer, as list files and IDX labels
 //! are); every entry of the source ends up either as an item or as a
-//! rejected entry with its reason — nothing is dropped silently.
+//! rejected entry with its reason — nothing is dropped silently; each image
+//! is packed at most once (a repeated list row or an image listed for both
+//! splits is rejected, naming where it was first listed).
+//!
+//! Choices a layout makes on its own are returned as notes, which the
+//! manifest (`options.layout_notes`) and the summary show:
+//!
+//! - A list file's first row is a header, and skipped, when its label is
+//!   used by no other row and its image field names no file of the source
+//!   (or the label is literally `label` or `class`). So `image_id,label`,
+//!   `filename,category` or `path,target` are headers, while a first row
+//!   naming a real image, or whose label other rows share, is data.
+//! - A `path label` row splits at its last run of spaces or tabs: paths may
+//!   hold spaces, labels do not.
+//! - Class folders with several validation folders side by side
+//!   (`train/`, `val/`, `test/`) use the first of `val`, `validation`,
+//!   `valid`, `test`; the others' files are rejected as not part of the
+//!   layout, naming the folder used.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -25,6 +42,23 @@ pub enum LayoutKind {
     ClassFolders,
     ListFiles,
     Idx,
+}
+
+impl LayoutKind {
+    /// The spelling of `--layout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutKind::ClassFolders => "class-folders",
+            LayoutKind::ListFiles => "list-files",
+            LayoutKind::Idx => "idx",
+        }
+    }
+}
+
+impl std::fmt::Display for LayoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for LayoutKind {
@@ -65,6 +99,9 @@ pub struct Plan {
     pub items: Vec<Item>,
     pub rejected: Vec<RejectedEntry>,
     pub idx_sets: Vec<IdxImages>,
+    /// What the layout decided on its own (a header row skipped, a
+    /// validation folder chosen), for the manifest and the summary.
+    pub notes: Vec<String>,
 }
 
 const TRAIN_DIRS: [&str; 2] = ["train", "training"];
@@ -100,6 +137,8 @@ pub fn plan(
     for (i, e) in source.entries().iter().enumerate() {
         if e.unsafe_path {
             rejected.push(reject(&e.name, None, "unsafe path"));
+        } else if let Some(problem) = &e.problem {
+            rejected.push(reject(&e.name, None, problem.clone()));
         } else if is_macos_junk(&e.name) {
             rejected.push(reject(&e.name, None, "macOS metadata"));
         } else {
@@ -121,18 +160,28 @@ pub fn plan(
         }
         None => return Err(no_layout(source, &usable)),
     };
+    let missing = || match forced {
+        Some(kind) => forced_missing(source, &usable, kind),
+        None => no_layout(source, &usable),
+    };
     let mut plan = match kind {
         LayoutKind::Idx => {
-            let found = found_idx.ok_or_else(|| no_layout(source, &usable))?;
+            let found = found_idx.ok_or_else(missing)?;
             idx_plan(source, &usable, found, class_names)?
         }
         LayoutKind::ListFiles => {
             if !found_lists.contains_key(&Split::Train) {
-                return Err(no_layout(source, &usable));
+                return Err(missing());
             }
             list_plan(source, &usable, &found_lists)?
         }
-        LayoutKind::ClassFolders => folder_plan(source, &usable)?,
+        LayoutKind::ClassFolders => {
+            let plan = folder_plan(source, &usable)?;
+            if plan.items.is_empty() {
+                return Err(missing());
+            }
+            plan
+        }
     };
     rejected.append(&mut plan.rejected);
     plan.rejected = rejected;
@@ -157,12 +206,6 @@ pub fn plan(
 }
 
 fn no_layout(source: &Source, usable: &[usize]) -> PackError {
-    let tops: BTreeSet<&str> = usable
-        .iter()
-        .map(|&i| source.entries()[i].name.split('/').next().unwrap_or(""))
-        .take(10_000)
-        .collect();
-    let shown: Vec<&str> = tops.into_iter().take(8).collect();
     PackError::Layout(format!(
         "{}: no known layout among {} entries (top-level names: {}). Tried: IDX files \
          (train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]), list files \
@@ -170,12 +213,44 @@ fn no_layout(source: &Source, usable: &[usize]) -> PackError {
          (train/<class>/<file> and val/<class>/<file>). Use --layout to force one.",
         source.info().name,
         usable.len(),
-        if shown.is_empty() {
-            "none".to_string()
-        } else {
-            shown.join(", ")
-        }
+        top_names(source, usable)
     ))
+}
+
+/// The error for a `--layout` whose files are not in the source.
+fn forced_missing(source: &Source, usable: &[usize], kind: LayoutKind) -> PackError {
+    let needed = match kind {
+        LayoutKind::Idx => {
+            "a training IDX pair (train-images-idx3-ubyte[.gz] or train-images.idx3-ubyte, \
+             with train-labels-idx1-ubyte[.gz])"
+        }
+        LayoutKind::ListFiles => {
+            "a training list file (train.csv 'image_id,label', train.txt 'path label', \
+             or train_list / train_labels with .csv, .txt or .tsv)"
+        }
+        LayoutKind::ClassFolders => "images under train/<class>/<file> (or val/<class>/<file>)",
+    };
+    PackError::Layout(format!(
+        "{}: --layout {kind} needs {needed}, and none of the {} entries is one (top-level \
+         names: {}). Leave out --layout to detect the layout.",
+        source.info().name,
+        usable.len(),
+        top_names(source, usable)
+    ))
+}
+
+fn top_names(source: &Source, usable: &[usize]) -> String {
+    let tops: BTreeSet<&str> = usable
+        .iter()
+        .map(|&i| source.entries()[i].name.split('/').next().unwrap_or(""))
+        .take(10_000)
+        .collect();
+    let shown: Vec<&str> = tops.into_iter().take(8).collect();
+    if shown.is_empty() {
+        "none".to_string()
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// `.../train/<class>/<file>` → (split, class).
@@ -218,12 +293,60 @@ fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
             )),
         }
     }
+    let mut notes = Vec::new();
     if val_dirs.len() > 1 {
-        return Err(PackError::Layout(format!(
-            "{}: several validation folders ({}); keep one, or use list files",
-            source.info().name,
-            val_dirs.into_iter().collect::<Vec<_>>().join(", ")
-        )));
+        let parent = |d: &str| d.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+        let parents: BTreeSet<String> = val_dirs.iter().map(|d| parent(d)).collect();
+        if parents.len() > 1 {
+            return Err(PackError::Layout(format!(
+                "{}: validation folders in different places ({}); keep one, or use list files",
+                source.info().name,
+                val_dirs.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        // Side by side (`train/`, `val/`, `test/`): `val` is the split a
+        // training run validates on; `test` is held out for the end.
+        let rank = |d: &String| {
+            let last = d.rsplit('/').next().unwrap_or(d).to_ascii_lowercase();
+            VAL_DIRS
+                .iter()
+                .position(|v| *v == last)
+                .unwrap_or(VAL_DIRS.len())
+        };
+        let chosen = val_dirs
+            .iter()
+            .min_by_key(|d| (rank(d), d.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        let mut ignored = Vec::new();
+        found.retain(|(i, split, _)| {
+            let name = &entries[*i].name;
+            let in_chosen = name.starts_with(&format!("{chosen}/"));
+            if *split == Split::Val && !in_chosen {
+                let parts: Vec<&str> = name.split('/').collect();
+                let dir = parts[..parts.len() - 2].join("/");
+                rejected.push(reject(
+                    name,
+                    None,
+                    format!(
+                        "not part of the layout (validation folder '{dir}' ignored: \
+                         '{chosen}' is the validation split)"
+                    ),
+                ));
+                ignored.push(dir);
+                return false;
+            }
+            true
+        });
+        let ignored: BTreeSet<String> = ignored.into_iter().collect();
+        notes.push(format!(
+            "validation split from '{chosen}/'; ignored {} (their files are listed as rejected)",
+            ignored
+                .iter()
+                .map(|d| format!("'{d}/'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let classes = sorted_classes(
         found
@@ -253,6 +376,7 @@ fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
         items,
         rejected,
         idx_sets: Vec::new(),
+        notes,
     })
 }
 
@@ -309,29 +433,31 @@ fn find_lists(entries: &[Entry], usable: &[usize]) -> BTreeMap<Split, usize> {
     found
 }
 
-/// Rows of a list file: (line number, image reference, label text).
-fn parse_list(text: &str, file: &str) -> Result<Vec<(usize, String, String)>, PackError> {
+/// One row of a list file: (line number, image reference, label text).
+type ListRow = (usize, String, String);
+
+/// Rows of a list file, a header row included (see [`header_row`]).
+fn parse_list(text: &str, file: &str) -> Result<Vec<ListRow>, PackError> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let fields: Vec<&str> = if line.contains(',') {
-            line.split(',').map(str::trim).collect()
+        let pair = if line.contains(',') {
+            let mut fields = line.split(',').map(str::trim);
+            fields.next().zip(fields.next())
         } else {
-            line.split_whitespace().collect()
+            // The label is the last field: paths may hold spaces.
+            line.rsplit_once(|c: char| c.is_whitespace())
+                .map(|(image, label)| (image.trim_end(), label))
         };
-        if fields.len() < 2 {
+        let Some((image, label)) = pair else {
             return Err(PackError::Layout(format!(
-                "{file} line {}: expected 'image,label', found {line:?}",
+                "{file} line {}: expected 'image,label' or 'path label', found {line:?}",
                 n + 1
             )));
-        }
-        let (image, label) = (fields[0], fields[1]);
-        if n == 0 && (label.eq_ignore_ascii_case("label") || label.eq_ignore_ascii_case("class")) {
-            continue; // header row
-        }
+        };
         rows.push((
             n + 1,
             image.trim_matches('"').to_string(),
@@ -339,6 +465,19 @@ fn parse_list(text: &str, file: &str) -> Result<Vec<(usize, String, String)>, Pa
         ));
     }
     Ok(rows)
+}
+
+/// Whether the first row is a header: its label is used by no other row
+/// and its image field names no file (`found`), or the label is literally
+/// `label` or `class` (module header).
+fn header_row(rows: &[ListRow], found: impl Fn(&str) -> bool) -> bool {
+    let Some((_, image, label)) = rows.first() else {
+        return false;
+    };
+    if label.eq_ignore_ascii_case("label") || label.eq_ignore_ascii_case("class") {
+        return true;
+    }
+    !rows[1..].iter().any(|(_, _, l)| l == label) && !found(image)
 }
 
 fn list_plan(
@@ -367,6 +506,25 @@ fn list_plan(
             .and_modify(|v| *v = None)
             .or_insert(Some(i));
     }
+    let join = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            format!("{a}/{b}")
+        }
+    };
+    let resolve = |dir: &str, split: Split, image: &str| {
+        [
+            join(dir, image),
+            join(&join(dir, split.as_str()), image),
+            image.to_string(),
+        ]
+        .iter()
+        .find_map(|c| by_name.get(c.as_str()).copied())
+        .or_else(|| by_base.get(basename(image)).copied().flatten())
+        .or_else(|| by_stem.get(basename(image)).copied().flatten())
+    };
+    let mut notes = Vec::new();
     let mut rows_by_split = Vec::new();
     for (&split, &li) in lists {
         let list = &entries[li];
@@ -376,12 +534,16 @@ fn list_plan(
         let text = String::from_utf8(bytes)
             .map_err(|_| PackError::Layout(format!("{}: not UTF-8 text", list.name)))?;
         let dir = list.name.rsplit_once('/').map_or("", |(d, _)| d);
-        rows_by_split.push((
-            split,
-            list.name.clone(),
-            dir.to_string(),
-            parse_list(&text, &list.name)?,
-        ));
+        let mut rows = parse_list(&text, &list.name)?;
+        if header_row(&rows, |image| resolve(dir, split, image).is_some()) {
+            let (line, ..) = rows.remove(0);
+            let raw = text.lines().nth(line - 1).unwrap_or("").trim();
+            notes.push(format!(
+                "{} line {line}: {raw:?} read as a header row and skipped",
+                list.name
+            ));
+        }
+        rows_by_split.push((split, list.name.clone(), dir.to_string(), rows));
     }
     let train_labels = rows_by_split
         .iter()
@@ -391,27 +553,11 @@ fn list_plan(
     let index = class_index(&classes);
     let mut items = Vec::new();
     let mut rejected = Vec::new();
-    let mut used = BTreeSet::new();
+    // Entry → where it was first listed: (split, list file, line).
+    let mut used: HashMap<usize, (Split, &str, usize)> = HashMap::new();
     for (split, list_name, dir, rows) in &rows_by_split {
         for (line, image, label) in rows {
-            let join = |a: &str, b: &str| {
-                if a.is_empty() {
-                    b.to_string()
-                } else {
-                    format!("{a}/{b}")
-                }
-            };
-            let candidates = [
-                join(dir, image),
-                join(&join(dir, split.as_str()), image),
-                image.to_string(),
-            ];
-            let found = candidates
-                .iter()
-                .find_map(|c| by_name.get(c.as_str()).copied())
-                .or_else(|| by_base.get(basename(image)).copied().flatten())
-                .or_else(|| by_stem.get(basename(image)).copied().flatten());
-            let Some(i) = found else {
+            let Some(i) = resolve(dir, *split, image) else {
                 rejected.push(reject(
                     image,
                     Some(*split),
@@ -419,12 +565,27 @@ fn list_plan(
                 ));
                 continue;
             };
+            if let Some(&(first_split, first_list, first_line)) = used.get(&i) {
+                let reason = if first_split == *split {
+                    format!(
+                        "listed twice (first at {first_list} line {first_line}, again at \
+                         {list_name} line {line}); packed once"
+                    )
+                } else {
+                    format!(
+                        "also listed in {first_split} ({first_list} line {first_line}); \
+                         {list_name} line {line} skipped, the image is packed in {first_split} only"
+                    )
+                };
+                rejected.push(reject(&entries[i].name, Some(*split), reason));
+                continue;
+            }
             let label = *index.get(label.as_str()).ok_or_else(|| {
                 PackError::Layout(format!(
                     "{list_name} line {line}: class '{label}' has no training images"
                 ))
             })?;
-            used.insert(i);
+            used.insert(i, (*split, list_name.as_str(), *line));
             items.push(Item {
                 split: *split,
                 label,
@@ -434,7 +595,7 @@ fn list_plan(
         }
     }
     for &i in usable {
-        if !used.contains(&i) && !list_entries.contains(&i) {
+        if !used.contains_key(&i) && !list_entries.contains(&i) {
             rejected.push(reject(
                 &entries[i].name,
                 None,
@@ -448,6 +609,7 @@ fn list_plan(
         items,
         rejected,
         idx_sets: Vec::new(),
+        notes,
     })
 }
 
@@ -468,9 +630,11 @@ fn idx_role(base: &str) -> Option<(Split, bool)> {
     } else {
         return None;
     };
-    if rest.starts_with("images-idx") {
+    // `train-images-idx3-ubyte` as distributed; `train-images.idx3-ubyte`
+    // as Kaggle's copies name them.
+    if rest.starts_with("images-idx") || rest.starts_with("images.idx") {
         Some((split, true))
-    } else if rest.starts_with("labels-idx1") {
+    } else if rest.starts_with("labels-idx1") || rest.starts_with("labels.idx1") {
         Some((split, false))
     } else {
         None
@@ -596,6 +760,7 @@ fn idx_plan(
         items,
         rejected,
         idx_sets,
+        notes: Vec::new(),
     })
 }
 
@@ -624,8 +789,9 @@ mod tests {
         assert_eq!(
             rows,
             vec![
+                (1, "image_id".into(), "label".into()),
                 (2, "a.jpg".into(), "3".into()),
-                (3, "b.jpg".into(), "1".into())
+                (3, "b.jpg".into(), " 1".trim().into())
             ]
         );
         let rows = parse_list("x/a.jpg 7\n\n# c\n", "train.txt").unwrap();
@@ -634,11 +800,72 @@ mod tests {
     }
 
     #[test]
+    fn path_label_rows_split_at_the_last_space() {
+        let rows = parse_list(
+            "my photos/cat 1.jpg 3\nsummer trip/IMG 0001.JPG\t\t12\n",
+            "train.txt",
+        )
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "my photos/cat 1.jpg".into(), "3".into()),
+                (2, "summer trip/IMG 0001.JPG".into(), "12".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn header_rows_are_recognised_by_content() {
+        let rows = |text: &str| parse_list(text, "train.csv").unwrap();
+        let exists = |name: &str| name.ends_with(".jpg");
+        // Any header wording, numeric or named labels.
+        for text in [
+            "filename,category\na.jpg,1\nb.jpg,10\nc.jpg,2\n",
+            "path,target\na.jpg,cat\nb.jpg,dog\n",
+            "image_id,label\na.jpg,3\n",
+            "id,class\nlabel.jpg,class\n",
+        ] {
+            assert!(header_row(&rows(text), exists), "{text:?}");
+        }
+        // Data rows: the image exists, or the label is shared.
+        for text in [
+            "a.jpg,cat\nb.jpg,dog\n",
+            "missing.jpg,1\nb.jpg,1\n",
+            "a.jpg,category\nb.jpg,1\n",
+        ] {
+            assert!(!header_row(&rows(text), exists), "{text:?}");
+        }
+        assert!(!header_row(&[], exists));
+    }
+    #[test]
     fn classes_sort_numerically_when_numeric() {
         let v = sorted_classes(["10", "2", "1"].into_iter().map(String::from));
         assert_eq!(v, ["1", "2", "10"]);
         let v = sorted_classes(["b", "a10", "a2"].into_iter().map(String::from));
         assert_eq!(v, ["a10", "a2", "b"]);
+    }
+
+    #[test]
+    fn idx_names_with_dots_or_dashes() {
+        for (name, want) in [
+            ("train-images-idx3-ubyte.gz", Some((Split::Train, true))),
+            ("train-images.idx3-ubyte", Some((Split::Train, true))),
+            ("train-labels.idx1-ubyte", Some((Split::Train, false))),
+            ("t10k-images.idx3-ubyte", Some((Split::Val, true))),
+            ("t10k-labels.idx1-ubyte.gz", Some((Split::Val, false))),
+            ("train-notes.txt", None),
+        ] {
+            assert_eq!(idx_role(name), want, "{name}");
+        }
+        assert_eq!(LayoutKind::ClassFolders.to_string(), "class-folders");
+        for k in [
+            LayoutKind::ClassFolders,
+            LayoutKind::ListFiles,
+            LayoutKind::Idx,
+        ] {
+            assert_eq!(k.as_str().parse::<LayoutKind>(), Ok(k));
+        }
     }
 
     #[test]

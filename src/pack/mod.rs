@@ -22,11 +22,13 @@ pub use packer::{pack, PackOptions, PackSummary, SplitSummary};
 /// rejected and recorded instead).
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("{path}: {source}")]
+    /// The cause is part of the message and deliberately not exposed as the
+    /// error's `source()`: callers print the chain (`{:#}`), which would
+    /// repeat it.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: unreadable archive: {detail}")]
     Archive { path: PathBuf, detail: String },
@@ -41,10 +43,10 @@ pub enum PackError {
 }
 
 impl PackError {
-    fn io(path: &Path, source: std::io::Error) -> PackError {
+    fn io(path: &Path, cause: std::io::Error) -> PackError {
         PackError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Workers (a rayon pool of `--threads`) encode fixed-size chunks of the
 //! permuted item list; results come back in input order, so the shards are
 //! identical whatever the thread count. One thread writes while the pool
-//! encodes the next chunks (up to `QUEUE_CHUNKS` ahead); train and val go
+//! encodes the next chunks (a few ahead, within a byte budget, so memory
+//! does not grow with threads × image size); train and val go
 //! through the same pipeline, one after the other, without a drain between.
 //! After each finished shard a small record (`.ebv-pack/<shard>.json`) notes
 //! where the next shard starts and what was rejected so far; a rerun with the
@@ -99,7 +100,7 @@ fn bytes_per_image(encoding: Encoding, height: u32, width: u32) -> usize {
 const ROW_GROUP_BYTES: usize = 16 << 20;
 const SHARD_BYTES: usize = 192 << 20;
 
-/// Default rows per row group: about 16 MiB of images (1,115 rows of
+/// Default rows per row group: about 16 MiB of images (891 rows of
 /// 224×224 JPEG, 111 of raw).
 pub fn default_row_group_rows(encoding: Encoding, height: u32, width: u32) -> usize {
     (ROW_GROUP_BYTES / bytes_per_image(encoding, height, width)).clamp(1, 65_536)
@@ -132,9 +133,16 @@ pub struct PackSummary {
     pub splits: BTreeMap<Split, SplitSummary>,
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
+    /// What the layout decided on its own (a header row skipped, a
+    /// validation folder chosen); also in the manifest's options.
+    pub notes: Vec<String>,
+    /// An empty split, or classes left without training rows.
+    pub warnings: Vec<String>,
     /// Shards written by this run / kept from an interrupted earlier run.
     pub shards_written: u64,
     pub shards_reused: u64,
+    /// The output already held this pack: nothing was read or written,
+    /// the counts are the manifest's and the rates are 0.
     pub already_complete: bool,
     pub bytes_written: u64,
     pub wall_s: f64,
@@ -175,13 +183,15 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         Some(path) => Some(read_names(path)?),
         None => None,
     };
-    let source = Source::open(&opts.source)?;
+    let source = Source::open(&opts.source, Some(&opts.out))?;
     let plan = layout::plan(&source, opts.layout, class_names.as_deref())?;
     if plan.items.is_empty() {
         return Err(PackError::Layout(format!(
-            "{}: the {:?} layout matched but no images were found",
+            "{}: the source has the {} layout but none of its {} entries is an image to pack \
+             (rerun with --layout to force another layout)",
             opts.source.display(),
-            plan.layout
+            plan.layout,
+            source.entries().len()
         )));
     }
     let shard_rows = opts
@@ -215,6 +225,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         "row_group_rows": row_group_rows,
         "verify": opts.verify,
         "max_pixels": opts.max_pixels,
+        "layout_notes": plan.notes,
     });
     let fingerprint = fingerprint(&resolved, &source, &plan, &splits);
 
@@ -227,7 +238,9 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     } else if manifest_path.exists() {
         let manifest = Manifest::load(&manifest_path)?;
         if manifest.plan == fingerprint && shards_intact(out, &manifest) {
-            return Ok(complete_summary(out, &manifest, plan.layout, start));
+            let summary = complete_summary(out, &manifest, &plan, &splits, start);
+            nothing_packed(&summary, out, &manifest.rejected)?;
+            return Ok(summary);
         }
         return Err(PackError::Usage(format!(
             "{} already holds a different or damaged pack (manifest plan {}, this run {}); \
@@ -239,7 +252,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     }
     remove_stale_temps(out)?;
     std::fs::create_dir_all(&state_dir).map_err(|e| PackError::io(&state_dir, e))?;
-    check_disk_space(opts, &source, &splits)?;
+    check_disk_space(opts, &source, &splits, kept_bytes(out, &fingerprint))?;
     write_classes_tsv(&out.join(CLASSES_FILE), &plan.classes)?;
 
     let threads = opts
@@ -251,6 +264,10 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         .build()
         .map_err(|e| PackError::Usage(format!("--threads {threads}: {e}")))?;
     let total: usize = splits.values().map(Vec::len).sum();
+    let (chunk, queue) = pipeline_shape(
+        threads,
+        bytes_per_image(opts.encoding, opts.height, opts.width),
+    );
     let bar = crate::progress::bar(total as u64, "img", opts.quiet);
     bar.set_message("packing");
 
@@ -264,7 +281,8 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         shard_rows,
         row_group_rows,
         pool: &pool,
-        chunk: threads * 32,
+        chunk,
+        queue,
         bar: &bar,
         spare: std::sync::Mutex::new(Vec::new()),
         // Only raw rows are worth reusing: each is exactly one decode's
@@ -313,6 +331,9 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
                 .map(|r| r.bytes)
                 .sum(),
             rejected: rejected.iter().filter(|r| r.split == Some(split)).count() as u64,
+            passthrough: summary_splits
+                .get(&split)
+                .map_or(0, |s: &SplitSummary| s.passthrough),
         };
         totals.insert(split, t);
     }
@@ -338,12 +359,14 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     let wall_s = start.elapsed().as_secs_f64();
     let cpu_s = process_cpu_s() - cpu_start;
     let images: u64 = summary_splits.values().map(|s: &SplitSummary| s.rows).sum();
-    Ok(PackSummary {
+    let summary = PackSummary {
         out: out.clone(),
         layout: plan.layout,
         num_classes: plan.classes.len(),
         rejected: manifest.rejected.len() as u64,
         rejected_by_reason: by_reason(&manifest.rejected),
+        notes: plan.notes.clone(),
+        warnings: warnings(&plan, &splits, &manifest.rejected[plan.rejected.len()..]),
         splits: summary_splits,
         shards_written: written,
         shards_reused: reused,
@@ -353,11 +376,124 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         images_per_s: images as f64 / wall_s.max(1e-9),
         cpu_s,
         images_per_cpu_s: images as f64 / cpu_s.max(1e-9),
-    })
+    };
+    nothing_packed(&summary, out, &manifest.rejected)?;
+    Ok(summary)
+}
+
+/// A pack without a single row is an error, not an empty success: every
+/// image was rejected, and the reasons say why.
+fn nothing_packed(
+    summary: &PackSummary,
+    out: &Path,
+    rejected: &[RejectedEntry],
+) -> Result<(), PackError> {
+    if summary.splits.values().any(|s| s.rows > 0) {
+        return Ok(());
+    }
+    let reasons: Vec<String> = summary
+        .rejected_by_reason
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    let examples: Vec<String> = rejected
+        .iter()
+        .take(3)
+        .map(|r| format!("{}: {}", r.key, r.reason))
+        .collect();
+    Err(PackError::Layout(format!(
+        "nothing was packed: all {} entries were rejected ({}); e.g. {}. Every rejection is \
+         listed with its reason in {}",
+        rejected.len(),
+        reasons.join(", "),
+        examples.join("; "),
+        out.join(MANIFEST_FILE).display()
+    )))
+}
+
+/// Warnings about what the pack holds: an empty split, classes without a
+/// training row. `encode_rejected` are the rejections of items (after the
+/// plan's own), whose keys are unique within a split.
+fn warnings(
+    plan: &Plan,
+    splits: &BTreeMap<Split, Vec<Item>>,
+    encode_rejected: &[RejectedEntry],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for split in Split::ALL {
+        let n = splits.get(&split).map_or(0, Vec::len);
+        let lost = encode_rejected
+            .iter()
+            .filter(|r| r.split == Some(split))
+            .count();
+        if n == 0 {
+            out.push(format!(
+                "{split}: no rows (the source has no {split} images)"
+            ));
+        } else if lost >= n {
+            out.push(format!(
+                "{split}: no rows (all {n} of its images were rejected)"
+            ));
+        }
+    }
+    let lost: std::collections::HashSet<&str> = encode_rejected
+        .iter()
+        .filter(|r| r.split == Some(Split::Train))
+        .map(|r| r.key.as_str())
+        .collect();
+    let mut per_class = vec![(0usize, 0usize); plan.classes.len()];
+    for it in splits.get(&Split::Train).into_iter().flatten() {
+        if let Some(c) = per_class.get_mut(it.label as usize) {
+            c.0 += 1;
+            c.1 += usize::from(!lost.contains(it.key.as_str()));
+        }
+    }
+    let empty: Vec<String> = per_class
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, kept))| *kept == 0)
+        .map(|(label, (images, _))| {
+            let name = &plan.classes[label];
+            if *images == 0 {
+                format!("'{name}' (label {label}, no training images)")
+            } else {
+                format!("'{name}' (label {label}, all {images} training images rejected)")
+            }
+        })
+        .collect();
+    if !empty.is_empty() {
+        let shown = empty
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if empty.len() > 10 {
+            format!(" and {} more", empty.len() - 10)
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{} of {} classes have no training rows: {shown}{more}",
+            empty.len(),
+            plan.classes.len()
+        ));
+    }
+    out
 }
 
 fn validate(opts: &PackOptions) -> Result<(), PackError> {
     let bad = |m: String| Err(PackError::Usage(m));
+    let same = std::fs::canonicalize(&opts.source)
+        .ok()
+        .zip(std::fs::canonicalize(&opts.out).ok())
+        .is_some_and(|(a, b)| a == b);
+    if same {
+        return bad(format!(
+            "--out {} is the source folder itself; choose another output folder",
+            opts.out.display()
+        ));
+    }
     if opts.height == 0 || opts.width == 0 || opts.height > 8192 || opts.width > 8192 {
         return bad(format!(
             "--size {}x{}: each side must be 1..=8192",
@@ -417,8 +553,8 @@ fn fingerprint(
 ) -> String {
     let mut h = Sha256::new();
     h.update(format!("ebv-pack v{FORMAT_VERSION}\n{resolved}\n"));
-    let info = source.info();
-    h.update(format!("{}\n{}\n{}\n", info.name, info.size, info.modified));
+    h.update(source.identity());
+    h.update(b"\n");
     for c in &plan.classes {
         h.update(c.as_bytes());
         h.update(b"\n");
@@ -485,30 +621,36 @@ fn shards_intact(out: &Path, manifest: &Manifest) -> bool {
 fn complete_summary(
     out: &Path,
     manifest: &Manifest,
-    layout: LayoutKind,
+    plan: &Plan,
+    splits: &BTreeMap<Split, Vec<Item>>,
     start: Instant,
 ) -> PackSummary {
-    let mut splits = BTreeMap::new();
+    let mut summary_splits = BTreeMap::new();
     for (split, t) in &manifest.totals {
-        splits.insert(
+        summary_splits.insert(
             *split,
             SplitSummary {
                 rows: t.rows,
                 shards: t.shards,
                 bytes: t.bytes,
                 rejected: t.rejected,
-                passthrough: 0,
-                converted: 0,
+                passthrough: t.passthrough,
+                converted: t.rows.saturating_sub(t.passthrough),
             },
         );
     }
+    // The same plan gives the same plan rejections first; the rest are the
+    // items' own.
+    let encode_rejected = manifest.rejected.get(plan.rejected.len()..).unwrap_or(&[]);
     PackSummary {
         out: out.to_path_buf(),
-        layout,
+        layout: plan.layout,
         num_classes: manifest.num_classes as usize,
-        splits,
+        splits: summary_splits,
         rejected: manifest.rejected.len() as u64,
         rejected_by_reason: by_reason(&manifest.rejected),
+        notes: plan.notes.clone(),
+        warnings: warnings(plan, splits, encode_rejected),
         shards_written: 0,
         shards_reused: manifest.shards.len() as u64,
         already_complete: true,
@@ -537,11 +679,42 @@ fn free_space(dir: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Bytes of the complete shards an interrupted run of this plan left in
+/// `out` (they stay, so a resumed run needs that much less room). Only the
+/// size is checked here; the resume itself verifies their checksums.
+fn kept_bytes(out: &Path, fingerprint: &str) -> u64 {
+    let mut total = 0;
+    for split in Split::ALL {
+        for index in 0.. {
+            let name = shard_file_name(split, index);
+            let state = std::fs::read(out.join(STATE_DIR).join(format!("{name}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ShardState>(&b).ok());
+            let Some(state) = state.filter(|s| s.plan == fingerprint) else {
+                break;
+            };
+            if !std::fs::metadata(out.join(&name)).is_ok_and(|m| m.len() == state.record.bytes) {
+                break;
+            }
+            total += state.record.bytes;
+        }
+    }
+    total
+}
+
+/// Bytes the run still has to write: the estimate for the whole output
+/// less the shards kept from an interrupted run, plus a 5 % margin.
+fn bytes_needed(estimate: u64, kept: u64) -> u64 {
+    let rest = estimate.saturating_sub(kept);
+    rest.saturating_add(rest / 20)
+}
+
 /// Refuse to start when the estimated output cannot fit on the disk.
 fn check_disk_space(
     opts: &PackOptions,
     source: &Source,
     splits: &BTreeMap<Split, Vec<Item>>,
+    kept: u64,
 ) -> Result<(), PackError> {
     let pixels = u64::from(opts.height) * u64::from(opts.width);
     let raw = pixels * 3;
@@ -560,7 +733,8 @@ fn check_disk_space(
     let Some(free) = free_space(&opts.out) else {
         return Ok(());
     };
-    if estimate.saturating_add(estimate / 20) > free {
+    let needed = bytes_needed(estimate, kept);
+    if needed > free {
         let gb = |b: u64| b as f64 / 1e9;
         let hint = if opts.encoding == Encoding::Raw {
             format!(
@@ -569,10 +743,18 @@ fn check_disk_space(
         } else {
             String::new()
         };
+        let resumed = if kept > 0 {
+            format!(
+                " (after the {:.1} GB of shards kept from the interrupted run)",
+                gb(kept)
+            )
+        } else {
+            String::new()
+        };
         return Err(PackError::NoSpace(format!(
-            "{}: the output needs about {:.1} GB but only {:.1} GB are free.{hint}",
+            "{}: the output needs about {:.1} GB more{resumed} but only {:.1} GB are free.{hint}",
             opts.out.display(),
-            gb(estimate),
+            gb(needed),
             gb(free)
         )));
     }
@@ -589,7 +771,10 @@ struct Context<'a> {
     shard_rows: usize,
     row_group_rows: usize,
     pool: &'a rayon::ThreadPool,
+    /// Items per chunk and chunks that may wait for the writer
+    /// ([`pipeline_shape`]).
     chunk: usize,
+    queue: usize,
     bar: &'a indicatif::ProgressBar,
     /// Image buffers of written row groups, for the workers to decode into.
     spare: std::sync::Mutex<Vec<Vec<u8>>>,
@@ -602,10 +787,29 @@ struct Context<'a> {
 /// row group), so steady state allocates nothing.
 const SPARE_BYTES: usize = 80 << 20;
 
-/// Encoded chunks that may wait for the writer. Deep enough that a writer
-/// stalled for a moment (a block write to the device, a shard's footer) does not stop
-/// the pool; 6 × 64 raw 224² images ≈ 58 MB.
+/// Most encoded chunks that may wait for the writer. Deep enough that a
+/// writer stalled for a moment (a block write to the device, a shard's
+/// footer) does not stop the pool; 6 × 64 raw 224² images ≈ 58 MB.
 const QUEUE_CHUNKS: usize = 6;
+
+/// Budget of encoded bytes that may wait for the writer (the queued
+/// chunks): it keeps memory independent of the thread count and image size.
+/// The defaults (2 to 16 threads, 224² raw) stay within it at full depth.
+const QUEUE_BYTES: usize = 192 << 20;
+
+/// Items per chunk and queue depth for `threads` workers and images of
+/// `image_bytes` once encoded. A chunk holds 32 items per thread when they
+/// fit a sixth of [`QUEUE_BYTES`], else fewer, but never fewer than one per
+/// thread (so every worker has an image); the queue is as deep as the budget
+/// allows, 1 to [`QUEUE_CHUNKS`]. Queued bytes are thus at most
+/// `max(QUEUE_BYTES, threads × image_bytes)`.
+fn pipeline_shape(threads: usize, image_bytes: usize) -> (usize, usize) {
+    let image_bytes = image_bytes.max(1);
+    let fit = QUEUE_BYTES / QUEUE_CHUNKS / image_bytes;
+    let chunk = (threads * 32).min(fit.max(threads)).max(1);
+    let queue = (QUEUE_BYTES / (chunk * image_bytes)).clamp(1, QUEUE_CHUNKS);
+    (chunk, queue)
+}
 
 /// One split on its way through the writer.
 struct SplitWrite<'i> {
@@ -735,7 +939,7 @@ impl Context<'_> {
         }
 
         std::thread::scope(|scope| -> Result<(), PackError> {
-            let (tx, rx) = crossbeam_channel::bounded::<(usize, usize, Vec<Outcome>)>(QUEUE_CHUNKS);
+            let (tx, rx) = crossbeam_channel::bounded::<(usize, usize, Vec<Outcome>)>(self.queue);
             scope.spawn(move || {
                 for (si, &(_, items)) in splits.iter().enumerate() {
                     let mut start = starts[si];
@@ -875,5 +1079,55 @@ mod tests {
         assert_eq!(default_shard_rows(Encoding::Raw, 224, 224), 12 * 111);
         assert_eq!(default_row_group_rows(Encoding::Raw, 32, 32), 5461);
         assert_eq!(default_row_group_rows(Encoding::Jpeg, 8192, 8192), 1);
+    }
+
+    #[test]
+    fn queued_bytes_stay_within_the_budget() {
+        // The defaults keep their shape: 32 items per thread, 6 deep.
+        assert_eq!(pipeline_shape(2, 224 * 224 * 3), (64, 6));
+        for threads in [1, 2, 16, 64, 256] {
+            for side in [32usize, 224, 1024, 4096, 8192] {
+                let image = side * side * 3;
+                let (chunk, queue) = pipeline_shape(threads, image);
+                assert!(chunk >= threads.min(32 * threads) && queue >= 1);
+                let queued = chunk * queue * image;
+                assert!(
+                    queued <= QUEUE_BYTES.max(threads * image),
+                    "{threads} threads, {side}²: {chunk} × {queue} × {image} = {queued}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kept_shards_reduce_the_space_needed() {
+        assert_eq!(bytes_needed(1000, 0), 1050);
+        assert_eq!(bytes_needed(1000, 600), 420);
+        assert_eq!(bytes_needed(1000, 5000), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::create_dir_all(out.join(STATE_DIR)).unwrap();
+        let state = |file: &str, bytes: u64, plan: &str| ShardState {
+            plan: plan.into(),
+            record: ShardRecord {
+                file: file.into(),
+                split: Split::Train,
+                rows: 1,
+                row_groups: 1,
+                bytes,
+                xxh3_128: String::new(),
+            },
+            next_input: 1,
+            rejected: Vec::new(),
+            passthrough: 0,
+        };
+        for (i, (bytes, plan)) in [(100u64, "p"), (50, "p"), (7, "other")].iter().enumerate() {
+            let name = shard_file_name(Split::Train, i);
+            std::fs::write(out.join(&name), vec![0u8; *bytes as usize]).unwrap();
+            let json = serde_json::to_vec(&state(&name, *bytes, plan)).unwrap();
+            std::fs::write(out.join(STATE_DIR).join(format!("{name}.json")), json).unwrap();
+        }
+        assert_eq!(kept_bytes(out, "p"), 150);
+        assert_eq!(kept_bytes(out, "q"), 0);
     }
 }

@@ -3,7 +3,18 @@
 //!
 //! Invariant: entry names use `/` separators and are exactly the names the
 //! source holds; an entry whose name would escape the source (`../`,
-//! absolute) is marked unsafe and never read.
+//! absolute) is marked unsafe and never read, and an entry that cannot be
+//! packed whatever its bytes (a named pipe, an unreadable folder, an extra
+//! zip entry of an already used name) carries its reason instead of being
+//! dropped.
+//!
+//! Folders are walked following symbolic links (a class folder is often a
+//! link to another disk), with cycles cut at the link that closes them. The
+//! pack's own output folder is skipped when it lies inside the source, so a
+//! rerun sees the same source as the first run. A folder's identity is a
+//! hash of every entry's (name, size, modification time): a file replaced
+//! deep inside changes it even when the folder's own time and total size do
+//! not.
 //!
 //! Stored and deflated zip entries (nearly every dataset zip) are read
 //! straight from the map: a stored entry is one copy, a deflated one is
@@ -15,12 +26,14 @@
 //! methods and encrypted entries go through the zip crate.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flate2::{Decompress, FlushDecompress, Status};
 use memmap2::Mmap;
+use sha2::{Digest, Sha256};
 use zip::{CompressionMethod, ZipArchive};
 
 use super::PackError;
@@ -37,6 +50,9 @@ pub struct Entry {
     pub size: u64,
     /// The name escapes the source root (`../x`, `/etc/x`).
     pub unsafe_path: bool,
+    /// Why the entry cannot be packed, found while listing the source
+    /// (never read when set).
+    pub problem: Option<String>,
     index: usize,
     /// Where a stored or deflated zip entry's data lies in the archive.
     span: Option<Span>,
@@ -78,38 +94,73 @@ pub struct Source {
     kind: Kind,
     entries: Vec<Entry>,
     info: SourceInfo,
+    identity: String,
 }
 
 impl Source {
     /// Open a zip file or a folder. A zip that cannot be read (truncated,
-    /// not a zip) is an error naming it.
-    pub fn open(path: &Path) -> Result<Source, PackError> {
+    /// not a zip) is an error naming it. `skip` is a folder left out of a
+    /// folder source's walk (the pack's output folder).
+    pub fn open(path: &Path, skip: Option<&Path>) -> Result<Source, PackError> {
         let meta = std::fs::metadata(path).map_err(|e| PackError::io(path, e))?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+        let modified = mtime(&meta).0;
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
         if meta.is_dir() {
-            let mut entries = Vec::new();
-            walk(path, path, &mut entries)?;
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            for (i, e) in entries.iter_mut().enumerate() {
-                e.index = i;
+            // The top folder itself must be readable; below it, an
+            // unreadable folder is one more rejected entry.
+            std::fs::read_dir(path).map_err(|e| PackError::io(path, e))?;
+            let mut walker = Walker {
+                root: path,
+                skip: skip
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map(|m| file_id(&m)),
+                ancestors: vec![file_id(&meta)],
+                entries: Vec::new(),
+                mtimes: Vec::new(),
+            };
+            walker.walk(path);
+            let Walker {
+                mut entries,
+                mtimes,
+                ..
+            } = walker;
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by(|&a, &b| entries[a].name.cmp(&entries[b].name));
+            let mut hash = Sha256::new();
+            let mut newest = 0u64;
+            for &i in &order {
+                let e = &entries[i];
+                let (secs, nanos) = mtimes[i];
+                newest = newest.max(secs);
+                hash.update(format!(
+                    "{}\0{}\0{secs}.{nanos:09}\0{}\n",
+                    e.name,
+                    e.size,
+                    e.problem.as_deref().unwrap_or("")
+                ));
             }
-            let size = entries.iter().map(|e| e.size).sum();
+            let mut sorted: Vec<Entry> = Vec::with_capacity(entries.len());
+            for (k, &i) in order.iter().enumerate() {
+                let mut e = std::mem::replace(&mut entries[i], placeholder());
+                e.index = k;
+                sorted.push(e);
+            }
+            let size = sorted.iter().map(|e| e.size).sum();
             return Ok(Source {
                 kind: Kind::Dir(path.to_path_buf()),
-                entries,
+                entries: sorted,
+                // The folder's own time changes whenever something is added
+                // at its top (the output folder, say); its contents' newest
+                // time is what says when the data last changed.
                 info: SourceInfo {
                     name,
                     size,
-                    modified,
+                    modified: newest,
                 },
+                identity: hex::encode(hash.finalize()),
             });
         }
         let file = std::fs::File::open(path).map_err(|e| PackError::io(path, e))?;
@@ -156,10 +207,28 @@ impl Source {
                 name,
                 size: f.size(),
                 unsafe_path,
+                problem: None,
                 index,
                 span,
             });
         }
+        if archive.has_duplicate_names() {
+            // The zip crate keeps the last entry of a name; the others are
+            // still data the archive holds, so each is reported.
+            let dir_start = archive.central_directory_start();
+            for (name, copies) in duplicate_names(bytes.as_ref(), dir_start) {
+                for _ in 1..copies {
+                    entries.push(Entry {
+                        problem: Some(format!(
+                            "duplicate entry name: the archive holds {copies} entries of this \
+                             name; only the last is packed"
+                        )),
+                        ..placeholder_named(&name)
+                    });
+                }
+            }
+        }
+        let identity = format!("zip\0{}\0{}\0{modified}", name, meta.len());
         Ok(Source {
             kind: Kind::Zip { archive, bytes },
             entries,
@@ -168,6 +237,7 @@ impl Source {
                 size: meta.len(),
                 modified,
             },
+            identity,
         })
     }
 
@@ -179,11 +249,21 @@ impl Source {
         &self.info
     }
 
+    /// What identifies this source's contents for resuming: a zip's name,
+    /// size and time; a folder's hash over every entry (see the module
+    /// header).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     /// Read a whole entry. Safe to call from many threads at once: each
     /// call works on its own view of the archive.
     pub fn read(&self, entry: &Entry) -> Result<Vec<u8>, String> {
         if entry.unsafe_path {
             return Err("unsafe path".into());
+        }
+        if let Some(problem) = &entry.problem {
+            return Err(problem.clone());
         }
         if entry.size > MAX_ENTRY_BYTES {
             return Err(format!(
@@ -267,34 +347,177 @@ fn escapes(name: &str) -> bool {
         || name.as_bytes().get(1) == Some(&b':')
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<(), PackError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| PackError::io(dir, e))?;
-    for item in rd {
-        let item = item.map_err(|e| PackError::io(dir, e))?;
-        let path = item.path();
-        let ft = item.file_type().map_err(|e| PackError::io(&path, e))?;
-        if ft.is_dir() {
-            walk(root, &path, out)?;
-            continue;
+fn placeholder() -> Entry {
+    placeholder_named("")
+}
+
+fn placeholder_named(name: &str) -> Entry {
+    Entry {
+        name: name.to_string(),
+        size: 0,
+        unsafe_path: false,
+        problem: None,
+        index: usize::MAX,
+        span: None,
+    }
+}
+
+/// (seconds, nanoseconds) since the epoch; 0 when the system has no times.
+fn mtime(meta: &std::fs::Metadata) -> (u64, u32) {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()))
+}
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Names that more than one central-directory header carries, with their
+/// count. Walks the headers from `dir_start` (46 fixed bytes, then name,
+/// extra field and comment) and stops quietly at anything malformed: the zip
+/// crate has already parsed the same directory.
+fn duplicate_names(archive: &[u8], dir_start: u64) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut pos = usize::try_from(dir_start).unwrap_or(usize::MAX);
+    let u16_at = |p: usize| {
+        archive
+            .get(p..p + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    while archive.get(pos..pos + 4) == Some(&[0x50, 0x4b, 0x01, 0x02][..]) {
+        let (Some(name_len), Some(extra_len), Some(comment_len)) =
+            (u16_at(pos + 28), u16_at(pos + 30), u16_at(pos + 32))
+        else {
+            break;
+        };
+        let Some(name) = archive.get(pos + 46..pos + 46 + name_len) else {
+            break;
+        };
+        // Directories are not entries (the packer skips them too).
+        if !name.ends_with(b"/") {
+            *counts
+                .entry(String::from_utf8_lossy(name).into_owned())
+                .or_insert(0) += 1;
         }
-        let rel = path.strip_prefix(root).unwrap_or(&path);
-        let name = rel
-            .components()
+        pos += 46 + name_len + extra_len + comment_len;
+    }
+    counts.retain(|_, n| *n > 1);
+    counts
+}
+
+/// Lists a folder source.
+struct Walker<'a> {
+    root: &'a Path,
+    /// The output folder, left out.
+    skip: Option<(u64, u64)>,
+    /// Folders from the root down to the one being listed: a link back to
+    /// one of them is a cycle.
+    ancestors: Vec<(u64, u64)>,
+    entries: Vec<Entry>,
+    /// Modification time of each entry, for the identity hash.
+    mtimes: Vec<(u64, u32)>,
+}
+
+impl Walker<'_> {
+    fn name(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        rel.components()
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
-            .join("/");
-        // Symlinks are followed only for their size; a dangling one is
-        // still listed so that it is reported, not silently dropped.
-        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-        out.push(Entry {
-            name,
-            size,
-            unsafe_path: false,
-            index: 0,
-            span: None,
-        });
+            .join("/")
     }
-    Ok(())
+
+    fn push(&mut self, name: String, size: u64, mtime: (u64, u32), problem: Option<String>) {
+        self.entries.push(Entry {
+            size,
+            problem,
+            ..placeholder_named(&name)
+        });
+        self.mtimes.push(mtime);
+    }
+
+    /// Records a folder that cannot be listed (named with a trailing `/`).
+    fn bad_folder(&mut self, dir: &Path, reason: String) {
+        let name = format!("{}/", self.name(dir));
+        self.push(name, 0, (0, 0), Some(reason));
+    }
+
+    fn walk(&mut self, dir: &Path) {
+        let mut children = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(rd) => {
+                for item in rd {
+                    match item {
+                        Ok(item) => children.push(item.path()),
+                        Err(e) => {
+                            self.bad_folder(dir, format!("unreadable folder: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => return self.bad_folder(dir, format!("unreadable folder: {e}")),
+        }
+        for path in children {
+            // `metadata` follows symbolic links: a linked class folder or
+            // file is walked or read like a real one.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    let link =
+                        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                    let reason = if link {
+                        format!("broken symbolic link: {e}")
+                    } else {
+                        format!("unreadable file: {e}")
+                    };
+                    let name = self.name(&path);
+                    self.push(name, 0, (0, 0), Some(reason));
+                    continue;
+                }
+            };
+            let name = self.name(&path);
+            if meta.is_dir() {
+                let id = file_id(&meta);
+                if Some(id) == self.skip {
+                    continue;
+                }
+                if self.ancestors.contains(&id) {
+                    let reason = "symbolic link cycle: links to a folder that contains it".into();
+                    self.push(format!("{name}/"), 0, (0, 0), Some(reason));
+                    continue;
+                }
+                self.ancestors.push(id);
+                self.walk(&path);
+                self.ancestors.pop();
+            } else if meta.is_file() {
+                self.push(name, meta.len(), mtime(&meta), None);
+            } else {
+                // Opening a named pipe would block the run forever, and a
+                // device or socket holds no image.
+                use std::os::unix::fs::FileTypeExt;
+                let ft = meta.file_type();
+                let kind = if ft.is_fifo() {
+                    "named pipe"
+                } else if ft.is_socket() {
+                    "socket"
+                } else if ft.is_block_device() || ft.is_char_device() {
+                    "device"
+                } else {
+                    "special file"
+                };
+                self.push(
+                    name,
+                    0,
+                    mtime(&meta),
+                    Some(format!("not a regular file ({kind})")),
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +568,7 @@ mod tests {
             ("a/empty-stored.bin", Vec::new(), CompressionMethod::Stored),
         ];
         let path = zip_file(dir.path(), &entries);
-        let src = Source::open(&path).unwrap();
+        let src = Source::open(&path, None).unwrap();
         let mut reference = ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
         assert_eq!(src.entries().len(), entries.len());
         for e in src.entries() {
@@ -375,7 +598,7 @@ mod tests {
             ("d.bin", bytes(50_000, 4), CompressionMethod::Deflated),
         ];
         let path = zip_file(dir.path(), &entries);
-        let clean = Source::open(&path).unwrap();
+        let clean = Source::open(&path, None).unwrap();
         let spans: Vec<Span> = clean.entries().iter().map(|e| e.span.unwrap()).collect();
         drop(clean);
         let mut raw = std::fs::read(&path).unwrap();
@@ -393,7 +616,7 @@ mod tests {
             raw[(s.start + s.compressed / 2) as usize] ^= 0x40;
         }
         std::fs::write(&path, &raw).unwrap();
-        let src = Source::open(&path).unwrap();
+        let src = Source::open(&path, None).unwrap();
         for e in src.entries() {
             let err = src.read(e).unwrap_err();
             assert!(err.starts_with("unreadable entry: "), "{}: {err}", e.name);
@@ -412,5 +635,163 @@ mod tests {
         };
         let err = read_span(&raw, past, s.compressed, &mut Vec::new()).unwrap_err();
         assert!(err.contains("past the end of the archive"), "{err}");
+    }
+
+    fn names(src: &Source) -> Vec<(String, Option<String>)> {
+        src.entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.problem.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn folder_walk_follows_links_and_records_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(root.join("train/a")).unwrap();
+        std::fs::create_dir_all(elsewhere.join("b")).unwrap();
+        std::fs::write(root.join("train/a/1.jpg"), b"one").unwrap();
+        std::fs::write(elsewhere.join("b/2.jpg"), b"two!").unwrap();
+        std::fs::write(elsewhere.join("3.jpg"), b"three").unwrap();
+        let link = |target: &Path, at: &Path| std::os::unix::fs::symlink(target, at).unwrap();
+        // A linked class folder, a linked file, a link back up (a cycle), a
+        // dangling link, a named pipe and the output folder.
+        link(&elsewhere.join("b"), &root.join("train/b"));
+        link(&elsewhere.join("3.jpg"), &root.join("train/a/3.jpg"));
+        link(&root, &root.join("train/a/loop"));
+        link(&dir.path().join("gone"), &root.join("train/a/dangling.jpg"));
+        let fifo = std::ffi::CString::new(root.join("train/a/pipe.jpg").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::create_dir_all(root.join("shards/.ebv-pack")).unwrap();
+        std::fs::write(root.join("shards/train-00000.parquet"), b"PAR1").unwrap();
+
+        let src = Source::open(&root, Some(&root.join("shards"))).unwrap();
+        let got = names(&src);
+        let problem = |name: &str| {
+            got.iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} not listed: {got:?}"))
+                .1
+                .clone()
+        };
+        assert_eq!(problem("train/a/1.jpg"), None);
+        assert_eq!(problem("train/a/3.jpg"), None);
+        assert_eq!(problem("train/b/2.jpg"), None);
+        assert!(problem("train/a/loop/").unwrap().contains("cycle"));
+        assert!(problem("train/a/dangling.jpg")
+            .unwrap()
+            .starts_with("broken symbolic link"));
+        assert_eq!(
+            problem("train/a/pipe.jpg").as_deref(),
+            Some("not a regular file (named pipe)")
+        );
+        assert!(!got.iter().any(|(n, _)| n.starts_with("shards")), "{got:?}");
+        assert_eq!(got.len(), 6, "{got:?}");
+        // Linked files read through the link; a pipe is never opened.
+        let e = |name: &str| src.entries().iter().find(|e| e.name == name).unwrap();
+        assert_eq!(src.read(e("train/b/2.jpg")).unwrap(), b"two!");
+        assert_eq!(src.read(e("train/a/3.jpg")).unwrap(), b"three");
+        assert!(src.read(e("train/a/pipe.jpg")).is_err());
+        assert_eq!(src.info().size, 3 + 4 + 5);
+
+        // A folder that cannot be listed is one entry naming it.
+        let mut walker = Walker {
+            root: &root,
+            skip: None,
+            ancestors: Vec::new(),
+            entries: Vec::new(),
+            mtimes: Vec::new(),
+        };
+        walker.walk(&root.join("train/vanished"));
+        assert_eq!(walker.entries.len(), 1);
+        assert_eq!(walker.entries[0].name, "train/vanished/");
+        assert!(walker.entries[0]
+            .problem
+            .as_deref()
+            .unwrap()
+            .starts_with("unreadable folder: "));
+    }
+
+    #[test]
+    fn folder_identity_sees_a_file_replaced_deep_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        std::fs::create_dir_all(root.join("train/a")).unwrap();
+        let file = root.join("train/a/1.jpg");
+        std::fs::write(&file, b"same size A").unwrap();
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        let set_time = |t| {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        set_time(t0);
+        let top = std::fs::metadata(&root).unwrap().modified().unwrap();
+        let before = Source::open(&root, None).unwrap();
+        assert_eq!(
+            before.identity(),
+            Source::open(&root, None).unwrap().identity()
+        );
+        std::fs::write(&file, b"same size B").unwrap();
+        set_time(t0 + std::time::Duration::from_secs(60));
+        assert_eq!(std::fs::metadata(&root).unwrap().modified().unwrap(), top);
+        let after = Source::open(&root, None).unwrap();
+        assert_eq!(before.info().size, after.info().size);
+        assert_ne!(before.identity(), after.identity());
+        // Adding a folder at the top (the output) changes nothing skipped.
+        std::fs::create_dir_all(root.join("out")).unwrap();
+        let skipped = Source::open(&root, Some(&root.join("out"))).unwrap();
+        assert_eq!(after.identity(), skipped.identity());
+        assert_eq!(after.info(), skipped.info());
+    }
+
+    #[test]
+    fn duplicate_zip_entry_names_are_kept_as_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dup.zip");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, data) in [
+            ("a/x.bin", b"first"),
+            ("a/y.bin", b"other"),
+            ("a/x.bin", b"later"),
+        ] {
+            // The writer refuses a repeated name; write it under a
+            // same-length placeholder and patch the bytes afterwards.
+            let written = if name == "a/x.bin" && data == b"later" {
+                "a/X.bin"
+            } else {
+                name
+            };
+            z.start_file(written, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+        let mut raw = std::fs::read(&path).unwrap();
+        let mut k = 0;
+        while let Some(p) = raw[k..].windows(7).position(|w| w == b"a/X.bin") {
+            raw[k + p + 2] = b'x';
+            k += p + 7;
+        }
+        std::fs::write(&path, &raw).unwrap();
+        let src = Source::open(&path, None).unwrap();
+        let got = names(&src);
+        let x: Vec<_> = got.iter().filter(|(n, _)| n == "a/x.bin").collect();
+        assert_eq!(x.len(), 2, "{got:?}");
+        assert!(x.iter().any(|(_, p)| p.is_none()));
+        assert!(x.iter().any(|(_, p)| p
+            .as_deref()
+            .is_some_and(|p| p.starts_with("duplicate entry name"))));
+        let kept = src
+            .entries()
+            .iter()
+            .find(|e| e.name == "a/x.bin" && e.problem.is_none())
+            .unwrap();
+        assert_eq!(src.read(kept).unwrap(), b"later");
     }
 }

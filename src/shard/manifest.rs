@@ -58,6 +58,10 @@ pub struct SplitTotals {
     pub rows: u64,
     pub bytes: u64,
     pub rejected: u64,
+    /// Rows stored as the source's own JPEG bytes (the rest were converted);
+    /// 0 in manifests written before it was recorded.
+    #[serde(default)]
+    pub passthrough: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
