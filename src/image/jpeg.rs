@@ -173,7 +173,9 @@ pub(crate) fn image_end(bytes: &[u8]) -> Result<usize, String> {
 /// data that begins at `pos`; `None` when the data runs out first.
 fn scan_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
     loop {
-        let ff = pos + bytes.get(pos..)?.iter().position(|&b| b == 0xFF)?;
+        // memchr: the entropy data is most of the file, and this runs on
+        // every passthrough image.
+        let ff = pos + memchr::memchr(0xFF, bytes.get(pos..)?)?;
         let mut code = ff + 1;
         while bytes.get(code) == Some(&0xFF) {
             code += 1;
