@@ -22,7 +22,7 @@ pub struct JpegHeader {
     /// Whether a start-of-scan marker follows the frame header.
     pub has_scan: bool,
     /// Whether the image reaches its end-of-image marker (bytes after it
-    /// are allowed: see [`image_end`]).
+    /// are allowed: the end is found by walking the segments and scans).
     pub complete: bool,
 }
 
