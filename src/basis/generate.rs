@@ -882,6 +882,11 @@ pub fn generate_with_checkpoints(
                 break;
             }
         }
+        // `--alpha auto` on the Welch bound (orthonormal rows, an ETF): no
+        // matrix has a lower max |cos|, so further steps can only lose.
+        if target.is_none() && best_max as f64 <= plan.welch + 1e-7 {
+            break;
+        }
         if step >= cfg.max_steps || lr < 1e-12 {
             break;
         }
@@ -1298,6 +1303,22 @@ mod tests {
             .filter(|&k| (0..100).all(|r| g.basis.row(r)[k] == 0.0))
             .count();
         assert_eq!(zero_cols, 5);
+    }
+
+    #[test]
+    fn alpha_auto_stops_on_the_welch_bound() {
+        // Orthonormal rows (N ≤ d) sit on the bound (0): no step can improve them.
+        let mut c = cfg(50, 100, 0.0);
+        c.alpha = AlphaSpec::Auto;
+        c.init = Init::Auto;
+        c.max_steps = 300;
+        let g = generate(&c, &mut |_| {}).unwrap();
+        assert_eq!((g.summary.init, g.summary.steps), (Init::Orthogonal, 0));
+        assert!(g.summary.max_abs_cos < 1e-6);
+        // From random vectors it runs as before.
+        c.init = Init::Random;
+        c.max_steps = 5;
+        assert_eq!(generate(&c, &mut |_| {}).unwrap().summary.steps, 5);
     }
 
     #[test]
