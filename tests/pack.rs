@@ -1893,3 +1893,388 @@ fn resize_crop_keeps_the_centre() {
         "portrait centre"
     );
 }
+
+/// `bytes` with its first frame header's marker and sample precision set.
+fn with_frame(mut bytes: Vec<u8>, marker: u8, precision: u8) -> Vec<u8> {
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    bytes[sof + 1] = marker;
+    bytes[sof + 4] = precision;
+    bytes
+}
+
+/// A flat CMYK JPEG as jpeg-encoder writes it (Adobe, inverted samples),
+/// stored as CMYK or as YCCK.
+fn jpeg_flat_cmyk(w: u32, h: u32, cmyk: [u8; 4], ycck: bool) -> Vec<u8> {
+    let color = if ycck {
+        jpeg_encoder::ColorType::CmykAsYcck
+    } else {
+        jpeg_encoder::ColorType::Cmyk
+    };
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 95)
+        .encode(&cmyk.repeat((w * h) as usize), w as u16, h as u16, color)
+        .unwrap();
+    out
+}
+
+/// Right-size JPEGs a reader would misread as stored — turned by EXIF,
+/// not RGB, or coded in a way JPEG readers do not decode — are converted
+/// or rejected, never passed through.
+#[test]
+fn right_size_jpegs_a_reader_would_misread_are_converted_or_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 32u32;
+    let plain = jpeg_rgb(n, n, 1);
+    // C=20 M=100 Y=200 K=30 → (255-C)(255-K)/255 …: what Pillow's
+    // convert("RGB") gives too.
+    let cmyk = [20u8, 100, 200, 30];
+    let want_cmyk = [207i32, 137, 49];
+    let entries: Entries = vec![
+        ("train/a/plain.jpg".into(), plain.clone()),
+        (
+            "train/a/exif3.jpg".into(),
+            jpeg_with_orientation(n, n, 2, Some(3)),
+        ),
+        (
+            "train/a/exif6.jpg".into(),
+            jpeg_with_orientation(n, n, 3, Some(6)),
+        ),
+        // 24 wide, 32 tall once turned: the target size only after rotation.
+        (
+            "train/a/exif6-wide.jpg".into(),
+            jpeg_with_orientation(n, 24, 4, Some(6)),
+        ),
+        ("train/a/gray.jpg".into(), jpeg_gray(n, n, 5)),
+        ("train/b/cmyk.jpg".into(), jpeg_flat_cmyk(n, n, cmyk, false)),
+        ("train/b/ycck.jpg".into(), jpeg_flat_cmyk(n, n, cmyk, true)),
+        (
+            "train/b/sof1.jpg".into(),
+            with_frame(plain.clone(), 0xC1, 8),
+        ),
+        (
+            "train/b/sof9.jpg".into(),
+            with_frame(plain.clone(), 0xC9, 8),
+        ),
+        (
+            "train/b/sof3.jpg".into(),
+            with_frame(plain.clone(), 0xC3, 8),
+        ),
+        (
+            "train/b/sof1-12bit.jpg".into(),
+            with_frame(plain.clone(), 0xC1, 12),
+        ),
+    ];
+    let sources: BTreeMap<String, Vec<u8>> = entries.iter().cloned().collect();
+    let zip = dir.path().join("src.zip");
+    write_zip(&zip, &entries);
+    for (size, wide) in [("32", false), ("24x32", true)] {
+        let out = dir.path().join(format!("out{size}"));
+        let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", size, "--quiet"]);
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let mut rej = rejections(&out);
+        rej.sort();
+        let rejected: Vec<&str> = rej.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            rejected,
+            [
+                "train/b/sof1-12bit.jpg",
+                "train/b/sof3.jpg",
+                "train/b/sof9.jpg"
+            ]
+        );
+        let reasons: Vec<&str> = rej.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "unsupported image format: 12-bit jpeg (SOF1)",
+                "unsupported image format: lossless jpeg (SOF3)",
+                "unsupported image format: arithmetic-coded jpeg (SOF9)",
+            ]
+        );
+        let (tw, th) = if wide { (24, 32) } else { (n, n) };
+        for row in read_split(&out, "train") {
+            let passed = row.image == sources[&row.key];
+            let keep = !wide && (row.key == "train/a/plain.jpg" || row.key == "train/b/sof1.jpg");
+            assert_eq!(passed, keep, "{} passed through: {passed}", row.key);
+            // What a reader ignoring EXIF sees: the target size, in colour.
+            let h = ebv::image::JpegHeader::parse(&row.image).unwrap();
+            assert_eq!(
+                (h.width, h.height, h.components),
+                (tw, th, 3),
+                "{}",
+                row.key
+            );
+            assert!(h.orientation == image::metadata::Orientation::NoTransforms);
+            let px = ebv::image::decode_rgb8(&row.image, Default::default()).unwrap();
+            if row.key.ends_with("cmyk.jpg") || row.key.ends_with("ycck.jpg") {
+                for p in px.data.chunks(3) {
+                    for c in 0..3 {
+                        let d = (i32::from(p[c]) - want_cmyk[c]).abs();
+                        assert!(d <= 3, "{}: {p:?} vs {want_cmyk:?}", row.key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Alpha is dropped (the colour under it is kept, as Pillow's
+/// `convert("RGB")` does), the same in every format that carries it.
+#[test]
+fn alpha_is_dropped_the_same_way_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (16u32, 12u32);
+    let rgb = pattern(w, h, 7);
+    let alpha = |i: usize| [0u8, 128, 255][i % 3];
+    let rgba8: Vec<u8> = rgb
+        .chunks(3)
+        .enumerate()
+        .flat_map(|(i, p)| [p[0], p[1], p[2], alpha(i)])
+        .collect();
+    let rgba16: Vec<u16> = rgba8.iter().map(|&v| u16::from(v) * 257).collect();
+    let la8: Vec<u8> = rgb
+        .chunks(3)
+        .enumerate()
+        .flat_map(|(i, p)| [p[0], alpha(i)])
+        .collect();
+    let rgba_img = image::RgbaImage::from_raw(w, h, rgba8).unwrap();
+    let encode = |img: image::DynamicImage, format| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let dynamic = image::DynamicImage::ImageRgba8(rgba_img);
+    let entries: Entries = vec![
+        (
+            "train/a/rgba8.png".into(),
+            encode(dynamic.clone(), image::ImageFormat::Png),
+        ),
+        (
+            "train/a/rgba16.png".into(),
+            encode(
+                image::DynamicImage::ImageRgba16(
+                    image::ImageBuffer::from_raw(w, h, rgba16).unwrap(),
+                ),
+                image::ImageFormat::Png,
+            ),
+        ),
+        (
+            "train/a/lossless.webp".into(),
+            encode(dynamic.clone(), image::ImageFormat::WebP),
+        ),
+        (
+            "train/a/argb.bmp".into(),
+            encode(dynamic, image::ImageFormat::Bmp),
+        ),
+        (
+            "train/b/la.png".into(),
+            encode(
+                image::DynamicImage::ImageLumaA8(image::ImageBuffer::from_raw(w, h, la8).unwrap()),
+                image::ImageFormat::Png,
+            ),
+        ),
+    ];
+    let src = dir.path().join("src");
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let size = format!("{w}x{h}");
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            &size,
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(rejections(&out), []);
+    let gray: Vec<u8> = rgb.chunks(3).flat_map(|p| [p[0]; 3]).collect();
+    let rows = read_split(&out, "train");
+    assert_eq!(rows.len(), entries.len());
+    for row in rows {
+        let want = if row.key.ends_with("la.png") {
+            &gray
+        } else {
+            &rgb
+        };
+        assert!(&row.image == want, "{}", row.key);
+    }
+}
+
+/// Names that are not UTF-8, or that differ only by case, give distinct,
+/// readable keys and classes; entries whose names decode to the same text
+/// never share a key.
+#[test]
+fn odd_entry_names_give_distinct_keys_and_clashes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = |seed| jpeg_rgb(16, 16, seed);
+    // The zip crate flags a non-ASCII name as UTF-8; "cafQ" is then patched
+    // to "caf\x82", unflagged, which CP437 reads as "café" too.
+    let entries: Entries = vec![
+        ("train/A/x.jpg".into(), img(1)),
+        ("train/a/x.jpg".into(), img(2)),
+        ("train/a/X.jpg".into(), img(3)),
+        ("train/c/café.jpg".into(), img(4)),
+        ("train/c/cafQ.jpg".into(), img(5)),
+        ("train/c/QQ.jpg".into(), img(6)),
+    ];
+    let zip = dir.path().join("names.zip");
+    write_zip(&zip, &entries);
+    let mut raw = std::fs::read(&zip).unwrap();
+    for (from, to) in [(&b"cafQ"[..], &b"caf\x82"[..]), (b"/QQ.", b"/\x8e\xe4.")] {
+        let mut k = 0;
+        while let Some(p) = raw[k..].windows(from.len()).position(|w| w == from) {
+            raw[k + p..k + p + from.len()].copy_from_slice(to);
+            k += p + from.len();
+        }
+    }
+    std::fs::write(&zip, raw).unwrap();
+    let out = dir.path().join("out");
+    let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let classes = std::fs::read_to_string(out.join("classes.tsv")).unwrap();
+    assert_eq!(classes, "0\tA\n1\ta\n2\tc\n");
+    let keys: std::collections::BTreeSet<String> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    let want = [
+        "train/A/x.jpg",
+        "train/a/X.jpg",
+        "train/a/x.jpg",
+        "train/c/café.jpg",
+        "train/c/ÄΣ.jpg",
+    ];
+    assert_eq!(keys.iter().map(String::as_str).collect::<Vec<_>>(), want);
+    let rej = rejections(&out);
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].0, "train/c/café.jpg");
+    assert!(rej[0].1.starts_with("duplicate entry name"), "{}", rej[0].1);
+
+    // A folder: stray bytes are spelt \xNN (and the file is still read);
+    // a name spelling that out for real clashes with it.
+    use std::os::unix::ffi::OsStrExt;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("train/a")).unwrap();
+    std::fs::create_dir_all(src.join("train/b")).unwrap();
+    let raw_name = |b: &[u8]| src.join("train/a").join(std::ffi::OsStr::from_bytes(b));
+    std::fs::write(raw_name(b"\xff1.jpg"), img(1)).unwrap();
+    std::fs::write(raw_name(b"\xfe1.jpg"), img(2)).unwrap();
+    std::fs::write(raw_name(b"\\xfe1.jpg"), img(3)).unwrap();
+    std::fs::write(src.join("train/b/ok.jpg"), img(4)).unwrap();
+    let out = dir.path().join("out-dir");
+    let o = run(BIN, &[s(&src), "--out", s(&out), "--size", "16", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let rows: BTreeMap<String, Vec<u8>> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| (r.key, r.image))
+        .collect();
+    let keys: Vec<&str> = rows.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [r"train/a/\xfe1.jpg", r"train/a/\xff1.jpg", "train/b/ok.jpg"]
+    );
+    assert!(rows[r"train/a/\xff1.jpg"] == img(1));
+    let rej = rejections(&out);
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].0, r"train/a/\xfe1.jpg");
+    assert!(rej[0].1.starts_with("duplicate entry name"), "{}", rej[0].1);
+}
+
+/// 1×1, 1×1000 and 1000×1 images pack in both resize modes; files whose
+/// headers claim 65535×65535 are refused by the pixel limit unread.
+#[test]
+fn one_pixel_images_and_lying_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let encode = |w: u32, h: u32, format| {
+        let img = image::RgbImage::from_raw(w, h, pattern(w, h, 3)).unwrap();
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, format)
+            .unwrap();
+        out.into_inner()
+    };
+    let mut png_bomb = png_rgb(8, 8, 1);
+    png_bomb[16..24].copy_from_slice(&[0, 0, 0xFF, 0xFF, 0, 0, 0xFF, 0xFF]);
+    let crc = crc32fast::hash(&png_bomb[12..29]);
+    png_bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let mut jpeg_bomb = jpeg_rgb(8, 8, 1);
+    let sof = jpeg_bomb
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .unwrap();
+    jpeg_bomb[sof + 5..sof + 9].copy_from_slice(&[0xFF; 4]);
+    let mut gif_bomb = encode(8, 8, image::ImageFormat::Gif);
+    gif_bomb[6..10].copy_from_slice(&[0xFF; 4]);
+    let mut bmp_bomb = encode(8, 8, image::ImageFormat::Bmp);
+    bmp_bomb[18..26].copy_from_slice(&[0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0]);
+    let entries: Entries = vec![
+        ("train/a/1x1.png".into(), png_rgb(1, 1, 2)),
+        ("train/a/1x1.jpg".into(), jpeg_rgb(1, 1, 2)),
+        ("train/a/1x1000.png".into(), png_rgb(1, 1000, 2)),
+        ("train/b/1000x1.png".into(), png_rgb(1000, 1, 2)),
+        ("train/b/1000x1.jpg".into(), jpeg_rgb(1000, 1, 2)),
+        ("train/c/bomb.png".into(), png_bomb),
+        ("train/c/bomb.jpg".into(), jpeg_bomb),
+        ("train/c/bomb.gif".into(), gif_bomb),
+        ("train/c/bomb.bmp".into(), bmp_bomb),
+        ("train/c/ok.png".into(), png_rgb(8, 8, 4)),
+    ];
+    let zip = dir.path().join("src.zip");
+    write_zip(&zip, &entries);
+    let one = pattern(1, 1, 2);
+    for mode in ["stretch", "crop"] {
+        let out = dir.path().join(mode);
+        let args = [
+            s(&zip),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            "8",
+        ];
+        let o = run_within(&[&args[..], &["--resize", mode, "--quiet"]].concat(), 60);
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let mut rej = rejections(&out);
+        rej.sort();
+        let keys: Vec<&str> = rej.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "train/c/bomb.bmp",
+                "train/c/bomb.gif",
+                "train/c/bomb.jpg",
+                "train/c/bomb.png"
+            ]
+        );
+        for (key, reason) in &rej {
+            assert!(
+                reason.starts_with("image of 65535x65535 exceeds the pixel limit"),
+                "{key}: {reason}"
+            );
+        }
+        let rows: BTreeMap<String, Vec<u8>> = read_split(&out, "train")
+            .into_iter()
+            .map(|r| (r.key, r.image))
+            .collect();
+        assert_eq!(rows.len(), 6);
+        assert!(rows["train/a/1x1.png"] == one.repeat(64), "{mode}");
+        for row in rows.values() {
+            assert_eq!(row.len(), 8 * 8 * 3);
+        }
+        // One source row or column: every output row (or column) alike.
+        let tall = &rows["train/a/1x1000.png"];
+        assert!(
+            tall.chunks(24).all(|r| r.chunks(3).all(|p| p == &r[..3])),
+            "{mode}"
+        );
+        let wide = &rows["train/b/1000x1.png"];
+        assert!(wide.chunks(24).all(|r| r == &wide[..24]), "{mode}");
+    }
+}

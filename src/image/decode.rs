@@ -102,9 +102,14 @@ fn corrupt(format: ImageFormat, detail: impl ToString) -> ImageError {
     }
 }
 
-fn check_pixels(width: u32, height: u32, limits: DecodeLimits) -> Result<(), ImageError> {
+fn check_pixels(
+    format: ImageFormat,
+    width: u32,
+    height: u32,
+    limits: DecodeLimits,
+) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(corrupt(ImageFormat::Jpeg, "zero-sized image"));
+        return Err(corrupt(format, "zero-sized image"));
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(ImageError::TooLarge {
@@ -141,6 +146,13 @@ pub(super) fn decode_jpeg_into(
     // check it here. Bytes after that marker are not the image's.
     let end = super::jpeg::image_end(bytes).map_err(|e| corrupt(fmt, e))?;
     let bytes = &bytes[..end];
+    // zune-jpeg decodes 8-bit Huffman-coded DCT frames only; say what the
+    // others are instead of passing on its parse error.
+    if let Some((sof, precision)) = super::jpeg::frame_of(bytes) {
+        if let Some(what) = super::jpeg::unsupported_coding(sof, precision) {
+            return Err(ImageError::Unsupported(what));
+        }
+    }
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::MAX)
@@ -152,7 +164,7 @@ pub(super) fn decode_jpeg_into(
         .dimensions()
         .ok_or_else(|| corrupt(fmt, "no frame header"))?;
     let (width, height) = (w as u32, h as u32);
-    check_pixels(width, height, limits)?;
+    check_pixels(fmt, width, height, limits)?;
     let orientation = decoder
         .exif()
         .and_then(|exif| Orientation::from_exif_chunk(exif))
@@ -172,7 +184,7 @@ fn decode_other(
         .map_err(|e| corrupt(format, e))?;
     let mut decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
     let (width, height) = decoder.dimensions();
-    check_pixels(width, height, limits)?;
+    check_pixels(format, width, height, limits)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, e))?;
     image.apply_orientation(orientation);
@@ -200,5 +212,18 @@ pub(super) fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
         width,
         height,
         data: rgb.into_raw(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero-sized image is reported as corrupt in its own format.
+    #[test]
+    fn zero_sized_images_name_their_own_format() {
+        let err = check_pixels(ImageFormat::Gif, 0, 5, DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.to_string(), "corrupt gif: zero-sized image");
+        assert!(check_pixels(ImageFormat::Png, 5, 5, DecodeLimits::default()).is_ok());
     }
 }

@@ -16,6 +16,10 @@ pub struct JpegHeader {
     pub components: u8,
     /// Sample precision in bits (8 for nearly every file; 12 exists).
     pub precision: u8,
+    /// The start-of-frame marker's code (0xC0 baseline, 0xC1 extended,
+    /// 0xC2 progressive; the others are arithmetic, lossless or
+    /// hierarchical coding, which are not passed through nor decoded).
+    pub sof: u8,
     pub progressive: bool,
     /// EXIF orientation; `NoTransforms` when absent.
     pub orientation: Orientation,
@@ -33,7 +37,7 @@ impl JpegHeader {
             return Err("missing start-of-image marker".into());
         }
         let mut pos = 2;
-        let mut frame: Option<(u32, u32, u8, u8, bool)> = None;
+        let mut frame: Option<(u32, u32, u8, u8, u8, bool)> = None;
         let mut orientation = Orientation::NoTransforms;
         let mut has_scan = false;
         while pos + 4 <= bytes.len() {
@@ -73,7 +77,7 @@ impl JpegHeader {
                     let height = u32::from(u16::from_be_bytes([segment[1], segment[2]]));
                     let width = u32::from(u16::from_be_bytes([segment[3], segment[4]]));
                     let progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
-                    frame = Some((width, height, segment[5], precision, progressive));
+                    frame = Some((width, height, segment[5], precision, marker, progressive));
                 }
                 0xE1 if segment.starts_with(b"Exif\0\0") => {
                     if let Some(o) = Orientation::from_exif_chunk(&segment[6..]) {
@@ -88,7 +92,7 @@ impl JpegHeader {
             }
             pos += len;
         }
-        let Some((width, height, components, precision, progressive)) = frame else {
+        let Some((width, height, components, precision, sof, progressive)) = frame else {
             return Err("no frame header".into());
         };
         Ok(JpegHeader {
@@ -96,6 +100,7 @@ impl JpegHeader {
             height,
             components,
             precision,
+            sof,
             progressive,
             orientation,
             has_scan,
@@ -104,15 +109,64 @@ impl JpegHeader {
     }
 
     /// Whether a decoder would show these bytes, as they are, as a
-    /// `width`×`height` upright 8-bit colour image with a complete scan.
+    /// `width`×`height` upright 8-bit colour image with a complete scan,
+    /// Huffman-coded (baseline, extended or progressive: what every JPEG
+    /// reader decodes; arithmetic, lossless and 12-bit files are not).
     pub fn is_passthrough(&self, width: u32, height: u32) -> bool {
         self.width == width
             && self.height == height
             && self.components == 3
-            && self.precision == 8
+            && unsupported_coding(self.sof, self.precision).is_none()
             && self.orientation == Orientation::NoTransforms
             && self.has_scan
             && self.complete
+    }
+}
+
+/// Why a frame of start-of-frame marker `sof` and sample `precision` is not
+/// decoded (the JPEG decoder reads only 8-bit Huffman-coded DCT frames), or
+/// `None` when it is. The text follows "unsupported image format: ".
+pub(crate) fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
+    let coding = match sof {
+        0xC0..=0xC2 => None,
+        0xC3 => Some("lossless"),
+        0xC5..=0xC7 => Some("hierarchical"),
+        0xC9 | 0xCA => Some("arithmetic-coded"),
+        0xCB => Some("lossless arithmetic-coded"),
+        0xCD..=0xCF => Some("hierarchical arithmetic-coded"),
+        _ => Some("unknown frame type"),
+    };
+    match coding {
+        Some(coding) => Some(format!("{coding} jpeg (SOF{})", sof - 0xC0)),
+        None if precision != 8 => Some(format!("{precision}-bit jpeg (SOF{})", sof - 0xC0)),
+        None => None,
+    }
+}
+
+/// The start-of-frame marker and sample precision of `bytes`, walking the
+/// marker segments only up to the frame header (a few hundred bytes);
+/// `None` when there is none to be found, which the decoder reports.
+pub(crate) fn frame_of(bytes: &[u8]) -> Option<(u8, u8)> {
+    let mut pos = 2;
+    loop {
+        if *bytes.get(pos)? != 0xFF {
+            return None;
+        }
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let marker = *bytes.get(pos)?;
+        pos += 1;
+        match marker {
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD9 | 0xDA => return None,
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                return Some((marker, *bytes.get(pos + 2)?));
+            }
+            _ => {}
+        }
+        let len = bytes.get(pos..pos + 2)?;
+        pos += usize::from(u16::from_be_bytes([len[0], len[1]])).max(2);
     }
 }
 
@@ -302,5 +356,39 @@ mod tests {
             0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0xFF, 0x05, 0x01, 0xFF, 0xD9,
         ];
         assert_eq!(image_end(&corrupt), Ok(corrupt.len()));
+    }
+
+    /// A 224² 8-bit colour JPEG whose frame header says arithmetic,
+    /// lossless or 12-bit coding: a reader could not decode it, so it is
+    /// never stored untouched, and the decoder names what it is.
+    #[test]
+    fn frames_the_decoder_cannot_read_are_neither_passed_through_nor_decoded() {
+        let bytes = encode_jpeg(&gradient(224, 224), 224, 224, 90).unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let cases: [(u8, u8, &str); 6] = [
+            (0xC9, 8, "arithmetic-coded jpeg (SOF9)"),
+            (0xCA, 8, "arithmetic-coded jpeg (SOF10)"),
+            (0xC3, 8, "lossless jpeg (SOF3)"),
+            (0xC5, 8, "hierarchical jpeg (SOF5)"),
+            (0xC1, 12, "12-bit jpeg (SOF1)"),
+            (0xC2, 12, "12-bit jpeg (SOF2)"),
+        ];
+        for (marker, precision, what) in cases {
+            let mut b = bytes.clone();
+            b[sof + 1] = marker;
+            b[sof + 4] = precision;
+            let h = JpegHeader::parse(&b).unwrap();
+            assert_eq!((h.sof, h.precision), (marker, precision));
+            assert!(h.complete && !h.is_passthrough(224, 224), "{what}");
+            assert_eq!(frame_of(&b), Some((marker, precision)));
+            let err = crate::image::decode_rgb8(&b, Default::default()).unwrap_err();
+            assert_eq!(err.to_string(), format!("unsupported image format: {what}"));
+        }
+        // Extended sequential (SOF1) 8-bit Huffman is ordinary baseline
+        // data to every reader: kept.
+        let mut b = bytes.clone();
+        b[sof + 1] = 0xC1;
+        assert!(JpegHeader::parse(&b).unwrap().is_passthrough(224, 224));
+        assert!(crate::image::decode_rgb8(&b, Default::default()).is_ok());
     }
 }

@@ -54,6 +54,9 @@ pub struct Entry {
     /// (never read when set).
     pub problem: Option<String>,
     index: usize,
+    /// A folder entry's real path, kept when its name is not valid UTF-8
+    /// (the name then shows each stray byte as `\xNN`, see [`path_text`]).
+    path: Option<PathBuf>,
     /// Where a stored or deflated zip entry's data lies in the archive.
     span: Option<Span>,
 }
@@ -128,7 +131,12 @@ impl Source {
                 ..
             } = walker;
             let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_by(|&a, &b| entries[a].name.cmp(&entries[b].name));
+            // Names are unique but for escaped non-UTF-8 ones clashing
+            // (`\xff` spelt out vs the byte): the real path breaks the tie.
+            order.sort_by(|&a, &b| {
+                let (a, b) = (&entries[a], &entries[b]);
+                a.name.cmp(&b.name).then_with(|| a.path.cmp(&b.path))
+            });
             let mut hash = Sha256::new();
             let mut newest = 0u64;
             for &i in &order {
@@ -148,6 +156,7 @@ impl Source {
                 e.index = k;
                 sorted.push(e);
             }
+            reject_name_clashes(&mut sorted);
             let size = sorted.iter().map(|e| e.size).sum();
             return Ok(Source {
                 kind: Kind::Dir(path.to_path_buf()),
@@ -186,7 +195,7 @@ impl Source {
             }
             let name = match f.name() {
                 Ok(n) => n.into_owned(),
-                Err(_) => String::from_utf8_lossy(f.name_raw()).into_owned(),
+                Err(_) => path_text(f.name_raw()),
             };
             let unsafe_path = f.enclosed_name().is_none() || escapes(&name);
             let deflated = match f.compression() {
@@ -210,6 +219,7 @@ impl Source {
                 problem: None,
                 index,
                 span,
+                path: None,
             });
         }
         if archive.has_duplicate_names() {
@@ -228,6 +238,7 @@ impl Source {
                 }
             }
         }
+        reject_name_clashes(&mut entries);
         let identity = format!("zip\0{}\0{}\0{modified}", name, meta.len());
         Ok(Source {
             kind: Kind::Zip { archive, bytes },
@@ -287,7 +298,10 @@ impl Source {
                     .map_err(|e| format!("unreadable entry: {e}"))?;
             }
             (Kind::Dir(root), _) => {
-                let path = root.join(&entry.name);
+                let path = match &entry.path {
+                    Some(path) => path.clone(),
+                    None => root.join(&entry.name),
+                };
                 std::fs::File::open(&path)
                     .and_then(|f| f.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut buf))
                     .map_err(|e| format!("unreadable file: {e}"))?;
@@ -359,6 +373,50 @@ fn placeholder_named(name: &str) -> Entry {
         problem: None,
         index: usize::MAX,
         span: None,
+        path: None,
+    }
+}
+
+/// A name's bytes as text: valid UTF-8 as it is, each byte of anything
+/// else as `\xNN`, so that distinct names stay distinct and readable
+/// (lossy decoding would turn every stray byte into the same `\u{FFFD}`).
+pub(crate) fn path_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Entries whose names came out the same once decoded to text (a zip
+/// holding one name flagged UTF-8 and another in CP437, a folder name with
+/// a stray byte next to one spelling `\xNN` out) would share one key: the
+/// last in entry order is packed, each other one is rejected saying so.
+fn reject_name_clashes(entries: &mut [Entry]) {
+    let packable = |e: &Entry| e.problem.is_none() && !e.unsafe_path;
+    // Per name: how many packable entries carry it, and the last of them.
+    let mut seen: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| packable(e)) {
+        let slot = seen.entry(&e.name).or_insert((0, i));
+        *slot = (slot.0 + 1, i);
+    }
+    let losers: Vec<(usize, usize)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| packable(e))
+        .filter_map(|(i, e)| {
+            let (copies, last) = seen[e.name.as_str()];
+            (copies > 1 && i != last).then_some((i, copies))
+        })
+        .collect();
+    for (i, copies) in losers {
+        entries[i].problem = Some(format!(
+            "duplicate entry name: {copies} entries have this name once decoded to text \
+             (their stored names differ); only the last is packed"
+        ));
     }
 }
 
@@ -423,9 +481,10 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn name(&self, path: &Path) -> String {
+        use std::os::unix::ffi::OsStrExt;
         let rel = path.strip_prefix(self.root).unwrap_or(path);
         rel.components()
-            .map(|c| c.as_os_str().to_string_lossy())
+            .map(|c| path_text(c.as_os_str().as_bytes()))
             .collect::<Vec<_>>()
             .join("/")
     }
@@ -495,6 +554,11 @@ impl Walker<'_> {
                 self.ancestors.pop();
             } else if meta.is_file() {
                 self.push(name, meta.len(), mtime(&meta), None);
+                if path.to_str().is_none() {
+                    if let Some(e) = self.entries.last_mut() {
+                        e.path = Some(path.clone());
+                    }
+                }
             } else {
                 // Opening a named pipe would block the run forever, and a
                 // device or socket holds no image.
