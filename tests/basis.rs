@@ -162,6 +162,11 @@ fn direct(n: usize, d: usize, v: &[f32]) -> Direct {
     r
 }
 
+/// Command-line words of a one-line string (no word holds a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -650,19 +655,7 @@ fn generate_gives_orthonormal_rows_when_classes_fit_the_dimension() {
     // Without --init the plan points there; with N > d orthogonal is refused.
     let out = run(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "150",
-            "--dim",
-            "200",
-            "--alpha",
-            "0",
-            "--steps",
-            "1",
-            "--out",
-            "r.safetensors",
-        ],
+        &words("generate --classes 150 --dim 200 --alpha 0 --steps 1 --out r.safetensors"),
     );
     assert!(
         stderr(&out).contains("--init orthogonal (or auto)"),
@@ -671,17 +664,7 @@ fn generate_gives_orthonormal_rows_when_classes_fit_the_dimension() {
     );
     let e = refused(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "201",
-            "--dim",
-            "200",
-            "--init",
-            "orthogonal",
-            "--alpha",
-            "0.3",
-        ],
+        &words("generate --classes 201 --dim 200 --init orthogonal --alpha 0.3"),
     );
     assert!(e.contains("N ≤ d"), "{e}");
 }
@@ -692,48 +675,19 @@ fn generate_refuses_unusable_shapes_and_outputs_before_running() {
     // N·d beyond the address space: an error, not a crash in the GEMM.
     let e = refused(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "3",
-            "--dim",
-            "6148914691236517206",
-            "--alpha",
-            "0.9",
-        ],
+        &words("generate --classes 3 --dim 6148914691236517206 --alpha 0.9"),
     );
     assert!(e.contains("address space"), "{e}");
     // --npy would overwrite an --out that already ends in .npy.
     let e = refused(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "20",
-            "--dim",
-            "8",
-            "--alpha",
-            "0.9",
-            "--npy",
-            "--out",
-            "x.npy",
-        ],
+        &words("generate --classes 20 --dim 8 --alpha 0.9 --npy --out x.npy"),
     );
     assert!(e.contains("--out x.npy"), "{e}");
     // An output directory that does not exist: refused up front, nothing run.
     let e = refused(
         dir.path(),
-        &[
-            "generate",
-            "--classes",
-            "20",
-            "--dim",
-            "8",
-            "--alpha",
-            "0.9",
-            "--out",
-            "no/such/x.safetensors",
-        ],
+        &words("generate --classes 20 --dim 8 --alpha 0.9 --out no/such/x.safetensors"),
     );
     assert!(
         e.contains("cannot write in no/such") && !e.contains("Welch"),
