@@ -966,6 +966,18 @@ fn csv_header_of_any_wording_is_detected_and_noted() {
         "{note}"
     );
     assert_eq!(manifest(&out)["options"]["layout_notes"][0], note);
+    // `ebv-stats` shows it too, in text and JSON.
+    let stats = env!("CARGO_BIN_EXE_ebv-stats");
+    let o = run(stats, &[s(&out)]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("note (ebv-pack): {note}")),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        json_of(&run(stats, &[s(&out), "--json"]))["summary"]["layout_notes"][0],
+        note
+    );
     for r in read_split(&out, "train") {
         let i: usize = r.key["images/f".len()..r.key.len() - 4].parse().unwrap();
         assert_eq!(r.label, [0, 2, 1][i % 3], "{}", r.key);
@@ -2122,11 +2134,24 @@ fn odd_entry_names_give_distinct_keys_and_clashes_are_rejected() {
         ("train/c/café.jpg".into(), img(4)),
         ("train/c/cafQ.jpg".into(), img(5)),
         ("train/c/QQ.jpg".into(), img(6)),
+        // Two names that differ only in bytes that are not UTF-8 (distinct
+        // entries), and two that become one name for real (a duplicate).
+        ("train/c/cafR.jpg".into(), img(7)),
+        ("train/c/cafS.jpg".into(), img(8)),
+        ("train/c/dupA.jpg".into(), img(9)),
+        ("train/c/dupB.jpg".into(), img(10)),
     ];
     let zip = dir.path().join("names.zip");
     write_zip(&zip, &entries);
     let mut raw = std::fs::read(&zip).unwrap();
-    for (from, to) in [(&b"cafQ"[..], &b"caf\x82"[..]), (b"/QQ.", b"/\x8e\xe4.")] {
+    for (from, to) in [
+        (&b"cafQ"[..], &b"caf\x82"[..]),
+        (b"/QQ.", b"/\x8e\xe4."),
+        (b"cafR", b"caf\xe9"),
+        (b"cafS", b"caf\xff"),
+        (b"dupA", b"dupZ"),
+        (b"dupB", b"dupZ"),
+    ] {
         let mut k = 0;
         while let Some(p) = raw[k..].windows(from.len()).position(|w| w == from) {
             raw[k + p..k + p + from.len()].copy_from_slice(to);
@@ -2147,14 +2172,24 @@ fn odd_entry_names_give_distinct_keys_and_clashes_are_rejected() {
         "train/A/x.jpg",
         "train/a/X.jpg",
         "train/a/x.jpg",
+        "train/c/caf\u{a0}.jpg",
         "train/c/café.jpg",
+        "train/c/cafΘ.jpg",
+        "train/c/dupZ.jpg",
         "train/c/ÄΣ.jpg",
     ];
     assert_eq!(keys.iter().map(String::as_str).collect::<Vec<_>>(), want);
-    let rej = rejections(&out);
-    assert_eq!(rej.len(), 1, "{rej:?}");
+    // One rejection per extra copy, named as its packed copy's key: no
+    // phantom duplicate for the two names that differ in non-UTF-8 bytes.
+    let mut rej = rejections(&out);
+    rej.sort();
+    assert_eq!(rej.len(), 2, "{rej:?}");
     assert_eq!(rej[0].0, "train/c/café.jpg");
-    assert!(rej[0].1.starts_with("duplicate entry name"), "{}", rej[0].1);
+    assert_eq!(rej[1].0, "train/c/dupZ.jpg");
+    assert!(
+        rej.iter().all(|r| r.1.starts_with("duplicate entry name")),
+        "{rej:?}"
+    );
 
     // A folder: stray bytes are spelt \xNN (and the file is still read);
     // a name spelling that out for real clashes with it.

@@ -226,9 +226,25 @@ impl Source {
             // The zip crate keeps the last entry of a name; the others are
             // still data the archive holds, so each is reported.
             let dir_start = archive.central_directory_start();
-            for (name, copies) in duplicate_names(bytes.as_ref(), dir_start) {
+            let dups = duplicate_names(bytes.as_ref(), dir_start);
+            // Each repeated name as the packed copy's key reads (the crate's
+            // decoding: UTF-8, or CP437 without the UTF-8 flag).
+            let mut shown: BTreeMap<&[u8], String> = BTreeMap::new();
+            for e in &entries {
+                if let Ok(f) = archive.by_index_raw(e.index) {
+                    if let Some((raw, _)) = dups.get_key_value(f.name_raw()) {
+                        shown.insert(raw.as_slice(), e.name.clone());
+                    }
+                }
+            }
+            let mut extra = Vec::new();
+            for (raw, &copies) in &dups {
+                let name = shown
+                    .get(raw.as_slice())
+                    .cloned()
+                    .unwrap_or_else(|| path_text(raw));
                 for _ in 1..copies {
-                    entries.push(Entry {
+                    extra.push(Entry {
                         problem: Some(format!(
                             "duplicate entry name: the archive holds {copies} entries of this \
                              name; only the last is packed"
@@ -237,6 +253,7 @@ impl Source {
                     });
                 }
             }
+            entries.extend(extra);
         }
         reject_name_clashes(&mut entries);
         let identity = format!("zip\0{}\0{}\0{modified}", name, meta.len());
@@ -437,8 +454,10 @@ fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
 /// count. Walks the headers from `dir_start` (46 fixed bytes, then name,
 /// extra field and comment) and stops quietly at anything malformed: the zip
 /// crate has already parsed the same directory.
-fn duplicate_names(archive: &[u8], dir_start: u64) -> BTreeMap<String, usize> {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+/// Names are compared as raw bytes: two names that differ only in bytes
+/// that are not UTF-8 are different entries (the zip crate keeps both).
+fn duplicate_names(archive: &[u8], dir_start: u64) -> BTreeMap<Vec<u8>, usize> {
+    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     let mut pos = usize::try_from(dir_start).unwrap_or(usize::MAX);
     let u16_at = |p: usize| {
         archive
@@ -456,9 +475,7 @@ fn duplicate_names(archive: &[u8], dir_start: u64) -> BTreeMap<String, usize> {
         };
         // Directories are not entries (the packer skips them too).
         if !name.ends_with(b"/") {
-            *counts
-                .entry(String::from_utf8_lossy(name).into_owned())
-                .or_insert(0) += 1;
+            *counts.entry(name.to_vec()).or_insert(0) += 1;
         }
         pos += 46 + name_len + extra_len + comment_len;
     }

@@ -26,6 +26,9 @@ pub struct Summary {
     pub width: u32,
     pub num_classes: u32,
     pub source: SourceInfo,
+    /// What the packer decided on its own about the layout (a header row
+    /// skipped, a validation folder chosen): `options.layout_notes`.
+    pub layout_notes: Vec<String>,
     /// The `--min-images` threshold behind `below_min_images`.
     pub min_images: u64,
     /// Always both `train` and `val` (zeros for a split with no shards).
@@ -323,6 +326,14 @@ pub fn summarize(set: &ShardSet, min_images: u64) -> Result<Summary, ReadError> 
         width: manifest.width,
         num_classes: manifest.num_classes,
         source: manifest.source.clone(),
+        layout_notes: manifest.options["layout_notes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
         min_images,
         splits,
         classes: overlap,

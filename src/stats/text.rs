@@ -94,6 +94,12 @@ pub fn render_text(r: &Report) -> String {
             s.source.name,
             human_bytes(s.source.size)
         );
+        for note in &s.layout_notes {
+            let _ = writeln!(out, "note (ebv-pack): {note}");
+        }
+        if !s.layout_notes.is_empty() {
+            out.push('\n');
+        }
         let rows: Vec<Vec<String>> = s
             .splits
             .iter()
