@@ -1155,6 +1155,7 @@ summary.classes.only_in_val.truncated: bool
 summary.encoding: string
 summary.format_version: number
 summary.height: number
+summary.layout_notes: array
 summary.min_images: number
 summary.num_classes: number
 summary.rejected: object
