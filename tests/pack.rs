@@ -1720,32 +1720,6 @@ fn png_palette(w: u32, h: u32, palette: &[[u8; 3]], index: impl Fn(u32, u32) -> 
     out
 }
 
-/// A JPEG of `pattern(w, h, seed)` with an EXIF APP1 segment holding
-/// `orientation` (big-endian TIFF, one IFD entry), or none.
-fn jpeg_with_orientation(w: u32, h: u32, seed: u32, orientation: Option<u16>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
-    if let Some(o) = orientation {
-        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
-        exif.extend(1u16.to_be_bytes()); // one entry
-        exif.extend(0x0112u16.to_be_bytes()); // Orientation
-        exif.extend(3u16.to_be_bytes()); // SHORT
-        exif.extend(1u32.to_be_bytes());
-        exif.extend(o.to_be_bytes());
-        exif.extend([0, 0]);
-        exif.extend(0u32.to_be_bytes()); // no next IFD
-        enc.add_app_segment(1, exif).unwrap();
-    }
-    enc.encode(
-        &pattern(w, h, seed),
-        w as u16,
-        h as u16,
-        jpeg_encoder::ColorType::Rgb,
-    )
-    .unwrap();
-    out
-}
-
 #[test]
 fn webp_bmp_gif_palette_png_and_exif_orientation_decode_as_expected() {
     let dir = tempfile::tempdir().unwrap();

@@ -565,7 +565,8 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
         return Err(BasisError::arg("--dim", "need a dimension of at least 2"));
     }
     // N·d elements must be addressable before any size below is computed:
-    // the GEMM's bounds checks and the allocations all derive from it.
+    // the GEMM's bounds checks and the allocations all derive from it. The
+    // bytes of the most copies a method keeps (5 × 4 bytes, pnorm) must fit too.
     let nd_elems = n
         .checked_mul(d)
         .filter(|&e| e.checked_mul(4 * 5).is_some())

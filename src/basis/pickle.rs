@@ -238,7 +238,7 @@ impl<'a, 'f> Machine<'a, 'f> {
 
     /// Refuses a value nested too deep, or one whose nodes would take the
     /// reader past its budget.
-    fn check(&mut self, meta: Meta) -> Result<(), PickleError> {
+    fn check(&self, meta: Meta) -> Result<(), PickleError> {
         if meta.depth > MAX_DEPTH {
             return Err(bad(format!(
                 "values nested more than {MAX_DEPTH} deep at offset {}",

@@ -26,15 +26,32 @@ pub fn pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
 }
 
 pub fn jpeg_rgb(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    jpeg_with_orientation(w, h, seed, None)
+}
+
+/// A JPEG of `pattern(w, h, seed)` with an EXIF APP1 segment holding
+/// `orientation` (big-endian TIFF, one IFD entry), or none.
+pub fn jpeg_with_orientation(w: u32, h: u32, seed: u32, orientation: Option<u16>) -> Vec<u8> {
     let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(
-            &pattern(w, h, seed),
-            w as u16,
-            h as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .unwrap();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+    if let Some(o) = orientation {
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
+        exif.extend(1u16.to_be_bytes()); // one entry
+        exif.extend(0x0112u16.to_be_bytes()); // Orientation
+        exif.extend(3u16.to_be_bytes()); // SHORT
+        exif.extend(1u32.to_be_bytes());
+        exif.extend(o.to_be_bytes());
+        exif.extend([0, 0]);
+        exif.extend(0u32.to_be_bytes()); // no next IFD
+        enc.add_app_segment(1, exif).unwrap();
+    }
+    enc.encode(
+        &pattern(w, h, seed),
+        w as u16,
+        h as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
     out
 }
 
