@@ -16,14 +16,19 @@
 //! deep inside changes it even when the folder's own time and total size do
 //! not.
 //!
-//! Stored and deflated zip entries (nearly every dataset zip) are read
-//! straight from the map: a stored entry is one copy, a deflated one is
-//! inflated by a per-thread decompressor into an output sized from the
-//! central directory, and both are checked against its CRC-32 and size as
-//! the zip crate would. That skips the crate's per-entry local-header parse,
+//! Zip entries are read straight from the map: a stored entry is one copy,
+//! a deflated one is inflated by a per-thread decompressor into an output
+//! sized from the central directory, and both are checked against its
+//! CRC-32 and size as the zip crate would. That skips the crate's per-entry
 //! decompressor allocation and zero-filled read buffer (a deflated JPEG
-//! passthrough pack ran 1.14× faster without them; BENCHMARKS.md). Other
-//! methods and encrypted entries go through the zip crate.
+//! passthrough pack ran 1.14× faster without them; BENCHMARKS.md). The zip
+//! crate only parses the central directory and is dropped after listing
+//! (its per-entry records are ~210 bytes, 380 MB at 1.8M entries). Listing
+//! reads the central directory alone: an entry's local header, which says
+//! where its data starts, is read when the entry is, so listing a cold
+//! archive does not pull every page of it through the page cache. Other
+//! compression methods and encrypted entries are rejected while listing
+//! (this build reads neither).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -63,7 +68,8 @@ pub struct Entry {
 
 #[derive(Debug, Clone, Copy)]
 struct Span {
-    start: u64,
+    /// Offset of the entry's local header in the archive.
+    header: u64,
     compressed: u64,
     deflated: bool,
     crc32: u32,
@@ -85,10 +91,7 @@ impl AsRef<[u8]> for SharedMmap {
 }
 
 enum Kind {
-    Zip {
-        archive: ZipArchive<Cursor<SharedMmap>>,
-        bytes: SharedMmap,
-    },
+    Zip(SharedMmap),
     Dir(PathBuf),
 }
 
@@ -177,7 +180,7 @@ impl Source {
         // would fault, the same caveat every mmap reader carries.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| PackError::io(path, e))?;
         let bytes = SharedMmap(Arc::new(mmap));
-        let mut archive =
+        let archive =
             ZipArchive::new(Cursor::new(bytes.clone())).map_err(|e| PackError::Archive {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
@@ -185,7 +188,7 @@ impl Source {
         let mut entries = Vec::with_capacity(archive.len());
         for index in 0..archive.len() {
             let f = archive
-                .by_index_raw(index)
+                .by_index_data(index)
                 .map_err(|e| PackError::Archive {
                     path: path.to_path_buf(),
                     detail: format!("entry {index}: {e}"),
@@ -199,24 +202,36 @@ impl Source {
             };
             let unsafe_path = f.enclosed_name().is_none() || escapes(&name);
             let deflated = match f.compression() {
-                CompressionMethod::Stored => Some(false),
-                CompressionMethod::Deflated => Some(true),
-                _ => None,
+                CompressionMethod::Stored => Ok(false),
+                CompressionMethod::Deflated => Ok(true),
+                other => Err(other),
             };
-            let span = match (deflated, f.data_start()) {
-                (Some(deflated), Some(start)) if !f.encrypted() => Some(Span {
-                    start,
-                    compressed: f.compressed_size(),
-                    deflated,
-                    crc32: f.crc32(),
-                }),
-                _ => None,
+            let (span, problem) = match deflated {
+                _ if f.encrypted() => (
+                    None,
+                    Some("encrypted entry (ebv-pack reads no passwords)".to_string()),
+                ),
+                Err(method) => (
+                    None,
+                    Some(format!(
+                        "unsupported compression method {method} (stored and deflated are read)"
+                    )),
+                ),
+                Ok(deflated) => (
+                    Some(Span {
+                        header: f.header_start(),
+                        compressed: f.compressed_size(),
+                        deflated,
+                        crc32: f.crc32(),
+                    }),
+                    None,
+                ),
             };
             entries.push(Entry {
                 name,
                 size: f.size(),
                 unsafe_path,
-                problem: None,
+                problem,
                 index,
                 span,
                 path: None,
@@ -231,7 +246,7 @@ impl Source {
             // decoding: UTF-8, or CP437 without the UTF-8 flag).
             let mut shown: BTreeMap<&[u8], String> = BTreeMap::new();
             for e in &entries {
-                if let Ok(f) = archive.by_index_raw(e.index) {
+                if let Ok(f) = archive.by_index_data(e.index) {
                     if let Some((raw, _)) = dups.get_key_value(f.name_raw()) {
                         shown.insert(raw.as_slice(), e.name.clone());
                     }
@@ -255,10 +270,11 @@ impl Source {
             }
             entries.extend(extra);
         }
+        drop(archive);
         reject_name_clashes(&mut entries);
         let identity = format!("zip\0{}\0{}\0{modified}", name, meta.len());
         Ok(Source {
-            kind: Kind::Zip { archive, bytes },
+            kind: Kind::Zip(bytes),
             entries,
             info: SourceInfo {
                 name,
@@ -301,19 +317,11 @@ impl Source {
         }
         let mut buf = Vec::with_capacity(entry.size as usize);
         match (&self.kind, entry.span) {
-            (Kind::Zip { bytes, .. }, Some(span)) => {
+            (Kind::Zip(bytes), Some(span)) => {
                 read_span(bytes.as_ref(), span, entry.size, &mut buf)?;
             }
-            (Kind::Zip { archive, .. }, None) => {
-                let mut archive = archive.clone();
-                let f = archive
-                    .by_index(entry.index)
-                    .map_err(|e| format!("unreadable entry: {e}"))?;
-                // The declared size can lie; never read past the limit.
-                f.take(MAX_ENTRY_BYTES + 1)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| format!("unreadable entry: {e}"))?;
-            }
+            // Listing gives every zip entry without a span a problem.
+            (Kind::Zip(_), None) => return Err("unreadable entry".into()),
             (Kind::Dir(root), _) => {
                 let path = match &entry.path {
                     Some(path) => path.clone(),
@@ -331,13 +339,29 @@ impl Source {
     }
 }
 
+/// Where an entry's data starts: after its local header, whose name and
+/// extra field lengths may differ from the central directory's copies.
+fn data_start(archive: &[u8], header: u64) -> Result<usize, String> {
+    let at = usize::try_from(header).unwrap_or(usize::MAX);
+    let local = at
+        .checked_add(30)
+        .and_then(|end| archive.get(at..end))
+        .ok_or("unreadable entry: its local header lies past the end of the archive")?;
+    if local[..4] != [0x50, 0x4b, 0x03, 0x04] {
+        return Err("unreadable entry: no local header where the central directory puts it".into());
+    }
+    let name_len = usize::from(u16::from_le_bytes([local[26], local[27]]));
+    let extra_len = usize::from(u16::from_le_bytes([local[28], local[29]]));
+    Ok(at + 30 + name_len + extra_len)
+}
+
 /// Copy or inflate one entry's data out of the mapped archive into `buf`
 /// (empty, with capacity for `size` bytes), checking size and CRC-32.
 fn read_span(archive: &[u8], span: Span, size: u64, buf: &mut Vec<u8>) -> Result<(), String> {
-    let data = usize::try_from(span.start)
+    let start = data_start(archive, span.header)?;
+    let data = usize::try_from(span.compressed)
         .ok()
-        .zip(usize::try_from(span.compressed).ok())
-        .and_then(|(s, n)| archive.get(s..s.checked_add(n)?))
+        .and_then(|n| archive.get(start..start.checked_add(n)?))
         .ok_or("unreadable entry: its data runs past the end of the archive")?;
     if span.deflated {
         INFLATE.with(|d| {
@@ -694,7 +718,8 @@ mod tests {
         assert!(buf.len() <= 49_999);
         // Flip one byte in the middle of each entry's data.
         for s in &spans {
-            raw[(s.start + s.compressed / 2) as usize] ^= 0x40;
+            let at = data_start(&raw, s.header).unwrap() + s.compressed as usize / 2;
+            raw[at] ^= 0x40;
         }
         std::fs::write(&path, &raw).unwrap();
         let src = Source::open(&path, None).unwrap();
@@ -710,12 +735,99 @@ mod tests {
         let mut buf = Vec::with_capacity(10);
         let err = read_span(&raw, s, s.compressed + 1, &mut buf).unwrap_err();
         assert!(err.contains("where the archive declares"), "{err}");
+        // A local header beyond the archive, and data running past its end.
         let past = Span {
-            start: raw.len() as u64 - 2,
+            header: raw.len() as u64 - 2,
             ..s
         };
         let err = read_span(&raw, past, s.compressed, &mut Vec::new()).unwrap_err();
-        assert!(err.contains("past the end of the archive"), "{err}");
+        assert!(err.contains("local header lies past the end"), "{err}");
+        let long = Span {
+            compressed: raw.len() as u64,
+            ..s
+        };
+        let err = read_span(&raw, long, s.compressed, &mut Vec::new()).unwrap_err();
+        assert!(
+            err.contains("data runs past the end of the archive"),
+            "{err}"
+        );
+    }
+
+    /// Offset of `needle` in `hay` (test archives hold each name once per
+    /// header).
+    fn find(hay: &[u8], needle: &[u8], from: usize) -> usize {
+        from + hay[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    }
+
+    #[test]
+    fn listing_reads_only_the_central_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = [
+            ("ok.bin", bytes(3_000, 5), CompressionMethod::Stored),
+            ("lost.bin", bytes(3_000, 6), CompressionMethod::Deflated),
+            ("after.bin", bytes(3_000, 7), CompressionMethod::Deflated),
+        ];
+        let path = zip_file(dir.path(), &entries);
+        let mut raw = std::fs::read(&path).unwrap();
+        // Wipe the second entry's local header signature: the zip crate's
+        // own reader fails on it, yet listing must not look there, and the
+        // other entries stay readable.
+        let local = find(&raw, b"lost.bin", 0) - 30;
+        assert_eq!(raw[local..local + 4], [0x50, 0x4b, 0x03, 0x04]);
+        raw[local..local + 4].copy_from_slice(b"XXXX");
+        std::fs::write(&path, &raw).unwrap();
+        let src = Source::open(&path, None).unwrap();
+        assert_eq!(src.entries().len(), 3);
+        for (e, (name, data, _)) in src.entries().iter().zip(&entries) {
+            assert_eq!(e.name, *name);
+            assert!(e.problem.is_none(), "{}", e.name);
+            match src.read(e) {
+                Ok(got) => assert!(got == *data && e.name != "lost.bin", "{}", e.name),
+                Err(err) => {
+                    assert_eq!(e.name, "lost.bin");
+                    assert!(err.contains("no local header where"), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encrypted_and_unsupported_entries_are_rejected_while_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = [
+            ("plain.bin", bytes(1_000, 8), CompressionMethod::Stored),
+            ("secret.bin", bytes(1_000, 9), CompressionMethod::Stored),
+            ("bz.bin", bytes(1_000, 10), CompressionMethod::Stored),
+        ];
+        let path = zip_file(dir.path(), &entries);
+        let mut raw = std::fs::read(&path).unwrap();
+        let dir_start = find(&raw, &[0x50, 0x4b, 0x01, 0x02], 0);
+        // Central headers: flags at +8 (bit 0: encrypted), method at +10.
+        let secret = find(&raw, b"secret.bin", dir_start) - 46;
+        raw[secret + 8] |= 1;
+        let bz = find(&raw, b"bz.bin", dir_start) - 46;
+        raw[bz + 10..bz + 12].copy_from_slice(&12u16.to_le_bytes());
+        std::fs::write(&path, &raw).unwrap();
+        let src = Source::open(&path, None).unwrap();
+        let problem = |name: &str| {
+            let e = src.entries().iter().find(|e| e.name == name).unwrap();
+            (e.problem.clone(), src.read(e))
+        };
+        let (p, read) = problem("plain.bin");
+        assert!(p.is_none() && read.unwrap() == entries[0].1);
+        let (p, read) = problem("secret.bin");
+        assert_eq!(
+            p.as_deref(),
+            Some("encrypted entry (ebv-pack reads no passwords)")
+        );
+        assert_eq!(read.unwrap_err(), p.unwrap());
+        let (p, read) = problem("bz.bin");
+        let p = p.unwrap();
+        assert!(p.starts_with("unsupported compression method"), "{p}");
+        assert_eq!(read.unwrap_err(), p);
     }
 
     fn names(src: &Source) -> Vec<(String, Option<String>)> {
