@@ -829,8 +829,9 @@ fn bench_steps_reports_phases_and_ops() {
     assert!(phases["op:add_relu_forward"].is_f64(), "{r}");
 }
 
-/// `model.class_chunk`: the class-chunked EBV head trains like the full head
-/// ([`assert_trains_alike`]; the head's exact equality is tested in f64 in
+/// `model.class_chunk`: chunks of 3 classes train like all classes at once
+/// (the default, one chunk; [`assert_trains_alike`]; the equality of both
+/// with candle's autograd on full logits is tested in f64 in
 /// `model::chunked`), the resolved recipe records it, and the FC head
 /// refuses it by name.
 #[test]

@@ -38,28 +38,37 @@ pub(crate) struct ChunkedBasis {
 }
 
 impl ChunkedBasis {
-    /// From Bᵀ [d, C] (the head's layout), scoring in `dtype` and summing in `acc`.
+    /// From the unit rows B [C, d] (shared, not copied, when contiguous), scoring `chunk` classes at a time (at
+    /// most C) in `dtype` and summing in `acc`.
     pub(crate) fn new(
-        basis_t: &Tensor,
+        rows: &Tensor,
         chunk: usize,
         dtype: DType,
         acc: DType,
     ) -> Result<ChunkedBasis> {
-        let (_, classes) = basis_t.dims2()?;
-        if chunk == 0 {
-            bail!("class chunk must be at least 1");
-        }
+        let (classes, _) = rows.dims2()?;
         if classes > MAX_CLASSES {
             bail!("class-chunked head supports at most {MAX_CLASSES} classes, got {classes}");
         }
-        let rows = basis_t.t()?.contiguous()?;
+        let rows = rows.contiguous()?;
         let (rows_c, sum) = Self::in_dtype(&rows, dtype, acc)?;
-        Ok(ChunkedBasis {
+        let mut basis = ChunkedBasis {
             rows,
             rows_c,
             sum,
-            chunk,
-        })
+            chunk: 1,
+        };
+        basis.set_chunk(chunk)?;
+        Ok(basis)
+    }
+
+    /// Score `chunk` classes at a time from now on (at most C: one chunk).
+    pub(crate) fn set_chunk(&mut self, chunk: usize) -> Result<()> {
+        if chunk == 0 {
+            bail!("class chunk must be at least 1");
+        }
+        self.chunk = chunk.min(self.classes()).max(1);
+        Ok(())
     }
 
     pub(crate) fn set_compute_dtype(&mut self, dtype: DType, acc: DType) -> Result<()> {
@@ -86,9 +95,9 @@ impl ChunkedBasis {
         self.chunk
     }
 
-    /// Bᵀ [d, C] again, in the parameters' dtype (to leave chunked mode).
-    pub(crate) fn rows_t(&self) -> Result<Tensor> {
-        self.rows.t()?.contiguous()
+    /// B [C, d] in the parameters' dtype.
+    pub(crate) fn rows(&self) -> &Tensor {
+        &self.rows
     }
 
     /// The dtype the chunk GEMMs run in.
@@ -228,11 +237,17 @@ impl ChunkedBasis {
             (n, 1),
             dev,
         )?;
-        // Pass 1: the label's own cosine and the log-sum-exp of the logits.
+        // Pass 1: the label's own cosine and the log-sum-exp of the logits. With one chunk (all classes at once)
+        // its scores are kept for pass 2 instead of being computed twice.
+        let single = self.chunk >= classes;
+        let mut kept = None;
         let mut own = Tensor::zeros((n, 1), acc, dev)?;
         let mut lse_state: Option<(Tensor, Tensor)> = None;
         for (start, len) in self.spans() {
             let c = self.scores(&u, start, len, acc)?;
+            if single {
+                kept = Some(c.clone());
+            }
             let inside: Vec<u8> = host
                 .iter()
                 .map(|&y| u8::from((start..start + len).contains(&(y as usize))))
@@ -269,7 +284,10 @@ impl ChunkedBasis {
         // Pass 2: rank = #{c : s_c > s_y or s_c is NaN} + #{c < y : s_c == s_y}.
         let mut rank = Tensor::zeros((n, 1), DType::U32, dev)?;
         for (start, len) in self.spans() {
-            let c = self.scores(&u, start, len, acc)?;
+            let c = match kept.take() {
+                Some(c) => c,
+                None => self.scores(&u, start, len, acc)?,
+            };
             let ids = Tensor::arange(start as u32, (start + len) as u32, dev)?
                 .to_dtype(DType::F32)?
                 .unsqueeze(0)?;
@@ -424,7 +442,8 @@ mod tests {
         let y = labels(&[0, 3, 12, 9, 5, 7]);
         let y2 = labels(&[7, 0, 3, 12, 9, 5]);
         for (lambda, eps) in [(1.0, 0.0), (1.0, 0.1), (0.3, 0.1), (0.65, 0.0)] {
-            head.set_class_chunk(0).unwrap();
+            head.set_autograd_reference().unwrap();
+            assert_eq!(head.class_chunk(), None);
             let want = train_pass(&store, &head, &f, &y, &y2, lambda, eps);
             for chunk in [1, 2, 4, 5, 12] {
                 head.set_class_chunk(chunk).unwrap();
@@ -444,9 +463,11 @@ mod tests {
                 );
             }
         }
-        // A chunk of C or more is the unchunked head.
-        head.set_class_chunk(C).unwrap();
-        assert_eq!(head.class_chunk(), None);
+        // 0, C or more: all classes in one chunk, still the closed form.
+        for chunk in [0, C, C + 5] {
+            head.set_class_chunk(chunk).unwrap();
+            assert_eq!(head.class_chunk(), Some(C));
+        }
     }
 
     /// The chunked loss's gradient with respect to the features against central differences.
@@ -482,13 +503,14 @@ mod tests {
     #[test]
     fn chunked_eval_equals_the_full_head_including_ties() {
         let (_store, mut head, f) = setup(DType::F64);
+        head.set_autograd_reference().unwrap();
         // Labels 3 and 9 tie (identical rows): 3 wins the tie, 9 ranks behind it.
         let y = labels(&[3, 9, 12, 0, 5, 9]);
         let scores = head.scores(&f).unwrap();
         let logits = head.logits(&f).unwrap();
         let want_loss = scalar(&hard_cross_entropy(&logits, &y, 0.0).unwrap());
         let want = topk_correct(&scores, &y, &[1, 2, 5]).unwrap();
-        for chunk in [1, 3, 4, 9] {
+        for chunk in [1, 3, 4, 9, 0] {
             head.set_class_chunk(chunk).unwrap();
             let (loss, got) = head.chunked_eval(&f, &y, &[1, 2, 5]).unwrap();
             assert!((loss - want_loss).abs() < 1e-12, "{loss} vs {want_loss}");
@@ -503,6 +525,7 @@ mod tests {
     #[test]
     fn chunked_half_precision_agrees_with_the_full_head() {
         let (store, mut head, f) = setup(DType::F32);
+        head.set_autograd_reference().unwrap();
         head.set_compute_dtype(DType::F16).unwrap();
         let f16 = f.to_dtype(DType::F16).unwrap();
         let y = labels(&[0, 3, 12, 9, 5, 7]);
@@ -520,9 +543,36 @@ mod tests {
         let d = max_diff(&got.2, &want.2);
         assert!(d < 3e-2 * scale, "gradients differ by {d} (scale {scale})");
         // Switching back and forth keeps the compute dtype.
-        head.set_class_chunk(0).unwrap();
+        head.set_autograd_reference().unwrap();
         let again = train_pass(&store, &head, &f16, &y, &y2, 0.6, 0.1);
         assert_eq!(again.0, want.0);
+    }
+
+    /// The head as built trains through the closed form: its backward pass gives the fixed basis no gradient
+    /// (no [d, C] product), where candle's autograd on full logits computes one and drops it.
+    #[test]
+    fn the_default_head_computes_no_basis_gradient() {
+        let (_store, mut head, f) = setup(DType::F64);
+        assert_eq!(head.class_chunk(), Some(C));
+        let y = labels(&[0, 3, 12, 9, 5, 7]);
+        let fv = Var::from_tensor(&f).unwrap();
+        let (loss, _) = head.chunked_loss(fv.as_tensor(), &y, &y, 1.0, 0.1).unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(fv.as_tensor()).is_some());
+        let rows = head.basis_tensor().unwrap().clone();
+        assert_eq!(rows.dims(), &[C, D]);
+        assert!(grads.get(&rows).is_none(), "the basis got a gradient");
+        head.set_autograd_reference().unwrap();
+        let bt = head.basis_tensor().unwrap().clone();
+        let logits = head.logits(fv.as_tensor()).unwrap();
+        let grads = hard_cross_entropy(&logits, &y, 0.1)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = grads
+            .get(&bt)
+            .expect("candle's matmul backward fills the basis gradient");
+        assert_eq!(g.dims(), &[D, C]);
     }
 
     #[test]

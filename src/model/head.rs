@@ -9,6 +9,16 @@
 //!
 //! Prediction is the argmax of the cosine (EBV) or the logit (FC); both are
 //! the argmax of the logits, since τ > 0.
+//!
+//! The EBV head's training loss takes its gradient with respect to the
+//! features in closed form (`chunked.rs`), `model.class_chunk` classes at a
+//! time or all at once: through candle's autograd, the logits' matmul would
+//! also compute a [d, C] gradient for the fixed basis every step and drop it
+//! (at C = 100,000, d = 5000: a third of the head's arithmetic and 2 GB
+//! more memory per step; 2.6× slower on the CPU, BENCHMARKS.md). That
+//! autograd path stays as the reference the closed form is tested against
+//! ([`Head::set_autograd_reference`]). The head holds the caller's basis
+//! tensor itself when dtype and device match: no copy.
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -54,13 +64,14 @@ const NORM_EPS: f64 = 1e-12;
 pub struct Head {
     kind: HeadKind,
     fc: Linear,
-    /// Bᵀ [d, C] of the unit-row basis; EBV only.
+    /// Bᵀ [d, C] of the unit-row basis, for the autograd reference path
+    /// only (then `chunked` is None); EBV only.
     basis_t: Option<Tensor>,
     /// Bᵀ in the compute dtype when that is not the parameters' (a bf16
-    /// copy made once, not per step).
+    /// copy made once, not per step); reference path only.
     basis_c: Option<Tensor>,
-    /// The basis as rows for class-chunked scoring (then `basis_t` and
-    /// `basis_c` are dropped); EBV only.
+    /// The basis as rows, scored a chunk of classes at a time with the
+    /// closed-form gradient; EBV only.
     chunked: Option<ChunkedBasis>,
     tau: f64,
     classes: usize,
@@ -81,18 +92,14 @@ impl Head {
         }
         let (classes, d) = basis.dims2()?;
         let fc = Linear::new(store, "fc", features, d)?;
-        // Bᵀ kept contiguous [d, C] so each step's GEMM reads it in place.
-        let basis_t = basis
-            .to_device(store.device())?
-            .to_dtype(store.dtype())?
-            .t()?
-            .contiguous()?;
+        let dtype = store.dtype();
+        let rows = basis.to_device(store.device())?.to_dtype(dtype)?;
         Ok(Head {
             kind: HeadKind::Ebv,
             fc,
-            basis_t: Some(basis_t),
+            basis_t: None,
             basis_c: None,
-            chunked: None,
+            chunked: Some(ChunkedBasis::new(&rows, classes, dtype, accumulate(dtype))?),
             tau,
             classes,
         })
@@ -142,32 +149,45 @@ impl Head {
             }
             candle_core::bail!("model.class_chunk applies to the ebv head only");
         }
-        let compute = match &self.chunked {
-            Some(cb) => Some(cb.compute_dtype()),
-            None => self
-                .basis_c
-                .as_ref()
-                .or(self.basis_t.as_ref())
-                .map(|b| b.dtype()),
-        };
-        if let Some(cb) = self.chunked.take() {
-            // Back to the transposed layout first, then decide anew.
-            self.basis_t = Some(cb.rows_t()?);
+        let chunk = if chunk == 0 { self.classes } else { chunk };
+        if let Some(cb) = &mut self.chunked {
+            return cb.set_chunk(chunk);
         }
-        let Some(bt) = self.basis_t.clone() else {
+        // Leaving the reference path: rows again, in its compute dtype.
+        let Some(bt) = self.basis_t.take() else {
             candle_core::bail!("the ebv head has no basis");
         };
-        let dtype = compute.unwrap_or(bt.dtype());
-        if chunk == 0 || chunk >= self.classes {
-            return self.set_compute_dtype(dtype);
-        }
-        self.chunked = Some(ChunkedBasis::new(&bt, chunk, dtype, accumulate(dtype))?);
-        self.basis_t = None;
-        self.basis_c = None;
+        let dtype = self.basis_c.take().map_or(bt.dtype(), |b| b.dtype());
+        let rows = bt.t()?.contiguous()?;
+        self.chunked = Some(ChunkedBasis::new(&rows, chunk, dtype, accumulate(dtype))?);
         Ok(())
     }
 
-    /// Classes per chunk when chunked.
+    /// Score the EBV head through candle's autograd on full N × C logits:
+    /// the reference the closed-form loss is tested against. Each backward
+    /// pass then also computes (and drops) a [d, C] gradient for the fixed
+    /// basis; [`Head::set_class_chunk`] leaves this path again.
+    pub fn set_autograd_reference(&mut self) -> candle_core::Result<()> {
+        let Some(cb) = self.chunked.take() else {
+            return Ok(());
+        };
+        let dtype = cb.compute_dtype();
+        self.basis_t = Some(cb.rows().t()?.contiguous()?);
+        self.set_compute_dtype(dtype)
+    }
+
+    /// The basis as the head scores it: rows B [C, d], or Bᵀ [d, C] on the
+    /// reference path.
+    #[cfg(test)]
+    pub(crate) fn basis_tensor(&self) -> Option<&Tensor> {
+        match &self.chunked {
+            Some(cb) => Some(cb.rows()),
+            None => self.basis_t.as_ref(),
+        }
+    }
+
+    /// Classes per chunk (C: all at once); None on the FC head and the
+    /// autograd reference path.
     pub fn class_chunk(&self) -> Option<usize> {
         self.chunked.as_ref().map(|c| c.chunk())
     }
@@ -387,14 +407,7 @@ mod tests {
         let cos: Vec<Vec<f64>> = head.scores(&f).unwrap().to_vec2().unwrap();
         let logits: Vec<Vec<f64>> = head.logits(&f).unwrap().to_vec2().unwrap();
         let proj: Vec<Vec<f64>> = head.fc.forward(&f).unwrap().to_vec2().unwrap();
-        let bt: Vec<Vec<f64>> = head
-            .basis_t
-            .as_ref()
-            .unwrap()
-            .t()
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let bt: Vec<Vec<f64>> = head.chunked.as_ref().unwrap().rows().to_vec2().unwrap();
         for (r, p) in proj.iter().enumerate() {
             let pn = p.iter().map(|v| v * v).sum::<f64>().sqrt();
             for (c, b) in bt.iter().enumerate() {

@@ -39,7 +39,9 @@ pub struct ModelSection {
     pub tau: f64,
     /// Score the EBV head this many classes at a time (0: all at once), so
     /// that a step never holds an N × C logit matrix: for C near 10⁶ on a
-    /// GPU with little memory. Same loss, gradients and metrics.
+    /// GPU with little memory. Same loss, gradients and metrics. Either way
+    /// the loss's gradient with respect to the features is taken in closed
+    /// form, so the fixed basis never gets one.
     pub class_chunk: usize,
 }
 

@@ -959,12 +959,10 @@ fn step_phases(
         Ok(t.elapsed().as_secs_f64())
     })();
     crate::kernels::set_op_profile(false);
-    if model.head().class_chunk().is_none() {
-        out.insert("profiled_forward_backward".into(), profiled?);
-        for (name, (secs, calls)) in crate::kernels::op_profile() {
-            out.insert(format!("op:{name}"), secs);
-            out.insert(format!("calls:{name}"), calls as f64);
-        }
+    out.insert("profiled_forward_backward".into(), profiled?);
+    for (name, (secs, calls)) in crate::kernels::op_profile() {
+        out.insert(format!("op:{name}"), secs);
+        out.insert(format!("calls:{name}"), calls as f64);
     }
     Ok(out)
 }
