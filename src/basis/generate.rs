@@ -798,7 +798,14 @@ pub fn generate_with_checkpoints(
     let mut adam_steps = 0i32;
     // The p-norm's reference maximum: the last evaluated max |cos|.
     let mut m_ref = start_max as f32;
-    let mut best = b.data.clone();
+    // The best rows are copied out only when `b` is about to move away from
+    // them (`Best::keep`): a run that ends where it is best (the instant
+    // path: a start that already meets α) never holds a second N × d copy.
+    // Until a step beats it (a NaN never does), the start is the best.
+    let mut best = Best {
+        rows: Vec::new(),
+        current: true,
+    };
     let (mut best_max, mut best_mean, mut best_step) = (f32::INFINITY, 0.0f64, 0u64);
     let mut lr = plan.lr;
     let mut prev_loss: Option<f64> = None;
@@ -839,7 +846,7 @@ pub fn generate_with_checkpoints(
             best_max = mx;
             best_mean = ev.sum_abs / pairs;
             best_step = step;
-            best.copy_from_slice(&b.data);
+            best.current = true;
         }
         on_step(&StepInfo {
             step,
@@ -865,13 +872,14 @@ pub fn generate_with_checkpoints(
                 };
                 let summary = summarize(cfg, &plan, init, started, snap);
                 // Lend the best rows to the callback without copying them.
+                let rows = best.rows_mut(&mut b.data);
                 let lent = Basis {
                     n,
                     d,
-                    data: std::mem::take(&mut best),
+                    data: std::mem::take(rows),
                 };
                 let saved = save(&lent, &summary);
-                best = lent.data;
+                *best.rows_mut(&mut b.data) = lent.data;
                 saved?;
                 saved_step = Some(best_step);
                 last_save = Instant::now();
@@ -904,6 +912,9 @@ pub fn generate_with_checkpoints(
             break;
         }
 
+        // Everything below moves `b`.
+        best.keep(&b.data);
+
         // A structured start is evaluated as built (it may already meet α and
         // stays the best matrix until beaten); the optimiser starts from it
         // pushed off its subspace.
@@ -916,7 +927,7 @@ pub fn generate_with_checkpoints(
         }
 
         if cfg.guard && cfg.method == Method::Sgd && guard.diverged(mx, best_max) {
-            b.data.copy_from_slice(&best);
+            b.data.copy_from_slice(&best.rows);
             lr *= 0.5;
             recoveries += 1;
             step += 1;
@@ -996,8 +1007,39 @@ pub fn generate_with_checkpoints(
             recoveries,
         },
     );
-    let basis = Basis { n, d, data: best };
+    let data = if best.current { b.data } else { best.rows };
+    let basis = Basis { n, d, data };
     Ok(Generated { basis, summary })
+}
+
+/// The best rows of a run: `current` when they are the working matrix as it
+/// stands (nothing copied), else `rows`.
+struct Best {
+    rows: Vec<f32>,
+    current: bool,
+}
+
+impl Best {
+    /// Copies the working matrix out before it changes, if it is the best.
+    fn keep(&mut self, b: &[f32]) {
+        if self.current {
+            if self.rows.len() == b.len() {
+                self.rows.copy_from_slice(b);
+            } else {
+                self.rows = b.to_vec();
+            }
+            self.current = false;
+        }
+    }
+
+    /// The storage holding the best rows: the working matrix or the copy.
+    fn rows_mut<'a>(&'a mut self, b: &'a mut Vec<f32>) -> &'a mut Vec<f32> {
+        if self.current {
+            b
+        } else {
+            &mut self.rows
+        }
+    }
 }
 
 /// Where a run stands, for its summary (final or at a checkpoint).

@@ -99,6 +99,11 @@ pub(crate) struct Engine {
     path: GradPath,
     /// Gradient of the last evaluation with `want_grad` (N × d).
     pub grad: Vec<f32>,
+    /// `grad` is known to hold zeros: fresh (its pages not even touched
+    /// yet) or left so by an evaluation without violations. An evaluation
+    /// then skips the N × d clearing pass, so a start that already meets α
+    /// never touches the 2 GB of gradient at N = 100,000, d = 5000.
+    grad_zero: bool,
     offsets: Vec<usize>,
     entries: Vec<(u32, f32)>,
     row_evals: Vec<Eval>,
@@ -130,6 +135,7 @@ impl Engine {
             sparse_cap: (mem_bytes / 2 / BYTES_PER_PAIR) as usize,
             path,
             grad: vec![0.0; n * d],
+            grad_zero: true,
             offsets: Vec::new(),
             entries: Vec::new(),
             row_evals: Vec::new(),
@@ -142,9 +148,8 @@ impl Engine {
     pub(crate) fn evaluate(&mut self, b: &[f32], tau: f32, loss: Loss, want_grad: bool) -> Eval {
         let (n, d) = (self.n, self.d);
         assert_eq!(b.len(), n * d, "matrix size does not match the engine");
-        if want_grad {
-            self.grad.fill(0.0);
-        }
+        // Cleared at the first violation (or at the end, if there is none).
+        let mut cleared = !want_grad || self.grad_zero;
         self.pairs.clear();
         let mut total = Eval::default();
         let mut s = 0;
@@ -194,6 +199,11 @@ impl Engine {
                     GradPath::Auto => density > DENSE_DENSITY || !fits,
                 };
                 self.dense_hint = dense;
+                if !cleared {
+                    self.grad.fill(0.0);
+                    cleared = true;
+                }
+                self.grad_zero = false;
                 if dense || fused {
                     if !fused {
                         blk.par_chunks_mut(w).enumerate().for_each(|(r, row)| {
@@ -215,6 +225,11 @@ impl Engine {
         }
         if want_grad && !self.pairs.is_empty() {
             self.scatter(b);
+        }
+        if !cleared {
+            // No violation anywhere: the gradient is zero.
+            self.grad.fill(0.0);
+            self.grad_zero = true;
         }
         total
     }
@@ -701,6 +716,32 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-3, "{worst}");
+    }
+
+    /// One engine reused across evaluations gives each the gradient a fresh
+    /// engine gives: the clearing pass it skips while the gradient is known
+    /// to be zero is never skipped when it is not.
+    #[test]
+    fn reused_engine_clears_the_gradient_when_it_must() {
+        let b = Basis::random(200, 32, 5);
+        for path in [GradPath::Dense, GradPath::Sparse] {
+            let fresh = |tau: f32| {
+                let mut e = Engine::new(200, 32, 37, 1 << 30, path);
+                e.evaluate(&b.data, tau, Loss::Hinge, true);
+                e.grad
+            };
+            let mut eng = Engine::new(200, 32, 37, 1 << 30, path);
+            // Violations, none, violations again, then a gradient-free pass.
+            for tau in [0.3f32, 0.99, 0.35, 0.99, 0.3] {
+                eng.evaluate(&b.data, tau, Loss::Hinge, true);
+                let want = fresh(tau);
+                assert!(eng.grad == want, "{path:?}, tau {tau}");
+                assert_eq!(eng.grad.iter().any(|&g| g != 0.0), tau < 0.9);
+            }
+            eng.evaluate(&b.data, 0.3, Loss::Hinge, false);
+            eng.evaluate(&b.data, 0.99, Loss::Hinge, true);
+            assert!(eng.grad.iter().all(|&g| g == 0.0), "{path:?}");
+        }
     }
 
     #[test]
