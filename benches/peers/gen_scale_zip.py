@@ -13,6 +13,11 @@ its own JPEG comment segment), so neither packer can shrink repeats (pyarrow
 dictionary-encodes equal values). Deterministic for a seed.
 
     python gen_scale_zip.py --out scale.zip [--classes 100000] [--train 12] [--val 6] [--size 32]
+                            [--layout folders|lists]
+
+`--layout lists` writes the paper's ImageNet form instead: `train/IMAGE_ID.JPEG`,
+`val/IMAGE_ID.JPEG` and `train.csv` / `val.csv` with `image_id,label` rows (integer
+labels, the image id without its extension). The peer reads class folders only.
 """
 import argparse, io, struct, time, zipfile
 
@@ -43,6 +48,7 @@ def main():
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--pool", type=int, default=4096, help="distinct pictures")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", choices=["folders", "lists"], default="folders")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     pool = []
@@ -53,12 +59,20 @@ def main():
     t0, n, total = time.perf_counter(), 0, 0
     with zipfile.ZipFile(a.out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for split, per in (("train", a.train), ("val", a.val)):
+            rows = ["image_id,label"]
             for c in range(a.classes):
                 for i in range(per):
                     data = with_comment(pool[(n * 7919) % a.pool], f"ebv {n}")
-                    zf.writestr(f"{split}/c{c:06d}/c{c:06d}_{split}_{i:03d}.JPEG", data)
+                    image_id = f"c{c:06d}_{split}_{i:03d}"
+                    if a.layout == "folders":
+                        zf.writestr(f"{split}/c{c:06d}/{image_id}.JPEG", data)
+                    else:
+                        zf.writestr(f"{split}/{image_id}.JPEG", data)
+                        rows.append(f"{image_id},{c}")
                     n += 1
                     total += len(data)
+            if a.layout == "lists":
+                zf.writestr(f"{split}.csv", "\n".join(rows) + "\n")
     print(f"wrote {a.out}: {n} images, {a.classes} classes, {a.size}x{a.size}, "
           f"avg {total / n:.0f} B/img, {time.perf_counter() - t0:.0f} s")
 
