@@ -103,6 +103,8 @@ impl MatrixFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| BasisError::io(path, e))?;
         if map.starts_with(b"\x93NUMPY") {
             open_npy(path, map)
+        } else if looks_like_safetensors(&map) {
+            open_safetensors(path, map)
         } else if map.first() == Some(&0x80) || map.starts_with(b"PK\x03\x04") {
             // Pickles start with PROTO (0x80); torch.save's zip format with PK.
             Err(BasisError::format(
@@ -161,6 +163,20 @@ impl MatrixFile {
             d: self.d,
             data,
         }
+    }
+}
+
+/// A safetensors file: a u64 LE header length that fits the file, then the
+/// JSON header's `{`. Checked before the pickle test, since a header of 384
+/// (or any length ≡ 0x80 mod 256) starts the file with a pickle's 0x80.
+fn looks_like_safetensors(map: &[u8]) -> bool {
+    match map.get(..9) {
+        Some(head) => {
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&head[..8]);
+            head[8] == b'{' && u64::from_le_bytes(len) <= (map.len() - 8) as u64
+        }
+        None => false,
     }
 }
 
@@ -573,6 +589,35 @@ mod tests {
         std::fs::write(&p, b"\x80\x02K\x01.").unwrap();
         let e = MatrixFile::open(&p).err().unwrap().to_string();
         assert!(e.contains("ebv-basis import"), "{e}");
+    }
+
+    /// A header whose length is ≡ 0x80 mod 256 starts the file with the byte
+    /// a pickle starts with: still a safetensors matrix (the fashion-mnist
+    /// demo's basis once had a 384-byte header and was refused as a pickle).
+    #[test]
+    fn safetensors_whose_first_byte_is_0x80_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Basis::random(4, 3, 1);
+        for want in [0x80u64, 0x180, 0x280] {
+            let p = dir.path().join(format!("h{want:x}.safetensors"));
+            // Pad one metadata value until the header has the length wanted.
+            let mut pad = String::new();
+            loop {
+                let meta = BTreeMap::from([("pad".to_string(), pad.clone())]);
+                write_safetensors(&p, &b, &meta).unwrap();
+                let bytes = std::fs::read(&p).unwrap();
+                let len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                assert!(len <= want, "no padding gives a {want}-byte header");
+                if len == want {
+                    assert_eq!(bytes[0], 0x80);
+                    break;
+                }
+                pad.push('x');
+            }
+            let f = MatrixFile::open(&p).unwrap();
+            assert_eq!((f.n, f.d, f.format), (4, 3, "safetensors"));
+            assert_eq!(f.to_basis(), b);
+        }
     }
 
     #[test]
