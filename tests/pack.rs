@@ -86,7 +86,7 @@ fn mixed_entries() -> (Entries, BTreeMap<String, &'static str>) {
         (
             "data/train/dog/huge.png",
             png_rgb(100, 100, 7),
-            "image of 100x100 exceeds the pixel limit",
+            "image exceeds the pixel limit (100x100",
         ),
         (
             "__MACOSX/data/train/cat/._p0.jpg",
@@ -989,6 +989,233 @@ fn csv_header_of_any_wording_is_detected_and_noted() {
         "{}",
         stderr_of(&o)
     );
+}
+
+/// The paper's lists name images by id, without extension, and the two
+/// splits reuse ids: `0001` in `train.csv` is `train/0001.jpg`, in `val.csv`
+/// `val/0001.jpg`. Spreadsheet exports start with a byte-order mark; rows
+/// without a label are rejected with their line, and counted in their split.
+#[test]
+fn list_ids_resolve_per_split_and_bad_rows_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut entries: Entries = Vec::new();
+    for i in 0..6u32 {
+        entries.push((format!("train/{i:04}.jpg"), jpeg_rgb(16, 16, i)));
+    }
+    for i in 0..2u32 {
+        entries.push((format!("val/{i:04}.jpg"), jpeg_rgb(16, 16, 100 + i)));
+    }
+    // One id held by two other folders: ambiguous, whatever the split.
+    entries.push(("extra/a/0777.jpg".into(), jpeg_rgb(16, 16, 7)));
+    entries.push(("extra/b/0777.jpg".into(), jpeg_rgb(16, 16, 8)));
+    entries.push((
+        "train.csv".into(),
+        b"\xef\xbb\xbf0000,0\r\n0001,1\r\n0002,0\r\n0003,1\r\n0004,\r\n0005,1\r\n0777,0\r\n"
+            .to_vec(),
+    ));
+    entries.push(("val.csv".into(), b"0000,0\n0001,1\n".to_vec()));
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let summary = json_of(&run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            "16",
+            "--json",
+            "--quiet",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.tsv")).unwrap(),
+        "0\t0\n1\t1\n"
+    );
+    assert_eq!(summary["splits"]["train"]["rows"], 5);
+    assert_eq!(summary["splits"]["val"]["rows"], 2);
+    let mut val: Vec<(String, u32)> = read_split(&out, "val")
+        .into_iter()
+        .map(|r| (r.key, r.label))
+        .collect();
+    val.sort();
+    assert_eq!(
+        val,
+        vec![("val/0000.jpg".into(), 0), ("val/0001.jpg".into(), 1)]
+    );
+    for r in read_split(&out, "train") {
+        let i: u32 = r.key["train/".len()..r.key.len() - 4].parse().unwrap();
+        assert_eq!(r.label, i % 2, "{}", r.key);
+    }
+    let mut rej = rejections(&out);
+    rej.sort();
+    let want = [
+        ("0777", "ambiguous (train.csv line 7"),
+        ("extra/a/0777.jpg", "not listed in any list file"),
+        ("extra/b/0777.jpg", "not listed in any list file"),
+        ("train/0004.jpg", "no label (train.csv line 5)"),
+    ];
+    assert_eq!(rej.len(), want.len(), "{rej:?}");
+    for ((key, reason), (wkey, wreason)) in rej.iter().zip(want) {
+        assert_eq!(key, wkey);
+        assert!(reason.starts_with(wreason), "{key}: {reason}");
+    }
+    // The summary counts a split's rejections as the manifest does.
+    let m = manifest(&out);
+    assert_eq!(m["totals"]["train"]["rejected"], 2);
+    assert_eq!(summary["splits"]["train"]["rejected"], 2);
+    assert_eq!(summary["splits"]["val"]["rejected"], 0);
+    assert_eq!(summary["rejected_by_reason"]["no label"], 1);
+    assert_eq!(summary["rejected_by_reason"]["ambiguous"], 1);
+
+    // `--class-names` may not name two classes alike, and its BOM is no name.
+    let names = dir.path().join("names.txt");
+    std::fs::write(&names, "\u{feff}zero\nzero\n").unwrap();
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&dir.path().join("o2")),
+            "--class-names",
+            s(&names),
+            "--quiet",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr_of(&o).contains("\"zero\" is given twice"),
+        "{}",
+        stderr_of(&o)
+    );
+    std::fs::write(&names, "\u{feff}zero\none\n").unwrap();
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&dir.path().join("o3")),
+            "--size",
+            "16",
+            "--class-names",
+            s(&names),
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("o3/classes.tsv")).unwrap(),
+        "0\tzero\n1\tone\n"
+    );
+}
+
+/// Class folders: an entry the source cannot read, or one nested below its
+/// class folder, is counted in the split it lies under; a class folder
+/// whose name `classes.tsv` cannot hold loses its files, not the run.
+#[test]
+fn folder_rejections_keep_their_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries: Entries = (0..4u32)
+        .map(|i| {
+            (
+                format!("data/train/c{}/i{i}.jpg", i % 2),
+                jpeg_rgb(16, 16, i),
+            )
+        })
+        .collect();
+    entries.push(("data/val/c0/v0.jpg".into(), jpeg_rgb(16, 16, 9)));
+    entries.push(("data/train/c1/deeper/n.jpg".into(), jpeg_rgb(16, 16, 10)));
+    entries.push(("data/train/t\tab/x.jpg".into(), jpeg_rgb(16, 16, 11)));
+    entries.push(("data/README.txt".into(), b"hello".to_vec()));
+    let zip = dir.path().join("f.zip");
+    zip_with_duplicate(&zip, &entries, "data/val/c0/v0.jpg", jpeg_rgb(16, 16, 12));
+    let out = dir.path().join("out");
+    let summary = json_of(&run(
+        BIN,
+        &[
+            s(&zip),
+            "--out",
+            s(&out),
+            "--size",
+            "16",
+            "--json",
+            "--quiet",
+        ],
+    ));
+    assert_eq!(summary["num_classes"], 2);
+    assert_eq!(summary["splits"]["train"]["rows"], 4);
+    let m = manifest(&out);
+    let split_of = |key: &str| {
+        m["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key)
+            .map(|r| r["split"].clone())
+            .unwrap_or_else(|| panic!("{key} not rejected: {}", m["rejected"]))
+    };
+    assert_eq!(split_of("data/train/c1/deeper/n.jpg"), "train");
+    assert_eq!(split_of("data/train/t\tab/x.jpg"), "train");
+    assert_eq!(split_of("data/val/c0/v0.jpg"), "val");
+    assert!(split_of("data/README.txt").is_null());
+    assert_eq!(m["totals"]["train"]["rejected"], 2);
+    assert_eq!(summary["splits"]["train"]["rejected"], 2);
+    assert_eq!(summary["splits"]["val"]["rejected"], 1);
+}
+
+/// A rerun over a complete pack names what is wrong with it: other options
+/// (a different pack), or a shard missing or cut short since (damaged).
+#[test]
+fn rerun_over_a_damaged_pack_names_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Entries = (0..12u32)
+        .map(|i| (format!("train/c{}/i{i}.jpg", i % 3), jpeg_rgb(16, 16, i)))
+        .collect();
+    let zip = dir.path().join("d.zip");
+    write_zip(&zip, &entries);
+    let out = dir.path().join("out");
+    let args = [
+        s(&zip),
+        "--out",
+        s(&out),
+        "--size",
+        "16",
+        "--shard-rows",
+        "4",
+    ];
+    let o = run(BIN, &args);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let o = run(BIN, &[&args[..], &["--quality", "80"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr_of(&o).contains("already holds a different pack"),
+        "{}",
+        stderr_of(&o)
+    );
+    let shard = out.join("train-00001.parquet");
+    let len = std::fs::metadata(&shard).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
+    f.set_len(len - 10).unwrap();
+    std::fs::remove_file(out.join("train-00002.parquet")).unwrap();
+    let o = run(BIN, &args);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(err.contains("2 of its 3 shards are damaged"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "train-00001.parquet has {} bytes, not {len}",
+            len - 10
+        )),
+        "{err}"
+    );
+    assert!(err.contains("train-00002.parquet: "), "{err}");
+    let o = run(BIN, &[&args[..], &["--force"]].concat());
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(std::fs::metadata(&shard).unwrap().len(), len);
 }
 
 #[test]
@@ -2264,7 +2491,7 @@ fn one_pixel_images_and_lying_headers() {
         );
         for (key, reason) in &rej {
             assert!(
-                reason.starts_with("image of 65535x65535 exceeds the pixel limit"),
+                reason.starts_with("image exceeds the pixel limit (65535x65535 "),
                 "{key}: {reason}"
             );
         }

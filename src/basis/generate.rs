@@ -554,6 +554,24 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
                 ),
             ));
         }
+        // Renormalising cannot give a NaN, infinite or zero row a direction,
+        // and one such row would make every later step's max |cos| a lie.
+        if let Some((k, row)) = m
+            .data
+            .chunks(m.d.max(1))
+            .enumerate()
+            .find(|(_, r)| r.iter().any(|x| !x.is_finite()) || r.iter().all(|&x| x == 0.0))
+        {
+            let what = if row.iter().any(|x| !x.is_finite()) {
+                "holds a NaN or infinite value"
+            } else {
+                "is all zeros"
+            };
+            return Err(BasisError::arg(
+                "--start",
+                format!("row {k} {what}: no direction to start from"),
+            ));
+        }
     }
     if n < 2 {
         return Err(BasisError::arg("--classes", "need at least 2 classes"));
@@ -1199,6 +1217,29 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-6, "moved by {worst}");
+    }
+
+    #[test]
+    fn a_start_without_direction_is_refused() {
+        for (bad, want) in [
+            (f32::NAN, "row 3 holds a NaN or infinite value"),
+            (f32::INFINITY, "row 3 holds a NaN or infinite value"),
+        ] {
+            let mut c = cfg(10, 8, 0.9);
+            let mut m = Basis::random(10, 8, 1);
+            m.data[3 * 8 + 5] = bad;
+            c.start = Some(m);
+            let err = plan(&c).unwrap_err().to_string();
+            assert!(err.starts_with("--start: ") && err.contains(want), "{err}");
+        }
+        let mut c = cfg(10, 8, 0.9);
+        let mut m = Basis::random(10, 8, 1);
+        m.data[7 * 8..8 * 8].fill(0.0);
+        c.start = Some(m);
+        let err = plan(&c).unwrap_err().to_string();
+        assert!(err.contains("row 7 is all zeros"), "{err}");
+        c.start = Some(Basis::random(10, 8, 1));
+        assert!(plan(&c).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -366,9 +367,12 @@ fn atomic_write(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // A temp file is private (0600); the matrix is not, so it gets the
+    // mode a plain create would give it (0666 less the umask).
     let mut tmp = tempfile::Builder::new()
         .prefix(".ebv-basis-")
         .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| BasisError::io(dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
@@ -474,6 +478,14 @@ mod tests {
         assert_eq!(read_matrix(&np).unwrap(), b);
         // Only the two files: no temp file left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // Readable by others as a plain create makes it, not a temp file's
+        // 0600 (the umask may take group/other write away, never read).
+        let umask = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(umask) };
+        for p in [&st, &np] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o666 & !umask, "{}: {mode:o}", p.display());
+        }
     }
 
     #[test]

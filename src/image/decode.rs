@@ -26,7 +26,7 @@ pub enum ImageError {
     NotAnImage,
     #[error("unsupported image format: {0}")]
     Unsupported(String),
-    #[error("image of {width}x{height} exceeds the pixel limit of {limit}")]
+    #[error("image exceeds the pixel limit ({width}x{height} > {limit} pixels)")]
     TooLarge { width: u32, height: u32, limit: u64 },
     #[error("corrupt {format}: {detail}")]
     Corrupt { format: ImageFormat, detail: String },

@@ -21,11 +21,24 @@
 //!   `filename,category` or `path,target` are headers, while a first row
 //!   naming a real image, or whose label other rows share, is data.
 //! - A `path label` row splits at its last run of spaces or tabs: paths may
-//!   hold spaces, labels do not.
+//!   hold spaces, labels do not. CSV rows follow RFC 4180 quoting; with
+//!   more than two fields a header naming a `label` (`class`, `category`,
+//!   …) column picks the label and image columns, else the first two are
+//!   read and a note says so. A byte-order mark is dropped.
+//! - A list row names its image as a path from the list's folder, from its
+//!   `<split>/` subfolder or from the top, with or without the extension
+//!   (the paper's ids), and only then as a file name unique in the source;
+//!   so `0001` is `train/0001.jpg` in `train.csv` and `val/0001.jpg` in
+//!   `val.csv`. A name several files share is rejected as ambiguous, a row
+//!   without a label as such, each with its list and line.
 //! - Class folders with several validation folders side by side
 //!   (`train/`, `val/`, `test/`) use the first of `val`, `validation`,
 //!   `valid`, `test`; the others' files are rejected as not part of the
 //!   layout, naming the folder used.
+//!
+//! A rejected entry records the split it would have gone to (the list that
+//! names it, the `train/`/`val/` folder it lies under), so per-split counts
+//! add up; entries outside every split record none.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -134,11 +147,14 @@ pub fn plan(
 ) -> Result<Plan, PackError> {
     let mut rejected = Vec::new();
     let mut usable = Vec::new();
+    // Entries the source could not read (encrypted, another compression, a
+    // repeated name): the layout still says which split they belonged to.
+    let mut problems = Vec::new();
     for (i, e) in source.entries().iter().enumerate() {
         if e.unsafe_path {
             rejected.push(reject(&e.name, None, "unsafe path"));
-        } else if let Some(problem) = &e.problem {
-            rejected.push(reject(&e.name, None, problem.clone()));
+        } else if e.problem.is_some() {
+            problems.push(i);
         } else if is_macos_junk(&e.name) {
             rejected.push(reject(&e.name, None, "macOS metadata"));
         } else {
@@ -154,6 +170,7 @@ pub fn plan(
         None if found_lists.contains_key(&Split::Train) => LayoutKind::ListFiles,
         None if usable
             .iter()
+            .chain(&problems)
             .any(|&i| class_folder(&entries[i].name).is_some()) =>
         {
             LayoutKind::ClassFolders
@@ -167,16 +184,19 @@ pub fn plan(
     let mut plan = match kind {
         LayoutKind::Idx => {
             let found = found_idx.ok_or_else(missing)?;
-            idx_plan(source, &usable, found, class_names)?
+            let mut plan = idx_plan(source, &usable, found, class_names)?;
+            plan.rejected
+                .extend(problems.iter().map(|&i| problem_reject(&entries[i], None)));
+            plan
         }
         LayoutKind::ListFiles => {
             if !found_lists.contains_key(&Split::Train) {
                 return Err(missing());
             }
-            list_plan(source, &usable, &found_lists)?
+            list_plan(source, &usable, &problems, &found_lists)?
         }
         LayoutKind::ClassFolders => {
-            let plan = folder_plan(source, &usable)?;
+            let plan = folder_plan(source, &usable, &problems)?;
             if plan.items.is_empty() {
                 return Err(missing());
             }
@@ -197,12 +217,22 @@ pub fn plan(
             plan.classes = names.to_vec();
         }
     }
-    if let Some(bad) = plan.classes.iter().find(|n| n.contains(['\t', '\n', '\r'])) {
-        return Err(PackError::Layout(format!(
-            "class name {bad:?} contains a tab or newline"
+    if let Some(bad) = plan.classes.iter().find(|n| !class_name_ok(n)) {
+        return Err(PackError::Usage(format!(
+            "--class-names: class name {bad:?} is empty or contains a tab or newline"
         )));
     }
     Ok(plan)
+}
+
+/// Whether `classes.tsv` can hold `name` on one line (`index<TAB>name`).
+fn class_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['\t', '\n', '\r'])
+}
+
+/// A rejection for an entry the source could not read (`Entry::problem`).
+fn problem_reject(entry: &Entry, split: Option<Split>) -> RejectedEntry {
+    reject(&entry.name, split, entry.problem.as_deref().unwrap_or(""))
 }
 
 fn no_layout(source: &Source, usable: &[usize]) -> PackError {
@@ -271,29 +301,70 @@ fn class_folder(name: &str) -> Option<(Split, &str)> {
     (!class.is_empty()).then_some((split, class))
 }
 
-fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
+/// The split a path lies under, for entries that are not `split/class/file`
+/// themselves (a nested folder, an unreadable entry): the innermost
+/// `train`/`val` folder above it, a validation folder only when it is the
+/// one chosen (`chosen_val`, when several stand side by side).
+fn split_above(name: &str, chosen_val: Option<&str>) -> Option<Split> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let dirs = parts.len().saturating_sub(1);
+    for k in (0..dirs).rev() {
+        let dir = parts[k].to_ascii_lowercase();
+        if TRAIN_DIRS.contains(&dir.as_str()) {
+            return Some(Split::Train);
+        }
+        if VAL_DIRS.contains(&dir.as_str()) {
+            let path = parts[..=k].join("/");
+            return match chosen_val {
+                Some(chosen) if chosen != path => None,
+                _ => Some(Split::Val),
+            };
+        }
+    }
+    None
+}
+
+fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<Plan, PackError> {
     let entries = source.entries();
     let mut rejected = Vec::new();
     let mut found = Vec::new();
+    // Rejected once the validation folder is known: (entry, reason).
+    let mut outside = Vec::new();
     let mut val_dirs = BTreeSet::new();
+    let val_dir = |name: &str| {
+        let parts: Vec<&str> = name.split('/').collect();
+        parts[..parts.len().saturating_sub(2)].join("/")
+    };
     for &i in usable {
         let name = &entries[i].name;
         match class_folder(name) {
-            Some((split, class)) => {
+            Some((split, class)) if class_name_ok(class) => {
                 if split == Split::Val {
-                    let parts: Vec<&str> = name.split('/').collect();
-                    val_dirs.insert(parts[..parts.len() - 2].join("/"));
+                    val_dirs.insert(val_dir(name));
                 }
                 found.push((i, split, class.to_string()));
             }
-            None => rejected.push(reject(
-                name,
-                None,
-                "not part of the layout (expected train/<class>/<file> or val/<class>/<file>)",
+            Some((_, class)) => outside.push((
+                i,
+                format!(
+                    "class folder name {class:?} contains a tab or newline (classes.tsv holds \
+                     one name per line)"
+                ),
+            )),
+            None => outside.push((
+                i,
+                "not part of the layout (expected train/<class>/<file> or val/<class>/<file>)"
+                    .to_string(),
             )),
         }
     }
+    for &i in problems {
+        if let Some((Split::Val, _)) = class_folder(&entries[i].name) {
+            val_dirs.insert(val_dir(&entries[i].name));
+        }
+    }
     let mut notes = Vec::new();
+    let mut chosen_val = None;
     if val_dirs.len() > 1 {
         let parent = |d: &str| d.rsplit_once('/').map_or("", |(p, _)| p).to_string();
         let parents: BTreeSet<String> = val_dirs.iter().map(|d| parent(d)).collect();
@@ -323,8 +394,7 @@ fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
             let name = &entries[*i].name;
             let in_chosen = name.starts_with(&format!("{chosen}/"));
             if *split == Split::Val && !in_chosen {
-                let parts: Vec<&str> = name.split('/').collect();
-                let dir = parts[..parts.len() - 2].join("/");
+                let dir = val_dir(name);
                 rejected.push(reject(
                     name,
                     None,
@@ -347,6 +417,19 @@ fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        chosen_val = Some(chosen);
+    }
+    for (i, reason) in outside {
+        let name = &entries[i].name;
+        rejected.push(reject(
+            name,
+            split_above(name, chosen_val.as_deref()),
+            reason,
+        ));
+    }
+    for &i in problems {
+        let split = split_above(&entries[i].name, chosen_val.as_deref());
+        rejected.push(problem_reject(&entries[i], split));
     }
     let classes = sorted_classes(
         found
@@ -384,8 +467,14 @@ fn folder_plan(source: &Source, usable: &[usize]) -> Result<Plan, PackError> {
 fn sorted_classes(names: impl Iterator<Item = String>) -> Vec<String> {
     let set: BTreeSet<String> = names.collect();
     let mut v: Vec<String> = set.into_iter().collect();
-    if !v.is_empty() && v.iter().all(|n| n.parse::<u64>().is_ok()) {
-        v.sort_by_key(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+    let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    if !v.is_empty() && v.iter().all(|n| digits(n)) {
+        // By value at any length (`99999999999999999999` included): fewer
+        // significant digits first, then digit by digit; `01` after `1`.
+        v.sort_by(|a, b| {
+            let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            (ta.len(), ta, a.len()).cmp(&(tb.len(), tb, b.len()))
+        });
     }
     v
 }
@@ -436,40 +525,152 @@ fn find_lists(entries: &[Entry], usable: &[usize]) -> BTreeMap<Split, usize> {
 /// One row of a list file: (line number, image reference, label text).
 type ListRow = (usize, String, String);
 
-/// Rows of a list file, a header row included (see [`header_row`]).
-fn parse_list(text: &str, file: &str) -> Result<Vec<ListRow>, PackError> {
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+/// A list file read into rows.
+#[derive(Debug, Default, PartialEq)]
+struct ListText {
+    /// Rows with an image and a label, a header row included (see
+    /// [`header_row`]) unless the header named its columns.
+    rows: Vec<ListRow>,
+    /// Rows that cannot be read: (line number, the line, why).
+    bad: Vec<(usize, String, String)>,
+    /// What was decided about the columns, for the layout notes.
+    notes: Vec<String>,
+}
+
+/// Header words that name the label column, and the image column.
+const LABEL_COLUMNS: [&str; 7] = [
+    "label", "labels", "class", "class_id", "label_id", "category", "target",
+];
+const IMAGE_COLUMNS: [&str; 9] = [
+    "image_id",
+    "image",
+    "image_name",
+    "img",
+    "path",
+    "file",
+    "filename",
+    "file_name",
+    "id",
+];
+
+/// The fields of one CSV line: commas separate, double quotes protect
+/// commas and a doubled quote is a literal one (RFC 4180).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field).trim().to_string()),
+            c => field.push(c),
         }
-        let pair = if line.contains(',') {
-            let mut fields = line.split(',').map(str::trim);
-            fields.next().zip(fields.next())
-        } else {
-            // The label is the last field: paths may hold spaces.
-            line.rsplit_once(|c: char| c.is_whitespace())
-                .map(|(image, label)| (image.trim_end(), label))
-        };
-        let Some((image, label)) = pair else {
-            return Err(PackError::Layout(format!(
-                "{file} line {}: expected 'image,label' or 'path label', found {line:?}",
-                n + 1
-            )));
-        };
-        rows.push((
-            n + 1,
-            image.trim_matches('"').to_string(),
-            label.trim_matches('"').to_string(),
+    }
+    fields.push(field.trim().to_string());
+    fields
+}
+
+/// Rows of a list file. A UTF-8 byte-order mark is dropped (spreadsheets
+/// write one); blank lines and `#` comments are skipped; a row with no
+/// image or no label is returned in `bad`, never dropped.
+fn parse_list(text: &str, file: &str) -> ListText {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = ListText::default();
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let csv = lines.iter().any(|(_, l)| l.contains(','));
+    if !csv {
+        // `path label`: the label is the last field, as paths may hold spaces.
+        for &(n, line) in &lines {
+            match line.rsplit_once(|c: char| c.is_whitespace()) {
+                Some((image, label)) => out.rows.push((
+                    n,
+                    image.trim_end().trim_matches('"').to_string(),
+                    label.trim_matches('"').to_string(),
+                )),
+                None => out.bad.push((
+                    n,
+                    line.to_string(),
+                    format!("no label ({file} line {n}: expected 'path label')"),
+                )),
+            }
+        }
+        return out;
+    }
+    let rows: Vec<(usize, Vec<String>)> = lines.iter().map(|&(n, l)| (n, csv_fields(l))).collect();
+    let width = rows.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+    // A header that names a label column picks the columns; otherwise the
+    // first two fields are image and label (the paper's `image_id,label`).
+    let named = |f: &[String], names: &[&str]| {
+        f.iter()
+            .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
+    };
+    let (mut image_col, mut label_col, mut skip) = (0, 1, 0);
+    if let Some((n, first)) = rows.first() {
+        // With two fields, a first row `a.jpg,category` may be data: only the
+        // words `label` and `class` are sure to be a header there, and
+        // `header_row` judges the rest by content.
+        let sure = |f: &String| f.eq_ignore_ascii_case("label") || f.eq_ignore_ascii_case("class");
+        let named_label =
+            named(first, &LABEL_COLUMNS).filter(|&l| first.len() > 2 || sure(&first[l]));
+        if let Some(l) = named_label {
+            let i = named(first, &IMAGE_COLUMNS)
+                .filter(|&i| i != l)
+                .unwrap_or(if l == 0 { 1 } else { 0 });
+            (image_col, label_col, skip) = (i, l, 1);
+            if width > 2 || (i, l) != (0, 1) {
+                out.notes.push(format!(
+                    "{file} line {n}: header names column {} '{}' as the image and column {} \
+                     '{}' as the label",
+                    i + 1,
+                    first.get(i).map_or("", String::as_str),
+                    l + 1,
+                    first[l]
+                ));
+            }
+        }
+    }
+    if skip == 0 && width > 2 {
+        out.notes.push(format!(
+            "{file}: rows have up to {width} fields; the first is read as the image and the \
+             second as the label (a header row naming a 'label' column would choose others)"
         ));
     }
-    Ok(rows)
+    if skip == 1 {
+        // Kept as the header row for `header_row` to recognise and skip.
+        let (n, first) = &rows[0];
+        out.rows
+            .push((*n, first[image_col].clone(), first[label_col].clone()));
+    }
+    for (n, fields) in &rows[skip..] {
+        let image = fields.get(image_col).map_or("", String::as_str);
+        let label = fields.get(label_col).map_or("", String::as_str);
+        let line = lines.iter().find(|(m, _)| m == n).map_or("", |(_, l)| *l);
+        if image.is_empty() {
+            out.bad
+                .push((*n, line.to_string(), format!("no image ({file} line {n})")));
+        } else if label.is_empty() {
+            out.bad
+                .push((*n, image.to_string(), format!("no label ({file} line {n})")));
+        } else {
+            out.rows.push((*n, image.to_string(), label.to_string()));
+        }
+    }
+    out
 }
 
 /// Whether the first row is a header: its label is used by no other row
 /// and its image field names no file (`found`), or the label is literally
-/// `label` or `class` (module header).
+/// `label` or `class`.
 fn header_row(rows: &[ListRow], found: impl Fn(&str) -> bool) -> bool {
     let Some((_, image, label)) = rows.first() else {
         return false;
@@ -480,52 +681,108 @@ fn header_row(rows: &[ListRow], found: impl Fn(&str) -> bool) -> bool {
     !rows[1..].iter().any(|(_, _, l)| l == label) && !found(image)
 }
 
+/// A name without its extension (`train/0001.jpg` → `train/0001`).
+fn without_extension(name: &str) -> &str {
+    let base = basename(name);
+    match base.rfind('.') {
+        Some(dot) if dot > 0 => &name[..name.len() - base.len() + dot],
+        _ => name,
+    }
+}
+
+/// How a list row's image reference resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    Entry(usize),
+    /// Several files match and no path decides between them.
+    Ambiguous,
+    Missing,
+}
+
+/// Entries by name, by name less extension, by file name and by file name
+/// less extension; `None` marks a key shared by several entries.
+struct ListIndex<'a> {
+    by_name: HashMap<&'a str, usize>,
+    by_stem_path: HashMap<&'a str, Option<usize>>,
+    by_base: HashMap<&'a str, Option<usize>>,
+    by_stem: HashMap<&'a str, Option<usize>>,
+}
+
+impl<'a> ListIndex<'a> {
+    fn new(entries: &'a [Entry], indices: impl Iterator<Item = usize>) -> Self {
+        let mut index = ListIndex {
+            by_name: HashMap::new(),
+            by_stem_path: HashMap::new(),
+            by_base: HashMap::new(),
+            by_stem: HashMap::new(),
+        };
+        let add = |map: &mut HashMap<&'a str, Option<usize>>, key: &'a str, i: usize| {
+            map.entry(key).and_modify(|v| *v = None).or_insert(Some(i));
+        };
+        for i in indices {
+            let name = entries[i].name.as_str();
+            index.by_name.insert(name, i);
+            let base = basename(name);
+            add(&mut index.by_stem_path, without_extension(name), i);
+            add(&mut index.by_base, base, i);
+            add(&mut index.by_stem, without_extension(base), i);
+        }
+        index
+    }
+
+    /// Resolve `image` of a list in folder `dir` for `split`: as a path from
+    /// the list's folder, from its `<split>/` subfolder, or from the top,
+    /// each with or without the extension; then as a unique file name.
+    fn resolve(&self, dir: &str, split: Split, image: &str) -> Resolved {
+        let join = |a: &str, b: &str| {
+            if a.is_empty() {
+                b.to_string()
+            } else {
+                format!("{a}/{b}")
+            }
+        };
+        let paths = [
+            join(dir, image),
+            join(&join(dir, split.as_str()), image),
+            image.to_string(),
+        ];
+        if let Some(&i) = paths.iter().find_map(|p| self.by_name.get(p.as_str())) {
+            return Resolved::Entry(i);
+        }
+        let mut ambiguous = false;
+        let base = basename(image);
+        let lookups = paths
+            .iter()
+            .map(|p| self.by_stem_path.get(p.as_str()))
+            .chain([self.by_base.get(base), self.by_stem.get(base)]);
+        for found in lookups.flatten() {
+            match found {
+                Some(i) => return Resolved::Entry(*i),
+                None => ambiguous = true,
+            }
+        }
+        if ambiguous {
+            Resolved::Ambiguous
+        } else {
+            Resolved::Missing
+        }
+    }
+}
+
 fn list_plan(
     source: &Source,
     usable: &[usize],
+    problems: &[usize],
     lists: &BTreeMap<Split, usize>,
 ) -> Result<Plan, PackError> {
     let entries = source.entries();
     let list_entries: BTreeSet<usize> = lists.values().copied().collect();
-    let by_name: HashMap<&str, usize> = usable
-        .iter()
-        .map(|&i| (entries[i].name.as_str(), i))
-        .collect();
-    let mut by_base: HashMap<&str, Option<usize>> = HashMap::new();
-    let mut by_stem: HashMap<&str, Option<usize>> = HashMap::new();
-    for &i in usable {
-        let base = basename(&entries[i].name);
-        let stem = base.rsplit_once('.').map_or(base, |(s, _)| s);
-        // `None` marks an ambiguous name, resolvable only by its full path.
-        by_base
-            .entry(base)
-            .and_modify(|v| *v = None)
-            .or_insert(Some(i));
-        by_stem
-            .entry(stem)
-            .and_modify(|v| *v = None)
-            .or_insert(Some(i));
-    }
-    let join = |a: &str, b: &str| {
-        if a.is_empty() {
-            b.to_string()
-        } else {
-            format!("{a}/{b}")
-        }
-    };
-    let resolve = |dir: &str, split: Split, image: &str| {
-        [
-            join(dir, image),
-            join(&join(dir, split.as_str()), image),
-            image.to_string(),
-        ]
-        .iter()
-        .find_map(|c| by_name.get(c.as_str()).copied())
-        .or_else(|| by_base.get(basename(image)).copied().flatten())
-        .or_else(|| by_stem.get(basename(image)).copied().flatten())
-    };
+    let index = ListIndex::new(entries, usable.iter().chain(problems).copied());
     let mut notes = Vec::new();
+    let mut rejected = Vec::new();
     let mut rows_by_split = Vec::new();
+    // Rows without a label or image: (split, list folder, image text, why).
+    let mut bad_rows = Vec::new();
     for (&split, &li) in lists {
         let list = &entries[li];
         let bytes = source
@@ -534,10 +791,24 @@ fn list_plan(
         let text = String::from_utf8(bytes)
             .map_err(|_| PackError::Layout(format!("{}: not UTF-8 text", list.name)))?;
         let dir = list.name.rsplit_once('/').map_or("", |(d, _)| d);
-        let mut rows = parse_list(&text, &list.name)?;
-        if header_row(&rows, |image| resolve(dir, split, image).is_some()) {
+        let parsed = parse_list(&text, &list.name);
+        let mut rows = parsed.rows;
+        notes.extend(parsed.notes);
+        bad_rows.extend(
+            parsed
+                .bad
+                .into_iter()
+                .map(|(_, key, why)| (split, dir, key, why)),
+        );
+        let exists = |image: &str| index.resolve(dir, split, image) != Resolved::Missing;
+        if header_row(&rows, exists) {
             let (line, ..) = rows.remove(0);
-            let raw = text.lines().nth(line - 1).unwrap_or("").trim();
+            let raw = text
+                .trim_start_matches('\u{feff}')
+                .lines()
+                .nth(line - 1)
+                .unwrap_or("")
+                .trim();
             notes.push(format!(
                 "{} line {line}: {raw:?} read as a header row and skipped",
                 list.name
@@ -548,22 +819,37 @@ fn list_plan(
     let train_labels = rows_by_split
         .iter()
         .filter(|(s, ..)| *s == Split::Train)
-        .flat_map(|(.., rows)| rows.iter().map(|(_, _, l)| l.clone()));
+        .flat_map(|(.., rows)| rows.iter().map(|(_, _, l)| l.clone()))
+        .filter(|l| class_name_ok(l));
     let classes = sorted_classes(train_labels);
-    let index = class_index(&classes);
+    let class_of = class_index(&classes);
+    let problem_set: BTreeSet<usize> = problems.iter().copied().collect();
     let mut items = Vec::new();
-    let mut rejected = Vec::new();
     // Entry → where it was first listed: (split, list file, line).
     let mut used: HashMap<usize, (Split, &str, usize)> = HashMap::new();
     for (split, list_name, dir, rows) in &rows_by_split {
         for (line, image, label) in rows {
-            let Some(i) = resolve(dir, *split, image) else {
-                rejected.push(reject(
-                    image,
-                    Some(*split),
-                    format!("listed in {list_name} line {line} but not found in the source"),
-                ));
-                continue;
+            let i = match index.resolve(dir, *split, image) {
+                Resolved::Entry(i) => i,
+                Resolved::Missing => {
+                    rejected.push(reject(
+                        image,
+                        Some(*split),
+                        format!("listed in {list_name} line {line} but not found in the source"),
+                    ));
+                    continue;
+                }
+                Resolved::Ambiguous => {
+                    rejected.push(reject(
+                        image,
+                        Some(*split),
+                        format!(
+                            "ambiguous ({list_name} line {line}: several files of the source \
+                             match '{image}'; write its path relative to the list)"
+                        ),
+                    ));
+                    continue;
+                }
             };
             if let Some(&(first_split, first_list, first_line)) = used.get(&i) {
                 let reason = if first_split == *split {
@@ -580,12 +866,27 @@ fn list_plan(
                 rejected.push(reject(&entries[i].name, Some(*split), reason));
                 continue;
             }
-            let label = *index.get(label.as_str()).ok_or_else(|| {
+            used.insert(i, (*split, list_name.as_str(), *line));
+            if problem_set.contains(&i) {
+                rejected.push(problem_reject(&entries[i], Some(*split)));
+                continue;
+            }
+            if !class_name_ok(label) {
+                rejected.push(reject(
+                    &entries[i].name,
+                    Some(*split),
+                    format!(
+                        "label {label:?} contains a tab or newline ({list_name} line {line}; \
+                         classes.tsv holds one name per line)"
+                    ),
+                ));
+                continue;
+            }
+            let label = *class_of.get(label.as_str()).ok_or_else(|| {
                 PackError::Layout(format!(
                     "{list_name} line {line}: class '{label}' has no training images"
                 ))
             })?;
-            used.insert(i, (*split, list_name.as_str(), *line));
             items.push(Item {
                 split: *split,
                 label,
@@ -594,13 +895,29 @@ fn list_plan(
             });
         }
     }
+    // A bad row still names its image when it can: one rejection for it,
+    // under the image's own name, not a second one as unlisted.
+    let mut claimed = BTreeSet::new();
+    for (split, dir, key, why) in bad_rows {
+        match index.resolve(dir, split, &key) {
+            Resolved::Entry(i) if !used.contains_key(&i) && claimed.insert(i) => {
+                rejected.push(reject(&entries[i].name, Some(split), why));
+            }
+            _ => rejected.push(reject(&key, Some(split), why)),
+        }
+    }
     for &i in usable {
-        if !used.contains_key(&i) && !list_entries.contains(&i) {
+        if !used.contains_key(&i) && !claimed.contains(&i) && !list_entries.contains(&i) {
             rejected.push(reject(
                 &entries[i].name,
                 None,
                 "not listed in any list file",
             ));
+        }
+    }
+    for &i in problems {
+        if !used.contains_key(&i) && !claimed.contains(&i) {
+            rejected.push(problem_reject(&entries[i], None));
         }
     }
     Ok(Plan {
@@ -785,18 +1102,81 @@ mod tests {
         assert_eq!(list_split("train.csv"), Some(Split::Train));
         assert_eq!(list_split("val_list.txt"), Some(Split::Val));
         assert_eq!(list_split("notes.txt"), None);
-        let rows = parse_list("image_id,label\na.jpg,3\nb.jpg, 1\n", "train.csv").unwrap();
+        let rows = parse_list("image_id,label\na.jpg,3\nb.jpg, 1\n", "train.csv").rows;
         assert_eq!(
             rows,
             vec![
                 (1, "image_id".into(), "label".into()),
                 (2, "a.jpg".into(), "3".into()),
-                (3, "b.jpg".into(), " 1".trim().into())
+                (3, "b.jpg".into(), "1".into())
             ]
         );
-        let rows = parse_list("x/a.jpg 7\n\n# c\n", "train.txt").unwrap();
+        let rows = parse_list("x/a.jpg 7\n\n# c\n", "train.txt").rows;
         assert_eq!(rows, vec![(1, "x/a.jpg".into(), "7".into())]);
-        assert!(parse_list("lonely\n", "train.txt").is_err());
+        // A row without a label is rejected with its line, the others kept.
+        let parsed = parse_list("lonely\nb.jpg 2\n", "train.txt");
+        assert_eq!(parsed.rows, vec![(2, "b.jpg".into(), "2".into())]);
+        assert_eq!(parsed.bad.len(), 1);
+        assert_eq!(parsed.bad[0].1, "lonely");
+        assert!(parsed.bad[0].2.starts_with("no label (train.txt line 1"));
+    }
+
+    #[test]
+    fn list_rows_bom_quotes_blanks_and_columns() {
+        // A byte-order mark is not part of the first image's name.
+        let parsed = parse_list("\u{feff}img0,0\r\nimg1,1\r\n", "train.csv");
+        assert_eq!(parsed.rows[0], (1, "img0".into(), "0".into()));
+        // Quoted commas and doubled quotes (RFC 4180).
+        let parsed = parse_list("\"a,b.jpg\",3\n\"say \"\"hi\"\".jpg\",4\n", "train.csv");
+        assert_eq!(
+            parsed.rows,
+            vec![
+                (1, "a,b.jpg".into(), "3".into()),
+                (2, "say \"hi\".jpg".into(), "4".into())
+            ]
+        );
+        // An empty label or image is a bad row, not a class named "".
+        let parsed = parse_list("i0,0\ni1,\n,2\n", "train.csv");
+        assert_eq!(parsed.rows, vec![(1, "i0".into(), "0".into())]);
+        let reasons: Vec<&str> = parsed.bad.iter().map(|b| b.2.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["no label (train.csv line 2)", "no image (train.csv line 3)"]
+        );
+        // Extra fields: the first two are read, and a note says so.
+        let parsed = parse_list("a.jpg,1,extra\nb.jpg,2\n", "train.csv");
+        assert_eq!(parsed.rows.len(), 2);
+        assert!(
+            parsed.notes[0].contains("up to 3 fields"),
+            "{:?}",
+            parsed.notes
+        );
+        // A header naming its columns chooses them, wherever they stand.
+        let parsed = parse_list(
+            "width,height,category,file_name\n3,4,cat,a.jpg\n5,6,dog,b.jpg\n",
+            "train.csv",
+        );
+        assert_eq!(
+            parsed.rows,
+            vec![
+                (1, "file_name".into(), "category".into()),
+                (2, "a.jpg".into(), "cat".into()),
+                (3, "b.jpg".into(), "dog".into())
+            ]
+        );
+        assert!(parsed.notes[0].contains("column 4 'file_name' as the image and column 3"));
+        // Two fields named `a.jpg,category` may be data: no column choice.
+        let parsed = parse_list("a.jpg,category\nb.jpg,1\n", "train.csv");
+        assert_eq!(parsed.rows[0], (1, "a.jpg".into(), "category".into()));
+        assert!(parsed.notes.is_empty());
+    }
+
+    #[test]
+    fn names_without_extensions() {
+        assert_eq!(without_extension("train/0001.jpg"), "train/0001");
+        assert_eq!(without_extension("a.b/c"), "a.b/c");
+        assert_eq!(without_extension("x/.hidden"), "x/.hidden");
+        assert_eq!(without_extension("t.tar.gz"), "t.tar");
     }
 
     #[test]
@@ -805,7 +1185,7 @@ mod tests {
             "my photos/cat 1.jpg 3\nsummer trip/IMG 0001.JPG\t\t12\n",
             "train.txt",
         )
-        .unwrap();
+        .rows;
         assert_eq!(
             rows,
             vec![
@@ -817,7 +1197,7 @@ mod tests {
 
     #[test]
     fn header_rows_are_recognised_by_content() {
-        let rows = |text: &str| parse_list(text, "train.csv").unwrap();
+        let rows = |text: &str| parse_list(text, "train.csv").rows;
         let exists = |name: &str| name.ends_with(".jpg");
         // Any header wording, numeric or named labels.
         for text in [
@@ -838,10 +1218,30 @@ mod tests {
         }
         assert!(!header_row(&[], exists));
     }
+
+    #[test]
+    fn splits_above_nested_and_unreadable_entries() {
+        assert_eq!(split_above("train/c/sub/x.jpg", None), Some(Split::Train));
+        assert_eq!(split_above("top/val/c/x.jpg", None), Some(Split::Val));
+        assert_eq!(split_above("top/test/c/x.jpg", Some("top/val")), None);
+        assert_eq!(
+            split_above("top/val/c/x.jpg", Some("top/val")),
+            Some(Split::Val)
+        );
+        assert_eq!(split_above("README.txt", None), None);
+        assert_eq!(split_above("train", None), None);
+    }
+
     #[test]
     fn classes_sort_numerically_when_numeric() {
         let v = sorted_classes(["10", "2", "1"].into_iter().map(String::from));
         assert_eq!(v, ["1", "2", "10"]);
+        let v = sorted_classes(
+            ["99999999999999999999999", "10", "01", "2", "1"]
+                .into_iter()
+                .map(String::from),
+        );
+        assert_eq!(v, ["1", "01", "2", "10", "99999999999999999999999"]);
         let v = sorted_classes(["b", "a10", "a2"].into_iter().map(String::from));
         assert_eq!(v, ["a10", "a2", "b"]);
     }

@@ -26,6 +26,7 @@ use super::layout::{self, Item, LayoutKind, Payload, Plan};
 use super::source::Source;
 use super::PackError;
 use crate::image::{DecodeLimits, ResizeMode};
+use crate::progress::human_bytes;
 use crate::shard::{
     file_checksum, reason_kind, shard_file_name, sync_files, write_classes_tsv, write_replace,
     Encoding, Manifest, RejectedEntry, ShardMeta, ShardRecord, ShardWriter, Split, SplitTotals,
@@ -238,17 +239,34 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         clear_output(out)?;
     } else if manifest_path.exists() {
         let manifest = Manifest::load(&manifest_path)?;
-        if manifest.plan == fingerprint && shards_intact(out, &manifest) {
+        if manifest.plan != fingerprint {
+            return Err(PackError::Usage(format!(
+                "{} already holds a different pack (manifest plan {}, this run {}: another \
+                 source, layout or options); rerun with --force to replace it, or choose \
+                 another --out",
+                out.display(),
+                short(&manifest.plan),
+                short(&fingerprint)
+            )));
+        }
+        let damaged = damaged_shards(out, &manifest);
+        if damaged.is_empty() {
             let summary = complete_summary(out, &manifest, &plan, &splits, start);
             nothing_packed(&summary, out, &manifest.rejected)?;
             return Ok(summary);
         }
         return Err(PackError::Usage(format!(
-            "{} already holds a different or damaged pack (manifest plan {}, this run {}); \
-             rerun with --force to replace it, or choose another --out",
+            "{}: this pack is complete but {} of its {} shards are damaged ({}); rerun with \
+             --force to pack it again",
             out.display(),
-            short(&manifest.plan),
-            short(&fingerprint)
+            damaged.len(),
+            manifest.shards.len(),
+            damaged
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         )));
     }
     remove_stale_temps(out)?;
@@ -336,6 +354,10 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
                 .get(&split)
                 .map_or(0, |s: &SplitSummary| s.passthrough),
         };
+        // Every rejection of the split, the layout's as well as the encoder's.
+        if let Some(s) = summary_splits.get_mut(&split) {
+            s.rejected = t.rejected;
+        }
         totals.insert(split, t);
     }
     let manifest = Manifest {
@@ -518,12 +540,24 @@ fn validate(opts: &PackOptions) -> Result<(), PackError> {
 
 fn read_names(path: &Path) -> Result<Vec<String>, PackError> {
     let text = std::fs::read_to_string(path).map_err(|e| PackError::io(path, e))?;
-    Ok(text
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let names: Vec<String> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(String::from)
-        .collect())
+        .collect();
+    let mut seen = std::collections::HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        if let Some(first) = seen.insert(n.as_str(), i) {
+            return Err(PackError::Usage(format!(
+                "--class-names {}: name {n:?} is given twice (classes {first} and {i}); \
+                 every class needs its own name",
+                path.display()
+            )));
+        }
+    }
+    Ok(names)
 }
 
 /// Items of each split in a seeded order that mixes classes. The order
@@ -612,11 +646,18 @@ fn remove_stale_temps(out: &Path) -> Result<(), PackError> {
     Ok(())
 }
 
-fn shards_intact(out: &Path, manifest: &Manifest) -> bool {
+/// The shards of a complete pack that are missing or not the size the
+/// manifest recorded, each with what is wrong.
+fn damaged_shards(out: &Path, manifest: &Manifest) -> Vec<String> {
     manifest
         .shards
         .iter()
-        .all(|r| std::fs::metadata(out.join(&r.file)).is_ok_and(|m| m.len() == r.bytes))
+        .filter_map(|r| match std::fs::metadata(out.join(&r.file)) {
+            Ok(m) if m.len() == r.bytes => None,
+            Ok(m) => Some(format!("{} has {} bytes, not {}", r.file, m.len(), r.bytes)),
+            Err(e) => Some(format!("{}: {e}", r.file)),
+        })
+        .collect()
 }
 
 fn complete_summary(
@@ -736,7 +777,6 @@ fn check_disk_space(
     };
     let needed = bytes_needed(estimate, kept);
     if needed > free {
-        let gb = |b: u64| b as f64 / 1e9;
         let hint = if opts.encoding == Encoding::Raw {
             format!(
                 " Raw pixels take {raw} bytes per image; --encoding jpeg stores them about 8x smaller."
@@ -746,17 +786,17 @@ fn check_disk_space(
         };
         let resumed = if kept > 0 {
             format!(
-                " (after the {:.1} GB of shards kept from the interrupted run)",
-                gb(kept)
+                " (after the {} of shards kept from the interrupted run)",
+                human_bytes(kept)
             )
         } else {
             String::new()
         };
         return Err(PackError::NoSpace(format!(
-            "{}: the output needs about {:.1} GB more{resumed} but only {:.1} GB are free.{hint}",
+            "{}: the output needs about {} more{resumed} but only {} are free.{hint}",
             opts.out.display(),
-            gb(needed),
-            gb(free)
+            human_bytes(needed),
+            human_bytes(free)
         )));
     }
     Ok(())

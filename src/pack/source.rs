@@ -311,7 +311,7 @@ impl Source {
         }
         if entry.size > MAX_ENTRY_BYTES {
             return Err(format!(
-                "entry of {} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit",
+                "entry exceeds the size limit ({} bytes > {MAX_ENTRY_BYTES})",
                 entry.size
             ));
         }
@@ -333,7 +333,9 @@ impl Source {
             }
         }
         if buf.len() as u64 > MAX_ENTRY_BYTES {
-            return Err(format!("entry exceeds the {MAX_ENTRY_BYTES}-byte limit"));
+            return Err(format!(
+                "entry exceeds the size limit (> {MAX_ENTRY_BYTES} bytes)"
+            ));
         }
         Ok(buf)
     }

@@ -5,28 +5,13 @@ use std::fmt::Write;
 
 use super::summary::Names;
 use super::Report;
+use crate::progress::human_bytes;
 use crate::shard::Split;
 
 /// Per-shard rows are printed only up to this many shards.
 const SHARD_TABLE_LIMIT: usize = 20;
 /// Class names printed inline after a count.
 const INLINE_NAMES: usize = 8;
-
-/// `1234567` → `1.2 MB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 /// Columns aligned to their widest cell; the first column is left-aligned,
 /// the others right-aligned (they hold numbers).
