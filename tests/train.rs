@@ -1178,4 +1178,17 @@ fn resume_with_nothing_left_to_do_changes_nothing() {
         .filter(|n| n.starts_with("step-"))
         .collect();
     assert_eq!(names, ["step-0000000003"]);
+
+    // Step checkpoints count towards run.keep_checkpoints (2 here).
+    for m in ["4", "5"] {
+        let o = train(&f, &part, &["--epochs", "1", "--resume", "--max-steps", m]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut names: Vec<_> = std::fs::read_dir(part.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-0000000004", "step-0000000005"]);
 }

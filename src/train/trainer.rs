@@ -706,6 +706,9 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             if primary {
                 let name = format!("step-{:010}", state.step);
                 checkpoint::save(&run, &name, &model, &optim, &state)?;
+                // Repeated stops (a --max-steps per job) would otherwise
+                // pile up step folders past run.keep_checkpoints.
+                checkpoint::prune(&run, r.run.keep_checkpoints)?;
             }
             if chatty {
                 eprintln!(
