@@ -810,3 +810,103 @@ fn read_advice_follows_order_and_encoding_and_never_changes_what_is_read() {
         }
     }
 }
+
+/// A label at or above the manifest's class count (shards that contradict
+/// their manifest) stops the epoch with an error naming the shard file and
+/// row, in the library and in `ebv-load`, instead of being read.
+#[test]
+fn out_of_range_labels_are_errors_naming_shard_and_row() {
+    const LOAD: &str = env!("CARGO_BIN_EXE_ebv-load");
+    let dir = tempfile::tempdir().unwrap();
+    let out = pack(dir.path(), &entries(20), "jpeg", 20);
+    // Rewrite the first train shard with row 5's label set to 7 (3 classes).
+    let (file, written) = {
+        let set = ShardSet::open(&out).unwrap();
+        let shard = set.split_shards(Split::Train).next().unwrap();
+        let tmp = dir.path().join("rewrite");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut w = ebv::shard::ShardWriter::create(&tmp, 0, shard.meta(), 4).unwrap();
+        let mut row = 0;
+        for rg in 0..shard.num_row_groups() {
+            let g = shard.row_group(rg).unwrap();
+            for i in 0..g.len() {
+                let label = if row == 5 { 7 } else { g.label(i) };
+                w.push(label, g.image(i).to_vec(), g.key(i)).unwrap();
+                row += 1;
+            }
+        }
+        (shard.file_name(), w.finish().unwrap())
+    };
+    assert_eq!(written.file, file);
+    std::fs::copy(&written.path, out.join(&file)).unwrap();
+    let mut m = manifest(&out);
+    for r in m["shards"].as_array_mut().unwrap() {
+        if r["file"] == file.as_str() {
+            r["bytes"] = written.bytes.into();
+            r["xxh3_128"] = written.xxh3_128.clone().into();
+        }
+    }
+    std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
+
+    let set = Arc::new(ShardSet::open(&out).unwrap());
+    let mut cfg = train_cfg(12, 4, 2);
+    cfg.shuffle = Shuffle::None;
+    let loader = Loader::new(set, cfg, 0).unwrap();
+    let err = loader
+        .epoch(SamplerState::new(0))
+        .unwrap()
+        .find_map(Result::err)
+        .expect("the bad label was read without error");
+    assert!(
+        matches!(
+            err,
+            DataError::LabelOutOfRange {
+                row: 5,
+                label: 7,
+                classes: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&file) && text.contains("row 5"), "{text}");
+    // A saved position past this split's rows (a state from other shards).
+    let e = loader
+        .epoch(SamplerState {
+            seed: 0,
+            epoch: 0,
+            position: 28,
+        })
+        .err()
+        .expect("position 28 of 27 rows accepted");
+    assert!(e.to_string().contains("beyond"), "{e}");
+
+    let o = run(LOAD, &["--shards", s(&out), "--size", "12", "--batch", "4"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&file) && stderr.contains("label 7"),
+        "{stderr}"
+    );
+}
+
+/// Output sides beyond ebv-pack's 8192 cap are refused by the loader and by
+/// `ebv-load` (exit 2, naming the flag) instead of aborting on allocation.
+#[test]
+fn huge_output_sizes_are_refused() {
+    const LOAD: &str = env!("CARGO_BIN_EXE_ebv-load");
+    let dir = tempfile::tempdir().unwrap();
+    let out = pack(dir.path(), &entries(20), "jpeg", 20);
+    let set = Arc::new(ShardSet::open(&out).unwrap());
+    let e = Loader::new(set, train_cfg(100_000, 2, 1), 0)
+        .err()
+        .expect("size 100000 accepted");
+    assert!(e.to_string().contains("8192"), "{e}");
+    for flag in ["--size", "--eval-resize"] {
+        let o = run(LOAD, &["--shards", s(&out), flag, "100000", "--batch", "2"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("8192"), "{stderr}");
+    }
+}

@@ -915,3 +915,280 @@ fn winograd_and_im2col_train_alike() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("run.conv_algo"), "{err}");
 }
+
+/// A learning rate far too high drives the weights to NaN while the EBV
+/// head's normalisation keeps the training loss finite (uniform logits):
+/// the run must stop with "diverged" and save nothing from those weights.
+#[test]
+fn divergence_to_non_finite_weights_is_an_error_and_saves_nothing() {
+    let f = fixture();
+    let out = f.root.join("lr");
+    let o = train(&f, &out, &["--epochs", "2", "--lr", "1e6"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("diverged"), "{err}");
+    assert!(!out.join("model-best.safetensors").exists());
+    // Any checkpoint left (none is expected) holds finite weights only.
+    if let Ok(name) = std::fs::read_to_string(out.join("checkpoints/latest")) {
+        let path = out
+            .join("checkpoints")
+            .join(name.trim())
+            .join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (tname, view) in st.tensors() {
+            if view.dtype() == safetensors::Dtype::F32 {
+                assert!(
+                    view.data()
+                        .chunks_exact(4)
+                        .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+                    "{tname} is not finite in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// `--bench-steps` with a zero class count or EBV dimension is a clear
+/// error (exit 2), not a panic.
+#[test]
+fn bench_steps_rejects_zero_classes_and_dimension() {
+    for (flag, value) in [("--dim", "0"), ("--classes", "0")] {
+        let mut args = vec![
+            "--bench-steps",
+            "1",
+            "--synthetic",
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--batch",
+            "4",
+            "--size",
+            "32",
+            "--classes",
+            "10",
+            "--dim",
+            "8",
+        ];
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = value;
+        let o = Command::new(TRAIN)
+            .args(&args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(&format!("{flag} 0")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// Pack `f`'s images again with class 3 renamed (same count) or with one
+/// fewer train image per class, into `root/name`.
+fn other_shards(f: &Fixture, name: &str, rename: bool) -> PathBuf {
+    let mut entries = Vec::new();
+    for c in 0..4u32 {
+        let dir = if rename && c == 3 {
+            "zebra".to_string()
+        } else {
+            format!("class{c}")
+        };
+        let n = if rename { 24 } else { 23 };
+        for i in 0..n {
+            entries.push((format!("train/{dir}/{i}.png"), image(c, i)));
+        }
+        for i in 0..6u32 {
+            entries.push((format!("val/{dir}/{i}.png"), image(c, 1000 + i)));
+        }
+    }
+    let src = f.root.join(format!("src-{name}"));
+    write_dir(&src, &entries);
+    let shards = f.root.join(name);
+    let o = run(
+        PACK,
+        &[
+            s(&src),
+            "--out",
+            s(&shards),
+            "--encoding",
+            "raw",
+            "--size",
+            "16",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    shards
+}
+
+/// `--resume` on shards other than the run's (other class names, other
+/// split sizes) is refused naming both; the same shards resume. ebv-eval
+/// refuses shards whose class names differ unless --ignore-class-names.
+#[test]
+fn resume_and_eval_refuse_other_data() {
+    let f = fixture();
+    let out = f.root.join("run");
+    let o = train(&f, &out, &["--epochs", "2", "--max-steps", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let renamed = other_shards(&f, "renamed", true);
+    let fewer = other_shards(&f, "fewer", false);
+    for other in [&renamed, &fewer] {
+        let cfg = recipe(&f.root);
+        let o = run(
+            TRAIN,
+            &[
+                "--config",
+                s(&cfg),
+                "--shards",
+                s(other),
+                "--ebv",
+                s(&f.basis),
+                "--out",
+                s(&out),
+                "--quiet",
+                "--epochs",
+                "2",
+                "--resume",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("was trained on") && err.contains(s(other)),
+            "{err}"
+        );
+    }
+    let state = json(&out.join("checkpoints/step-0000000003/state.json"));
+    assert_eq!(state["step"], 3, "a refused resume trained");
+    let o = train(&f, &out, &["--epochs", "2", "--resume", "--max-steps", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["--checkpoint", s(&out), "--shards", s(&renamed), "--quiet"];
+        a.extend_from_slice(extra);
+        run(EVAL, &a)
+    };
+    let o = eval(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("zebra") && err.contains("--ignore-class-names"),
+        "{err}"
+    );
+    let o = eval(&["--ignore-class-names"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning"), "{err}");
+}
+
+/// A run folder in use by another process (its lock held) is refused at
+/// once, naming the folder, and nothing is written into it.
+#[test]
+fn a_run_folder_in_use_is_refused() {
+    use std::os::fd::AsRawFd;
+    let f = fixture();
+    let out = f.root.join("busy");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0);
+    let o = train(&f, &out, &["--epochs", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use") && err.contains(s(&out)), "{err}");
+    assert!(!out.join("config.toml").exists());
+    assert!(!out.join("checkpoints").exists());
+    drop(lock);
+    let o = train(&f, &out, &["--epochs", "1", "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Sizes beyond ebv-pack's 8192 cap are clear errors (exit 2) in
+/// ebv-train and ebv-eval instead of an allocation abort.
+#[test]
+fn huge_sizes_are_refused() {
+    let f = fixture();
+    let out = f.root.join("huge");
+    let o = train(&f, &out, &["--size", "100000"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("data.size") && err.contains("8192"), "{err}");
+    let o = train(&f, &out, &["--epochs", "1", "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for flag in ["--size", "--eval-resize"] {
+        let o = run(
+            EVAL,
+            &[
+                "--checkpoint",
+                s(&out),
+                "--shards",
+                s(&f.shards),
+                flag,
+                "100000",
+                "--quiet",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("8192"), "{err}");
+    }
+    let img = f.src.join("val/class3/0.png");
+    let o = run(PREDICT, &["--checkpoint", s(&out), s(&img), "--top-k", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--top-k"), "{err}");
+}
+
+/// Resuming a finished run trains nothing and leaves summary.json as it
+/// was; a --max-steps at or below the checkpoint's step takes no step.
+#[test]
+fn resume_with_nothing_left_to_do_changes_nothing() {
+    let f = fixture();
+    let out = f.root.join("done");
+    let o = train(&f, &out, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = std::fs::read(out.join("summary.json")).unwrap();
+    let lines = metrics(&out);
+    let o = train(&f, &out, &["--epochs", "1", "--resume", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
+    assert_eq!(metrics(&out), lines);
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(printed, saved);
+
+    let part = f.root.join("part");
+    let o = train(&f, &part, &["--epochs", "1", "--max-steps", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = train(
+        &f,
+        &part,
+        &["--epochs", "1", "--resume", "--max-steps", "2"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let latest = std::fs::read_to_string(part.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-0000000003");
+    let names: Vec<_> = std::fs::read_dir(part.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(names, ["step-0000000003"]);
+
+    // Step checkpoints count towards run.keep_checkpoints (2 here).
+    for m in ["4", "5"] {
+        let o = train(&f, &part, &["--epochs", "1", "--resume", "--max-steps", m]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut names: Vec<_> = std::fs::read_dir(part.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-0000000004", "step-0000000005"]);
+}

@@ -1,7 +1,9 @@
 //! `ebv-eval --checkpoint C --shards DIR [--split val] [--json]`: top-1,
 //! top-5 and loss of a trained model over a split. C is a run folder (its
 //! latest checkpoint), a checkpoint folder or a `model.safetensors` (also
-//! torchvision's, with `--arch`/`--head`). Exit 0 ok, 2 error.
+//! torchvision's, with `--arch`/`--head`). Shards whose class names differ
+//! from the run's are refused unless `--ignore-class-names`. Exit 0 ok, 2
+//! error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,11 @@ struct Args {
     batch: Option<usize>,
     #[arg(long)]
     workers: Option<usize>,
+    /// Evaluate even when the shards' class names differ from the run's
+    /// classes.tsv (same count): labels then may not mean the classes the
+    /// model learned.
+    #[arg(long)]
+    ignore_class_names: bool,
     #[arg(long)]
     quiet: bool,
     #[arg(long)]
@@ -64,6 +71,8 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     if let Some(w) = a.workers {
         recipe.data.workers = w;
     }
+    a.model
+        .check_sizes(recipe.data.size, recipe.data.eval_resize)?;
     let set = Arc::new(ShardSet::open(&a.shards)?);
     let classes = set.classes().len();
     if classes != loaded.model.spec().classes {
@@ -72,6 +81,22 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
             a.shards.display(),
             loaded.model.spec().classes
         );
+    }
+    if let Some(names) = &loaded.classes {
+        if let Some(i) = names.iter().zip(set.classes()).position(|(a, b)| a != b) {
+            let what = format!(
+                "label {i} is {:?} in {}'s classes.tsv but {:?} in the run's",
+                set.classes()[i],
+                a.shards.display(),
+                names[i]
+            );
+            if !a.ignore_class_names {
+                anyhow::bail!(
+                    "{what}: these shards label other classes than the model was trained on (pass --ignore-class-names to evaluate anyway)"
+                );
+            }
+            eprintln!("ebv-eval: warning: {what}; evaluating anyway (--ignore-class-names)");
+        }
     }
     if set.num_rows(a.split) == 0 {
         anyhow::bail!("{}: no rows in split {}", a.shards.display(), a.split);

@@ -109,6 +109,9 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     } else {
         Augment::eval(args.size, args.eval_resize)
     };
+    if let Err((field, why)) = augment.check() {
+        anyhow::bail!("--{}: {why}", field.replace('_', "-"));
+    }
     augment.mixup_alpha = args.mixup.then_some(0.2);
     augment.cutmix_alpha = args.cutmix.then_some(1.0);
     let workers = args.workers.unwrap_or_else(default_workers);

@@ -29,6 +29,9 @@ struct Args {
 }
 
 fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
+    if a.top_k == 0 {
+        anyhow::bail!("--top-k 0: must be at least 1");
+    }
     let dev = Device::Cpu;
     let over = a.model.overrides();
     let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
@@ -39,6 +42,7 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
     };
     let size = a.model.size.unwrap_or(size);
     let resize = a.model.eval_resize.unwrap_or(resize);
+    a.model.check_sizes(size, resize)?;
     let mut out = Vec::new();
     let mut failed = false;
     for img in &a.images {

@@ -25,6 +25,11 @@ use super::rng::SampleRng;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Largest output side the loader renders: `ebv-pack`'s cap, so every
+/// tool refuses the same sizes instead of aborting on a batch buffer of
+/// hundreds of GB.
+pub const MAX_SIDE: u32 = 8192;
+
 /// Which transforms run, with their parameters. Each switch maps to one
 /// entry of the recipe file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,63 @@ impl Augment {
             cutmix_alpha: None,
             ..Augment::train(size)
         }
+    }
+
+    /// Reject settings that would divide by zero, allocate absurdly or
+    /// silently do something else than asked; `Err((field, why))` names the
+    /// recipe key under `data.` the field comes from.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.size == 0 || self.size > MAX_SIDE {
+            return Err((
+                "size",
+                format!("{} is out of range: must be 1..={MAX_SIDE}", self.size),
+            ));
+        }
+        if self.eval_resize > MAX_SIDE {
+            return Err((
+                "eval_resize",
+                format!(
+                    "{} is out of range: must be 0..={MAX_SIDE}",
+                    self.eval_resize
+                ),
+            ));
+        }
+        let prob = |name: &'static str, p: f64| {
+            if (0.0..=1.0).contains(&p) {
+                Ok(())
+            } else {
+                Err((name, format!("{p} is not a probability in [0, 1]")))
+            }
+        };
+        prob("flip", self.flip_p)?;
+        prob("erasing", self.erasing_p)?;
+        for (name, alpha) in [("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)] {
+            if let Some(a) = alpha {
+                if !(a.is_finite() && a >= 0.0) {
+                    return Err((name, format!("Beta(α, α) needs α ≥ 0 (0 = off), got {a}")));
+                }
+            }
+        }
+        if self.random_resized_crop {
+            for (name, (lo, hi)) in [("scale", self.scale), ("ratio", self.ratio)] {
+                if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+                    return Err((name, format!("[{lo}, {hi}] must be positive and ordered")));
+                }
+            }
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(("mean", format!("{:?} must be finite", self.mean)));
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err((
+                "std",
+                format!(
+                    "{:?}: every value must be positive and finite (images are divided by it)",
+                    self.std
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Draw the per-sample plan for a `width`×`height` source, in the fixed

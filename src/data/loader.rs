@@ -134,8 +134,8 @@ impl Loader {
         if cfg.batch == 0 {
             return Err(DataError::Config("batch size must be at least 1".into()));
         }
-        if cfg.augment.size == 0 {
-            return Err(DataError::Config("output size must be at least 1".into()));
+        if let Err((field, why)) = cfg.augment.check() {
+            return Err(DataError::Config(format!("augmentation {field}: {why}")));
         }
         let workers = cfg.workers.max(1);
         let sampler = Sampler::new(
@@ -210,6 +210,14 @@ impl Loader {
                 state.position
             )));
         }
+        if state.position > self.sampler.per_rank() {
+            return Err(DataError::Config(format!(
+                "resume position {} is beyond the {} rows this rank reads of split {} per epoch (a state saved for other shards?)",
+                state.position,
+                self.sampler.per_rank(),
+                self.cfg.split
+            )));
+        }
         let total = self.batches_per_epoch();
         let first = (state.position / b).min(total);
         let order = Arc::new(self.sampler.rank_order(state.epoch));
@@ -232,6 +240,7 @@ impl Loader {
                 rows: self.sampler.num_rows(),
                 per_rank: self.sampler.per_rank(),
                 total,
+                classes: self.set.classes().len() as u64,
             };
             let start = first + k as u64;
             let handle = std::thread::Builder::new()
@@ -377,6 +386,8 @@ struct Worker {
     rows: u64,
     per_rank: u64,
     total: u64,
+    /// Labels must be below this (the manifest's class count).
+    classes: u64,
 }
 
 /// Per-worker scratch, reused for every sample.
@@ -531,6 +542,18 @@ impl Worker {
                 Stream::Augment,
             );
             match self.render(current, &mut rng, slot, scratch) {
+                // Not a bad image that another row can stand in for: the
+                // shards contradict their manifest, and training on such a
+                // label would index past the classifier.
+                Ok(label) if u64::from(label) >= self.classes => {
+                    let (si, srow) = self.set.locate(self.cfg.split, current);
+                    return Err(DataError::LabelOutOfRange {
+                        shard: self.set.shards()[si].path().display().to_string(),
+                        row: srow,
+                        label,
+                        classes: self.classes,
+                    });
+                }
                 Ok(label) => return Ok((label, current)),
                 Err(mut e) => {
                     let next = replace_rng.below(self.rows);

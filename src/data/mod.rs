@@ -28,7 +28,7 @@ mod sampler;
 pub use augment::{
     apply_mix, batch_mix, centre_fallback, erase, eval_crop, random_erasing_box,
     random_resized_crop_box, Augment, BatchMix, Crop, CropBox, Renderer, SamplePlan, IMAGENET_MEAN,
-    IMAGENET_STD,
+    IMAGENET_STD, MAX_SIDE,
 };
 pub use batch::Batch;
 pub use chw::write_chw;
@@ -52,6 +52,14 @@ pub enum DataError {
         position: u64,
         attempts: u32,
         last: Box<SampleError>,
+    },
+    /// A row's label is not below the shards' class count.
+    #[error("{shard}: row {row}: label {label} is out of range: the shards have {classes} classes (manifest.json num_classes, classes.tsv)")]
+    LabelOutOfRange {
+        shard: String,
+        row: u64,
+        label: u32,
+        classes: u64,
     },
     /// A worker thread ended without delivering its batch (a bug: workers
     /// do not panic on data).

@@ -156,6 +156,51 @@ impl ParamStore {
         self.trainable().map(|e| e.var.elem_count()).sum()
     }
 
+    /// The first floating-point tensor (parameter or buffer) holding a NaN
+    /// or an infinity, by name. One reduction per tensor and a single
+    /// read-back, so it is cheap enough to run before every checkpoint.
+    pub fn first_non_finite(&self) -> Result<Option<String>, ModelError> {
+        let floats: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.var.dtype().is_float())
+            .collect();
+        if floats.is_empty() {
+            return Ok(None);
+        }
+        // A sum is NaN or infinite whenever one element is; it can also
+        // overflow on huge finite values, so a suspect tensor is looked at
+        // element by element before it is named.
+        let sums = floats
+            .iter()
+            .map(|e| {
+                e.var
+                    .as_tensor()
+                    .detach()
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .reshape(1)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let sums = Tensor::cat(&sums, 0)?.to_vec1::<f32>()?;
+        for (e, s) in floats.iter().zip(sums) {
+            if s.is_finite() {
+                continue;
+            }
+            let values = e
+                .var
+                .as_tensor()
+                .detach()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Ok(Some(e.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Name → tensor, for saving.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.entries
@@ -342,4 +387,35 @@ pub fn load_safetensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, Stri
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| bad(e.to_string()))?;
     Ok((tensors, metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NaN or an infinity anywhere (weight or running statistic) is found
+    /// and named; huge finite values whose sum overflows are not.
+    #[test]
+    fn first_non_finite_names_the_tensor() {
+        let mut s = ParamStore::new(&Device::Cpu, DType::F32, 0);
+        s.normal("conv.weight", &[4, 3], 1.0, ParamKind::Weight)
+            .unwrap();
+        s.constant("bn.running_var", &[3], 1.0, ParamKind::Buffer)
+            .unwrap();
+        s.counter("bn.num_batches_tracked").unwrap();
+        let big = s
+            .constant("fc.weight", &[4], 3.0e38, ParamKind::Weight)
+            .unwrap();
+        assert_eq!(s.first_non_finite().unwrap(), None);
+        big.set(&Tensor::new(&[1.0f32, f32::INFINITY, 0.0, 0.0], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(s.first_non_finite().unwrap().as_deref(), Some("fc.weight"));
+        let var = s.get("bn.running_var").unwrap().var.clone();
+        var.set(&Tensor::new(&[1.0f32, f32::NAN, 1.0], &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(
+            s.first_non_finite().unwrap().as_deref(),
+            Some("bn.running_var")
+        );
+    }
 }

@@ -46,6 +46,64 @@ pub struct TrainState {
     pub history: Vec<EpochMetrics>,
     /// SHA-256 of the EBV basis trained against (None for FC).
     pub basis_sha256: Option<String>,
+    /// The shards trained on, so that a resume on other data is refused
+    /// (None in checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
+}
+
+/// What identifies a run's training data: its classes in label order and
+/// the size of each split. Not the folder (shards may move) nor the
+/// packing options (a repack of the same images in another encoding is the
+/// same data), but anything that changes what a label or a loader position
+/// means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataIdentity {
+    pub classes: usize,
+    /// SHA-256 of the class names, one per line, in label order.
+    pub classes_sha256: String,
+    pub train_rows: u64,
+    pub val_rows: u64,
+}
+
+impl DataIdentity {
+    pub fn of(set: &crate::shard::ShardSet) -> DataIdentity {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for name in set.classes() {
+            h.update(name.as_bytes());
+            h.update(b"\n");
+        }
+        DataIdentity {
+            classes: set.classes().len(),
+            classes_sha256: hex::encode(h.finalize()),
+            train_rows: set.num_rows(crate::shard::Split::Train),
+            val_rows: set.num_rows(crate::shard::Split::Val),
+        }
+    }
+}
+
+impl std::fmt::Display for DataIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} classes (names sha256 {}…), {} train and {} val rows",
+            self.classes,
+            &self.classes_sha256[..self.classes_sha256.len().min(12)],
+            self.train_rows,
+            self.val_rows
+        )
+    }
+}
+
+/// Read a checkpoint's `state.json` alone (no tensors).
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
+        path: state_path,
+        detail: e.to_string(),
+    })
 }
 
 /// Save the model, optimiser and state as checkpoint `name` and make it
@@ -143,12 +201,7 @@ pub fn restore(
         path: opt_path,
         detail: e.to_string(),
     })?;
-    let state_path = dir.join("state.json");
-    let text = std::fs::read(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
-        path: state_path,
-        detail: e.to_string(),
-    })
+    read_state(dir)
 }
 
 /// Remove checkpoints beyond the newest `keep` by step (never `latest`).

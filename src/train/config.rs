@@ -291,23 +291,29 @@ impl Recipe {
         if self.model.width == 0 {
             return bad("model.width", "must be at least 1".into());
         }
-        if self.model.tau.is_nan() || self.model.tau <= 0.0 {
+        if !(self.model.tau.is_finite() && self.model.tau > 0.0) {
             return bad(
                 "model.tau",
-                format!("must be positive, got {}", self.model.tau),
+                format!("must be positive and finite, got {}", self.model.tau),
             );
         }
         if self.data.batch == 0 || self.data.eval_batch == 0 {
             return bad("data.batch", "batch sizes must be at least 1".into());
         }
-        if self.data.size == 0 {
-            return bad("data.size", "must be at least 1".into());
+        if let Err((field, why)) = self.augment().check() {
+            return bad(&format!("data.{field}"), why);
         }
         if let Err(e) = self.data.shuffle.parse::<Shuffle>() {
             return bad("data.shuffle", e);
         }
-        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 || self.optim.lr_batch == 0 {
-            return bad("optim.lr", "lr and lr_batch must be positive".into());
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) || self.optim.lr_batch == 0 {
+            return bad(
+                "optim.lr",
+                format!(
+                    "lr and lr_batch must be positive (and lr finite), got lr {} at lr_batch {}",
+                    self.optim.lr, self.optim.lr_batch
+                ),
+            );
         }
         if self.schedule.epochs == 0 {
             return bad("schedule.epochs", "must be at least 1".into());
@@ -357,6 +363,26 @@ impl Recipe {
         self.optim.lr * self.data.batch as f64 / self.optim.lr_batch as f64
     }
 
+    /// The training transforms. Only an α of exactly 0 turns mixup/cutmix
+    /// off, so that a negative or NaN α reaches [`Augment::check`] instead
+    /// of silently meaning "off".
+    fn augment(&self) -> Augment {
+        let d = &self.data;
+        Augment {
+            size: d.size,
+            random_resized_crop: d.random_resized_crop,
+            scale: (d.scale[0], d.scale[1]),
+            ratio: (d.ratio[0], d.ratio[1]),
+            flip_p: d.flip,
+            eval_resize: d.eval_resize,
+            mean: d.mean,
+            std: d.std,
+            erasing_p: d.erasing,
+            mixup_alpha: (d.mixup != 0.0).then_some(d.mixup),
+            cutmix_alpha: (d.cutmix != 0.0).then_some(d.cutmix),
+        }
+    }
+
     /// The training loader configuration for rank `rank` of `world`.
     pub fn train_loader(&self, rank: u32, world: u32) -> Result<LoaderConfig, TrainError> {
         let d = &self.data;
@@ -367,21 +393,8 @@ impl Recipe {
                 detail: format!("batch {} is not a multiple of the {world} ranks", d.batch),
             });
         }
-        let augment = Augment {
-            size: d.size,
-            random_resized_crop: d.random_resized_crop,
-            scale: (d.scale[0], d.scale[1]),
-            ratio: (d.ratio[0], d.ratio[1]),
-            flip_p: d.flip,
-            eval_resize: d.eval_resize,
-            mean: d.mean,
-            std: d.std,
-            erasing_p: d.erasing,
-            mixup_alpha: (d.mixup > 0.0).then_some(d.mixup),
-            cutmix_alpha: (d.cutmix > 0.0).then_some(d.cutmix),
-        };
         let mut cfg = LoaderConfig::train(d.size, per_rank);
-        cfg.augment = augment;
+        cfg.augment = self.augment();
         cfg.shuffle = d.shuffle.parse().map_err(|e: String| TrainError::Recipe {
             origin: "data.shuffle".into(),
             detail: e,
@@ -535,6 +548,46 @@ mod tests {
         let r = Recipe::load(None, &["run.conv_algo=im2col".into()]).expect("im2col");
         assert_eq!(r.conv_algo().expect("algo"), ConvAlgo::Im2col);
         assert!(Recipe::load(None, &["model.arch=resnet101".into()]).is_err());
+    }
+
+    /// Each value that used to be accepted and then divided by zero,
+    /// aborted on a huge allocation or was silently read as "off" is an
+    /// error naming its key.
+    #[test]
+    fn out_of_range_data_values_name_their_key() {
+        for (set, key) in [
+            ("data.std=[0.0, 0.0, 0.0]", "data.std"),
+            ("data.std=[0.2, -0.1, 0.2]", "data.std"),
+            ("data.mean=[0.5, nan, 0.5]", "data.mean"),
+            ("data.size=100000", "data.size"),
+            ("data.size=0", "data.size"),
+            ("data.eval_resize=9000", "data.eval_resize"),
+            ("data.mixup=-1", "data.mixup"),
+            ("data.cutmix=nan", "data.cutmix"),
+            ("data.erasing=5", "data.erasing"),
+            ("data.flip=2", "data.flip"),
+            ("data.flip=-0.5", "data.flip"),
+            ("data.scale=[0.5, 0.1]", "data.scale"),
+            ("model.tau=inf", "finite"),
+            ("optim.lr=inf", "optim.lr"),
+        ] {
+            let e = Recipe::load(None, &[set.into()])
+                .map(|_| ())
+                .expect_err(set)
+                .to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        // The limits themselves are fine.
+        Recipe::load(
+            None,
+            &[
+                "data.size=8192".into(),
+                "data.flip=1".into(),
+                "data.erasing=0".into(),
+                "data.mixup=0".into(),
+            ],
+        )
+        .expect("values at the limits");
     }
 }
 

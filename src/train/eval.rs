@@ -99,6 +99,22 @@ pub struct ModelFlags {
 }
 
 impl ModelFlags {
+    /// `--size` and `--eval-resize` within what the loader renders
+    /// (`size`/`resize` are the values in effect, flag or recipe).
+    pub fn check_sizes(&self, size: u32, resize: u32) -> Result<(), TrainError> {
+        match crate::data::Augment::eval(size, resize).check() {
+            Ok(()) => Ok(()),
+            Err((field, why)) => {
+                let flag = if field == "eval_resize" {
+                    "--eval-resize"
+                } else {
+                    "--size"
+                };
+                Err(TrainError::Setup(format!("{flag}: {why}")))
+            }
+        }
+    }
+
     pub fn overrides(&self) -> ModelOverrides {
         ModelOverrides {
             arch: self.arch,

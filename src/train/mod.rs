@@ -9,6 +9,7 @@ mod checkpoint;
 mod config;
 pub mod dist;
 mod eval;
+mod lock;
 mod loss;
 mod metrics;
 mod optim;
@@ -20,12 +21,13 @@ mod trainer;
 
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::{latest, restore, save, save_model, TrainState, SPEC_KEY};
+pub use checkpoint::{latest, restore, save, save_model, DataIdentity, TrainState, SPEC_KEY};
 pub use config::{
     DataSection, LossSection, ModelSection, OptimName, OptimSection, Recipe, RunSection,
     ScheduleSection,
 };
 pub use eval::{evaluate, open_model, LoadedModel, ModelFlags, ModelOverrides};
+pub use lock::{RunLock, LOCK_FILE};
 pub use loss::{hard_cross_entropy, soft_cross_entropy, topk_correct};
 pub use metrics::{best_epoch, read_log, EpochMetrics, EvalMetrics, MetricsLog, Running, Summary};
 pub use optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};

@@ -31,12 +31,13 @@ use crate::kernels::KernelImpl;
 use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
 use crate::shard::{ShardSet, Split};
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::{self, DataIdentity, TrainState};
 use super::config::{OptimName, Recipe};
 use super::dist::{
     broadcast_from_rank0, first_divergence, Collective, GradBuckets, Solo, DEFAULT_BUCKET_BYTES,
 };
 use super::eval::evaluate;
+use super::lock::RunLock;
 use super::loss::{hard_cross_entropy, topk_correct};
 use super::metrics::{best_epoch, read_log, EpochMetrics, MetricsLog, Running, Summary};
 use super::optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
@@ -325,11 +326,16 @@ pub fn check_precision(recipe: &Recipe, device: &Device) -> Result<(), TrainErro
         })
 }
 
-fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
+/// `resumed`: the run folder and its latest checkpoint's state, whose
+/// training data the shards must be.
+fn setup(opts: &TrainOptions, resumed: Option<&TrainState>) -> Result<Setup, TrainError> {
     let r = &opts.recipe;
     r.validate()?;
     check_precision(r, &opts.device)?;
     let set = Arc::new(ShardSet::open(&opts.shards)?);
+    if let Some(saved) = resumed {
+        check_resume_data(&opts.out, saved, &set, &opts.shards)?;
+    }
     let classes = set.classes().len();
     if set.num_rows(Split::Train) == 0 {
         return Err(TrainError::Setup(format!(
@@ -359,6 +365,65 @@ fn setup(opts: &TrainOptions) -> Result<Setup, TrainError> {
     Ok(Setup { set, basis, spec })
 }
 
+/// A resumed run must read the data it was trained on: other classes
+/// would change what its labels mean, another split size what its
+/// loader position means, and either would go on silently.
+fn check_resume_data(
+    run: &Path,
+    saved: &TrainState,
+    set: &ShardSet,
+    shards: &Path,
+) -> Result<(), TrainError> {
+    let here = DataIdentity::of(set);
+    match &saved.data {
+        Some(was) if *was != here => Err(TrainError::Setup(format!(
+            "--resume: {} was trained on {was}, but --shards {} holds {here}; resume with the run's own shards, or start a new --out",
+            run.display(),
+            shards.display()
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            // A checkpoint from before the identity was recorded: the
+            // run's class list is what is known of its data.
+            let path = run.join(CLASSES);
+            if !path.is_file() {
+                return Ok(());
+            }
+            let names = crate::shard::read_classes_tsv(&path)
+                .map_err(|e| TrainError::Other(e.to_string()))?;
+            if names.as_slice() == set.classes() {
+                return Ok(());
+            }
+            let first = names
+                .iter()
+                .zip(set.classes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(names.len().min(set.classes().len()));
+            Err(TrainError::Setup(format!(
+                "--resume: {} was trained on the {} classes of {}, but --shards {} has {} classes (they first differ at label {first}); resume with the run's own shards, or start a new --out",
+                run.display(),
+                names.len(),
+                path.display(),
+                shards.display(),
+                set.classes().len()
+            )))
+        }
+    }
+}
+
+/// Checked before anything is saved from the model: a diverged run can
+/// keep a finite loss (the EBV head's normalisation turns NaN features
+/// into uniform logits), and its checkpoint must never become `latest` or
+/// `model-best`.
+fn check_weights(model: &Classifier, step: u64) -> Result<(), TrainError> {
+    match model.store.first_non_finite()? {
+        Some(name) => Err(TrainError::Other(format!(
+            "training diverged: {name} holds NaN or infinite values after step {step}; nothing was saved from it (lower optim.lr or set optim.clip_grad_norm; the last good checkpoint, if any, is still latest)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Train as `opts` says; see the module invariants.
 pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     train_with(opts, &Solo)
@@ -373,6 +438,12 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     let primary = comm.rank() == 0;
     size_elementwise_pool(&opts.recipe, opts.recipe.data.batch / world.max(1));
     let run = opts.out.clone();
+    // Held until this function returns: only rank 0 writes the folder.
+    let _lock = if primary {
+        Some(RunLock::acquire(&run)?)
+    } else {
+        None
+    };
     let mut opts = opts.clone();
     let latest = if run.is_dir() {
         checkpoint::latest(&run)?
@@ -403,8 +474,12 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             run.display()
         )));
     }
+    let resumed = match &latest {
+        Some(dir) if opts.resume => Some(checkpoint::read_state(dir)?),
+        _ => None,
+    };
     let opts = &opts;
-    let Setup { set, basis, spec } = setup(opts)?;
+    let Setup { set, basis, spec } = setup(opts, resumed.as_ref())?;
     let r = &opts.recipe;
     let imp = r.kernels()?;
     crate::kernels::set_conv_algo(r.conv_algo()?);
@@ -475,6 +550,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         epoch_acc: Running::default(),
         history: Vec::new(),
         basis_sha256: basis_sha.clone(),
+        data: Some(DataIdentity::of(&set)),
     };
     let mut state = match &latest {
         Some(dir) if opts.resume => {
@@ -549,7 +625,9 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
 
     let started = Instant::now();
     let mut images_done = 0u64;
-    let mut stop = false;
+    // A step cap already reached (a resume with a lower --max-steps) takes
+    // no step at all rather than one more.
+    let mut stop = opts.max_steps.is_some_and(|m| state.step >= m);
     while state.sampler.epoch < r.schedule.epochs && !stop {
         let epoch = state.sampler.epoch;
         let iter = loader.epoch(state.sampler)?;
@@ -585,6 +663,11 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             images_done += n;
             bar.inc(1);
             if state.step % r.run.log_every.max(1) == 0 {
+                // Here too, not only before saving: stops a diverged run
+                // within one log interval instead of at the epoch's end,
+                // at a cost (one read-back per log line) that a per-step
+                // check would pay every step.
+                check_weights(&model, state.step)?;
                 let secs = interval_start.elapsed().as_secs_f64();
                 let ips = interval_images as f64 / secs.max(1e-9);
                 bar.set_message(format!(
@@ -619,9 +702,13 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         bar.finish_and_clear();
         if stop && state.sampler.epoch == epoch {
             // Mid-epoch stop: the sampler state points at the next batch.
+            check_weights(&model, state.step)?;
             if primary {
                 let name = format!("step-{:010}", state.step);
                 checkpoint::save(&run, &name, &model, &optim, &state)?;
+                // Repeated stops (a --max-steps per job) would otherwise
+                // pile up step folders past run.keep_checkpoints.
+                checkpoint::prune(&run, r.run.keep_checkpoints)?;
             }
             if chatty {
                 eprintln!(
@@ -646,6 +733,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 epoch + 1
             )));
         }
+        check_weights(&model, state.step)?;
         let iter = batches.finish()?;
         state.sampler = iter.state();
         let replaced = iter.summary().replaced;
@@ -669,6 +757,13 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                     && (last || (r.run.eval_every > 0 && (epoch + 1) % r.run.eval_every == 0)) =>
             {
                 let m = evaluate(&model, l, &opts.device, opts.quiet)?;
+                if !m.loss.is_finite() {
+                    return Err(TrainError::Other(format!(
+                        "training diverged: the validation loss after epoch {} is {}; nothing was saved from it (lower optim.lr or set optim.clip_grad_norm)",
+                        epoch + 1,
+                        m.loss
+                    )));
+                }
                 write_log(
                     &mut log,
                     &json!({
@@ -732,6 +827,27 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         if stop_requested(comm, &opts.device)? || opts.max_steps.is_some_and(|m| state.step >= m) {
             stop = true;
         }
+    }
+    let previous = run.join("summary.json");
+    if images_done == 0 && opts.resume && previous.is_file() {
+        // Nothing was trained: the run's summary (its steps, time and
+        // throughput) stays as the training that produced it wrote it.
+        let text = std::fs::read(&previous).map_err(|e| TrainError::io(&previous, e))?;
+        let summary: Summary =
+            serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
+                path: previous.clone(),
+                detail: e.to_string(),
+            })?;
+        if chatty {
+            eprintln!(
+                "ebv-train: nothing to train: {} is at step {} (epoch {} of {}); summary.json left as it was",
+                run.display(),
+                state.step,
+                state.sampler.epoch.min(r.schedule.epochs),
+                r.schedule.epochs
+            );
+        }
+        return Ok(TrainOutcome { run, summary });
     }
     let secs = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -829,6 +945,16 @@ pub fn bench_steps(
     steps: usize,
     device: &Device,
 ) -> Result<BenchReport, TrainError> {
+    if classes == 0 {
+        return Err(TrainError::Setup(
+            "--classes 0: the synthetic benchmark needs at least 1 class".into(),
+        ));
+    }
+    if recipe.model.head == HeadKind::Ebv && dim == 0 {
+        return Err(TrainError::Setup(
+            "--dim 0: the EBV head needs a basis dimension of at least 1".into(),
+        ));
+    }
     size_elementwise_pool(recipe, recipe.data.batch);
     check_precision(recipe, device)?;
     let imp = recipe.kernels()?;

@@ -1,0 +1,124 @@
+//! An exclusive advisory lock on a run folder, held by the process that
+//! writes it for as long as it trains.
+//!
+//! Two `ebv-train` processes with the same `--out` would otherwise both
+//! pass the "no checkpoints yet" check and interleave their metrics,
+//! checkpoints and `latest`. `flock(2)` on `RUN/.lock` is released by the
+//! kernel when the process ends however it ends, so a crash never leaves a
+//! stale lock behind; the file itself stays and means nothing on its own.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::TrainError;
+
+/// The lock file's name inside the run folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Held for the life of the value.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+    /// The run folder, when this lock created it: removed again on drop if
+    /// nothing but the lock file was written, so that a command refused
+    /// before training leaves no empty run folder behind.
+    created: Option<PathBuf>,
+}
+
+impl RunLock {
+    /// Create `run` if needed and lock it, or fail at once naming the
+    /// folder when another process holds it.
+    pub fn acquire(run: &Path) -> Result<RunLock, TrainError> {
+        let created = (!run.exists()).then(|| run.to_path_buf());
+        std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
+        let path = run.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is
+        // passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                return Err(TrainError::Setup(format!(
+                    "{} is in use by another ebv-train{holder}: its lock file {} is held; wait for that run to end, or choose another --out",
+                    run.display(),
+                    path.display()
+                )));
+            }
+            return Err(TrainError::io(&path, err));
+        }
+        // For a person looking at a stuck run; the lock is the flock alone.
+        let pid = std::process::id().to_string();
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.write_all(pid.as_bytes()));
+        Ok(RunLock {
+            _file: file,
+            path,
+            created,
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let Some(dir) = &self.created else {
+            return;
+        };
+        let only_lock = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .all(|e| e.file_name() == LOCK_FILE)
+            })
+            .unwrap_or(false);
+        if only_lock {
+            // Still holding the lock, so no other run can be using it.
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second lock on the same folder fails at once naming the folder,
+    /// and succeeds once the first is dropped; a folder the lock created
+    /// and nothing else used is removed again.
+    #[test]
+    fn second_holder_is_refused_until_the_first_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let first = RunLock::acquire(&run).unwrap();
+        let e = RunLock::acquire(&run).unwrap_err().to_string();
+        assert!(e.contains(&run.display().to_string()), "{e}");
+        assert!(e.contains("in use"), "{e}");
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+        drop(first);
+        assert!(!run.exists(), "an unused run folder is left behind");
+        let again = RunLock::acquire(&run).unwrap();
+        std::fs::write(run.join("config.toml"), "x").unwrap();
+        drop(again);
+        assert!(run.join("config.toml").is_file());
+        // An existing folder is never removed.
+        drop(RunLock::acquire(&run).unwrap());
+        assert!(run.join("config.toml").is_file());
+    }
+}
