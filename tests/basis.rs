@@ -839,6 +839,14 @@ fn check_matches_direct_computation() {
         )),
         0
     );
+    // An α outside [0, 1] is a mistake, refused before the pass.
+    let e = refused(dir.path(), &["check", "m.npy", "--alpha", "2", "-q"]);
+    assert!(e.contains("--alpha: 2 is not in [0, 1]"), "{e}");
+    let e = refused(
+        dir.path(),
+        &["check", "m.npy", "--alpha", "0.5", "--tol", "NaN"],
+    );
+    assert!(e.contains("--tol"), "{e}");
     // A safetensors file whose single tensor is not named `ebv` is read too.
     let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view =

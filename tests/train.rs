@@ -1192,3 +1192,80 @@ fn resume_with_nothing_left_to_do_changes_nothing() {
     names.sort();
     assert_eq!(names, ["step-0000000004", "step-0000000005"]);
 }
+
+/// A run given a NumPy basis keeps it as `ebv.npy`, byte for byte (not as
+/// an `ebv.safetensors` that Python's safetensors could not open), and
+/// resumes and evaluates from it without `--ebv`.
+#[test]
+fn a_numpy_basis_is_kept_under_its_own_format() {
+    let f = fixture();
+    let st = f.root.join("b.safetensors");
+    let o = run(
+        BASIS,
+        &[
+            "generate",
+            "--classes",
+            "4",
+            "--dim",
+            "8",
+            "--alpha",
+            "0.05",
+            "--seed",
+            "2",
+            "--out",
+            s(&st),
+            "--npy",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let npy = f.root.join("b.npy");
+    let out = f.root.join("npyrun");
+    let cfg = recipe(&f.root);
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "--config".to_string(),
+            s(&cfg).to_string(),
+            "--shards".into(),
+            s(&f.shards).to_string(),
+            "--out".into(),
+            s(&out).to_string(),
+            "--quiet".into(),
+            "--epochs".into(),
+            "1".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let mut first = args(&["--max-steps", "2", "--ebv"]);
+    first.push(s(&npy).to_string());
+    let o = run(TRAIN, &first.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(out.join("ebv.npy")).unwrap(),
+        std::fs::read(&npy).unwrap()
+    );
+    assert!(!out.join("ebv.safetensors").exists());
+    let o = run(
+        TRAIN,
+        &args(&["--resume"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        EVAL,
+        &[
+            "--checkpoint",
+            s(&out),
+            "--shards",
+            s(&f.shards),
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["images"], 24);
+}

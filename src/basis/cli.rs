@@ -620,6 +620,15 @@ fn check_options(mem: u64, bins: usize, precision: &str) -> CheckOptions {
 }
 
 fn run_check(a: &CheckArgs) -> anyhow::Result<u8> {
+    // Checked before a long pass over the matrix, not after it.
+    if let Some(al) = a.alpha {
+        if !(0.0..=1.0).contains(&al) {
+            return Err(BasisError::arg("--alpha", format!("{al} is not in [0, 1]")).into());
+        }
+    }
+    if !(a.tol.is_finite() && a.tol >= 0.0) {
+        return Err(BasisError::arg("--tol", "must be a non-negative number").into());
+    }
     let f = MatrixFile::open(&a.file)?;
     let pb = progress::bar(0, "blocks", a.quiet);
     let report = check(

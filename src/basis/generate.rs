@@ -632,6 +632,15 @@ pub fn plan(cfg: &GenerateConfig) -> Result<Plan, BasisError> {
     if !(cfg.jitter.is_finite() && cfg.jitter >= 0.0) {
         return Err(BasisError::arg("--jitter", "must be a non-negative number"));
     }
+    if let Some(t) = cfg.max_seconds {
+        // NaN would never stop the run; a negative limit is a typo.
+        if t.is_nan() || t < 0.0 {
+            return Err(BasisError::arg(
+                "--max-seconds",
+                format!("{t} must be a non-negative number of seconds"),
+            ));
+        }
+    }
     let slice = match (cfg.slice, &cfg.backend) {
         (Some(0), _) => return Err(BasisError::arg("--slice", "must be at least 1")),
         (Some(s), _) => s.min(n),
@@ -1231,6 +1240,12 @@ mod tests {
             c.start = Some(m);
             let err = plan(&c).unwrap_err().to_string();
             assert!(err.starts_with("--start: ") && err.contains(want), "{err}");
+        }
+        for t in [f64::NAN, -1.0] {
+            let mut c = cfg(10, 8, 0.9);
+            c.max_seconds = Some(t);
+            let err = plan(&c).unwrap_err().to_string();
+            assert!(err.starts_with("--max-seconds: "), "{err}");
         }
         let mut c = cfg(10, 8, 0.9);
         let mut m = Basis::random(10, 8, 1);

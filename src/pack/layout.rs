@@ -606,64 +606,64 @@ fn parse_list(text: &str, file: &str) -> ListText {
         }
         return out;
     }
-    let rows: Vec<(usize, Vec<String>)> = lines.iter().map(|&(n, l)| (n, csv_fields(l))).collect();
-    let width = rows.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
     // A header that names a label column picks the columns; otherwise the
     // first two fields are image and label (the paper's `image_id,label`).
+    // One pass, one line's fields at a time: a list may hold millions of rows.
     let named = |f: &[String], names: &[&str]| {
         f.iter()
             .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
     };
-    let (mut image_col, mut label_col, mut skip) = (0, 1, 0);
-    if let Some((n, first)) = rows.first() {
+    let (mut image_col, mut label_col, mut header_note) = (0, 1, None);
+    if let Some(&(n, line)) = lines.first() {
+        let first = csv_fields(line);
         // With two fields, a first row `a.jpg,category` may be data: only the
         // words `label` and `class` are sure to be a header there, and
         // `header_row` judges the rest by content.
         let sure = |f: &String| f.eq_ignore_ascii_case("label") || f.eq_ignore_ascii_case("class");
         let named_label =
-            named(first, &LABEL_COLUMNS).filter(|&l| first.len() > 2 || sure(&first[l]));
+            named(&first, &LABEL_COLUMNS).filter(|&l| first.len() > 2 || sure(&first[l]));
         if let Some(l) = named_label {
-            let i = named(first, &IMAGE_COLUMNS)
+            let i = named(&first, &IMAGE_COLUMNS)
                 .filter(|&i| i != l)
                 .unwrap_or(if l == 0 { 1 } else { 0 });
-            (image_col, label_col, skip) = (i, l, 1);
-            if width > 2 || (i, l) != (0, 1) {
-                out.notes.push(format!(
-                    "{file} line {n}: header names column {} '{}' as the image and column {} \
-                     '{}' as the label",
-                    i + 1,
-                    first.get(i).map_or("", String::as_str),
-                    l + 1,
-                    first[l]
-                ));
-            }
+            (image_col, label_col) = (i, l);
+            header_note = Some(format!(
+                "{file} line {n}: header names column {} '{}' as the image and column {} '{}' \
+                 as the label",
+                i + 1,
+                first.get(i).map_or("", String::as_str),
+                l + 1,
+                first[l]
+            ));
         }
     }
-    if skip == 0 && width > 2 {
-        out.notes.push(format!(
-            "{file}: rows have up to {width} fields; the first is read as the image and the \
-             second as the label (a header row naming a 'label' column would choose others)"
-        ));
-    }
-    if skip == 1 {
-        // Kept as the header row for `header_row` to recognise and skip.
-        let (n, first) = &rows[0];
-        out.rows
-            .push((*n, first[image_col].clone(), first[label_col].clone()));
-    }
-    for (n, fields) in &rows[skip..] {
+    let mut width = 0;
+    for (k, &(n, line)) in lines.iter().enumerate() {
+        let fields = csv_fields(line);
+        width = width.max(fields.len());
         let image = fields.get(image_col).map_or("", String::as_str);
         let label = fields.get(label_col).map_or("", String::as_str);
-        let line = lines.iter().find(|(m, _)| m == n).map_or("", |(_, l)| *l);
-        if image.is_empty() {
+        if k == 0 && header_note.is_some() {
+            // Kept as the header row, for `header_row` to recognise and skip.
+            out.rows.push((n, image.to_string(), label.to_string()));
+        } else if image.is_empty() {
             out.bad
-                .push((*n, line.to_string(), format!("no image ({file} line {n})")));
+                .push((n, line.to_string(), format!("no image ({file} line {n})")));
         } else if label.is_empty() {
             out.bad
-                .push((*n, image.to_string(), format!("no label ({file} line {n})")));
+                .push((n, image.to_string(), format!("no label ({file} line {n})")));
         } else {
-            out.rows.push((*n, image.to_string(), label.to_string()));
+            out.rows.push((n, image.to_string(), label.to_string()));
         }
+    }
+    match header_note {
+        Some(note) if width > 2 || (image_col, label_col) != (0, 1) => out.notes.push(note),
+        Some(_) => {}
+        None if width > 2 => out.notes.push(format!(
+            "{file}: rows have up to {width} fields; the first is read as the image and the \
+             second as the label (a header row naming a 'label' column would choose others)"
+        )),
+        None => {}
     }
     out
 }

@@ -239,11 +239,11 @@ pub fn open_model(
             let p = over
                 .ebv
                 .clone()
-                .or_else(|| run.as_ref().map(|r| r.join("ebv.safetensors")))
+                .or_else(|| run.as_deref().and_then(super::trainer::run_basis))
                 .filter(|p| p.is_file())
                 .ok_or_else(|| {
                     TrainError::Setup(
-                        "the ebv head needs its basis file: pass --ebv FILE (a run folder keeps it as ebv.safetensors)".into(),
+                        "the ebv head needs its basis file: pass --ebv FILE (a run folder keeps it as ebv.safetensors, or ebv.npy)".into(),
                     )
                 })?;
             Some(load_basis(&p, device)?)

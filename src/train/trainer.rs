@@ -132,7 +132,34 @@ pub struct TrainOutcome {
 
 /// Names of the files in a run folder.
 const CONFIG: &str = "config.toml";
+/// The run folder's copy of the basis: byte for byte the file given, so
+/// that its hash is the one the checkpoints record; named after its format.
 const BASIS: &str = "ebv.safetensors";
+const BASIS_NPY: &str = "ebv.npy";
+
+/// The basis a run folder keeps (`ebv.safetensors`, or `ebv.npy` when the
+/// run was given a NumPy file), if any.
+pub fn run_basis(run: &Path) -> Option<PathBuf> {
+    [BASIS, BASIS_NPY]
+        .iter()
+        .map(|name| run.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The name of the run folder's copy of `src`: a NumPy file keeps its
+/// format's extension rather than pose as safetensors.
+fn basis_copy_name(src: &Path) -> Result<&'static str, TrainError> {
+    use std::io::Read;
+    let mut magic = [0u8; 6];
+    let n = std::fs::File::open(src)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| TrainError::io(src, e))?;
+    Ok(if magic[..n] == *b"\x93NUMPY" {
+        BASIS_NPY
+    } else {
+        BASIS
+    })
+}
 const CLASSES: &str = "classes.tsv";
 
 fn model_spec(
@@ -465,8 +492,8 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 cfg.display()
             )));
         }
-        if opts.ebv.is_none() && run.join(BASIS).is_file() {
-            opts.ebv = Some(run.join(BASIS));
+        if opts.ebv.is_none() {
+            opts.ebv = run_basis(&run);
         }
     } else if latest.is_some() {
         return Err(TrainError::Setup(format!(
@@ -571,7 +598,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             crate::shard::write_classes_tsv(&run.join(CLASSES), set.classes())
                 .map_err(|e| TrainError::Other(e.to_string()))?;
             if let Some(p) = &opts.ebv {
-                let dst = run.join(BASIS);
+                let dst = run.join(basis_copy_name(p)?);
                 if basis.is_some() && !same_file(p, &dst) {
                     std::fs::copy(p, &dst).map_err(|e| TrainError::io(&dst, e))?;
                 }
