@@ -910,3 +910,45 @@ fn huge_output_sizes_are_refused() {
         assert!(stderr.contains(flag) && stderr.contains("8192"), "{stderr}");
     }
 }
+
+/// `ebv-train` says on stderr, not only in `metrics.jsonl`, that samples of
+/// the shards could not be read, naming the first.
+#[test]
+fn ebv_train_warns_of_replaced_samples() {
+    const TRAIN: &str = env!("CARGO_BIN_EXE_ebv-train");
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = entries(20);
+    e.push(("train/c1/bad.jpg".into(), corrupt_jpeg(20)));
+    let out = pack(dir.path(), &e, "jpeg", 20);
+    let run_dir = dir.path().join("run");
+    let o = run(
+        TRAIN,
+        &[
+            "--shards",
+            s(&out),
+            "--out",
+            s(&run_dir),
+            "--head",
+            "fc",
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--size",
+            "16",
+            "--batch",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: 1 training and 0 validation samples could not be read"),
+        "{err}"
+    );
+    assert!(err.contains("train/c1/bad.jpg"), "{err}");
+}

@@ -764,6 +764,12 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         let iter = batches.finish()?;
         state.sampler = iter.state();
         let replaced = iter.summary().replaced;
+        // Said where a person reads it, not only in metrics.jsonl: a
+        // replaced sample is an image of the shards that cannot be read.
+        let first_failure = iter.summary().errors.first().map(|e| {
+            let key = e.key.as_deref().unwrap_or("?");
+            format!("{} row {} ({key}): {}", e.shard, e.row, e.detail)
+        });
         drop(iter);
         if state.interval.steps > 0 {
             write_log(
@@ -833,6 +839,18 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 em.train_loss,
                 em.train_top1
             );
+            let val_replaced = em.val.as_ref().map_or(0, |v| v.replaced);
+            if em.replaced + val_replaced > 0 {
+                eprintln!(
+                    "warning: {} training and {val_replaced} validation samples could not be read \
+                     and were replaced by others{} (ebv-stats --verify checks the shards)",
+                    em.replaced,
+                    first_failure
+                        .as_deref()
+                        .map(|f| format!("; first: {f}"))
+                        .unwrap_or_default()
+                );
+            }
         }
         state.history.push(em);
         state.epoch_acc = Running::default();
