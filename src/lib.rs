@@ -10,6 +10,7 @@ pub mod basis;
 pub mod data;
 pub mod image;
 pub mod kernels;
+pub mod lock;
 pub mod memory;
 pub mod model;
 pub mod pack;

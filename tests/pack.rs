@@ -1218,6 +1218,40 @@ fn rerun_over_a_damaged_pack_names_the_shard() {
     assert_eq!(std::fs::metadata(&shard).unwrap().len(), len);
 }
 
+/// An output folder another ebv-pack is writing (its lock held) is refused
+/// at once, naming the folder; the other's files are left alone.
+#[test]
+fn an_output_folder_in_use_is_refused() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Entries = (0..6u32)
+        .map(|i| (format!("train/c{}/i{i}.jpg", i % 2), jpeg_rgb(16, 16, i)))
+        .collect();
+    let zip = dir.path().join("l.zip");
+    write_zip(&zip, &entries);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // What a running pack has there: a temporary shard.
+    let theirs = out.join(".train-00000.parquet.99999.tmp");
+    std::fs::write(&theirs, b"half a shard").unwrap();
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0);
+    let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16"]);
+    let err = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("in use by another ebv-pack") && err.contains(s(&out)),
+        "{err}"
+    );
+    assert!(theirs.exists());
+    drop(lock);
+    let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(!theirs.exists(), "a stale temporary shard is removed");
+}
+
 #[test]
 fn path_label_lists_with_spaces_in_paths() {
     let dir = tempfile::tempdir().unwrap();

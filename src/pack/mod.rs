@@ -40,6 +40,8 @@ pub enum PackError {
     NoSpace(String),
     #[error(transparent)]
     Shard(#[from] crate::shard::ShardError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 impl PackError {

@@ -232,7 +232,9 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     let fingerprint = fingerprint(&resolved, &source, &plan, &splits);
 
     let out = &opts.out;
-    std::fs::create_dir_all(out).map_err(|e| PackError::io(out, e))?;
+    // Held until the pack returns: a second ebv-pack into the same folder
+    // would take this one's temporary shards for stale ones and delete them.
+    let _lock = crate::lock::DirLock::acquire(out, "ebv-pack")?;
     let state_dir = out.join(STATE_DIR);
     let manifest_path = out.join(MANIFEST_FILE);
     if opts.force {

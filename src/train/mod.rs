@@ -9,7 +9,6 @@ mod checkpoint;
 mod config;
 pub mod dist;
 mod eval;
-mod lock;
 mod loss;
 mod metrics;
 mod optim;
@@ -27,7 +26,6 @@ pub use config::{
     ScheduleSection,
 };
 pub use eval::{evaluate, open_model, LoadedModel, ModelFlags, ModelOverrides};
-pub use lock::{RunLock, LOCK_FILE};
 pub use loss::{hard_cross_entropy, soft_cross_entropy, topk_correct};
 pub use metrics::{best_epoch, read_log, EpochMetrics, EvalMetrics, MetricsLog, Running, Summary};
 pub use optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
@@ -63,6 +61,8 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Dist(#[from] dist::DistError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("{0}")]
     Other(String),
 }

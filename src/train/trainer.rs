@@ -37,7 +37,6 @@ use super::dist::{
     broadcast_from_rank0, first_divergence, Collective, GradBuckets, Solo, DEFAULT_BUCKET_BYTES,
 };
 use super::eval::evaluate;
-use super::lock::RunLock;
 use super::loss::{hard_cross_entropy, topk_correct};
 use super::metrics::{best_epoch, read_log, EpochMetrics, MetricsLog, Running, Summary};
 use super::optim::{clip_grad_norm, AdamWConfig, Optimizer, Param, SgdConfig};
@@ -467,7 +466,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     let run = opts.out.clone();
     // Held until this function returns: only rank 0 writes the folder.
     let _lock = if primary {
-        Some(RunLock::acquire(&run)?)
+        Some(crate::lock::DirLock::acquire(&run, "ebv-train")?)
     } else {
         None
     };

@@ -1,25 +1,56 @@
-//! An exclusive advisory lock on a run folder, held by the process that
-//! writes it for as long as it trains.
+//! An exclusive advisory lock on an output folder (a pack's `--out`, a
+//! training run), held by the process that writes it for as long as it
+//! writes.
 //!
-//! Two `ebv-train` processes with the same `--out` would otherwise both
-//! pass the "no checkpoints yet" check and interleave their metrics,
-//! checkpoints and `latest`. `flock(2)` on `RUN/.lock` is released by the
-//! kernel when the process ends however it ends, so a crash never leaves a
-//! stale lock behind; the file itself stays and means nothing on its own.
+//! Two processes with the same output folder would otherwise both pass
+//! their "nothing here yet" or "resume" checks and interleave their files
+//! (a second `ebv-pack` would even delete the first one's temporary
+//! shards as stale). `flock(2)` on `DIR/.lock` is released by the kernel
+//! when the process ends however it ends, so a crash never leaves a stale
+//! lock behind; the file itself stays and means nothing on its own.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::TrainError;
-
-/// The lock file's name inside the run folder.
+/// The lock file's name inside the locked folder.
 pub const LOCK_FILE: &str = ".lock";
+
+/// Why a folder could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "{dir} is in use by another {tool}{holder}: its lock file {lock} is held; wait for that \
+         process to end, or choose another --out",
+        dir = .dir.display(),
+        lock = .lock.display()
+    )]
+    InUse {
+        dir: PathBuf,
+        lock: PathBuf,
+        tool: &'static str,
+        /// " (pid N)" when the holder wrote its pid.
+        holder: String,
+    },
+    #[error("{path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+fn io(path: &Path, cause: std::io::Error) -> LockError {
+    LockError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
 
 /// Held for the life of the value.
 #[derive(Debug)]
-pub struct RunLock {
+pub struct DirLock {
     _file: File,
     path: PathBuf,
     /// The run folder, when this lock created it: removed again on drop if
@@ -28,19 +59,19 @@ pub struct RunLock {
     created: Option<PathBuf>,
 }
 
-impl RunLock {
+impl DirLock {
     /// Create `run` if needed and lock it, or fail at once naming the
-    /// folder when another process holds it.
-    pub fn acquire(run: &Path) -> Result<RunLock, TrainError> {
+    /// folder when another process (`tool`, for the message) holds it.
+    pub fn acquire(run: &Path, tool: &'static str) -> Result<DirLock, LockError> {
         let created = (!run.exists()).then(|| run.to_path_buf());
-        std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
+        std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
         let path = run.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| TrainError::io(&path, e))?;
+            .map_err(|e| io(&path, e))?;
         // SAFETY: flock on a descriptor this function owns; no memory is
         // passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -54,20 +85,21 @@ impl RunLock {
                 } else {
                     format!(" (pid {holder})")
                 };
-                return Err(TrainError::Setup(format!(
-                    "{} is in use by another ebv-train{holder}: its lock file {} is held; wait for that run to end, or choose another --out",
-                    run.display(),
-                    path.display()
-                )));
+                return Err(LockError::InUse {
+                    dir: run.to_path_buf(),
+                    lock: path,
+                    tool,
+                    holder,
+                });
             }
-            return Err(TrainError::io(&path, err));
+            return Err(io(&path, err));
         }
         // For a person looking at a stuck run; the lock is the flock alone.
         let pid = std::process::id().to_string();
         let _ = file
             .set_len(0)
             .and_then(|()| file.write_all(pid.as_bytes()));
-        Ok(RunLock {
+        Ok(DirLock {
             _file: file,
             path,
             created,
@@ -75,7 +107,7 @@ impl RunLock {
     }
 }
 
-impl Drop for RunLock {
+impl Drop for DirLock {
     fn drop(&mut self) {
         let Some(dir) = &self.created else {
             return;
@@ -106,19 +138,19 @@ mod tests {
     fn second_holder_is_refused_until_the_first_ends() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("run");
-        let first = RunLock::acquire(&run).unwrap();
-        let e = RunLock::acquire(&run).unwrap_err().to_string();
+        let first = DirLock::acquire(&run, "ebv-train").unwrap();
+        let e = DirLock::acquire(&run, "ebv-train").unwrap_err().to_string();
         assert!(e.contains(&run.display().to_string()), "{e}");
         assert!(e.contains("in use"), "{e}");
         assert!(e.contains(&std::process::id().to_string()), "{e}");
         drop(first);
         assert!(!run.exists(), "an unused run folder is left behind");
-        let again = RunLock::acquire(&run).unwrap();
+        let again = DirLock::acquire(&run, "ebv-train").unwrap();
         std::fs::write(run.join("config.toml"), "x").unwrap();
         drop(again);
         assert!(run.join("config.toml").is_file());
         // An existing folder is never removed.
-        drop(RunLock::acquire(&run).unwrap());
+        drop(DirLock::acquire(&run, "ebv-train").unwrap());
         assert!(run.join("config.toml").is_file());
     }
 }
