@@ -62,7 +62,10 @@ pub struct DirLock {
 impl DirLock {
     /// Create `run` if needed and lock it, or fail at once naming the
     /// folder when another process (`tool`, for the message) holds it.
-    pub fn acquire(run: &Path, tool: &'static str) -> Result<DirLock, LockError> {
+    /// `record_pid` writes this process's id into the lock file for the
+    /// message a second process prints; a folder whose bytes must not
+    /// depend on the run (a pack's output) leaves the file empty.
+    pub fn acquire(run: &Path, tool: &'static str, record_pid: bool) -> Result<DirLock, LockError> {
         let created = (!run.exists()).then(|| run.to_path_buf());
         std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
         let path = run.join(LOCK_FILE);
@@ -95,10 +98,12 @@ impl DirLock {
             return Err(io(&path, err));
         }
         // For a person looking at a stuck run; the lock is the flock alone.
-        let pid = std::process::id().to_string();
-        let _ = file
-            .set_len(0)
-            .and_then(|()| file.write_all(pid.as_bytes()));
+        if record_pid {
+            let pid = std::process::id().to_string();
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.write_all(pid.as_bytes()));
+        }
         Ok(DirLock {
             _file: file,
             path,
@@ -138,19 +143,21 @@ mod tests {
     fn second_holder_is_refused_until_the_first_ends() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("run");
-        let first = DirLock::acquire(&run, "ebv-train").unwrap();
-        let e = DirLock::acquire(&run, "ebv-train").unwrap_err().to_string();
+        let first = DirLock::acquire(&run, "ebv-train", true).unwrap();
+        let e = DirLock::acquire(&run, "ebv-train", true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&run.display().to_string()), "{e}");
         assert!(e.contains("in use"), "{e}");
         assert!(e.contains(&std::process::id().to_string()), "{e}");
         drop(first);
         assert!(!run.exists(), "an unused run folder is left behind");
-        let again = DirLock::acquire(&run, "ebv-train").unwrap();
+        let again = DirLock::acquire(&run, "ebv-train", true).unwrap();
         std::fs::write(run.join("config.toml"), "x").unwrap();
         drop(again);
         assert!(run.join("config.toml").is_file());
         // An existing folder is never removed.
-        drop(DirLock::acquire(&run, "ebv-train").unwrap());
+        drop(DirLock::acquire(&run, "ebv-train", true).unwrap());
         assert!(run.join("config.toml").is_file());
     }
 }

@@ -733,6 +733,41 @@ fn ebv_load_binary_streams_epochs_and_reports() {
     let o = run(LOAD, &["--shards", s(&out), "--epochs", "0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--epochs"));
+    // Fewer rows than one batch: an error, not 0 batches and exit 0.
+    let o = run(LOAD, &["--shards", s(&out), "--batch", "1000"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "the train split has {train_rows} rows, fewer than one --batch of 1000"
+        )) && err.contains("--keep-last"),
+        "{err}"
+    );
+    let o = run(
+        LOAD,
+        &[
+            "--shards",
+            s(&out),
+            "--batch",
+            "1000",
+            "--keep-last",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        LOAD,
+        &[
+            "--shards",
+            s(&out),
+            "--batch",
+            "4",
+            "--epoch",
+            "18446744073709551615",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("past the last epoch"));
     let missing = dir.path().join("nowhere");
     let o = run(LOAD, &["--shards", s(&missing)]);
     assert_eq!(o.status.code(), Some(2));

@@ -1321,3 +1321,29 @@ fn plot_draws_histograms_and_captioned_samples() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("f.png"), "{}", stderr(&o));
 }
+
+/// A split with no images has no mean or std (JSON null, text "-"), not 0;
+/// the normalisation line comes from the split that has pixels.
+#[test]
+fn deep_figures_of_an_empty_split_are_absent_not_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let entries: Vec<(String, Vec<u8>)> = (0..6u32)
+        .map(|i| (format!("train/c{}/{i}.jpg", i % 2), jpeg_rgb(16, 16, i)))
+        .collect();
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let o = run(
+        PACK,
+        &[s(&src), "--out", s(&out), "--size", "16", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json(&run(STATS, &[s(&out), "--deep", "--json", "--quiet"]));
+    let splits = &j["deep"]["splits"];
+    assert!(splits["val"]["mean"].is_null(), "{splits}");
+    assert!(splits["val"]["std"].is_null(), "{splits}");
+    assert_eq!(splits["train"]["mean"].as_array().unwrap().len(), 3);
+    let text = stdout(&run(STATS, &[s(&out), "--deep", "--quiet"]));
+    assert!(text.contains("normalisation (train): mean=["), "{text}");
+    assert!(!text.contains("0.0000 0.0000 0.0000"), "{text}");
+}

@@ -292,6 +292,17 @@ fn learns_a_tiny_dataset_then_evaluates_and_predicts() {
     }
     assert!(top[0][2].as_f64() >= top[1][2].as_f64());
     assert!(p[1]["error"].is_string());
+
+    // A FIFO is not read (it would block until a writer came): reported
+    // like any unreadable image.
+    let fifo = f.root.join("pipe.png");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let o = run(PREDICT, &["--checkpoint", s(&out), s(&fifo), s(&img)]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pipe.png: not a regular file"), "{err}");
 }
 
 #[test]
@@ -1268,4 +1279,43 @@ fn a_numpy_basis_is_kept_under_its_own_format() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["images"], 24);
+
+    // A basis of another shape than the model's is refused, naming it.
+    let b5 = f.root.join("b5.safetensors");
+    let o = run(
+        BASIS,
+        &[
+            "generate",
+            "--classes",
+            "5",
+            "--dim",
+            "8",
+            "--alpha",
+            "0.9",
+            "--out",
+            s(&b5),
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = f.src.join("val/class3/0.png");
+    let o = run(
+        PREDICT,
+        &[
+            "--checkpoint",
+            s(&latest_model(&out)),
+            "--ebv",
+            s(&b5),
+            s(&img),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "basis {} is 5 × 8, but the model was trained with 4 classes",
+            s(&b5)
+        )),
+        "{err}"
+    );
 }

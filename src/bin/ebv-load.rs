@@ -127,6 +127,28 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         augment,
     };
     let loader = Loader::new(Arc::clone(&set), cfg, args.seed)?;
+    if loader.batches_per_epoch() == 0 {
+        anyhow::bail!(
+            "the {} split has {} rows{}, fewer than one --batch of {}{}",
+            args.split,
+            set.num_rows(args.split),
+            if args.world > 1 {
+                format!(" split over --world {}", args.world)
+            } else {
+                String::new()
+            },
+            args.batch,
+            if args.keep_last {
+                ""
+            } else {
+                " (--keep-last keeps a short last batch)"
+            }
+        );
+    }
+    let end_epoch = args
+        .epoch
+        .checked_add(args.epochs)
+        .context("--epoch + --epochs is past the last epoch number")?;
     let cpu0 = process_cpu_s();
     let t0 = Instant::now();
     let mut images = 0u64;
@@ -134,7 +156,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut replaced = 0u64;
     let mut errors = Vec::new();
     let limit = args.batches.unwrap_or(u64::MAX);
-    for epoch in args.epoch..args.epoch + args.epochs {
+    for epoch in args.epoch..end_epoch {
         if batches >= limit {
             break;
         }
@@ -204,7 +226,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ebv-load: {e:#}");
+            eprintln!("ebv-load: error: {e:#}");
             ExitCode::from(2)
         }
     }

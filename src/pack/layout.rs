@@ -40,6 +40,7 @@
 //! names it, the `train/`/`val/` folder it lies under), so per-split counts
 //! add up; entries outside every split record none.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 
@@ -581,16 +582,50 @@ fn csv_fields(line: &str) -> Vec<String> {
 fn parse_list(text: &str, file: &str) -> ListText {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = ListText::default();
-    let lines: Vec<(usize, &str)> = text
+    let kept = |l: &str| !l.is_empty() && !l.starts_with('#');
+    let csv = text
         .lines()
-        .enumerate()
-        .map(|(n, l)| (n + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let csv = lines.iter().any(|(_, l)| l.contains(','));
+        .map(str::trim)
+        .any(|l| kept(l) && l.contains(','));
+    // Records with their first line's number. A CSV record whose quotes do
+    // not close on its line goes on over the next ones (RFC 4180); its
+    // fields then hold line breaks, which no label and no sane path has, so
+    // the row is rejected later rather than cut into two wrong rows.
+    let mut lines: Vec<(usize, Cow<str>)> = Vec::new();
+    let mut open: Option<(usize, String)> = None;
+    for (k, raw) in text.lines().enumerate() {
+        if let Some((start, mut record)) = open.take() {
+            record.push('\n');
+            record.push_str(raw);
+            if record.matches('"').count() % 2 == 0 {
+                lines.push((start, Cow::Owned(record.trim().to_string())));
+            } else {
+                open = Some((start, record));
+            }
+            continue;
+        }
+        let line = raw.trim();
+        if !kept(line) {
+            continue;
+        }
+        if csv && line.matches('"').count() % 2 == 1 {
+            open = Some((k + 1, line.to_string()));
+        } else {
+            lines.push((k + 1, Cow::Borrowed(line)));
+        }
+    }
+    if let Some((n, record)) = open {
+        let first = record.lines().next().unwrap_or("").to_string();
+        out.bad.push((
+            n,
+            first,
+            format!("unterminated quote ({file} line {n} to the end)"),
+        ));
+    }
     if !csv {
         // `path label`: the label is the last field, as paths may hold spaces.
-        for &(n, line) in &lines {
+        for (n, line) in &lines {
+            let (n, line) = (*n, line.as_ref());
             match line.rsplit_once(|c: char| c.is_whitespace()) {
                 Some((image, label)) => out.rows.push((
                     n,
@@ -614,8 +649,8 @@ fn parse_list(text: &str, file: &str) -> ListText {
             .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
     };
     let (mut image_col, mut label_col, mut header_note) = (0, 1, None);
-    if let Some(&(n, line)) = lines.first() {
-        let first = csv_fields(line);
+    if let Some((n, line)) = lines.first() {
+        let (n, first) = (*n, csv_fields(line));
         // With two fields, a first row `a.jpg,category` may be data: only the
         // words `label` and `class` are sure to be a header there, and
         // `header_row` judges the rest by content.
@@ -638,7 +673,8 @@ fn parse_list(text: &str, file: &str) -> ListText {
         }
     }
     let mut width = 0;
-    for (k, &(n, line)) in lines.iter().enumerate() {
+    for (k, (n, line)) in lines.iter().enumerate() {
+        let (n, line) = (*n, line.as_ref());
         let fields = csv_fields(line);
         width = width.max(fields.len());
         let image = fields.get(image_col).map_or("", String::as_str);
@@ -1134,6 +1170,31 @@ mod tests {
                 (1, "a,b.jpg".into(), "3".into()),
                 (2, "say \"hi\".jpg".into(), "4".into())
             ]
+        );
+        // A quoted field may run over lines: one record, not two wrong rows
+        // (its label, holding a line break, is refused by the plan).
+        let parsed = parse_list("a,\"x\ny\"\nb,x\nc,y\n", "train.csv");
+        assert_eq!(
+            parsed.rows,
+            vec![
+                (1, "a".into(), "x\ny".into()),
+                (3, "b".into(), "x".into()),
+                (4, "c".into(), "y".into())
+            ]
+        );
+        assert!(parsed.bad.is_empty());
+        let parsed = parse_list("a,1\n\"b,2\nc,3\n", "train.csv");
+        assert_eq!(parsed.rows, vec![(1, "a".into(), "1".into())]);
+        assert_eq!(parsed.bad.len(), 1);
+        assert_eq!(
+            parsed.bad[0].2,
+            "unterminated quote (train.csv line 2 to the end)"
+        );
+        // Quotes in `path label` lists are not CSV quoting.
+        let parsed = parse_list("my \"best\" cat.jpg 1\nb.jpg 2\n", "train.txt");
+        assert_eq!(
+            parsed.rows[0],
+            (1, "my \"best\" cat.jpg".into(), "1".into())
         );
         // An empty label or image is a bad row, not a class named "".
         let parsed = parse_list("i0,0\ni1,\n,2\n", "train.csv");

@@ -234,7 +234,8 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     let out = &opts.out;
     // Held until the pack returns: a second ebv-pack into the same folder
     // would take this one's temporary shards for stale ones and delete them.
-    let _lock = crate::lock::DirLock::acquire(out, "ebv-pack")?;
+    // No pid in it: the output is the same bytes whoever packed it.
+    let _lock = crate::lock::DirLock::acquire(out, "ebv-pack", false)?;
     let state_dir = out.join(STATE_DIR);
     let manifest_path = out.join(MANIFEST_FILE);
     if opts.force {

@@ -45,10 +45,11 @@ pub struct DeepSplit {
     /// Pixels behind `mean` and `std` (every pixel of every decoded image).
     pub pixels: u64,
     /// Per channel (R, G, B), on the 0–1 scale (value / 255): what goes
-    /// into a training recipe's `Normalize(mean, std)`.
-    pub mean: [f64; 3],
+    /// into a training recipe's `Normalize(mean, std)`. None (JSON null)
+    /// when no pixel was decoded: an empty split has no mean, not 0.
+    pub mean: Option<[f64; 3]>,
     /// Population standard deviation over all pixels, 0–1 scale.
-    pub std: [f64; 3],
+    pub std: Option<[f64; 3]>,
     /// Decoded images whose size is not the manifest's H×W.
     pub other_size: u64,
     /// Groups of two or more byte-identical images within the split.
@@ -301,12 +302,14 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
         };
         if a.pixels > 0 {
             let n = a.pixels as f64;
+            let (mut mean, mut std) = ([0.0; 3], [0.0; 3]);
             for c in 0..3 {
-                let mean = a.sum[c] as f64 / n;
-                let var = (a.sumsq[c] as f64 / n - mean * mean).max(0.0);
-                d.mean[c] = mean / 255.0;
-                d.std[c] = var.sqrt() / 255.0;
+                let m = a.sum[c] as f64 / n;
+                let var = (a.sumsq[c] as f64 / n - m * m).max(0.0);
+                mean[c] = m / 255.0;
+                std[c] = var.sqrt() / 255.0;
             }
+            (d.mean, d.std) = (Some(mean), Some(std));
         }
         splits.insert(split, d);
     }

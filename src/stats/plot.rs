@@ -87,12 +87,16 @@ fn draw_histogram(
     let left = x + 48; // room for the y labels
     let plot_w = w - 56;
     let plot_h = HIST_H - 2 * CELL_H - 8 - 2 * CELL_H - 8;
-    let max = bins.iter().map(|b| b.classes).max().unwrap_or(0);
-    for k in 0..=4 {
-        let gy = top + plot_h - plot_h * k / 4;
+    let tallest = bins.iter().map(|b| b.classes).max().unwrap_or(0);
+    // Grid lines at whole, round counts (1, 2, 5 × 10^k apart), the axis
+    // ending at the first one at or above the tallest bar.
+    let step = nice_step(tallest.div_ceil(4));
+    let ticks = tallest.div_ceil(step).max(1);
+    let max = step * ticks;
+    for k in 0..=ticks {
+        let gy = top + plot_h - (u64::from(plot_h) * k / ticks) as u32;
         fill(img, left, gy, plot_w, 1, GRID);
-        let v = max * u64::from(k) / 4;
-        let label = v.to_string();
+        let label = (step * k).to_string();
         draw_text(
             img,
             left.saturating_sub(font::text_width(&label, 1) + 4),
@@ -102,7 +106,7 @@ fn draw_histogram(
             AXIS,
         );
     }
-    if bins.is_empty() || max == 0 {
+    if bins.is_empty() || tallest == 0 {
         draw_text(img, left + 8, top + plot_h / 2, "no images", 2, AXIS);
     } else {
         let n = bins.len() as u32;
@@ -284,9 +288,38 @@ pub fn write_plot(set: &ShardSet, summary: &Summary, path: &Path) -> Result<(), 
         })
 }
 
+/// The smallest of 1, 2, 5, 10, 20, 50, … at or above `at_least` (and 1
+/// for 0): a tick spacing a reader can count in.
+fn nice_step(at_least: u64) -> u64 {
+    let mut base = 1u64;
+    loop {
+        for m in [1, 2, 5] {
+            let step = base.saturating_mul(m);
+            if step >= at_least || step == u64::MAX {
+                return step;
+            }
+        }
+        base = base.saturating_mul(10);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_are_round_counts() {
+        let steps: Vec<u64> = [0, 1, 2, 3, 4, 6, 11, 26, 120, 4000]
+            .iter()
+            .map(|&n| nice_step(n))
+            .collect();
+        assert_eq!(steps, [1, 1, 2, 5, 5, 10, 20, 50, 200, 5000]);
+        // A tallest bar of 3: ticks 0, 1, 2, 3; of 1: 0, 1; of 7: 0, 2, …, 8.
+        for (tallest, want) in [(3u64, (1, 3)), (1, (1, 1)), (7, (2, 4))] {
+            let step = nice_step(tallest.div_ceil(4));
+            assert_eq!((step, tallest.div_ceil(step)), want, "{tallest}");
+        }
+    }
 
     #[test]
     fn text_is_drawn_inside_the_image_and_clipped() {

@@ -45,11 +45,19 @@ fn names_inline(n: &Names) -> String {
     if n.count == 0 {
         return "0".into();
     }
-    let shown: Vec<&str> = n
+    // A name that holds the separator (or starts or ends with a space) is
+    // quoted, so that `big, dog` and `dog` read as two names, not three.
+    let shown: Vec<String> = n
         .names
         .iter()
         .take(INLINE_NAMES)
-        .map(String::as_str)
+        .map(|name| {
+            if name.contains(',') || name.trim() != name || name.is_empty() {
+                format!("{name:?}")
+            } else {
+                name.clone()
+            }
+        })
         .collect();
     let more = if n.count as usize > shown.len() {
         ", …"
@@ -59,8 +67,11 @@ fn names_inline(n: &Names) -> String {
     format!("{} ({}{more})", n.count, shown.join(", "))
 }
 
-fn rgb(v: &[f64; 3]) -> String {
-    format!("{:.4} {:.4} {:.4}", v[0], v[1], v[2])
+fn rgb(v: &Option<[f64; 3]>) -> String {
+    match v {
+        Some(v) => format!("{:.4} {:.4} {:.4}", v[0], v[1], v[2]),
+        None => "-".to_string(),
+    }
 }
 
 /// Render the report as text tables.
@@ -233,23 +244,25 @@ pub fn render_text(r: &Report) -> String {
             ],
             &rows,
         );
-        let main = if d.splits[&Split::Train].decoded > 0 {
-            Split::Train
-        } else {
-            Split::Val
-        };
-        let t = &d.splits[&main];
-        let _ = writeln!(
-            out,
-            "normalisation ({main}): mean=[{:.4}, {:.4}, {:.4}], std=[{:.4}, {:.4}, {:.4}]",
-            t.mean[0], t.mean[1], t.mean[2], t.std[0], t.std[1], t.std[2]
-        );
+        let norm = [Split::Train, Split::Val]
+            .into_iter()
+            .find_map(|s| d.splits.get(&s).and_then(|t| Some((s, t.mean?, t.std?))));
+        if let Some((main, m, sd)) = norm {
+            let _ = writeln!(
+                out,
+                "normalisation ({main}): mean=[{:.4}, {:.4}, {:.4}], std=[{:.4}, {:.4}, {:.4}]",
+                m[0], m[1], m[2], sd[0], sd[1], sd[2]
+            );
+        }
         let a = &d.duplicates.across_splits;
         let _ = writeln!(
             out,
             "images in both splits: {} ({} train rows, {} val rows)",
             a.groups, a.train_rows, a.val_rows
         );
+        if !d.duplicates.examples.is_empty() {
+            let _ = writeln!(out, "duplicate groups (within or across splits):");
+        }
         for g in &d.duplicates.examples {
             let rows: Vec<String> = g
                 .rows
@@ -302,6 +315,16 @@ pub fn render_text(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_names_quote_the_ambiguous() {
+        let n = Names {
+            count: 2,
+            names: vec!["big, dog".into(), "dog".into()],
+            truncated: false,
+        };
+        assert_eq!(names_inline(&n), "2 (\"big, dog\", dog)");
+    }
 
     #[test]
     fn sizes_and_tables() {

@@ -246,7 +246,25 @@ pub fn open_model(
                         "the ebv head needs its basis file: pass --ebv FILE (a run folder keeps it as ebv.safetensors, or ebv.npy)".into(),
                     )
                 })?;
-            Some(load_basis(&p, device)?)
+            let b = load_basis(&p, device)?;
+            // The basis fixes the class count and d; one that is not the
+            // model's would score classes it never trained on, or fail
+            // later on a tensor shape that does not name the file.
+            if let Some(s) = &saved {
+                let (rows, dim) = (b.dims()[0], b.dims()[1]);
+                if rows != s.classes || s.dim.is_some_and(|d| d != dim) {
+                    return Err(TrainError::Setup(format!(
+                        "basis {} is {rows} × {dim}, but the model was trained with {} classes{} \
+                         (pass the basis the model was trained with)",
+                        p.display(),
+                        s.classes,
+                        s.dim
+                            .map(|d| format!(" in {d} dimensions"))
+                            .unwrap_or_default()
+                    )));
+                }
+            }
+            Some(b)
         }
         HeadKind::Fc => None,
     };

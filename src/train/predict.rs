@@ -37,6 +37,14 @@ pub fn predict(
     k: usize,
     device: &Device,
 ) -> Result<Prediction, TrainError> {
+    // Opening a FIFO or a device would block or never end: only files.
+    let meta = std::fs::metadata(image).map_err(|e| TrainError::io(image, e))?;
+    if !meta.is_file() {
+        return Err(TrainError::Other(format!(
+            "{}: not a regular file",
+            image.display()
+        )));
+    }
     let bytes = std::fs::read(image).map_err(|e| TrainError::io(image, e))?;
     let img = decode_rgb8(&bytes, DecodeLimits::default())
         .map_err(|e| TrainError::Other(format!("{}: {e}", image.display())))?;

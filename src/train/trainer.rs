@@ -466,7 +466,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     let run = opts.out.clone();
     // Held until this function returns: only rank 0 writes the folder.
     let _lock = if primary {
-        Some(crate::lock::DirLock::acquire(&run, "ebv-train")?)
+        Some(crate::lock::DirLock::acquire(&run, "ebv-train", true)?)
     } else {
         None
     };
