@@ -983,6 +983,10 @@ fn generate_starts_from_a_given_matrix() {
 /// Starts a long `generate` (2000 × 128 toward an α it cannot reach) that
 /// checkpoints to `out` every 0.1 s, and waits for its first checkpoint.
 fn spawn_long_run(dir: &Path, out: &Path, extra: &[&str]) -> std::process::Child {
+    spawn_long_run_at(dir, out, "0.087", extra)
+}
+
+fn spawn_long_run_at(dir: &Path, out: &Path, alpha: &str, extra: &[&str]) -> std::process::Child {
     let child = Command::new(BIN)
         .current_dir(dir)
         .args([
@@ -992,7 +996,7 @@ fn spawn_long_run(dir: &Path, out: &Path, extra: &[&str]) -> std::process::Child
             "--dim",
             "128",
             "--alpha",
-            "0.087",
+            alpha,
             "--method",
             "adaptive",
             "--steps",
@@ -1074,6 +1078,16 @@ fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
     assert!(!meta.contains_key("checkpoint"), "{meta:?}");
     let r = direct(2000, 128, &vals);
     assert!((f(&j, "max_abs_cos") - r.max).abs() < 2e-6);
+    assert_eq!(j["interrupted"], true);
+    // With --alpha auto every run "reaches" its target; an interrupted one
+    // still exits 1 and says so, so that a script can tell.
+    let out_a = dir.path().join("int-auto.safetensors");
+    let child = spawn_long_run_at(dir.path(), &out_a, "auto", &["--json"]);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(json(&out)["interrupted"], true);
 }
 
 /// A latin-1 string of `bytes`, as protocol 2 pickles carry binary data.

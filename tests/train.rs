@@ -995,6 +995,39 @@ fn bench_steps_rejects_zero_classes_and_dimension() {
         assert!(err.contains(&format!("{flag} 0")), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // A shipped recipe benchmarks at its own model.dim without --dim, and
+    // a --dim that contradicts it is named.
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/fashion-mnist.toml");
+    let base = [
+        "--config",
+        recipe,
+        "--bench-steps",
+        "1",
+        "--synthetic",
+        "--width",
+        "4",
+        "--batch",
+        "4",
+        "--size",
+        "16",
+        "--classes",
+        "10",
+        "--json",
+        "--quiet",
+    ];
+    let o = Command::new(TRAIN).args(base).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(TRAIN)
+        .args(base)
+        .args(["--dim", "64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dim 64 contradicts the recipe's model.dim = 32"),
+        "{err}"
+    );
 }
 
 /// Pack `f`'s images again with class 3 renamed (same count) or with one
@@ -1318,4 +1351,50 @@ fn a_numpy_basis_is_kept_under_its_own_format() {
         )),
         "{err}"
     );
+}
+
+/// `--size` on a recipe that evaluates at a larger resize (ImageNet's 232
+/// for 224) scales that resize along, so evaluation does not look at a
+/// small centre of each image; an explicit `data.eval_resize` wins.
+#[test]
+fn size_flag_scales_the_recipes_eval_resize() {
+    let f = fixture();
+    let recipe = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/imagenet-1k.toml");
+    let go = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            recipe,
+            "--shards",
+            s(&f.shards),
+            "--out",
+            s(out),
+            "--head",
+            "fc",
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--batch",
+            "16",
+            "--size",
+            "16",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--workers",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(TRAIN, &args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        (cfg, err)
+    };
+    let (cfg, err) = go(&f.root.join("scaled"), &[]);
+    assert!(cfg.contains("eval_resize = 17"), "{cfg}");
+    assert!(err.contains("data.eval_resize 232 → 17"), "{err}");
+    let (cfg, _) = go(&f.root.join("asked"), &["--set", "data.eval_resize=20"]);
+    assert!(cfg.contains("eval_resize = 20"), "{cfg}");
 }

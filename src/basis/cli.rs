@@ -528,10 +528,12 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     if let Some(np) = &npy {
         write_npy(np, &g.basis).with_context(|| format!("writing {}", np.display()))?;
     }
+    let interrupted = stop.load(Ordering::SeqCst);
     if a.json {
         let mut v = serde_json::to_value(s)?;
         v["out"] = json!(a.out);
         v["npy"] = json!(npy);
+        v["interrupted"] = json!(interrupted);
         println!("{v}");
     }
     if chatty {
@@ -548,7 +550,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             (None, _, _) => format!("auto: best after {} steps (step {})", s.steps, s.best_step),
         };
         eprintln!("{verdict}");
-        if stop.load(Ordering::SeqCst) {
+        if interrupted {
             eprintln!(
                 "  interrupted at step {}: continue with --start {}",
                 s.steps,
@@ -571,7 +573,9 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             eprintln!("  wrote {}", np.display());
         }
     }
-    Ok(if s.reached { 0 } else { 1 })
+    // A run cut short did not finish what was asked, even when the α it
+    // met (or `auto`) counts as reached: a script must be able to tell.
+    Ok(if s.reached && !interrupted { 0 } else { 1 })
 }
 
 /// safetensors metadata for a generated matrix.

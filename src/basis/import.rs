@@ -69,17 +69,32 @@ pub fn import_pickle(path: &Path) -> Result<Imported, BasisError> {
 
 /// As [`import_pickle`], on bytes already in memory (`path` names them in errors).
 pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
+    // What ebv reads without Python, in any of its tools: a .npy file.
+    const EXPORT: &str = "save the matrix with NumPy instead (np.save('ebv.npy', \
+                          t.detach().cpu().float().numpy())): ebv-basis check, --start and \
+                          ebv-train --ebv read .npy files as they are";
     if data.starts_with(b"PK\x03\x04") {
         return Err(perr(
             path,
-            "this is a zip-format torch.save archive, not a plain pickle; save it with \
-             _use_new_zipfile_serialization=False or export it with numpy",
+            format!(
+                "this is a zip-format torch.save archive, which import does not read (it reads \
+                 the paper's pickles: a pickled tensor or NumPy array); {EXPORT}"
+            ),
         ));
     }
-    let top = pickle::load(data, &mut 0, &allowed_outer).map_err(|e| map_err(path, e))?;
+    let mut pos = 0;
+    let top = pickle::load(data, &mut pos, &allowed_outer).map_err(|e| map_err(path, e))?;
+    let legacy = TORCH_MAGIC.to_le_bytes()[..10].to_vec();
     match top.callee() {
         Some(("torch._utils", "_rebuild_tensor_v2")) => torch_tensor(&top, path),
         Some((_, "_reconstruct")) | Some((_, "_frombuffer")) => numpy_array(&top, path),
+        _ if top == Value::BigInt(legacy) => Err(perr(
+            path,
+            format!(
+                "this is a whole-file legacy torch.save (its first pickle is torch's magic \
+                 number), which import does not read; {EXPORT}"
+            ),
+        )),
         _ => Err(perr(
             path,
             "the pickle holds neither a torch tensor nor a numpy array at its top level",
@@ -428,6 +443,27 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The torch formats import does not read are named, with the way to
+    /// a file ebv does read (not advice to re-save in another unread form).
+    #[test]
+    fn unread_torch_formats_say_how_to_export() {
+        let p = Path::new("t.pkl");
+        let mut legacy = b"\x80\x02\x8a\x0a".to_vec();
+        legacy.extend_from_slice(&TORCH_MAGIC.to_le_bytes()[..10]);
+        legacy.push(b'.');
+        for (data, what) in [
+            (legacy, "whole-file legacy torch.save"),
+            (b"PK\x03\x04rest".to_vec(), "zip-format torch.save"),
+        ] {
+            let e = import_bytes(&data, p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(what) && e.contains("np.save("), "{e}");
+            assert!(!e.contains("_use_new_zipfile_serialization"), "{e}");
+        }
+    }
 
     #[test]
     fn gathers_strided_views_and_refuses_hostile_headers() {

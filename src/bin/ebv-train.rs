@@ -104,8 +104,9 @@ struct Args {
     /// Classes and EBV dimension of the synthetic benchmark.
     #[arg(long, default_value_t = 1000)]
     classes: usize,
-    #[arg(long, default_value_t = 1000)]
-    dim: usize,
+    /// [default: the recipe's model.dim, else 1000]
+    #[arg(long)]
+    dim: Option<usize>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -271,6 +272,33 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)
         (None, true) => Some(a.out.join("config.toml")),
         (p, _) => p.clone(),
     };
+    let mut sets = sets;
+    if let Some(size) = a.size.filter(|_| !a.resume) {
+        // `--size` alone would keep the recipe's eval_resize (232 for 224)
+        // and evaluate a small centre of each image: scale it along, unless
+        // the user set it too.
+        let asked = |k: &str| sets.iter().any(|o| o.trim_start().starts_with(k));
+        if !asked("data.eval_resize") {
+            let own: Vec<String> = sets
+                .iter()
+                .filter(|o| !o.trim_start().starts_with("data.size"))
+                .cloned()
+                .collect();
+            let base = Recipe::load(recipe_path.as_deref(), &own)?;
+            let (s0, e0) = (base.data.size, base.data.eval_resize);
+            if e0 != 0 && s0 != 0 && s0 != size {
+                let e =
+                    ((f64::from(size) * f64::from(e0) / f64::from(s0)).round() as u32).max(size);
+                sets.push(format!("data.eval_resize={e}"));
+                if !a.quiet && !a.json {
+                    eprintln!(
+                        "ebv-train: --size {size}: data.eval_resize {e0} → {e} (the recipe's \
+                         {e0}/{s0}; --set data.eval_resize=N to choose)"
+                    );
+                }
+            }
+        }
+    }
     let recipe = Recipe::load(recipe_path.as_deref(), &sets)?;
     if a.check_kernels {
         return check_kernels(a, &recipe, &dev);
@@ -279,7 +307,17 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)
         if !a.synthetic {
             anyhow::bail!("--bench-steps runs on random data: add --synthetic");
         }
-        let report = bench_steps(&recipe, a.classes, a.dim, steps.max(1), &dev)?;
+        // The recipe's d unless asked otherwise: a recipe that names one
+        // refuses any other (its model.dim must match the basis).
+        let dim = match (a.dim, recipe.model.dim) {
+            (Some(d), r) if r != 0 && r != d => anyhow::bail!(
+                "--dim {d} contradicts the recipe's model.dim = {r} (leave --dim out, or --set model.dim={d})"
+            ),
+            (Some(d), _) => d,
+            (None, 0) => 1000,
+            (None, d) => d,
+        };
+        let report = bench_steps(&recipe, a.classes, dim, steps.max(1), &dev)?;
         if !a.json {
             eprintln!(
                 "{} {} head, batch {}, {}x{}, kernels {}, {} threads: {:.3} s/step ({:.1} img/s), peak RSS {:.2} GiB",
