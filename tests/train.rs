@@ -405,6 +405,44 @@ fn fc_head_and_plain_state_dicts() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("none.safetensors"));
+    // Only BatchNorm's step counters in common (another width, say): an
+    // error, not a run from scratch; a NaN weight is named at load.
+    let counters: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("num_batches_tracked"))
+        .collect();
+    assert!(!counters.is_empty());
+    let only = f.root.join("counters.safetensors");
+    std::fs::write(&only, safetensors::serialize(counters, None).unwrap()).unwrap();
+    let o = train(&f, &f.root.join("init3"), &["--init", s(&only)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no trained tensor matches"), "{err}");
+    let bad = "layer1.0.conv1.weight";
+    let nan: Vec<u8> = st
+        .tensor(bad)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .flat_map(|_| f32::NAN.to_le_bytes())
+        .collect();
+    let shape = st.tensor(bad).unwrap().shape().to_vec();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != bad).collect();
+    views.push((
+        bad.to_string(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &nan).unwrap(),
+    ));
+    let nanfile = f.root.join("nan.safetensors");
+    std::fs::write(&nanfile, safetensors::serialize(views, None).unwrap()).unwrap();
+    let o = train(&f, &f.root.join("init4"), &["--init", s(&nanfile)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("nan.safetensors: tensor layer1.0.conv1.weight holds NaN"),
+        "{err}"
+    );
 
     // The wrong architecture is a clear error naming a tensor.
     let o = run(

@@ -922,9 +922,25 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
 fn load_init(model: &Classifier, path: &Path) -> Result<Vec<String>, TrainError> {
     let (tensors, _) = crate::model::load_safetensors(path)?;
     let kept = model.store.load_matching(&tensors)?;
-    if kept.len() == model.store.entries().len() {
+    // Counted over the trained tensors: BatchNorm's scalar step counters
+    // match any ResNet, and a file of another width would otherwise "load"
+    // through them alone and train from scratch.
+    let kept_set: std::collections::HashSet<&str> = kept.iter().map(String::as_str).collect();
+    if model
+        .store
+        .trainable()
+        .all(|e| kept_set.contains(e.name.as_str()))
+    {
         return Err(TrainError::Setup(format!(
-            "--init {}: no tensor matches the model by name and shape",
+            "--init {}: no trained tensor matches the model by name and shape (first not \
+             loaded: {}); is it the same architecture and --width?",
+            path.display(),
+            kept.first().map_or("-", String::as_str)
+        )));
+    }
+    if let Some(name) = model.store.first_non_finite()? {
+        return Err(TrainError::Setup(format!(
+            "--init {}: tensor {name} holds NaN or infinite values",
             path.display()
         )));
     }
