@@ -791,6 +791,46 @@ fn gpus_flag_and_rank_variables_need_a_cuda_build() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("RANK") && err.contains("not below"), "{err}");
+    // Without --device, the error still names the missing feature, not a
+    // cuda:0 device the user never asked for.
+    let o = Command::new(TRAIN)
+        .args([
+            "--config",
+            s(&cfg),
+            "--shards",
+            s(&f.shards),
+            "--ebv",
+            s(&f.basis),
+        ])
+        .args(["--out", s(&out), "--quiet"])
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rank 0 of 2") && err.contains("--features cuda"),
+        "{err}"
+    );
+    // Flags that contradict each other, or ask for nothing, are refused.
+    for (extra, want) in [
+        (&["--gpus", "0"][..], "--gpus"),
+        (&["--bench-steps", "0", "--synthetic"][..], "--bench-steps"),
+        (
+            &["--gpus", "1", "--device", "cpu"][..],
+            "use one of the two",
+        ),
+        (
+            &["--init", s(&f.basis), "--resume"][..],
+            "use one of the two",
+        ),
+    ] {
+        let o = train(&f, &f.root.join("flags"), extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
 }
 
 /// `--check-kernels` needs no shards: on the CPU it compares both kernel

@@ -84,13 +84,13 @@ struct Args {
     /// GPU (RANK/WORLD_SIZE/LOCAL_RANK set, NCCL id through a rendezvous
     /// file in --out). Needs a build with --features cuda. For several
     /// hosts, start the ranks with your launcher instead (README).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     gpus: Option<usize>,
     /// Stop with a checkpoint after this many steps in all.
     #[arg(long)]
     max_steps: Option<u64>,
     /// Time N training steps on random data (with --synthetic) and exit.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     bench_steps: Option<usize>,
     /// Check the training kernels on --device in --precision (f32 or bf16)
     /// against this crate's CPU kernels in f64: conv2d (cuDNN on a GPU),
@@ -260,6 +260,31 @@ fn check_kernels(
 /// interrupted).
 fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)> {
     let world = world.filter(|w| w.size > 1);
+    // Said before a device is chosen, so that the error names the cause
+    // (no cuda in this build), not a `cuda:K` device the user never gave.
+    if let Some(w) = world {
+        if !cfg!(feature = "cuda") {
+            return Err(join_group(w, &Device::Cpu).err().unwrap_or_else(|| {
+                anyhow::anyhow!("multi-rank training needs a build with --features cuda")
+            }));
+        }
+    }
+    if a.gpus == Some(1)
+        && a.device
+            .as_deref()
+            .is_some_and(|d| d != "cuda:0" && d != "cuda")
+    {
+        anyhow::bail!(
+            "--gpus 1 trains on cuda:0, but --device {} was given: use one of the two",
+            a.device.as_deref().unwrap_or_default()
+        );
+    }
+    if a.init.is_some() && a.resume {
+        anyhow::bail!(
+            "--init starts a new run from a weights file; --resume continues the run's own \
+             checkpoint (its weights would win): use one of the two"
+        );
+    }
     let dev = match (&a.device, world) {
         (Some(spec), _) => device(spec)?,
         (None, Some(w)) => device(&format!("cuda:{}", w.local_rank))?,
