@@ -262,6 +262,26 @@ fn learns_a_tiny_dataset_then_evaluates_and_predicts() {
     assert_eq!(e["images"], 24);
     let loss = e["loss"].as_f64().unwrap();
     assert!((loss - last["val"]["loss"].as_f64().unwrap()).abs() < 1e-9);
+    // A flag meant for weights without metadata, given anyway, is said.
+    let o = run(
+        EVAL,
+        &[
+            "--checkpoint",
+            s(&out),
+            "--shards",
+            s(&f.shards),
+            "--tau",
+            "1",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("note: --tau 1 (the model's metadata says 0.1) overrides"),
+        "{err}"
+    );
 
     // ebv-predict: class names from the run, cosines in [-1, 1]; a
     // missing file is reported and the rest still predicted.

@@ -53,6 +53,9 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     let over = a.model.overrides();
     let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
         .with_context(|| format!("opening {}", a.checkpoint.display()))?;
+    for o in &loaded.overridden {
+        eprintln!("ebv-eval: note: {o} overrides the model's own setting");
+    }
     let mut recipe = loaded.recipe.clone().unwrap_or_else(|| {
         let mut r = Recipe::default();
         r.data.eval_resize = 256;

@@ -36,6 +36,9 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
     let over = a.model.overrides();
     let loaded = open_model(&a.checkpoint, &over, &dev, KernelImpl::Ebv)
         .with_context(|| format!("opening {}", a.checkpoint.display()))?;
+    for o in &loaded.overridden {
+        eprintln!("ebv-predict: note: {o} overrides the model's own setting");
+    }
     let (size, resize, mean, std) = match &loaded.recipe {
         Some(r) => (r.data.size, r.data.eval_resize, r.data.mean, r.data.std),
         None => (224, 256, IMAGENET_MEAN, IMAGENET_STD),

@@ -148,6 +148,9 @@ pub struct LoadedModel {
     pub classes: Option<Vec<String>>,
     /// The weights file read.
     pub weights: PathBuf,
+    /// Flags that overrode what the model's own metadata says (the flags
+    /// are meant for weights without it), for the command to warn about.
+    pub overridden: Vec<String>,
 }
 
 /// Find the weights file and the run folder for `path`.
@@ -302,10 +305,40 @@ pub fn open_model(
             )));
         }
     }
+    let mut overridden = Vec::new();
+    if let Some(sv) = &saved {
+        let mut differs = |flag: &str, given: Option<String>, own: String| {
+            if let Some(g) = given.filter(|g| *g != own) {
+                overridden.push(format!("{flag} {g} (the model's metadata says {own})"));
+            }
+        };
+        differs(
+            "--arch",
+            over.arch.map(|a| format!("{a:?}").to_lowercase()),
+            format!("{:?}", sv.backbone.arch).to_lowercase(),
+        );
+        differs(
+            "--width",
+            over.width.map(|w| w.to_string()),
+            sv.backbone.width.to_string(),
+        );
+        differs(
+            "--small-stem",
+            over.small_stem.map(|b| b.to_string()),
+            sv.backbone.small_stem.to_string(),
+        );
+        differs(
+            "--head",
+            over.head.map(|h| format!("{h:?}").to_lowercase()),
+            format!("{:?}", sv.head).to_lowercase(),
+        );
+        differs("--tau", over.tau.map(|t| t.to_string()), sv.tau.to_string());
+    }
     Ok(LoadedModel {
         model,
         recipe,
         classes,
         weights,
+        overridden,
     })
 }
