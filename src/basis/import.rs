@@ -44,6 +44,17 @@ fn allowed_inner(module: &str, name: &str) -> bool {
     (module, name) == ("torch", "FloatStorage")
 }
 
+/// The object pickle of a whole-file legacy `torch.save` of a tensor:
+/// the tensor rebuilt around a storage named by persistent id.
+fn allowed_legacy_object(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("torch._utils", "_rebuild_tensor_v2")
+            | ("collections", "OrderedDict")
+            | ("torch", "FloatStorage")
+    )
+}
+
 /// Which of the two released forms a file was.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "form", rename_all = "lowercase")]
@@ -88,13 +99,7 @@ pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
     match top.callee() {
         Some(("torch._utils", "_rebuild_tensor_v2")) => torch_tensor(&top, path),
         Some((_, "_reconstruct")) | Some((_, "_frombuffer")) => numpy_array(&top, path),
-        _ if top == Value::BigInt(legacy) => Err(perr(
-            path,
-            format!(
-                "this is a whole-file legacy torch.save (its first pickle is torch's magic \
-                 number), which import does not read; {EXPORT}"
-            ),
-        )),
+        _ if top == Value::BigInt(legacy) => legacy_file(data, path),
         _ => Err(perr(
             path,
             "the pickle holds neither a torch tensor nor a numpy array at its top level",
@@ -139,7 +144,7 @@ fn dims2(v: &Value, what: &str, path: &Path) -> Result<[i64; 2], BasisError> {
 
 fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
     let (args, _) = call_parts(top).ok_or_else(|| perr(path, "malformed tensor"))?;
-    let [storage, offset, size, stride, ..] = args else {
+    let [storage, ..] = args else {
         return Err(perr(path, "_rebuild_tensor_v2 with too few arguments"));
     };
     if storage.callee() != Some(("torch.storage", "_load_from_bytes")) {
@@ -153,12 +158,47 @@ fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         _ => return Err(perr(path, "_load_from_bytes without a bytes argument")),
     };
     let (values, location) = legacy_storage(inner, path)?;
+    rebuild(args, &values, location, path)
+}
+
+/// A whole-file legacy `torch.save` of a tensor (`_use_new_zipfile_
+/// serialization=False`): the header pickles, the tensor whose storage is a
+/// persistent id, the key list, then the storages' raw values.
+fn legacy_file(b: &[u8], path: &Path) -> Result<Imported, BasisError> {
+    let mut pos = 0;
+    legacy_header(b, &mut pos, path)?;
+    let top = pickle::load(b, &mut pos, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
+    if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
+        return Err(perr(
+            path,
+            "the legacy torch.save holds no tensor at its top level",
+        ));
+    }
+    let (args, _) = call_parts(&top).ok_or_else(|| perr(path, "malformed tensor"))?;
+    let Some(Value::Persistent(pid)) = args.first() else {
+        return Err(perr(path, "tensor storage is not a persistent id"));
+    };
+    let (key, location, numel) = storage_id(pid, path)?;
+    let values = legacy_records(b, &mut pos, &key, numel, path)?;
+    rebuild(args, &values, location, path)
+}
+
+/// `_rebuild_tensor_v2(storage, offset, size, stride, …)` over `values`.
+fn rebuild(
+    args: &[Value],
+    values: &[f32],
+    location: String,
+    path: &Path,
+) -> Result<Imported, BasisError> {
+    let [_, offset, size, stride, ..] = args else {
+        return Err(perr(path, "_rebuild_tensor_v2 with too few arguments"));
+    };
     let offset = offset
         .as_int()
         .ok_or_else(|| perr(path, "storage offset is not an integer"))?;
     let [n, d] = dims2(size, "tensor size", path)?;
     let [s0, s1] = dims2(stride, "tensor stride", path)?;
-    let data = gather_strided(&values, offset, [n, d], [s0, s1]).map_err(|r| perr(path, r))?;
+    let data = gather_strided(values, offset, [n, d], [s0, s1]).map_err(|r| perr(path, r))?;
     let (n, d) = (n as usize, d as usize);
     Ok(Imported {
         basis: Basis { n, d, data },
@@ -226,16 +266,32 @@ fn gather_strided(
 /// Decodes the legacy `torch.save` bytes of one storage: (values, location).
 fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisError> {
     let mut pos = 0;
-    let next = |pos: &mut usize| pickle::load(b, pos, &allowed_inner).map_err(|e| map_err(path, e));
-    let magic = next(&mut pos)?;
+    legacy_header(b, &mut pos, path)?;
+    let obj = pickle::load(b, &mut pos, &allowed_inner).map_err(|e| map_err(path, e))?;
+    let Value::Persistent(pid) = obj else {
+        return Err(perr(
+            path,
+            "expected the storage itself (a persistent id) as the saved object",
+        ));
+    };
+    let (key, location, numel) = storage_id(&pid, path)?;
+    let values = legacy_records(b, &mut pos, &key, numel, path)?;
+    Ok((values, location))
+}
+
+/// The three header pickles of the legacy format: torch's magic number,
+/// protocol 1001, and the system info (little-endian required).
+fn legacy_header(b: &[u8], pos: &mut usize, path: &Path) -> Result<(), BasisError> {
+    let mut next = || pickle::load(b, pos, &allowed_inner).map_err(|e| map_err(path, e));
+    let magic = next()?;
     let want = TORCH_MAGIC.to_le_bytes()[..10].to_vec();
     if magic != Value::BigInt(want) {
         return Err(perr(path, "storage bytes lack the torch.save magic number"));
     }
-    if next(&mut pos)?.as_int() != Some(1001) {
+    if next()?.as_int() != Some(1001) {
         return Err(perr(path, "storage bytes are not torch.save protocol 1001"));
     }
-    if let Value::Dict(info) = next(&mut pos)? {
+    if let Value::Dict(info) = next()? {
         let le = info
             .iter()
             .find(|(k, _)| *k == Value::Str("little_endian".into()))
@@ -243,17 +299,16 @@ fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisErro
         if le == Some(Value::Bool(false)) {
             return Err(perr(path, "big-endian torch storage is not supported"));
         }
+        Ok(())
     } else {
-        return Err(perr(path, "torch.save sys info is not a dict"));
+        Err(perr(path, "torch.save sys info is not a dict"))
     }
-    let obj = next(&mut pos)?;
-    let Value::Persistent(pid) = obj else {
-        return Err(perr(
-            path,
-            "expected the storage itself (a persistent id) as the saved object",
-        ));
-    };
-    let (key, location, numel) = match pid.as_seq() {
+}
+
+/// `('storage', torch.FloatStorage, key, location, numel, …)` → (key,
+/// location, numel).
+fn storage_id(pid: &Value, path: &Path) -> Result<(String, String, usize), BasisError> {
+    match pid.as_seq() {
         Some([Value::Str(tag), ty, Value::Str(key), Value::Str(loc), numel, ..])
             if tag == "storage" =>
         {
@@ -264,11 +319,22 @@ fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisErro
                 .as_int()
                 .filter(|&x| x >= 0)
                 .ok_or_else(|| perr(path, "storage size is not a count"))?;
-            (key.clone(), loc.clone(), numel as usize)
+            Ok((key.clone(), loc.clone(), numel as usize))
         }
-        _ => return Err(perr(path, format!("unexpected persistent id {pid:?}"))),
-    };
-    let keys = next(&mut pos)?;
+        _ => Err(perr(path, format!("unexpected persistent id {pid:?}"))),
+    }
+}
+
+/// The key list pickle, then each storage as an int64 count and its f32
+/// values; returns storage `key`'s `numel` values.
+fn legacy_records(
+    b: &[u8],
+    pos: &mut usize,
+    key: &str,
+    numel: usize,
+    path: &Path,
+) -> Result<Vec<f32>, BasisError> {
+    let keys = pickle::load(b, pos, &allowed_inner).map_err(|e| map_err(path, e))?;
     let keys: Vec<&str> = keys
         .as_seq()
         .ok_or_else(|| perr(path, "storage key list is not a list"))?
@@ -281,21 +347,21 @@ fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisErro
     let mut found = None;
     for k in keys {
         let count = b
-            .get(pos..pos + 8)
+            .get(*pos..*pos + 8)
             .map(|s| i64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
             .ok_or_else(|| perr(path, "storage data truncated"))?;
         let count = usize::try_from(count).map_err(|_| perr(path, "negative storage size"))?;
-        pos += 8;
+        *pos += 8;
         let bytes = count
             .checked_mul(4)
-            .and_then(|len| b.get(pos..pos + len))
+            .and_then(|len| b.get(*pos..*pos + len))
             .ok_or_else(|| {
                 perr(
                     path,
                     format!("storage `{k}` truncated: {count} floats announced"),
                 )
             })?;
-        pos += count * 4;
+        *pos += count * 4;
         if k == key {
             if count != numel {
                 return Err(perr(
@@ -306,8 +372,7 @@ fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisErro
             found = Some(f32_le(bytes));
         }
     }
-    let values = found.ok_or_else(|| perr(path, format!("storage `{key}` not present")))?;
-    Ok((values, location))
+    found.ok_or_else(|| perr(path, format!("storage `{key}` not present")))
 }
 
 fn f32_le(b: &[u8]) -> Vec<f32> {
@@ -444,25 +509,25 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
 mod tests {
     use super::*;
 
-    /// The torch formats import does not read are named, with the way to
-    /// a file ebv does read (not advice to re-save in another unread form).
+    /// A zip-format torch.save is named, with the way to a file ebv does
+    /// read (not advice to re-save in another form); a legacy file cut
+    /// after its magic number is an error, not a panic.
     #[test]
-    fn unread_torch_formats_say_how_to_export() {
+    fn zip_torch_saves_say_how_to_export() {
         let p = Path::new("t.pkl");
-        let mut legacy = b"\x80\x02\x8a\x0a".to_vec();
-        legacy.extend_from_slice(&TORCH_MAGIC.to_le_bytes()[..10]);
-        legacy.push(b'.');
-        for (data, what) in [
-            (legacy, "whole-file legacy torch.save"),
-            (b"PK\x03\x04rest".to_vec(), "zip-format torch.save"),
-        ] {
-            let e = import_bytes(&data, p)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains(what) && e.contains("np.save("), "{e}");
-            assert!(!e.contains("_use_new_zipfile_serialization"), "{e}");
-        }
+        let e = import_bytes(b"PK\x03\x04rest", p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("zip-format torch.save") && e.contains("np.save("),
+            "{e}"
+        );
+        assert!(!e.contains("_use_new_zipfile_serialization"), "{e}");
+        let mut cut = b"\x80\x02\x8a\x0a".to_vec();
+        cut.extend_from_slice(&TORCH_MAGIC.to_le_bytes()[..10]);
+        cut.push(b'.');
+        assert!(import_bytes(&cut, p).is_err());
     }
 
     #[test]
