@@ -1218,37 +1218,54 @@ fn import_numpy_pickles_built_by_hand() {
     }
 }
 
-/// A whole-file legacy `torch.save` of a strided view. Made with torch
-/// 2.15 (CPU):
+/// `torch.save` of a strided view, in the legacy and the zip format. Made
+/// with torch 2.15 (CPU):
 /// ```python
 /// t = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 8 - 1
 /// v = t[1:, 1:].t()            # 3 x 5, storage offset 5, strides (1, 4)
 /// torch.save(v, "torch-legacy-view.pt", _use_new_zipfile_serialization=False)
+/// torch.save(v, "torch-zip-view.pt")
 /// ```
 /// so v[a][b] = t[1 + b][1 + a] = (4·(1 + b) + 1 + a) / 8 − 1.
 #[test]
-fn import_reads_a_whole_file_legacy_torch_save() {
+fn import_reads_torch_save_files() {
     let dir = tmp();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch-legacy-view.pt");
-    let out_p = dir.path().join("v.safetensors");
-    let out = run(
-        dir.path(),
-        &[
-            "import",
-            src.to_str().unwrap(),
-            "--out",
-            out_p.to_str().unwrap(),
-            "--json",
-        ],
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(json(&out)["source"]["form"], "torch");
-    let (n, d, got, _) = read_safetensors(&out_p);
-    assert_eq!((n, d), (3, 5));
     let want: Vec<f32> = (0..3)
         .flat_map(|a| (0..5).map(move |b| (4 * (1 + b) + 1 + a) as f32 / 8.0 - 1.0))
         .collect();
-    assert_eq!(got, want);
+    for name in ["torch-legacy-view.pt", "torch-zip-view.pt"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        let out_p = dir.path().join(name).with_extension("safetensors");
+        let out = run(
+            dir.path(),
+            &[
+                "import",
+                src.to_str().unwrap(),
+                "--out",
+                out_p.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        assert_eq!(json(&out)["source"]["form"], "torch", "{name}");
+        let (n, d, got, _) = read_safetensors(&out_p);
+        assert_eq!((n, d), (3, 5), "{name}");
+        assert_eq!(got, want, "{name}");
+    }
+    // A zip without data.pkl is named for what it is, with the way out.
+    let junk = dir.path().join("junk.pt");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&junk).unwrap());
+    z.start_file("a/readme.txt", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    std::io::Write::write_all(&mut z, b"hello").unwrap();
+    z.finish().unwrap();
+    let e = refused(
+        dir.path(),
+        &["import", junk.to_str().unwrap(), "--out", "j.safetensors"],
+    );
+    assert!(e.contains("no data.pkl") && e.contains("np.save("), "{e}");
 }
 
 #[test]

@@ -85,13 +85,10 @@ pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
                           t.detach().cpu().float().numpy())): ebv-basis check, --start and \
                           ebv-train --ebv read .npy files as they are";
     if data.starts_with(b"PK\x03\x04") {
-        return Err(perr(
-            path,
-            format!(
-                "this is a zip-format torch.save archive, which import does not read (it reads \
-                 the paper's pickles: a pickled tensor or NumPy array); {EXPORT}"
-            ),
-        ));
+        return zip_file(data, path).map_err(|e| match e {
+            BasisError::Pickle { reason, .. } => perr(path, format!("{reason}; {EXPORT}")),
+            other => other,
+        });
     }
     let mut pos = 0;
     let top = pickle::load(data, &mut pos, &allowed_outer).map_err(|e| map_err(path, e))?;
@@ -181,6 +178,69 @@ fn legacy_file(b: &[u8], path: &Path) -> Result<Imported, BasisError> {
     let (key, location, numel) = storage_id(pid, path)?;
     let values = legacy_records(b, &mut pos, &key, numel, path)?;
     rebuild(args, &values, location, path)
+}
+
+/// A zip-format `torch.save` of a tensor (torch ≥ 1.6's default):
+/// `NAME/data.pkl` rebuilds the tensor around storages named by persistent
+/// id, whose raw little-endian values are the entries `NAME/data/KEY`.
+fn zip_file(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
+    use std::io::Read;
+    let bad = |r: String| perr(path, r);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data))
+        .map_err(|e| bad(format!("unreadable zip-format torch.save: {e}")))?;
+    let pkl_name = zip
+        .file_names()
+        .filter_map(Result::ok)
+        .find(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
+        .map(|n| n.into_owned())
+        .ok_or_else(|| bad("a zip, but not a torch.save archive (no data.pkl)".into()))?;
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let mut read = |name: &str| -> Result<Option<Vec<u8>>, BasisError> {
+        let mut f = match zip.by_name(name) {
+            Ok(f) => f,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(e) => return Err(bad(format!("{name}: {e}"))),
+        };
+        // The entry's declared size bounds the read: the archive is in memory already.
+        let mut buf = Vec::with_capacity(f.size().min(data.len() as u64) as usize);
+        f.by_ref()
+            .take(data.len() as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        Ok(Some(buf))
+    };
+    if let Some(order) = read(&format!("{prefix}byteorder"))? {
+        if order.trim_ascii() != b"little" {
+            return Err(bad("big-endian torch storage is not supported".into()));
+        }
+    }
+    let pkl = read(&pkl_name)?.unwrap_or_default();
+    let top = pickle::load(&pkl, &mut 0, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
+    if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
+        return Err(bad(
+            "the torch.save archive holds no tensor at its top level".into(),
+        ));
+    }
+    let (args, _) = call_parts(&top).ok_or_else(|| bad("malformed tensor".into()))?;
+    let Some(Value::Persistent(pid)) = args.first() else {
+        return Err(bad("tensor storage is not a persistent id".into()));
+    };
+    let (key, location, numel) = storage_id(pid, path)?;
+    let raw = read(&format!("{prefix}data/{key}"))?.ok_or_else(|| {
+        bad(format!(
+            "storage `{key}` not present (no {prefix}data/{key})"
+        ))
+    })?;
+    let bytes = numel
+        .checked_mul(4)
+        .and_then(|len| raw.get(..len))
+        .ok_or_else(|| {
+            bad(format!(
+                "storage `{key}` holds {} bytes, {numel} floats announced",
+                raw.len()
+            ))
+        })?;
+    rebuild(args, &f32_le(bytes), location, path)
 }
 
 /// `_rebuild_tensor_v2(storage, offset, size, stride, …)` over `values`.
