@@ -302,11 +302,21 @@ fn class_folder(name: &str) -> Option<(Split, &str)> {
     (!class.is_empty()).then_some((split, class))
 }
 
-/// The split a path lies under, for entries that are not `split/class/file`
-/// themselves (a nested folder, an unreadable entry): the innermost
-/// `train`/`val` folder above it, a validation folder only when it is the
-/// one chosen (`chosen_val`, when several stand side by side).
+/// The split a path lies under, for rejected entries (an unreadable one, a
+/// nested folder): its own `split/class/file` split when it has that shape,
+/// else the innermost `train`/`val` folder above it; a validation folder
+/// only when it is the one chosen (`chosen_val`, when several stand side by
+/// side).
 fn split_above(name: &str, chosen_val: Option<&str>) -> Option<Split> {
+    // `split/class/file` itself first: a class may be named `val`.
+    if let Some((split, _)) = class_folder(name) {
+        let parts: Vec<&str> = name.split('/').collect();
+        let dir = parts[..parts.len() - 2].join("/");
+        return match (split, chosen_val) {
+            (Split::Val, Some(chosen)) if chosen != dir => None,
+            _ => Some(split),
+        };
+    }
     let parts: Vec<&str> = name.split('/').collect();
     let dirs = parts.len().saturating_sub(1);
     for k in (0..dirs).rev() {
@@ -1289,6 +1299,8 @@ mod tests {
             split_above("top/val/c/x.jpg", Some("top/val")),
             Some(Split::Val)
         );
+        assert_eq!(split_above("train/val/x.jpg", None), Some(Split::Train));
+        assert_eq!(split_above("top/test/c/x.jpg", Some("top/val")), None);
         assert_eq!(split_above("README.txt", None), None);
         assert_eq!(split_above("train", None), None);
     }
