@@ -314,8 +314,8 @@ pub fn open_model(
         };
         differs(
             "--arch",
-            over.arch.map(|a| format!("{a:?}").to_lowercase()),
-            format!("{:?}", sv.backbone.arch).to_lowercase(),
+            over.arch.map(|a| a.name().to_string()),
+            sv.backbone.arch.name().to_string(),
         );
         differs(
             "--width",
