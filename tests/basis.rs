@@ -1226,14 +1226,34 @@ fn import_numpy_pickles_built_by_hand() {
 /// torch.save(v, "torch-legacy-view.pt", _use_new_zipfile_serialization=False)
 /// torch.save(v, "torch-zip-view.pt")
 /// ```
-/// so v[a][b] = t[1 + b][1 + a] = (4·(1 + b) + 1 + a) / 8 − 1.
+/// so v[a][b] = t[1 + b][1 + a] = (4·(1 + b) + 1 + a) / 8 − 1. The same view
+/// in other element types and wrappers (every value is a multiple of 1/8, so
+/// exact in each):
+/// ```python
+/// t = torch.arange(24, dtype=torch.float64).reshape(6, 4) / 8 - 1
+/// v = t[1:, 1:].t()
+/// torch.save(v, "torch-zip-f64.pt")
+/// torch.save(v.half(), "torch-zip-f16.pt")
+/// torch.save(v.bfloat16(), "torch-legacy-bf16.pt", _use_new_zipfile_serialization=False)
+/// torch.save(torch.nn.Parameter(v.float()), "torch-zip-param.pt")
+/// open("torch-pickle-f64.pkl", "wb").write(pickle.dumps(v, protocol=4))  # the paper's form
+/// torch.save(v.long(), "torch-zip-i64.pt")
+/// ```
 #[test]
 fn import_reads_torch_save_files() {
     let dir = tmp();
     let want: Vec<f32> = (0..3)
         .flat_map(|a| (0..5).map(move |b| (4 * (1 + b) + 1 + a) as f32 / 8.0 - 1.0))
         .collect();
-    for name in ["torch-legacy-view.pt", "torch-zip-view.pt"] {
+    for (name, dtype) in [
+        ("torch-legacy-view.pt", "float32"),
+        ("torch-zip-view.pt", "float32"),
+        ("torch-zip-f64.pt", "float64"),
+        ("torch-zip-f16.pt", "float16"),
+        ("torch-legacy-bf16.pt", "bfloat16"),
+        ("torch-zip-param.pt", "float32"),
+        ("torch-pickle-f64.pkl", "float64"),
+    ] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data")
             .join(name);
@@ -1250,10 +1270,46 @@ fn import_reads_torch_save_files() {
         );
         assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
         assert_eq!(json(&out)["source"]["form"], "torch", "{name}");
+        assert_eq!(json(&out)["source"]["dtype"], dtype, "{name}");
         let (n, d, got, _) = read_safetensors(&out_p);
         assert_eq!((n, d), (3, 5), "{name}");
         assert_eq!(got, want, "{name}");
     }
+    // Rounding to float32 is said; a widening is not.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for (name, noted) in [("torch-zip-f64.pt", true), ("torch-zip-f16.pt", false)] {
+        let out = run(
+            dir.path(),
+            &[
+                "import",
+                src.join(name).to_str().unwrap(),
+                "--out",
+                "r.safetensors",
+            ],
+        );
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).contains("rounded to float32"),
+            noted,
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+    // Integers are refused for their type, not as an unknown global.
+    let e = refused(
+        dir.path(),
+        &[
+            "import",
+            src.join("torch-zip-i64.pt").to_str().unwrap(),
+            "--out",
+            "i.safetensors",
+        ],
+    );
+    assert!(
+        e.contains("torch.LongStorage") && e.contains("floating point"),
+        "{e}"
+    );
+    assert!(!dir.path().join("i.safetensors").exists());
     // A zip without data.pkl is named for what it is, with the way out.
     let junk = dir.path().join("junk.pt");
     let mut z = zip::ZipWriter::new(std::fs::File::create(&junk).unwrap());
@@ -1266,6 +1322,43 @@ fn import_reads_torch_save_files() {
         &["import", junk.to_str().unwrap(), "--out", "j.safetensors"],
     );
     assert!(e.contains("no data.pkl") && e.contains("np.save("), "{e}");
+}
+
+/// NumPy pickles of other element types, made with numpy 2.4 (values as in
+/// [`import_reads_torch_save_files`]):
+/// ```python
+/// t = np.arange(24, dtype=np.float64).reshape(6, 4) / 8 - 1
+/// v = t[1:, 1:].T
+/// pickle.dumps(np.ascontiguousarray(v).astype('>f8'), protocol=4)        # numpy-f8be.pkl
+/// pickle.dumps(np.asfortranarray(v).astype('<f2', order='F'), protocol=2) # numpy-f2.pkl
+/// ```
+#[test]
+fn import_reads_numpy_pickles_of_other_types() {
+    let dir = tmp();
+    let want: Vec<f32> = (0..3)
+        .flat_map(|a| (0..5).map(move |b| (4 * (1 + b) + 1 + a) as f32 / 8.0 - 1.0))
+        .collect();
+    for (name, dtype) in [("numpy-f8be.pkl", ">f8"), ("numpy-f2.pkl", "<f2")] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        let out_p = dir.path().join(name).with_extension("safetensors");
+        let out = run(
+            dir.path(),
+            &[
+                "import",
+                src.to_str().unwrap(),
+                "--out",
+                out_p.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        assert_eq!(json(&out)["source"]["dtype"], dtype, "{name}");
+        let (n, d, got, _) = read_safetensors(&out_p);
+        assert_eq!((n, d), (3, 5), "{name}");
+        assert_eq!(got, want, "{name}");
+    }
 }
 
 #[test]

@@ -167,7 +167,8 @@ pub struct CheckArgs {
 /// `ebv-basis import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The .pkl file (torch tensor or numpy array pickle).
+    /// The .pkl or .pt file: the paper's pickles (torch tensor or numpy array),
+    /// or a 2-D tensor saved by torch.save (float32/64, float16, bfloat16).
     pub file: PathBuf,
     /// Output safetensors file.
     #[arg(long)]
@@ -762,6 +763,12 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
             imp.form,
             a.out.display()
         );
+        if imp.form.rounded() {
+            eprintln!(
+                "note: the source holds float64 values; they were rounded to float32, the \
+                 type of every ebv basis (the report below is of the rounded matrix)"
+            );
+        }
         print_report(&a.file, "pickle", &report);
     }
     Ok(0)

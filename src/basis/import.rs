@@ -7,18 +7,28 @@
 //!    where `b` is the legacy `torch.save` layout: five pickles (magic
 //!    number, protocol 1001, sys info, the storage as persistent id
 //!    `('storage', torch.FloatStorage, key, location, numel, None)`, the list
-//!    of keys), then per key an i64 LE element count and the f32 LE values;
+//!    of keys), then per key an i64 LE element count and the LE values;
 //! 2. a NumPy array: `numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`
 //!    then BUILD with `(1, shape, dtype, fortran, data)` (data as bytes, or as
 //!    `_codecs.encode(str, 'latin1')` in protocol 2), or protocol 5's
 //!    `numpy.core.numeric._frombuffer(data, dtype, shape, order)`.
 //!
-//! Only the globals below are accepted; values are copied exactly as stored
-//! (no renormalisation), so an import is bit-faithful.
+//! `torch.save` files of a tensor (zip or legacy format) are read too, and a
+//! tensor may be wrapped in `torch.nn.Parameter` (`_rebuild_parameter`).
+//! Storages of float32, float64, float16 and bfloat16 are read; the output
+//! is float32, so float16/bfloat16 widen exactly and float64 is rounded to
+//! nearest (the one lossy case, reported by [`PickleForm::rounded`]).
+//!
+//! Only the globals below are accepted; values are copied as stored (no
+//! renormalisation), so an import of float32 data is bit-faithful. The
+//! `torch.*Storage` type names are accepted as names only, so that a storage
+//! of integers is refused for its element type rather than as an unknown
+//! global; nothing a pickle names is ever called.
 
 use std::path::Path;
 
 use super::error::BasisError;
+use super::io::Elem;
 use super::matrix::Basis;
 use super::pickle::{self, PickleError, Value};
 
@@ -41,7 +51,13 @@ fn allowed_outer(module: &str, name: &str) -> bool {
 }
 
 fn allowed_inner(module: &str, name: &str) -> bool {
-    (module, name) == ("torch", "FloatStorage")
+    storage_type_name(module, name)
+}
+
+/// `torch.FloatStorage`, `torch.LongStorage`, …: type markers in a
+/// persistent id, read as names (see [`storage_elem`]).
+fn storage_type_name(module: &str, name: &str) -> bool {
+    module == "torch" && name.ends_with("Storage") && name.len() > "Storage".len()
 }
 
 /// The object pickle of a whole-file legacy `torch.save` of a tensor:
@@ -50,19 +66,70 @@ fn allowed_legacy_object(module: &str, name: &str) -> bool {
     matches!(
         (module, name),
         ("torch._utils", "_rebuild_tensor_v2")
+            | ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state")
             | ("collections", "OrderedDict")
-            | ("torch", "FloatStorage")
-    )
+    ) || storage_type_name(module, name)
+}
+
+/// The element type of a torch storage class named in a persistent id;
+/// other element types are an error naming the class.
+fn storage_elem(ty: &Value, path: &Path) -> Result<Elem, BasisError> {
+    match ty.callee() {
+        Some(("torch", "FloatStorage")) => Ok(Elem::F32),
+        Some(("torch", "DoubleStorage")) => Ok(Elem::F64),
+        Some(("torch", "HalfStorage")) => Ok(Elem::F16),
+        Some(("torch", "BFloat16Storage")) => Ok(Elem::BF16),
+        Some((m, n)) => Err(perr(
+            path,
+            format!(
+                "the tensor's storage is {m}.{n}; a basis must be floating point \
+                 (float32, float64, float16 or bfloat16)"
+            ),
+        )),
+        None => Err(perr(path, "storage type is not a torch storage class")),
+    }
+}
+
+/// Little-endian elements as f32: exact except float64, rounded to nearest.
+fn decode_le(ty: Elem, b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(ty.size())
+        .map(|c| ty.decode(c, false) as f32)
+        .collect()
+}
+
+/// The tensor inside `torch.nn.Parameter`'s rebuild, or `v` itself.
+fn unwrap_parameter<'v, 'a>(v: &'v Value<'a>) -> &'v Value<'a> {
+    match v.callee() {
+        Some(("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")) => {
+            match call_parts(v) {
+                Some(([data, ..], _)) => data,
+                _ => v,
+            }
+        }
+        _ => v,
+    }
 }
 
 /// Which of the two released forms a file was.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "form", rename_all = "lowercase")]
 pub enum PickleForm {
-    /// A torch tensor in the legacy layout; `location` as recorded (e.g. `cuda:0`).
-    Torch { location: String },
+    /// A torch tensor; `location` as recorded (e.g. `cuda:0`), `dtype` its
+    /// storage's element type (`float32`, `float64`, `float16`, `bfloat16`).
+    Torch { location: String, dtype: String },
     /// A NumPy ndarray.
     Numpy { dtype: String },
+}
+
+impl PickleForm {
+    /// Whether the values were rounded on their way to float32 (float64 sources).
+    pub fn rounded(&self) -> bool {
+        match self {
+            PickleForm::Torch { dtype, .. } => dtype == "float64",
+            PickleForm::Numpy { dtype } => dtype.ends_with("f8"),
+        }
+    }
 }
 
 /// A matrix read from a pickle.
@@ -92,11 +159,12 @@ pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
     }
     let mut pos = 0;
     let top = pickle::load(data, &mut pos, &allowed_outer).map_err(|e| map_err(path, e))?;
+    let top = unwrap_parameter(&top);
     let legacy = TORCH_MAGIC.to_le_bytes()[..10].to_vec();
     match top.callee() {
-        Some(("torch._utils", "_rebuild_tensor_v2")) => torch_tensor(&top, path),
-        Some((_, "_reconstruct")) | Some((_, "_frombuffer")) => numpy_array(&top, path),
-        _ if top == Value::BigInt(legacy) => legacy_file(data, path),
+        Some(("torch._utils", "_rebuild_tensor_v2")) => torch_tensor(top, path),
+        Some((_, "_reconstruct")) | Some((_, "_frombuffer")) => numpy_array(top, path),
+        _ if *top == Value::BigInt(legacy) => legacy_file(data, path),
         _ => Err(perr(
             path,
             "the pickle holds neither a torch tensor nor a numpy array at its top level",
@@ -154,8 +222,8 @@ fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         Some(([Value::Bytes(b)], _)) => *b,
         _ => return Err(perr(path, "_load_from_bytes without a bytes argument")),
     };
-    let (values, location) = legacy_storage(inner, path)?;
-    rebuild(args, &values, location, path)
+    let (values, location, ty) = legacy_storage(inner, path)?;
+    rebuild(args, &values, location, ty, path)
 }
 
 /// A whole-file legacy `torch.save` of a tensor (`_use_new_zipfile_
@@ -165,19 +233,20 @@ fn legacy_file(b: &[u8], path: &Path) -> Result<Imported, BasisError> {
     let mut pos = 0;
     legacy_header(b, &mut pos, path)?;
     let top = pickle::load(b, &mut pos, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
+    let top = unwrap_parameter(&top);
     if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
         return Err(perr(
             path,
             "the legacy torch.save holds no tensor at its top level",
         ));
     }
-    let (args, _) = call_parts(&top).ok_or_else(|| perr(path, "malformed tensor"))?;
+    let (args, _) = call_parts(top).ok_or_else(|| perr(path, "malformed tensor"))?;
     let Some(Value::Persistent(pid)) = args.first() else {
         return Err(perr(path, "tensor storage is not a persistent id"));
     };
-    let (key, location, numel) = storage_id(pid, path)?;
-    let values = legacy_records(b, &mut pos, &key, numel, path)?;
-    rebuild(args, &values, location, path)
+    let (key, location, numel, ty) = storage_id(pid, path)?;
+    let values = legacy_records(b, &mut pos, &key, numel, ty, path)?;
+    rebuild(args, &values, location, ty, path)
 }
 
 /// A zip-format `torch.save` of a tensor (torch ≥ 1.6's default):
@@ -216,31 +285,33 @@ fn zip_file(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
     }
     let pkl = read(&pkl_name)?.unwrap_or_default();
     let top = pickle::load(&pkl, &mut 0, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
+    let top = unwrap_parameter(&top);
     if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
         return Err(bad(
             "the torch.save archive holds no tensor at its top level".into(),
         ));
     }
-    let (args, _) = call_parts(&top).ok_or_else(|| bad("malformed tensor".into()))?;
+    let (args, _) = call_parts(top).ok_or_else(|| bad("malformed tensor".into()))?;
     let Some(Value::Persistent(pid)) = args.first() else {
         return Err(bad("tensor storage is not a persistent id".into()));
     };
-    let (key, location, numel) = storage_id(pid, path)?;
+    let (key, location, numel, ty) = storage_id(pid, path)?;
     let raw = read(&format!("{prefix}data/{key}"))?.ok_or_else(|| {
         bad(format!(
             "storage `{key}` not present (no {prefix}data/{key})"
         ))
     })?;
     let bytes = numel
-        .checked_mul(4)
+        .checked_mul(ty.size())
         .and_then(|len| raw.get(..len))
         .ok_or_else(|| {
             bad(format!(
-                "storage `{key}` holds {} bytes, {numel} floats announced",
-                raw.len()
+                "storage `{key}` holds {} bytes, {numel} {} values announced",
+                raw.len(),
+                ty.torch_name()
             ))
         })?;
-    rebuild(args, &f32_le(bytes), location, path)
+    rebuild(args, &decode_le(ty, bytes), location, ty, path)
 }
 
 /// `_rebuild_tensor_v2(storage, offset, size, stride, …)` over `values`.
@@ -248,6 +319,7 @@ fn rebuild(
     args: &[Value],
     values: &[f32],
     location: String,
+    ty: Elem,
     path: &Path,
 ) -> Result<Imported, BasisError> {
     let [_, offset, size, stride, ..] = args else {
@@ -262,7 +334,10 @@ fn rebuild(
     let (n, d) = (n as usize, d as usize);
     Ok(Imported {
         basis: Basis { n, d, data },
-        form: PickleForm::Torch { location },
+        form: PickleForm::Torch {
+            location,
+            dtype: ty.torch_name().into(),
+        },
     })
 }
 
@@ -323,8 +398,8 @@ fn gather_strided(
     Ok(data)
 }
 
-/// Decodes the legacy `torch.save` bytes of one storage: (values, location).
-fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisError> {
+/// Decodes the legacy `torch.save` bytes of one storage: (values, location, type).
+fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String, Elem), BasisError> {
     let mut pos = 0;
     legacy_header(b, &mut pos, path)?;
     let obj = pickle::load(b, &mut pos, &allowed_inner).map_err(|e| map_err(path, e))?;
@@ -334,9 +409,9 @@ fn legacy_storage(b: &[u8], path: &Path) -> Result<(Vec<f32>, String), BasisErro
             "expected the storage itself (a persistent id) as the saved object",
         ));
     };
-    let (key, location, numel) = storage_id(&pid, path)?;
-    let values = legacy_records(b, &mut pos, &key, numel, path)?;
-    Ok((values, location))
+    let (key, location, numel, ty) = storage_id(&pid, path)?;
+    let values = legacy_records(b, &mut pos, &key, numel, ty, path)?;
+    Ok((values, location, ty))
 }
 
 /// The three header pickles of the legacy format: torch's magic number,
@@ -366,32 +441,32 @@ fn legacy_header(b: &[u8], pos: &mut usize, path: &Path) -> Result<(), BasisErro
 }
 
 /// `('storage', torch.FloatStorage, key, location, numel, …)` → (key,
-/// location, numel).
-fn storage_id(pid: &Value, path: &Path) -> Result<(String, String, usize), BasisError> {
+/// location, numel, element type).
+fn storage_id(pid: &Value, path: &Path) -> Result<(String, String, usize, Elem), BasisError> {
     match pid.as_seq() {
         Some([Value::Str(tag), ty, Value::Str(key), Value::Str(loc), numel, ..])
             if tag == "storage" =>
         {
-            if ty.callee() != Some(("torch", "FloatStorage")) {
-                return Err(perr(path, "storage is not a FloatStorage"));
-            }
+            let ty = storage_elem(ty, path)?;
             let numel = numel
                 .as_int()
                 .filter(|&x| x >= 0)
                 .ok_or_else(|| perr(path, "storage size is not a count"))?;
-            Ok((key.clone(), loc.clone(), numel as usize))
+            Ok((key.clone(), loc.clone(), numel as usize, ty))
         }
         _ => Err(perr(path, format!("unexpected persistent id {pid:?}"))),
     }
 }
 
-/// The key list pickle, then each storage as an int64 count and its f32
-/// values; returns storage `key`'s `numel` values.
+/// The key list pickle, then each storage as an int64 count and its
+/// values; returns storage `key`'s `numel` values (of type `ty`) as f32.
+/// The other storages' element sizes are not known here; the file holds one.
 fn legacy_records(
     b: &[u8],
     pos: &mut usize,
     key: &str,
     numel: usize,
+    ty: Elem,
     path: &Path,
 ) -> Result<Vec<f32>, BasisError> {
     let keys = pickle::load(b, pos, &allowed_inner).map_err(|e| map_err(path, e))?;
@@ -412,16 +487,21 @@ fn legacy_records(
             .ok_or_else(|| perr(path, "storage data truncated"))?;
         let count = usize::try_from(count).map_err(|_| perr(path, "negative storage size"))?;
         *pos += 8;
-        let bytes = count
-            .checked_mul(4)
-            .and_then(|len| b.get(*pos..*pos + len))
+        let end = count
+            .checked_mul(ty.size())
+            .and_then(|len| pos.checked_add(len))
+            .filter(|&end| end <= b.len())
             .ok_or_else(|| {
                 perr(
                     path,
-                    format!("storage `{k}` truncated: {count} floats announced"),
+                    format!(
+                        "storage `{k}` truncated: {count} {} values announced",
+                        ty.torch_name()
+                    ),
                 )
             })?;
-        *pos += count * 4;
+        let bytes = &b[*pos..end];
+        *pos = end;
         if k == key {
             if count != numel {
                 return Err(perr(
@@ -429,16 +509,10 @@ fn legacy_records(
                     format!("storage `{k}` has {count} values, {numel} announced"),
                 ));
             }
-            found = Some(f32_le(bytes));
+            found = Some(decode_le(ty, bytes));
         }
     }
     found.ok_or_else(|| perr(path, format!("storage `{key}` not present")))
-}
-
-fn f32_le(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// (type code like "f4", byte order char) of a `numpy.dtype(...)` value.
@@ -494,16 +568,18 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
     let (n, d) = (n as usize, d as usize);
     let (code, order) = numpy_dtype(dtype, path)?;
     let big = order == '>';
-    let size = match code.as_str() {
-        "f4" => 4,
-        "f8" => 8,
+    let elem = match code.as_str() {
+        "f2" => Elem::F16,
+        "f4" => Elem::F32,
+        "f8" => Elem::F64,
         other => {
             return Err(perr(
                 path,
-                format!("array dtype {other} not supported (f4 or f8)"),
+                format!("array dtype {other} not supported (f2, f4 or f8)"),
             ))
         }
     };
+    let size = elem.size();
     let bytes: Vec<u8> = match raw {
         Value::Bytes(b) => b.to_vec(),
         Value::Call { .. } if raw.callee() == Some(("_codecs", "encode")) => {
@@ -533,18 +609,7 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
     }
     let vals: Vec<f32> = bytes
         .chunks_exact(size)
-        .map(|c| {
-            let mut a = [0u8; 8];
-            a[..size].copy_from_slice(c);
-            if big {
-                a[..size].reverse();
-            }
-            if size == 4 {
-                f32::from_le_bytes([a[0], a[1], a[2], a[3]])
-            } else {
-                f64::from_le_bytes(a) as f32
-            }
-        })
+        .map(|c| elem.decode(c, big) as f32)
         .collect();
     let data = if fortran {
         let mut t = vec![0.0f32; n * d];
@@ -588,6 +653,43 @@ mod tests {
         cut.extend_from_slice(&TORCH_MAGIC.to_le_bytes()[..10]);
         cut.push(b'.');
         assert!(import_bytes(&cut, p).is_err());
+    }
+
+    /// Element decoding against values known bit for bit: IEEE binary16
+    /// 0x3C00 = 1, 0xC000 = −2, 0x7BFF = 65504 (largest), 0x0001 = 2⁻²⁴
+    /// (smallest subnormal), 0x0400 = 2⁻¹⁴ (smallest normal), 0x7C00 = ∞;
+    /// bfloat16 is the top half of an f32; float64 rounds to nearest.
+    #[test]
+    fn decodes_each_storage_type() {
+        let le = |v: &[u16]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let got = decode_le(
+            Elem::F16,
+            &le(&[0x3C00, 0xC000, 0x7BFF, 0x0001, 0x0400, 0x7C00, 0x8000]),
+        );
+        assert_eq!(
+            got,
+            [
+                1.0,
+                -2.0,
+                65504.0,
+                2f32.powi(-24),
+                2f32.powi(-14),
+                f32::INFINITY,
+                -0.0
+            ]
+        );
+        assert!(got[6].is_sign_negative());
+        assert!(decode_le(Elem::F16, &le(&[0x7E00]))[0].is_nan());
+        assert_eq!(
+            decode_le(Elem::BF16, &le(&[0x3F80, 0xC0A0, 0x3E20])),
+            [1.0, -5.0, 0.15625]
+        );
+        let d: Vec<u8> = [0.1f64, 1.0 + 2f64.powi(-30), -3.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(decode_le(Elem::F64, &d), [0.1f32, 1.0, -3.5]);
+        assert_eq!(decode_le(Elem::F32, &0.3f32.to_le_bytes()), [0.3f32]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum Elem {
 }
 
 impl Elem {
-    fn size(self) -> usize {
+    pub(super) fn size(self) -> usize {
         match self {
             Elem::F16 | Elem::BF16 => 2,
             Elem::F32 => 4,
@@ -45,8 +45,18 @@ impl Elem {
         }
     }
 
+    /// torch's name of the type.
+    pub(super) fn torch_name(self) -> &'static str {
+        match self {
+            Elem::F16 => "float16",
+            Elem::BF16 => "bfloat16",
+            Elem::F32 => "float32",
+            Elem::F64 => "float64",
+        }
+    }
+
     /// The value of one element's bytes (`big`: big-endian on disk), exactly.
-    fn decode(self, b: &[u8], big: bool) -> f64 {
+    pub(super) fn decode(self, b: &[u8], big: bool) -> f64 {
         let mut a = [0u8; 8];
         let k = self.size();
         a[..k].copy_from_slice(&b[..k]);
