@@ -8,6 +8,7 @@
 
 pub mod basis;
 pub mod data;
+pub mod file_kind;
 pub mod image;
 pub mod kernels;
 pub mod lock;

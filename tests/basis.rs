@@ -702,6 +702,81 @@ fn generate_refuses_unusable_shapes_and_outputs_before_running() {
     );
 }
 
+/// Files of the wrong kind are named for what they are: a folder, a named
+/// pipe (never opened: that would block), a matrix given to `import`, a
+/// trace that would land on the output or the start.
+#[test]
+fn wrong_kinds_of_file_are_named() {
+    let dir = tmp();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let e = refused(dir.path(), &["check", "sub"]);
+    assert!(e.contains("sub: is a folder"), "{e}");
+    assert!(!e.contains("No such device"), "{e}");
+    let fifo = dir.path().join("pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let e = refused(dir.path(), &["check", "pipe"]);
+    assert!(e.contains("is a named pipe"), "{e}");
+    let e = refused(dir.path(), &["import", "pipe", "--out", "x.safetensors"]);
+    assert!(e.contains("is a named pipe"), "{e}");
+    let e = refused(
+        dir.path(),
+        &words("generate --start sub --alpha auto --steps 1 --out z.safetensors"),
+    );
+    assert!(e.contains("is a folder"), "{e}");
+    // A matrix ebv reads directly is not something to import.
+    let (c, _, p) = generate(dir.path(), 20, 8, "0.9", &["--npy"]);
+    assert_eq!(c, 0);
+    for m in [p.clone(), p.with_extension("npy")] {
+        let e = refused(
+            dir.path(),
+            &["import", m.to_str().unwrap(), "--out", "y.safetensors"],
+        );
+        assert!(e.contains("nothing to import"), "{e}");
+    }
+    // One pair is "1 pair".
+    let (c, _, two) = generate(dir.path(), 2, 8, "auto", &["--steps", "0"]);
+    assert_eq!(c, 0);
+    let out = run(dir.path(), &["check", two.to_str().unwrap()]);
+    assert!(stderr(&out).contains("over 1 pair:"), "{}", stderr(&out));
+    // A budget below one block row is said, not silently stretched.
+    let out = run(dir.path(), &["check", two.to_str().unwrap(), "--mem", "1"]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("--mem 1 B is less than"),
+        "{}",
+        stderr(&out)
+    );
+    // --trace on the output (lost under it) or on the start (destroyed).
+    let before = std::fs::read(&p).unwrap();
+    for args in [
+        "generate --classes 20 --dim 8 --alpha 0.9 --trace t.safetensors --out t.safetensors",
+        "generate --classes 20 --dim 8 --alpha 0.9 --npy --trace t.npy --out t.safetensors",
+    ] {
+        let e = refused(dir.path(), &words(args));
+        assert!(e.contains("same file as --"), "{e}");
+    }
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--start",
+            p.to_str().unwrap(),
+            "--alpha",
+            "auto",
+            "--trace",
+            p.to_str().unwrap(),
+            "--out",
+            "w.safetensors",
+        ],
+    );
+    assert!(e.contains("same file as --start"), "{e}");
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+}
+
 #[test]
 fn outputs_round_trip_safetensors_and_npy() {
     let dir = tmp();

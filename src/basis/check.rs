@@ -213,6 +213,12 @@ impl Elt for f64 {
     }
 }
 
+/// The least `mem` that holds blocks of one row (f32 elements): below it
+/// the budget cannot be honoured and blocks of one row are used anyway.
+pub fn one_row_bytes(d: usize) -> u64 {
+    4 * (1 + 2 * d as u64)
+}
+
 /// Rows per block so that two r × d blocks and one r × r block fit `mem` bytes.
 fn block_rows(n: usize, d: usize, elem: usize, mem: u64) -> usize {
     let (d, elem) = (d as f64, elem as f64);

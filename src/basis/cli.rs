@@ -113,10 +113,12 @@ pub struct GenerateArgs {
     /// cpu, or cuda:K (needs a build with the cuda feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Turn off divergence recovery (reproduces the paper's collapse).
+    /// Turn off divergence recovery (sgd: reproduces the paper's collapse;
+    /// adaptive: keeps τ = α however the run stalls; pnorm has none).
     #[arg(long)]
     pub no_guard: bool,
-    /// Steps that max |cos| may stay 25% above its best before recovery acts.
+    /// sgd: steps that max |cos| may stay 25% above its best before recovery
+    /// acts; adaptive: a fifth of it without a new low of its own iterates.
     #[arg(long, default_value_t = 500)]
     pub patience: u64,
     /// Write one CSV line per step (step, max |cos|, best, violations, loss, lr, τ).
@@ -150,7 +152,8 @@ pub struct CheckArgs {
     /// Memory budget for the blocks.
     #[arg(long, default_value = "1GiB", value_parser = parse_mem)]
     pub mem: u64,
-    /// Histogram bins.
+    /// Histogram bins over [0, max |cos|], each at least 1e-4 wide (so fewer
+    /// than asked when max |cos| / 1e-4 is smaller).
     #[arg(long, default_value_t = 20)]
     pub bins: usize,
     /// GEMM precision: auto (f64 for small matrices), f32 or f64.
@@ -293,6 +296,24 @@ fn check_out(out: &Path, npy: bool) -> anyhow::Result<()> {
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let backend = backend(&a.device)?;
     check_out(&a.out, a.npy)?;
+    if let Some(t) = &a.trace {
+        // The trace is written from the first step: on one of these files it
+        // would be lost under the output, or destroy the start before use.
+        let same = |p: &Path| std::path::absolute(p).ok() == std::path::absolute(t).ok();
+        let npy = a.npy.then(|| a.out.with_extension("npy"));
+        for (flag, p) in [
+            ("--out", Some(&a.out)),
+            ("--npy", npy.as_ref()),
+            ("--start", a.start.as_ref()),
+        ] {
+            if p.is_some_and(|p| same(p)) {
+                anyhow::bail!(
+                    "--trace {}: is the same file as {flag}; give the trace its own name",
+                    t.display()
+                );
+            }
+        }
+    }
     if !(a.checkpoint_every.is_finite() && a.checkpoint_every >= 0.0) {
         anyhow::bail!("--checkpoint-every: must be a non-negative number of seconds");
     }
@@ -463,6 +484,16 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             p.slice,
             gib(p.mem_estimate)
         );
+        // One slice row is a row of C (N f32) and its mask: 8·N bytes.
+        if a.slice.is_none() && a.mem < 8 * p.n as u64 {
+            eprintln!(
+                "  note: --mem {} B is less than one slice row needs ({} B for N = {}): \
+                 slices of one row, which is slow",
+                a.mem,
+                8 * p.n as u64,
+                p.n
+            );
+        }
     }
     let pb = progress::bar(a.steps, "step", a.quiet);
     let mut trace = match &a.trace {
@@ -635,6 +666,15 @@ fn run_check(a: &CheckArgs) -> anyhow::Result<u8> {
         return Err(BasisError::arg("--tol", "must be a non-negative number").into());
     }
     let f = MatrixFile::open(&a.file)?;
+    if a.mem < super::check::one_row_bytes(f.d) && progress::chatty(a.quiet) {
+        eprintln!(
+            "note: --mem {} B is less than blocks of one row need ({} B for d = {}): using \
+             blocks of one row, which is slow",
+            a.mem,
+            super::check::one_row_bytes(f.d),
+            f.d
+        );
+    }
     let pb = progress::bar(0, "blocks", a.quiet);
     let report = check(
         &f,
@@ -677,8 +717,14 @@ fn print_report(file: &Path, format: &str, r: &CheckReport) {
         r.norm_max
     );
     eprintln!(
-        "  |cos| over {} pairs: max {:.6} (rows {} and {}), mean {:.6}, min {:.6}",
-        r.pairs, r.max_abs_cos, r.argmax[0], r.argmax[1], r.mean_abs_cos, r.min_abs_cos
+        "  |cos| over {} pair{}: max {:.6} (rows {} and {}), mean {:.6}, min {:.6}",
+        r.pairs,
+        if r.pairs == 1 { "" } else { "s" },
+        r.max_abs_cos,
+        r.argmax[0],
+        r.argmax[1],
+        r.mean_abs_cos,
+        r.min_abs_cos
     );
     eprintln!(
         "  angles {:.2}°–{:.2}° (cos {:.6} to {:.6}); GEMM in {}",

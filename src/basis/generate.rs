@@ -23,6 +23,16 @@
 //! momentum, and a step size that grows while the loss falls and shrinks
 //! (momentum reset) when it rises. The force on a pair shrinks as it nears τ,
 //! so pairs settle rather than chatter across τ as with the plain hinge.
+//! A sum over pairs is not a maximum: with τ = α far below what the shape
+//! allows, most pairs violate and the sum is lowered by trading the top pairs
+//! for the many (max |cos| stalls well above what `--alpha auto` reaches, or
+//! two rows merge, |cos| = 1, where the tangent force between them vanishes
+//! for good). Its guard therefore watches for a stall: when its own iterates
+//! (since its start or last recovery) have not improved for a fifth of
+//! `patience` steps, it restores the best matrix, restarts its step size and
+//! momentum, and from then on lowers τ by the continuation of
+//! `AlphaSpec::Auto` (never below α), which keeps the force on the top
+//! pairs. A run that reaches α without such a stall is unchanged.
 //!
 //! `Method::Pnorm` runs Adam (tangent-projected) on m·(mean (|c_ij|/m)^p)^(1/p),
 //! m the last max |cos|: a smooth max whose p rises from 8 to 128, so that
@@ -37,7 +47,8 @@
 //! the frames of nets at 1/r, `steiner`; for N ≤ d, orthonormal rows at 0,
 //! `Init::Orthogonal`); `Init::Auto` takes whichever of them is lowest for
 //! (N, d) when it meets α at once or beats what the optimisers reach from
-//! random vectors at that N/d, and orthonormal rows whenever N ≤ d. The start is evaluated
+//! random vectors at that N/d (with `--steps 0`, a random start itself),
+//! and orthonormal rows whenever N ≤ d. The start is evaluated
 //! as built (step 0), then jittered (`jitter`) so that the optimiser can
 //! leave its columns; any method then runs from there as from any start,
 //! and `--alpha auto` starts its continuation from the construction's
@@ -257,7 +268,8 @@ fn optimiser_reach(ratio: f64) -> f64 {
 /// be topped up with random rows.
 ///
 /// `Init::Auto` takes the construction with the lowest coherence when it
-/// meets α + tol at once; otherwise, with `optimise`, a topped-up frame
+/// meets α + tol at once, or when no step will run (`!optimise`) and it is
+/// below a random start's expected max |cos|; otherwise, with `optimise`, a topped-up frame
 /// below what an optimiser from random vectors reaches for this N/d
 /// (`optimiser_reach`) when its coherence is lower by more than
 /// [`TOP_UP_MARGIN`], else the whole construction when below that reach;
@@ -309,6 +321,10 @@ pub fn construction(
                 // Done at step 0, nothing to place.
                 (Some(w), _) if meets(&w) => Some(w),
                 (Some(w), Some(t)) if t.coherence * TOP_UP_MARGIN < w.coherence => Some(t),
+                // Without steps the rival is the random start itself.
+                (Some(w), t) if !optimise => Some(w)
+                    .filter(|w| w.coherence < random_max_cos(n, d).median)
+                    .or(t),
                 (Some(w), t) => Some(w).filter(|w| w.coherence < reach).or(t),
                 (None, t) => t,
             }
@@ -397,9 +413,11 @@ pub struct GenerateConfig {
     pub slice: Option<usize>,
     /// Budget for the Gram block and the violation list, in bytes.
     pub mem_bytes: u64,
-    /// Divergence recovery for `Sgd` (restore best, halve lr).
+    /// Divergence recovery: `Sgd` restores the best and halves lr,
+    /// `Adaptive` restores the best and continues by continuation on τ.
     pub guard: bool,
-    /// Steps above the best before the guard acts.
+    /// Steps above the best before the guard acts (`Sgd`); a fifth of it
+    /// without a gain of the optimiser's own iterates (`Adaptive`).
     pub patience: u64,
     /// Dense/sparse gradient choice (benchmarks force one).
     pub grad_path: GradPath,
@@ -526,7 +544,8 @@ pub struct Summary {
     pub method: Method,
     pub lr_start: f64,
     pub lr_end: f64,
-    /// Times the guard restored the best matrix and halved lr.
+    /// Times the guard restored the best matrix (`Sgd`: and halved lr;
+    /// `Adaptive`: and went on by continuation on τ).
     pub recoveries: u32,
     /// Where the Gram work ran (`cpu`, `cuda:K`).
     pub device: String,
@@ -839,6 +858,14 @@ pub fn generate_with_checkpoints(
     let mut guard = Guard::new(cfg.patience);
     let mut recoveries = 0u32;
     let mut last_gain = 0u64;
+    // The adaptive guard's view: the best max |cos| of the optimiser's own
+    // iterates since it (re)started, and the step of its last gain; a
+    // construction start is the best matrix but not one of these.
+    let (mut own_best, mut own_gain) = (f32::INFINITY, 0u64);
+    let stall_steps = (cfg.patience / 5).max(1);
+    // τ follows the continuation of `--alpha auto` (floored at α) once the
+    // adaptive guard has acted.
+    let mut continuation = target.is_none();
     let mut step = 0u64;
     let mut reached = false;
     let mut last_max: f32;
@@ -866,6 +893,12 @@ pub fn generate_with_checkpoints(
         let mx = ev.max_abs;
         m_ref = mx.max(1e-6);
         last_max = mx;
+        if mx < own_best {
+            if (mx as f64) < own_best as f64 - 1e-5 {
+                own_gain = step;
+            }
+            own_best = mx;
+        }
         if mx < best_max {
             if (mx as f64) < best_max as f64 - 1e-5 {
                 last_gain = step;
@@ -949,6 +982,31 @@ pub fn generate_with_checkpoints(
             // Noise of expected norm `jitter` per row, from a seed of its own.
             let scale = (cfg.jitter / (d as f64).sqrt()) as f32;
             add_gaussian(&mut b.data, d, cfg.seed ^ 0x6a17_7e12, scale);
+            (own_best, own_gain) = (f32::INFINITY, step + 1);
+            step += 1;
+            continue;
+        }
+
+        if cfg.guard
+            && cfg.method == Method::Adaptive
+            && target.is_some()
+            && step - own_gain >= stall_steps
+        {
+            b.data.copy_from_slice(&best.rows);
+            if best_step == 0 && plan.start.is_some() && cfg.start.is_none() && cfg.jitter > 0.0 {
+                // The best is still the construction: leave its subspace again.
+                let scale = (cfg.jitter / (d as f64).sqrt()) as f32;
+                let seed = cfg.seed ^ 0x6a17_7e12 ^ u64::from(recoveries + 1);
+                add_gaussian(&mut b.data, d, seed, scale);
+            }
+            let floor = target.unwrap_or(welch);
+            tau = (welch + AUTO_SHRINK * (best_max as f64 - welch)).max(floor);
+            continuation = true;
+            lr = plan.lr;
+            velocity.fill(0.0);
+            prev_loss = None;
+            (own_best, own_gain) = (f32::INFINITY, step + 1);
+            recoveries += 1;
             step += 1;
             continue;
         }
@@ -1011,8 +1069,9 @@ pub fn generate_with_checkpoints(
                     });
             }
         }
-        if target.is_none() && mx as f64 <= tau + cfg.tol {
-            tau = welch + AUTO_SHRINK * (mx as f64 - welch);
+        if continuation && mx as f64 <= tau + cfg.tol {
+            let floor = target.unwrap_or(welch);
+            tau = (welch + AUTO_SHRINK * (mx as f64 - welch)).max(floor);
             prev_loss = None;
         }
         step += 1;
@@ -1173,6 +1232,34 @@ mod tests {
         assert!(!g.diverged(0.1, best) && g.diverged(0.13, best));
     }
 
+    /// An α just above the Welch bound (N = 200, d = 16: Welch 0.2404,
+    /// α 0.25) is legal but beyond what the optimisers reach. Without its
+    /// guard the adaptive method merges two rows (|cos| = 1, a state the
+    /// tangent-projected force cannot leave) and ends at its step-8 best,
+    /// 0.67; with it, it ends near what `--alpha auto` reaches (0.38 here).
+    #[test]
+    fn adaptive_guard_rescues_an_alpha_out_of_reach() {
+        let run = |alpha: AlphaSpec, guard: bool| {
+            let mut c = cfg(200, 16, 0.25);
+            c.alpha = alpha;
+            c.method = Method::Adaptive;
+            c.max_steps = 600;
+            c.guard = guard;
+            generate(&c, &mut |_| {}).unwrap().summary
+        };
+        let off = run(AlphaSpec::Value(0.25), false);
+        let on = run(AlphaSpec::Value(0.25), true);
+        let auto = run(AlphaSpec::Auto, true);
+        assert!(off.last_max_abs_cos > 0.999, "{off:?}");
+        assert!(off.max_abs_cos > 0.6 && off.recoveries == 0, "{off:?}");
+        assert!(on.recoveries >= 1, "{on:?}");
+        assert!(on.max_abs_cos < 0.45, "{on:?}");
+        assert!(
+            on.max_abs_cos < auto.max_abs_cos * 1.1,
+            "{on:?} vs {auto:?}"
+        );
+    }
+
     #[test]
     fn refuses_alpha_below_welch() {
         // The paper's issue #4 case: N=1041, d=384, α=0.002 (Welch 0.0406).
@@ -1262,14 +1349,18 @@ mod tests {
         let mut c = cfg(1000, 480, 0.035);
         c.init = Init::Auto;
         assert_eq!(plan(&c).unwrap().init, Init::Random);
-        // A frame short of N is topped up only when steps will run (the
-        // whole net of AG(2, 11), 1/12, neither meets 0.07 nor beats the
-        // optimiser there).
+        // A frame short of N is topped up only when steps will run; without
+        // steps the whole net of AG(2, 11) (1/12: it neither meets 0.07 nor
+        // beats the optimiser there) is taken, as it beats random rows.
         let mut c = cfg(1000, 200, 0.07);
         c.init = Init::Auto;
-        assert_eq!(plan(&c).unwrap().init, Init::Steiner);
+        let p = plan(&c).unwrap();
+        assert_eq!(p.init, Init::Steiner);
+        assert_eq!(p.start.map(|s| s.topped_up), Some(24));
         c.max_steps = 0;
-        assert_eq!(plan(&c).unwrap().init, Init::Random);
+        let p = plan(&c).unwrap();
+        assert_eq!(p.init, Init::Steiner);
+        assert_eq!(p.start.map(|s| s.topped_up), Some(0));
         let mut c = cfg(3875, 775, 0.05);
         c.init = Init::Auto;
         assert_eq!(plan(&c).unwrap().init, Init::Steiner);
@@ -1310,7 +1401,10 @@ mod tests {
         // …but at (1000, 200) the radical (61, 5) frame (976 at 1/15) wins,
         // topped up with 24 random rows, when an optimiser will place them.
         assert_eq!(pick_with(1000, 200, auto, true), Some((Init::Steiner, 24)));
-        assert_eq!(pick_with(1000, 200, auto, false), None);
+        // Without steps no optimiser will beat the net (1.32 ×): random rows
+        // would stay at 5.4 ×.
+        assert_eq!(pick_with(1000, 200, auto, false), Some((Init::Steiner, 0)));
+        assert_eq!(pick_with(1000, 480, auto, false), Some((Init::Steiner, 0)));
         // N ≤ d: orthonormal rows, whatever α asks.
         assert_eq!(pick(300, 400, auto), Some(Init::Orthogonal));
         assert_eq!(

@@ -141,6 +141,16 @@ pub struct Imported {
 
 /// Reads `path` (a `.pkl` of either form) into memory.
 pub fn import_pickle(path: &Path) -> Result<Imported, BasisError> {
+    match crate::file_kind::not_regular(path) {
+        Ok(None) => {}
+        Ok(Some(kind)) => {
+            return Err(BasisError::format(
+                path,
+                format!("is a {kind}, not a pickle or torch.save file"),
+            ))
+        }
+        Err(e) => return Err(BasisError::io(path, e)),
+    }
     let data = std::fs::read(path).map_err(|e| BasisError::io(path, e))?;
     import_bytes(&data, path)
 }
@@ -151,6 +161,23 @@ pub fn import_bytes(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
     const EXPORT: &str = "save the matrix with NumPy instead (np.save('ebv.npy', \
                           t.detach().cpu().float().numpy())): ebv-basis check, --start and \
                           ebv-train --ebv read .npy files as they are";
+    // The formats ebv reads directly: a likely mix-up, named as such.
+    let direct = if data.starts_with(b"\x93NUMPY") {
+        Some(".npy")
+    } else if super::io::looks_like_safetensors(data) {
+        Some("safetensors")
+    } else {
+        None
+    };
+    if let Some(kind) = direct {
+        return Err(BasisError::format(
+            path,
+            format!(
+                "a {kind} matrix, not a pickle: nothing to import; ebv-basis check, --start and \
+                 ebv-train --ebv read it as it is"
+            ),
+        ));
+    }
     if data.starts_with(b"PK\x03\x04") {
         return zip_file(data, path).map_err(|e| match e {
             BasisError::Pickle { reason, .. } => perr(path, format!("{reason}; {EXPORT}")),

@@ -86,6 +86,19 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
+/// Refuses a folder, named pipe, device or socket by name before it is
+/// opened (a pipe would block; mapping a folder fails as "No such device").
+pub fn regular_file(path: &Path) -> Result<(), BasisError> {
+    match crate::file_kind::not_regular(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(kind)) => Err(BasisError::format(
+            path,
+            format!("is a {kind}, not a matrix file (safetensors or .npy)"),
+        )),
+        Err(e) => Err(BasisError::io(path, e)),
+    }
+}
+
 /// A memory-mapped N × d matrix in a safetensors or `.npy` file.
 pub struct MatrixFile {
     path: PathBuf,
@@ -108,6 +121,7 @@ pub struct MatrixFile {
 impl MatrixFile {
     /// Opens `path`, recognising the format by its first bytes.
     pub fn open(path: &Path) -> Result<Self, BasisError> {
+        regular_file(path)?;
         let file = File::open(path).map_err(|e| BasisError::io(path, e))?;
         // SAFETY: the map is read-only; a file truncated under us by another
         // process is outside what this tool guards against (as for any reader).
@@ -180,7 +194,7 @@ impl MatrixFile {
 /// A safetensors file: a u64 LE header length that fits the file, then the
 /// JSON header's `{`. Checked before the pickle test, since a header of 384
 /// (or any length ≡ 0x80 mod 256) starts the file with a pickle's 0x80.
-fn looks_like_safetensors(map: &[u8]) -> bool {
+pub(super) fn looks_like_safetensors(map: &[u8]) -> bool {
     match map.get(..9) {
         Some(head) => {
             let mut len = [0u8; 8];
@@ -276,12 +290,13 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     // '=' is native order and '|' "not applicable": numpy writes '<'/'>' for
     // floats, but both are legal; '=' means the writer's order, assumed little.
-    let (order, code) = descr.split_at(descr.len().min(1));
-    let big = match order {
-        ">" => true,
-        "<" | "=" | "|" => false,
-        _ => return Err(bad(&format!("dtype {descr} not supported"))),
+    // A descr without an order character ('f4', which numpy also accepts)
+    // is native order too.
+    let (order, code) = match descr.split_at(descr.len().min(1)) {
+        (o @ (">" | "<" | "=" | "|"), code) => (o, code),
+        _ => ("=", descr),
     };
+    let big = order == ">";
     let elem = match code {
         "f2" => Elem::F16,
         "f4" => Elem::F32,
@@ -566,7 +581,11 @@ mod tests {
         let le: Vec<u8> = halves.iter().flat_map(|h| h.0.to_le_bytes()).collect();
         let be: Vec<u8> = halves.iter().flat_map(|h| h.0.to_be_bytes()).collect();
         let mut got = vec![0.0f32; 6];
-        for (name, descr, bytes) in [("le.npy", "<f2", le), ("be.npy", ">f2", be)] {
+        for (name, descr, bytes) in [
+            ("le.npy", "<f2", le.clone()),
+            ("be.npy", ">f2", be),
+            ("bare.npy", "f2", le),
+        ] {
             open(name, npy(descr, false, (2, 3), &bytes)).read_rows(0, 2, &mut got);
             assert_eq!(got, want, "{descr}");
         }

@@ -341,15 +341,44 @@ pub fn save_safetensors(
         views.push((name.as_str(), view));
     }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| e.to_string())
+        .and_then(sorted_header)
+        .map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: e,
+        })?;
     crate::shard::write_replace(path, &data, true).map_err(|e| ModelError::Checkpoint {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
     Ok(())
+}
+
+/// `data` (a serialised safetensors file) with its JSON header written
+/// again with sorted keys. The safetensors crate writes `__metadata__` from
+/// a HashMap, in an order that changes from process to process, so two
+/// identical runs would write checkpoints that differ byte for byte.
+/// (serde_json's map is a BTreeMap; the header stays padded with spaces to a
+/// multiple of 8 bytes, and the tensors' offsets are relative to its end.)
+fn sorted_header(data: Vec<u8>) -> Result<Vec<u8>, String> {
+    let len = data
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .ok_or("serialised safetensors shorter than its header length")?;
+    let body = data
+        .get(8..)
+        .filter(|b| b.len() >= len)
+        .ok_or("serialised safetensors shorter than its header")?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&body[..len]).map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + body.len() - len);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&body[len..]);
+    Ok(out)
 }
 
 /// The elements of `t` as little-endian bytes (safetensors' layout).
@@ -417,5 +446,48 @@ mod tests {
             s.first_non_finite().unwrap().as_deref(),
             Some("bn.running_var")
         );
+    }
+
+    /// The same tensors and metadata give the same bytes every time (the
+    /// metadata passes through a HashMap whose order changes per instance),
+    /// and the file reads back to them.
+    #[test]
+    fn saved_files_are_byte_identical_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ParamStore::new(&Device::Cpu, DType::F32, 7);
+        s.normal("b.weight", &[3, 2], 1.0, ParamKind::Weight)
+            .unwrap();
+        s.normal("a.weight", &[5], 1.0, ParamKind::Weight).unwrap();
+        s.counter("a.num_batches_tracked").unwrap();
+        let meta: BTreeMap<String, String> = (0..12)
+            .map(|i| (format!("key.{i}"), format!("value {i}")))
+            .collect();
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("m{i}.safetensors"));
+                s.save(&p, &meta).unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| *f == files[0]));
+        let st = safetensors::SafeTensors::deserialize(&files[0]).unwrap();
+        assert_eq!(st.len(), 3);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&files[0]).unwrap();
+        let got: BTreeMap<String, String> = m.metadata().clone().unwrap().into_iter().collect();
+        assert_eq!(got, meta);
+        let w = st.tensor("b.weight").unwrap();
+        let want: Vec<u8> = s
+            .get("b.weight")
+            .unwrap()
+            .var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(w.data(), &want[..]);
     }
 }

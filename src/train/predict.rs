@@ -38,10 +38,11 @@ pub fn predict(
     device: &Device,
 ) -> Result<Prediction, TrainError> {
     // Opening a FIFO or a device would block or never end: only files.
-    let meta = std::fs::metadata(image).map_err(|e| TrainError::io(image, e))?;
-    if !meta.is_file() {
+    if let Some(kind) =
+        crate::file_kind::not_regular(image).map_err(|e| TrainError::io(image, e))?
+    {
         return Err(TrainError::Other(format!(
-            "{}: not a regular file",
+            "{}: not a regular file (a {kind})",
             image.display()
         )));
     }

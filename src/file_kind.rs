@@ -1,0 +1,62 @@
+//! What a path is, in words, for the refusals of tools that read files.
+//!
+//! Invariant: nothing here opens the path. Opening a named pipe blocks until
+//! a writer appears, a character device may never end, and a folder cannot
+//! be read or memory-mapped as a file (it fails with errors such as "No
+//! such device"), so readers ask `metadata` (which never blocks) first.
+
+use std::fs::FileType;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+/// The kind of file `ft` describes: "regular file", "folder", "named pipe",
+/// "socket", "device", "symbolic link" or "special file".
+pub fn describe(ft: &FileType) -> &'static str {
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_dir() {
+        "folder"
+    } else if ft.is_fifo() {
+        "named pipe"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+/// `Ok(None)` when `path` (symbolic links followed) is a regular file,
+/// `Ok(Some(kind))` when it is something else, `Err` when it cannot be
+/// looked up (missing, no permission).
+pub fn not_regular(path: &Path) -> std::io::Result<Option<&'static str>> {
+    let ft = std::fs::metadata(path)?.file_type();
+    Ok((!ft.is_file()).then(|| describe(&ft)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(not_regular(&file).unwrap(), None);
+        assert_eq!(not_regular(dir.path()).unwrap(), Some("folder"));
+        assert_eq!(not_regular(Path::new("/dev/null")).unwrap(), Some("device"));
+        let fifo = dir.path().join("p");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert_eq!(not_regular(&fifo).unwrap(), Some("named pipe"));
+        }
+        // A link is followed to what it names.
+        std::os::unix::fs::symlink(&file, dir.path().join("l")).unwrap();
+        assert_eq!(not_regular(&dir.path().join("l")).unwrap(), None);
+        assert!(not_regular(&dir.path().join("missing")).is_err());
+    }
+}
