@@ -2548,3 +2548,446 @@ fn one_pixel_images_and_lying_headers() {
         assert!(wide.chunks(24).all(|r| r == &wide[..24]), "{mode}");
     }
 }
+
+/// A small class-folder source under `top` (`train/{cat,dog}` ×2 and
+/// `val/{cat,dog}` ×1), as (name, bytes).
+fn small_folders(top: &str) -> Entries {
+    let mut e = Vec::new();
+    for (c, class) in ["cat", "dog"].iter().enumerate() {
+        for i in 0..2u32 {
+            e.push((
+                format!("{top}train/{class}/{i}.jpg"),
+                jpeg_rgb(16, 16, c as u32 * 10 + i),
+            ));
+        }
+        e.push((
+            format!("{top}val/{class}/v.jpg"),
+            jpeg_rgb(16, 16, c as u32 + 50),
+        ));
+    }
+    e
+}
+
+/// Packs `src` at 16×16 and returns the process output.
+fn pack16(src: &Path, out: &Path) -> std::process::Output {
+    run_within(
+        &[s(src), "--out", s(out), "--size", "16", "--json", "--quiet"],
+        60,
+    )
+}
+
+#[test]
+fn training_folders_in_several_places_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = jpeg_rgb(16, 16, 99);
+    for (case, extra_name, named) in [
+        (
+            "backup",
+            "backup/train/cat/x.jpg",
+            ["backup/train", "train"],
+        ),
+        ("training", "training/dog/x.jpg", ["train", "training"]),
+        ("upper", "TRAIN/cat/x.jpg", ["TRAIN", "train"]),
+    ] {
+        let src = dir.path().join(case);
+        let mut entries = small_folders("");
+        entries.push((extra_name.into(), extra.clone()));
+        write_dir(&src, &entries);
+        let o = pack16(&src, &dir.path().join(format!("out-{case}")));
+        assert_eq!(o.status.code(), Some(2), "{case}: {}", stderr_of(&o));
+        let want = format!(
+            "training folders in different places ({}, {}); keep one",
+            named[0], named[1]
+        );
+        assert!(stderr_of(&o).contains(&want), "{case}: {}", stderr_of(&o));
+    }
+    // Two copies of the layout side by side, one with a class of its own.
+    let src = dir.path().join("two");
+    let mut entries = small_folders("a/");
+    entries.push(("b/train/bird/b.jpg".into(), extra.clone()));
+    write_dir(&src, &entries);
+    let o = pack16(&src, &dir.path().join("out-two"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr_of(&o).contains("training folders in different places (a/train, b/train)"),
+        "{}",
+        stderr_of(&o)
+    );
+    // One train/ and one val/ at any depth of one top folder still pack.
+    let src = dir.path().join("deep");
+    write_dir(&src, &small_folders("x/y/z/"));
+    let summary = json_of(&pack16(&src, &dir.path().join("out-deep")));
+    assert_eq!(summary["splits"]["train"]["rows"], 4);
+    assert_eq!(summary["splits"]["val"]["rows"], 2);
+    assert_eq!(summary["notes"], serde_json::json!([]));
+}
+
+#[test]
+fn hidden_class_folders_are_rejected_not_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "val"] {
+        // Under train/ the folder would take label 0; under val/ alone it
+        // would stop the pack as a validation class without training images.
+        let src = dir.path().join(split);
+        let mut entries = small_folders("");
+        let hidden = format!("{split}/.ipynb_checkpoints/0-checkpoint.jpg");
+        entries.push((hidden.clone(), jpeg_rgb(16, 16, 77)));
+        write_dir(&src, &entries);
+        let out = dir.path().join(format!("out-{split}"));
+        let summary = json_of(&pack16(&src, &out));
+        assert_eq!(
+            std::fs::read_to_string(out.join("classes.tsv")).unwrap(),
+            "0\tcat\n1\tdog\n",
+            "{split}"
+        );
+        assert_eq!(summary["rejected_by_reason"]["hidden folder"], 1);
+        let m = manifest(&out);
+        let rejected = m["rejected"].as_array().unwrap();
+        assert_eq!(rejected.len(), 1, "{split}: {rejected:?}");
+        assert_eq!(rejected[0]["key"], hidden.as_str());
+        assert_eq!(rejected[0]["split"], split);
+        assert!(rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("hidden folder ('.ipynb_checkpoints'"));
+        assert_eq!(m["totals"][split]["rejected"], 1);
+    }
+}
+
+#[test]
+fn the_exact_val_spelling_wins_over_a_case_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut entries = small_folders("");
+    // `VAL` sorts before `val` byte by byte; it must not win for that.
+    entries.push(("VAL/cat/x.jpg".into(), jpeg_rgb(16, 16, 60)));
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let summary = json_of(&pack16(&src, &out));
+    assert_eq!(summary["splits"]["val"]["rows"], 2);
+    assert!(read_split(&out, "val")
+        .iter()
+        .all(|r| r.key.starts_with("val/")));
+    assert_eq!(
+        summary["notes"][0],
+        "validation split from 'val/'; ignored 'VAL/' (their files are listed as rejected)"
+    );
+    let rej = rejections(&out);
+    assert_eq!(rej.len(), 1);
+    assert_eq!(rej[0].0, "VAL/cat/x.jpg");
+}
+
+#[test]
+fn class_folders_whose_names_clash_once_escaped_are_not_merged() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_dir(&src, &small_folders(""));
+    // `a<0xFF>b` and a folder literally named `a\xffb`: one key spelling.
+    let raw = src
+        .join("train")
+        .join(std::ffi::OsStr::from_bytes(b"a\xffb"));
+    let literal = src.join("train").join("a\\xffb");
+    for (folder, seed) in [(&raw, 1), (&literal, 2)] {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(folder.join(format!("{seed}.jpg")), jpeg_rgb(16, 16, seed)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let summary = json_of(&pack16(&src, &out));
+    assert_eq!(summary["splits"]["train"]["rows"], 5);
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.tsv")).unwrap(),
+        "0\ta\\xffb\n1\tcat\n2\tdog\n"
+    );
+    // As for files of clashing names, the last stored name (the byte) is
+    // packed and the other is rejected, saying why.
+    let rej = rejections(&out);
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].0, "train/a\\xffb/2.jpg");
+    assert!(
+        rej[0]
+            .1
+            .starts_with("duplicate folder name: 2 folders have the name 'train/a\\xffb/'"),
+        "{}",
+        rej[0].1
+    );
+    assert!(read_split(&out, "train")
+        .iter()
+        .any(|r| r.key == "train/a\\xffb/1.jpg" && r.label == 0));
+}
+
+#[test]
+fn source_name_is_the_folder_name_however_it_is_typed() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("set");
+    write_dir(&src, &small_folders(""));
+    let name_of = |cwd: &Path, source: &str, out: &str| {
+        let o = std::process::Command::new(BIN)
+            .current_dir(cwd)
+            .args([source, "--out", out, "--size", "16", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{source}: {}", stderr_of(&o));
+        manifest(&cwd.join(out))["source"]["name"].clone()
+    };
+    assert_eq!(name_of(&src, ".", "../o1"), "set");
+    assert_eq!(name_of(&src, "./", "../o2"), "set");
+    assert_eq!(name_of(&src.join("train"), "..", "../../o3"), "set");
+    assert_eq!(name_of(dir.path(), "./set/.", "o4"), "set");
+    // A name that is not UTF-8 is spelt as keys spell it.
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"set\xff"));
+    std::fs::rename(&src, &odd).unwrap();
+    assert_eq!(name_of(&odd, ".", "../o5"), "set\\xff");
+}
+
+#[test]
+fn an_out_that_is_a_file_or_a_dangling_link_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_dir(&src, &small_folders(""));
+    let file = dir.path().join("notadir");
+    std::fs::write(&file, b"hello").unwrap();
+    let o = pack16(&src, &file);
+    assert_eq!(o.status.code(), Some(2));
+    let want = format!("--out {} is a file, not a folder", file.display());
+    assert!(stderr_of(&o).contains(&want), "{}", stderr_of(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+    let link = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("gone/dir"), &link).unwrap();
+    let o = pack16(&src, &link);
+    assert_eq!(o.status.code(), Some(2));
+    let want = format!(
+        "--out {} is a symbolic link to a missing folder",
+        link.display()
+    );
+    assert!(stderr_of(&o).contains(&want), "{}", stderr_of(&o));
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+#[test]
+fn a_named_pipe_source_is_refused_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("srcpipe");
+    mkfifo(&pipe);
+    // Opening the pipe would block until a writer came: the deadline
+    // turns that into a failure.
+    let o = run_within(
+        &[s(&pipe), "--out", s(&dir.path().join("out")), "--quiet"],
+        30,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let want = format!(
+        "SOURCE must be a zip file or a folder: {} is a named pipe",
+        pipe.display()
+    );
+    assert!(stderr_of(&o).contains(&want), "{}", stderr_of(&o));
+}
+
+#[test]
+fn a_folder_too_deep_to_name_is_an_unreadable_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_dir(&src, &small_folders(""));
+    // Folders made one below the other through descriptors, until the
+    // path is longer than PATH_MAX (4096): no path names the deepest.
+    let top = std::ffi::CString::new(s(&src.join("train/cat"))).unwrap();
+    let long = std::ffi::CString::new("d".repeat(250)).unwrap();
+    // SAFETY: valid NUL-terminated paths and descriptors this test owns.
+    unsafe {
+        let mut fd = libc::open(top.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+        assert!(fd >= 0);
+        for _ in 0..18 {
+            assert_eq!(libc::mkdirat(fd, long.as_ptr(), 0o755), 0);
+            let next = libc::openat(fd, long.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+            assert!(next >= 0);
+            libc::close(fd);
+            fd = next;
+        }
+        libc::close(fd);
+    }
+    let out = dir.path().join("out");
+    let summary = json_of(&pack16(&src, &out));
+    assert_eq!(summary["splits"]["train"]["rows"], 4);
+    let m = manifest(&out);
+    let rejected = m["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let key = rejected[0]["key"].as_str().unwrap();
+    assert!(
+        key.starts_with("train/cat/ddd") && key.ends_with("d/"),
+        "{key}"
+    );
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreadable folder: "),
+        "{}",
+        rejected[0]["reason"]
+    );
+    assert_eq!(rejected[0]["split"], "train");
+}
+
+#[test]
+fn macos_metadata_in_a_class_folder_counts_in_its_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = small_folders("data/");
+    entries.push(("data/train/cat/.DS_Store".into(), b"Bud1".to_vec()));
+    entries.push(("data/val/dog/._v.jpg".into(), b"\0\x05\x16\x07".to_vec()));
+    entries.push(("data/test/dog/._w.jpg".into(), b"\0\x05\x16\x07".to_vec()));
+    entries.push((
+        "__MACOSX/data/train/cat/._0.jpg".into(),
+        b"\0\x05\x16\x07".to_vec(),
+    ));
+    let zip = dir.path().join("src.zip");
+    write_zip(&zip, &entries);
+    let out = dir.path().join("out");
+    let summary = json_of(&pack16(&zip, &out));
+    let m = manifest(&out);
+    let split_of: BTreeMap<String, serde_json::Value> = m["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|r| assert_eq!(r["reason"], "macOS metadata"))
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r["split"].clone()))
+        .collect();
+    assert_eq!(split_of.len(), 4);
+    assert_eq!(split_of["data/train/cat/.DS_Store"], "train");
+    assert_eq!(split_of["data/val/dog/._v.jpg"], "val");
+    // A test/ folder beside the chosen val/ is part of no split; nor is a
+    // zip's __MACOSX/ shadow tree.
+    assert!(split_of["data/test/dog/._w.jpg"].is_null());
+    assert!(split_of["__MACOSX/data/train/cat/._0.jpg"].is_null());
+    assert_eq!(m["totals"]["train"]["rejected"], 1);
+    assert_eq!(m["totals"]["val"]["rejected"], 1);
+    assert_eq!(summary["splits"]["train"]["rejected"], 1);
+}
+
+fn warnings_of(summary: &serde_json::Value) -> Vec<String> {
+    summary["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_empty_split_names_its_rejected_folder_or_list() {
+    let dir = tempfile::tempdir().unwrap();
+    // val/ is a link back up (a cycle): rejected whole.
+    let src = dir.path().join("folders");
+    write_dir(&src, &small_folders(""));
+    std::fs::remove_dir_all(src.join("val")).unwrap();
+    std::os::unix::fs::symlink(".", src.join("val")).unwrap();
+    let summary = json_of(&pack16(&src, &dir.path().join("out1")));
+    let warnings = warnings_of(&summary);
+    assert!(
+        warnings.contains(
+            &"val: no rows (its folder 'val/' was rejected: symbolic link cycle: links to a \
+              folder that contains it)"
+                .to_string()
+        ),
+        "{warnings:?}"
+    );
+    // val.txt is a named pipe: rejected unread.
+    let src = dir.path().join("lists");
+    write_dir(
+        &src,
+        &[
+            ("train/0.jpg".into(), jpeg_rgb(16, 16, 1)),
+            ("train/1.jpg".into(), jpeg_rgb(16, 16, 2)),
+            ("val/2.jpg".into(), jpeg_rgb(16, 16, 3)),
+            (
+                "train.txt".into(),
+                b"train/0.jpg 0\ntrain/1.jpg 1\n".to_vec(),
+            ),
+        ],
+    );
+    mkfifo(&src.join("val.txt"));
+    let out = dir.path().join("out2");
+    let summary = json_of(&pack16(&src, &out));
+    let warnings = warnings_of(&summary);
+    assert!(
+        warnings.contains(
+            &"val: no rows (its list file 'val.txt' was rejected: not a regular file (named \
+              pipe))"
+                .to_string()
+        ),
+        "{warnings:?}"
+    );
+    let m = manifest(&out);
+    assert!(m["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["key"] == "val.txt" && r["split"] == "val"));
+    // A source without val images still says so.
+    let src = dir.path().join("trainonly");
+    write_dir(
+        &src,
+        &small_folders("")
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("train/"))
+            .collect::<Vec<_>>(),
+    );
+    let summary = json_of(&pack16(&src, &dir.path().join("out3")));
+    assert!(
+        warnings_of(&summary).contains(&"val: no rows (the source has no val images)".to_string()),
+        "{summary}"
+    );
+}
+
+#[test]
+fn max_pixels_rejects_the_same_images_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // 16×16 JPEGs pass through at --size 16 (256 pixels); 8×8 PNGs (64)
+    // are converted. A limit of 100 pixels refuses the JPEGs in any mode.
+    write_dir(
+        &src,
+        &[
+            ("train/a/1.jpg".into(), jpeg_rgb(16, 16, 1)),
+            ("train/a/2.png".into(), png_rgb(8, 8, 2)),
+            ("train/b/3.jpg".into(), jpeg_rgb(16, 16, 3)),
+            ("train/b/4.png".into(), png_rgb(8, 8, 4)),
+        ],
+    );
+    let modes: [&[&str]; 3] = [&[], &["--verify", "decode"], &["--encoding", "raw"]];
+    for (k, mode) in modes.iter().enumerate() {
+        let out = dir.path().join(format!("out{k}"));
+        let args = [
+            &[
+                s(&src),
+                "--out",
+                s(&out),
+                "--size",
+                "16",
+                "--max-pixels",
+                "100",
+                "--json",
+                "--quiet",
+            ][..],
+            mode,
+        ]
+        .concat();
+        let summary = json_of(&run_within(&args, 60));
+        assert_eq!(summary["splits"]["train"]["rows"], 2, "{mode:?}");
+        let mut rej = rejections(&out);
+        rej.sort();
+        let want = "image exceeds the pixel limit (16x16 > 100 pixels)".to_string();
+        assert_eq!(
+            rej,
+            [
+                ("train/a/1.jpg".to_string(), want.clone()),
+                ("train/b/3.jpg".to_string(), want)
+            ],
+            "{mode:?}"
+        );
+    }
+}

@@ -4,12 +4,13 @@
 //! complete is stored byte for byte (checked from its markers, or by a
 //! full decode with `--verify decode`); everything else is decoded,
 //! oriented, converted to RGB, resized and stored raw or re-encoded.
+//! `--max-pixels` rejects the same images whichever path they take.
 
 use std::cell::RefCell;
 
 use crate::image::{
     decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8, sniff_format, DecodeLimits,
-    ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image,
+    ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image,
 };
 use crate::shard::Encoding;
 
@@ -74,6 +75,18 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
             return Err("corrupt jpeg: truncated (no end-of-image marker)".into());
         }
         if header.is_passthrough(cfg.width, cfg.height) {
+            // The limit a decode applies, from the same header numbers, so
+            // that `--verify header` rejects what `decode` and `raw` do.
+            let (width, height) = (header.width, header.height);
+            if u64::from(width) * u64::from(height) > cfg.limits.max_pixels {
+                let limit = cfg.limits.max_pixels;
+                return Err(ImageError::TooLarge {
+                    width,
+                    height,
+                    limit,
+                }
+                .to_string());
+            }
             if cfg.verify == Verify::Decode {
                 decode_rgb8(&bytes, cfg.limits).map_err(|e| e.to_string())?;
             }

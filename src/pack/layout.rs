@@ -33,12 +33,19 @@
 //!   without a label as such, each with its list and line.
 //! - Class folders with several validation folders side by side
 //!   (`train/`, `val/`, `test/`) use the first of `val`, `validation`,
-//!   `valid`, `test`; the others' files are rejected as not part of the
-//!   layout, naming the folder used.
+//!   `valid`, `test` (`val/` before `VAL/`: the exact spelling before a
+//!   case variant); the others' files are rejected as not part of the
+//!   layout, naming the folder used. Validation folders in different
+//!   places, and training folders in more than one place (`train/` and
+//!   `backup/train/`, `train/` and `training/`), are an error naming them:
+//!   packing them all would double what they share.
+//! - A class folder whose name starts with `.` (`.ipynb_checkpoints`) is no
+//!   class: its files are rejected as a hidden folder.
 //!
 //! A rejected entry records the split it would have gone to (the list that
-//! names it, the `train/`/`val/` folder it lies under), so per-split counts
-//! add up; entries outside every split record none.
+//! names it, the `train/`/`val/` folder it lies under, macOS metadata
+//! included), so per-split counts add up; entries outside every split
+//! record none.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -125,6 +132,8 @@ fn basename(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+const MACOS_METADATA: &str = "macOS metadata";
+
 fn is_macos_junk(name: &str) -> bool {
     name.split('/').any(|c| c == "__MACOSX") || {
         let b = basename(name);
@@ -151,13 +160,15 @@ pub fn plan(
     // Entries the source could not read (encrypted, another compression, a
     // repeated name): the layout still says which split they belonged to.
     let mut problems = Vec::new();
+    // macOS metadata: rejected once the layout says which split it lies in.
+    let mut junk = Vec::new();
     for (i, e) in source.entries().iter().enumerate() {
         if e.unsafe_path {
             rejected.push(reject(&e.name, None, "unsafe path"));
         } else if e.problem.is_some() {
             problems.push(i);
         } else if is_macos_junk(&e.name) {
-            rejected.push(reject(&e.name, None, "macOS metadata"));
+            junk.push(i);
         } else {
             usable.push(i);
         }
@@ -197,13 +208,21 @@ pub fn plan(
             list_plan(source, &usable, &problems, &found_lists)?
         }
         LayoutKind::ClassFolders => {
-            let plan = folder_plan(source, &usable, &problems)?;
+            let plan = folder_plan(source, &usable, &problems, &junk)?;
             if plan.items.is_empty() {
                 return Err(missing());
             }
             plan
         }
     };
+    if plan.layout != LayoutKind::ClassFolders {
+        // Lists and IDX files name their splits themselves: a file they do
+        // not name belongs to none.
+        rejected.extend(
+            junk.iter()
+                .map(|&i| reject(&entries[i].name, None, MACOS_METADATA)),
+        );
+    }
     rejected.append(&mut plan.rejected);
     plan.rejected = rejected;
     if let Some(names) = class_names {
@@ -335,24 +354,50 @@ fn split_above(name: &str, chosen_val: Option<&str>) -> Option<Split> {
     None
 }
 
-fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<Plan, PackError> {
+/// A class folder whose name starts with `.` (`.ipynb_checkpoints`, an
+/// editor's or a sync tool's folder) holds no class: taking it for one
+/// would give it a label and shift every real class's.
+fn hidden_class(class: &str) -> bool {
+    class.starts_with('.')
+}
+
+/// The split of macOS metadata in a class-folder source: the one of the
+/// folder it lies in (`train/cat/.DS_Store` is a training entry), but none
+/// for a zip's `__MACOSX/` shadow tree, which mirrors the folders without
+/// being part of them.
+fn junk_split(name: &str, chosen_val: Option<&str>) -> Option<Split> {
+    if name.split('/').any(|c| c == "__MACOSX") {
+        None
+    } else {
+        split_above(name, chosen_val)
+    }
+}
+
+fn folder_plan(
+    source: &Source,
+    usable: &[usize],
+    problems: &[usize],
+    junk: &[usize],
+) -> Result<Plan, PackError> {
     let entries = source.entries();
     let mut rejected = Vec::new();
     let mut found = Vec::new();
     // Rejected once the validation folder is known: (entry, reason).
     let mut outside = Vec::new();
-    let mut val_dirs = BTreeSet::new();
-    let val_dir = |name: &str| {
+    let mut split_dirs: BTreeMap<Split, BTreeSet<String>> = BTreeMap::new();
+    let split_dir = |name: &str| {
         let parts: Vec<&str> = name.split('/').collect();
         parts[..parts.len().saturating_sub(2)].join("/")
     };
     for &i in usable {
         let name = &entries[i].name;
         match class_folder(name) {
+            Some((_, class)) if hidden_class(class) => outside.push((
+                i,
+                format!("hidden folder ('{class}' starts with '.'; not a class)"),
+            )),
             Some((split, class)) if class_name_ok(class) => {
-                if split == Split::Val {
-                    val_dirs.insert(val_dir(name));
-                }
+                split_dirs.entry(split).or_default().insert(split_dir(name));
                 found.push((i, split, class.to_string()));
             }
             Some((_, class)) => outside.push((
@@ -370,13 +415,31 @@ fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<
         }
     }
     for &i in problems {
-        if let Some((Split::Val, _)) = class_folder(&entries[i].name) {
-            val_dirs.insert(val_dir(&entries[i].name));
+        match class_folder(&entries[i].name) {
+            Some((split, class)) if !hidden_class(class) => {
+                split_dirs
+                    .entry(split)
+                    .or_default()
+                    .insert(split_dir(&entries[i].name));
+            }
+            _ => {}
         }
     }
+    // Training folders in several places (`train/` and `backup/train/`,
+    // `a/train/` and `b/train/`, `train/` and `training/`) would all be
+    // packed, doubling whatever they share; unlike validation folders side
+    // by side, none of them is the obvious one to keep.
+    let train_dirs = split_dirs.remove(&Split::Train).unwrap_or_default();
+    if train_dirs.len() > 1 {
+        return Err(PackError::Layout(format!(
+            "{}: training folders in different places ({}); keep one, or use list files",
+            source.info().name,
+            train_dirs.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let val_dirs = split_dirs.remove(&Split::Val).unwrap_or_default();
     let mut notes = Vec::new();
-    let mut chosen_val = None;
-    if val_dirs.len() > 1 {
+    let chosen_val = if val_dirs.len() > 1 {
         let parent = |d: &str| d.rsplit_once('/').map_or("", |(p, _)| p).to_string();
         let parents: BTreeSet<String> = val_dirs.iter().map(|d| parent(d)).collect();
         if parents.len() > 1 {
@@ -387,13 +450,16 @@ fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<
             )));
         }
         // Side by side (`train/`, `val/`, `test/`): `val` is the split a
-        // training run validates on; `test` is held out for the end.
+        // training run validates on; `test` is held out for the end. Of
+        // `val/` and `VAL/`, the name as the README spells it wins.
         let rank = |d: &String| {
-            let last = d.rsplit('/').next().unwrap_or(d).to_ascii_lowercase();
-            VAL_DIRS
+            let last = d.rsplit('/').next().unwrap_or(d);
+            let lower = last.to_ascii_lowercase();
+            let at = VAL_DIRS
                 .iter()
-                .position(|v| *v == last)
-                .unwrap_or(VAL_DIRS.len())
+                .position(|v| *v == lower)
+                .unwrap_or(VAL_DIRS.len());
+            (at, last != lower)
         };
         let chosen = val_dirs
             .iter()
@@ -405,7 +471,7 @@ fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<
             let name = &entries[*i].name;
             let in_chosen = name.starts_with(&format!("{chosen}/"));
             if *split == Split::Val && !in_chosen {
-                let dir = val_dir(name);
+                let dir = split_dir(name);
                 rejected.push(reject(
                     name,
                     None,
@@ -428,7 +494,18 @@ fn folder_plan(source: &Source, usable: &[usize], problems: &[usize]) -> Result<
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        chosen_val = Some(chosen);
+        Some(chosen)
+    } else {
+        // The one validation folder: a `test/` beside it holding no image
+        // (only metadata, a README) is not part of the val split either.
+        val_dirs.into_iter().next()
+    };
+    for &i in junk {
+        rejected.push(reject(
+            &entries[i].name,
+            junk_split(&entries[i].name, chosen_val.as_deref()),
+            MACOS_METADATA,
+        ));
     }
     for (i, reason) in outside {
         let name = &entries[i].name;
@@ -516,6 +593,12 @@ fn list_split(base: &str) -> Option<Split> {
     } else {
         None
     }
+}
+
+/// Whether `name` is a list file of `split` by its name (`val.txt`,
+/// `val_list.csv`), wherever it lies.
+pub(super) fn is_list_of(name: &str, split: Split) -> bool {
+    list_split(basename(name)) == Some(split)
 }
 
 fn find_lists(entries: &[Entry], usable: &[usize]) -> BTreeMap<Split, usize> {
@@ -963,7 +1046,12 @@ fn list_plan(
     }
     for &i in problems {
         if !used.contains_key(&i) && !claimed.contains(&i) {
-            rejected.push(problem_reject(&entries[i], None));
+            // An unreadable `val.txt` (a named pipe, say) where no readable
+            // one stands is that split's list: its split says so, and the
+            // summary can name it as the reason the split is empty.
+            let split =
+                list_split(basename(&entries[i].name)).filter(|split| !lists.contains_key(split));
+            rejected.push(problem_reject(&entries[i], split));
         }
     }
     Ok(Plan {
@@ -1346,5 +1434,15 @@ mod tests {
         assert!(is_macos_junk("__MACOSX/train/a/._x.jpg"));
         assert!(is_macos_junk("train/a/.DS_Store"));
         assert!(!is_macos_junk("train/a/x.jpg"));
+        // Metadata counts in the split of its folder; a zip's shadow tree
+        // and an ignored validation folder are in none.
+        assert_eq!(junk_split("train/a/.DS_Store", None), Some(Split::Train));
+        assert_eq!(
+            junk_split("top/val/a/._x.jpg", Some("top/val")),
+            Some(Split::Val)
+        );
+        assert_eq!(junk_split("top/test/a/._x.jpg", Some("top/val")), None);
+        assert_eq!(junk_split("__MACOSX/train/a/._x.jpg", None), None);
+        assert_eq!(junk_split(".DS_Store", None), None);
     }
 }

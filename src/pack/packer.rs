@@ -453,9 +453,7 @@ fn warnings(
             .filter(|r| r.split == Some(split))
             .count();
         if n == 0 {
-            out.push(format!(
-                "{split}: no rows (the source has no {split} images)"
-            ));
+            out.push(format!("{split}: no rows ({})", why_empty(plan, split)));
         } else if lost >= n {
             out.push(format!(
                 "{split}: no rows (all {n} of its images were rejected)"
@@ -508,6 +506,35 @@ fn warnings(
     out
 }
 
+/// Why a split has no items: its folder or list file was rejected (an
+/// unreadable folder, a list that is a named pipe), its entries all were,
+/// or the source has none.
+fn why_empty(plan: &Plan, split: Split) -> String {
+    let of_split: Vec<&RejectedEntry> = plan
+        .rejected
+        .iter()
+        .filter(|r| r.split == Some(split))
+        .collect();
+    let Some(first) = of_split.first() else {
+        return format!("the source has no {split} images");
+    };
+    if let Some(r) = of_split.iter().find(|r| r.key.ends_with('/')) {
+        return format!("its folder '{}' was rejected: {}", r.key, r.reason);
+    }
+    let list = of_split
+        .iter()
+        .find(|r| plan.layout == LayoutKind::ListFiles && layout::is_list_of(&r.key, split));
+    if let Some(r) = list {
+        return format!("its list file '{}' was rejected: {}", r.key, r.reason);
+    }
+    format!(
+        "all {} of its entries were rejected, e.g. '{}': {}",
+        of_split.len(),
+        first.key,
+        first.reason
+    )
+}
+
 fn validate(opts: &PackOptions) -> Result<(), PackError> {
     let bad = |m: String| Err(PackError::Usage(m));
     let same = std::fs::canonicalize(&opts.source)
@@ -519,6 +546,28 @@ fn validate(opts: &PackOptions) -> Result<(), PackError> {
             "--out {} is the source folder itself; choose another output folder",
             opts.out.display()
         ));
+    }
+    // Said here, before the output is created: creating it would only
+    // report "File exists".
+    if let Ok(link) = std::fs::symlink_metadata(&opts.out) {
+        let out = opts.out.display();
+        match std::fs::metadata(&opts.out) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return bad(format!("--out {out} is a file, not a folder")),
+            Err(e) if link.file_type().is_symlink() => {
+                let target = std::fs::read_link(&opts.out)
+                    .map_or_else(|_| "?".to_string(), |t| t.display().to_string());
+                return bad(match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        format!("--out {out} is a symbolic link to a missing folder ({target})")
+                    }
+                    _ => format!(
+                        "--out {out} is a symbolic link to {target}, which is unreadable: {e}"
+                    ),
+                });
+            }
+            Err(e) => return Err(PackError::io(&opts.out, e)),
+        }
     }
     if opts.height == 0 || opts.width == 0 || opts.height > 8192 || opts.width > 8192 {
         return bad(format!(

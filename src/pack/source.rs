@@ -5,8 +5,10 @@
 //! source holds; an entry whose name would escape the source (`../`,
 //! absolute) is marked unsafe and never read, and an entry that cannot be
 //! packed whatever its bytes (a named pipe, an unreadable folder, an extra
-//! zip entry of an already used name) carries its reason instead of being
-//! dropped.
+//! zip entry of an already used name, a file in a folder whose name clashes
+//! with a sibling's once written as text) carries its reason instead of
+//! being dropped. A source that is neither a folder nor a regular file (a
+//! named pipe, a device) is refused before it is opened.
 //!
 //! Folders are walked following symbolic links (a class folder is often a
 //! link to another disk), with cycles cut at the link that closes them. The
@@ -109,11 +111,17 @@ impl Source {
     /// folder source's walk (the pack's output folder).
     pub fn open(path: &Path, skip: Option<&Path>) -> Result<Source, PackError> {
         let meta = std::fs::metadata(path).map_err(|e| PackError::io(path, e))?;
+        if !meta.is_dir() && !meta.is_file() {
+            // Opening a named pipe blocks until a writer comes, and a zip
+            // is read by seeking, which no pipe or device allows.
+            return Err(PackError::Usage(format!(
+                "SOURCE must be a zip file or a folder: {} is a {}",
+                path.display(),
+                special_kind(&meta)
+            )));
+        }
         let modified = mtime(&meta).0;
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = source_name(path);
         if meta.is_dir() {
             // The top folder itself must be readable; below it, an
             // unreadable folder is one more rejected entry.
@@ -126,6 +134,7 @@ impl Source {
                 ancestors: vec![file_id(&meta)],
                 entries: Vec::new(),
                 mtimes: Vec::new(),
+                clash: None,
             };
             walker.walk(path);
             let Walker {
@@ -420,6 +429,38 @@ fn placeholder_named(name: &str) -> Entry {
     }
 }
 
+/// What a file that is neither a folder nor a regular file is, in words.
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_fifo() {
+        "named pipe"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// The source's name for the manifest: its last path component as typed
+/// (a symbolic link keeps its own name), or, for `.`, `./` or `..`, which
+/// have none, the canonical path's; bytes that are not UTF-8 are written
+/// `\xNN` as in keys.
+fn source_name(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = || std::fs::canonicalize(path).ok();
+    match path.file_name() {
+        Some(n) => path_text(n.as_bytes()),
+        None => match canonical().as_deref().and_then(Path::file_name) {
+            Some(n) => path_text(n.as_bytes()),
+            // The root folder.
+            None => path_text(path.as_os_str().as_bytes()),
+        },
+    }
+}
+
 /// A name's bytes as text: valid UTF-8 as it is, each byte of anything
 /// else as `\xNN`, so that distinct names stay distinct and readable
 /// (lossy decoding would turn every stray byte into the same `\u{FFFD}`).
@@ -520,6 +561,9 @@ struct Walker<'a> {
     entries: Vec<Entry>,
     /// Modification time of each entry, for the identity hash.
     mtimes: Vec<(u64, u32)>,
+    /// While walking a folder whose name clashes with a sibling's once
+    /// decoded to text: the reason every file under it is rejected.
+    clash: Option<String>,
 }
 
 impl Walker<'_> {
@@ -535,7 +579,7 @@ impl Walker<'_> {
     fn push(&mut self, name: String, size: u64, mtime: (u64, u32), problem: Option<String>) {
         self.entries.push(Entry {
             size,
-            problem,
+            problem: problem.or_else(|| self.clash.clone()),
             ..placeholder_named(&name)
         });
         self.mtimes.push(mtime);
@@ -548,12 +592,14 @@ impl Walker<'_> {
     }
 
     fn walk(&mut self, dir: &Path) {
+        // Each child with the type its folder listing gives (no `stat`):
+        // what tells a folder from a file when `stat` itself fails.
         let mut children = Vec::new();
         match std::fs::read_dir(dir) {
             Ok(rd) => {
                 for item in rd {
                     match item {
-                        Ok(item) => children.push(item.path()),
+                        Ok(item) => children.push((item.path(), item.file_type().ok())),
                         Err(e) => {
                             self.bad_folder(dir, format!("unreadable folder: {e}"));
                             break;
@@ -563,7 +609,8 @@ impl Walker<'_> {
             }
             Err(e) => return self.bad_folder(dir, format!("unreadable folder: {e}")),
         }
-        for path in children {
+        let clashes = self.folder_clashes(&children);
+        for (path, listed) in children {
             // `metadata` follows symbolic links: a linked class folder or
             // file is walked or read like a real one.
             let meta = match std::fs::metadata(&path) {
@@ -571,13 +618,16 @@ impl Walker<'_> {
                 Err(e) => {
                     let link =
                         std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-                    let reason = if link {
-                        format!("broken symbolic link: {e}")
-                    } else {
-                        format!("unreadable file: {e}")
-                    };
                     let name = self.name(&path);
-                    self.push(name, 0, (0, 0), Some(reason));
+                    if link {
+                        self.push(name, 0, (0, 0), Some(format!("broken symbolic link: {e}")));
+                    } else if listed.is_some_and(|t| t.is_dir()) {
+                        // A folder too deep to name (its path longer than
+                        // PATH_MAX) is an unreadable folder like any other.
+                        self.bad_folder(&path, format!("unreadable folder: {e}"));
+                    } else {
+                        self.push(name, 0, (0, 0), Some(format!("unreadable file: {e}")));
+                    }
                     continue;
                 }
             };
@@ -592,9 +642,14 @@ impl Walker<'_> {
                     self.push(format!("{name}/"), 0, (0, 0), Some(reason));
                     continue;
                 }
+                let outer = match clashes.get(&path) {
+                    Some(reason) => self.clash.replace(reason.clone()),
+                    None => self.clash.clone(),
+                };
                 self.ancestors.push(id);
                 self.walk(&path);
                 self.ancestors.pop();
+                self.clash = outer;
             } else if meta.is_file() {
                 self.push(name, meta.len(), mtime(&meta), None);
                 if path.to_str().is_none() {
@@ -605,25 +660,53 @@ impl Walker<'_> {
             } else {
                 // Opening a named pipe would block the run forever, and a
                 // device or socket holds no image.
-                use std::os::unix::fs::FileTypeExt;
-                let ft = meta.file_type();
-                let kind = if ft.is_fifo() {
-                    "named pipe"
-                } else if ft.is_socket() {
-                    "socket"
-                } else if ft.is_block_device() || ft.is_char_device() {
-                    "device"
-                } else {
-                    "special file"
-                };
-                self.push(
-                    name,
-                    0,
-                    mtime(&meta),
-                    Some(format!("not a regular file ({kind})")),
-                );
+                let reason = format!("not a regular file ({})", special_kind(&meta));
+                self.push(name, 0, mtime(&meta), Some(reason));
             }
         }
+    }
+
+    /// Subfolders of one folder whose names come out the same once decoded
+    /// to text (`a\xffb` with the byte 0xFF, and one spelling `\xff` out)
+    /// would merge into one folder of the keys, and so one class. As with
+    /// files of such names, the last (by stored name) is kept; each other
+    /// one maps to the reason its files are rejected.
+    fn folder_clashes(
+        &self,
+        children: &[(PathBuf, Option<std::fs::FileType>)],
+    ) -> BTreeMap<PathBuf, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut clashes = BTreeMap::new();
+        // Only a name that is not UTF-8 is escaped, so only then can two
+        // names clash.
+        let escaped = |p: &PathBuf| p.file_name().is_some_and(|n| n.to_str().is_none());
+        if !children.iter().any(|(p, ..)| escaped(p)) {
+            return clashes;
+        }
+        let mut by_text: BTreeMap<String, Vec<&PathBuf>> = BTreeMap::new();
+        for (path, _) in children {
+            // Through links, as the walk goes.
+            if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+                let text = path_text(path.file_name().map_or(&[][..], |n| n.as_bytes()));
+                by_text.entry(text).or_default().push(path);
+            }
+        }
+        for mut paths in by_text.into_values().filter(|p| p.len() > 1) {
+            paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+            let copies = paths.len();
+            let Some((_, losers)) = paths.split_last() else {
+                continue;
+            };
+            for path in losers {
+                let reason = format!(
+                    "duplicate folder name: {copies} folders have the name '{}/' once decoded \
+                     to text (their stored names differ); only the last one's files are packed",
+                    self.name(path)
+                );
+                clashes.insert((*path).clone(), reason);
+            }
+        }
+        clashes
     }
 }
 
@@ -898,6 +981,7 @@ mod tests {
             ancestors: Vec::new(),
             entries: Vec::new(),
             mtimes: Vec::new(),
+            clash: None,
         };
         walker.walk(&root.join("train/vanished"));
         assert_eq!(walker.entries.len(), 1);
