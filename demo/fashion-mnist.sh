@@ -37,8 +37,10 @@ EXTRA=()
 train() { # head out
   rm -rf "$2"
   local t0=$SECONDS
+  local basis=()
+  [ "$1" = ebv ] && basis=(--ebv "$RUN/ebv.safetensors")
   "$BIN/ebv-train" --config pipelines/fashion-mnist.toml --shards "$RUN/shards" \
-    --ebv "$RUN/ebv.safetensors" --head "$1" --out "$2" "${EXTRA[@]}"
+    "${basis[@]}" --head "$1" --out "$2" "${EXTRA[@]}"
   echo "$((SECONDS - t0))" > "$2/wall-seconds"
 }
 

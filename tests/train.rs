@@ -334,6 +334,28 @@ fn fc_head_and_plain_state_dicts() {
     let summary = json(&out.join("summary.json"));
     let top1 = summary["last_epoch"]["val"]["top1"].as_f64().unwrap();
     assert!(top1 >= 0.6, "fc val top-1 {top1}");
+    // A basis given to the fc head is said to be unused, not silently taken.
+    let cfg = recipe(&f.root);
+    let o = run(
+        TRAIN,
+        &[
+            "--config",
+            s(&cfg),
+            "--shards",
+            s(&f.shards),
+            "--ebv",
+            s(&f.basis),
+            "--head",
+            "fc",
+            "--max-steps",
+            "1",
+            "--out",
+            s(&f.root.join("fc-note")),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not used: the fc head"), "{err}");
 
     // The checkpoint's model file is a plain state dict: re-saved without
     // ebv's metadata (as torchvision's `save_file(model.state_dict())`

@@ -370,6 +370,14 @@ fn run(a: &Args, world: Option<World>) -> anyhow::Result<(serde_json::Value, u8)
         None => Box::new(Solo),
     };
     let primary = group.rank() == 0;
+    if let (Some(p), ebv::model::HeadKind::Fc) = (&a.ebv, recipe.model.head) {
+        if primary && !a.quiet && !a.json {
+            eprintln!(
+                "ebv-train: note: --ebv {} is not used: the fc head learns its own classifier",
+                p.display()
+            );
+        }
+    }
     let opts = TrainOptions {
         recipe,
         shards,

@@ -117,7 +117,7 @@ impl Source {
             return Err(PackError::Usage(format!(
                 "SOURCE must be a zip file or a folder: {} is a {}",
                 path.display(),
-                special_kind(&meta)
+                crate::file_kind::describe(&meta.file_type())
             )));
         }
         let modified = mtime(&meta).0;
@@ -429,21 +429,6 @@ fn placeholder_named(name: &str) -> Entry {
     }
 }
 
-/// What a file that is neither a folder nor a regular file is, in words.
-fn special_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_fifo() {
-        "named pipe"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "device"
-    } else {
-        "special file"
-    }
-}
-
 /// The source's name for the manifest: its last path component as typed
 /// (a symbolic link keeps its own name), or, for `.`, `./` or `..`, which
 /// have none, the canonical path's; bytes that are not UTF-8 are written
@@ -660,7 +645,10 @@ impl Walker<'_> {
             } else {
                 // Opening a named pipe would block the run forever, and a
                 // device or socket holds no image.
-                let reason = format!("not a regular file ({})", special_kind(&meta));
+                let reason = format!(
+                    "not a regular file ({})",
+                    crate::file_kind::describe(&meta.file_type())
+                );
                 self.push(name, 0, mtime(&meta), Some(reason));
             }
         }
