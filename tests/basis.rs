@@ -1314,20 +1314,29 @@ fn import_numpy_pickles_built_by_hand() {
 /// open("torch-pickle-f64.pkl", "wb").write(pickle.dumps(v, protocol=4))  # the paper's form
 /// torch.save(v.long(), "torch-zip-i64.pt")
 /// ```
+/// and NumPy pickles of other element types, made with numpy 2.4:
+/// ```python
+/// t = np.arange(24, dtype=np.float64).reshape(6, 4) / 8 - 1
+/// v = t[1:, 1:].T
+/// pickle.dumps(np.ascontiguousarray(v).astype('>f8'), protocol=4)        # numpy-f8be.pkl
+/// pickle.dumps(np.asfortranarray(v).astype('<f2', order='F'), protocol=2) # numpy-f2.pkl
+/// ```
 #[test]
 fn import_reads_torch_save_files() {
     let dir = tmp();
     let want: Vec<f32> = (0..3)
         .flat_map(|a| (0..5).map(move |b| (4 * (1 + b) + 1 + a) as f32 / 8.0 - 1.0))
         .collect();
-    for (name, dtype) in [
-        ("torch-legacy-view.pt", "float32"),
-        ("torch-zip-view.pt", "float32"),
-        ("torch-zip-f64.pt", "float64"),
-        ("torch-zip-f16.pt", "float16"),
-        ("torch-legacy-bf16.pt", "bfloat16"),
-        ("torch-zip-param.pt", "float32"),
-        ("torch-pickle-f64.pkl", "float64"),
+    for (name, form, dtype) in [
+        ("torch-legacy-view.pt", "torch", "float32"),
+        ("torch-zip-view.pt", "torch", "float32"),
+        ("torch-zip-f64.pt", "torch", "float64"),
+        ("torch-zip-f16.pt", "torch", "float16"),
+        ("torch-legacy-bf16.pt", "torch", "bfloat16"),
+        ("torch-zip-param.pt", "torch", "float32"),
+        ("torch-pickle-f64.pkl", "torch", "float64"),
+        ("numpy-f8be.pkl", "numpy", ">f8"),
+        ("numpy-f2.pkl", "numpy", "<f2"),
     ] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data")
@@ -1344,7 +1353,7 @@ fn import_reads_torch_save_files() {
             ],
         );
         assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
-        assert_eq!(json(&out)["source"]["form"], "torch", "{name}");
+        assert_eq!(json(&out)["source"]["form"], form, "{name}");
         assert_eq!(json(&out)["source"]["dtype"], dtype, "{name}");
         let (n, d, got, _) = read_safetensors(&out_p);
         assert_eq!((n, d), (3, 5), "{name}");
@@ -1397,43 +1406,6 @@ fn import_reads_torch_save_files() {
         &["import", junk.to_str().unwrap(), "--out", "j.safetensors"],
     );
     assert!(e.contains("no data.pkl") && e.contains("np.save("), "{e}");
-}
-
-/// NumPy pickles of other element types, made with numpy 2.4 (values as in
-/// [`import_reads_torch_save_files`]):
-/// ```python
-/// t = np.arange(24, dtype=np.float64).reshape(6, 4) / 8 - 1
-/// v = t[1:, 1:].T
-/// pickle.dumps(np.ascontiguousarray(v).astype('>f8'), protocol=4)        # numpy-f8be.pkl
-/// pickle.dumps(np.asfortranarray(v).astype('<f2', order='F'), protocol=2) # numpy-f2.pkl
-/// ```
-#[test]
-fn import_reads_numpy_pickles_of_other_types() {
-    let dir = tmp();
-    let want: Vec<f32> = (0..3)
-        .flat_map(|a| (0..5).map(move |b| (4 * (1 + b) + 1 + a) as f32 / 8.0 - 1.0))
-        .collect();
-    for (name, dtype) in [("numpy-f8be.pkl", ">f8"), ("numpy-f2.pkl", "<f2")] {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data")
-            .join(name);
-        let out_p = dir.path().join(name).with_extension("safetensors");
-        let out = run(
-            dir.path(),
-            &[
-                "import",
-                src.to_str().unwrap(),
-                "--out",
-                out_p.to_str().unwrap(),
-                "--json",
-            ],
-        );
-        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
-        assert_eq!(json(&out)["source"]["dtype"], dtype, "{name}");
-        let (n, d, got, _) = read_safetensors(&out_p);
-        assert_eq!((n, d), (3, 5), "{name}");
-        assert_eq!(got, want, "{name}");
-    }
 }
 
 #[test]
