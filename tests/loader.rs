@@ -630,6 +630,56 @@ fn corrupt_image_is_replaced_deterministically_and_counted() {
     }
 }
 
+/// Evaluation leaves unreadable images out (a metric over stand-ins, some
+/// counted twice, is not the model's on the split): every readable val row
+/// comes once, in file order, none of the bad ones; training replaces, and
+/// counts each replaced sample once however many rows were tried for it.
+#[test]
+fn evaluation_leaves_unreadable_images_out_and_training_counts_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = entries(20);
+    for c in 0..3 {
+        e.push((format!("val/c{c}/zz-bad.jpg"), corrupt_jpeg(20)));
+    }
+    // Half of the training rows are bad: replacements often land on bad rows too.
+    for i in 0..27 {
+        e.push((format!("train/c{}/zz-bad{i}.jpg", i % 3), corrupt_jpeg(20)));
+    }
+    let out = pack(dir.path(), &e, "jpeg", 20);
+    let set = Arc::new(ShardSet::open(&out).unwrap());
+    assert_eq!(set.num_rows(Split::Val), 9);
+    for workers in [1, 2] {
+        let mut cfg = LoaderConfig::eval(12, 12, 4);
+        cfg.workers = workers;
+        let loader = Loader::new(Arc::clone(&set), cfg, 0).unwrap();
+        let mut it = loader.epoch(SamplerState::new(0)).unwrap();
+        let batches: Vec<Batch> = it.by_ref().map(|b| b.unwrap()).collect();
+        let summary = it.summary().clone();
+        assert_eq!((summary.skipped, summary.replaced), (3, 0));
+        assert_eq!(summary.samples, 6);
+        let bad: Vec<u64> = summary.errors.iter().map(|e| e.split_row).collect();
+        assert_eq!(bad.len(), 3);
+        assert!(summary.errors.iter().all(|e| e.replaced_by.is_none()
+            && e.key.as_deref().is_some_and(|k| k.ends_with("zz-bad.jpg"))));
+        let rows: Vec<u64> = batches.iter().flat_map(|b| b.rows.clone()).collect();
+        let want: Vec<u64> = (0..9).filter(|r| !bad.contains(r)).collect();
+        assert_eq!(rows, want, "every readable row once, in file order");
+        for b in &batches {
+            assert_eq!(b.images().len(), b.len() * 3 * 12 * 12);
+            assert_eq!(b.labels.len(), b.rows.len());
+        }
+    }
+    let mut cfg = train_cfg(12, 6, 2);
+    cfg.drop_last = false;
+    let loader = Loader::new(Arc::clone(&set), cfg, 3).unwrap();
+    let mut it = loader.epoch(SamplerState::new(3)).unwrap();
+    let samples: usize = it.by_ref().map(|b| b.unwrap().len()).sum();
+    let summary = it.summary().clone();
+    assert_eq!(samples, 54);
+    assert_eq!(summary.replaced, 27, "each bad position counted once");
+    assert!(summary.errors.len() > 27, "some replacements failed too");
+}
+
 #[test]
 fn dropping_the_iterator_early_stops_the_workers() {
     let dir = tempfile::tempdir().unwrap();
@@ -772,6 +822,42 @@ fn ebv_load_binary_streams_epochs_and_reports() {
     let o = run(LOAD, &["--shards", s(&missing)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
+    // The val split is read as evaluation reads it: every row once, in file
+    // order, the short last batch kept.
+    let o = run(
+        LOAD,
+        &[
+            "--shards",
+            s(&out),
+            "--split",
+            "val",
+            "--batch",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["images"], 6, "{report}");
+    assert_eq!(report["batches"], 2, "{report}");
+    assert_eq!(
+        (&report["shuffle"], &report["drop_last"]),
+        (&serde_json::json!("none"), &serde_json::json!(false))
+    );
+    // A split without rows is named, with its folder.
+    let dir2 = tempfile::tempdir().unwrap();
+    let train_only: Vec<_> = entries(20)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("train/"))
+        .collect();
+    let only = pack(dir2.path(), &train_only, "jpeg", 20);
+    let o = run(LOAD, &["--shards", s(&only), "--split", "val"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the val split of") && err.contains("has no rows"),
+        "{err}"
+    );
 }
 
 /// Every train row as (label, key, image bytes), read through `set`.
@@ -954,6 +1040,7 @@ fn ebv_train_warns_of_replaced_samples() {
     let dir = tempfile::tempdir().unwrap();
     let mut e = entries(20);
     e.push(("train/c1/bad.jpg".into(), corrupt_jpeg(20)));
+    e.push(("val/c2/bad.jpg".into(), corrupt_jpeg(20)));
     let out = pack(dir.path(), &e, "jpeg", 20);
     let run_dir = dir.path().join("run");
     let o = run(
@@ -982,8 +1069,41 @@ fn ebv_train_warns_of_replaced_samples() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("warning: 1 training and 0 validation samples could not be read"),
+        err.contains("warning: 1 training samples could not be read and were replaced"),
         "{err}"
     );
     assert!(err.contains("train/c1/bad.jpg"), "{err}");
+    assert!(
+        err.contains("1 of the 7 validation images could not be read and were left out")
+            && err.contains("val/c2/bad.jpg"),
+        "{err}"
+    );
+    // ebv-eval scores the readable images only, and says so.
+    const EVAL: &str = env!("CARGO_BIN_EXE_ebv-eval");
+    let o = run(
+        EVAL,
+        &["--checkpoint", s(&run_dir), "--shards", s(&out), "--quiet"],
+    );
+    let (out_s, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out_s.contains("(6 images, 1 unreadable left out)"),
+        "{out_s}"
+    );
+    assert!(
+        err.contains("1 of the 7 val images could not be read"),
+        "{err}"
+    );
+    let o = run(
+        EVAL,
+        &["--checkpoint", s(&run_dir), "--shards", s(&out), "--json"],
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&j["images"], &j["skipped"]),
+        (&serde_json::json!(6), &serde_json::json!(1))
+    );
 }

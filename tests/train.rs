@@ -519,7 +519,8 @@ fn resume_equals_an_uninterrupted_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // Stop mid-epoch (step 7 of 18), then on an epoch's last step (12),
-    // resuming each time.
+    // resuming each time, with other loader threads (which change how fast
+    // batches come, not which).
     let parts = f.root.join("parts");
     let o = train(&f, &parts, &["--epochs", "3", "--max-steps", "7"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -527,10 +528,18 @@ fn resume_equals_an_uninterrupted_run() {
     let o = train(
         &f,
         &parts,
-        &["--epochs", "3", "--resume", "--max-steps", "12"],
+        &[
+            "--epochs",
+            "3",
+            "--resume",
+            "--max-steps",
+            "12",
+            "--workers",
+            "3",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = train(&f, &parts, &["--epochs", "3", "--resume"]);
+    let o = train(&f, &parts, &["--epochs", "3", "--resume", "--workers", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     assert_eq!(metrics(&parts), metrics(&whole));
@@ -558,9 +567,11 @@ fn resume_equals_an_uninterrupted_run() {
     let o = train(&f, &whole, &["--epochs", "3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
-    // Resuming with a different recipe is refused.
+    // Resuming with a different recipe is refused, naming what differs.
     let o = train(&f, &parts, &["--epochs", "4", "--resume"]);
     assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("differs in schedule.epochs"), "{err}");
 }
 
 #[test]

@@ -108,9 +108,26 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     cfg.split = a.split;
     let loader = Loader::new(set, cfg, 0)?;
     let m = evaluate(&loaded.model, &loader, &dev, a.quiet)?;
+    if m.skipped > 0 {
+        // Said on stderr whatever the output format: the figures are over
+        // the readable images only.
+        eprintln!(
+            "ebv-eval: warning: {} of the {} {} images could not be read and were left out \
+             (first: {}); ebv-stats --verify checks the shards",
+            m.skipped,
+            m.images + m.skipped,
+            a.split,
+            m.first_skipped.as_deref().unwrap_or("?")
+        );
+    }
     if !a.json {
+        let left_out = if m.skipped > 0 {
+            format!(", {} unreadable left out", m.skipped)
+        } else {
+            String::new()
+        };
         println!(
-            "{} on {} ({} images): top-1 {:.4}  top-5 {:.4}  loss {:.4}",
+            "{} on {} ({} images{left_out}): top-1 {:.4}  top-5 {:.4}  loss {:.4}",
             loaded.weights.display(),
             a.split,
             m.images,
@@ -123,7 +140,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
         "checkpoint": loaded.weights,
         "split": a.split.to_string(),
         "top1": m.top1, "top5": m.top5, "loss": m.loss,
-        "images": m.images, "replaced": m.replaced,
+        "images": m.images, "skipped": m.skipped,
     }))
 }
 

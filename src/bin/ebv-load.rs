@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use ebv::data::{default_workers, Augment, Loader, LoaderConfig, SamplerState, Shuffle};
+use ebv::data::{default_workers, Augment, Loader, LoaderConfig, OnError, SamplerState, Shuffle};
 use ebv::shard::{ShardSet, Split};
 
 #[derive(Parser, Debug)]
@@ -52,9 +52,10 @@ struct Args {
     /// Batch-level cutmix, Beta(1, 1) (with --mixup: one of the two per batch).
     #[arg(long)]
     cutmix: bool,
-    /// none, global, or buffer:N.
-    #[arg(long, default_value = "global")]
-    shuffle: Shuffle,
+    /// none, global, or buffer:N [default: global for train; none for val,
+    /// as evaluation reads it].
+    #[arg(long)]
+    shuffle: Option<Shuffle>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// First epoch.
@@ -71,9 +72,12 @@ struct Args {
     /// Stop after N batches in all (default: every batch of every epoch).
     #[arg(long)]
     batches: Option<u64>,
-    /// Keep the last, short batch.
-    #[arg(long)]
+    /// Keep the last, short batch [default for val, as evaluation does].
+    #[arg(long, conflicts_with = "drop_last")]
     keep_last: bool,
+    /// Drop the last, short batch [default for train, as training does].
+    #[arg(long)]
+    drop_last: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -115,16 +119,30 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     augment.mixup_alpha = args.mixup.then_some(0.2);
     augment.cutmix_alpha = args.cutmix.then_some(1.0);
     let workers = args.workers.unwrap_or_else(default_workers);
+    // Each split is read the way its consumer reads it: training shuffles,
+    // drops the short last batch and replaces unreadable images;
+    // evaluation reads every image once, in file order, and leaves
+    // unreadable ones out.
+    let val = args.split == Split::Val;
+    let shuffle = args
+        .shuffle
+        .unwrap_or(if val { Shuffle::None } else { Shuffle::Global });
+    let drop_last = if args.keep_last || args.drop_last {
+        args.drop_last
+    } else {
+        !val
+    };
     let cfg = LoaderConfig {
         split: args.split,
         batch: args.batch,
         workers,
         prefetch: args.prefetch,
-        shuffle: args.shuffle,
+        shuffle,
         rank: args.rank,
         world: args.world,
-        drop_last: !args.keep_last,
+        drop_last,
         augment,
+        on_error: if val { OnError::Skip } else { OnError::Replace },
     };
     let loader = Loader::new(Arc::clone(&set), cfg, args.seed)?;
     if loader.batches_per_epoch() == 0 {
@@ -138,10 +156,10 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 String::new()
             },
             args.batch,
-            if args.keep_last {
-                ""
-            } else {
+            if drop_last {
                 " (--keep-last keeps a short last batch)"
+            } else {
+                ""
             }
         );
     }
@@ -153,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let t0 = Instant::now();
     let mut images = 0u64;
     let mut batches = 0u64;
-    let mut replaced = 0u64;
+    let (mut replaced, mut skipped) = (0u64, 0u64);
     let mut errors = Vec::new();
     let limit = args.batches.unwrap_or(u64::MAX);
     for epoch in args.epoch..end_epoch {
@@ -170,13 +188,15 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             let Some(batch) = iter.next() else { break };
             let batch = batch?;
             for e in &batch.replaced {
-                eprintln!("ebv-load: replaced a sample: {e}");
+                let what = if val { "left out" } else { "replaced" };
+                eprintln!("ebv-load: {what} a sample: {e}");
             }
             images += batch.len() as u64;
             batches += 1;
         }
         let summary = iter.summary();
         replaced += summary.replaced;
+        skipped += summary.skipped;
         errors.extend(summary.errors.iter().cloned());
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -188,7 +208,8 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "aug": aug,
         "mixup": args.mixup,
         "cutmix": args.cutmix,
-        "shuffle": args.shuffle.to_string(),
+        "shuffle": shuffle.to_string(),
+        "drop_last": drop_last,
         "workers": workers,
         "batch": args.batch,
         "size": args.size,
@@ -201,6 +222,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "output_bytes_per_s": images as f64 * 3.0 * f64::from(args.size).powi(2) * 4.0 / wall,
         "epochs": args.epochs,
         "replaced": replaced,
+        "skipped": skipped,
         "errors": errors,
     }))
 }
@@ -214,13 +236,14 @@ fn main() -> ExitCode {
                 println!("{report}");
             } else {
                 println!(
-                    "{} images in {} batches, {:.2} s: {:.0} images/s ({:.0} per CPU-second), {} replaced",
+                    "{} images in {} batches, {:.2} s: {:.0} images/s ({:.0} per CPU-second), {} replaced, {} left out",
                     report["images"],
                     report["batches"],
                     report["wall_s"].as_f64().unwrap_or(0.0),
                     report["images_per_s"].as_f64().unwrap_or(0.0),
                     report["images_per_cpu_s"].as_f64().unwrap_or(0.0),
                     report["replaced"],
+                    report["skipped"],
                 );
             }
             ExitCode::SUCCESS

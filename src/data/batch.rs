@@ -77,8 +77,13 @@ pub struct Batch {
     pub mix: BatchMix,
     /// Global rows (split index) that filled each slot, after replacement.
     pub rows: Vec<u64>,
-    /// Samples that failed to load and were replaced, in slot order.
+    /// Every row that failed to load, in slot order (a sample whose
+    /// replacements failed too appears once per row tried).
     pub replaced: Vec<SampleError>,
+    /// Samples that took another row's place.
+    pub substituted: u64,
+    /// Samples left out (`OnError::Skip`): the batch is that much shorter.
+    pub skipped: u64,
     /// The sampler state after this batch: resuming from it yields the
     /// batches that follow.
     pub state_after: SamplerState,

@@ -10,11 +10,15 @@
 //!
 //! Invariants:
 //! - a sample that fails (corrupt image, unreadable row group, wrong raw
-//!   length) is replaced by a row drawn from the `Replace` stream keyed by
-//!   its position, up to [`MAX_REPLACEMENTS`] times; each failure is a
-//!   [`SampleError`] carried by its batch and counted in the
+//!   length) is, for training ([`OnError::Replace`]), replaced by a row drawn
+//!   from the `Replace` stream keyed by its position, up to
+//!   [`MAX_REPLACEMENTS`] times; each failure is a [`SampleError`] carried by
+//!   its batch, and each replaced sample is counted once in the
 //!   [`EpochSummary`]. Only when every replacement fails does the epoch end
-//!   with [`DataError::Unrecoverable`];
+//!   with [`DataError::Unrecoverable`]. For evaluation ([`OnError::Skip`])
+//!   it is left out instead (its batch is that much shorter, possibly
+//!   empty) and counted as skipped: a metric over stand-ins, some counted
+//!   twice, would not be the model's on the split;
 //! - dropping an [`EpochIter`] early raises a stop flag that workers check
 //!   between samples, drops the receivers (unblocking any send) and joins
 //!   every worker: no thread outlives the iterator, nothing hangs.
@@ -70,10 +74,25 @@ pub struct EpochSummary {
     pub epoch: u64,
     pub batches: u64,
     pub samples: u64,
-    /// Samples replaced because they failed to load.
+    /// Samples that failed to load and took another row's place (each
+    /// counted once, however many rows were tried for it).
     pub replaced: u64,
-    /// The first failures (all are counted in `replaced`).
+    /// Samples that failed to load and were left out ([`OnError::Skip`]).
+    #[serde(default)]
+    pub skipped: u64,
+    /// The first failures (every row that failed, replacements included).
     pub errors: Vec<SampleError>,
+}
+
+/// What a sample that fails to load becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Another row takes its place (training: the batch keeps its size).
+    #[default]
+    Replace,
+    /// It is left out (evaluation: every image scored is the split's own).
+    Skip,
 }
 
 /// Everything the loader needs besides the shards.
@@ -90,6 +109,9 @@ pub struct LoaderConfig {
     /// Drop the last, short batch of each epoch (training) or keep it.
     pub drop_last: bool,
     pub augment: Augment,
+    /// Failed samples: replaced (training) or left out (evaluation).
+    #[serde(default)]
+    pub on_error: OnError,
 }
 
 impl LoaderConfig {
@@ -105,16 +127,19 @@ impl LoaderConfig {
             world: 1,
             drop_last: true,
             augment: Augment::train(size),
+            on_error: OnError::Replace,
         }
     }
 
-    /// Evaluation: file order, no augmentation, last batch kept.
+    /// Evaluation: file order, no augmentation, last batch kept, failed
+    /// samples left out.
     pub fn eval(size: u32, resize: u32, batch: usize) -> LoaderConfig {
         LoaderConfig {
             split: Split::Val,
             shuffle: Shuffle::None,
             drop_last: false,
             augment: Augment::eval(size, resize),
+            on_error: OnError::Skip,
             ..LoaderConfig::train(size, batch)
         }
     }
@@ -138,6 +163,13 @@ impl Loader {
             return Err(DataError::Config(format!("augmentation {field}: {why}")));
         }
         let workers = cfg.workers.max(1);
+        if set.num_rows(cfg.split) == 0 {
+            return Err(DataError::Config(format!(
+                "the {} split of {} has no rows",
+                cfg.split,
+                set.dir().display()
+            )));
+        }
         let sampler = Sampler::new(
             Layout::from_set(&set, cfg.split),
             cfg.shuffle,
@@ -339,7 +371,8 @@ impl Iterator for EpochIter {
                 self.next += 1;
                 self.summary.batches += 1;
                 self.summary.samples += batch.len() as u64;
-                self.summary.replaced += batch.replaced.len() as u64;
+                self.summary.replaced += batch.substituted;
+                self.summary.skipped += batch.skipped;
                 for e in &batch.replaced {
                     if self.summary.errors.len() < KEPT_ERRORS {
                         self.summary.errors.push(e.clone());
@@ -429,27 +462,35 @@ impl Worker {
         let mut labels = Vec::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let mut replaced = Vec::new();
+        let (mut substituted, mut skipped) = (0u64, 0u64);
         let positions = &self.order[lo as usize..hi as usize];
         if self.cfg.shuffle == Shuffle::Global {
             self.prefetch(positions);
         }
-        for (k, &(pos, row)) in positions.iter().enumerate() {
+        for &(pos, row) in positions {
             if self.stop.load(Ordering::Relaxed) {
                 self.pool.give(images);
                 return None;
             }
+            // Slots are filled in order; a skipped sample leaves none.
+            let k = labels.len();
             let slot = &mut images[k * len..(k + 1) * len];
+            let failed_before = replaced.len();
             match self.sample(pos, row, slot, scratch, &mut replaced) {
-                Ok((label, used)) => {
+                Ok(Some((label, used))) => {
                     labels.push(label);
                     rows.push(used);
+                    substituted += u64::from(replaced.len() > failed_before);
                 }
+                Ok(None) => skipped += 1,
                 Err(e) => {
                     self.pool.give(images);
                     return Some(Err(e));
                 }
             }
         }
+        let n = labels.len();
+        images.truncate(n * len);
         let mix =
             if self.cfg.augment.mixup_alpha.is_some() || self.cfg.augment.cutmix_alpha.is_some() {
                 // Keyed by the batch's position in the padded order of batches,
@@ -496,6 +537,8 @@ impl Worker {
             mix,
             rows,
             replaced,
+            substituted,
+            skipped,
             state_after,
             images,
             pool: Some(Arc::clone(&self.pool)),
@@ -521,7 +564,8 @@ impl Worker {
     }
 
     /// Render the sample at padded position `pos` (split row `row`) into
-    /// `slot`, replacing it on failure. Returns (label, row used).
+    /// `slot`, replacing it on failure (or, with [`OnError::Skip`], leaving
+    /// it out: `None`). Returns (label, row used).
     fn sample(
         &self,
         pos: u64,
@@ -529,7 +573,7 @@ impl Worker {
         slot: &mut [f32],
         scratch: &mut Scratch,
         replaced: &mut Vec<SampleError>,
-    ) -> Result<(u32, u64), DataError> {
+    ) -> Result<Option<(u32, u64)>, DataError> {
         let mut replace_rng = SampleRng::new(self.seed, self.epoch, pos, Stream::Replace);
         let mut current = row;
         for attempt in 0..=MAX_REPLACEMENTS {
@@ -554,7 +598,11 @@ impl Worker {
                         classes: self.classes,
                     });
                 }
-                Ok(label) => return Ok((label, current)),
+                Ok(label) => return Ok(Some((label, current))),
+                Err(e) if self.cfg.on_error == OnError::Skip => {
+                    replaced.push(e);
+                    return Ok(None);
+                }
                 Err(mut e) => {
                     let next = replace_rng.below(self.rows);
                     let last = attempt == MAX_REPLACEMENTS;

@@ -32,7 +32,9 @@ pub use augment::{
 };
 pub use batch::Batch;
 pub use chw::write_chw;
-pub use loader::{default_workers, EpochIter, EpochSummary, Loader, LoaderConfig, SampleError};
+pub use loader::{
+    default_workers, EpochIter, EpochSummary, Loader, LoaderConfig, OnError, SampleError,
+};
 pub use rng::{mix64, SampleRng, Stream};
 pub use sampler::{Layout, Sampler, SamplerState, Shuffle};
 

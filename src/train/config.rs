@@ -422,6 +422,40 @@ impl Recipe {
         cfg
     }
 
+    /// The dotted keys (`data.workers`) whose values differ between `self`
+    /// and `other`, sorted.
+    pub fn differences(&self, other: &Recipe) -> Vec<String> {
+        fn walk(a: &toml::Value, b: &toml::Value, path: &str, out: &mut Vec<String>) {
+            match (a, b) {
+                (toml::Value::Table(x), toml::Value::Table(y)) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for k in keys {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        match (x.get(k), y.get(k)) {
+                            (Some(u), Some(v)) => walk(u, v, &p, out),
+                            _ => out.push(p),
+                        }
+                    }
+                }
+                _ if a != b => out.push(path.to_string()),
+                _ => {}
+            }
+        }
+        let as_value = |r: &Recipe| toml::Value::try_from(r).ok();
+        let mut out = Vec::new();
+        match (as_value(self), as_value(other)) {
+            (Some(a), Some(b)) => walk(&a, &b, "", &mut out),
+            _ if self != other => out.push("(the recipe)".into()),
+            _ => {}
+        }
+        out
+    }
+
     /// The recipe as TOML text (what goes into the run folder).
     pub fn to_toml(&self) -> Result<String, TrainError> {
         toml::to_string_pretty(self).map_err(|e| TrainError::Recipe {

@@ -25,7 +25,9 @@ use super::prefetch::Prefetch;
 use super::TrainError;
 
 /// Mean loss (no label smoothing), top-1 and top-5 of `model` in eval mode
-/// over every batch `loader` yields for epoch 0.
+/// over every batch `loader` yields for epoch 0. With the evaluation
+/// loader (`OnError::Skip`) unreadable images are left out and counted in
+/// `skipped`; a split none of whose images can be read is an error.
 pub fn evaluate(
     model: &Classifier,
     loader: &Loader,
@@ -61,14 +63,29 @@ pub fn evaluate(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let replaced = batches.finish()?.summary().replaced;
+    let iter = batches.finish()?;
+    let summary = iter.summary();
+    let first_skipped = summary.errors.first().map(|e| {
+        let key = e.key.as_deref().unwrap_or("?");
+        format!("{} row {} ({key}): {}", e.shard, e.row, e.detail)
+    });
+    if n == 0 && summary.skipped > 0 {
+        return Err(TrainError::Other(format!(
+            "{} split: none of its {} images could be read (first: {})",
+            loader.config().split,
+            summary.skipped,
+            first_skipped.as_deref().unwrap_or("?")
+        )));
+    }
     let n_f = n.max(1) as f64;
     Ok(EvalMetrics {
         loss: loss_sum / n_f,
         top1: top1 as f64 / n_f,
         top5: top5 as f64 / n_f,
         images: n,
-        replaced,
+        replaced: summary.replaced,
+        skipped: summary.skipped,
+        first_skipped,
     })
 }
 

@@ -59,8 +59,15 @@ pub struct EvalMetrics {
     pub top1: f64,
     pub top5: f64,
     pub images: u64,
-    /// Samples the loader replaced because they failed to load.
+    /// Samples the loader replaced because they failed to load (0 in
+    /// evaluation, which leaves them out: `skipped`).
     pub replaced: u64,
+    /// Images that could not be read and were left out of the metrics.
+    #[serde(default)]
+    pub skipped: u64,
+    /// The first image left out, as "shard row N (key): why".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_skipped: Option<String>,
 }
 
 /// What one epoch did.

@@ -69,6 +69,11 @@ impl Prefetch {
             .name("ebv-prefetch".into())
             .spawn(move || {
                 for batch in &mut iter {
+                    // Evaluation leaves unreadable images out: a batch of
+                    // only those has nothing to score.
+                    if batch.as_ref().is_ok_and(|b| b.is_empty()) {
+                        continue;
+                    }
                     let ready = batch
                         .map_err(TrainError::from)
                         .and_then(|b| make(b, &device));

@@ -455,6 +455,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainOutcome, TrainError> {
     train_with(opts, &Solo)
 }
 
+/// Recipe keys a resumed run may change: they set how fast the loader
+/// works, not what it yields.
+const RESUME_FREE_KEYS: [&str; 2] = ["data.workers", "data.prefetch"];
+
 /// Train as one rank of the data-parallel group `comm`: this rank reads its
 /// part of each epoch (`data.batch` is the global batch, split evenly),
 /// gradients are averaged over the group in buckets after each backward,
@@ -485,10 +489,20 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             )));
         }
         let saved = Recipe::load(Some(&cfg), &[])?;
-        if saved != opts.recipe {
+        // The loader's threads and queue depth change how fast batches come,
+        // never which (a batch depends on seed, epoch, rank and position
+        // only), so another machine's core count may resume the run.
+        let differ: Vec<String> = saved
+            .differences(&opts.recipe)
+            .into_iter()
+            .filter(|k| !RESUME_FREE_KEYS.contains(&k.as_str()))
+            .collect();
+        if !differ.is_empty() {
             return Err(TrainError::Setup(format!(
-                "--resume continues with the run's own {} exactly; the recipe given differs (drop --config/--set, or start a new --out)",
-                cfg.display()
+                "--resume continues with the run's own {} exactly; the recipe given differs in {} \
+                 (drop the --config/--set/flags that change it, or start a new --out)",
+                cfg.display(),
+                differ.join(", ")
             )));
         }
         if opts.ebv.is_none() {
@@ -838,16 +852,24 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 em.train_loss,
                 em.train_top1
             );
-            let val_replaced = em.val.as_ref().map_or(0, |v| v.replaced);
-            if em.replaced + val_replaced > 0 {
+            if em.replaced > 0 {
                 eprintln!(
-                    "warning: {} training and {val_replaced} validation samples could not be read \
-                     and were replaced by others{} (ebv-stats --verify checks the shards)",
+                    "warning: {} training samples could not be read and were replaced by \
+                     others{} (ebv-stats --verify checks the shards)",
                     em.replaced,
                     first_failure
                         .as_deref()
                         .map(|f| format!("; first: {f}"))
                         .unwrap_or_default()
+                );
+            }
+            if let Some(v) = em.val.as_ref().filter(|v| v.skipped > 0) {
+                eprintln!(
+                    "warning: {} of the {} validation images could not be read and were left out \
+                     of the validation figures (first: {}; ebv-stats --verify checks the shards)",
+                    v.skipped,
+                    v.images + v.skipped,
+                    v.first_skipped.as_deref().unwrap_or("?")
                 );
             }
         }
