@@ -1165,6 +1165,75 @@ fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
     assert_eq!(json(&out)["interrupted"], true);
 }
 
+/// With `--npy`, a run killed after its first checkpoint leaves no .npy of
+/// an earlier round beside the newer safetensors (a .npy carries no
+/// metadata to tell them apart): the stale one goes before `--out` is
+/// first replaced, and the final write gives a matching pair.
+#[test]
+fn a_killed_npy_run_leaves_no_stale_npy() {
+    let dir = tmp();
+    let out_p = dir.path().join("pair.safetensors");
+    let npy_p = dir.path().join("pair.npy");
+    write_npy(&npy_p, 2000, 128, &vec![0.5; 2000 * 128]);
+    let mut child = spawn_long_run(dir.path(), &out_p, &["--npy", "-q"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, _, _, meta) = read_safetensors(&out_p);
+    assert!(meta.contains_key("checkpoint"), "{meta:?}");
+    assert!(!npy_p.exists(), "a stale .npy is left beside a checkpoint");
+
+    // Stopped with Ctrl-C: the final matrix in both files.
+    let out_p = dir.path().join("int.safetensors");
+    let npy_p = dir.path().join("int.npy");
+    write_npy(&npy_p, 2000, 128, &vec![0.5; 2000 * 128]);
+    let child = spawn_long_run(dir.path(), &out_p, &["--npy", "-q"]);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let (_, _, st, meta) = read_safetensors(&out_p);
+    assert!(!meta.contains_key("checkpoint"), "{meta:?}");
+    assert_eq!(read_npy(&npy_p).2, st);
+}
+
+/// The temp files of killed runs (named with their pid) are removed from
+/// the output's folder at the next start: those of dead pids, and unnamed
+/// ones of older versions, written before the start; those of a live pid,
+/// or written since, and other files stay.
+#[test]
+fn stale_temp_files_of_killed_runs_are_removed() {
+    let dir = tmp();
+    let d = dir.path();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let me = std::process::id();
+    let files = [
+        (".ebv-basis-999999999-a1B2c3.tmp".to_string(), old, false),
+        (".ebv-basis-Zx81Qa.tmp".to_string(), old, false),
+        (format!(".ebv-basis-{me}-q9W8e7.tmp"), old, true),
+        (".ebv-basis-999999999-r5T6y7.tmp".to_string(), later, true),
+        (".ebv-basis-999999999-u1I2o3".to_string(), old, true),
+        ("notes.tmp".to_string(), old, true),
+    ];
+    for (name, mtime, _) in &files {
+        let f = std::fs::File::create(d.join(name)).unwrap();
+        f.set_len(4096).unwrap();
+        f.set_modified(*mtime).unwrap();
+    }
+    let (c, _, out) = generate(d, 4, 8, "0.6", &["--seed", "1"]);
+    assert_eq!(c, 0);
+    assert!(out.is_file());
+    for (name, _, kept) in &files {
+        assert_eq!(d.join(name).exists(), *kept, "{name}");
+    }
+    let left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ebv-basis-") && !files.iter().any(|(f, _, _)| f == n))
+        .collect();
+    assert!(left.is_empty(), "the run left {left:?}");
+}
+
 /// A latin-1 string of `bytes`, as protocol 2 pickles carry binary data.
 fn latin1_unicode(bytes: &[u8]) -> Vec<u8> {
     let s: String = bytes.iter().map(|&b| b as char).collect();

@@ -561,7 +561,20 @@ fn resume_equals_an_uninterrupted_run() {
     }
     let a = json(&parts.join("summary.json"));
     let b = json(&whole.join("summary.json"));
-    assert_eq!(a["last_epoch"], b["last_epoch"]);
+    for key in ["steps", "epochs", "last_epoch", "best_epoch", "interrupted"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    // The text too: a value read back one ULP off from a checkpoint's
+    // state.json would print differently.
+    let text = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"kind\":\"train\""))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(text(&parts), text(&whole));
 
     // A run folder with checkpoints is not overwritten by accident.
     let o = train(&f, &whole, &["--epochs", "3"]);
@@ -1366,6 +1379,102 @@ fn resume_with_nothing_left_to_do_changes_nothing() {
         .collect();
     names.sort();
     assert_eq!(names, ["step-0000000004", "step-0000000005"]);
+}
+
+/// What a kill at the end of a run leaves is repaired by `--resume`: a
+/// summary.json of an earlier session (or none) is rebuilt from the final
+/// checkpoint, a torn curves.png is drawn again, and half-deleted
+/// checkpoint folders (a prune cut short), hidden trash and temporary
+/// files are removed; `ebv-eval` refuses a half-deleted checkpoint.
+#[test]
+fn resume_repairs_what_a_kill_at_the_end_left() {
+    let f = fixture();
+    let out = f.root.join("killed");
+    let o = train(&f, &out, &["--epochs", "2", "--max-steps", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let early = std::fs::read(out.join("summary.json")).unwrap();
+    assert_eq!(json(&out.join("summary.json"))["steps"], 3);
+    let o = train(&f, &out, &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done = json(&out.join("summary.json"));
+    assert_eq!(
+        (done["steps"].as_u64(), done["interrupted"].as_bool()),
+        (Some(12), Some(false))
+    );
+    let curves = std::fs::read(out.join("curves.png")).unwrap();
+
+    // Killed after the final checkpoint: the first session's summary and a
+    // torn plot are left; a prune was cut short (old versions deleted in
+    // place), another one renamed its folder away; temporaries of
+    // killed writes lie about.
+    std::fs::write(out.join("summary.json"), &early).unwrap();
+    std::fs::write(out.join("curves.png"), &curves[..41]).unwrap();
+    let cps = out.join("checkpoints");
+    let half = cps.join("step-0000000003");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::copy(latest_model(&out), half.join("model.safetensors")).unwrap();
+    std::fs::create_dir_all(cps.join(".epoch-0000.del")).unwrap();
+    std::fs::create_dir_all(cps.join(".step-0000000009.tmp")).unwrap();
+    let temps = [
+        out.join(".summary.json.999999.tmp"),
+        out.join(".model-best.safetensors.999999.tmp"),
+        cps.join(".latest.999999.tmp"),
+    ];
+    for t in &temps {
+        std::fs::write(t, b"partial").unwrap();
+    }
+    let o = run(
+        EVAL,
+        &[
+            "--checkpoint",
+            s(&half),
+            "--shards",
+            s(&f.shards),
+            "--quiet",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("optimizer.safetensors") && err.contains("incomplete"),
+        "{err}"
+    );
+
+    let o = train(&f, &out, &["--epochs", "2", "--resume", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let saved = json(&out.join("summary.json"));
+    assert_eq!(printed, saved);
+    assert_eq!(saved["steps"], 12);
+    assert_eq!(saved["epochs"], 2);
+    assert_eq!(saved["interrupted"], false);
+    assert_eq!(saved["last_epoch"], done["last_epoch"]);
+    assert_eq!(saved["best_epoch"], done["best_epoch"]);
+    // Nothing was timed in the session that rebuilt it.
+    assert_eq!(saved["train_seconds"], 0.0);
+    assert_eq!(std::fs::read(out.join("curves.png")).unwrap(), curves);
+    let mut names: Vec<_> = std::fs::read_dir(&cps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["epoch-0001", "epoch-0002", "latest"]);
+    for t in &temps {
+        assert!(!t.exists(), "{} left", t.display());
+    }
+
+    // A summary that matches the checkpoint is left as it was; a missing
+    // one is rebuilt.
+    let kept = std::fs::read(out.join("summary.json")).unwrap();
+    let o = train(&f, &out, &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), kept);
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    std::fs::remove_file(out.join("curves.png")).unwrap();
+    let o = train(&f, &out, &["--epochs", "2", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&out.join("summary.json")), saved);
+    assert_eq!(std::fs::read(out.join("curves.png")).unwrap(), curves);
 }
 
 /// A run given a NumPy basis keeps it as `ebv.npy`, byte for byte (not as

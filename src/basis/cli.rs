@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +25,7 @@ use super::generate::{
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
-use super::io::{read_matrix, write_npy, write_safetensors, MatrixFile};
+use super::io::{read_matrix, remove_stale_temps, write_npy, write_safetensors, MatrixFile};
 use super::matrix::Basis;
 use crate::progress;
 
@@ -270,8 +270,9 @@ fn gib(bytes: u64) -> String {
 
 /// Refuses an output that cannot be written before any work is done (a
 /// long run must not fail at its first checkpoint), and an `--out` the
-/// `--npy` copy would overwrite.
-fn check_out(out: &Path, npy: bool) -> anyhow::Result<()> {
+/// `--npy` copy would overwrite; removes the temp files that runs killed
+/// before `started` left in its folder.
+fn check_out(out: &Path, npy: bool, started: SystemTime) -> anyhow::Result<()> {
     if npy && out.with_extension("npy") == out {
         anyhow::bail!(
             "--out {}: --npy writes NAME.npy beside the safetensors file, which would be this \
@@ -286,16 +287,61 @@ fn check_out(out: &Path, npy: bool) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".ebv-basis-probe-")
-        .tempfile_in(dir)
+    // Before the probe, which is one of them too: what killed runs left.
+    remove_stale_temps(dir, started);
+    super::io::temp_file_in(dir)
         .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
     Ok(())
 }
 
+/// Where a run writes its matrix: `--out`, and with `--npy` NAME.npy
+/// beside it. The .npy carries no metadata, so nothing could tell a stale
+/// one from the current one: it is removed before `--out` is first
+/// replaced and written again only with the final matrix. A kill at any
+/// point leaves the pair matching, or the safetensors alone.
+struct Outputs {
+    out: PathBuf,
+    npy: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn new(out: &Path, npy: bool) -> Outputs {
+        Outputs {
+            out: out.to_path_buf(),
+            npy: npy.then(|| out.with_extension("npy")),
+        }
+    }
+
+    /// Replace `--out` alone (a checkpoint): the .npy goes first.
+    fn write_checkpoint(
+        &self,
+        m: &Basis,
+        meta: &BTreeMap<String, String>,
+    ) -> Result<(), BasisError> {
+        if let Some(np) = &self.npy {
+            match std::fs::remove_file(np) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BasisError::io(np, e)),
+            }
+        }
+        write_safetensors(&self.out, m, meta)
+    }
+
+    /// The final matrix: `--out`, then the .npy.
+    fn write_final(&self, m: &Basis, meta: &BTreeMap<String, String>) -> Result<(), BasisError> {
+        self.write_checkpoint(m, meta)?;
+        match &self.npy {
+            Some(np) => write_npy(np, m),
+            None => Ok(()),
+        }
+    }
+}
+
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
+    let started = SystemTime::now();
     let backend = backend(&a.device)?;
-    check_out(&a.out, a.npy)?;
+    check_out(&a.out, a.npy, started)?;
     if let Some(t) = &a.trace {
         // The trace is written from the first step: on one of these files it
         // would be lost under the output, or destroy the start before use.
@@ -511,11 +557,11 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     };
     let mut trace_err = None;
     let mut last_flush = Instant::now();
-    let out_path = a.out.clone();
+    let outputs = Outputs::new(&a.out, a.npy);
     let mut save = |m: &Basis, s: &Summary| -> Result<(), BasisError> {
         let mut meta = summary_metadata(s);
         meta.insert("checkpoint".into(), s.steps.to_string());
-        write_safetensors(&out_path, m, &meta)
+        outputs.write_checkpoint(m, &meta)
     };
     let checkpoint = (a.checkpoint_every > 0.0).then_some((a.checkpoint_every, &mut save as _));
     let g = generate_with_checkpoints(
@@ -553,13 +599,9 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         return Err(anyhow::Error::from(e).context("writing the trace"));
     }
     let s = &g.summary;
-    let meta = summary_metadata(s);
-    write_safetensors(&a.out, &g.basis, &meta)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    let npy = a.npy.then(|| a.out.with_extension("npy"));
-    if let Some(np) = &npy {
-        write_npy(np, &g.basis).with_context(|| format!("writing {}", np.display()))?;
-    }
+    // The errors name the file.
+    outputs.write_final(&g.basis, &summary_metadata(s))?;
+    let npy = outputs.npy.clone();
     let interrupted = stop.load(Ordering::SeqCst);
     if a.json {
         let mut v = serde_json::to_value(s)?;
@@ -759,7 +801,7 @@ fn print_report(file: &Path, format: &str, r: &CheckReport) {
 }
 
 fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
-    check_out(&a.out, a.npy)?;
+    check_out(&a.out, a.npy, SystemTime::now())?;
     let imp = import_pickle(&a.file)?;
     let report = check(
         &imp.basis,
@@ -788,12 +830,9 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
             .unwrap_or_default(),
     );
     put("source_form", serde_json::to_string(&imp.form)?);
-    write_safetensors(&a.out, &imp.basis, &meta)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    let npy = a.npy.then(|| a.out.with_extension("npy"));
-    if let Some(np) = &npy {
-        write_npy(np, &imp.basis).with_context(|| format!("writing {}", np.display()))?;
-    }
+    let outputs = Outputs::new(&a.out, a.npy);
+    outputs.write_final(&imp.basis, &meta)?;
+    let npy = outputs.npy;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["file"] = json!(a.file);

@@ -5,7 +5,9 @@
 //! PyTorch write them; f64 files can be read without rounding to f32.
 //!
 //! Invariants: writes are atomic (a temp file in the destination's directory,
-//! synced, then renamed over it), so a reader never sees half a matrix.
+//! synced, then renamed over it), so a reader never sees half a matrix; the
+//! temp file is named with its writer's pid, so that the next run can tell
+//! one a killed run left from one being written ([`remove_stale_temps`]).
 //! Reads memory-map the file and convert rows on demand
 //! ([`MatrixFile::read_rows`]), so `check` on a 100,000 × 5000 matrix holds
 //! only the blocks it is working on. Written files are byte-identical for the
@@ -383,6 +385,68 @@ fn le_bytes(data: &[f32]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Prefix of the temporary files written in an output's folder:
+/// `.ebv-basis-PID-XXXXXX.tmp`, the pid telling [`remove_stale_temps`]
+/// whether their writer is still running.
+const TEMP_PREFIX: &str = ".ebv-basis-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// A temp file in `dir` named with this process's pid (see [`TEMP_PREFIX`]).
+pub(super) fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    // A temp file is private (0600); the matrix is not, so it gets the
+    // mode a plain create would give it (0666 less the umask).
+    tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+        .suffix(TEMP_SUFFIX)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+}
+
+/// Remove from `dir` the temp files that killed `ebv-basis` runs left
+/// (up to a whole matrix each): those whose writer's pid is no longer
+/// running, and those named without a pid (older versions), in both cases
+/// only when last written before `started` (this process's start), so that
+/// a run writing in the same folder right now, in this pid namespace or
+/// another, keeps its file. Returns the bytes freed.
+pub fn remove_stale_temps(dir: &Path, started: std::time::SystemTime) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut freed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(middle) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+        else {
+            continue;
+        };
+        // `PID-XXXXXX` now; `XXXXXX` (alphanumeric, no dash) before.
+        let writer_gone = match middle.split_once('-') {
+            Some((pid, _)) => match pid.parse::<i32>() {
+                Ok(pid) if pid > 0 => !process_alive(pid),
+                _ => continue,
+            },
+            None => true,
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        let before = meta.modified().is_ok_and(|m| m < started);
+        if writer_gone && before && meta.is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            freed += meta.len();
+        }
+    }
+    freed
+}
+
+/// Whether a process with this pid exists (here: signal 0 does not fail
+/// with ESRCH; EPERM means it exists under another user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process can be found.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Writes through a temp file in `path`'s directory, then renames it over `path`.
 fn atomic_write(
     path: &Path,
@@ -392,14 +456,7 @@ fn atomic_write(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    // A temp file is private (0600); the matrix is not, so it gets the
-    // mode a plain create would give it (0666 less the umask).
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ebv-basis-")
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(|e| BasisError::io(dir, e))?;
+    let mut tmp = temp_file_in(dir).map_err(|e| BasisError::io(dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
     write(&tmp_path, tmp.as_file_mut()).map_err(|r| BasisError::format(path, r))?;
     tmp.as_file()

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use super::ModelError;
+use crate::shard::ShardError;
 
 /// What a named tensor is, for the optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,9 +349,14 @@ pub fn save_safetensors(
             path: path.to_path_buf(),
             detail: e,
         })?;
-    crate::shard::write_replace(path, &data, true).map_err(|e| ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
+    // The shard error names the file already: not again around it.
+    crate::shard::write_replace(path, &data, true).map_err(|e| match e {
+        ShardError::Io { path, cause } => ModelError::Io { path, cause },
+        ShardError::Invalid { path, detail } => ModelError::Checkpoint { path, detail },
+        ShardError::Parquet { path, cause } => ModelError::Checkpoint {
+            path,
+            detail: cause.to_string(),
+        },
     })?;
     Ok(())
 }
@@ -421,6 +427,19 @@ pub fn load_safetensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write error names the file once (it used to say it twice).
+    #[test]
+    fn a_failed_save_names_the_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent").join("model.safetensors");
+        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let e = save_safetensors(&p, &[("w".into(), t)], &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.matches("model.safetensors").count(), 1, "{e}");
+        assert!(e.contains("No such file"), "{e}");
+    }
 
     /// A NaN or an infinity anywhere (weight or running statistic) is found
     /// and named; huge finite values whose sum overflows are not.

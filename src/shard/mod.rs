@@ -36,4 +36,7 @@ pub use schema::{
     Split, CLASSES_FILE, COL_IMAGE, COL_KEY, COL_LABEL, FORMAT_VERSION, IMAGE_LENGTHS_KEY,
 };
 pub use verify::{verify_dir, Problem, VerifyReport};
-pub use writer::{sync_files, write_atomic, write_replace, ShardError, ShardWriter, WrittenShard};
+pub use writer::{
+    remove_replace_temps, replace_temp_target, sync_files, write_atomic, write_replace, ShardError,
+    ShardWriter, WrittenShard,
+};

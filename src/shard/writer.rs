@@ -104,6 +104,46 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
+/// The file name a [`write_replace`] temporary (`.NAME.PID.tmp`) was
+/// written for, or None when `name` is not one.
+pub fn replace_temp_target(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (target, pid) = inner.rsplit_once('.')?;
+    (!target.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(target)
+}
+
+/// Remove the [`write_replace`] temporaries of the files `targets` from
+/// `dir`: what a process killed mid-write leaves behind (named after its
+/// pid, so no later write reuses them). Only for a caller that holds the
+/// folder's lock, so that no other process can be writing them; the
+/// names are limited to `targets` so that another program's files of a
+/// similar pattern are never touched.
+pub fn remove_replace_temps(dir: &Path, targets: &[&str]) -> Result<(), ShardError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ShardError::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| ShardError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(target) = name.to_str().and_then(replace_temp_target) else {
+            continue;
+        };
+        if !targets.contains(&target) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ShardError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Flush `paths` (and their folders) to stable storage.
 pub fn sync_files<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<(), ShardError> {
     let mut dirs = std::collections::BTreeSet::new();
@@ -447,5 +487,48 @@ impl Drop for ShardWriter {
         if self.writer.is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `.NAME.PID.tmp` files of the names asked for are removed.
+    #[test]
+    fn stale_replace_temps_of_the_named_files_are_removed() {
+        assert_eq!(
+            replace_temp_target(".summary.json.123.tmp"),
+            Some("summary.json")
+        );
+        assert_eq!(replace_temp_target(".latest.9.tmp"), Some("latest"));
+        for not in [
+            ".epoch-0001.tmp",
+            "summary.json.1.tmp",
+            ".x.12a.tmp",
+            "..1.tmp",
+            ".lock",
+        ] {
+            assert_eq!(replace_temp_target(not), None, "{not}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in [".summary.json.4.tmp", ".other.json.4.tmp", "summary.json"] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(d.join(".summary.json.5.tmp")).unwrap();
+        write_replace(&d.join("summary.json"), b"y", false).unwrap();
+        remove_replace_temps(d, &["summary.json"]).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".other.json.4.tmp", ".summary.json.5.tmp", "summary.json"]
+        );
+        assert_eq!(std::fs::read(d.join("summary.json")).unwrap(), b"y");
+        remove_replace_temps(&d.join("absent"), &["x"]).unwrap();
     }
 }

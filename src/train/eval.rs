@@ -2,7 +2,7 @@
 //! `ebv-predict`.
 //!
 //! A model is found from a run folder (its latest checkpoint), a checkpoint
-//! folder, or a bare `model.safetensors`; a file from torchvision
+//! folder (refused unless complete), or a bare `model.safetensors`; a file from torchvision
 //! (`safetensors.torch.save_file(resnet50().state_dict(), …)`) has no spec
 //! metadata, so its architecture and head come from flags. The EBV basis
 //! and class names come from the run folder unless given.
@@ -181,6 +181,19 @@ fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>), TrainError> {
             return Ok((dir.join("model.safetensors"), Some(path.to_path_buf())));
         }
         let weights = path.join("model.safetensors");
+        // A checkpoint folder (RUN/checkpoints/NAME/, or any folder with
+        // a checkpoint's other files) must be whole: what a crashed save
+        // or prune left may still hold a model, but not the one named.
+        let in_run = path
+            .parent()
+            .is_some_and(|p| p.file_name() == Some("checkpoints".as_ref()));
+        if in_run
+            || checkpoint::FILES
+                .iter()
+                .any(|f| *f != "model.safetensors" && path.join(f).is_file())
+        {
+            checkpoint::check_complete(path)?;
+        }
         if weights.is_file() {
             // RUN/checkpoints/NAME/
             let run = path.parent().and_then(Path::parent).map(Path::to_path_buf);

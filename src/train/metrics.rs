@@ -7,7 +7,9 @@
 //!   a resumed run's log equals an uninterrupted run's (wall-clock fields
 //!   such as images/s aside);
 //! - accumulators are part of the checkpoint state, so averages that span
-//!   an interruption are still exact.
+//!   an interruption are still exact (read back bit for bit: serde_json's
+//!   `float_roundtrip`);
+//! - the log holds whole lines: an append that fails is cut back off.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,8 @@ pub struct EpochMetrics {
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    /// Bytes of whole lines in the file.
+    len: u64,
 }
 
 impl MetricsLog {
@@ -120,15 +124,24 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog {
+            path,
+            file,
+            len: kept.len() as u64,
+        })
     }
 
     pub fn write(&mut self, value: &serde_json::Value) -> Result<(), TrainError> {
         let mut line = value.to_string();
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| TrainError::io(&self.path, e))
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // A line cut short (a full disk) is taken off again, so that
+            // a reader following the log never meets half a line.
+            let _ = self.file.set_len(self.len);
+            return Err(TrainError::io(&self.path, e));
+        }
+        self.len += line.len() as u64;
+        Ok(())
     }
 }
 

@@ -5,6 +5,9 @@
 //! Two panels share the x axis (optimiser step): left, train loss per log
 //! interval and val loss per epoch; right, train top-1 per log interval
 //! and val top-1/top-5 per epoch.
+//!
+//! Invariant: the file is replaced atomically (temporary name, rename), so
+//! it is the previous plot, the new one, or absent — never a torn PNG.
 
 use std::path::Path;
 
@@ -74,8 +77,14 @@ pub fn write_curves(lines: &[serde_json::Value], path: &Path) -> Result<(), Trai
         RgbImage::from_pixel(2 * (PANEL_W + MARGIN) + MARGIN, PANEL_H + 2 * MARGIN, WHITE);
     panel(&mut img, MARGIN, MARGIN, "loss", &loss);
     panel(&mut img, 2 * MARGIN + PANEL_W, MARGIN, "accuracy", &acc);
-    img.save(path)
-        .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))
+    // Encoded in memory, then written under a temporary name and renamed:
+    // `RgbImage::save` truncates the file in place and drops the error of
+    // its last buffered write (a full disk left a PNG without its end).
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+    crate::shard::write_replace(path, png.get_ref(), false)
+        .map_err(|e| TrainError::Other(e.to_string()))
 }
 
 fn panel(img: &mut RgbImage, x0: u32, y0: u32, title: &str, series: &[Series]) {
@@ -204,5 +213,20 @@ mod tests {
         let count = |c: Rgb<u8>| img.pixels().filter(|&&p| p == c).count();
         assert!(count(BLUE) > 100, "train lines drawn");
         assert!(count(ORANGE) > 9, "val points drawn");
+        // Replaced whole, with no temporary left beside it.
+        write_curves(&lines[..3], &p).unwrap();
+        image::open(&p).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    /// A write that fails is an error naming the file once.
+    #[test]
+    fn a_failed_write_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent").join("c.png");
+        let e = write_curves(&[], &p).unwrap_err().to_string();
+        assert_eq!(e.matches("c.png").count(), 1, "{e}");
+        assert!(!p.exists());
     }
 }

@@ -12,7 +12,11 @@
 //! - the EBV matrix lives outside the optimiser: it has no gradient and no
 //!   state, and it is never part of a checkpoint's model file;
 //! - an interrupt (Ctrl-C) or `--max-steps` ends the current step, writes a
-//!   checkpoint at that position and returns; nothing is lost.
+//!   checkpoint at that position and returns; nothing is lost;
+//! - `summary.json` is written after the session's last checkpoint; a
+//!   resume with nothing to train keeps it only if it describes the latest
+//!   checkpoint, and rebuilds it otherwise (a kill in between), so it never
+//!   stays an earlier session's for good.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,6 +164,18 @@ fn basis_copy_name(src: &Path) -> Result<&'static str, TrainError> {
     })
 }
 const CLASSES: &str = "classes.tsv";
+const SUMMARY: &str = "summary.json";
+const CURVES: &str = "curves.png";
+/// The run folder's files written through `write_replace`, whose
+/// temporaries a killed run leaves.
+const RUN_FILES: [&str; 6] = [
+    CONFIG,
+    CLASSES,
+    "metrics.jsonl",
+    "model-best.safetensors",
+    SUMMARY,
+    CURVES,
+];
 
 fn model_spec(
     recipe: &Recipe,
@@ -474,6 +490,13 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
     } else {
         None
     };
+    if primary {
+        // Under the lock nothing else writes here: any temporary file or
+        // hidden checkpoint folder is what a killed process left.
+        checkpoint::tidy(&run)?;
+        crate::shard::remove_replace_temps(&run, &RUN_FILES)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
+    }
     let mut opts = opts.clone();
     let latest = if run.is_dir() {
         checkpoint::latest(&run)?
@@ -894,28 +917,46 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
             stop = true;
         }
     }
-    let previous = run.join("summary.json");
-    if images_done == 0 && opts.resume && previous.is_file() {
+    let previous = run.join(SUMMARY);
+    if images_done == 0 && opts.resume {
         // Nothing was trained: the run's summary (its steps, time and
-        // throughput) stays as the training that produced it wrote it.
-        let text = std::fs::read(&previous).map_err(|e| TrainError::io(&previous, e))?;
-        let summary: Summary =
-            serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
-                path: previous.clone(),
-                detail: e.to_string(),
-            })?;
+        // throughput) stays as the training that produced it wrote it —
+        // if it describes this checkpoint. A kill between the last
+        // checkpoint and the summary leaves none, or an earlier session's.
+        if let Some(summary) = summary_of(&previous, &state, r.schedule.epochs) {
+            if chatty {
+                eprintln!(
+                    "ebv-train: nothing to train: {} is at step {} (epoch {} of {}); summary.json left as it was",
+                    run.display(),
+                    state.step,
+                    state.sampler.epoch.min(r.schedule.epochs),
+                    r.schedule.epochs
+                );
+            }
+            if primary {
+                drop(log);
+                draw_curves(&run);
+            }
+            return Ok(TrainOutcome { run, summary });
+        }
         if chatty {
             eprintln!(
-                "ebv-train: nothing to train: {} is at step {} (epoch {} of {}); summary.json left as it was",
+                "ebv-train: nothing to train: {} is at step {} (epoch {} of {}); summary.json \
+                 rebuilt from that checkpoint (missing, or of another step: the session that \
+                 got there was stopped before writing it; its time is unknown, written as 0)",
                 run.display(),
                 state.step,
                 state.sampler.epoch.min(r.schedule.epochs),
                 r.schedule.epochs
             );
         }
-        return Ok(TrainOutcome { run, summary });
     }
-    let secs = started.elapsed().as_secs_f64();
+    // Nothing trained in this session (a rebuilt summary): no time to report.
+    let secs = if images_done == 0 {
+        0.0
+    } else {
+        started.elapsed().as_secs_f64()
+    };
     let summary = Summary {
         steps: state.step,
         epochs: state.history.len() as u64,
@@ -923,19 +964,50 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         best_epoch: best_epoch(&state.history).cloned(),
         parameters: model.store.num_parameters(),
         train_seconds: secs,
-        images_per_second: images_done as f64 / secs.max(1e-9),
+        images_per_second: if images_done == 0 {
+            0.0
+        } else {
+            images_done as f64 / secs.max(1e-9)
+        },
         interrupted: state.sampler.epoch < r.schedule.epochs,
     };
     if primary {
         let text =
             serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
-        crate::shard::write_replace(&run.join("summary.json"), &text, false)
+        crate::shard::write_replace(&previous, &text, false)
             .map_err(|e| TrainError::Other(e.to_string()))?;
         drop(log);
-        let lines = read_log(&run.join("metrics.jsonl"))?;
-        write_curves(&lines, &run.join("curves.png"))?;
+        draw_curves(&run);
     }
     Ok(TrainOutcome { run, summary })
+}
+
+/// The run's `summary.json` if it describes the checkpoint `state` (same
+/// step, epochs and interrupted flag); None when it is missing, unreadable
+/// or of another step.
+fn summary_of(path: &Path, state: &TrainState, epochs: u64) -> Option<Summary> {
+    let text = std::fs::read(path).ok()?;
+    let summary: Summary = serde_json::from_slice(&text).ok()?;
+    (summary.steps == state.step
+        && summary.epochs == state.history.len() as u64
+        && summary.interrupted == (state.sampler.epoch < epochs))
+        .then_some(summary)
+}
+
+/// Draw `curves.png` from `metrics.jsonl`. A failure is a warning, not an
+/// error: the run's checkpoint and summary are already written, the plot
+/// is written atomically (a failed write leaves the previous one or none,
+/// never a torn file), and `--resume` of the finished run draws it again.
+fn draw_curves(run: &Path) {
+    let path = run.join(CURVES);
+    let drawn = read_log(&run.join("metrics.jsonl")).and_then(|lines| write_curves(&lines, &path));
+    if let Err(e) = drawn {
+        eprintln!(
+            "ebv-train: warning: {} not drawn: {e} (`ebv-train --resume --out {}` draws it again)",
+            path.display(),
+            run.display()
+        );
+    }
 }
 
 /// Load weights by name, keeping tensors whose shape differs at their
