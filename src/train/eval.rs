@@ -219,6 +219,31 @@ fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>), TrainError> {
     Ok((path.to_path_buf(), run))
 }
 
+/// Lookups of a run folder's latest checkpoint that may meet a prune.
+const PRUNE_RETRIES: u32 = 3;
+
+/// [`locate`] the weights of `path` and `load` them. A run still training
+/// publishes its next checkpoint and then prunes old ones, so the folder
+/// `latest` named may be gone (or going: renamed away) by the time it is
+/// read; the lookup is then made again, and names its successor.
+fn read_weights<T>(
+    path: &Path,
+    mut load: impl FnMut(&Path) -> Result<T, crate::model::ModelError>,
+) -> Result<(PathBuf, Option<PathBuf>, T), TrainError> {
+    let live = path.join("checkpoints").is_dir();
+    let mut attempt = 0;
+    loop {
+        let found = locate(path).and_then(|(weights, run)| {
+            let t = load(&weights)?;
+            Ok((weights, run, t))
+        });
+        match found {
+            Err(_) if live && attempt < PRUNE_RETRIES => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Open the model at `path` (see the module header) on `device`.
 pub fn open_model(
     path: &Path,
@@ -226,8 +251,7 @@ pub fn open_model(
     device: &Device,
     imp: KernelImpl,
 ) -> Result<LoadedModel, TrainError> {
-    let (weights, run) = locate(path)?;
-    let (tensors, meta) = load_safetensors(&weights)?;
+    let (weights, run, (tensors, meta)) = read_weights(path, load_safetensors)?;
     let recipe = match &run {
         Some(r) => Some(Recipe::load(Some(&r.join("config.toml")), &[])?),
         None => None,
@@ -371,4 +395,56 @@ pub fn open_model(
         weights,
         overridden,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint pruned between the lookup of `latest` and the read (the
+    /// trainer published a newer one meanwhile) is looked up again; a run
+    /// folder whose weights stay unreadable is still an error.
+    #[test]
+    fn a_checkpoint_pruned_under_the_reader_is_looked_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let make = |name: &str| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            for f in checkpoint::FILES {
+                std::fs::write(d.join(f), name).unwrap();
+            }
+        };
+        make("epoch-0001");
+        std::fs::write(root.join(checkpoint::LATEST), "epoch-0001").unwrap();
+        let mut calls = 0;
+        let (weights, run, text) = read_weights(dir.path(), |p| {
+            calls += 1;
+            if calls == 1 {
+                // The trainer, between the lookup and the read.
+                make("epoch-0002");
+                std::fs::write(root.join(checkpoint::LATEST), "epoch-0002").unwrap();
+                std::fs::remove_dir_all(root.join("epoch-0001")).unwrap();
+            }
+            std::fs::read_to_string(p).map_err(|e| crate::model::ModelError::Io {
+                path: p.to_path_buf(),
+                cause: e,
+            })
+        })
+        .unwrap();
+        assert_eq!(calls, 2);
+        assert_eq!(text, "epoch-0002");
+        assert!(weights.ends_with("epoch-0002/model.safetensors"));
+        assert_eq!(run.as_deref(), Some(dir.path()));
+        let mut calls = 0;
+        let e = read_weights(dir.path(), |p| -> Result<(), _> {
+            calls += 1;
+            Err(crate::model::ModelError::Io {
+                path: p.to_path_buf(),
+                cause: std::io::Error::other("unreadable"),
+            })
+        });
+        assert!(e.is_err());
+        assert_eq!(calls, 1 + PRUNE_RETRIES);
+    }
 }
