@@ -342,14 +342,14 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let started = SystemTime::now();
     let backend = backend(&a.device)?;
     check_out(&a.out, a.npy, started)?;
+    let outputs = Outputs::new(&a.out, a.npy);
     if let Some(t) = &a.trace {
         // The trace is written from the first step: on one of these files it
         // would be lost under the output, or destroy the start before use.
         let same = |p: &Path| std::path::absolute(p).ok() == std::path::absolute(t).ok();
-        let npy = a.npy.then(|| a.out.with_extension("npy"));
         for (flag, p) in [
             ("--out", Some(&a.out)),
-            ("--npy", npy.as_ref()),
+            ("--npy", outputs.npy.as_ref()),
             ("--start", a.start.as_ref()),
         ] {
             if p.is_some_and(|p| same(p)) {
@@ -530,14 +530,12 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             p.slice,
             gib(p.mem_estimate)
         );
-        // One slice row is a row of C (N f32) and its mask: 8·N bytes.
-        if a.slice.is_none() && a.mem < 8 * p.n as u64 {
+        let row = super::gram::slice_row_bytes(p.n);
+        if a.slice.is_none() && a.mem < row {
             eprintln!(
-                "  note: --mem {} B is less than one slice row needs ({} B for N = {}): \
+                "  note: --mem {} B is less than one slice row needs ({row} B for N = {}): \
                  slices of one row, which is slow",
-                a.mem,
-                8 * p.n as u64,
-                p.n
+                a.mem, p.n
             );
         }
     }
@@ -557,7 +555,6 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     };
     let mut trace_err = None;
     let mut last_flush = Instant::now();
-    let outputs = Outputs::new(&a.out, a.npy);
     let mut save = |m: &Basis, s: &Summary| -> Result<(), BasisError> {
         let mut meta = summary_metadata(s);
         meta.insert("checkpoint".into(), s.steps.to_string());

@@ -832,7 +832,16 @@ pub fn generate_with_checkpoints(
         }
         (None, None) => plan.random_max_cos.median,
     };
-    let mut tau = target.unwrap_or(welch + AUTO_SHRINK * (start_max - welch));
+    // The continuation's next threshold from a max |cos| `m`: a tenth of
+    // the way down to the Welch bound, never below α.
+    let next_tau = |m: f64| (welch + AUTO_SHRINK * (m - welch)).max(target.unwrap_or(welch));
+    let mut tau = target.unwrap_or(next_tau(start_max));
+    // Noise of expected norm `jitter` per row, from a seed of its own (the
+    // k-th time: another one), to push a construction off its subspace.
+    let jitter = |data: &mut [f32], k: u32| {
+        let scale = (cfg.jitter / (d as f64).sqrt()) as f32;
+        add_gaussian(data, d, cfg.seed ^ 0x6a17_7e12 ^ u64::from(k), scale);
+    };
     let mut velocity = match cfg.method {
         Method::Adaptive | Method::Pnorm => vec![0.0f32; n * d],
         Method::Sgd => Vec::new(),
@@ -979,9 +988,7 @@ pub fn generate_with_checkpoints(
         // stays the best matrix until beaten); the optimiser starts from it
         // pushed off its subspace.
         if step == 0 && plan.start.is_some() && cfg.jitter > 0.0 {
-            // Noise of expected norm `jitter` per row, from a seed of its own.
-            let scale = (cfg.jitter / (d as f64).sqrt()) as f32;
-            add_gaussian(&mut b.data, d, cfg.seed ^ 0x6a17_7e12, scale);
+            jitter(&mut b.data, 0);
             (own_best, own_gain) = (f32::INFINITY, step + 1);
             step += 1;
             continue;
@@ -993,14 +1000,11 @@ pub fn generate_with_checkpoints(
             && step - own_gain >= stall_steps
         {
             b.data.copy_from_slice(&best.rows);
-            if best_step == 0 && plan.start.is_some() && cfg.start.is_none() && cfg.jitter > 0.0 {
+            if best_step == 0 && plan.start.is_some() && cfg.jitter > 0.0 {
                 // The best is still the construction: leave its subspace again.
-                let scale = (cfg.jitter / (d as f64).sqrt()) as f32;
-                let seed = cfg.seed ^ 0x6a17_7e12 ^ u64::from(recoveries + 1);
-                add_gaussian(&mut b.data, d, seed, scale);
+                jitter(&mut b.data, recoveries + 1);
             }
-            let floor = target.unwrap_or(welch);
-            tau = (welch + AUTO_SHRINK * (best_max as f64 - welch)).max(floor);
+            tau = next_tau(best_max as f64);
             continuation = true;
             lr = plan.lr;
             velocity.fill(0.0);
@@ -1070,8 +1074,7 @@ pub fn generate_with_checkpoints(
             }
         }
         if continuation && mx as f64 <= tau + cfg.tol {
-            let floor = target.unwrap_or(welch);
-            tau = (welch + AUTO_SHRINK * (mx as f64 - welch)).max(floor);
+            tau = next_tau(mx as f64);
             prev_loss = None;
         }
         step += 1;

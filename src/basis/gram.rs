@@ -112,13 +112,19 @@ pub(crate) struct Engine {
     dense_hint: bool,
 }
 
+/// The budget one slice row takes: its N f32 of the Gram block, which gets
+/// half of the budget. Below it slices have one row whatever `--mem` says.
+pub fn slice_row_bytes(n: usize) -> u64 {
+    2 * 4 * n.max(1) as u64
+}
+
 /// Rows per slice for an N-row matrix within `mem_bytes` (the Gram block gets
 /// half of it, the sparse pair list the other half).
 ///
 /// Also capped near N/16 rows so that the upper-triangle saving is real
 /// (one slice of N rows would compute the full square).
 pub fn slice_rows(n: usize, mem_bytes: u64) -> usize {
-    let by_mem = (mem_bytes / 2 / (4 * n.max(1) as u64)).max(1) as usize;
+    let by_mem = (mem_bytes / slice_row_bytes(n)).max(1) as usize;
     let cap = n.div_ceil(16).max(128);
     by_mem.min(cap).min(n).max(1)
 }

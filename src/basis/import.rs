@@ -141,16 +141,7 @@ pub struct Imported {
 
 /// Reads `path` (a `.pkl` of either form) into memory.
 pub fn import_pickle(path: &Path) -> Result<Imported, BasisError> {
-    match crate::file_kind::not_regular(path) {
-        Ok(None) => {}
-        Ok(Some(kind)) => {
-            return Err(BasisError::format(
-                path,
-                format!("is a {kind}, not a pickle or torch.save file"),
-            ))
-        }
-        Err(e) => return Err(BasisError::io(path, e)),
-    }
+    super::io::regular_file(path, "a pickle or torch.save file")?;
     let data = std::fs::read(path).map_err(|e| BasisError::io(path, e))?;
     import_bytes(&data, path)
 }
@@ -260,18 +251,7 @@ fn legacy_file(b: &[u8], path: &Path) -> Result<Imported, BasisError> {
     let mut pos = 0;
     legacy_header(b, &mut pos, path)?;
     let top = pickle::load(b, &mut pos, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
-    let top = unwrap_parameter(&top);
-    if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
-        return Err(perr(
-            path,
-            "the legacy torch.save holds no tensor at its top level",
-        ));
-    }
-    let (args, _) = call_parts(top).ok_or_else(|| perr(path, "malformed tensor"))?;
-    let Some(Value::Persistent(pid)) = args.first() else {
-        return Err(perr(path, "tensor storage is not a persistent id"));
-    };
-    let (key, location, numel, ty) = storage_id(pid, path)?;
+    let (args, (key, location, numel, ty)) = saved_tensor(&top, "legacy torch.save", path)?;
     let values = legacy_records(b, &mut pos, &key, numel, ty, path)?;
     rebuild(args, &values, location, ty, path)
 }
@@ -312,17 +292,7 @@ fn zip_file(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
     }
     let pkl = read(&pkl_name)?.unwrap_or_default();
     let top = pickle::load(&pkl, &mut 0, &allowed_legacy_object).map_err(|e| map_err(path, e))?;
-    let top = unwrap_parameter(&top);
-    if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
-        return Err(bad(
-            "the torch.save archive holds no tensor at its top level".into(),
-        ));
-    }
-    let (args, _) = call_parts(top).ok_or_else(|| bad("malformed tensor".into()))?;
-    let Some(Value::Persistent(pid)) = args.first() else {
-        return Err(bad("tensor storage is not a persistent id".into()));
-    };
-    let (key, location, numel, ty) = storage_id(pid, path)?;
+    let (args, (key, location, numel, ty)) = saved_tensor(&top, "torch.save archive", path)?;
     let raw = read(&format!("{prefix}data/{key}"))?.ok_or_else(|| {
         bad(format!(
             "storage `{key}` not present (no {prefix}data/{key})"
@@ -339,6 +309,28 @@ fn zip_file(data: &[u8], path: &Path) -> Result<Imported, BasisError> {
             ))
         })?;
     rebuild(args, &decode_le(ty, bytes), location, ty, path)
+}
+
+/// The `_rebuild_tensor_v2` call at the top of a `torch.save` object pickle
+/// (`what`: which form, for errors), inside an `nn.Parameter` or not: its
+/// arguments, and its storage's persistent id read by [`storage_id`].
+fn saved_tensor<'v, 'a>(
+    top: &'v Value<'a>,
+    what: &str,
+    path: &Path,
+) -> Result<(&'v [Value<'a>], StorageId), BasisError> {
+    let top = unwrap_parameter(top);
+    if top.callee() != Some(("torch._utils", "_rebuild_tensor_v2")) {
+        return Err(perr(
+            path,
+            format!("the {what} holds no tensor at its top level"),
+        ));
+    }
+    let (args, _) = call_parts(top).ok_or_else(|| perr(path, "malformed tensor"))?;
+    let Some(Value::Persistent(pid)) = args.first() else {
+        return Err(perr(path, "tensor storage is not a persistent id"));
+    };
+    Ok((args, storage_id(pid, path)?))
 }
 
 /// `_rebuild_tensor_v2(storage, offset, size, stride, …)` over `values`.
@@ -467,9 +459,12 @@ fn legacy_header(b: &[u8], pos: &mut usize, path: &Path) -> Result<(), BasisErro
     }
 }
 
+/// A storage's key, location, element count and element type.
+type StorageId = (String, String, usize, Elem);
+
 /// `('storage', torch.FloatStorage, key, location, numel, …)` → (key,
 /// location, numel, element type).
-fn storage_id(pid: &Value, path: &Path) -> Result<(String, String, usize, Elem), BasisError> {
+fn storage_id(pid: &Value, path: &Path) -> Result<StorageId, BasisError> {
     match pid.as_seq() {
         Some([Value::Str(tag), ty, Value::Str(key), Value::Str(loc), numel, ..])
             if tag == "storage" =>

@@ -89,13 +89,14 @@ fn f16_to_f64(h: u16) -> f64 {
 }
 
 /// Refuses a folder, named pipe, device or socket by name before it is
-/// opened (a pipe would block; mapping a folder fails as "No such device").
-pub fn regular_file(path: &Path) -> Result<(), BasisError> {
+/// opened (a pipe would block; mapping a folder fails as "No such device");
+/// `expected` says what the file should have been.
+pub fn regular_file(path: &Path, expected: &str) -> Result<(), BasisError> {
     match crate::file_kind::not_regular(path) {
         Ok(None) => Ok(()),
         Ok(Some(kind)) => Err(BasisError::format(
             path,
-            format!("is a {kind}, not a matrix file (safetensors or .npy)"),
+            format!("is a {kind}, not {expected}"),
         )),
         Err(e) => Err(BasisError::io(path, e)),
     }
@@ -123,7 +124,7 @@ pub struct MatrixFile {
 impl MatrixFile {
     /// Opens `path`, recognising the format by its first bytes.
     pub fn open(path: &Path) -> Result<Self, BasisError> {
-        regular_file(path)?;
+        regular_file(path, "a matrix file (safetensors or .npy)")?;
         let file = File::open(path).map_err(|e| BasisError::io(path, e))?;
         // SAFETY: the map is read-only; a file truncated under us by another
         // process is outside what this tool guards against (as for any reader).
