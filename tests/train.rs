@@ -151,6 +151,13 @@ log_every = 2
 }
 
 fn train(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--quiet"];
+    args.extend_from_slice(extra);
+    train_chatty(f, out, &args)
+}
+
+/// [`train`] with its notes and progress lines on stderr.
+fn train_chatty(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
     let cfg = recipe(&f.root);
     let mut args = vec![
         "--config",
@@ -161,7 +168,6 @@ fn train(f: &Fixture, out: &Path, extra: &[&str]) -> std::process::Output {
         s(&f.basis),
         "--out",
         s(out),
-        "--quiet",
     ];
     args.extend_from_slice(extra);
     run(TRAIN, &args)
@@ -335,23 +341,10 @@ fn fc_head_and_plain_state_dicts() {
     let top1 = summary["last_epoch"]["val"]["top1"].as_f64().unwrap();
     assert!(top1 >= 0.6, "fc val top-1 {top1}");
     // A basis given to the fc head is said to be unused, not silently taken.
-    let cfg = recipe(&f.root);
-    let o = run(
-        TRAIN,
-        &[
-            "--config",
-            s(&cfg),
-            "--shards",
-            s(&f.shards),
-            "--ebv",
-            s(&f.basis),
-            "--head",
-            "fc",
-            "--max-steps",
-            "1",
-            "--out",
-            s(&f.root.join("fc-note")),
-        ],
+    let o = train_chatty(
+        &f,
+        &f.root.join("fc-note"),
+        &["--head", "fc", "--max-steps", "1"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);

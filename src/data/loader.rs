@@ -68,6 +68,14 @@ pub struct SampleError {
     pub replaced_by: Option<u64>,
 }
 
+impl SampleError {
+    /// "shard row N (key): why", for a warning that names one failure.
+    pub fn brief(&self) -> String {
+        let key = self.key.as_deref().unwrap_or("?");
+        format!("{} row {} ({key}): {}", self.shard, self.row, self.detail)
+    }
+}
+
 /// What an epoch (or the part consumed so far) did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochSummary {

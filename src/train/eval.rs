@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::data::{Loader, SamplerState};
+use crate::data::{Loader, SampleError, SamplerState};
 use crate::kernels::KernelImpl;
 use crate::model::{
     load_basis, load_safetensors, Arch, Classifier, HeadKind, ModelSpec, ResNetConfig,
@@ -65,10 +65,7 @@ pub fn evaluate(
     bar.finish_and_clear();
     let iter = batches.finish()?;
     let summary = iter.summary();
-    let first_skipped = summary.errors.first().map(|e| {
-        let key = e.key.as_deref().unwrap_or("?");
-        format!("{} row {} ({key}): {}", e.shard, e.row, e.detail)
-    });
+    let first_skipped = summary.errors.first().map(SampleError::brief);
     if n == 0 && summary.skipped > 0 {
         return Err(TrainError::Other(format!(
             "{} split: none of its {} images could be read (first: {})",

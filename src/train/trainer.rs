@@ -30,7 +30,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Loader, SamplerState};
+use crate::data::{Loader, SampleError, SamplerState};
 use crate::kernels::KernelImpl;
 use crate::model::{load_basis, Classifier, HeadKind, ModelSpec, ParamKind};
 use crate::shard::{ShardSet, Split};
@@ -802,10 +802,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
         let replaced = iter.summary().replaced;
         // Said where a person reads it, not only in metrics.jsonl: a
         // replaced sample is an image of the shards that cannot be read.
-        let first_failure = iter.summary().errors.first().map(|e| {
-            let key = e.key.as_deref().unwrap_or("?");
-            format!("{} row {} ({key}): {}", e.shard, e.row, e.detail)
-        });
+        let first_failure = iter.summary().errors.first().map(SampleError::brief);
         drop(iter);
         if state.interval.steps > 0 {
             write_log(
