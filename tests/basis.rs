@@ -1149,6 +1149,10 @@ fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
     );
     let j = json(&out);
     assert!(j["steps"].as_u64().unwrap() < 1_000_000);
+    // Its state is kept for the same command to resume.
+    let kept = dir.path().join("int.safetensors.resume");
+    assert!(kept.exists());
+    assert_eq!(j["state"], kept.to_str().unwrap());
     let (_, _, vals, meta) = read_safetensors(&out_q);
     assert!(!meta.contains_key("checkpoint"), "{meta:?}");
     let r = direct(2000, 128, &vals);
@@ -1163,6 +1167,146 @@ fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(json(&out)["interrupted"], true);
+}
+
+/// A run killed with SIGKILL, then started again with the same command,
+/// ends with the very file the run that was never killed writes (the
+/// state in OUT.resume carries the optimiser's momentum, step size, τ and
+/// guard), its trace holds every step once, and the state is gone when the
+/// run is complete. Another option is refused, naming it; `--fresh` starts over.
+#[test]
+fn a_killed_run_resumes_exactly_with_the_same_command() {
+    let dir = tmp();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "generate",
+            "--classes",
+            "600",
+            "--dim",
+            "48",
+            "--alpha",
+            "0.15",
+            "--method",
+            "adaptive",
+            "--steps",
+            "1500",
+            "--checkpoint-every",
+            "0.05",
+            "--out",
+            out,
+            "--trace",
+            &format!("{out}.csv"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = run(
+        dir.path(),
+        &[args("whole.safetensors"), vec!["-q".into()]]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&whole), 1, "{}", stderr(&whole));
+    assert!(!dir.path().join("whole.safetensors.resume").exists());
+
+    let state = dir.path().join("cut.safetensors.resume");
+    // Starts the run and kills it (SIGKILL) once it has written a state.
+    let kill_after_a_state = || {
+        let mut child = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(args("cut.safetensors"))
+            .arg("-q")
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !state.exists() {
+            assert!(t0.elapsed().as_secs() < 120, "no state after 120 s");
+            if child.try_wait().unwrap().is_some() {
+                panic!("the run ended before its first state: make it longer");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        child.kill().unwrap();
+        assert!(
+            child.wait().unwrap().code().is_none(),
+            "the run ended before the kill"
+        );
+    };
+    kill_after_a_state();
+
+    // Another α: refused (exit 2), naming the option; the state is kept.
+    let mut other = args("cut.safetensors");
+    other[6] = "0.16".into();
+    let e = refused(
+        dir.path(),
+        &other.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        e.contains("--alpha: 0.15 in the saved run, 0.16 now") && e.contains("--fresh"),
+        "{e}"
+    );
+    assert!(state.exists());
+
+    let again = run(
+        dir.path(),
+        &args("cut.safetensors")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&again), 1, "{}", stderr(&again));
+    let said = stderr(&again);
+    let at: u64 = said
+        .split("resuming the unfinished run at step ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("no resume said: {said}"));
+    assert!(at > 0 && at < 1500, "resumed at step {at}");
+    assert_eq!(
+        std::fs::read(dir.path().join("cut.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("whole.safetensors")).unwrap(),
+        "resumed at step {at}: not the uninterrupted run's file"
+    );
+    assert!(!state.exists(), "the state outlived the finished run");
+    let trace = std::fs::read_to_string(dir.path().join("cut.safetensors.csv")).unwrap();
+    let steps: Vec<u64> = trace
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    let first_off = steps.iter().enumerate().find(|&(i, &k)| k != i as u64);
+    assert!(
+        first_off.is_none() && steps.len() == 1501,
+        "trace steps: {} lines, first out of place {first_off:?}",
+        steps.len()
+    );
+    assert_eq!(
+        trace,
+        std::fs::read_to_string(dir.path().join("whole.safetensors.csv")).unwrap()
+    );
+
+    // --fresh discards a state and starts over (step 0, no resume said).
+    kill_after_a_state();
+    let mut fresh = args("cut.safetensors");
+    fresh[10] = "5".into();
+    fresh.push("--fresh".into());
+    let out = run(
+        dir.path(),
+        &[fresh, vec!["--json".into(), "-q".into()]]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let j = json(&out);
+    assert_eq!(j["steps"], 5);
+    assert!(j["resumed_at_step"].is_null(), "{j}");
+    assert!(!state.exists());
 }
 
 /// With `--npy`, a run killed after its first checkpoint leaves no .npy of

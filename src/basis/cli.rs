@@ -20,13 +20,14 @@ use super::check::{check, CheckOptions, CheckReport};
 use super::device::Backend;
 use super::error::BasisError;
 use super::generate::{
-    generate_with_checkpoints, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method,
+    generate_resumable, nearby_starts, plan, AlphaSpec, GenerateConfig, Init, Method, Resumption,
     Summary, DEFAULT_JITTER,
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
 use super::io::{read_matrix, remove_stale_temps, write_npy, write_safetensors, MatrixFile};
 use super::matrix::Basis;
+use super::resume::{differences, identity, read_identity, read_state, state_path, write_state};
 use crate::progress;
 
 /// Generate, check and import Equiangular Basis Vectors (EBV, CVPR 2023).
@@ -125,11 +126,16 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Save the best matrix so far to --out every this many seconds while it improves
-    /// (atomically; metadata `checkpoint` = its step), so that a killed run loses at most
-    /// that interval and continues with --start; 0 turns it off. Ctrl-C stops the run at
-    /// the end of its step and writes the best matrix as usual.
+    /// (atomically; metadata `checkpoint` = its step), and the run's whole state to
+    /// OUT.resume, so that a killed run loses at most that interval: the same command
+    /// resumes it exactly; 0 turns both off. Ctrl-C stops the run at the end of its step,
+    /// writes the best matrix as usual and keeps the state to resume.
     #[arg(long, default_value_t = 300.0)]
     pub checkpoint_every: f64,
+    /// Discard the state an unfinished run left in OUT.resume and start over
+    /// (without it, the same command resumes that run, and other options are refused).
+    #[arg(long)]
+    pub fresh: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -406,6 +412,41 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     };
     let chatty = progress::chatty(a.quiet);
     let p = plan(&cfg)?;
+    // An unfinished run of the same options left its state: go on from it.
+    let state_file = state_path(&a.out);
+    let ident = identity(&cfg, &p);
+    let resumed = if a.fresh {
+        match std::fs::remove_file(&state_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("--fresh: removing {}", state_file.display())))
+            }
+        }
+        None
+    } else if std::fs::symlink_metadata(&state_file).is_ok() {
+        let unreadable = || {
+            format!(
+                "{}: the state an unfinished run left could not be read; --fresh discards it",
+                state_file.display()
+            )
+        };
+        let saved = read_identity(&state_file).with_context(unreadable)?;
+        let diff = differences(&saved, &ident);
+        if !diff.is_empty() {
+            anyhow::bail!(
+                "{}: an unfinished run left its state there, with other options than these:\n  \
+                 {}\nrun its command again to resume it, or add --fresh to discard it and start over",
+                state_file.display(),
+                diff.join("\n  ")
+            );
+        }
+        Some(read_state(&state_file, p.n, p.d).with_context(unreadable)?)
+    } else {
+        None
+    };
+    let resumed_at = resumed.as_ref().map(|r| r.scalars.step);
     if chatty {
         let r = p.random_max_cos;
         eprintln!(
@@ -539,21 +580,21 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             );
         }
     }
+    if let (true, Some(k)) = (chatty, resumed_at) {
+        eprintln!(
+            "  resuming the unfinished run at step {k} from {} (--fresh starts over)",
+            state_file.display()
+        );
+    }
     let pb = progress::bar(a.steps, "step", a.quiet);
-    let mut trace = match &a.trace {
-        Some(p) => {
-            let f =
-                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
-            let mut w = std::io::BufWriter::new(f);
-            writeln!(
-                w,
-                "step,max_abs_cos,best_max_abs_cos,violations,loss,lr,tau"
-            )?;
-            Some(w)
-        }
+    // Shared by the step callback and the state's: the trace is flushed
+    // before each state is written, so that a killed run's trace reaches
+    // at least the step its state resumes at.
+    let trace = std::cell::RefCell::new(match &a.trace {
+        Some(p) => Some(open_trace(p, resumed_at)?),
         None => None,
-    };
-    let mut trace_err = None;
+    });
+    let trace_err = std::cell::RefCell::new(None);
     let mut last_flush = Instant::now();
     let mut save = |m: &Basis, s: &Summary| -> Result<(), BasisError> {
         let mut meta = summary_metadata(s);
@@ -561,21 +602,42 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         outputs.write_checkpoint(m, &meta)
     };
     let checkpoint = (a.checkpoint_every > 0.0).then_some((a.checkpoint_every, &mut save as _));
-    let g = generate_with_checkpoints(
+    // The state is a convenience next to the result: a disk too full for
+    // it (it holds up to four N × d matrices) costs the resume, not the run.
+    let (n, d) = (p.n, p.d);
+    let mut state_failed = false;
+    let mut save_state = |view: &super::resume::StateView| -> Result<(), BasisError> {
+        if state_failed {
+            return Ok(());
+        }
+        if let Some(Err(e)) = trace.borrow_mut().as_mut().map(|w| w.flush()) {
+            trace_err.borrow_mut().get_or_insert(e);
+        }
+        if let Err(e) = write_state(&state_file, n, d, view) {
+            state_failed = true;
+            let _ = std::fs::remove_file(&state_file);
+            eprintln!(
+                "\nwarning: could not save the run's state ({e}); the run goes on, but a kill \
+                 would not resume it (the best matrix is still checkpointed to --out)"
+            );
+        }
+        Ok(())
+    };
+    let g = generate_resumable(
         &cfg,
         &mut |s| {
-            if let Some(w) = trace.as_mut() {
+            if let Some(w) = trace.borrow_mut().as_mut() {
                 if let Err(e) = writeln!(
                     w,
                     "{},{},{},{},{},{},{}",
                     s.step, s.max_abs_cos, s.best_max_abs_cos, s.violations, s.loss, s.lr, s.tau
                 ) {
-                    trace_err.get_or_insert(e);
+                    trace_err.borrow_mut().get_or_insert(e);
                 }
                 // Readable while the run goes on (`tail -f`), and mostly kept if it is killed.
                 if last_flush.elapsed().as_secs() >= 2 {
                     if let Err(e) = w.flush() {
-                        trace_err.get_or_insert(e);
+                        trace_err.borrow_mut().get_or_insert(e);
                     }
                     last_flush = Instant::now();
                 }
@@ -587,12 +649,16 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             ));
         },
         checkpoint,
+        Resumption {
+            from: resumed,
+            save: Some(&mut save_state),
+        },
     )?;
     pb.finish_and_clear();
-    if let Some(mut w) = trace {
+    if let Some(mut w) = trace.into_inner() {
         w.flush().context("writing the trace")?;
     }
-    if let Some(e) = trace_err {
+    if let Some(e) = trace_err.into_inner() {
         return Err(anyhow::Error::from(e).context("writing the trace"));
     }
     let s = &g.summary;
@@ -600,11 +666,26 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     outputs.write_final(&g.basis, &summary_metadata(s))?;
     let npy = outputs.npy.clone();
     let interrupted = stop.load(Ordering::SeqCst);
+    // A finished run has nothing to resume; an interrupted one keeps the
+    // state it wrote on stopping.
+    let state_kept = interrupted && !state_failed && state_file.exists();
+    if !interrupted {
+        match std::fs::remove_file(&state_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
+                "warning: could not remove {} ({e}); the run is complete, remove it by hand",
+                state_file.display()
+            ),
+        }
+    }
     if a.json {
         let mut v = serde_json::to_value(s)?;
         v["out"] = json!(a.out);
         v["npy"] = json!(npy);
         v["interrupted"] = json!(interrupted);
+        v["resumed_at_step"] = json!(resumed_at);
+        v["state"] = json!(state_kept.then_some(&state_file));
         println!("{v}");
     }
     if chatty {
@@ -621,7 +702,15 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             (None, _, _) => format!("auto: best after {} steps (step {})", s.steps, s.best_step),
         };
         eprintln!("{verdict}");
-        if interrupted {
+        if interrupted && state_kept {
+            eprintln!(
+                "  interrupted at step {}: the same command resumes the run exactly (its state \
+                 is in {}); --start {} begins a new optimisation from the best matrix",
+                s.steps,
+                state_file.display(),
+                a.out.display()
+            );
+        } else if interrupted {
             eprintln!(
                 "  interrupted at step {}: continue with --start {}",
                 s.steps,
@@ -647,6 +736,35 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // A run cut short did not finish what was asked, even when the α it
     // met (or `auto`) counts as reached: a script must be able to tell.
     Ok(if s.reached && !interrupted { 0 } else { 1 })
+}
+
+/// Opens the `--trace` CSV: a new file with its header, or for a resumed run
+/// the killed run's file cut to the steps before `resumed_at` (the steps it
+/// logged after its last state are taken again) and appended to.
+fn open_trace(
+    path: &Path,
+    resumed_at: Option<u64>,
+) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+    const HEADER: &str = "step,max_abs_cos,best_max_abs_cos,violations,loss,lr,tau";
+    let kept = match (resumed_at, std::fs::read_to_string(path)) {
+        (Some(k), Ok(old)) if old.starts_with(HEADER) => old
+            .lines()
+            .skip(1)
+            .take_while(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|step| step < k)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        _ => String::new(),
+    };
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    writeln!(w, "{HEADER}")?;
+    w.write_all(kept.as_bytes())?;
+    Ok(w)
 }
 
 /// safetensors metadata for a generated matrix.

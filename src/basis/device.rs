@@ -214,6 +214,22 @@ impl Kernel {
         }
     }
 
+    /// The CPU engine's dense-path prediction for its next evaluation
+    /// (part of a run's state: it picks how the gradient is summed).
+    pub(crate) fn dense_hint(&self) -> bool {
+        match self {
+            Kernel::Native(e) => e.dense_hint(),
+            Kernel::Device(_) => false,
+        }
+    }
+
+    /// Restores [`Self::dense_hint`] (a resumed run).
+    pub(crate) fn set_dense_hint(&mut self, hint: bool) {
+        if let Kernel::Native(e) = self {
+            e.set_dense_hint(hint);
+        }
+    }
+
     /// The gradient of the last evaluation with `want_grad`.
     pub(crate) fn grad_mut(&mut self) -> &mut [f32] {
         match self {

@@ -65,6 +65,11 @@
 //! never jittered, and is the best matrix until beaten, so continuing a run or
 //! refining an imported matrix never returns anything worse than the input.
 //!
+//! A run hands out its whole state (rows, moments, every scalar the loop
+//! carries) at each checkpoint and when stopped ([`Resumption`]); resumed
+//! from it, the loop takes the same steps as the run that wrote it, so a
+//! killed run ends with the same matrix, bit for bit ([`super::resume`]).
+//!
 //! The Gram work goes to `backend`: ebv's CPU kernel ([`super::gram`]) or the
 //! same contract on a candle device ([`super::device`], `--device cuda:K`);
 //! the optimiser state stays on the host either way.
@@ -86,6 +91,7 @@ use super::gram::{slice_rows, Engine, GradPath, Loss};
 use super::kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 use super::matrix::{add_gaussian, normalize_rows, Basis};
 use super::orthogonal::orthonormal_basis;
+use super::resume::{differences, identity, RunState, Scalars, StateView};
 use super::steiner::{
     frame_designs, steiner_basis, steiner_fit, steiner_partial_plan, steiner_plan, Design,
     TOP_UP_MARGIN,
@@ -782,10 +788,56 @@ pub type CheckpointFn<'a> = &'a mut dyn FnMut(&Basis, &Summary) -> Result<(), Ba
 pub fn generate_with_checkpoints(
     cfg: &GenerateConfig,
     on_step: &mut dyn FnMut(&StepInfo),
+    checkpoint: Option<(f64, CheckpointFn)>,
+) -> Result<Generated, BasisError> {
+    generate_resumable(cfg, on_step, checkpoint, Resumption::default())
+}
+
+/// Hands the run's whole state to the caller (see [`Resumption::save`]).
+pub type StateFn<'a> = &'a mut dyn FnMut(&StateView) -> Result<(), BasisError>;
+
+/// Exact continuation of an unfinished run (module [`super::resume`]).
+#[derive(Default)]
+pub struct Resumption<'a> {
+    /// Continue from this state instead of starting: it must have been
+    /// written under the same options ([`super::resume::identity`]), else
+    /// the run is refused with the options that differ.
+    pub from: Option<RunState>,
+    /// Called with the state at the top of the current step at every
+    /// checkpoint (when `checkpoint` is given and due, whether or not the
+    /// best matrix improved) and when the run is stopped through
+    /// [`GenerateConfig::stop`]; resuming that state ends with the matrix
+    /// the run would have ended with.
+    pub save: Option<StateFn<'a>>,
+}
+
+/// [`generate_with_checkpoints`] that can hand its state out and resume one.
+pub fn generate_resumable(
+    cfg: &GenerateConfig,
+    on_step: &mut dyn FnMut(&StepInfo),
     mut checkpoint: Option<(f64, CheckpointFn)>,
+    resumption: Resumption,
 ) -> Result<Generated, BasisError> {
     let plan = plan(cfg)?;
     let started = Instant::now();
+    let Resumption {
+        from: resumed,
+        save: mut save_state,
+    } = resumption;
+    let ident = identity(cfg, &plan);
+    if let Some(r) = &resumed {
+        let diff = differences(&r.identity, &ident);
+        if !diff.is_empty() {
+            return Err(BasisError::arg(
+                "--fresh",
+                format!(
+                    "the saved state is of a run with other options ({}); run with those to \
+                     resume it, or start over",
+                    diff.join("; ")
+                ),
+            ));
+        }
+    }
     let (n, d) = (cfg.n, cfg.d);
     let pairs = n as f64 * (n as f64 - 1.0) / 2.0;
     let welch = plan.welch;
@@ -808,20 +860,28 @@ pub fn generate_with_checkpoints(
         }
     };
     let init = plan.init;
-    let mut b = match (&cfg.start, init) {
-        (Some(m), _) => m.clone(),
-        (None, Init::Kerdock) => kerdock_basis(n, d, cfg.seed)?,
-        (None, Init::Steiner) => steiner_basis(n, d, cfg.seed, cfg.max_steps > 0)?,
-        (None, Init::Orthogonal) => orthonormal_basis(n, d, cfg.seed)?,
-        (None, _) => Basis::random(n, d, cfg.seed),
-    };
     let mut eng = match &cfg.backend {
         Backend::Native => {
             Kernel::Native(Engine::new(n, d, plan.slice, cfg.mem_bytes, cfg.grad_path))
         }
         Backend::Candle(dev) => Kernel::Device(DeviceEngine::new(n, d, plan.slice, dev.clone())?),
     };
+    let mut b = match (&resumed, &cfg.start, init) {
+        // Its rows replace the start's, so the start is not even built.
+        (Some(_), _, _) => Basis {
+            n,
+            d,
+            data: Vec::new(),
+        },
+        (None, Some(m), _) => m.clone(),
+        (None, None, Init::Kerdock) => kerdock_basis(n, d, cfg.seed)?,
+        (None, None, Init::Steiner) => steiner_basis(n, d, cfg.seed, cfg.max_steps > 0)?,
+        (None, None, Init::Orthogonal) => orthonormal_basis(n, d, cfg.seed)?,
+        (None, None, _) => Basis::random(n, d, cfg.seed),
+    };
     let start_max = match (&cfg.start, &plan.start) {
+        // Only ever used to set the first τ and m_ref, which the state holds.
+        _ if resumed.is_some() => 0.0,
         (None, Some(c)) if c.topped_up == 0 => c.coherence,
         // A given matrix, or a frame topped up with random rows: one
         // evaluation without gradient (a Gram pass) to scale the first
@@ -880,9 +940,86 @@ pub fn generate_with_checkpoints(
     let mut last_max: f32;
     let mut last_save = Instant::now();
     let mut saved_step: Option<u64> = None;
+    // Wall time of the run before it was resumed (its `--max-seconds` and
+    // summary count the whole run).
+    let mut seconds_before = 0.0f64;
+    // The state's rows were renormalised before it was written; doing it
+    // again need not give the same bits.
+    let mut normalized = false;
+    if let Some(r) = resumed {
+        let expect = |what: &str, len: usize, want: usize| {
+            if len == want {
+                Ok(())
+            } else {
+                Err(BasisError::arg(
+                    "--fresh",
+                    format!("the saved state's {what} has {len} values, {want} expected"),
+                ))
+            }
+        };
+        let moments = match cfg.method {
+            Method::Sgd => (0, 0),
+            Method::Adaptive => (n * d, 0),
+            Method::Pnorm => (n * d, n * d),
+        };
+        expect("rows", r.b.len(), n * d)?;
+        expect("velocity", r.velocity.len(), moments.0)?;
+        expect("second moment", r.second.len(), moments.1)?;
+        if let Some(rows) = &r.best {
+            expect("best rows", rows.len(), n * d)?;
+        }
+        let s = r.scalars;
+        b.data = r.b;
+        velocity = r.velocity;
+        second = r.second;
+        best = Best {
+            current: r.best.is_none(),
+            rows: r.best.unwrap_or_default(),
+        };
+        step = s.step;
+        m_ref = s.m_ref;
+        tau = s.tau;
+        lr = s.lr;
+        prev_loss = s.prev_loss;
+        (best_max, best_mean, best_step) = (s.best_max, s.best_mean, s.best_step);
+        last_gain = s.last_gain;
+        (own_best, own_gain) = (s.own_best, s.own_gain);
+        continuation = s.continuation;
+        recoveries = s.recoveries;
+        adam_steps = s.adam_steps;
+        guard.above_best = s.above_best;
+        eng.set_dense_hint(s.dense_hint);
+        seconds_before = s.seconds;
+        normalized = true;
+    }
 
     loop {
-        normalize_rows(&mut b.data, d);
+        if !normalized {
+            normalize_rows(&mut b.data, d);
+        }
+        normalized = false;
+        // Where the run stands before this step's evaluation: what a resumed
+        // run needs to take this step again.
+        let top = Scalars {
+            step,
+            m_ref,
+            tau,
+            lr,
+            prev_loss,
+            best_max,
+            best_mean,
+            best_step,
+            last_gain,
+            own_best,
+            own_gain,
+            continuation,
+            recoveries,
+            adam_steps,
+            above_best: guard.above_best,
+            dense_hint: eng.dense_hint(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
+        };
+        let top_best_is_b = best.current;
         let loss_kind = loss_at(step, m_ref);
         let cut = match loss_kind {
             Loss::Power { p, .. } => m_ref * PNORM_NEGLIGIBLE.powf(1.0 / (p - 1.0)),
@@ -926,8 +1063,31 @@ pub fn generate_with_checkpoints(
             lr,
             tau,
         });
+        // Hands the state as it stood at the top of this step to the
+        // caller's `save`, its matrices lent.
+        let hand_state = |save: &mut StateFn,
+                          b: &Basis,
+                          velocity: &[f32],
+                          second: &[f32],
+                          best: &Best|
+         -> Result<(), BasisError> {
+            save(&StateView {
+                identity: &ident,
+                scalars: top,
+                b: &b.data,
+                velocity,
+                second,
+                best: (!top_best_is_b).then_some(&best.rows),
+            })
+        };
         if let Some((every, save)) = checkpoint.as_mut() {
             let due = last_save.elapsed().as_secs_f64() >= *every;
+            if due && step > 0 {
+                if let Some(save_state) = save_state.as_mut() {
+                    hand_state(save_state, &b, &velocity, &second, &best)?;
+                }
+                last_save = Instant::now();
+            }
             if due && saved_step != Some(best_step) && step > 0 {
                 let snap = Snapshot {
                     reached: false,
@@ -939,7 +1099,8 @@ pub fn generate_with_checkpoints(
                     lr,
                     recoveries,
                 };
-                let summary = summarize(cfg, &plan, init, started, snap);
+                let seconds = seconds_before + started.elapsed().as_secs_f64();
+                let summary = summarize(cfg, &plan, init, seconds, snap);
                 // Lend the best rows to the callback without copying them.
                 let rows = best.rows_mut(&mut b.data);
                 let lent = Basis {
@@ -970,11 +1131,14 @@ pub fn generate_with_checkpoints(
         }
         if cfg
             .max_seconds
-            .is_some_and(|t| started.elapsed().as_secs_f64() > t)
+            .is_some_and(|t| seconds_before + started.elapsed().as_secs_f64() > t)
         {
             break;
         }
         if cfg.stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            if let Some(save_state) = save_state.as_mut() {
+                hand_state(save_state, &b, &velocity, &second, &best)?;
+            }
             break;
         }
         if target.is_none() && step - last_gain >= AUTO_STALL_STEPS {
@@ -1084,7 +1248,7 @@ pub fn generate_with_checkpoints(
         cfg,
         &plan,
         init,
-        started,
+        seconds_before + started.elapsed().as_secs_f64(),
         Snapshot {
             reached,
             step,
@@ -1144,13 +1308,7 @@ struct Snapshot {
     recoveries: u32,
 }
 
-fn summarize(
-    cfg: &GenerateConfig,
-    plan: &Plan,
-    init: Init,
-    started: Instant,
-    s: Snapshot,
-) -> Summary {
+fn summarize(cfg: &GenerateConfig, plan: &Plan, init: Init, seconds: f64, s: Snapshot) -> Summary {
     let target = match cfg.alpha {
         AlphaSpec::Value(a) => Some(a),
         AlphaSpec::Auto => None,
@@ -1182,7 +1340,7 @@ fn summarize(
         lr_end: s.lr,
         recoveries: s.recoveries,
         device: plan.device.clone(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         version: env!("CARGO_PKG_VERSION"),
     }
 }
@@ -1644,6 +1802,183 @@ mod tests {
         c.stop = Some(Arc::new(AtomicBool::new(true)));
         let g = generate(&c, &mut |_| {}).unwrap();
         assert_eq!(g.summary.steps, 0);
+    }
+
+    /// Runs `c` on from a saved state, handing nothing out.
+    fn resume_from(c: &GenerateConfig, from: RunState) -> Result<Generated, BasisError> {
+        generate_resumable(
+            c,
+            &mut |_| {},
+            None,
+            Resumption {
+                from: Some(from),
+                save: None,
+            },
+        )
+    }
+
+    /// A run resumed from the state it handed out at step k (a checkpoint,
+    /// or the stop flag) ends with the matrix of the run that was never
+    /// stopped, bit for bit, and with its steps, best step and recoveries:
+    /// for each method, through the adaptive guard's recoveries and τ
+    /// continuation, the SGD guard, Adam's moments and the p schedule, and
+    /// a jittered construction start.
+    #[test]
+    fn a_resumed_run_ends_where_the_whole_run_ends() {
+        let cases: Vec<(&str, GenerateConfig)> = vec![
+            ("adaptive, α out of reach: guard recoveries", {
+                let mut c = cfg(200, 16, 0.25);
+                c.method = Method::Adaptive;
+                c.max_steps = 260;
+                c.patience = 100;
+                c
+            }),
+            ("adaptive, --alpha auto from random rows", {
+                let mut c = cfg(150, 24, 0.1);
+                c.alpha = AlphaSpec::Auto;
+                c.method = Method::Adaptive;
+                c.max_steps = 120;
+                c
+            }),
+            ("pnorm from a jittered Kerdock start", {
+                let mut c = cfg(140, 20, 0.2);
+                c.alpha = AlphaSpec::Auto;
+                c.init = Init::Kerdock;
+                c.method = Method::Pnorm;
+                c.max_steps = 90;
+                c
+            }),
+            ("sgd collapsing into its guard", {
+                let mut c = cfg(150, 24, 0.2);
+                c.lr = Some(0.05);
+                c.patience = 5;
+                c.max_steps = 120;
+                c
+            }),
+        ];
+        for (what, c) in cases {
+            let whole = generate(&c, &mut |_| {}).unwrap();
+            // The same run handing out its state at every step: not moved by it.
+            let mut states: Vec<RunState> = Vec::new();
+            let mut keep = |s: &StateView| -> Result<(), BasisError> {
+                states.push(s.to_owned_state());
+                Ok(())
+            };
+            let mut no_matrix = |_: &Basis, _: &Summary| -> Result<(), BasisError> { Ok(()) };
+            let handed = generate_resumable(
+                &c,
+                &mut |_| {},
+                Some((0.0, &mut no_matrix)),
+                Resumption {
+                    from: None,
+                    save: Some(&mut keep),
+                },
+            )
+            .unwrap();
+            assert_eq!(handed.basis, whole.basis, "{what}: handing out moved it");
+            let steps = whole.summary.steps;
+            assert!(
+                states.len() as u64 + 1 >= steps,
+                "{what}: {} states",
+                states.len()
+            );
+            if what.contains("recoveries") || what.contains("sgd") {
+                assert!(whole.summary.recoveries >= 1, "{what}: {:?}", whole.summary);
+            }
+            // Resumed at every 5th state it handed out, and the last.
+            let picks = (0..states.len()).step_by(5).chain([states.len() - 1]);
+            for k in picks {
+                let from = states[k].clone();
+                let at = from.scalars.step;
+                let resumed = resume_from(&c, from).unwrap();
+                assert!(
+                    resumed.basis == whole.basis,
+                    "{what}: resumed at step {at}, another matrix"
+                );
+                let (a, b) = (&resumed.summary, &whole.summary);
+                // The last step's max |cos| follows the whole path, also
+                // where the best matrix is the start.
+                assert_eq!(
+                    (a.steps, a.best_step, a.recoveries, a.max_abs_cos),
+                    (b.steps, b.best_step, b.recoveries, b.max_abs_cos),
+                    "{what}: resumed at step {at}"
+                );
+                assert_eq!(
+                    (a.last_max_abs_cos.to_bits(), a.lr_end.to_bits()),
+                    (b.last_max_abs_cos.to_bits(), b.lr_end.to_bits()),
+                    "{what}: resumed at step {at}"
+                );
+            }
+            // Stopped through the flag at a middle step: the state it hands
+            // out on stopping resumes to the same end.
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut c2 = c.clone();
+            c2.stop = Some(stop.clone());
+            let half = steps / 2;
+            let mut last: Option<RunState> = None;
+            let mut keep_last = |s: &StateView| -> Result<(), BasisError> {
+                last = Some(s.to_owned_state());
+                Ok(())
+            };
+            let cut = generate_resumable(
+                &c2,
+                &mut |s| {
+                    if s.step == half {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                },
+                None,
+                Resumption {
+                    from: None,
+                    save: Some(&mut keep_last),
+                },
+            )
+            .unwrap();
+            assert_eq!(cut.summary.steps, half, "{what}");
+            let from = last.expect("no state handed out on stopping");
+            assert_eq!(from.scalars.step, half);
+            let resumed = resume_from(&c, from).unwrap();
+            assert!(resumed.basis == whole.basis, "{what}: stopped at {half}");
+            assert_eq!(resumed.summary.steps, steps, "{what}");
+        }
+    }
+
+    /// A state is resumed only under the options it was written with.
+    #[test]
+    fn a_state_of_other_options_is_refused() {
+        let mut c = cfg(100, 20, 0.3);
+        c.method = Method::Adaptive;
+        c.max_steps = 10;
+        let mut states: Vec<RunState> = Vec::new();
+        let mut keep = |s: &StateView| -> Result<(), BasisError> {
+            states.push(s.to_owned_state());
+            Ok(())
+        };
+        let mut no_matrix = |_: &Basis, _: &Summary| -> Result<(), BasisError> { Ok(()) };
+        generate_resumable(
+            &c,
+            &mut |_| {},
+            Some((0.0, &mut no_matrix)),
+            Resumption {
+                from: None,
+                save: Some(&mut keep),
+            },
+        )
+        .unwrap();
+        let from = states.pop().unwrap();
+        let mut other = c.clone();
+        other.alpha = AlphaSpec::Value(0.35);
+        other.seed = 7;
+        let e = resume_from(&other, from.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("--alpha: 0.3 in the saved run, 0.35 now") && e.contains("--seed"),
+            "{e}"
+        );
+        // Its matrices must fit the method: a momentum-less state is refused.
+        let mut broken = from;
+        broken.velocity.clear();
+        let e = resume_from(&c, broken).unwrap_err().to_string();
+        assert!(e.contains("velocity has 0 values"), "{e}");
     }
 
     #[test]

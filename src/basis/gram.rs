@@ -149,6 +149,16 @@ impl Engine {
         }
     }
 
+    /// Whether the next evaluation's first slice is predicted dense.
+    pub(crate) fn dense_hint(&self) -> bool {
+        self.dense_hint
+    }
+
+    /// Restores [`Self::dense_hint`] (a resumed run).
+    pub(crate) fn set_dense_hint(&mut self, hint: bool) {
+        self.dense_hint = hint;
+    }
+
     /// Loss and statistics at threshold `tau` for the rows `b` (assumed unit);
     /// with `want_grad`, also `self.grad` = ∂loss/∂B.
     pub(crate) fn evaluate(&mut self, b: &[f32], tau: f32, loss: Loss, want_grad: bool) -> Eval {

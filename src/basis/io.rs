@@ -246,12 +246,7 @@ fn open_safetensors(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         )));
     };
     let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
-    let (_, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
-    let metadata = meta
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let metadata = string_metadata(&map).map_err(bad)?;
     Ok(MatrixFile {
         path: path.to_path_buf(),
         map,
@@ -264,6 +259,16 @@ fn open_safetensors(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         format: "safetensors",
         metadata,
     })
+}
+
+/// The `__metadata__` of a safetensors file (empty when it has none).
+fn string_metadata(map: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let (_, meta) = SafeTensors::read_metadata(map).map_err(|e| e.to_string())?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default())
 }
 
 fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
@@ -474,34 +479,107 @@ pub fn write_safetensors(
     basis: &Basis,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), BasisError> {
-    let bytes = le_bytes(&basis.data);
-    if bytes.len() != basis.n * basis.d * 4 {
-        return Err(BasisError::format(path, "matrix data is not N × d values"));
-    }
+    write_tensors(
+        path,
+        basis.n,
+        basis.d,
+        &[(TENSOR_NAME, &basis.data)],
+        metadata,
+    )
+}
+
+/// Writes several F32 [N, d] tensors into one safetensors file, in the
+/// order given, atomically.
+pub(super) fn write_tensors(
+    path: &Path,
+    n: usize,
+    d: usize,
+    tensors: &[(&str, &[f32])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), BasisError> {
     // The safetensors crate writes its metadata from a HashMap, in a random
     // key order, so two identical runs would differ byte for byte. The
     // format is simple enough to write with sorted keys (serde_json's map is
     // a BTreeMap): u64 LE header length, the JSON header padded with spaces
     // to a multiple of 8 bytes, then the data.
-    let header = serde_json::json!({
-        "__metadata__": metadata,
-        TENSOR_NAME: {
-            "dtype": "F32",
-            "shape": [basis.n, basis.d],
-            "data_offsets": [0, bytes.len()],
-        },
-    });
-    let mut json =
-        serde_json::to_vec(&header).map_err(|e| BasisError::format(path, e.to_string()))?;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0usize;
+    for (name, data) in tensors {
+        if data.len() != n * d {
+            return Err(BasisError::format(
+                path,
+                format!("tensor `{name}` is not N × d values"),
+            ));
+        }
+        let end = offset + data.len() * 4;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": "F32",
+                "shape": [n, d],
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| BasisError::format(path, e.to_string()))?;
     json.resize(json.len().next_multiple_of(8), b' ');
     atomic_write(path, |_, file| {
-        let mut w = BufWriter::new(file);
+        let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(&(json.len() as u64).to_le_bytes())
             .and_then(|_| w.write_all(&json))
-            .and_then(|_| w.write_all(&bytes))
+            .and_then(|_| {
+                tensors
+                    .iter()
+                    .try_for_each(|(_, data)| w.write_all(&le_bytes(data)))
+            })
             .and_then(|_| w.flush())
             .map_err(|e| e.to_string())
     })
+}
+
+/// The tensors asked of [`read_tensors`] (`None`: not in the file) and the
+/// file's metadata.
+pub(super) type Tensors = (Vec<Option<Vec<f32>>>, BTreeMap<String, String>);
+
+/// Reads the F32 tensors of a safetensors file written by [`write_tensors`]
+/// (each must be [n, d]) and its metadata; a tensor not in the file is `None`.
+pub(super) fn read_tensors(
+    path: &Path,
+    n: usize,
+    d: usize,
+    names: &[&str],
+) -> Result<Tensors, BasisError> {
+    regular_file(path, "a safetensors file")?;
+    let file = File::open(path).map_err(|e| BasisError::io(path, e))?;
+    // SAFETY: read-only map of a file this tool wrote by rename (never in place).
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| BasisError::io(path, e))?;
+    let bad = |r: String| BasisError::format(path, format!("not a readable safetensors file: {r}"));
+    let st = SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Ok(view) = st.tensor(name) else {
+            out.push(None);
+            continue;
+        };
+        if view.dtype() != Dtype::F32 || view.shape() != [n, d] {
+            return Err(bad(format!(
+                "tensor `{name}` is {:?} {:?}; F32 [{n}, {d}] expected",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push(Some(data));
+    }
+    let metadata = string_metadata(&map).map_err(bad)?;
+    Ok((out, metadata))
 }
 
 /// The `.npy` v1.0 header for a C-order `<f4` N × d array, padded so the data

@@ -24,6 +24,8 @@
 //!   atomic writing.
 //! - [`pickle`]: a restricted pickle VM that builds a value tree and executes
 //!   nothing; [`import`] reads the paper's `.pkl` files through it.
+//! - [`resume`]: the whole state of an unfinished `generate` run, kept beside
+//!   its output so that the same command continues it exactly.
 //! - [`cli`]: the `ebv-basis` command line (clap) and its `run` entry point.
 //!
 //! Invariants: matrices are row-major f32, rows unit length (to f32 rounding)
@@ -42,6 +44,7 @@ pub mod kerdock;
 pub mod matrix;
 pub mod orthogonal;
 pub mod pickle;
+pub mod resume;
 pub mod steiner;
 pub mod welch;
 
@@ -49,8 +52,9 @@ pub use check::{check, CheckOptions, CheckReport, HistBin};
 pub use device::{device_slice_rows, Backend};
 pub use error::BasisError;
 pub use generate::{
-    construction, generate, generate_with_checkpoints, nearby_starts, AlphaSpec, CheckpointFn,
-    Construction, GenerateConfig, Generated, Init, Method, NearbyStart, StepInfo, Summary,
+    construction, generate, generate_resumable, generate_with_checkpoints, nearby_starts,
+    AlphaSpec, CheckpointFn, Construction, GenerateConfig, Generated, Init, Method, NearbyStart,
+    Resumption, StateFn, StepInfo, Summary,
 };
 pub use gram::{hinge_loss_and_grad, GradPath};
 pub use import::{import_pickle, Imported, PickleForm};
@@ -58,6 +62,7 @@ pub use io::{read_matrix, write_npy, write_safetensors, MatrixFile};
 pub use kerdock::{kerdock_basis, kerdock_fit, kerdock_plan, KerdockPlan};
 pub use matrix::Basis;
 pub use orthogonal::orthonormal_basis;
+pub use resume::{read_state, state_path, write_state, RunState, Scalars, StateView};
 pub use steiner::{
     frame_designs, net_designs, steiner_basis, steiner_designs, steiner_fit, steiner_partial_plan,
     steiner_plan, Design, MIN_FILL, TOP_UP_MARGIN,
