@@ -1289,6 +1289,52 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
         std::fs::read_to_string(dir.path().join("whole.safetensors.csv")).unwrap()
     );
 
+    // A trace cut between the kill and the resume: the resumed run says
+    // which steps its trace lacks.
+    kill_after_a_state();
+    let csv = dir.path().join("cut.safetensors.csv");
+    let head: String = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&csv, head).unwrap();
+    let again = run(
+        dir.path(),
+        &args("cut.safetensors")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code(&again), 1, "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("consecutive steps end at step 2; steps 3.."),
+        "{}",
+        stderr(&again)
+    );
+
+    // Where the state goes: a folder there is named, not discarded; the
+    // trace may not be the state file.
+    std::fs::create_dir(&state).unwrap();
+    for extra in [&[][..], &["--fresh"][..]] {
+        let mut a = args("cut.safetensors");
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let e = refused(
+            dir.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(e.contains("cut.safetensors.resume: is a folder"), "{e}");
+    }
+    std::fs::remove_dir(&state).unwrap();
+    let mut a = args("cut.safetensors");
+    a[16] = "cut.safetensors.resume".into();
+    let e = refused(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(e.contains("the run's state"), "{e}");
+
     // --fresh discards a state and starts over (step 0, no resume said).
     kill_after_a_state();
     let mut fresh = args("cut.safetensors");

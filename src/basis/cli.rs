@@ -25,7 +25,9 @@ use super::generate::{
 };
 use super::gram::GradPath;
 use super::import::import_pickle;
-use super::io::{read_matrix, remove_stale_temps, write_npy, write_safetensors, MatrixFile};
+use super::io::{
+    read_matrix, remove_own_temps, remove_stale_temps, write_npy, write_safetensors, MatrixFile,
+};
 use super::matrix::Basis;
 use super::resume::{differences, identity, read_identity, read_state, state_path, write_state};
 use crate::progress;
@@ -126,7 +128,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Save the best matrix so far to --out every this many seconds while it improves
-    /// (atomically; metadata `checkpoint` = its step), and the run's whole state to
+    /// (atomically; metadata `checkpoint` = the step it was written at, `best_step` = the
+    /// matrix's own), and the run's whole state to
     /// OUT.resume, so that a killed run loses at most that interval: the same command
     /// resumes it exactly; 0 turns both off. Ctrl-C stops the run at the end of its step,
     /// writes the best matrix as usual and keeps the state to resume.
@@ -353,10 +356,12 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         // The trace is written from the first step: on one of these files it
         // would be lost under the output, or destroy the start before use.
         let same = |p: &Path| std::path::absolute(p).ok() == std::path::absolute(t).ok();
+        let state = state_path(&a.out);
         for (flag, p) in [
             ("--out", Some(&a.out)),
             ("--npy", outputs.npy.as_ref()),
             ("--start", a.start.as_ref()),
+            ("the run's state (OUT.resume)", Some(&state)),
         ] {
             if p.is_some_and(|p| same(p)) {
                 anyhow::bail!(
@@ -372,8 +377,14 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // Ctrl-C: stop at the end of the step and write the best matrix; twice: exit now.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let out_dir = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
+            // Exiting mid-write: the temp file being written would stay.
+            remove_own_temps(&out_dir);
             std::process::exit(130);
         }
         eprintln!("\ninterrupt: stopping after this step and writing the best matrix (Ctrl-C again to abort)");
@@ -415,6 +426,13 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // An unfinished run of the same options left its state: go on from it.
     let state_file = state_path(&a.out);
     let ident = identity(&cfg, &p);
+    // Only a file can be a state (or be discarded by --fresh).
+    if let Ok(Some(kind)) = crate::file_kind::not_regular(&state_file) {
+        anyhow::bail!(
+            "{}: is a {kind}, where this run keeps its state; move it away",
+            state_file.display()
+        );
+    }
     let resumed = if a.fresh {
         match std::fs::remove_file(&state_file) {
             Ok(()) => {}
@@ -591,7 +609,13 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // before each state is written, so that a killed run's trace reaches
     // at least the step its state resumes at.
     let trace = std::cell::RefCell::new(match &a.trace {
-        Some(p) => Some(open_trace(p, resumed_at)?),
+        Some(p) => {
+            let (w, gap) = open_trace(p, resumed_at)?;
+            if let Some(gap) = gap {
+                eprintln!("warning: --trace {}: {gap}", p.display());
+            }
+            Some(w)
+        }
         None => None,
     });
     let trace_err = std::cell::RefCell::new(None);
@@ -740,31 +764,48 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
 
 /// Opens the `--trace` CSV: a new file with its header, or for a resumed run
 /// the killed run's file cut to the steps before `resumed_at` (the steps it
-/// logged after its last state are taken again) and appended to.
+/// logged after its last state are taken again) and appended to. The
+/// second value says which steps are missing when the old file does not
+/// reach the resumed step (it was cut or removed in between).
 fn open_trace(
     path: &Path,
     resumed_at: Option<u64>,
-) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+) -> anyhow::Result<(std::io::BufWriter<std::fs::File>, Option<String>)> {
     const HEADER: &str = "step,max_abs_cos,best_max_abs_cos,violations,loss,lr,tau";
-    let kept = match (resumed_at, std::fs::read_to_string(path)) {
-        (Some(k), Ok(old)) if old.starts_with(HEADER) => old
-            .lines()
-            .skip(1)
-            .take_while(|l| {
-                l.split(',')
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .is_some_and(|step| step < k)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        _ => String::new(),
-    };
+    let mut kept = String::new();
+    let mut gap = None;
+    if let Some(k) = resumed_at {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let mut next = 0u64;
+        if old.starts_with(HEADER) {
+            for line in old.lines().skip(1) {
+                match line.split(',').next().and_then(|v| v.parse::<u64>().ok()) {
+                    Some(step) if step == next && step < k => {
+                        kept.push_str(line);
+                        kept.push('\n');
+                        next += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if next < k {
+            gap = Some(format!(
+                "the run resumes at step {k}, but the file's consecutive steps end {}; steps \
+                 {next}..{} are missing from it",
+                match next {
+                    0 => "before step 0".to_string(),
+                    n => format!("at step {}", n - 1),
+                },
+                k - 1
+            ));
+        }
+    }
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(f);
     writeln!(w, "{HEADER}")?;
     w.write_all(kept.as_bytes())?;
-    Ok(w)
+    Ok((w, gap))
 }
 
 /// safetensors metadata for a generated matrix.
@@ -790,6 +831,7 @@ pub fn summary_metadata(s: &Summary) -> BTreeMap<String, String> {
     put("welch", s.welch.to_string());
     put("random_max_cos", s.random_max_cos.to_string());
     put("steps", s.steps.to_string());
+    put("best_step", s.best_step.to_string());
     put("seed", s.seed.to_string());
     put("init", s.init.name().into());
     if let Some(start) = &s.start {

@@ -963,6 +963,18 @@ pub fn generate_resumable(
             Method::Pnorm => (n * d, n * d),
         };
         expect("rows", r.b.len(), n * d)?;
+        if r.scalars.step > cfg.max_steps {
+            return Err(BasisError::arg(
+                "--fresh",
+                format!(
+                    "discard the saved state: it is at step {}, past --steps {}, so it is not \
+                     this run's",
+                    r.scalars.step, cfg.max_steps
+                ),
+            ));
+        }
+        r.check(d)
+            .map_err(|e| BasisError::arg("--fresh", format!("the saved state: {e}")))?;
         expect("velocity", r.velocity.len(), moments.0)?;
         expect("second moment", r.second.len(), moments.1)?;
         if let Some(rows) = &r.best {
@@ -1974,6 +1986,22 @@ mod tests {
             e.contains("--alpha: 0.3 in the saved run, 0.35 now") && e.contains("--seed"),
             "{e}"
         );
+        // The Gram budget and the guard change the path too; the guard is
+        // named by its flag, with the flag's value.
+        let mut other = c.clone();
+        other.mem_bytes = 1 << 20;
+        other.guard = false;
+        let e = resume_from(&other, from.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("--mem (bytes): 2147483648 in the saved run, 1048576 now")
+                && e.contains("--no-guard: false in the saved run, true now"),
+            "{e}"
+        );
+        // A state past the step budget cannot be this run's.
+        let mut late = from.clone();
+        late.scalars.step = c.max_steps + 1;
+        let e = resume_from(&c, late).unwrap_err().to_string();
+        assert!(e.contains("past --steps 10"), "{e}");
         // Its matrices must fit the method: a momentum-less state is refused.
         let mut broken = from;
         broken.velocity.clear();

@@ -445,6 +445,24 @@ pub fn remove_stale_temps(dir: &Path, started: std::time::SystemTime) -> u64 {
     freed
 }
 
+/// Removes this process's own temp files from `dir` (a second Ctrl-C
+/// exits at once, mid-write, where no destructor runs).
+pub fn remove_own_temps(dir: &Path) {
+    let own = format!("{TEMP_PREFIX}{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with(&own) && n.ends_with(TEMP_SUFFIX))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Whether a process with this pid exists (here: signal 0 does not fail
 /// with ESRCH; EPERM means it exists under another user).
 fn process_alive(pid: i32) -> bool {

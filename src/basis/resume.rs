@@ -214,8 +214,11 @@ pub fn identity(cfg: &GenerateConfig, plan: &Plan) -> BTreeMap<String, String> {
     put("steps", cfg.max_steps.to_string());
     put("tol", cfg.tol.to_string());
     put("slice", plan.slice.to_string());
+    // Besides the slice, the budget caps the sparse pair list, which
+    // decides where the gradient is summed densely.
+    put("mem", cfg.mem_bytes.to_string());
     put("device", plan.device.clone());
-    put("guard", cfg.guard.to_string());
+    put("no_guard", (!cfg.guard).to_string());
     put("patience", cfg.patience.to_string());
     put("grad_path", format!("{:?}", cfg.grad_path).to_lowercase());
     put("version", env!("CARGO_PKG_VERSION").into());
@@ -233,11 +236,10 @@ pub fn differences(
         .filter(|k| saved.get(*k) != now.get(*k))
         .map(|k| {
             let flag = match k.as_str() {
-                "slice" => "--slice (from --mem)".to_string(),
                 "device" | "version" | "grad_path" => k.clone(),
                 "init" => "--init/--start".into(),
-                "guard" => "--no-guard".into(),
-                other => format!("--{other}"),
+                "mem" => "--mem (bytes)".into(),
+                other => format!("--{}", other.replace('_', "-")),
             };
             let show = |v: Option<&String>| v.map_or("(not set)".to_string(), |s| s.clone());
             format!(
@@ -303,14 +305,74 @@ pub fn read_state(path: &Path, n: usize, d: usize) -> Result<RunState, BasisErro
     let second = t[2].take().unwrap_or_default();
     let velocity = t[1].take().unwrap_or_default();
     let b = t[0].take().ok_or_else(|| bad("no tensor `b`".into()))?;
-    Ok(RunState {
+    let state = RunState {
         identity,
         scalars,
         b,
         velocity,
         second,
         best,
-    })
+    };
+    state.check(d).map_err(bad)?;
+    Ok(state)
+}
+
+impl RunState {
+    /// What a run that wrote this state can have held: unit rows (they are
+    /// saved as renormalised), finite moments, a positive step size, a best
+    /// max |cos| that is a cosine (or not yet evaluated: ∞), steps in order.
+    /// A state edited or damaged on disk is refused here rather than run on
+    /// to a NaN matrix reported as reached.
+    pub fn check(&self, d: usize) -> Result<(), String> {
+        let unit = |what: &str, rows: &[f32]| -> Result<(), String> {
+            for (i, row) in rows.chunks(d.max(1)).enumerate() {
+                let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                if !(norm - 1.0).abs().le(&1e-3) {
+                    return Err(format!("{what} row {i} has norm {norm}, not 1"));
+                }
+            }
+            Ok(())
+        };
+        unit("working", &self.b)?;
+        if let Some(best) = &self.best {
+            unit("best", best)?;
+        }
+        if let Some(i) = self.velocity.iter().position(|x| !x.is_finite()) {
+            return Err(format!("velocity value {i} is {}", self.velocity[i]));
+        }
+        if let Some(i) = self
+            .second
+            .iter()
+            .position(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            return Err(format!("second moment value {i} is {}", self.second[i]));
+        }
+        let s = &self.scalars;
+        let cosine = |x: f64| (0.0..=1.0 + 1e-3).contains(&x);
+        let checks: [(&str, bool); 11] = [
+            ("m_ref", s.m_ref.is_finite() && s.m_ref > 0.0),
+            ("tau", cosine(s.tau)),
+            ("lr", s.lr.is_finite() && s.lr > 0.0),
+            ("prev_loss", s.prev_loss.is_none_or(f64::is_finite)),
+            (
+                "best_max",
+                cosine(s.best_max as f64) || s.best_max == f32::INFINITY,
+            ),
+            ("best_mean", cosine(s.best_mean)),
+            (
+                "own_best",
+                cosine(s.own_best as f64) || s.own_best == f32::INFINITY,
+            ),
+            ("best_step", s.best_step <= s.step),
+            ("last_gain", s.last_gain <= s.step),
+            ("own_gain", s.own_gain <= s.step + 1 && s.adam_steps >= 0),
+            ("seconds", s.seconds.is_finite() && s.seconds >= 0.0),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((name, _)) => Err(format!("its `{name}` cannot be a run's")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Reads only the identity of the state at `path` (cheap: the header), to
@@ -363,6 +425,109 @@ mod tests {
         let mut m = s.to_map();
         m.remove("tau");
         assert!(Scalars::from_map(&m).unwrap_err().contains("tau"));
+    }
+
+    /// A state damaged or edited on disk is refused on reading, naming
+    /// what no run can have held, instead of running on to a NaN matrix.
+    #[test]
+    fn a_damaged_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.resume");
+        let identity = BTreeMap::new();
+        let good = Scalars {
+            step: 3,
+            m_ref: 0.8,
+            tau: 0.5,
+            lr: 0.1,
+            prev_loss: Some(1.5),
+            best_max: 0.8,
+            best_mean: 0.5,
+            best_step: 2,
+            last_gain: 2,
+            own_best: f32::INFINITY,
+            own_gain: 4,
+            continuation: false,
+            recoveries: 1,
+            adam_steps: 0,
+            above_best: 0,
+            dense_hint: false,
+            seconds: 0.25,
+        };
+        let unit = [1.0f32, 0.0, 0.0, 1.0, 0.6, 0.8];
+        let try_read = |b: &[f32], v: &[f32], best: Option<&[f32]>, s: Scalars| {
+            let view = StateView {
+                identity: &identity,
+                scalars: s,
+                b,
+                velocity: v,
+                second: &[],
+                best,
+            };
+            write_state(&path, 3, 2, &view).unwrap();
+            read_state(&path, 3, 2)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(try_read(&unit, &[0.0; 6], Some(&unit), good), Ok(()));
+        let mut nan = unit;
+        nan[3] = f32::NAN;
+        let mut zero = unit;
+        zero[4..].fill(0.0);
+        let mut inf_v = [0.0f32; 6];
+        inf_v[1] = f32::INFINITY;
+        let cases: Vec<(&str, Result<(), String>)> = vec![
+            ("working row 1", try_read(&nan, &[], None, good)),
+            ("working row 2 has norm 0", try_read(&zero, &[], None, good)),
+            ("best row 1", try_read(&unit, &[], Some(&nan), good)),
+            (
+                "velocity value 1 is inf",
+                try_read(&unit, &inf_v, None, good),
+            ),
+            (
+                "`lr`",
+                try_read(
+                    &unit,
+                    &[],
+                    None,
+                    Scalars {
+                        lr: f64::NAN,
+                        ..good
+                    },
+                ),
+            ),
+            (
+                "`best_max`",
+                try_read(
+                    &unit,
+                    &[],
+                    None,
+                    Scalars {
+                        best_max: f32::NAN,
+                        ..good
+                    },
+                ),
+            ),
+            (
+                "`tau`",
+                try_read(&unit, &[], None, Scalars { tau: -0.1, ..good }),
+            ),
+            (
+                "`best_step`",
+                try_read(
+                    &unit,
+                    &[],
+                    None,
+                    Scalars {
+                        best_step: 9,
+                        ..good
+                    },
+                ),
+            ),
+        ];
+        for (what, got) in cases {
+            let e = got.expect_err(what);
+            assert!(e.contains(what) && e.contains("--fresh"), "{what}: {e}");
+        }
     }
 
     #[test]
