@@ -1,6 +1,7 @@
 //! An exclusive advisory lock on an output folder (a pack's `--out`, a
-//! training run), held by the process that writes it for as long as it
-//! writes.
+//! training run) or on one output file (`ebv-basis generate --out`, through
+//! a hidden `.NAME.lock` beside it), held by the process that writes it for
+//! as long as it writes.
 //!
 //! Two processes with the same output folder would otherwise both pass
 //! their "nothing here yet" or "resume" checks and interleave their files
@@ -132,6 +133,81 @@ impl Drop for DirLock {
     }
 }
 
+/// An exclusive lock on one output file, held for the life of the value
+/// through `.NAME.lock` in the file's folder, which is removed again when
+/// the value is dropped (a killed holder leaves it, unlocked: the next
+/// holder takes it over). A lock file is only unlinked by its holder, and a
+/// holder checks after locking that the name still leads to the file it
+/// locked (else a holder that just unlinked it raced it), so two processes
+/// never both hold the name.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Locks `target` (the output file, which need not exist), or fails at
+    /// once naming it when another process (`tool`, for the message) holds it.
+    pub fn acquire(target: &Path, tool: &'static str) -> Result<FileLock, LockError> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+        let path = dir.join(format!(".{}.lock", name.unwrap_or_default()));
+        loop {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            // SAFETY: flock on a descriptor this function owns; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::WouldBlock {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let holder = holder.trim();
+                    return Err(LockError::InUse {
+                        dir: target.to_path_buf(),
+                        lock: path,
+                        tool,
+                        holder: if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (pid {holder})")
+                        },
+                    });
+                }
+                return Err(io(&path, err));
+            }
+            let same = match (file.metadata(), std::fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                // The holder before us unlinked it after we opened it.
+                continue;
+            }
+            let pid = std::process::id().to_string();
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.write_all(pid.as_bytes()));
+            return Ok(FileLock { _file: file, path });
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Still holding the lock: nobody else can be using the name.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +235,31 @@ mod tests {
         // An existing folder is never removed.
         drop(DirLock::acquire(&run, "ebv-train", true).unwrap());
         assert!(run.join("config.toml").is_file());
+    }
+
+    /// A file lock: a second holder is refused naming the file and the
+    /// holder's pid; the lock file goes with its holder, and one a killed
+    /// holder left (not locked) is taken over.
+    #[test]
+    fn a_file_lock_is_held_once_and_tidied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ebv.safetensors");
+        let lock = tmp.path().join(".ebv.safetensors.lock");
+        let first = FileLock::acquire(&out, "ebv-basis").unwrap();
+        assert!(lock.is_file());
+        let e = FileLock::acquire(&out, "ebv-basis")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ebv.safetensors is in use by another ebv-basis"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("(pid {})", std::process::id())), "{e}");
+        drop(first);
+        assert!(!lock.exists(), "the lock file outlived its holder");
+        std::fs::write(&lock, "999999").unwrap();
+        let again = FileLock::acquire(&out, "ebv-basis").unwrap();
+        drop(again);
+        assert!(!lock.exists());
     }
 }

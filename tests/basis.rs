@@ -1212,7 +1212,8 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
     assert!(!dir.path().join("whole.safetensors.resume").exists());
 
     let state = dir.path().join("cut.safetensors.resume");
-    // Starts the run and kills it (SIGKILL) once it has written a state.
+    // Starts the run and kills it (SIGKILL) once it has written a state;
+    // while it runs, a second run of its --out (resuming or --fresh) is refused.
     let kill_after_a_state = || {
         let mut child = Command::new(BIN)
             .current_dir(dir.path())
@@ -1228,7 +1229,20 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut second = args("cut.safetensors");
+        second.push("--fresh".into());
+        let e = refused(
+            dir.path(),
+            &second.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(
+            e.contains("cut.safetensors is in use by another ebv-basis (pid"),
+            "{e}"
+        );
+        assert!(
+            state.exists(),
+            "a refused --fresh removed the live run's state"
+        );
         child.kill().unwrap();
         assert!(
             child.wait().unwrap().code().is_none(),

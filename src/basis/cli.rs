@@ -351,6 +351,9 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let started = SystemTime::now();
     let backend = backend(&a.device)?;
     check_out(&a.out, a.npy, started)?;
+    // Two runs writing one --out would both take its state (one resuming
+    // the other's, one discarding it with --fresh) and interleave their files.
+    let _lock = crate::lock::FileLock::acquire(&a.out, "ebv-basis")?;
     let outputs = Outputs::new(&a.out, a.npy);
     if let Some(t) = &a.trace {
         // The trace is written from the first step: on one of these files it
