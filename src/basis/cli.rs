@@ -26,7 +26,7 @@ use super::generate::{
 use super::gram::GradPath;
 use super::import::import_pickle;
 use super::io::{
-    read_matrix, remove_own_temps, remove_stale_temps, write_npy, write_safetensors, MatrixFile,
+    exit_removing_temps, read_matrix, remove_stale_temps, write_npy, write_safetensors, MatrixFile,
 };
 use super::matrix::Basis;
 use super::resume::{differences, identity, read_identity, read_state, state_path, write_state};
@@ -380,15 +380,10 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // Ctrl-C: stop at the end of the step and write the best matrix; twice: exit now.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let out_dir = match a.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             // Exiting mid-write: the temp file being written would stay.
-            remove_own_temps(&out_dir);
-            std::process::exit(130);
+            exit_removing_temps(130);
         }
         eprintln!("\ninterrupt: stopping after this step and writing the best matrix (Ctrl-C again to abort)");
     });

@@ -445,22 +445,30 @@ pub fn remove_stale_temps(dir: &Path, started: std::time::SystemTime) -> u64 {
     freed
 }
 
-/// Removes this process's own temp files from `dir` (a second Ctrl-C
-/// exits at once, mid-write, where no destructor runs).
-pub fn remove_own_temps(dir: &Path) {
-    let own = format!("{TEMP_PREFIX}{}-", std::process::id());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name
-            .to_str()
-            .is_some_and(|n| n.starts_with(&own) && n.ends_with(TEMP_SUFFIX))
-        {
-            let _ = std::fs::remove_file(entry.path());
+/// The temp files [`atomic_write`] has open, so that an abort can remove
+/// them ([`exit_removing_temps`]).
+static LIVE_TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes a temp file off [`LIVE_TEMPS`] when it is persisted or dropped.
+struct LiveTemp(PathBuf);
+
+impl Drop for LiveTemp {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE_TEMPS.lock() {
+            live.retain(|p| p != &self.0);
         }
     }
+}
+
+/// Exits the process at once (a second Ctrl-C) without leaving the temp
+/// file being written: its destructor will not run. The registry stays
+/// locked until the process is gone, so no write can start a new one.
+pub fn exit_removing_temps(code: i32) -> ! {
+    let live = LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+    for p in live.iter() {
+        let _ = std::fs::remove_file(p);
+    }
+    std::process::exit(code)
 }
 
 /// Whether a process with this pid exists (here: signal 0 does not fail
@@ -480,7 +488,15 @@ fn atomic_write(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = temp_file_in(dir).map_err(|e| BasisError::io(dir, e))?;
+    let (mut tmp, _live) = {
+        // Created and registered under the registry's lock: an abort
+        // either finds it registered or stops us before it exists.
+        let mut live = LIVE_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = temp_file_in(dir).map_err(|e| BasisError::io(dir, e))?;
+        live.push(tmp.path().to_path_buf());
+        let guard = LiveTemp(tmp.path().to_path_buf());
+        (tmp, guard)
+    };
     let tmp_path = tmp.path().to_path_buf();
     write(&tmp_path, tmp.as_file_mut()).map_err(|r| BasisError::format(path, r))?;
     tmp.as_file()
