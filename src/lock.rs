@@ -49,6 +49,39 @@ fn io(path: &Path, cause: std::io::Error) -> LockError {
     }
 }
 
+/// Opens (creating it) the lock file at `path` and takes its exclusive
+/// flock, or says that another process (`tool`, its pid if it wrote one)
+/// holds `what`.
+fn try_lock(path: &Path, what: &Path, tool: &'static str) -> Result<File, LockError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(file);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() != std::io::ErrorKind::WouldBlock {
+        return Err(io(path, err));
+    }
+    let holder = std::fs::read_to_string(path).unwrap_or_default();
+    let holder = holder.trim();
+    Err(LockError::InUse {
+        dir: what.to_path_buf(),
+        lock: path.to_path_buf(),
+        tool,
+        holder: if holder.is_empty() {
+            String::new()
+        } else {
+            format!(" (pid {holder})")
+        },
+    })
+}
+
 /// Held for the life of the value.
 #[derive(Debug)]
 pub struct DirLock {
@@ -70,34 +103,7 @@ impl DirLock {
         let created = (!run.exists()).then(|| run.to_path_buf());
         std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
         let path = run.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is
-        // passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::WouldBlock {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
-                let holder = if holder.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {holder})")
-                };
-                return Err(LockError::InUse {
-                    dir: run.to_path_buf(),
-                    lock: path,
-                    tool,
-                    holder,
-                });
-            }
-            return Err(io(&path, err));
-        }
+        let mut file = try_lock(&path, run, tool)?;
         // For a person looking at a stuck run; the lock is the flock alone.
         if record_pid {
             let pid = std::process::id().to_string();
@@ -158,32 +164,7 @@ impl FileLock {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
         let path = dir.join(format!(".{}.lock", name.unwrap_or_default()));
         loop {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io(&path, e))?;
-            // SAFETY: flock on a descriptor this function owns; no memory is passed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::WouldBlock {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                    let holder = holder.trim();
-                    return Err(LockError::InUse {
-                        dir: target.to_path_buf(),
-                        lock: path,
-                        tool,
-                        holder: if holder.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (pid {holder})")
-                        },
-                    });
-                }
-                return Err(io(&path, err));
-            }
+            let mut file = try_lock(&path, target, tool)?;
             let same = match (file.metadata(), std::fs::metadata(&path)) {
                 (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
                 _ => false,

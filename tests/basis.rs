@@ -1177,6 +1177,9 @@ fn generate_checkpoints_survive_a_kill_and_ctrl_c_writes_the_best() {
 #[test]
 fn a_killed_run_resumes_exactly_with_the_same_command() {
     let dir = tmp();
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
     let args = |out: &str| -> Vec<String> {
         [
             "generate",
@@ -1202,11 +1205,7 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
     };
     let whole = run(
         dir.path(),
-        &[args("whole.safetensors"), vec!["-q".into()]]
-            .concat()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &strs(&[args("whole.safetensors"), vec!["-q".into()]].concat()),
     );
     assert_eq!(code(&whole), 1, "{}", stderr(&whole));
     assert!(!dir.path().join("whole.safetensors.resume").exists());
@@ -1231,10 +1230,7 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
         }
         let mut second = args("cut.safetensors");
         second.push("--fresh".into());
-        let e = refused(
-            dir.path(),
-            &second.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        let e = refused(dir.path(), &strs(&second));
         assert!(
             e.contains("cut.safetensors is in use by another ebv-basis (pid"),
             "{e}"
@@ -1254,23 +1250,14 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
     // Another α: refused (exit 2), naming the option; the state is kept.
     let mut other = args("cut.safetensors");
     other[6] = "0.16".into();
-    let e = refused(
-        dir.path(),
-        &other.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let e = refused(dir.path(), &strs(&other));
     assert!(
         e.contains("--alpha: 0.15 in the saved run, 0.16 now") && e.contains("--fresh"),
         "{e}"
     );
     assert!(state.exists());
 
-    let again = run(
-        dir.path(),
-        &args("cut.safetensors")
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let again = run(dir.path(), &strs(&args("cut.safetensors")));
     assert_eq!(code(&again), 1, "{}", stderr(&again));
     let said = stderr(&again);
     let at: u64 = said
@@ -1314,13 +1301,7 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&csv, head).unwrap();
-    let again = run(
-        dir.path(),
-        &args("cut.safetensors")
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let again = run(dir.path(), &strs(&args("cut.safetensors")));
     assert_eq!(code(&again), 1, "{}", stderr(&again));
     assert!(
         stderr(&again).contains("consecutive steps end at step 2; steps 3.."),
@@ -1334,19 +1315,13 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
     for extra in [&[][..], &["--fresh"][..]] {
         let mut a = args("cut.safetensors");
         a.extend(extra.iter().map(|s| s.to_string()));
-        let e = refused(
-            dir.path(),
-            &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
+        let e = refused(dir.path(), &strs(&a));
         assert!(e.contains("cut.safetensors.resume: is a folder"), "{e}");
     }
     std::fs::remove_dir(&state).unwrap();
     let mut a = args("cut.safetensors");
     a[16] = "cut.safetensors.resume".into();
-    let e = refused(
-        dir.path(),
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let e = refused(dir.path(), &strs(&a));
     assert!(e.contains("the run's state"), "{e}");
 
     // --fresh discards a state and starts over (step 0, no resume said).
@@ -1356,11 +1331,7 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
     fresh.push("--fresh".into());
     let out = run(
         dir.path(),
-        &[fresh, vec!["--json".into(), "-q".into()]]
-            .concat()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &strs(&[fresh, vec!["--json".into(), "-q".into()]].concat()),
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let j = json(&out);

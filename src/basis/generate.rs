@@ -1816,6 +1816,27 @@ mod tests {
         assert_eq!(g.summary.steps, 0);
     }
 
+    /// Runs `c` with a checkpoint due at every step; the states it handed out.
+    fn every_state(c: &GenerateConfig) -> (Generated, Vec<RunState>) {
+        let mut states: Vec<RunState> = Vec::new();
+        let mut keep = |s: &StateView| -> Result<(), BasisError> {
+            states.push(s.to_owned_state());
+            Ok(())
+        };
+        let mut no_matrix = |_: &Basis, _: &Summary| -> Result<(), BasisError> { Ok(()) };
+        let g = generate_resumable(
+            c,
+            &mut |_| {},
+            Some((0.0, &mut no_matrix)),
+            Resumption {
+                from: None,
+                save: Some(&mut keep),
+            },
+        )
+        .unwrap();
+        (g, states)
+    }
+
     /// Runs `c` on from a saved state, handing nothing out.
     fn resume_from(c: &GenerateConfig, from: RunState) -> Result<Generated, BasisError> {
         generate_resumable(
@@ -1871,22 +1892,7 @@ mod tests {
         for (what, c) in cases {
             let whole = generate(&c, &mut |_| {}).unwrap();
             // The same run handing out its state at every step: not moved by it.
-            let mut states: Vec<RunState> = Vec::new();
-            let mut keep = |s: &StateView| -> Result<(), BasisError> {
-                states.push(s.to_owned_state());
-                Ok(())
-            };
-            let mut no_matrix = |_: &Basis, _: &Summary| -> Result<(), BasisError> { Ok(()) };
-            let handed = generate_resumable(
-                &c,
-                &mut |_| {},
-                Some((0.0, &mut no_matrix)),
-                Resumption {
-                    from: None,
-                    save: Some(&mut keep),
-                },
-            )
-            .unwrap();
+            let (handed, states) = every_state(&c);
             assert_eq!(handed.basis, whole.basis, "{what}: handing out moved it");
             let steps = whole.summary.steps;
             assert!(
@@ -1961,23 +1967,7 @@ mod tests {
         let mut c = cfg(100, 20, 0.3);
         c.method = Method::Adaptive;
         c.max_steps = 10;
-        let mut states: Vec<RunState> = Vec::new();
-        let mut keep = |s: &StateView| -> Result<(), BasisError> {
-            states.push(s.to_owned_state());
-            Ok(())
-        };
-        let mut no_matrix = |_: &Basis, _: &Summary| -> Result<(), BasisError> { Ok(()) };
-        generate_resumable(
-            &c,
-            &mut |_| {},
-            Some((0.0, &mut no_matrix)),
-            Resumption {
-                from: None,
-                save: Some(&mut keep),
-            },
-        )
-        .unwrap();
-        let from = states.pop().unwrap();
+        let from = every_state(&c).1.pop().unwrap();
         let mut other = c.clone();
         other.alpha = AlphaSpec::Value(0.35);
         other.seed = 7;
