@@ -1255,6 +1255,17 @@ fn a_killed_run_resumes_exactly_with_the_same_command() {
         e.contains("--alpha: 0.15 in the saved run, 0.16 now") && e.contains("--fresh"),
         "{e}"
     );
+    assert!(!e.contains("for more steps"), "{e}");
+    // More steps alone: the message says how to get them.
+    let mut longer = args("cut.safetensors");
+    longer[10] = "3000".into();
+    let e = refused(dir.path(), &strs(&longer));
+    assert!(
+        e.contains("--steps: 1500 in the saved run, 3000 now")
+            && e.contains("for more steps than it was given")
+            && e.contains("--start cut.safetensors"),
+        "{e}"
+    );
     assert!(state.exists());
 
     let again = run(dir.path(), &strs(&args("cut.safetensors")));

@@ -451,11 +451,27 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         let saved = read_identity(&state_file).with_context(unreadable)?;
         let diff = differences(&saved, &ident);
         if !diff.is_empty() {
+            // The step budget is part of the path (the p-norm's schedule
+            // follows it), so a longer run is a run of its own.
+            let only_steps = saved
+                .keys()
+                .chain(ident.keys())
+                .all(|k| k == "steps" || saved.get(k) == ident.get(k));
             anyhow::bail!(
                 "{}: an unfinished run left its state there, with other options than these:\n  \
-                 {}\nrun its command again to resume it, or add --fresh to discard it and start over",
+                 {}\nrun its command again to resume it, or add --fresh to discard it and start \
+                 over{}",
                 state_file.display(),
-                diff.join("\n  ")
+                diff.join("\n  "),
+                if only_steps {
+                    format!(
+                        "; for more steps than it was given, resume it to its end and go on with \
+                         --start {} (a new optimisation from its best matrix)",
+                        a.out.display()
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         Some(read_state(&state_file, p.n, p.d).with_context(unreadable)?)
