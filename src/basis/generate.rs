@@ -1097,8 +1097,8 @@ pub fn generate_resumable(
             if due && step > 0 {
                 if let Some(save_state) = save_state.as_mut() {
                     hand_state(save_state, &b, &velocity, &second, &best)?;
+                    last_save = Instant::now();
                 }
-                last_save = Instant::now();
             }
             if due && saved_step != Some(best_step) && step > 0 {
                 let snap = Snapshot {
