@@ -9,6 +9,15 @@ use std::fs::FileType;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
+/// The folder `path` is in: its parent, or `.` for a bare file name (whose
+/// parent is the empty path, which no file call accepts).
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// The kind of file `ft` describes: "regular file", "folder", "named pipe",
 /// "socket", "device", "symbolic link" or "special file".
 pub fn describe(ft: &FileType) -> &'static str {

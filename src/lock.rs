@@ -157,10 +157,7 @@ impl FileLock {
     /// once naming it when another process (`tool`, for the message) holds it.
     pub fn acquire(target: &Path, tool: &'static str) -> Result<FileLock, LockError> {
         use std::os::unix::fs::MetadataExt;
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = crate::file_kind::folder_of(target);
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
         let path = dir.join(format!(".{}.lock", name.unwrap_or_default()));
         loop {

@@ -292,10 +292,7 @@ fn check_out(out: &Path, npy: bool, started: SystemTime) -> anyhow::Result<()> {
     if out.is_dir() {
         anyhow::bail!("--out {}: is a directory; give a file name", out.display());
     }
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = crate::file_kind::folder_of(out);
     // Before the probe, which is one of them too: what killed runs left.
     remove_stale_temps(dir, started);
     super::io::temp_file_in(dir)

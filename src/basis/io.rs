@@ -484,10 +484,7 @@ fn atomic_write(
     path: &Path,
     write: impl FnOnce(&Path, &mut File) -> Result<(), String>,
 ) -> Result<(), BasisError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = crate::file_kind::folder_of(path);
     let (mut tmp, _live) = {
         // Created and registered under the registry's lock: an abort
         // either finds it registered or stops us before it exists.

@@ -182,10 +182,7 @@ fn start_writeback(file: &File) {
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = crate::file_kind::folder_of(path);
     File::open(dir)?.sync_all()
 }
 
