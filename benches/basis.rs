@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the `ebv-basis` kernels: one loss + gradient
 //! evaluation (upper-triangle Gram + G = 2·M·B) on the dense and the sparse
 //! path at two violation densities, one blockwise `check` pass, and the
-//! construction of a Kerdock start (rows/s).
+//! construction of a Kerdock start (rows/s), and the write and read of a
+//! resumable run's state (bytes/s; `EBV_BASIS_STATE_SHAPE=100000x5000` for
+//! the paper's 100k-class shape, `EBV_BASIS_STATE_DIR` for where it goes).
 //! Run: `cargo bench --bench basis`. The end-to-end comparison with the
 //! PyTorch peer is `benches/basis_vs_torch.sh`.
 
@@ -10,7 +12,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ebv::basis::{check, hinge_loss_and_grad, kerdock_basis, Basis, CheckOptions, GradPath};
+use std::collections::BTreeMap;
+
+use ebv::basis::{
+    check, hinge_loss_and_grad, kerdock_basis, read_state, write_state, Basis, CheckOptions,
+    GradPath, Scalars, StateView,
+};
 
 fn evaluation(c: &mut Criterion) {
     let (n, d) = (1000, 512);
@@ -61,5 +68,66 @@ fn kerdock_start(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, evaluation, check_pass, kerdock_start);
+/// The state of a `pnorm` run (the largest: working rows, Adam's two
+/// moments and the best rows, four N × d matrices), written atomically
+/// (temp file, fsync, rename) and read back with its checks.
+fn state_file(c: &mut Criterion) {
+    let shape = std::env::var("EBV_BASIS_STATE_SHAPE").unwrap_or_else(|_| "2000x512".into());
+    let Some((n, d)) = shape
+        .split_once('x')
+        .and_then(|(n, d)| Some((n.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
+    else {
+        panic!("EBV_BASIS_STATE_SHAPE: NxD expected, got {shape}");
+    };
+    let dir = match std::env::var_os("EBV_BASIS_STATE_DIR") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("a temp dir for the state");
+    let path = dir.path().join("ebv.safetensors.resume");
+    let b = Basis::random(n, d, 7).data;
+    let best = Basis::random(n, d, 8).data;
+    let velocity: Vec<f32> = b.iter().map(|x| x * 1e-3).collect();
+    let second: Vec<f32> = b.iter().map(|x| x * x * 1e-6).collect();
+    let identity = BTreeMap::from([("classes".to_string(), n.to_string())]);
+    let scalars = Scalars {
+        step: 1,
+        m_ref: 0.5,
+        tau: 0.0,
+        lr: 1e-3,
+        prev_loss: None,
+        best_max: 0.5,
+        best_mean: 0.1,
+        best_step: 0,
+        last_gain: 0,
+        own_best: 0.5,
+        own_gain: 0,
+        continuation: false,
+        recoveries: 0,
+        adam_steps: 1,
+        above_best: 0,
+        dense_hint: false,
+        seconds: 0.0,
+    };
+    let view = StateView {
+        identity: &identity,
+        scalars,
+        b: &b,
+        velocity: &velocity,
+        second: &second,
+        best: Some(&best),
+    };
+    let bytes = 4 * 4 * (n * d) as u64;
+    let mut g = c.benchmark_group(format!("state_{n}x{d}"));
+    g.sample_size(10).throughput(Throughput::Bytes(bytes));
+    g.bench_function("write", |bench| {
+        bench.iter(|| write_state(&path, n, d, &view).expect("state written"))
+    });
+    g.bench_function("read", |bench| {
+        bench.iter(|| black_box(read_state(&path, n, d).expect("state read")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluation, check_pass, kerdock_start, state_file);
 criterion_main!(benches);
