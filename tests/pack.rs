@@ -2991,3 +2991,266 @@ fn max_pixels_rejects_the_same_images_in_every_mode() {
         );
     }
 }
+
+/// `bytes` without its marker segments `marker` before the first scan.
+fn without_segments(bytes: &[u8], marker: u8) -> Vec<u8> {
+    let mut out = bytes[..2].to_vec();
+    let mut pos = 2;
+    loop {
+        let m = bytes[pos + 1];
+        let len = usize::from(u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]])) + 2;
+        if m == 0xDA {
+            out.extend_from_slice(&bytes[pos..]);
+            return out;
+        }
+        if m != marker {
+            out.extend_from_slice(&bytes[pos..pos + len]);
+        }
+        pos += len;
+    }
+}
+
+/// Offset of the first segment `marker` of a JPEG.
+fn segment_at(bytes: &[u8], marker: u8) -> usize {
+    bytes.windows(2).position(|w| w == [0xFF, marker]).unwrap()
+}
+
+/// Under the default `--verify header` a JPEG is stored untouched only when
+/// its structure holds for the loader's decoder: what no reader decodes is
+/// rejected naming what is wrong, what libjpeg reads with a warning or its
+/// default tables (Motion-JPEG frames, bytes between segments) is decoded
+/// to the original's pixels and re-encoded, and sampling the decoder would
+/// turn into garbage is rejected as unsupported.
+#[test]
+fn jpeg_structure_is_checked_before_a_jpeg_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 32u32;
+    let plain = jpeg_rgb(n, n, 7);
+    let want = ebv::image::decode_rgb8(&plain, Default::default())
+        .unwrap()
+        .data;
+    let sof = segment_at(&plain, 0xC0);
+    let sos = segment_at(&plain, 0xDA);
+    // Bytes at offsets set to values.
+    let patched = |at: &[(usize, u8)]| {
+        let mut b = plain.clone();
+        for &(i, v) in at {
+            b[i] = v;
+        }
+        b
+    };
+    let mut junk = plain.clone();
+    junk.splice(sos..sos, [0x13, 0x37, 0x00]);
+    // The frame's sampling factors are at sof + 11, + 14, + 17 (4:2:0).
+    let finer = patched(&[(sof + 11, 0x11), (sof + 14, 0x22), (sof + 17, 0x22)]);
+    let entries: Entries = vec![
+        ("train/a/plain.jpg".into(), plain.clone()),
+        ("train/a/mjpeg.jpg".into(), without_segments(&plain, 0xC4)),
+        ("train/a/junk.jpg".into(), junk),
+        ("train/b/no-dqt.jpg".into(), without_segments(&plain, 0xDB)),
+        ("train/b/chroma-finer.jpg".into(), finer),
+        ("train/b/scan-id.jpg".into(), patched(&[(sos + 5, 9)])),
+        (
+            "train/b/icon.ico".into(),
+            b"\0\0\x01\0\x01\0\x10\x10\0\0".to_vec(),
+        ),
+    ];
+    let sources: BTreeMap<String, Vec<u8>> = entries.iter().cloned().collect();
+    let src = dir.path().join("src");
+    write_dir(&src, &entries);
+    for encoding in ["jpeg", "raw"] {
+        let out = dir.path().join(encoding);
+        let o = run(
+            BIN,
+            &[
+                s(&src),
+                "--out",
+                s(&out),
+                "--size",
+                "32",
+                "--encoding",
+                encoding,
+                "--quiet",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let mut rej = rejections(&out);
+        rej.sort();
+        assert_eq!(
+            rej,
+            [
+                (
+                    "train/b/chroma-finer.jpg".to_string(),
+                    "unsupported image format: jpeg with a component sampled finer than the \
+                     first (sampling factors 1x1, 2x2, 2x2)"
+                        .to_string()
+                ),
+                (
+                    "train/b/icon.ico".into(),
+                    "unsupported image format: ico".into()
+                ),
+                (
+                    "train/b/no-dqt.jpg".into(),
+                    "corrupt jpeg: no quantisation table 0 for component 0".into()
+                ),
+                (
+                    "train/b/scan-id.jpg".into(),
+                    "corrupt jpeg: scan names component 9, which the frame does not have".into()
+                ),
+            ]
+        );
+        let rows = read_split(&out, "train");
+        assert_eq!(rows.len(), 3);
+        for row in rows {
+            let passed = row.image == sources[&row.key];
+            assert_eq!(passed, encoding == "jpeg" && row.key == "train/a/plain.jpg");
+            let px = if encoding == "raw" {
+                row.image.clone()
+            } else {
+                ebv::image::decode_rgb8(&row.image, Default::default())
+                    .unwrap()
+                    .data
+            };
+            // Raw rows hold the decode itself; re-encoded ones are within
+            // a q95 round trip of it.
+            let worst = px
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+                .max()
+                .unwrap();
+            let limit = if encoding == "raw" || passed { 0 } else { 12 };
+            assert!(worst <= limit, "{} ({encoding}): off by {worst}", row.key);
+        }
+    }
+}
+
+/// Paths as other tools write them: a zip made on Windows (`\` separators),
+/// doubled and `./` components, list rows in `find .` form or absolute
+/// paths from the machine the list was made on, a CSV whose label column
+/// must be named, and a `--class-names` that would reorder the classes.
+#[test]
+fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = |seed| jpeg_rgb(16, 16, seed);
+    let zip = dir.path().join("win.zip");
+    write_zip(
+        &zip,
+        &[
+            ("train\\a\\1.jpg".into(), img(1)),
+            ("train\\b\\1.jpg".into(), img(2)),
+            ("train//a/2.jpg".into(), img(3)),
+            ("./val/a/3.jpg".into(), img(4)),
+            ("val/b/4.jpg".into(), img(5)),
+        ],
+    );
+    let out = dir.path().join("zout");
+    let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
+    let keys = |split| {
+        let mut k: Vec<(String, u32)> = read_split(&out, split)
+            .into_iter()
+            .map(|r| (r.key, r.label))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys("train"),
+        [
+            ("train/a/1.jpg".to_string(), 0),
+            ("train/a/2.jpg".into(), 0),
+            ("train/b/1.jpg".into(), 1)
+        ]
+    );
+    assert_eq!(
+        keys("val"),
+        [("val/a/3.jpg".to_string(), 0), ("val/b/4.jpg".into(), 1)]
+    );
+
+    // Lists: the same file name in two class folders, so only the path
+    // tells them apart.
+    let src = dir.path().join("lists");
+    write_dir(
+        &src,
+        &[
+            ("train/cat/1.jpg".into(), img(6)),
+            ("train/dog/1.jpg".into(), img(7)),
+            ("val/cat/2.jpg".into(), img(8)),
+            ("val/dog/2.jpg".into(), img(9)),
+            (
+                "train.txt".into(),
+                b"./train/cat/1.jpg cat\n.//train/dog/1.jpg dog\n".to_vec(),
+            ),
+            (
+                "val.csv".into(),
+                b"path,width,species\n/home/me/data/val/cat/2.jpg,16,cat\n\
+                  /home/me/data/val/dog/2.jpg,16,dog\n"
+                    .to_vec(),
+            ),
+        ],
+    );
+    let lout = dir.path().join("lout");
+    let names = dir.path().join("names.txt");
+    let args = |extra: &[&'static str], class_names: bool| {
+        let mut a = vec![
+            s(&src),
+            "--out",
+            s(&lout),
+            "--size",
+            "16",
+            "--quiet",
+            "--force",
+        ];
+        a.extend_from_slice(extra);
+        if class_names {
+            a.extend_from_slice(&["--class-names", s(&names)]);
+        }
+        a
+    };
+    // Three columns and no header word for the label: asked, not guessed.
+    let o = run(BIN, &args(&[], false));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("val.csv: rows have up to 3 fields") && err.contains("--label-column"),
+        "{err}"
+    );
+    let o = run(BIN, &args(&["--label-column", "Species"], false));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(rejections(&lout).is_empty(), "{:?}", rejections(&lout));
+    for split in ["train", "val"] {
+        let mut rows: Vec<(String, u32)> = read_split(&lout, split)
+            .into_iter()
+            .map(|r| (r.key, r.label))
+            .collect();
+        rows.sort();
+        let k = if split == "train" { "1" } else { "2" };
+        assert_eq!(
+            rows,
+            [
+                (format!("{split}/cat/{k}.jpg"), 0),
+                (format!("{split}/dog/{k}.jpg"), 1)
+            ]
+        );
+    }
+
+    // --class-names renames by position: the source's own names in
+    // another order would swap the labels' meaning, so they are refused.
+    std::fs::write(&names, "dog\ncat\n").unwrap();
+    let o = run(BIN, &args(&["--label-column", "species"], true));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("line 1 names class 0 \"dog\", which is the source's class 1"),
+        "{err}"
+    );
+    std::fs::write(&names, "kitty\npuppy\n").unwrap();
+    let o = run(BIN, &args(&["--label-column", "species"], true));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(
+        std::fs::read_to_string(lout.join("classes.tsv")).unwrap(),
+        "0\tkitty\n1\tpuppy\n"
+    );
+}

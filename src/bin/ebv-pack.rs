@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ebv::image::ResizeMode;
-use ebv::pack::{pack, LayoutKind, PackOptions, PackSummary, Verify};
+use ebv::pack::{pack, LayoutKind, ListColumns, PackOptions, PackSummary, Verify};
 use ebv::shard::Encoding;
 
 #[derive(Parser, Debug)]
@@ -61,6 +61,15 @@ struct Args {
     /// File with one class name per line in label order (IDX sources, or to rename classes).
     #[arg(long)]
     class_names: Option<PathBuf>,
+    /// The image column of CSV lists: a header name or a 1-based number
+    /// [default: a header's image/path/file column, else the first].
+    #[arg(long, value_name = "NAME|N")]
+    image_column: Option<String>,
+    /// The label column of CSV lists: a header name or a 1-based number
+    /// [default: a header's label/class/category/target column, else the second;
+    /// needed when rows have more than two fields and no header names it].
+    #[arg(long, value_name = "NAME|N")]
+    label_column: Option<String>,
     /// Exit with code 1 when any entry was rejected.
     #[arg(long)]
     strict: bool,
@@ -117,6 +126,10 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     opts.verify = args.verify;
     opts.max_pixels = args.max_pixels;
     opts.class_names = args.class_names.clone();
+    opts.columns = ListColumns {
+        image: args.image_column.clone(),
+        label: args.label_column.clone(),
+    };
     opts.force = args.force;
     opts.quiet = args.quiet;
     let summary = pack(&opts).with_context(|| format!("packing {}", args.source.display()))?;

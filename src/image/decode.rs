@@ -141,18 +141,14 @@ pub(super) fn decode_jpeg_into(
     out: &mut Vec<u8>,
 ) -> Result<(u32, u32, Orientation), ImageError> {
     let fmt = ImageFormat::Jpeg;
-    // A JPEG whose image never reaches its end marker was cut short;
-    // zune-jpeg would pad the missing scan with grey rather than fail, so
-    // check it here. Bytes after that marker are not the image's.
-    let end = super::jpeg::image_end(bytes).map_err(|e| corrupt(fmt, e))?;
-    let bytes = &bytes[..end];
-    // zune-jpeg decodes 8-bit Huffman-coded DCT frames only; say what the
-    // others are instead of passing on its parse error.
-    if let Some((sof, precision)) = super::jpeg::frame_of(bytes) {
-        if let Some(what) = super::jpeg::unsupported_coding(sof, precision) {
-            return Err(ImageError::Unsupported(what));
-        }
-    }
+    // The structure first: a JPEG cut short (zune-jpeg would pad the
+    // missing scan with grey rather than fail), a frame zune-jpeg does not
+    // read or would decode wrongly, tables missing. What libjpeg reads
+    // with a warning or a default is rewritten for zune-jpeg; bytes after
+    // the end marker are not the image's.
+    let walk = super::jpeg_stream::walk(bytes).map_err(super::jpeg::fault_error)?;
+    let bytes = walk.repaired(bytes);
+    let bytes = bytes.as_ref();
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::MAX)

@@ -56,6 +56,57 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     } else if starts(&[0x00, 0x00, 0x00, 0x0C, b'j', b'P']) || starts(&[0xFF, 0x4F, 0xFF, 0x51]) {
         Some(ImageFormat::Unsupported("jpeg2000"))
     } else {
+        other_image(bytes).map(ImageFormat::Unsupported)
+    }
+}
+
+/// Image formats the packer does not decode, by their magic bytes (TGA by
+/// its version-2 footer; older TGA files carry no signature), so that their
+/// rejection says "unsupported image format", not "not an image".
+fn other_image(bytes: &[u8]) -> Option<&'static str> {
+    let starts = |magic: &[u8]| bytes.starts_with(magic);
+    // `P1`–`P7`, whitespace, then a width or a comment (PAM: a header word).
+    let netpbm = bytes.len() > 3
+        && bytes[0] == b'P'
+        && (b'1'..=b'7').contains(&bytes[1])
+        && bytes[2].is_ascii_whitespace()
+        && bytes[3..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| {
+                b.is_ascii_digit() || b == b'#' || (bytes[1] == b'7' && b.is_ascii_uppercase())
+            });
+    let text = || {
+        let head = &bytes[..bytes.len().min(1024)];
+        let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+        head.trim_start_matches('\u{feff}')
+            .trim_start()
+            .starts_with('<')
+            && head.contains("<svg")
+    };
+    if starts(&[0, 0, 1, 0]) && bytes.len() >= 6 {
+        Some("ico")
+    } else if starts(&[0, 0, 2, 0]) && bytes.len() >= 6 {
+        Some("cur")
+    } else if netpbm {
+        Some("netpbm (pbm/pgm/ppm/pam)")
+    } else if starts(b"8BPS") {
+        Some("psd")
+    } else if starts(b"qoif") {
+        Some("qoi")
+    } else if starts(&[0xFF, 0x0A]) || starts(b"\0\0\0\x0CJXL \r\n\x87\n") {
+        Some("jpeg xl")
+    } else if starts(&[0x76, 0x2F, 0x31, 0x01]) {
+        Some("openexr")
+    } else if starts(b"#?RADIANCE") || starts(b"#?RGBE") {
+        Some("radiance hdr")
+    } else if starts(b"DDS ") {
+        Some("dds")
+    } else if bytes.ends_with(b"TRUEVISION-XFILE.\0") {
+        Some("tga")
+    } else if text() {
+        Some("svg")
+    } else {
         None
     }
 }
@@ -83,6 +134,25 @@ mod tests {
             sniff_format(b"II*\0rest"),
             Some(ImageFormat::Unsupported("tiff"))
         );
+        for (bytes, name) in [
+            (&b"\0\0\x01\0\x01\0\x10\x10"[..], "ico"),
+            (b"P6\n32 32\n255\n", "netpbm (pbm/pgm/ppm/pam)"),
+            (b"8BPS\0\x01", "psd"),
+            (b"qoif\0\0", "qoi"),
+            (b"\xFF\x0A\xFA", "jpeg xl"),
+            (b"\0\0\0\x0CJXL \r\n\x87\nrest", "jpeg xl"),
+            (b"#?RADIANCE\n", "radiance hdr"),
+            (b"\x02\0\x02\0 data TRUEVISION-XFILE.\0", "tga"),
+            (b"<?xml version=\"1.0\"?>\n<svg xmlns=\"\">", "svg"),
+        ] {
+            assert_eq!(
+                sniff_format(bytes),
+                Some(ImageFormat::Unsupported(name)),
+                "{name}"
+            );
+        }
+        assert_eq!(sniff_format(b"P6 is a paper size"), None);
+        assert_eq!(sniff_format(b"<html><body>not svg</body></html>"), None);
         assert_eq!(sniff_format(b"hello world, not an image"), None);
         assert_eq!(sniff_format(b""), None);
     }

@@ -8,6 +8,7 @@
 mod decode;
 mod format;
 mod jpeg;
+mod jpeg_stream;
 mod resize;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};

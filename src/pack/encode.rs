@@ -1,8 +1,8 @@
 //! Turning one source image into the bytes a shard stores.
 //!
-//! Invariant: a JPEG that is already H×W, 3-component, 8-bit, upright and
-//! complete is stored byte for byte (checked from its markers, or by a
-//! full decode with `--verify decode`); everything else is decoded,
+//! Invariant: a JPEG that is already H×W, 3-component, 8-bit, upright,
+//! complete and structurally clean is stored byte for byte (checked from
+//! its markers, or by a full decode with `--verify decode`); everything else is decoded,
 //! oriented, converted to RGB, resized and stored raw or re-encoded.
 //! `--max-pixels` rejects the same images whichever path they take.
 
@@ -18,7 +18,8 @@ use crate::shard::Encoding;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
-    /// Markers only: frame size and components, a scan, and the end marker.
+    /// Markers only: the frame, the tables each scan uses, the scan
+    /// parameters, and the end marker.
     Header,
     /// A full decode (catches corrupt entropy-coded data; ~0.2 ms/image).
     Decode,
@@ -70,10 +71,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         return Err("empty file".into());
     }
     if cfg.encoding == Encoding::Jpeg && sniff_format(&bytes) == Some(ImageFormat::Jpeg) {
-        let header = JpegHeader::parse(&bytes).map_err(|e| format!("corrupt jpeg: {e}"))?;
-        if !header.complete {
-            return Err("corrupt jpeg: truncated (no end-of-image marker)".into());
-        }
+        let header = JpegHeader::parse(&bytes).map_err(|e| e.to_string())?;
         if header.is_passthrough(cfg.width, cfg.height) {
             // The limit a decode applies, from the same header numbers, so
             // that `--verify header` rejects what `decode` and `raw` do.

@@ -6,8 +6,8 @@
 //! (`train/<class>/<file>`, `val/<class>/<file>` under any common top folder).
 //!
 //! Invariants: classes are indexed from the sorted training class names
-//! (numerically when every name is an integer, as list files and IDX labels
-//! are); every entry of the source ends up either as an item or as a
+//! (numerically when every name is an unsigned integer, as list files and
+//! IDX labels are); every entry of the source ends up either as an item or as a
 //! rejected entry with its reason — nothing is dropped silently; each image
 //! is packed at most once (a repeated list row or an image listed for both
 //! splits is rejected, naming where it was first listed).
@@ -23,11 +23,14 @@
 //! - A `path label` row splits at its last run of spaces or tabs: paths may
 //!   hold spaces, labels do not. CSV rows follow RFC 4180 quoting; with
 //!   more than two fields a header naming a `label` (`class`, `category`,
-//!   …) column picks the label and image columns, else the first two are
-//!   read and a note says so. A byte-order mark is dropped.
+//!   …) column, or `--label-column`, picks the label and image columns;
+//!   without either the layout is an error (the label column would be a
+//!   guess). A byte-order mark is dropped.
 //! - A list row names its image as a path from the list's folder, from its
 //!   `<split>/` subfolder or from the top, with or without the extension
-//!   (the paper's ids), and only then as a file name unique in the source;
+//!   (the paper's ids), then the same for ever shorter tails of the path
+//!   (lists written elsewhere, with absolute paths), and only then as a
+//!   file name unique in the source;
 //!   so `0001` is `train/0001.jpg` in `train.csv` and `val/0001.jpg` in
 //!   `val.csv`. A name several files share is rejected as ambiguous, a row
 //!   without a label as such, each with its list and line.
@@ -154,6 +157,7 @@ pub fn plan(
     source: &Source,
     forced: Option<LayoutKind>,
     class_names: Option<&[String]>,
+    columns: &ListColumns,
 ) -> Result<Plan, PackError> {
     let mut rejected = Vec::new();
     let mut usable = Vec::new();
@@ -205,7 +209,7 @@ pub fn plan(
             if !found_lists.contains_key(&Split::Train) {
                 return Err(missing());
             }
-            list_plan(source, &usable, &problems, &found_lists)?
+            list_plan(source, &usable, &problems, &found_lists, columns)?
         }
         LayoutKind::ClassFolders => {
             let plan = folder_plan(source, &usable, &problems, &junk)?;
@@ -232,6 +236,31 @@ pub fn plan(
                     "--class-names gives {} names but the source has {} classes",
                     names.len(),
                     plan.classes.len()
+                )));
+            }
+            // Names are given in label order and rename classes by
+            // position, so a file giving class i the name the source gives
+            // class j is a list of the source's own names in another order:
+            // it would label every image of j as i's.
+            let own: HashMap<&str, usize> = plan
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i))
+                .collect();
+            let moved = names
+                .iter()
+                .enumerate()
+                .find_map(|(i, n)| own.get(n.as_str()).filter(|&&j| j != i).map(|&j| (i, j)));
+            if let Some((i, j)) = moved {
+                return Err(PackError::Usage(format!(
+                    "--class-names: line {} names class {i} {:?}, which is the source's class {j}; \
+                     class {i} of the source is {:?}. The file renames classes by position (label \
+                     order: the sorted training class names): list the new names in that order, \
+                     or leave --class-names out to keep the source's names",
+                    i + 1,
+                    names[i],
+                    plan.classes[i]
                 )));
             }
             plan.classes = names.to_vec();
@@ -619,6 +648,43 @@ fn find_lists(entries: &[Entry], usable: &[usize]) -> BTreeMap<Split, usize> {
 /// One row of a list file: (line number, image reference, label text).
 type ListRow = (usize, String, String);
 
+/// The columns of a CSV list the user named (`--image-column`,
+/// `--label-column`): a header name (any case) or a 1-based number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ListColumns {
+    pub image: Option<String>,
+    pub label: Option<String>,
+}
+
+impl ListColumns {
+    fn is_empty(&self) -> bool {
+        self.image.is_none() && self.label.is_none()
+    }
+}
+
+/// Where the column `spec` (`--FLAG`) stands: a 1-based number, or its
+/// name in the `first` row (then that row is a header).
+fn column_of(
+    spec: &str,
+    flag: &str,
+    first: &[String],
+    file: &str,
+) -> Result<(usize, bool), String> {
+    if let Ok(n) = spec.parse::<usize>() {
+        return match n {
+            0 => Err(format!("--{flag} 0: columns are numbered from 1")),
+            n => Ok((n - 1, false)),
+        };
+    }
+    match first.iter().position(|c| c.eq_ignore_ascii_case(spec)) {
+        Some(i) => Ok((i, true)),
+        None => Err(format!(
+            "{file}: --{flag} {spec:?}: no such column in its first row ({})",
+            first.join(", ")
+        )),
+    }
+}
+
 /// A list file read into rows.
 #[derive(Debug, Default, PartialEq)]
 struct ListText {
@@ -629,6 +695,8 @@ struct ListText {
     bad: Vec<(usize, String, String)>,
     /// What was decided about the columns, for the layout notes.
     notes: Vec<String>,
+    /// Comma-separated (else `path label`, whose label is the last field).
+    csv: bool,
 }
 
 /// Header words that name the label column, and the image column.
@@ -672,7 +740,7 @@ fn csv_fields(line: &str) -> Vec<String> {
 /// Rows of a list file. A UTF-8 byte-order mark is dropped (spreadsheets
 /// write one); blank lines and `#` comments are skipped; a row with no
 /// image or no label is returned in `bad`, never dropped.
-fn parse_list(text: &str, file: &str) -> ListText {
+fn parse_list(text: &str, file: &str, columns: &ListColumns) -> Result<ListText, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = ListText::default();
     let kept = |l: &str| !l.is_empty() && !l.starts_with('#');
@@ -680,6 +748,7 @@ fn parse_list(text: &str, file: &str) -> ListText {
         .lines()
         .map(str::trim)
         .any(|l| kept(l) && l.contains(','));
+    out.csv = csv;
     // Records with their first line's number. A CSV record whose quotes do
     // not close on its line goes on over the next ones (RFC 4180); its
     // fields then hold line breaks, which no label and no sane path has, so
@@ -732,7 +801,7 @@ fn parse_list(text: &str, file: &str) -> ListText {
                 )),
             }
         }
-        return out;
+        return Ok(out);
     }
     // A header that names a label column picks the columns; otherwise the
     // first two fields are image and label (the paper's `image_id,label`).
@@ -742,26 +811,70 @@ fn parse_list(text: &str, file: &str) -> ListText {
             .position(|c| names.iter().any(|n| c.eq_ignore_ascii_case(n)))
     };
     let (mut image_col, mut label_col, mut header_note) = (0, 1, None);
+    // Whether a header or a flag chose the label column.
+    let mut label_chosen = false;
     if let Some((n, line)) = lines.first() {
         let (n, first) = (*n, csv_fields(line));
         // With two fields, a first row `a.jpg,category` may be data: only the
         // words `label` and `class` are sure to be a header there, and
         // `header_row` judges the rest by content.
         let sure = |f: &String| f.eq_ignore_ascii_case("label") || f.eq_ignore_ascii_case("class");
-        let named_label =
-            named(&first, &LABEL_COLUMNS).filter(|&l| first.len() > 2 || sure(&first[l]));
+        let flagged = |spec: &Option<String>, flag: &str| {
+            spec.as_deref()
+                .map(|s| column_of(s, flag, &first, file))
+                .transpose()
+        };
+        let label_flag = flagged(&columns.label, "label-column")?;
+        let image_flag = flagged(&columns.image, "image-column")?;
+        let named_header = label_flag.is_some_and(|(_, h)| h) || image_flag.is_some_and(|(_, h)| h);
+        let named_label = match label_flag {
+            Some((l, _)) => Some(l),
+            None => named(&first, &LABEL_COLUMNS)
+                .filter(|&l| first.len() > 2 || sure(&first[l]) || named_header),
+        };
         if let Some(l) = named_label {
-            let i = named(&first, &IMAGE_COLUMNS)
-                .filter(|&i| i != l)
-                .unwrap_or(if l == 0 { 1 } else { 0 });
+            label_chosen = true;
+            let i = match image_flag {
+                Some((i, _)) => i,
+                None => named(&first, &IMAGE_COLUMNS)
+                    .filter(|&i| i != l)
+                    .unwrap_or(if l == 0 { 1 } else { 0 }),
+            };
+            if i == l {
+                return Err(format!(
+                    "{file}: the image and the label would both be column {}",
+                    i + 1
+                ));
+            }
             (image_col, label_col) = (i, l);
-            header_note = Some(format!(
-                "{file} line {n}: header names column {} '{}' as the image and column {} '{}' \
-                 as the label",
-                i + 1,
-                first.get(i).map_or("", String::as_str),
-                l + 1,
-                first[l]
+            let header = label_flag.is_none_or(|(_, h)| h) && image_flag.is_none_or(|(_, h)| h)
+                || named_header;
+            header_note = Some(if header {
+                format!(
+                    "{file} line {n}: header names column {} '{}' as the image and column {} \
+                     '{}' as the label",
+                    i + 1,
+                    first.get(i).map_or("", String::as_str),
+                    l + 1,
+                    first.get(l).map_or("", String::as_str)
+                )
+            } else {
+                format!(
+                    "{file}: column {} is read as the image and column {} as the label",
+                    i + 1,
+                    l + 1
+                )
+            });
+            if !header {
+                // Numbers name no header: the first row is data unless
+                // `header_row` judges it a header by its content.
+                out.notes.extend(header_note.take());
+            }
+        } else if let Some((i, _)) = image_flag {
+            return Err(format!(
+                "{file}: --image-column {} given without --label-column, and no header \
+                 names the label column",
+                i + 1
             ));
         }
     }
@@ -769,7 +882,13 @@ fn parse_list(text: &str, file: &str) -> ListText {
     for (k, (n, line)) in lines.iter().enumerate() {
         let (n, line) = (*n, line.as_ref());
         let fields = csv_fields(line);
-        width = width.max(fields.len());
+        // Trailing empty fields (`a.jpg,3,`, as spreadsheets save) are no column.
+        width = width.max(
+            fields
+                .iter()
+                .rposition(|f| !f.is_empty())
+                .map_or(0, |i| i + 1),
+        );
         let image = fields.get(image_col).map_or("", String::as_str);
         let label = fields.get(label_col).map_or("", String::as_str);
         if k == 0 && header_note.is_some() {
@@ -785,16 +904,19 @@ fn parse_list(text: &str, file: &str) -> ListText {
             out.rows.push((n, image.to_string(), label.to_string()));
         }
     }
+    if !label_chosen && width > 2 {
+        return Err(format!(
+            "{file}: rows have up to {width} fields and no header row names the label column \
+             ({}): say which with --label-column NAME (a header name) or --label-column N \
+             (a 1-based number)",
+            LABEL_COLUMNS.join(", ")
+        ));
+    }
     match header_note {
         Some(note) if width > 2 || (image_col, label_col) != (0, 1) => out.notes.push(note),
-        Some(_) => {}
-        None if width > 2 => out.notes.push(format!(
-            "{file}: rows have up to {width} fields; the first is read as the image and the \
-             second as the label (a header row naming a 'label' column would choose others)"
-        )),
-        None => {}
+        _ => {}
     }
-    out
+    Ok(out)
 }
 
 /// Whether the first row is a header: its label is used by no other row
@@ -861,7 +983,12 @@ impl<'a> ListIndex<'a> {
 
     /// Resolve `image` of a list in folder `dir` for `split`: as a path from
     /// the list's folder, from its `<split>/` subfolder, or from the top,
-    /// each with or without the extension; then as a unique file name.
+    /// each with or without the extension, then the same for ever shorter
+    /// tails of the path (`/data/imagenet/train/n01/1.jpg`, written where
+    /// the list was made, is `train/n01/1.jpg` here); then as a unique file
+    /// name. The path is read with `\` as `/` and without `.` or empty
+    /// components (`./train/n01/1.jpg`, as `find .` prints it), unless it
+    /// names a file as it is.
     fn resolve(&self, dir: &str, split: Split, image: &str) -> Resolved {
         let join = |a: &str, b: &str| {
             if a.is_empty() {
@@ -870,21 +997,41 @@ impl<'a> ListIndex<'a> {
                 format!("{a}/{b}")
             }
         };
-        let paths = [
-            join(dir, image),
-            join(&join(dir, split.as_str()), image),
-            image.to_string(),
-        ];
-        if let Some(&i) = paths.iter().find_map(|p| self.by_name.get(p.as_str())) {
+        let split_dir = join(dir, split.as_str());
+        let paths = |tail: &str| [join(dir, tail), join(&split_dir, tail), tail.to_string()];
+        let exact = |tail: &str| {
+            paths(tail)
+                .iter()
+                .find_map(|p| self.by_name.get(p.as_str()).copied())
+        };
+        if let Some(i) = exact(image) {
             return Resolved::Entry(i);
         }
+        let parts: Vec<&str> = image
+            .split(['/', '\\'])
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         let mut ambiguous = false;
-        let base = basename(image);
-        let lookups = paths
-            .iter()
-            .map(|p| self.by_stem_path.get(p.as_str()))
-            .chain([self.by_base.get(base), self.by_stem.get(base)]);
-        for found in lookups.flatten() {
+        for k in 0..parts.len() {
+            let tail = parts[k..].join("/");
+            if let Some(i) = exact(&tail) {
+                return Resolved::Entry(i);
+            }
+            for found in paths(&tail)
+                .iter()
+                .filter_map(|p| self.by_stem_path.get(p.as_str()))
+            {
+                match found {
+                    Some(i) => return Resolved::Entry(*i),
+                    None => ambiguous = true,
+                }
+            }
+        }
+        let base = parts.last().copied().unwrap_or(image);
+        for found in [self.by_base.get(base), self.by_stem.get(base)]
+            .into_iter()
+            .flatten()
+        {
             match found {
                 Some(i) => return Resolved::Entry(*i),
                 None => ambiguous = true,
@@ -903,6 +1050,7 @@ fn list_plan(
     usable: &[usize],
     problems: &[usize],
     lists: &BTreeMap<Split, usize>,
+    columns: &ListColumns,
 ) -> Result<Plan, PackError> {
     let entries = source.entries();
     let list_entries: BTreeSet<usize> = lists.values().copied().collect();
@@ -912,6 +1060,7 @@ fn list_plan(
     let mut rows_by_split = Vec::new();
     // Rows without a label or image: (split, list folder, image text, why).
     let mut bad_rows = Vec::new();
+    let mut any_csv = false;
     for (&split, &li) in lists {
         let list = &entries[li];
         let bytes = source
@@ -920,7 +1069,8 @@ fn list_plan(
         let text = String::from_utf8(bytes)
             .map_err(|_| PackError::Layout(format!("{}: not UTF-8 text", list.name)))?;
         let dir = list.name.rsplit_once('/').map_or("", |(d, _)| d);
-        let parsed = parse_list(&text, &list.name);
+        let parsed = parse_list(&text, &list.name, columns).map_err(PackError::Layout)?;
+        any_csv |= parsed.csv;
         let mut rows = parsed.rows;
         notes.extend(parsed.notes);
         bad_rows.extend(
@@ -944,6 +1094,13 @@ fn list_plan(
             ));
         }
         rows_by_split.push((split, list.name.clone(), dir.to_string(), rows));
+    }
+    if !any_csv && !columns.is_empty() {
+        return Err(PackError::Usage(
+            "--image-column and --label-column choose columns of CSV lists; this source's \
+             lists are `path label` text, whose label is the last field"
+                .into(),
+        ));
     }
     let train_labels = rows_by_split
         .iter()
@@ -1219,6 +1376,10 @@ fn idx_plan(
 mod tests {
     use super::*;
 
+    fn read_list(text: &str, file: &str) -> ListText {
+        parse_list(text, file, &ListColumns::default()).unwrap()
+    }
+
     #[test]
     fn class_folder_paths() {
         assert_eq!(class_folder("train/cat/1.jpg"), Some((Split::Train, "cat")));
@@ -1236,7 +1397,7 @@ mod tests {
         assert_eq!(list_split("train.csv"), Some(Split::Train));
         assert_eq!(list_split("val_list.txt"), Some(Split::Val));
         assert_eq!(list_split("notes.txt"), None);
-        let rows = parse_list("image_id,label\na.jpg,3\nb.jpg, 1\n", "train.csv").rows;
+        let rows = read_list("image_id,label\na.jpg,3\nb.jpg, 1\n", "train.csv").rows;
         assert_eq!(
             rows,
             vec![
@@ -1245,10 +1406,10 @@ mod tests {
                 (3, "b.jpg".into(), "1".into())
             ]
         );
-        let rows = parse_list("x/a.jpg 7\n\n# c\n", "train.txt").rows;
+        let rows = read_list("x/a.jpg 7\n\n# c\n", "train.txt").rows;
         assert_eq!(rows, vec![(1, "x/a.jpg".into(), "7".into())]);
         // A row without a label is rejected with its line, the others kept.
-        let parsed = parse_list("lonely\nb.jpg 2\n", "train.txt");
+        let parsed = read_list("lonely\nb.jpg 2\n", "train.txt");
         assert_eq!(parsed.rows, vec![(2, "b.jpg".into(), "2".into())]);
         assert_eq!(parsed.bad.len(), 1);
         assert_eq!(parsed.bad[0].1, "lonely");
@@ -1258,10 +1419,10 @@ mod tests {
     #[test]
     fn list_rows_bom_quotes_blanks_and_columns() {
         // A byte-order mark is not part of the first image's name.
-        let parsed = parse_list("\u{feff}img0,0\r\nimg1,1\r\n", "train.csv");
+        let parsed = read_list("\u{feff}img0,0\r\nimg1,1\r\n", "train.csv");
         assert_eq!(parsed.rows[0], (1, "img0".into(), "0".into()));
         // Quoted commas and doubled quotes (RFC 4180).
-        let parsed = parse_list("\"a,b.jpg\",3\n\"say \"\"hi\"\".jpg\",4\n", "train.csv");
+        let parsed = read_list("\"a,b.jpg\",3\n\"say \"\"hi\"\".jpg\",4\n", "train.csv");
         assert_eq!(
             parsed.rows,
             vec![
@@ -1271,7 +1432,7 @@ mod tests {
         );
         // A quoted field may run over lines: one record, not two wrong rows
         // (its label, holding a line break, is refused by the plan).
-        let parsed = parse_list("a,\"x\ny\"\nb,x\nc,y\n", "train.csv");
+        let parsed = read_list("a,\"x\ny\"\nb,x\nc,y\n", "train.csv");
         assert_eq!(
             parsed.rows,
             vec![
@@ -1281,7 +1442,7 @@ mod tests {
             ]
         );
         assert!(parsed.bad.is_empty());
-        let parsed = parse_list("a,1\n\"b,2\nc,3\n", "train.csv");
+        let parsed = read_list("a,1\n\"b,2\nc,3\n", "train.csv");
         assert_eq!(parsed.rows, vec![(1, "a".into(), "1".into())]);
         assert_eq!(parsed.bad.len(), 1);
         assert_eq!(
@@ -1289,29 +1450,44 @@ mod tests {
             "unterminated quote (train.csv line 2 to the end)"
         );
         // Quotes in `path label` lists are not CSV quoting.
-        let parsed = parse_list("my \"best\" cat.jpg 1\nb.jpg 2\n", "train.txt");
+        let parsed = read_list("my \"best\" cat.jpg 1\nb.jpg 2\n", "train.txt");
         assert_eq!(
             parsed.rows[0],
             (1, "my \"best\" cat.jpg".into(), "1".into())
         );
         // An empty label or image is a bad row, not a class named "".
-        let parsed = parse_list("i0,0\ni1,\n,2\n", "train.csv");
+        let parsed = read_list("i0,0\ni1,\n,2\n", "train.csv");
         assert_eq!(parsed.rows, vec![(1, "i0".into(), "0".into())]);
         let reasons: Vec<&str> = parsed.bad.iter().map(|b| b.2.as_str()).collect();
         assert_eq!(
             reasons,
             ["no label (train.csv line 2)", "no image (train.csv line 3)"]
         );
-        // Extra fields: the first two are read, and a note says so.
-        let parsed = parse_list("a.jpg,1,extra\nb.jpg,2\n", "train.csv");
-        assert_eq!(parsed.rows.len(), 2);
+        // Extra fields and no header naming the label: which column is the
+        // label is a guess, so it is asked for (a trailing empty field, as
+        // spreadsheets save, is no column).
+        let err = parse_list(
+            "a.jpg,1,extra\nb.jpg,2\n",
+            "train.csv",
+            &ListColumns::default(),
+        )
+        .unwrap_err();
         assert!(
-            parsed.notes[0].contains("up to 3 fields"),
-            "{:?}",
-            parsed.notes
+            err.contains("train.csv: rows have up to 3 fields") && err.contains("--label-column")
         );
+        let err = parse_list(
+            "file,width,species\na.jpg,32,cat\nb.jpg,33,dog\n",
+            "train.csv",
+            &ListColumns::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("no header row names the label column"),
+            "{err}"
+        );
+        assert_eq!(read_list("a.jpg,1,\nb.jpg,2,\n", "train.csv").rows.len(), 2);
         // A header naming its columns chooses them, wherever they stand.
-        let parsed = parse_list(
+        let parsed = read_list(
             "width,height,category,file_name\n3,4,cat,a.jpg\n5,6,dog,b.jpg\n",
             "train.csv",
         );
@@ -1325,7 +1501,7 @@ mod tests {
         );
         assert!(parsed.notes[0].contains("column 4 'file_name' as the image and column 3"));
         // Two fields named `a.jpg,category` may be data: no column choice.
-        let parsed = parse_list("a.jpg,category\nb.jpg,1\n", "train.csv");
+        let parsed = read_list("a.jpg,category\nb.jpg,1\n", "train.csv");
         assert_eq!(parsed.rows[0], (1, "a.jpg".into(), "category".into()));
         assert!(parsed.notes.is_empty());
     }
@@ -1340,7 +1516,7 @@ mod tests {
 
     #[test]
     fn path_label_rows_split_at_the_last_space() {
-        let rows = parse_list(
+        let rows = read_list(
             "my photos/cat 1.jpg 3\nsummer trip/IMG 0001.JPG\t\t12\n",
             "train.txt",
         )
@@ -1354,9 +1530,54 @@ mod tests {
         );
     }
 
+    /// `--label-column` and `--image-column` name a header's columns or
+    /// number them; a name the first row lacks is an error naming the
+    /// columns it has.
+    #[test]
+    fn named_and_numbered_columns() {
+        let text = "file,width,species\na.jpg,32,cat\nb.jpg,33,dog\n";
+        let cols = |image: Option<&str>, label: Option<&str>| ListColumns {
+            image: image.map(str::to_string),
+            label: label.map(str::to_string),
+        };
+        let rows = |c: ListColumns| parse_list(text, "train.csv", &c).map(|p| p.rows);
+        let want = vec![
+            (1, "file".to_string(), "species".to_string()),
+            (2, "a.jpg".into(), "cat".into()),
+            (3, "b.jpg".into(), "dog".into()),
+        ];
+        assert_eq!(rows(cols(None, Some("Species"))).unwrap(), want);
+        assert_eq!(rows(cols(Some("file"), Some("species"))).unwrap(), want);
+        assert_eq!(rows(cols(None, Some("3"))).unwrap(), want);
+        let by_number = parse_list(text, "train.csv", &cols(Some("1"), Some("2"))).unwrap();
+        assert_eq!(by_number.rows[1], (2, "a.jpg".into(), "32".into()));
+        assert_eq!(
+            by_number.notes,
+            ["train.csv: column 1 is read as the image and column 2 as the label"]
+        );
+        let err = rows(cols(None, Some("kind"))).unwrap_err();
+        assert_eq!(
+            err,
+            "train.csv: --label-column \"kind\": no such column in its first row (file, width, species)"
+        );
+        assert!(rows(cols(None, Some("0")))
+            .unwrap_err()
+            .contains("numbered from 1"));
+        assert!(rows(cols(Some("3"), Some("3")))
+            .unwrap_err()
+            .contains("both be column 3"));
+        assert!(rows(cols(Some("1"), None))
+            .unwrap_err()
+            .contains("without --label-column"));
+        // Text lists have the label last, whatever the flags (which a CSV
+        // list of the same source may need).
+        let txt = parse_list("a.jpg 1\n", "train.txt", &cols(None, Some("2"))).unwrap();
+        assert!(!txt.csv && txt.rows == [(1, "a.jpg".into(), "1".into())]);
+    }
+
     #[test]
     fn header_rows_are_recognised_by_content() {
-        let rows = |text: &str| parse_list(text, "train.csv").rows;
+        let rows = |text: &str| read_list(text, "train.csv").rows;
         let exists = |name: &str| name.ends_with(".jpg");
         // Any header wording, numeric or named labels.
         for text in [

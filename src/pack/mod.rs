@@ -15,7 +15,7 @@ mod source;
 use std::path::{Path, PathBuf};
 
 pub use encode::{EncodeConfig, Verify};
-pub use layout::LayoutKind;
+pub use layout::{LayoutKind, ListColumns};
 pub use packer::{pack, PackOptions, PackSummary, SplitSummary};
 
 /// Errors that stop a pack run (bad input entries never do: they are

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Verify};
-use super::layout::{self, Item, LayoutKind, Payload, Plan};
+use super::layout::{self, Item, LayoutKind, ListColumns, Payload, Plan};
 use super::source::Source;
 use super::PackError;
 use crate::image::{DecodeLimits, ResizeMode};
@@ -56,6 +56,8 @@ pub struct PackOptions {
     pub max_pixels: u64,
     /// One class name per line, in label order (IDX sources have none).
     pub class_names: Option<PathBuf>,
+    /// The image and label columns of CSV lists, when not the defaults.
+    pub columns: ListColumns,
     pub force: bool,
     pub quiet: bool,
 }
@@ -79,6 +81,7 @@ impl PackOptions {
             verify: Verify::Header,
             max_pixels: DecodeLimits::default().max_pixels,
             class_names: None,
+            columns: ListColumns::default(),
             force: false,
             quiet: false,
         }
@@ -185,7 +188,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         None => None,
     };
     let source = Source::open(&opts.source, Some(&opts.out))?;
-    let mut plan = layout::plan(&source, opts.layout, class_names.as_deref())?;
+    let mut plan = layout::plan(&source, opts.layout, class_names.as_deref(), &opts.columns)?;
     if plan.items.is_empty() {
         return Err(PackError::Layout(format!(
             "{}: the source has the {} layout but none of its {} entries is an image to pack \
@@ -215,7 +218,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     };
     // Moved, not copied: at 1.8M entries each copy of the keys is ~150 MB.
     let splits = permute(std::mem::take(&mut plan.items), opts.seed);
-    let resolved = serde_json::json!({
+    let mut resolved = serde_json::json!({
         "layout": plan.layout,
         "encoding": opts.encoding,
         "height": opts.height,
@@ -229,6 +232,14 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         "max_pixels": opts.max_pixels,
         "layout_notes": plan.notes,
     });
+    // Only when given: the options of packs made before these flags existed
+    // stay the same, so that their reruns still find them complete.
+    if let Some(c) = &opts.columns.image {
+        resolved["image_column"] = c.as_str().into();
+    }
+    if let Some(c) = &opts.columns.label {
+        resolved["label_column"] = c.as_str().into();
+    }
     let fingerprint = fingerprint(&resolved, &source, &plan, &splits);
 
     let out = &opts.out;

@@ -202,14 +202,16 @@ impl Source {
                     path: path.to_path_buf(),
                     detail: format!("entry {index}: {e}"),
                 })?;
-            if f.is_dir() {
-                continue;
-            }
             let name = match f.name() {
                 Ok(n) => n.into_owned(),
                 Err(_) => path_text(f.name_raw()),
             };
+            if f.is_dir() || (name.ends_with('\\') && f.size() == 0) {
+                continue;
+            }
             let unsafe_path = f.enclosed_name().is_none() || escapes(&name);
+            // An unsafe name is reported as it stands.
+            let name = if unsafe_path { name } else { zip_path(name) };
             let deflated = match f.compression() {
                 CompressionMethod::Stored => Ok(false),
                 CompressionMethod::Deflated => Ok(true),
@@ -402,6 +404,21 @@ fn read_span(archive: &[u8], span: Span, size: u64, buf: &mut Vec<u8>) -> Result
         return Err("unreadable entry: invalid checksum".into());
     }
     Ok(())
+}
+
+/// An entry's name as a path: `\\` read as `/` (the zip format's only
+/// separator, which archivers on Windows used to break), and empty and `.`
+/// components dropped (`train//a/1.jpg`, `./train/a/1.jpg`), as `unzip`
+/// extracts them.
+fn zip_path(name: String) -> String {
+    let odd = |c: &str| c.is_empty() || c == ".";
+    if !name.contains('\\') && !name.split('/').any(odd) {
+        return name;
+    }
+    name.split(['/', '\\'])
+        .filter(|c| !odd(c))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Any `..` component or a leading `/` or `\\` counts as escaping: a

@@ -1,0 +1,878 @@
+//! The marker-level structure of a JPEG stream, checked without decoding
+//! a pixel, and the repairs that make a stream libjpeg would read
+//! readable by zune-jpeg too.
+//!
+//! [`walk`] reads every marker segment and skips each scan's entropy-coded
+//! data to the marker ending the image. It checks what a decoder needs
+//! before it can start: one frame header, quantisation and Huffman tables
+//! defined before the scans that use them, scan components the frame has,
+//! sampling factors and scan parameters in range. So an image stored
+//! untouched (`--verify header`) is one the loader's decoder can open; only
+//! corrupt entropy-coded data is left to a full decode (`--verify decode`).
+//!
+//! Invariants: the verdicts follow libjpeg (what Pillow and most readers
+//! use): what it refuses is corrupt; what it reads with a warning or a
+//! default (bytes between segments, Huffman tables 0/1 never defined, as
+//! in Motion-JPEG frames, the scan parameters of a sequential frame) is
+//! read, after [`Walk::repaired`] rewrote the stream, and is never stored
+//! byte for byte; what libjpeg reads but zune-jpeg would decode wrongly or
+//! not at all (chroma sampled finer than luma, sampling factors that are
+//! not powers of two) is unsupported, never decoded into garbage.
+
+use std::borrow::Cow;
+
+use ::image::metadata::Orientation;
+
+/// Why a stream is not read: the kinds the packer's reasons tell apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The image never reaches its end-of-image marker.
+    Truncated,
+    /// Malformed: no reader decodes it.
+    Corrupt(String),
+    /// A valid stream this decoder does not read (arithmetic coding,
+    /// 12-bit samples, unusual sampling).
+    Unsupported(String),
+}
+
+/// The reason given for a JPEG whose image never reaches its end marker.
+pub(crate) const TRUNCATED: &str = "truncated (no end-of-image marker)";
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Truncated => f.write_str(TRUNCATED),
+            Fault::Corrupt(s) | Fault::Unsupported(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One frame component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Component {
+    pub id: u8,
+    pub h: u8,
+    pub v: u8,
+    pub tq: u8,
+}
+
+/// A stream whose structure holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Walk {
+    pub width: u32,
+    pub height: u32,
+    pub sof: u8,
+    pub progressive: bool,
+    pub components: Vec<Component>,
+    /// EXIF orientation of the first EXIF segment; `NoTransforms` when absent.
+    pub orientation: Orientation,
+    /// Offset just past the end-of-image marker (bytes after it are not the
+    /// image's: phones append depth and gain maps).
+    pub end: usize,
+    /// Byte ranges between segments that begin no marker (libjpeg skips
+    /// them, warning "extraneous bytes before marker").
+    pub junk: Vec<(usize, usize)>,
+    /// Huffman tables (class 0 DC / 1 AC, slot 0/1) a scan uses before any
+    /// segment defines them: libjpeg's standard tables stand in.
+    pub default_tables: Vec<(u8, u8)>,
+    /// Where the first scan's marker starts (where those tables go).
+    pub first_scan: usize,
+    /// Offsets of the Ss byte of sequential scans whose Ss, Se, Ah, Al are
+    /// not 0, 63, 0, 0 (libjpeg ignores them with a warning).
+    pub sequential_fixes: Vec<usize>,
+}
+
+impl Walk {
+    /// Whether the stream is exactly what a strict reader expects: nothing
+    /// for [`Walk::repaired`] to change.
+    pub fn clean(&self) -> bool {
+        self.junk.is_empty() && self.default_tables.is_empty() && self.sequential_fixes.is_empty()
+    }
+
+    /// The image's bytes (up to its end marker) as a strict reader needs
+    /// them: bytes between segments dropped, the standard Huffman tables
+    /// defined before the first scan, sequential scan parameters set.
+    pub fn repaired<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        let bytes = &bytes[..self.end];
+        if self.clean() {
+            return Cow::Borrowed(bytes);
+        }
+        let dht = if self.default_tables.is_empty() {
+            Vec::new()
+        } else {
+            standard_dht(&self.default_tables)
+        };
+        let mut out = Vec::with_capacity(bytes.len() + dht.len());
+        let mut pos = 0;
+        // Junk ranges end at a marker, so none straddles the first scan's.
+        for &(a, b) in &self.junk {
+            if pos <= self.first_scan && self.first_scan <= a {
+                out.extend_from_slice(&bytes[pos..self.first_scan]);
+                out.extend_from_slice(&dht);
+                pos = self.first_scan;
+            }
+            out.extend_from_slice(&bytes[pos..a]);
+            pos = b;
+        }
+        if pos <= self.first_scan {
+            out.extend_from_slice(&bytes[pos..self.first_scan]);
+            out.extend_from_slice(&dht);
+            pos = self.first_scan;
+        }
+        out.extend_from_slice(&bytes[pos..]);
+        for &at in &self.sequential_fixes {
+            // Every scan header lies after the inserted tables.
+            let dropped: usize = self
+                .junk
+                .iter()
+                .filter(|(a, _)| *a < at)
+                .map(|(a, b)| b - a)
+                .sum();
+            let at = at - dropped + dht.len();
+            out[at..at + 3].copy_from_slice(&[0, 63, 0]);
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// Why a frame of start-of-frame marker `sof` and sample `precision` is not
+/// decoded (the decoder reads only 8-bit Huffman-coded DCT frames), or
+/// `None` when it is.
+pub(crate) fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
+    let coding = match sof {
+        0xC0..=0xC2 => None,
+        0xC3 => Some("lossless"),
+        0xC5..=0xC7 => Some("hierarchical"),
+        0xC9 | 0xCA => Some("arithmetic-coded"),
+        0xCB => Some("lossless arithmetic-coded"),
+        0xCD..=0xCF => Some("hierarchical arithmetic-coded"),
+        _ => Some("unknown frame type"),
+    };
+    match coding {
+        Some(coding) => Some(format!("{coding} jpeg (SOF{})", sof - 0xC0)),
+        None if precision != 8 => Some(format!("{precision}-bit jpeg (SOF{})", sof - 0xC0)),
+        None => None,
+    }
+}
+
+fn corrupt(s: impl Into<String>) -> Fault {
+    Fault::Corrupt(s.into())
+}
+
+/// What the walk knows of the tables so far.
+#[derive(Default)]
+struct Tables {
+    quant: [bool; 4],
+    /// [class][slot]: DC 0, AC 1.
+    huffman: [[bool; 4]; 2],
+}
+
+/// Walks the whole stream: every marker segment, every scan, to the marker
+/// ending the image.
+pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err(corrupt("missing start-of-image marker"));
+    }
+    let mut frame: Option<Walk> = None;
+    let mut orientation = Orientation::NoTransforms;
+    let mut exif_seen = false;
+    let mut tables = Tables::default();
+    let mut junk = Vec::new();
+    let mut default_tables: Vec<(u8, u8)> = Vec::new();
+    let mut sequential_fixes = Vec::new();
+    let mut first_scan = None;
+    let mut pos = 2;
+    loop {
+        // libjpeg's next_marker: anything before a 0xFF is skipped (and
+        // 0xFF 0x00, which is no marker, with it).
+        let start = pos;
+        loop {
+            let ff = match bytes.get(pos..).and_then(|b| memchr::memchr(0xFF, b)) {
+                Some(k) => pos + k,
+                None => return Err(Fault::Truncated),
+            };
+            let mut code = ff;
+            while bytes.get(code) == Some(&0xFF) {
+                code += 1;
+            }
+            match bytes.get(code) {
+                None => return Err(Fault::Truncated),
+                Some(0x00) => pos = code + 1,
+                Some(_) => {
+                    if ff > start {
+                        junk.push((start, ff));
+                    }
+                    pos = ff;
+                    break;
+                }
+            }
+        }
+        let marker_at = pos;
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let marker = bytes[pos];
+        pos += 1;
+        match marker {
+            0xD9 => break,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len_bytes) = bytes.get(pos..pos + 2) else {
+            return Err(Fault::Truncated);
+        };
+        let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+        if len < 2 {
+            return Err(corrupt(format!(
+                "marker segment of length {len} at byte {pos}"
+            )));
+        }
+        let Some(segment) = bytes.get(pos + 2..pos + len) else {
+            return Err(Fault::Truncated);
+        };
+        let body = pos + 2;
+        pos += len;
+        match marker {
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                if frame.is_some() {
+                    return Err(corrupt("a second frame header"));
+                }
+                if segment.len() < 6 {
+                    return Err(corrupt("short frame header"));
+                }
+                let precision = segment[0];
+                if let Some(what) = unsupported_coding(marker, precision) {
+                    return Err(Fault::Unsupported(what));
+                }
+                frame = Some(read_frame(marker, segment)?);
+            }
+            0xC4 => read_dht(segment, &mut tables)?,
+            0xDB => read_dqt(segment, &mut tables)?,
+            0xCC => return Err(Fault::Unsupported("arithmetic-coded jpeg (DAC)".into())),
+            0xE1 if !exif_seen && segment.starts_with(b"Exif\0\0") => {
+                exif_seen = true;
+                if let Some(o) = Orientation::from_exif_chunk(&segment[6..]) {
+                    orientation = o;
+                }
+            }
+            0xDA => {
+                let Some(f) = frame.as_ref() else {
+                    return Err(corrupt("a scan before the frame header"));
+                };
+                first_scan.get_or_insert(marker_at);
+                let scan = read_scan(f, segment, &mut tables, &mut default_tables)?;
+                if !f.progressive && scan != [0, 63, 0] {
+                    // Ss is the byte after the component list.
+                    sequential_fixes.push(body + segment.len() - 3);
+                }
+                pos = scan_end(bytes, pos).ok_or(Fault::Truncated)?;
+            }
+            _ => {}
+        }
+    }
+    let Some(mut w) = frame else {
+        return Err(corrupt("no frame header"));
+    };
+    let Some(first_scan) = first_scan else {
+        return Err(corrupt("no scan"));
+    };
+    w.orientation = orientation;
+    w.end = pos;
+    w.junk = junk;
+    w.default_tables = default_tables;
+    w.first_scan = first_scan;
+    w.sequential_fixes = sequential_fixes;
+    Ok(w)
+}
+
+fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
+    let height = u32::from(u16::from_be_bytes([segment[1], segment[2]]));
+    let width = u32::from(u16::from_be_bytes([segment[3], segment[4]]));
+    let nf = usize::from(segment[5]);
+    if nf == 0 || segment.len() != 6 + 3 * nf {
+        return Err(corrupt(format!(
+            "frame header of {} bytes for {nf} components",
+            segment.len() + 2
+        )));
+    }
+    let components: Vec<Component> = segment[6..]
+        .chunks_exact(3)
+        .map(|c| Component {
+            id: c[0],
+            h: c[1] >> 4,
+            v: c[1] & 15,
+            tq: c[2],
+        })
+        .collect();
+    for c in &components {
+        if !(1..=4).contains(&c.h) || !(1..=4).contains(&c.v) {
+            return Err(corrupt(format!(
+                "sampling factors {}x{} of component {} (1 to 4 each)",
+                c.h, c.v, c.id
+            )));
+        }
+        if c.tq > 3 {
+            return Err(corrupt(format!(
+                "quantisation table {} of component {} (0 to 3)",
+                c.tq, c.id
+            )));
+        }
+    }
+    if components.len() > 1 {
+        let luma = components[0];
+        let factors = || {
+            components
+                .iter()
+                .map(|c| format!("{}x{}", c.h, c.v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if components
+            .iter()
+            .any(|c| !c.h.is_power_of_two() || !c.v.is_power_of_two())
+        {
+            return Err(Fault::Unsupported(format!(
+                "jpeg with sampling factors {} (the decoder reads 1, 2 and 4)",
+                factors()
+            )));
+        }
+        if components.iter().any(|c| c.h > luma.h || c.v > luma.v) {
+            return Err(Fault::Unsupported(format!(
+                "jpeg with a component sampled finer than the first (sampling factors {})",
+                factors()
+            )));
+        }
+    }
+    Ok(Walk {
+        width,
+        height,
+        sof: marker,
+        progressive: marker == 0xC2,
+        components,
+        orientation: Orientation::NoTransforms,
+        end: 0,
+        junk: Vec::new(),
+        default_tables: Vec::new(),
+        first_scan: 0,
+        sequential_fixes: Vec::new(),
+    })
+}
+
+fn read_dqt(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
+    while let Some((&pq_tq, rest)) = s.split_first() {
+        let (pq, tq) = (pq_tq >> 4, usize::from(pq_tq & 15));
+        if pq > 1 || tq > 3 {
+            return Err(corrupt(format!(
+                "quantisation table {tq} of precision {pq} (table 0 to 3, precision 0 or 1)"
+            )));
+        }
+        let size = if pq == 0 { 64 } else { 128 };
+        let Some(after) = rest.get(size..) else {
+            return Err(corrupt("quantisation table segment cut short"));
+        };
+        tables.quant[tq] = true;
+        s = after;
+    }
+    Ok(())
+}
+
+fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
+    while let Some((&tc_th, rest)) = s.split_first() {
+        let (tc, th) = (usize::from(tc_th >> 4), usize::from(tc_th & 15));
+        if tc > 1 || th > 3 {
+            return Err(corrupt(format!(
+                "Huffman table class {tc} slot {th} (class 0 or 1, slot 0 to 3)"
+            )));
+        }
+        let Some(counts) = rest.get(..16) else {
+            return Err(corrupt("Huffman table segment cut short"));
+        };
+        let n: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        if n > 256 {
+            return Err(corrupt(format!("Huffman table of {n} codes (at most 256)")));
+        }
+        let Some(after) = rest.get(16 + n..) else {
+            return Err(corrupt("Huffman table segment cut short"));
+        };
+        tables.huffman[tc][th] = true;
+        s = after;
+    }
+    Ok(())
+}
+
+/// Checks a scan header against the frame and the tables defined so far;
+/// returns its Ss, Se and Ah/Al byte.
+fn read_scan(
+    f: &Walk,
+    s: &[u8],
+    tables: &mut Tables,
+    default_tables: &mut Vec<(u8, u8)>,
+) -> Result<[u8; 3], Fault> {
+    let ns = usize::from(*s.first().ok_or_else(|| corrupt("empty scan header"))?);
+    if !(1..=4).contains(&ns) || s.len() != 1 + 2 * ns + 3 {
+        return Err(corrupt(format!(
+            "scan header of {} bytes for {ns} components",
+            s.len() + 2
+        )));
+    }
+    let (ss, se, ah, al) = (
+        s[1 + 2 * ns],
+        s[2 + 2 * ns],
+        s[3 + 2 * ns] >> 4,
+        s[3 + 2 * ns] & 15,
+    );
+    let mut blocks = 0u32;
+    let mut seen = Vec::with_capacity(ns);
+    let mut needs = Vec::new();
+    for pair in s[1..1 + 2 * ns].chunks_exact(2) {
+        let (cs, td, ta) = (pair[0], pair[1] >> 4, pair[1] & 15);
+        let Some(c) = f.components.iter().find(|c| c.id == cs) else {
+            return Err(corrupt(format!(
+                "scan names component {cs}, which the frame does not have"
+            )));
+        };
+        if seen.contains(&cs) {
+            return Err(corrupt(format!("scan names component {cs} twice")));
+        }
+        seen.push(cs);
+        blocks += u32::from(c.h) * u32::from(c.v);
+        if !tables.quant[usize::from(c.tq)] {
+            return Err(corrupt(format!(
+                "no quantisation table {} for component {cs}",
+                c.tq
+            )));
+        }
+        // Which Huffman tables the scan decodes with (libjpeg: a sequential
+        // scan both; a progressive DC first scan the DC table, a DC
+        // refinement none, an AC scan the AC table).
+        let dc = if f.progressive {
+            ss == 0 && ah == 0
+        } else {
+            true
+        };
+        let ac = if f.progressive { ss > 0 } else { true };
+        if dc {
+            needs.push((0u8, td));
+        }
+        if ac {
+            needs.push((1u8, ta));
+        }
+    }
+    if ns > 1 && blocks > 10 {
+        return Err(corrupt(format!(
+            "{blocks} blocks per interleaved unit (at most 10)"
+        )));
+    }
+    if f.progressive {
+        let ok = se <= 63
+            && ss <= se
+            && (ss != 0 || se == 0)
+            && (ss == 0 || ns == 1)
+            && al <= 13
+            && (ah == 0 || al + 1 == ah);
+        if !ok {
+            return Err(corrupt(format!(
+                "progressive scan parameters Ss={ss} Se={se} Ah={ah} Al={al}"
+            )));
+        }
+    }
+    for (class, slot) in needs {
+        if slot > 3 {
+            return Err(corrupt(format!("Huffman table slot {slot} (0 to 3)")));
+        }
+        let defined = &mut tables.huffman[usize::from(class)][usize::from(slot)];
+        if !*defined {
+            if slot > 1 {
+                let kind = if class == 0 { "DC" } else { "AC" };
+                return Err(corrupt(format!("no {kind} Huffman table {slot}")));
+            }
+            default_tables.push((class, slot));
+            *defined = true;
+        }
+    }
+    Ok([ss, se, s[3 + 2 * ns]])
+}
+
+/// Position of the 0xFF that starts the marker ending the entropy-coded
+/// data that begins at `pos`; `None` when the data runs out first.
+pub(crate) fn scan_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        // memchr: the entropy data is most of the file, and this runs on
+        // every passthrough image.
+        let ff = pos + memchr::memchr(0xFF, bytes.get(pos..)?)?;
+        let mut code = ff + 1;
+        while bytes.get(code) == Some(&0xFF) {
+            code += 1;
+        }
+        match *bytes.get(code)? {
+            // Stuffing and restart markers belong to the scan; a reserved
+            // code (below 0xC0) is corrupt data, which the decoder judges
+            // (`--verify decode`), not the end of the scan.
+            0x00..=0xBF | 0xD0..=0xD7 => pos = code + 1,
+            _ => return Some(code - 1),
+        }
+    }
+}
+
+/// The Huffman tables of ITU-T T.81 Annex K.3 (libjpeg's defaults):
+/// (bit counts, values) for DC/AC, luminance (slot 0)/chrominance (slot 1).
+const STD_DC: [([u8; 16], &[u8]); 2] = [
+    (
+        [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    ),
+    (
+        [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    ),
+];
+
+const STD_AC_LUMA: [u8; 162] = [
+    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07,
+    0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52, 0xd1, 0xf0,
+    0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25, 0x26, 0x27, 0x28,
+    0x29, 0x2a, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49,
+    0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69,
+    0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89,
+    0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7,
+    0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5,
+    0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2,
+    0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8,
+    0xf9, 0xfa,
+];
+
+const STD_AC_CHROMA: [u8; 162] = [
+    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71,
+    0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33, 0x52, 0xf0,
+    0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18, 0x19, 0x1a, 0x26,
+    0x27, 0x28, 0x29, 0x2a, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3a, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48,
+    0x49, 0x4a, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5a, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68,
+    0x69, 0x6a, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7a, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+    0x88, 0x89, 0x8a, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0xa2, 0xa3, 0xa4, 0xa5,
+    0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3,
+    0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda,
+    0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8,
+    0xf9, 0xfa,
+];
+
+const STD_AC_BITS: [[u8; 16]; 2] = [
+    [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d],
+    [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77],
+];
+
+/// A DHT segment defining the standard tables `which` ((class, slot) pairs).
+fn standard_dht(which: &[(u8, u8)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &(class, slot) in which {
+        let s = usize::from(slot);
+        let (bits, values): (&[u8; 16], &[u8]) = if class == 0 {
+            (&STD_DC[s].0, STD_DC[s].1)
+        } else if s == 0 {
+            (&STD_AC_BITS[0], &STD_AC_LUMA)
+        } else {
+            (&STD_AC_BITS[1], &STD_AC_CHROMA)
+        };
+        body.push(class << 4 | slot);
+        body.extend_from_slice(bits);
+        body.extend_from_slice(values);
+    }
+    let len = (body.len() + 2) as u16;
+    let mut seg = vec![0xFF, 0xC4];
+    seg.extend_from_slice(&len.to_be_bytes());
+    seg.extend(body);
+    seg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::decode_rgb8;
+
+    fn gradient(width: u32, height: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                v.extend_from_slice(&[(x * 5) as u8, (y * 3) as u8, ((x + y) * 2) as u8]);
+            }
+        }
+        v
+    }
+
+    fn encode(w: u16, h: u16, progressive: bool, restart: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+        enc.set_progressive(progressive);
+        if restart > 0 {
+            enc.set_restart_interval(restart);
+        }
+        enc.encode(
+            &gradient(w.into(), h.into()),
+            w,
+            h,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .unwrap();
+        out
+    }
+
+    /// (marker, offset of its 0xFF, whole length) of the segments before
+    /// the first scan, and that scan's header.
+    fn segments(b: &[u8]) -> Vec<(u8, usize, usize)> {
+        let mut out = Vec::new();
+        let mut pos = 2;
+        loop {
+            assert_eq!(b[pos], 0xFF);
+            let marker = b[pos + 1];
+            let len = usize::from(u16::from_be_bytes([b[pos + 2], b[pos + 3]]));
+            out.push((marker, pos, len + 2));
+            if marker == 0xDA {
+                return out;
+            }
+            pos += len + 2;
+        }
+    }
+
+    fn first(b: &[u8], marker: u8) -> (usize, usize) {
+        let (_, at, len) = segments(b).into_iter().find(|s| s.0 == marker).unwrap();
+        (at, len)
+    }
+
+    fn without(b: &[u8], marker: u8) -> Vec<u8> {
+        let mut out = b.to_vec();
+        for (_, at, len) in segments(b).into_iter().rev().filter(|s| s.0 == marker) {
+            out.drain(at..at + len);
+        }
+        out
+    }
+
+    fn inserted(b: &[u8], at: usize, what: &[u8]) -> Vec<u8> {
+        let mut out = b.to_vec();
+        out.splice(at..at, what.iter().copied());
+        out
+    }
+
+    fn pixels(b: &[u8]) -> Vec<u8> {
+        decode_rgb8(b, Default::default()).unwrap().data
+    }
+
+    #[test]
+    fn the_end_is_found_past_every_scan_and_trailing_data() {
+        for (progressive, restart) in [(false, 0), (true, 0), (false, 2)] {
+            let b = encode(48, 40, progressive, restart);
+            let w = walk(&b).unwrap();
+            assert_eq!(w.end, b.len());
+            assert!(w.clean() && w.progressive == progressive);
+            // What phones append: another JPEG (a depth map), text, noise.
+            let mut trailing = b.clone();
+            trailing.extend(encode(8, 8, false, 0));
+            trailing.extend(b"\0\0HDRgainmap\xFF\xD8 trailing");
+            assert_eq!(walk(&trailing).unwrap().end, b.len());
+            // Cut among the scans, or just before the end marker.
+            for cut in [b.len() * 2 / 3, b.len() - 2, b.len() - 1] {
+                assert_eq!(walk(&b[..cut]), Err(Fault::Truncated), "cut at {cut}");
+            }
+        }
+        let b = encode(48, 40, false, 2);
+        assert!(b
+            .windows(2)
+            .any(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])));
+        // Corrupt scan bytes (0xFF then a reserved code) do not end the
+        // scan: that is the decoder's to judge; fill bytes before the end
+        // marker are allowed.
+        let scan = first(&b, 0xDA);
+        let odd = inserted(&b, scan.0 + scan.1 + 3, &[0xFF, 0x05]);
+        assert_eq!(walk(&odd).unwrap().end, odd.len());
+        let filled = inserted(&b, b.len() - 2, &[0xFF, 0xFF]);
+        assert_eq!(walk(&filled).unwrap().end, filled.len());
+    }
+
+    /// What libjpeg refuses is corrupt, naming what is wrong; the decoder
+    /// rejects the same, so `--verify header` stores nothing the loader
+    /// cannot open.
+    #[test]
+    fn broken_structure_is_corrupt_and_named() {
+        let b = encode(32, 24, false, 0);
+        let p = encode(32, 24, true, 0);
+        let (sof, _) = first(&b, 0xC0);
+        let (sos, _) = first(&b, 0xDA);
+        let (psos, psos_len) = first(&p, 0xDA);
+        let (dht, _) = first(&b, 0xC4);
+        let patched = |src: &[u8], at: usize, v: u8| {
+            let mut c = src.to_vec();
+            c[at] = v;
+            c
+        };
+        let sof_segment = b[sof..sof + first(&b, 0xC0).1].to_vec();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (without(&b, 0xDB), "no quantisation table 0 for component"),
+            (
+                patched(&b, sof + 12, 2),
+                "no quantisation table 2 for component",
+            ),
+            (
+                patched(&b, sof + 12, 7),
+                "quantisation table 7 of component",
+            ),
+            (patched(&b, sos + 5, 9), "scan names component 9"),
+            (patched(&b, sos + 6, 0x20), "no DC Huffman table 2"),
+            (patched(&b, sos + 6, 0x03), "no AC Huffman table 3"),
+            (patched(&b, sos + 6, 0x50), "Huffman table slot 5"),
+            (patched(&b, dht + 4, 0x05), "Huffman table class 0 slot 5"),
+            (
+                patched(&b, sof + 11, 0x44),
+                "18 blocks per interleaved unit",
+            ),
+            (
+                patched(&b, sof + 11, 0x50),
+                "sampling factors 5x0 of component",
+            ),
+            (
+                patched(&b, sof + 9, 5),
+                "frame header of 17 bytes for 5 components",
+            ),
+            (patched(&b, sof + 1, 0xE5), "a scan before the frame header"),
+            (inserted(&b, sof, &sof_segment), "a second frame header"),
+            (
+                patched(&p, psos + psos_len - 2, 203),
+                "progressive scan parameters",
+            ),
+            ([&b[..sos], &[0xFF, 0xD9][..]].concat(), "no scan"),
+            (
+                patched(&b, sos + 4, 9),
+                "scan header of 12 bytes for 9 components",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let fault = walk(&bytes).unwrap_err();
+            assert!(
+                matches!(&fault, Fault::Corrupt(s) if s.contains(want)),
+                "{want}: {fault:?}"
+            );
+            let err = decode_rgb8(&bytes, Default::default()).unwrap_err();
+            assert_eq!(err.to_string(), format!("corrupt jpeg: {fault}"));
+            assert!(crate::image::JpegHeader::parse(&bytes).is_err());
+        }
+    }
+
+    /// Sampling zune-jpeg would decode into garbage (a component finer than
+    /// the first) or refuses (factors not powers of two) is unsupported,
+    /// not decoded; the usual layouts, 4:4:4 to 4:1:1, pass.
+    #[test]
+    fn sampling_the_decoder_cannot_read_is_unsupported() {
+        let b = encode(32, 24, false, 0);
+        let (sof, _) = first(&b, 0xC0);
+        // Component factors at sof + 11, 14, 17.
+        let with = |f: [u8; 3]| {
+            let mut c = b.clone();
+            for (k, v) in f.into_iter().enumerate() {
+                c[sof + 11 + 3 * k] = v;
+            }
+            c
+        };
+        for f in [[0x11, 0x22, 0x22], [0x11, 0x21, 0x11], [0x12, 0x21, 0x11]] {
+            let fault = walk(&with(f)).unwrap_err();
+            assert!(
+                matches!(&fault, Fault::Unsupported(s) if s.contains("sampled finer than the first")),
+                "{f:?}: {fault:?}"
+            );
+            let err = decode_rgb8(&with(f), Default::default()).unwrap_err();
+            assert!(err
+                .to_string()
+                .starts_with("unsupported image format: jpeg with a component"));
+        }
+        for f in [[0x31, 0x11, 0x11], [0x13, 0x11, 0x11]] {
+            let fault = walk(&with(f)).unwrap_err();
+            assert!(
+                matches!(&fault, Fault::Unsupported(s) if s.contains("reads 1, 2 and 4")),
+                "{f:?}: {fault:?}"
+            );
+        }
+        for f in [
+            [0x11, 0x11, 0x11],
+            [0x21, 0x11, 0x11],
+            [0x22, 0x11, 0x11],
+            [0x41, 0x11, 0x11],
+        ] {
+            assert!(walk(&with(f)).is_ok(), "{f:?}");
+        }
+    }
+
+    /// Parses a DHT segment's tables: (class, slot) → bit counts + values.
+    fn dht_tables(seg: &[u8]) -> Vec<((u8, u8), Vec<u8>)> {
+        let mut s = &seg[4..];
+        let mut out = Vec::new();
+        while !s.is_empty() {
+            let n: usize = s[1..17].iter().map(|&c| usize::from(c)).sum();
+            out.push(((s[0] >> 4, s[0] & 15), s[1..17 + n].to_vec()));
+            s = &s[17 + n..];
+        }
+        out
+    }
+
+    /// What libjpeg reads with a warning or its default tables is rewritten
+    /// for zune-jpeg and decodes to the original's pixels, and is not
+    /// stored byte for byte.
+    #[test]
+    fn what_libjpeg_reads_is_repaired_to_the_same_pixels() {
+        let b = encode(40, 32, false, 0);
+        let p = encode(40, 32, true, 0);
+        let want = pixels(&b);
+        let want_p = pixels(&p);
+
+        // The encoder writes the standard tables of Annex K (an
+        // independent copy of them): ours must equal them slot by slot.
+        let mut theirs: Vec<_> = segments(&b)
+            .into_iter()
+            .filter(|s| s.0 == 0xC4)
+            .flat_map(|(_, at, len)| dht_tables(&b[at..at + len]))
+            .collect();
+        theirs.sort();
+        let mut ours = dht_tables(&standard_dht(&[(0, 0), (0, 1), (1, 0), (1, 1)]));
+        ours.sort();
+        assert_eq!(theirs, ours);
+
+        let (dqt, _) = first(&b, 0xDB);
+        let (sof, _) = first(&b, 0xC0);
+        let (sos, sos_len) = first(&b, 0xDA);
+        let junk = [0x12u8, 0x00, 0x34];
+        let mut short_app1 = vec![0xFF, 0xE1, 0x00, 0x0E - 4];
+        short_app1.extend(b"Exif\0\0\x11\x22\x33\x44\x55\x66");
+        let mut se = b.clone();
+        se[sos + sos_len - 2] = 203;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (without(&b, 0xC4), "no Huffman tables (Motion-JPEG)"),
+            (inserted(&b, dqt, &junk), "junk before DQT"),
+            (inserted(&b, sof, &junk), "junk before SOF"),
+            (inserted(&b, sos, &junk), "junk before SOS"),
+            (
+                inserted(&inserted(&b, sos, &junk), dqt, &junk),
+                "junk twice",
+            ),
+            (inserted(&b, 2, &short_app1), "APP1 length 4 short"),
+            (se, "sequential scan with Se=203"),
+            (
+                inserted(&without(&b, 0xC4), first(&without(&b, 0xC4), 0xDA).0, &junk),
+                "junk and no tables",
+            ),
+        ];
+        for (bytes, what) in cases {
+            let w = walk(&bytes).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert!(!w.clean(), "{what}");
+            assert_eq!(pixels(&bytes), want, "{what}");
+            let h = crate::image::JpegHeader::parse(&bytes).unwrap();
+            assert!(!h.is_passthrough(40, 32), "{what}");
+        }
+        // Bytes after a scan's data are part of it to a marker walk (only
+        // decoding tells them apart): the decoder skips them, as libjpeg does.
+        let scans: Vec<usize> = p
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w == &[0xFF, 0xDA])
+            .map(|(i, _)| i)
+            .collect();
+        assert!(scans.len() > 2);
+        let between = inserted(&p, scans[2], &junk);
+        assert_eq!(walk(&between).unwrap().end, between.len());
+        assert_eq!(pixels(&between), want_p);
+    }
+}
