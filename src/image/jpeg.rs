@@ -82,19 +82,21 @@ pub fn encode_jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<V
     Ok(out)
 }
 
+/// A smooth RGB8 test image whose three channels differ.
+#[cfg(test)]
+pub(crate) fn gradient(width: u32, height: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    for y in 0..height {
+        for x in 0..width {
+            v.extend_from_slice(&[(x * 5) as u8, (y * 3) as u8, ((x + y) * 2) as u8]);
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn gradient(width: u32, height: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        for y in 0..height {
-            for x in 0..width {
-                v.extend_from_slice(&[(x * 4) as u8, (y * 4) as u8, 128]);
-            }
-        }
-        v
-    }
 
     #[test]
     fn header_of_an_encoded_jpeg() {

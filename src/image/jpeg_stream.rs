@@ -587,16 +587,7 @@ fn standard_dht(which: &[(u8, u8)]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::image::decode_rgb8;
-
-    fn gradient(width: u32, height: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        for y in 0..height {
-            for x in 0..width {
-                v.extend_from_slice(&[(x * 5) as u8, (y * 3) as u8, ((x + y) * 2) as u8]);
-            }
-        }
-        v
-    }
+    use crate::image::jpeg::gradient;
 
     fn encode(w: u16, h: u16, progressive: bool, restart: u16) -> Vec<u8> {
         let mut out = Vec::new();
