@@ -3220,6 +3220,14 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
     let o = run(BIN, &args(&["--label-column", "Species"], false));
     assert!(o.status.success(), "{}", stderr_of(&o));
     assert!(rejections(&lout).is_empty(), "{:?}", rejections(&lout));
+    // How the absolute paths were read is said, with an example.
+    let notes = manifest(&lout)["options"]["layout_notes"].clone();
+    assert!(
+        notes.as_array().unwrap().iter().any(|n| n
+            == "val.csv: 2 rows named their files by a shorter tail of the path (line 2: \
+                '/home/me/data/val/cat/2.jpg' is 'val/cat/2.jpg')"),
+        "{notes}"
+    );
     for split in ["train", "val"] {
         let mut rows: Vec<(String, u32)> = read_split(&lout, split)
             .into_iter()

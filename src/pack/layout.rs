@@ -944,7 +944,8 @@ fn without_extension(name: &str) -> &str {
 /// How a list row's image reference resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resolved {
-    Entry(usize),
+    /// The entry, and whether only a shorter tail of the path named it.
+    Entry(usize, bool),
     /// Several files match and no path decides between them.
     Ambiguous,
     Missing,
@@ -1005,7 +1006,7 @@ impl<'a> ListIndex<'a> {
                 .find_map(|p| self.by_name.get(p.as_str()).copied())
         };
         if let Some(i) = exact(image) {
-            return Resolved::Entry(i);
+            return Resolved::Entry(i, false);
         }
         let parts: Vec<&str> = image
             .split(['/', '\\'])
@@ -1014,15 +1015,17 @@ impl<'a> ListIndex<'a> {
         let mut ambiguous = false;
         for k in 0..parts.len() {
             let tail = parts[k..].join("/");
+            // The whole path, less `.` and empty components, is no tail.
+            let shorter = k > 0;
             if let Some(i) = exact(&tail) {
-                return Resolved::Entry(i);
+                return Resolved::Entry(i, shorter);
             }
             for found in paths(&tail)
                 .iter()
                 .filter_map(|p| self.by_stem_path.get(p.as_str()))
             {
                 match found {
-                    Some(i) => return Resolved::Entry(*i),
+                    Some(i) => return Resolved::Entry(*i, shorter),
                     None => ambiguous = true,
                 }
             }
@@ -1033,7 +1036,7 @@ impl<'a> ListIndex<'a> {
             .flatten()
         {
             match found {
-                Some(i) => return Resolved::Entry(*i),
+                Some(i) => return Resolved::Entry(*i, false),
                 None => ambiguous = true,
             }
         }
@@ -1114,9 +1117,17 @@ fn list_plan(
     // Entry → where it was first listed: (split, list file, line).
     let mut used: HashMap<usize, (Split, &str, usize)> = HashMap::new();
     for (split, list_name, dir, rows) in &rows_by_split {
+        // Rows only a shorter tail of their path named: how many, the first.
+        let mut tails: Option<(usize, usize, &str, usize)> = None;
         for (line, image, label) in rows {
             let i = match index.resolve(dir, *split, image) {
-                Resolved::Entry(i) => i,
+                Resolved::Entry(i, tail) => {
+                    if tail {
+                        let t = tails.get_or_insert((0, *line, image.as_str(), i));
+                        t.0 += 1;
+                    }
+                    i
+                }
                 Resolved::Missing => {
                     rejected.push(reject(
                         image,
@@ -1180,13 +1191,22 @@ fn list_plan(
                 payload: Payload::Entry(i),
             });
         }
+        if let Some((n, line, image, i)) = tails {
+            notes.push(format!(
+                "{list_name}: {n} row{} named {} by a shorter tail of the path (line {line}: \
+                 '{image}' is '{}')",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "its file" } else { "their files" },
+                entries[i].name
+            ));
+        }
     }
     // A bad row still names its image when it can: one rejection for it,
     // under the image's own name, not a second one as unlisted.
     let mut claimed = BTreeSet::new();
     for (split, dir, key, why) in bad_rows {
         match index.resolve(dir, split, &key) {
-            Resolved::Entry(i) if !used.contains_key(&i) && claimed.insert(i) => {
+            Resolved::Entry(i, _) if !used.contains_key(&i) && claimed.insert(i) => {
                 rejected.push(reject(&entries[i].name, Some(split), why));
             }
             _ => rejected.push(reject(&key, Some(split), why)),
