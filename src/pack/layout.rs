@@ -878,7 +878,7 @@ fn parse_list(text: &str, file: &str, columns: &ListColumns) -> Result<ListText,
             ));
         }
     }
-    let mut width = 0;
+    let (mut width, mut most) = (0, 0);
     for (k, (n, line)) in lines.iter().enumerate() {
         let (n, line) = (*n, line.as_ref());
         let fields = csv_fields(line);
@@ -889,6 +889,7 @@ fn parse_list(text: &str, file: &str, columns: &ListColumns) -> Result<ListText,
                 .rposition(|f| !f.is_empty())
                 .map_or(0, |i| i + 1),
         );
+        most = most.max(fields.len());
         let image = fields.get(image_col).map_or("", String::as_str);
         let label = fields.get(label_col).map_or("", String::as_str);
         if k == 0 && header_note.is_some() {
@@ -902,6 +903,16 @@ fn parse_list(text: &str, file: &str, columns: &ListColumns) -> Result<ListText,
                 .push((n, image.to_string(), format!("no label ({file} line {n})")));
         } else {
             out.rows.push((n, image.to_string(), label.to_string()));
+        }
+    }
+    for (col, flag, given) in [
+        (label_col, "label-column", &columns.label),
+        (image_col, "image-column", &columns.image),
+    ] {
+        if let Some(spec) = given.as_deref().filter(|_| most > 0 && col >= most) {
+            return Err(format!(
+                "{file}: --{flag} {spec}: its rows have at most {most} fields"
+            ));
         }
     }
     if !label_chosen && width > 2 {
@@ -1583,6 +1594,10 @@ mod tests {
         assert!(rows(cols(None, Some("0")))
             .unwrap_err()
             .contains("numbered from 1"));
+        assert_eq!(
+            rows(cols(None, Some("4"))).unwrap_err(),
+            "train.csv: --label-column 4: its rows have at most 3 fields"
+        );
         assert!(rows(cols(Some("3"), Some("3")))
             .unwrap_err()
             .contains("both be column 3"));
