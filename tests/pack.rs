@@ -3168,6 +3168,30 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
         keys("val"),
         [("val/a/3.jpg".to_string(), 0), ("val/b/4.jpg".into(), 1)]
     );
+    // Two entries that read as one name: the one not packed is named as
+    // stored.
+    let clash = dir.path().join("clash.zip");
+    write_zip(
+        &clash,
+        &[
+            ("train\\a\\1.jpg".into(), img(1)),
+            ("train/a/1.jpg".into(), img(2)),
+            ("train/b/1.jpg".into(), img(3)),
+        ],
+    );
+    let cout = dir.path().join("cout");
+    let o = run(
+        BIN,
+        &[s(&clash), "--out", s(&cout), "--size", "16", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let rej = rejections(&cout);
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].0, "train/a/1.jpg");
+    assert!(
+        rej[0].1.contains("this one is stored as 'train\\a\\1.jpg'"),
+        "{rej:?}"
+    );
 
     // Lists: the same file name in two class folders, so only the path
     // tells them apart.
@@ -3260,5 +3284,74 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
     assert_eq!(
         std::fs::read_to_string(lout.join("classes.tsv")).unwrap(),
         "0\tkitty\n1\tpuppy\n"
+    );
+
+    // A listed file that is missing is not stood in for by another file of
+    // the same name in another folder; a source nested deeper than the
+    // list says still resolves.
+    let src = dir.path().join("nested");
+    write_dir(
+        &src,
+        &[
+            ("deep/set/train/cat/5.jpg".into(), img(10)),
+            ("deep/set/train/dog/3.jpg".into(), img(11)),
+            ("deep/set/train/dog/6.jpg".into(), img(12)),
+            (
+                "train.txt".into(),
+                b"train/cat/5.jpg cat\ntrain/cat/3.jpg cat\ntrain/dog/6.jpg dog\n".to_vec(),
+            ),
+        ],
+    );
+    let nout = dir.path().join("nout");
+    let o = run(
+        BIN,
+        &[s(&src), "--out", s(&nout), "--size", "16", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let mut rows: Vec<(String, u32)> = read_split(&nout, "train")
+        .into_iter()
+        .map(|r| (r.key, r.label))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("deep/set/train/cat/5.jpg".to_string(), 0),
+            ("deep/set/train/dog/6.jpg".into(), 1)
+        ]
+    );
+    let mut rej = rejections(&nout);
+    rej.sort();
+    assert_eq!(rej.len(), 2, "{rej:?}");
+    assert_eq!(rej[0].0, "deep/set/train/dog/3.jpg");
+    assert!(rej[0].1.contains("not listed"), "{rej:?}");
+    assert_eq!(rej[1].0, "train/cat/3.jpg");
+    assert!(rej[1].1.contains("not found"), "{rej:?}");
+
+    // Columns the other way round: no row names a file, and the error
+    // says so (not that the layout is wrong).
+    let src = dir.path().join("swapped");
+    write_dir(
+        &src,
+        &[
+            ("img/1.jpg".into(), img(13)),
+            ("img/2.jpg".into(), img(14)),
+            (
+                "train.csv".into(),
+                b"cat,img/1.jpg\ndog,img/2.jpg\n".to_vec(),
+            ),
+        ],
+    );
+    let sout = dir.path().join("sout");
+    let o = run(
+        BIN,
+        &[s(&src), "--out", s(&sout), "--size", "16", "--quiet"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("no row of its list files names an image of the source (first: 'dog'")
+            && err.contains("--image-column and --label-column"),
+        "{err}"
     );
 }

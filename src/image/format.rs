@@ -84,9 +84,12 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
             .starts_with('<')
             && head.contains("<svg")
     };
-    if starts(&[0, 0, 1, 0]) && bytes.len() >= 6 {
+    // ICO/CUR: reserved 0, type 1/2, then an image count of at least one
+    // (a true-colour TGA without an id also starts 00 00 02 00, then zeros).
+    let images = bytes.len() >= 6 && u16::from_le_bytes([bytes[4], bytes[5]]) > 0;
+    if starts(&[0, 0, 1, 0]) && images {
         Some("ico")
-    } else if starts(&[0, 0, 2, 0]) && bytes.len() >= 6 {
+    } else if starts(&[0, 0, 2, 0]) && images {
         Some("cur")
     } else if netpbm {
         Some("netpbm (pbm/pgm/ppm/pam)")
@@ -152,6 +155,9 @@ mod tests {
             );
         }
         assert_eq!(sniff_format(b"P6 is a paper size"), None);
+        // A true-colour TGA header (no id, no colour map) is no cursor.
+        let tga = b"\0\0\x02\0\0\0\0\0\0\0\0\0\x10\0\x10\0\x18\0";
+        assert_eq!(sniff_format(tga), None);
         assert_eq!(sniff_format(b"<html><body>not svg</body></html>"), None);
         assert_eq!(sniff_format(b"hello world, not an image"), None);
         assert_eq!(sniff_format(b""), None);

@@ -69,8 +69,11 @@ pub(crate) struct Walk {
     /// Offset just past the end-of-image marker (bytes after it are not the
     /// image's: phones append depth and gain maps).
     pub end: usize,
-    /// Byte ranges between segments that begin no marker (libjpeg skips
-    /// them, warning "extraneous bytes before marker").
+    /// Byte ranges the repair drops, in order: bytes between segments that
+    /// begin no marker (libjpeg skips them, warning "extraneous bytes
+    /// before marker"), APPn and COM segments between scans (they describe
+    /// nothing there; zune-jpeg misreads them), an Adobe APP14 segment too
+    /// short to hold its fields (libjpeg ignores it; zune-jpeg refuses it).
     pub junk: Vec<(usize, usize)>,
     /// Huffman tables (class 0 DC / 1 AC, slot 0/1) a scan uses before any
     /// segment defines them: libjpeg's standard tables stand in.
@@ -80,13 +83,20 @@ pub(crate) struct Walk {
     /// Offsets of the Ss byte of sequential scans whose Ss, Se, Ah, Al are
     /// not 0, 63, 0, 0 (libjpeg ignores them with a warning).
     pub sequential_fixes: Vec<usize>,
+    /// Offset of the sampling byte of a one-component frame whose factors
+    /// are not powers of two: they mean nothing for one component
+    /// (libjpeg ignores them), zune-jpeg refuses them; the repair sets 1x1.
+    pub sampling_fix: Option<usize>,
 }
 
 impl Walk {
     /// Whether the stream is exactly what a strict reader expects: nothing
     /// for [`Walk::repaired`] to change.
     pub fn clean(&self) -> bool {
-        self.junk.is_empty() && self.default_tables.is_empty() && self.sequential_fixes.is_empty()
+        self.junk.is_empty()
+            && self.default_tables.is_empty()
+            && self.sequential_fixes.is_empty()
+            && self.sampling_fix.is_none()
     }
 
     /// The image's bytes (up to its end marker) as a strict reader needs
@@ -120,16 +130,23 @@ impl Walk {
             pos = self.first_scan;
         }
         out.extend_from_slice(&bytes[pos..]);
-        for &at in &self.sequential_fixes {
-            // Every scan header lies after the inserted tables.
+        // Where an offset of the input lies in the output.
+        let moved = |at: usize| {
             let dropped: usize = self
                 .junk
                 .iter()
                 .filter(|(a, _)| *a < at)
                 .map(|(a, b)| b - a)
                 .sum();
-            let at = at - dropped + dht.len();
+            let inserted = if at > self.first_scan { dht.len() } else { 0 };
+            at - dropped + inserted
+        };
+        for &at in &self.sequential_fixes {
+            let at = moved(at);
             out[at..at + 3].copy_from_slice(&[0, 63, 0]);
+        }
+        if let Some(at) = self.sampling_fix {
+            out[moved(at)] = 0x11;
         }
         Cow::Owned(out)
     }
@@ -244,11 +261,17 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 if let Some(what) = unsupported_coding(marker, precision) {
                     return Err(Fault::Unsupported(what));
                 }
-                frame = Some(read_frame(marker, segment)?);
+                let mut f = read_frame(marker, segment)?;
+                f.sampling_fix = f.sampling_fix.map(|k| body + k);
+                frame = Some(f);
             }
             0xC4 => read_dht(segment, &mut tables)?,
             0xDB => read_dqt(segment, &mut tables)?,
             0xCC => return Err(Fault::Unsupported("arithmetic-coded jpeg (DAC)".into())),
+            0xE0..=0xEF | 0xFE if first_scan.is_some() => junk.push((marker_at, pos)),
+            0xEE if segment.starts_with(b"Adobe") && segment.len() < 12 => {
+                junk.push((marker_at, pos))
+            }
             0xE1 if !exif_seen && segment.starts_with(b"Exif\0\0") => {
                 exif_seen = true;
                 if let Some(o) = Orientation::from_exif_chunk(&segment[6..]) {
@@ -265,7 +288,18 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                     // Ss is the byte after the component list.
                     sequential_fixes.push(body + segment.len() - 3);
                 }
-                pos = scan_end(bytes, pos).ok_or(Fault::Truncated)?;
+                if !f.progressive && usize::from(segment[0]) < f.components.len() {
+                    // zune-jpeg decodes a sequential frame coded one
+                    // component per scan into garbage.
+                    return Err(Fault::Unsupported(
+                        "sequential jpeg with its components in separate scans".into(),
+                    ));
+                }
+                let end = scan_end(bytes, pos).ok_or(Fault::Truncated)?;
+                if end == pos {
+                    return Err(corrupt(format!("a scan with no coded data at byte {pos}")));
+                }
+                pos = end;
             }
             _ => {}
         }
@@ -318,6 +352,13 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
             )));
         }
     }
+    let mut sampling_fix = None;
+    if let [c] = components[..] {
+        if !c.h.is_power_of_two() || !c.v.is_power_of_two() {
+            // The byte after the component id (frame body offset 7).
+            sampling_fix = Some(7);
+        }
+    }
     if components.len() > 1 {
         let luma = components[0];
         let factors = || {
@@ -355,6 +396,7 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         default_tables: Vec::new(),
         first_scan: 0,
         sequential_fixes: Vec::new(),
+        sampling_fix,
     })
 }
 
@@ -394,6 +436,26 @@ fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
         let Some(after) = rest.get(16 + n..) else {
             return Err(corrupt("Huffman table segment cut short"));
         };
+        // libjpeg's checks: the lengths make a prefix code in which no code
+        // is all ones, and a DC table's symbols are bit counts (≤ 15).
+        let mut code = 0u32;
+        for (len, &count) in counts.iter().enumerate() {
+            code += u32::from(count);
+            if code >= 1 << (len + 1) {
+                return Err(corrupt(format!(
+                    "Huffman table class {tc} slot {th}: more codes of {} bits than fit",
+                    len + 1
+                )));
+            }
+            code <<= 1;
+        }
+        if tc == 0 {
+            if let Some(bad) = rest[16..16 + n].iter().find(|&&v| v > 15) {
+                return Err(corrupt(format!(
+                    "DC Huffman table {th} holds symbol {bad} (at most 15)"
+                )));
+            }
+        }
         tables.huffman[tc][th] = true;
         s = after;
     }
@@ -865,5 +927,92 @@ mod tests {
         let between = inserted(&p, scans[2], &junk);
         assert_eq!(walk(&between).unwrap().end, between.len());
         assert_eq!(pixels(&between), want_p);
+    }
+
+    /// Second audit: segments between progressive scans, a short Adobe
+    /// segment and a one-component frame with factor 3 are read as libjpeg
+    /// reads them; a sequential frame coded one component per scan
+    /// (zune-jpeg would decode garbage) is unsupported; an empty scan and
+    /// Huffman tables libjpeg refuses are corrupt.
+    #[test]
+    fn segments_between_scans_and_bad_tables() {
+        let p = encode(40, 32, true, 0);
+        let want_p = pixels(&p);
+        let scans: Vec<usize> = p
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w == &[0xFF, 0xDA])
+            .map(|(i, _)| i)
+            .collect();
+        let mut app = vec![0xFF, 0xE0, 0x00, 0x10];
+        app.extend(b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+        app.extend([
+            0xFF, 0xE5, 0x00, 0x04, 0x12, 0x34, 0xFF, 0xFE, 0x00, 0x03, b'c',
+        ]);
+        let between = inserted(&p, scans[2], &app);
+        let w = walk(&between).unwrap();
+        assert!(!w.clean());
+        assert_eq!(pixels(&between), want_p);
+
+        let b = encode(40, 32, false, 0);
+        let want = pixels(&b);
+        let short_adobe = inserted(&b, 2, b"\xFF\xEE\x00\x08Adobe\0");
+        assert!(!walk(&short_adobe).unwrap().clean());
+        assert_eq!(pixels(&short_adobe), want);
+
+        // A gray frame says 3x1: meaningless for one component.
+        let mut gray = Vec::new();
+        jpeg_encoder::Encoder::new(&mut gray, 90)
+            .encode(&[90u8; 24 * 16], 24, 16, jpeg_encoder::ColorType::Luma)
+            .unwrap();
+        let want_gray = pixels(&gray);
+        let (sof, _) = first(&gray, 0xC0);
+        let mut g3 = gray.clone();
+        g3[sof + 11] = 0x31;
+        assert!(!walk(&g3).unwrap().clean());
+        assert_eq!(pixels(&g3), want_gray);
+
+        // One component per scan: the first scan names one of three.
+        let (sos, sos_len) = first(&b, 0xDA);
+        let mut one = b[..sos].to_vec();
+        one.extend([0xFF, 0xDA, 0x00, 0x08, 0x01]);
+        one.extend_from_slice(&b[sos + 5..sos + 7]);
+        one.extend_from_slice(&b[sos + sos_len - 3..]);
+        let fault = walk(&one).unwrap_err();
+        assert_eq!(
+            fault,
+            Fault::Unsupported("sequential jpeg with its components in separate scans".into())
+        );
+
+        // A scan header written twice: the first scan codes nothing.
+        let twice = inserted(&b, sos, &b[sos..sos + sos_len]);
+        assert!(matches!(walk(&twice), Err(Fault::Corrupt(s)) if s.contains("no coded data")));
+
+        // A DC symbol above 15, and more 1-bit codes than fit.
+        let (dht, _) = first(&b, 0xC4);
+        let table = dht + 4;
+        assert_eq!(b[table] >> 4, 0, "the first table is a DC table");
+        let n: usize = b[table + 1..table + 17]
+            .iter()
+            .map(|&c| usize::from(c))
+            .sum();
+        let mut sym = b.clone();
+        sym[table + 17 + n - 1] = 32;
+        let fault = walk(&sym).unwrap_err();
+        assert!(
+            matches!(&fault, Fault::Corrupt(s) if s.contains("holds symbol 32")),
+            "{fault:?}"
+        );
+        // Two 1-bit codes (taken from the 3-bit ones, so the segment's
+        // length holds): no room is left for any other code.
+        let mut full = b.clone();
+        assert!(full[table + 3] >= 2);
+        full[table + 1] += 2;
+        full[table + 3] -= 2;
+        let fault = walk(&full).unwrap_err();
+        assert!(
+            matches!(&fault, Fault::Corrupt(s) if s.contains("more codes of 1 bits")),
+            "{fault:?}"
+        );
     }
 }

@@ -832,6 +832,24 @@ fn parse_list(text: &str, file: &str, columns: &ListColumns) -> Result<ListText,
             None => named(&first, &LABEL_COLUMNS)
                 .filter(|&l| first.len() > 2 || sure(&first[l]) || named_header),
         };
+        // A header naming the chosen column twice leaves it a guess (a
+        // number says which).
+        let by_name = |flag: Option<(usize, bool)>| flag.is_none_or(|(_, h)| h);
+        let label_by_name = named_label.filter(|_| by_name(label_flag));
+        let image_by_name = image_flag.filter(|&(_, h)| h).map(|(i, _)| i);
+        for col in [label_by_name, image_by_name].into_iter().flatten() {
+            let name = &first[col.min(first.len() - 1)];
+            let same = first
+                .iter()
+                .filter(|c| c.eq_ignore_ascii_case(name))
+                .count();
+            if col < first.len() && same > 1 {
+                return Err(format!(
+                    "{file} line {n}: the header names {same} columns '{name}'; say which with \
+                     --label-column N or --image-column N (1-based numbers)"
+                ));
+            }
+        }
         if let Some(l) = named_label {
             label_chosen = true;
             let i = match image_flag {
@@ -965,6 +983,7 @@ enum Resolved {
 /// Entries by name, by name less extension, by file name and by file name
 /// less extension; `None` marks a key shared by several entries.
 struct ListIndex<'a> {
+    entries: &'a [Entry],
     by_name: HashMap<&'a str, usize>,
     by_stem_path: HashMap<&'a str, Option<usize>>,
     by_base: HashMap<&'a str, Option<usize>>,
@@ -974,6 +993,7 @@ struct ListIndex<'a> {
 impl<'a> ListIndex<'a> {
     fn new(entries: &'a [Entry], indices: impl Iterator<Item = usize>) -> Self {
         let mut index = ListIndex {
+            entries,
             by_name: HashMap::new(),
             by_stem_path: HashMap::new(),
             by_base: HashMap::new(),
@@ -996,9 +1016,9 @@ impl<'a> ListIndex<'a> {
     /// Resolve `image` of a list in folder `dir` for `split`: as a path from
     /// the list's folder, from its `<split>/` subfolder, or from the top,
     /// each with or without the extension, then the same for ever shorter
-    /// tails of the path (`/data/imagenet/train/n01/1.jpg`, written where
-    /// the list was made, is `train/n01/1.jpg` here); then as a unique file
-    /// name. The path is read with `\` as `/` and without `.` or empty
+    /// tails of the path down to a folder and the file
+    /// (`/data/imagenet/train/n01/1.jpg`, written where the list was made,
+    /// is `train/n01/1.jpg` here); a bare name, then, as a unique file name. The path is read with `\` as `/` and without `.` or empty
     /// components (`./train/n01/1.jpg`, as `find .` prints it), unless it
     /// names a file as it is.
     fn resolve(&self, dir: &str, split: Split, image: &str) -> Resolved {
@@ -1024,7 +1044,13 @@ impl<'a> ListIndex<'a> {
             .filter(|c| !c.is_empty() && *c != ".")
             .collect();
         let mut ambiguous = false;
-        for k in 0..parts.len() {
+        // A path with folders names its file by them too: its tails keep
+        // at least a folder and the file, and a file found by its name
+        // alone must agree with the path on every folder both name (with
+        // `train/cat/3.jpg` missing, `train/dog/3.jpg` is not it; a
+        // source nested deeper than the list says, `ILSVRC/Data/train/…`,
+        // still is). A bare name may be any file of that name, if unique.
+        for k in 0..parts.len().saturating_sub(1).max(1) {
             let tail = parts[k..].join("/");
             // The whole path, less `.` and empty components, is no tail.
             let shorter = k > 0;
@@ -1042,12 +1068,21 @@ impl<'a> ListIndex<'a> {
             }
         }
         let base = parts.last().copied().unwrap_or(image);
-        for found in [self.by_base.get(base), self.by_stem.get(base)]
-            .into_iter()
-            .flatten()
-        {
+        let folders_agree = |i: usize| {
+            let name = self.entries[i].name.as_str();
+            let theirs = name.split('/').rev().skip(1);
+            let ours = parts.iter().rev().skip(1);
+            theirs.zip(ours).all(|(a, b)| a == *b)
+        };
+        let by_name = [self.by_base.get(base), self.by_stem.get(base)];
+        for found in by_name.into_iter().flatten() {
             match found {
-                Some(i) => return Resolved::Entry(*i, false),
+                Some(i) if folders_agree(*i) => {
+                    // A tail when the path named more folders than the file has.
+                    let tail = parts.len() > self.entries[*i].name.split('/').count();
+                    return Resolved::Entry(*i, tail);
+                }
+                Some(_) => {}
                 None => ambiguous = true,
             }
         }
@@ -1572,6 +1607,12 @@ mod tests {
             label: label.map(str::to_string),
         };
         let rows = |c: ListColumns| parse_list(text, "train.csv", &c).map(|p| p.rows);
+        // A label column named twice: a guess, unless a number says which.
+        let twice = "file,label,label\na.jpg,cat,x\n";
+        let err = parse_list(twice, "train.csv", &ListColumns::default()).unwrap_err();
+        assert!(err.contains("header names 2 columns 'label'"), "{err}");
+        let by_number = parse_list(twice, "train.csv", &cols(None, Some("3"))).unwrap();
+        assert_eq!(by_number.rows[1], (2, "a.jpg".into(), "x".into()));
         let want = vec![
             (1, "file".to_string(), "species".to_string()),
             (2, "a.jpg".into(), "cat".into()),

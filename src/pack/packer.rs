@@ -190,13 +190,29 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     let source = Source::open(&opts.source, Some(&opts.out))?;
     let mut plan = layout::plan(&source, opts.layout, class_names.as_deref(), &opts.columns)?;
     if plan.items.is_empty() {
-        return Err(PackError::Layout(format!(
-            "{}: the source has the {} layout but none of its {} entries is an image to pack \
-             (rerun with --layout to force another layout)",
-            opts.source.display(),
-            plan.layout,
-            source.entries().len()
-        )));
+        // Lists name their images: when none resolves, the paths or the
+        // columns are wrong, not the layout.
+        let listed = plan
+            .rejected
+            .iter()
+            .find(|r| r.reason.contains(" line "))
+            .filter(|_| plan.layout == LayoutKind::ListFiles);
+        return Err(PackError::Layout(match listed {
+            Some(r) => format!(
+                "{}: no row of its list files names an image of the source (first: '{}': {}); \
+                 check the lists' paths and, for CSV lists, --image-column and --label-column",
+                opts.source.display(),
+                r.key,
+                r.reason
+            ),
+            None => format!(
+                "{}: the source has the {} layout but none of its {} entries is an image to \
+                 pack (rerun with --layout to force another layout)",
+                opts.source.display(),
+                plan.layout,
+                source.entries().len()
+            ),
+        }));
     }
     let shard_rows = opts
         .shard_rows

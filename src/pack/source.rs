@@ -33,7 +33,7 @@
 //! (this build reads neither).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,7 +168,7 @@ impl Source {
                 e.index = k;
                 sorted.push(e);
             }
-            reject_name_clashes(&mut sorted);
+            reject_name_clashes(&mut sorted, &HashMap::new());
             let size = sorted.iter().map(|e| e.size).sum();
             return Ok(Source {
                 kind: Kind::Dir(path.to_path_buf()),
@@ -195,6 +195,8 @@ impl Source {
                 detail: e.to_string(),
             })?;
         let mut entries = Vec::with_capacity(archive.len());
+        // Entries whose names `zip_path` changed: their stored names.
+        let mut renamed: HashMap<usize, String> = HashMap::new();
         for index in 0..archive.len() {
             let f = archive
                 .by_index_data(index)
@@ -211,7 +213,15 @@ impl Source {
             }
             let unsafe_path = f.enclosed_name().is_none() || escapes(&name);
             // An unsafe name is reported as it stands.
-            let name = if unsafe_path { name } else { zip_path(name) };
+            let name = if unsafe_path {
+                name
+            } else {
+                let read = zip_path(name.clone());
+                if read != name {
+                    renamed.insert(entries.len(), name);
+                }
+                read
+            };
             let deflated = match f.compression() {
                 CompressionMethod::Stored => Ok(false),
                 CompressionMethod::Deflated => Ok(true),
@@ -282,7 +292,7 @@ impl Source {
             entries.extend(extra);
         }
         drop(archive);
-        reject_name_clashes(&mut entries);
+        reject_name_clashes(&mut entries, &renamed);
         let identity = format!("zip\0{}\0{}\0{modified}", name, meta.len());
         Ok(Source {
             kind: Kind::Zip(bytes),
@@ -478,10 +488,12 @@ pub(crate) fn path_text(bytes: &[u8]) -> String {
 }
 
 /// Entries whose names came out the same once decoded to text (a zip
-/// holding one name flagged UTF-8 and another in CP437, a folder name with
-/// a stray byte next to one spelling `\xNN` out) would share one key: the
-/// last in entry order is packed, each other one is rejected saying so.
-fn reject_name_clashes(entries: &mut [Entry]) {
+/// holding one name flagged UTF-8 and another in CP437, or `a\b.jpg` next
+/// to `a/b.jpg`; a folder name with a stray byte next to one spelling
+/// `\xNN` out) would share one key: the last in entry order is packed, each
+/// other one is rejected saying so, and naming its stored name when
+/// `renamed` (entry index → stored name) has it.
+fn reject_name_clashes(entries: &mut [Entry], renamed: &HashMap<usize, String>) {
     let packable = |e: &Entry| e.problem.is_none() && !e.unsafe_path;
     // Per name: how many packable entries carry it, and the last of them.
     let mut seen: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -499,9 +511,13 @@ fn reject_name_clashes(entries: &mut [Entry]) {
         })
         .collect();
     for (i, copies) in losers {
+        let stored = renamed
+            .get(&i)
+            .map(|n| format!(": this one is stored as '{n}'"))
+            .unwrap_or_default();
         entries[i].problem = Some(format!(
-            "duplicate entry name: {copies} entries have this name once decoded to text \
-             (their stored names differ); only the last is packed"
+            "duplicate entry name: {copies} entries have this name once read (their stored \
+             names differ{stored}); only the last is packed"
         ));
     }
 }
