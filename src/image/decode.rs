@@ -1,8 +1,9 @@
 //! Decoding any supported image into tightly packed RGB8.
 //!
-//! JPEG goes straight to zune-jpeg (one header parse, output colour space
-//! forced to RGB so grayscale, CMYK and YCCK all come out as RGB); the other
-//! formats go through the `image` crate. Both paths check the pixel count
+//! JPEG goes to zune-jpeg (one header parse, output colour space forced to
+//! RGB so grayscale, CMYK and YCCK all come out as RGB), after its marker
+//! structure is checked; the rare frames zune-jpeg misreads go to the
+//! `jpeg-decoder` crate. The other formats go through the `image` crate. Both paths check the pixel count
 //! from the header *before* allocating, which is what stops decompression
 //! bombs, and both apply the EXIF orientation.
 
@@ -149,6 +150,11 @@ pub(super) fn decode_jpeg_into(
     let walk = super::jpeg_stream::walk(bytes).map_err(super::jpeg::fault_error)?;
     let bytes = walk.repaired(bytes);
     let bytes = bytes.as_ref();
+    if let Some(why) = &walk.other_decoder {
+        check_pixels(fmt, walk.width, walk.height, limits)?;
+        let (width, height) = decode_with_jpeg_decoder(bytes, why, out)?;
+        return Ok((width, height, walk.orientation));
+    }
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::MAX)
@@ -168,6 +174,48 @@ pub(super) fn decode_jpeg_into(
     out.resize(width as usize * height as usize * 3, 0);
     decoder.decode_into(out).map_err(|e| corrupt(fmt, e))?;
     Ok((width, height, orientation))
+}
+
+/// Decodes a frame zune-jpeg would misread (`why`) with the `jpeg-decoder`
+/// crate into `out` as RGB8 (its gray and RGB output; its CMYK is not
+/// converted, so such a frame is unsupported).
+fn decode_with_jpeg_decoder(
+    bytes: &[u8],
+    why: &str,
+    out: &mut Vec<u8>,
+) -> Result<(u32, u32), ImageError> {
+    use jpeg_decoder::PixelFormat;
+    let fmt = ImageFormat::Jpeg;
+    // A decoder panic on hostile bytes is a rejection, not a stop.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut d = jpeg_decoder::Decoder::new(bytes);
+        let px = d.decode()?;
+        Ok::<_, jpeg_decoder::Error>((px, d.info()))
+    }));
+    let (px, info) = match decoded {
+        Ok(Ok((px, Some(info)))) => (px, info),
+        Ok(Ok((_, None))) => return Err(corrupt(fmt, "no frame header")),
+        Ok(Err(e)) => return Err(corrupt(fmt, format!("{e} (a frame with {why})"))),
+        Err(_) => return Err(corrupt(fmt, format!("undecodable (a frame with {why})"))),
+    };
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    out.clear();
+    match info.pixel_format {
+        PixelFormat::RGB24 => out.extend_from_slice(&px),
+        PixelFormat::L8 => out.extend(px.iter().flat_map(|&g| [g, g, g])),
+        other => {
+            return Err(ImageError::Unsupported(format!(
+                "jpeg with {why} in {other:?} samples"
+            )))
+        }
+    }
+    if out.len() != width as usize * height as usize * 3 {
+        return Err(corrupt(
+            fmt,
+            format!("decoded size differs (a frame with {why})"),
+        ));
+    }
+    Ok((width, height))
 }
 
 fn decode_other(

@@ -17,7 +17,9 @@
 //! read, after [`Walk::repaired`] rewrote the stream, and is never stored
 //! byte for byte; what libjpeg reads but zune-jpeg would decode wrongly or
 //! not at all (chroma sampled finer than luma, sampling factors that are
-//! not powers of two) is unsupported, never decoded into garbage.
+//! not powers of two, a sequential frame coded one component per scan) is
+//! marked [`Walk::other_decoder`], decoded by the `jpeg-decoder` crate and
+//! never stored byte for byte either.
 
 use std::borrow::Cow;
 
@@ -87,6 +89,11 @@ pub(crate) struct Walk {
     /// are not powers of two: they mean nothing for one component
     /// (libjpeg ignores them), zune-jpeg refuses them; the repair sets 1x1.
     pub sampling_fix: Option<usize>,
+    /// Why zune-jpeg would decode this frame wrongly or refuse it (it
+    /// would turn a component sampled finer than the first, or a
+    /// sequential frame coded one component per scan, into garbage, and
+    /// refuses factors of 3): such frames go to the `jpeg-decoder` crate.
+    pub other_decoder: Option<String>,
 }
 
 impl Walk {
@@ -97,6 +104,7 @@ impl Walk {
             && self.default_tables.is_empty()
             && self.sequential_fixes.is_empty()
             && self.sampling_fix.is_none()
+            && self.other_decoder.is_none()
     }
 
     /// The image's bytes (up to its end marker) as a strict reader needs
@@ -288,12 +296,13 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                     // Ss is the byte after the component list.
                     sequential_fixes.push(body + segment.len() - 3);
                 }
-                if !f.progressive && usize::from(segment[0]) < f.components.len() {
-                    // zune-jpeg decodes a sequential frame coded one
-                    // component per scan into garbage.
-                    return Err(Fault::Unsupported(
-                        "sequential jpeg with its components in separate scans".into(),
-                    ));
+                // zune-jpeg decodes a sequential frame coded one component
+                // per scan into garbage.
+                let separate = !f.progressive && usize::from(segment[0]) < f.components.len();
+                if let Some(f) = frame.as_mut().filter(|_| separate) {
+                    f.other_decoder.get_or_insert_with(|| {
+                        "a sequential frame coded one component per scan".into()
+                    });
                 }
                 let end = scan_end(bytes, pos).ok_or(Fault::Truncated)?;
                 if end == pos {
@@ -353,6 +362,7 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         }
     }
     let mut sampling_fix = None;
+    let mut other_decoder = None;
     if let [c] = components[..] {
         if !c.h.is_power_of_two() || !c.v.is_power_of_two() {
             // The byte after the component id (frame body offset 7).
@@ -372,16 +382,12 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
             .iter()
             .any(|c| !c.h.is_power_of_two() || !c.v.is_power_of_two())
         {
-            return Err(Fault::Unsupported(format!(
-                "jpeg with sampling factors {} (the decoder reads 1, 2 and 4)",
+            other_decoder = Some(format!("sampling factors {}", factors()));
+        } else if components.iter().any(|c| c.h > luma.h || c.v > luma.v) {
+            other_decoder = Some(format!(
+                "a component sampled finer than the first (sampling factors {})",
                 factors()
-            )));
-        }
-        if components.iter().any(|c| c.h > luma.h || c.v > luma.v) {
-            return Err(Fault::Unsupported(format!(
-                "jpeg with a component sampled finer than the first (sampling factors {})",
-                factors()
-            )));
+            ));
         }
     }
     Ok(Walk {
@@ -397,6 +403,7 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         first_scan: 0,
         sequential_fixes: Vec::new(),
         sampling_fix,
+        other_decoder,
     })
 }
 
@@ -808,10 +815,11 @@ mod tests {
     }
 
     /// Sampling zune-jpeg would decode into garbage (a component finer than
-    /// the first) or refuses (factors not powers of two) is unsupported,
-    /// not decoded; the usual layouts, 4:4:4 to 4:1:1, pass.
+    /// the first) or refuses (factors not powers of two) goes to the other
+    /// decoder and is never stored untouched; the usual layouts, 4:4:4 to
+    /// 4:1:1, stay with zune-jpeg.
     #[test]
-    fn sampling_the_decoder_cannot_read_is_unsupported() {
+    fn sampling_zune_misreads_goes_to_the_other_decoder() {
         let b = encode(32, 24, false, 0);
         let (sof, _) = first(&b, 0xC0);
         // Component factors at sof + 11, 14, 17.
@@ -822,23 +830,21 @@ mod tests {
             }
             c
         };
-        for f in [[0x11, 0x22, 0x22], [0x11, 0x21, 0x11], [0x12, 0x21, 0x11]] {
-            let fault = walk(&with(f)).unwrap_err();
-            assert!(
-                matches!(&fault, Fault::Unsupported(s) if s.contains("sampled finer than the first")),
-                "{f:?}: {fault:?}"
-            );
-            let err = decode_rgb8(&with(f), Default::default()).unwrap_err();
-            assert!(err
-                .to_string()
-                .starts_with("unsupported image format: jpeg with a component"));
-        }
-        for f in [[0x31, 0x11, 0x11], [0x13, 0x11, 0x11]] {
-            let fault = walk(&with(f)).unwrap_err();
-            assert!(
-                matches!(&fault, Fault::Unsupported(s) if s.contains("reads 1, 2 and 4")),
-                "{f:?}: {fault:?}"
-            );
+        for (f, why) in [
+            (
+                [0x11, 0x22, 0x22],
+                "a component sampled finer than the first (sampling factors 1x1, 2x2, 2x2)",
+            ),
+            (
+                [0x11, 0x21, 0x11],
+                "a component sampled finer than the first (sampling factors 1x1, 2x1, 1x1)",
+            ),
+            ([0x31, 0x11, 0x11], "sampling factors 3x1, 1x1, 1x1"),
+            ([0x13, 0x11, 0x11], "sampling factors 1x3, 1x1, 1x1"),
+        ] {
+            let w = walk(&with(f)).unwrap();
+            assert_eq!(w.other_decoder.as_deref(), Some(why), "{f:?}");
+            assert!(!w.clean());
         }
         for f in [
             [0x11, 0x11, 0x11],
@@ -846,7 +852,39 @@ mod tests {
             [0x22, 0x11, 0x11],
             [0x41, 0x11, 0x11],
         ] {
-            assert!(walk(&with(f)).is_ok(), "{f:?}");
+            let w = walk(&with(f)).unwrap();
+            assert!(w.clean() && w.other_decoder.is_none(), "{f:?}");
+        }
+    }
+
+    /// Frames zune-jpeg misreads, made by a minimal encoder, decode to
+    /// libjpeg's pixels (Pillow's decode of each, in `.rgb`; both made by
+    /// `tests/data/jpeg-layouts/make.py`).
+    #[test]
+    fn frames_zune_misreads_decode_as_libjpeg_decodes_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-layouts");
+        for name in [
+            "noninterleaved-420-37x23",
+            "noninterleaved-444-32x32",
+            "chroma-finer-37x23",
+            "factor3-37x23",
+        ] {
+            let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
+            let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+            let w = walk(&jpeg).unwrap();
+            assert!(w.other_decoder.is_some() && !w.clean(), "{name}");
+            let got = decode_rgb8(&jpeg, Default::default()).unwrap();
+            assert_eq!(got.data.len(), want.len(), "{name}");
+            let diffs: Vec<u32> = got
+                .data
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| u32::from(a.abs_diff(*b)))
+                .collect();
+            let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+            let max = diffs.iter().copied().max().unwrap();
+            // Two decoders' rounding (IDCT, upsampling): a level or two.
+            assert!(mean < 1.0 && max <= 8, "{name}: mean {mean:.2}, max {max}");
         }
     }
 
@@ -932,8 +970,8 @@ mod tests {
     /// Second audit: segments between progressive scans, a short Adobe
     /// segment and a one-component frame with factor 3 are read as libjpeg
     /// reads them; a sequential frame coded one component per scan
-    /// (zune-jpeg would decode garbage) is unsupported; an empty scan and
-    /// Huffman tables libjpeg refuses are corrupt.
+    /// (zune-jpeg would decode garbage) goes to the other decoder; an empty
+    /// scan and Huffman tables libjpeg refuses are corrupt.
     #[test]
     fn segments_between_scans_and_bad_tables() {
         let p = encode(40, 32, true, 0);
@@ -978,10 +1016,10 @@ mod tests {
         one.extend([0xFF, 0xDA, 0x00, 0x08, 0x01]);
         one.extend_from_slice(&b[sos + 5..sos + 7]);
         one.extend_from_slice(&b[sos + sos_len - 3..]);
-        let fault = walk(&one).unwrap_err();
+        let w = walk(&one).unwrap();
         assert_eq!(
-            fault,
-            Fault::Unsupported("sequential jpeg with its components in separate scans".into())
+            w.other_decoder.as_deref(),
+            Some("a sequential frame coded one component per scan")
         );
 
         // A scan header written twice: the first scan codes nothing.
