@@ -3125,6 +3125,16 @@ fn jpeg_structure_is_checked_before_a_jpeg_is_stored() {
     }
 }
 
+/// (key, label) of a split's rows, sorted.
+fn key_labels(out: &Path, split: &str) -> Vec<(String, u32)> {
+    let mut rows: Vec<(String, u32)> = read_split(out, split)
+        .into_iter()
+        .map(|r| (r.key, r.label))
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Paths as other tools write them: a zip made on Windows (`\` separators),
 /// doubled and `./` components, list rows in `find .` form or absolute
 /// paths from the machine the list was made on, a CSV whose label column
@@ -3148,14 +3158,7 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
     let o = run(BIN, &[s(&zip), "--out", s(&out), "--size", "16", "--quiet"]);
     assert!(o.status.success(), "{}", stderr_of(&o));
     assert!(rejections(&out).is_empty(), "{:?}", rejections(&out));
-    let keys = |split| {
-        let mut k: Vec<(String, u32)> = read_split(&out, split)
-            .into_iter()
-            .map(|r| (r.key, r.label))
-            .collect();
-        k.sort();
-        k
-    };
+    let keys = |split| key_labels(&out, split);
     assert_eq!(
         keys("train"),
         [
@@ -3253,11 +3256,7 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
         "{notes}"
     );
     for split in ["train", "val"] {
-        let mut rows: Vec<(String, u32)> = read_split(&lout, split)
-            .into_iter()
-            .map(|r| (r.key, r.label))
-            .collect();
-        rows.sort();
+        let rows = key_labels(&lout, split);
         let k = if split == "train" { "1" } else { "2" };
         assert_eq!(
             rows,
@@ -3308,11 +3307,7 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
         &[s(&src), "--out", s(&nout), "--size", "16", "--quiet"],
     );
     assert!(o.status.success(), "{}", stderr_of(&o));
-    let mut rows: Vec<(String, u32)> = read_split(&nout, "train")
-        .into_iter()
-        .map(|r| (r.key, r.label))
-        .collect();
-    rows.sort();
+    let rows = key_labels(&nout, "train");
     assert_eq!(
         rows,
         [
