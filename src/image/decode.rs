@@ -3,9 +3,10 @@
 //! JPEG goes to zune-jpeg (one header parse, output colour space forced to
 //! RGB so grayscale, CMYK and YCCK all come out as RGB), after its marker
 //! structure is checked; the rare frames zune-jpeg misreads go to the
-//! `jpeg-decoder` crate. The other formats go through the `image` crate. Both paths check the pixel count
-//! from the header *before* allocating, which is what stops decompression
-//! bombs, and both apply the EXIF orientation.
+//! `jpeg-decoder` crate. The other formats go through the `image` crate.
+//! Every path checks the pixel count from the header *before* allocating,
+//! which is what stops decompression bombs, and applies the EXIF
+//! orientation.
 
 use std::io::Cursor;
 

@@ -2,8 +2,9 @@
 //!
 //! Invariant: a JPEG that is already H×W, 3-component, 8-bit, upright,
 //! complete and structurally clean is stored byte for byte (checked from
-//! its markers, or by a full decode with `--verify decode`); everything else is decoded,
-//! oriented, converted to RGB, resized and stored raw or re-encoded.
+//! its markers, or by a full decode with `--verify decode`); everything
+//! else is decoded, oriented, converted to RGB, resized and stored raw or
+//! re-encoded.
 //! `--max-pixels` rejects the same images whichever path they take.
 
 use std::cell::RefCell;
