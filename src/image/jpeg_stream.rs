@@ -63,7 +63,6 @@ pub(crate) struct Component {
 pub(crate) struct Walk {
     pub width: u32,
     pub height: u32,
-    pub sof: u8,
     pub progressive: bool,
     pub components: Vec<Component>,
     /// EXIF orientation of the first EXIF segment; `NoTransforms` when absent.
@@ -121,23 +120,19 @@ impl Walk {
             standard_dht(&self.default_tables)
         };
         let mut out = Vec::with_capacity(bytes.len() + dht.len());
-        let mut pos = 0;
-        // Junk ranges end at a marker, so none straddles the first scan's.
-        for &(a, b) in &self.junk {
-            if pos <= self.first_scan && self.first_scan <= a {
-                out.extend_from_slice(&bytes[pos..self.first_scan]);
-                out.extend_from_slice(&dht);
-                pos = self.first_scan;
+        // `bytes[from..to]` less the junk in it (junk ranges end at a
+        // marker, so none straddles the first scan's).
+        let copy = |out: &mut Vec<u8>, from: usize, to: usize| {
+            let mut pos = from;
+            for &(a, b) in self.junk.iter().filter(|(a, _)| (from..to).contains(a)) {
+                out.extend_from_slice(&bytes[pos..a]);
+                pos = b;
             }
-            out.extend_from_slice(&bytes[pos..a]);
-            pos = b;
-        }
-        if pos <= self.first_scan {
-            out.extend_from_slice(&bytes[pos..self.first_scan]);
-            out.extend_from_slice(&dht);
-            pos = self.first_scan;
-        }
-        out.extend_from_slice(&bytes[pos..]);
+            out.extend_from_slice(&bytes[pos..to]);
+        };
+        copy(&mut out, 0, self.first_scan);
+        out.extend_from_slice(&dht);
+        copy(&mut out, self.first_scan, bytes.len());
         // Where an offset of the input lies in the output.
         let moved = |at: usize| {
             let dropped: usize = self
@@ -163,7 +158,7 @@ impl Walk {
 /// Why a frame of start-of-frame marker `sof` and sample `precision` is not
 /// decoded (the decoder reads only 8-bit Huffman-coded DCT frames), or
 /// `None` when it is.
-pub(crate) fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
+fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
     let coding = match sof {
         0xC0..=0xC2 => None,
         0xC3 => Some("lossless"),
@@ -393,7 +388,6 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
     Ok(Walk {
         width,
         height,
-        sof: marker,
         progressive: marker == 0xC2,
         components,
         orientation: Orientation::NoTransforms,

@@ -1054,8 +1054,11 @@ impl<'a> ListIndex<'a> {
             let tail = parts[k..].join("/");
             // The whole path, less `.` and empty components, is no tail.
             let shorter = k > 0;
-            if let Some(i) = exact(&tail) {
-                return Resolved::Entry(i, shorter);
+            // The whole path as given was looked up above.
+            if tail != image {
+                if let Some(i) = exact(&tail) {
+                    return Resolved::Entry(i, shorter);
+                }
             }
             for found in paths(&tail)
                 .iter()
