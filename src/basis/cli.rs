@@ -556,7 +556,10 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             .map_or(r.q95, |c| c.coherence);
         match a.alpha {
             AlphaSpec::Value(al) => {
-                eprintln!("  target α = {al} (stop at max |cos| ≤ {})", al + a.tol);
+                eprintln!(
+                    "  target α = {al} (stop at max |cos| ≤ {})",
+                    decimal(al + a.tol)
+                );
                 if a.start.is_some() {
                     // Its coherence is known only after step 0.
                 } else if al + a.tol >= start {
@@ -1027,8 +1030,23 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `x` in decimal without the binary rounding noise of a sum (0.05 + 1e-4
+/// prints 0.0501, not 0.050100000000000006).
+fn decimal(x: f64) -> String {
+    let s = format!("{x:.12}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn decimal_drops_the_rounding_noise_of_a_sum() {
+        assert_eq!(decimal(0.05 + 1e-4), "0.0501");
+        assert_eq!(decimal(2.0), "2");
+        assert_eq!(decimal(0.002 + 1e-4), "0.0021");
+    }
     use super::*;
 
     #[test]

@@ -3,7 +3,11 @@
 //! JPEG goes to zune-jpeg (one header parse, output colour space forced to
 //! RGB so grayscale, CMYK and YCCK all come out as RGB), after its marker
 //! structure is checked; the rare frames zune-jpeg misreads go to the
-//! `jpeg-decoder` crate. The other formats go through the `image` crate.
+//! `jpeg-decoder` crate. The other formats go through the `image` crate,
+//! after what it cannot read is rewritten into what it can (an OS/2 bitmap
+//! header, a GIF without colour table) and with the GIF screen around the
+//! first frame painted as the format says; the EXIF orientation is read by
+//! [`super::exif`], for every format alike.
 //! Every path checks the pixel count from the header *before* allocating,
 //! which is what stops decompression bombs, and applies the EXIF
 //! orientation.
@@ -168,13 +172,12 @@ pub(super) fn decode_jpeg_into(
         .ok_or_else(|| corrupt(fmt, "no frame header"))?;
     let (width, height) = (w as u32, h as u32);
     check_pixels(fmt, width, height, limits)?;
-    let orientation = decoder
-        .exif()
-        .and_then(|exif| Orientation::from_exif_chunk(exif))
-        .unwrap_or(Orientation::NoTransforms);
     out.resize(width as usize * height as usize * 3, 0);
     decoder.decode_into(out).map_err(|e| corrupt(fmt, e))?;
-    Ok((width, height, orientation))
+    // The walk's orientation, from the first EXIF segment as Pillow reads
+    // it (zune-jpeg keeps the last), so that the raw and passthrough paths
+    // agree on every file.
+    Ok((width, height, walk.orientation))
 }
 
 /// Decodes a frame zune-jpeg would misread (`why`) with the `jpeg-decoder`
@@ -224,22 +227,64 @@ fn decode_other(
     format: ImageFormat,
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let repaired = match format {
+        ImageFormat::Gif => super::gif::with_table(bytes),
+        ImageFormat::Bmp => super::bmp::with_windows_header(bytes)?,
+        _ => std::borrow::Cow::Borrowed(bytes),
+    };
+    let reader = ImageReader::new(Cursor::new(repaired.as_ref()))
         .with_guessed_format()
         .map_err(|e| corrupt(format, e))?;
-    let mut decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| corrupt(format, reason(&e)))?;
     let (width, height) = decoder.dimensions();
     check_pixels(format, width, height, limits)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, e))?;
+    // Read here, not by the `image` crate: a PNG's eXIf chunk may follow
+    // the pixels, and tools write the tag as LONG as well as SHORT.
+    let block = match format {
+        ImageFormat::Png => super::exif::png_block(bytes),
+        ImageFormat::Webp => super::exif::webp_block(bytes),
+        _ => None,
+    };
+    let orientation = block
+        .and_then(super::exif::orientation)
+        .unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, reason(&e)))?;
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
     let (width, height) = rgb.dimensions();
+    let mut data = rgb.into_raw();
+    if format == ImageFormat::Gif {
+        super::gif::paint_background(bytes, width, height, &mut data);
+    }
     Ok(Rgb8Image {
         width,
         height,
-        data: rgb.into_raw(),
+        data,
     })
+}
+
+/// The `image` crate's error as a reason a user can act on: a file that
+/// ends early says so (its decoders report the I/O error "failed to fill
+/// whole buffer"), and a PNG chunk is named by its type, not printed as a
+/// Rust structure.
+fn reason(e: &::image::ImageError) -> String {
+    let text = e.to_string();
+    if text.contains("failed to fill whole buffer") || text.contains("unexpected end of file") {
+        return "truncated: the file ends before the image does".into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("ChunkType { type: ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "ChunkType { type: ".len()..];
+        let name_end = after.find([',', ' ', '}']).unwrap_or(after.len());
+        out.push_str(&after[..name_end]);
+        rest = after.find('}').map_or("", |close| &after[close + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 pub(super) fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
@@ -262,7 +307,133 @@ pub(super) fn orient(image: Rgb8Image, orientation: Orientation) -> Rgb8Image {
 
 #[cfg(test)]
 mod tests {
+    use super::super::exif::tests::tiff;
     use super::*;
+
+    fn jpeg(w: u16, h: u16) -> Vec<u8> {
+        let px: Vec<u8> = (0..usize::from(w) * usize::from(h) * 3)
+            .map(|i| (i * 13 % 256) as u8)
+            .collect();
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
+    fn app1(block: &[u8]) -> Vec<u8> {
+        let mut seg = vec![0xFF, 0xE1];
+        seg.extend_from_slice(&((block.len() + 8) as u16).to_be_bytes());
+        seg.extend_from_slice(b"Exif\0\0");
+        seg.extend_from_slice(block);
+        seg
+    }
+
+    /// Two EXIF segments: the first one counts, as for Pillow and exiftool,
+    /// in decoding and in the passthrough check alike.
+    #[test]
+    fn the_first_exif_segment_orients_a_jpeg() {
+        let base = jpeg(20, 12);
+        for (first, second, rotated) in [(1, 6, false), (6, 1, true), (4, 6, false)] {
+            let mut b = base[..2].to_vec();
+            b.extend(app1(&tiff(false, 3, first)));
+            b.extend(app1(&tiff(true, 3, second)));
+            b.extend_from_slice(&base[2..]);
+            let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
+            let dims = if rotated { (12, 20) } else { (20, 12) };
+            assert_eq!((img.width, img.height), dims, "{first} then {second}");
+            let header = super::super::JpegHeader::parse(&b).unwrap();
+            assert_eq!(header.orientation == Orientation::NoTransforms, first == 1);
+        }
+        // The tag written as LONG counts too.
+        let mut b = base[..2].to_vec();
+        b.extend(app1(&tiff(false, 4, 8)));
+        b.extend_from_slice(&base[2..]);
+        let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
+        assert_eq!((img.width, img.height), (12, 20));
+    }
+
+    /// A PNG's eXIf chunk is read wherever it sits, after the pixels too;
+    /// the rotation is checked against the same image rotated by hand.
+    #[test]
+    fn a_png_exif_chunk_after_the_pixels_orients_the_image() {
+        let (w, h) = (5u32, 3u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 17 % 256) as u8).collect();
+        let mut png = Vec::new();
+        use ::image::ImageEncoder;
+        ::image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let iend = png.len() - 12;
+        let block = tiff(true, 3, 6);
+        let mut chunk = (block.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"eXIf");
+        chunk.extend_from_slice(&block);
+        let crc = crc32(&chunk[4..]);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        let mut rotated = png.clone();
+        rotated.splice(iend..iend, chunk);
+        let img = decode_rgb8(&rotated, DecodeLimits::default()).unwrap();
+        assert_eq!((img.width, img.height), (h, w));
+        // Orientation 6: rotate 90° clockwise, so the output's row y,
+        // column x is the input's row h-1-x, column y.
+        for y in 0..w {
+            for x in 0..h {
+                let o = ((y * h + x) * 3) as usize;
+                let i = (((h - 1 - x) * w + y) * 3) as usize;
+                assert_eq!(img.data[o..o + 3], px[i..i + 3], "at {x},{y}");
+            }
+        }
+        let plain = decode_rgb8(&png, DecodeLimits::default()).unwrap();
+        assert_eq!((plain.width, plain.height, plain.data), (w, h, px));
+    }
+
+    #[test]
+    fn decoder_errors_read_as_reasons() {
+        let (w, h) = (4u32, 4u32);
+        let px = vec![7u8; (w * h * 3) as usize];
+        let mut png = Vec::new();
+        use ::image::ImageEncoder;
+        ::image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let idat = png.windows(4).position(|c| c == b"IDAT").unwrap();
+        let mut bad_crc = png.clone();
+        let len = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
+        bad_crc[idat + 4 + len] ^= 0xFF;
+        let why = decode_rgb8(&bad_crc, DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("IDAT") && !why.contains("ChunkType"), "{why}");
+        let mut bmp = Vec::new();
+        ::image::codecs::bmp::BmpEncoder::new(&mut bmp)
+            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let why = decode_rgb8(&bmp[..bmp.len() - 5], DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            why,
+            "corrupt bmp: truncated: the file ends before the image does"
+        );
+    }
+
+    /// CRC-32 of PNG chunks (ISO 3309), bit by bit: an independent check
+    /// of the chunk the test builds.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
 
     /// A zero-sized image is reported as corrupt in its own format.
     #[test]

@@ -277,7 +277,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
             }
             0xE1 if !exif_seen && segment.starts_with(b"Exif\0\0") => {
                 exif_seen = true;
-                if let Some(o) = Orientation::from_exif_chunk(&segment[6..]) {
+                if let Some(o) = super::exif::orientation(segment) {
                     orientation = o;
                 }
             }
@@ -299,13 +299,22 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                         "a sequential frame coded one component per scan".into()
                     });
                 }
-                let end = scan_end(bytes, pos).ok_or(Fault::Truncated)?;
+                let end = scan_end(bytes, pos)?;
                 if end == pos {
                     return Err(corrupt(format!("a scan with no coded data at byte {pos}")));
                 }
                 pos = end;
             }
-            _ => {}
+            // DNL, DRI; APPn and COM before the first scan.
+            0xDC | 0xDD | 0xE0..=0xEF | 0xFE => {}
+            0xF7 => return Err(Fault::Unsupported("jpeg-ls (SOF55)".into())),
+            // What libjpeg refuses: a second SOI, JPG, DHP, EXP, JPGn and
+            // the reserved codes.
+            other => {
+                return Err(corrupt(format!(
+                    "unknown marker 0x{other:02X} at byte {marker_at}"
+                )))
+            }
         }
     }
     let Some(mut w) = frame else {
@@ -558,21 +567,44 @@ fn read_scan(
 
 /// Position of the 0xFF that starts the marker ending the entropy-coded
 /// data that begins at `pos`; `None` when the data runs out first.
-pub(crate) fn scan_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
+pub(crate) fn scan_end(bytes: &[u8], mut pos: usize) -> Result<usize, Fault> {
+    let mut next_restart = 0xD0;
     loop {
         // memchr: the entropy data is most of the file, and this runs on
         // every passthrough image.
-        let ff = pos + memchr::memchr(0xFF, bytes.get(pos..)?)?;
+        let Some(k) = bytes.get(pos..).and_then(|b| memchr::memchr(0xFF, b)) else {
+            return Err(Fault::Truncated);
+        };
+        let ff = pos + k;
         let mut code = ff + 1;
         while bytes.get(code) == Some(&0xFF) {
             code += 1;
         }
-        match *bytes.get(code)? {
-            // Stuffing and restart markers belong to the scan; a reserved
-            // code (below 0xC0) is corrupt data, which the decoder judges
-            // (`--verify decode`), not the end of the scan.
-            0x00..=0xBF | 0xD0..=0xD7 => pos = code + 1,
-            _ => return Some(code - 1),
+        match bytes.get(code) {
+            None => return Err(Fault::Truncated),
+            Some(0x00) => pos = code + 1,
+            // Restart markers come in the order 0..7, 0..7: one out of
+            // order means lost or damaged data, which libjpeg papers over
+            // with grey blocks.
+            Some(&m @ 0xD0..=0xD7) if m == next_restart => {
+                next_restart = if m == 0xD7 { 0xD0 } else { m + 1 };
+                pos = code + 1;
+            }
+            Some(&m @ 0xD0..=0xD7) => {
+                return Err(corrupt(format!(
+                    "restart marker {} where {} was due, at byte {ff}",
+                    m - 0xD0,
+                    next_restart - 0xD0
+                )))
+            }
+            // A reserved code inside the coded data: libjpeg stops the
+            // scan there and then fails on the unknown marker.
+            Some(&m @ 0x01..=0xBF) => {
+                return Err(corrupt(format!(
+                    "unknown marker 0x{m:02X} in the scan data at byte {ff}"
+                )))
+            }
+            Some(_) => return Ok(code - 1),
         }
     }
 }
@@ -730,12 +762,35 @@ mod tests {
         assert!(b
             .windows(2)
             .any(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])));
-        // Corrupt scan bytes (0xFF then a reserved code) do not end the
-        // scan: that is the decoder's to judge; fill bytes before the end
-        // marker are allowed.
+        // Corrupt scan bytes (0xFF then a reserved code, which libjpeg
+        // fails on, or a restart marker out of order, which it fills with
+        // grey) are corrupt, and so is an unknown marker between segments;
+        // fill bytes before the end marker are allowed.
         let scan = first(&b, 0xDA);
         let odd = inserted(&b, scan.0 + scan.1 + 3, &[0xFF, 0x05]);
-        assert_eq!(walk(&odd).unwrap().end, odd.len());
+        let why = format!("{:?}", walk(&odd).unwrap_err());
+        assert!(
+            why.contains("unknown marker 0x05 in the scan data"),
+            "{why}"
+        );
+        assert!(decode_rgb8(&odd, Default::default()).is_err());
+        let rst = b
+            .windows(2)
+            .position(|w| w[0] == 0xFF && w[1] == 0xD0)
+            .unwrap();
+        let skipped = {
+            let mut c = b.clone();
+            c[rst + 1] = 0xD1;
+            c
+        };
+        let why = format!("{:?}", walk(&skipped).unwrap_err());
+        assert!(why.contains("restart marker 1 where 0 was due"), "{why}");
+        let (dqt, _) = first(&b, 0xDB);
+        let unknown = inserted(&b, dqt, &[0xFF, 0xF0, 0, 4, 1, 2]);
+        let why = format!("{:?}", walk(&unknown).unwrap_err());
+        assert!(why.contains("unknown marker 0xF0 at byte"), "{why}");
+        let comment = inserted(&b, dqt, &[0xFF, 0xFE, 0, 4, 1, 2]);
+        assert_eq!(walk(&comment).unwrap().end, comment.len());
         let filled = inserted(&b, b.len() - 2, &[0xFF, 0xFF]);
         assert_eq!(walk(&filled).unwrap().end, filled.len());
     }

@@ -5,8 +5,11 @@
 //! the EXIF orientation already applied; nothing here panics on bad bytes —
 //! every failure is an [`ImageError`] that says what was wrong.
 
+mod bmp;
 mod decode;
+mod exif;
 mod format;
+mod gif;
 mod jpeg;
 mod jpeg_stream;
 mod resize;
