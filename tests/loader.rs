@@ -571,11 +571,12 @@ fn corrupt_jpeg(size: u32) -> Vec<u8> {
     let len = usize::from(u16::from_be_bytes([j[sos + 2], j[sos + 3]]));
     let start = sos + 2 + len;
     let end = j.len() - 2;
-    // 0xFF followed by a byte that is neither 0x00 (stuffing), RSTn nor EOI
-    // is an invalid marker inside the scan.
-    for i in (start..end).step_by(2) {
+    // All one bits (0xFF stuffed with 0x00, so no marker): no Huffman
+    // table has an all-ones code, so the first code is invalid. Nothing in
+    // the marker structure is wrong, which only decoding finds.
+    for i in (start..end - 1).step_by(2) {
         j[i] = 0xFF;
-        j[i + 1] = 0x05;
+        j[i + 1] = 0x00;
     }
     j
 }

@@ -12,12 +12,12 @@ use std::borrow::Cow;
 /// first frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
-    pub screen: (u32, u32),
+    screen: (u32, u32),
     /// Global colour table, 3 bytes per entry.
     global: Option<(usize, usize)>,
     background: u8,
     /// The first frame's left, top, width, height.
-    pub frame: (u32, u32, u32, u32),
+    frame: (u32, u32, u32, u32),
     frame_has_table: bool,
     /// Where the global table would go: just after the screen descriptor.
     table_at: usize,
@@ -26,7 +26,7 @@ pub(crate) struct Layout {
 impl Layout {
     /// The colour the GIF89a specification gives the screen's pixels no
     /// frame covers: the global table's background entry.
-    pub fn background<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+    fn background<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
         let (at, entries) = self.global?;
         let k = usize::from(self.background);
         (k < entries).then(|| &bytes[at + 3 * k..at + 3 * k + 3])
@@ -135,7 +135,7 @@ pub(crate) fn paint_background(bytes: &[u8], width: u32, height: u32, rgb: &mut 
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::image::{decode_rgb8, DecodeLimits};
 
@@ -143,7 +143,7 @@ pub(crate) mod tests {
     /// global table and background index, a frame at `rect` with optional
     /// local table, LZW-coded with a clear code before every pixel (so the
     /// code width stays at min + 1 bits), then the trailer.
-    pub(crate) fn gif(
+    fn gif(
         screen: (u16, u16),
         global: Option<&[[u8; 3]; 4]>,
         background: u8,
