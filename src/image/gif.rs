@@ -19,9 +19,11 @@ pub(crate) struct Layout {
     /// The first frame's left, top, width, height.
     frame: (u32, u32, u32, u32),
     frame_has_table: bool,
-    /// Where the global table would go: just after the screen descriptor.
-    table_at: usize,
 }
+
+/// The end of the signature (6 bytes) and logical screen descriptor (7):
+/// where a global colour table starts.
+const SCREEN_END: usize = 13;
 
 impl Layout {
     /// The colour the GIF89a specification gives the screen's pixels no
@@ -46,13 +48,13 @@ pub(crate) fn layout(bytes: &[u8]) -> Option<Layout> {
     let screen = (u16_at(6)?, u16_at(8)?);
     let flags = *bytes.get(10)?;
     let background = *bytes.get(11)?;
-    let mut pos = 13;
+    let mut pos = SCREEN_END;
     let table = |flags: u8| 3usize << ((flags & 7) + 1);
     let global = if flags & 0x80 != 0 {
         let len = table(flags);
         bytes.get(pos..pos + len)?;
         pos += len;
-        Some((13, len / 3))
+        Some((SCREEN_END, len / 3))
     } else {
         None
     };
@@ -83,7 +85,6 @@ pub(crate) fn layout(bytes: &[u8]) -> Option<Layout> {
                     background,
                     frame,
                     frame_has_table,
-                    table_at: 13,
                 });
             }
             _ => return None,
@@ -99,10 +100,10 @@ pub(crate) fn with_table(bytes: &[u8]) -> Cow<'_, [u8]> {
     match layout(bytes) {
         Some(l) if l.global.is_none() && !l.frame_has_table => {
             let mut out = Vec::with_capacity(bytes.len() + 768);
-            out.extend_from_slice(&bytes[..l.table_at]);
+            out.extend_from_slice(&bytes[..SCREEN_END]);
             out[10] |= 0x80 | 7;
             out.extend((0..=255u8).flat_map(|g| [g, g, g]));
-            out.extend_from_slice(&bytes[l.table_at..]);
+            out.extend_from_slice(&bytes[SCREEN_END..]);
             Cow::Owned(out)
         }
         _ => Cow::Borrowed(bytes),

@@ -566,8 +566,9 @@ fn read_scan(
 }
 
 /// Position of the 0xFF that starts the marker ending the entropy-coded
-/// data that begins at `pos`; `None` when the data runs out first.
-pub(crate) fn scan_end(bytes: &[u8], mut pos: usize) -> Result<usize, Fault> {
+/// data that begins at `pos`: truncated when the data runs out first,
+/// corrupt at a reserved code or a restart marker out of order.
+fn scan_end(bytes: &[u8], mut pos: usize) -> Result<usize, Fault> {
     let mut next_restart = 0xD0;
     loop {
         // memchr: the entropy data is most of the file, and this runs on

@@ -40,6 +40,18 @@ def _cat(v):
     v = int(v); a = abs(v); l = a.bit_length()
     return l, (v if v >= 0 else v + (1 << l) - 1)
 
+def code_block(bw, q, pred, dct, act):
+    """Huffman-code one zigzag-ordered block against the previous DC `pred`; returns its DC."""
+    d = q[0] - pred; l, b = _cat(d); c, cl = dct[l]; bw.put(c, cl)
+    if l: bw.put(b, l)
+    run = 0
+    for k in range(1, 64):
+        if q[k] == 0: run += 1; continue
+        while run > 15: c, cl = act[0xF0]; bw.put(c, cl); run -= 16
+        l, b = _cat(q[k]); c, cl = act[(run << 4) | l]; bw.put(c, cl); bw.put(b, l); run = 0
+    if run: c, cl = act[0x00]; bw.put(c, cl)
+    return q[0]
+
 def encode(rgb, sampling=((2, 2), (1, 1), (1, 1)), quality=90, gray=False):
     rgb = np.asarray(rgb, np.float64); H, W = rgb.shape[:2]
     if gray:
@@ -69,15 +81,7 @@ def encode(rgb, sampling=((2, 2), (1, 1), (1, 1)), quality=90, gray=False):
                         blk = P[y0:y0 + 8, x0:x0 + 8] - 128
                         co = (C8 @ blk @ C8.T).reshape(-1)
                         q = np.round(co / qs[t]).astype(int)[ZZ]
-                        d = q[0] - pred[ci]; pred[ci] = q[0]
-                        l, b = _cat(d); c, cl = dct[l]; bw.put(c, cl)
-                        if l: bw.put(b, l)
-                        run = 0
-                        for k in range(1, 64):
-                            if q[k] == 0: run += 1; continue
-                            while run > 15: c, cl = act[0xF0]; bw.put(c, cl); run -= 16
-                            l, b = _cat(q[k]); c, cl = act[(run << 4) | l]; bw.put(c, cl); bw.put(b, l); run = 0
-                        if run: c, cl = act[0x00]; bw.put(c, cl)
+                        pred[ci] = code_block(bw, q, pred[ci], dct, act)
     bw.flush()
     out = b"\xff\xd8" + b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
     for t, q in enumerate(qs[: 1 if gray else 2]):

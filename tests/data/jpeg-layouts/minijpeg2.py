@@ -1,7 +1,7 @@
 """Baseline encoder with a free scan script: interleaved or one scan per component, and arbitrary
 segments between scans (for COM/APP/DQT/DHT/DRI between scans)."""
 import struct, numpy as np
-from minijpeg import ZZ, QL, QC, DC_L, DC_C, AC_L, AC_C, _codes, _scale, C8, Bits, _cat
+from minijpeg import ZZ, QL, QC, DC_L, DC_C, AC_L, AC_C, _codes, _scale, C8, Bits, code_block
 
 def blocks(rgb, sampling, quality, qtabs=None):
     rgb = np.asarray(rgb, np.float64); H, W = rgb.shape[:2]
@@ -24,17 +24,6 @@ def blocks(rgb, sampling, quality, qtabs=None):
         cw = -(-W * h // Hm); ch = -(-H * v // Vm)
         comps.append(dict(Q=Q, h=h, v=v, nbx_ni=-(-cw // 8), nby_ni=-(-ch // 8)))
     return comps, qs, (W, H, mx, my)
-
-def code_block(bw, q, pred, dct, act):
-    d = q[0] - pred; l, b = _cat(d); c, cl = dct[l]; bw.put(c, cl)
-    if l: bw.put(b, l)
-    run = 0
-    for k in range(1, 64):
-        if q[k] == 0: run += 1; continue
-        while run > 15: c, cl = act[0xF0]; bw.put(c, cl); run -= 16
-        l, b = _cat(q[k]); c, cl = act[(run << 4) | l]; bw.put(c, cl); bw.put(b, l); run = 0
-    if run: c, cl = act[0x00]; bw.put(c, cl)
-    return q[0]
 
 def dqt(t, q):
     return b"\xff\xdb" + struct.pack(">HB", 67, t) + bytes(np.asarray(q)[ZZ].astype(np.uint8))
