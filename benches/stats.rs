@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use arrow_array::{Array, BinaryArray, FixedSizeBinaryArray};
 use criterion::{Criterion, Throughput};
-use ebv::image::{decode_rgb8, encode_jpeg, DecodeLimits};
+use ebv::image::{decode_rgb8, encode_jpeg, DecodeLimits, Subsampling};
 use ebv::shard::{
     write_classes_tsv, Encoding, Manifest, ShardMeta, ShardRecord, ShardSet, ShardWriter,
     SourceInfo, Split, SplitTotals,
@@ -61,7 +61,9 @@ fn generate(dir: &Path, n: usize) {
                     px.push((((x + y) * 127 / (w + h) + i as u32 * 7 + g) % 256) as u8);
                 }
             }
-            let jpeg = encode_jpeg(&px, w, h, 90).expect("encode");
+            // 4:4:4, as jpeg-encoder chose by itself at q90 when the
+            // figures in BENCHMARKS.md were measured.
+            let jpeg = encode_jpeg(&px, w, h, 90, Subsampling::S444).expect("encode");
             wr.push(
                 i as u32 % classes,
                 jpeg,

@@ -3071,6 +3071,10 @@ fn jpeg_structure_is_checked_before_a_jpeg_is_stored() {
                 "32",
                 "--encoding",
                 encoding,
+                // Full chroma, so that a re-encode stays within a few levels
+                // of the decode at every pixel of this sharp pattern.
+                "--subsampling",
+                "444",
                 "--quiet",
             ],
         );
@@ -3347,6 +3351,88 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
     assert!(
         err.contains("no row of its list files names an image of the source (first: 'dog'")
             && err.contains("--image-column and --label-column"),
+        "{err}"
+    );
+}
+
+/// Horizontal×vertical sampling factor of each component, from the SOF0.
+fn sampling_factors(jpeg: &[u8]) -> Vec<u8> {
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    let n = jpeg[sof + 9] as usize;
+    (0..n).map(|k| jpeg[sof + 11 + 3 * k]).collect()
+}
+
+#[test]
+fn subsampling_flag_decides_the_chroma_of_reencoded_images_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let passthrough = jpeg_rgb(16, 16, 9);
+    let mut entries = vec![("train/a/p.jpg".to_string(), passthrough.clone())];
+    for i in 0..4 {
+        entries.push((
+            format!("train/{}/{i}.png", ["a", "b"][i % 2]),
+            png_rgb(24, 20, i as u32),
+        ));
+    }
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let pack = |extra: &[&str]| {
+        let args = [s(&src), "--out", s(&out), "--size", "16x16", "--quiet"];
+        run(BIN, &[&args[..], extra].concat())
+    };
+    let stored = |out: &Path| -> BTreeMap<String, Vec<u8>> {
+        read_shard(&out.join("train-00000.parquet"))
+            .into_iter()
+            .map(|r| (r.key, r.image))
+            .collect()
+    };
+
+    for (flag, factors) in [
+        (None, [0x22, 0x11, 0x11]),
+        (Some("444"), [0x11, 0x11, 0x11]),
+        (Some("4:2:0"), [0x22, 0x11, 0x11]),
+    ] {
+        let mut extra = vec!["--force"];
+        if let Some(f) = flag {
+            extra.extend(["--subsampling", f]);
+        }
+        let o = pack(&extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want = if factors[0] == 0x22 { "420" } else { "444" };
+        assert_eq!(manifest(&out)["options"]["subsampling"], want, "{flag:?}");
+        let images = stored(&out);
+        assert_eq!(images.len(), 5);
+        for (key, bytes) in &images {
+            if key.ends_with("p.jpg") {
+                assert_eq!(
+                    bytes, &passthrough,
+                    "a 16×16 source JPEG is stored untouched"
+                );
+            } else {
+                assert_eq!(sampling_factors(bytes), factors, "{key} with {flag:?}");
+            }
+        }
+    }
+
+    // Another subsampling is another pack: a rerun over it is refused.
+    let o = pack(&["--subsampling", "444"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr_of(&o).contains("already holds a different pack"),
+        "{}",
+        stderr_of(&o)
+    );
+
+    // Raw packs store pixels: the option is not theirs.
+    let o = pack(&["--force", "--encoding", "raw"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(manifest(&out)["options"].get("subsampling").is_none());
+
+    let o = pack(&["--force", "--subsampling", "422"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("--subsampling") && err.contains("'422'"),
         "{err}"
     );
 }

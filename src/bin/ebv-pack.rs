@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ebv::image::ResizeMode;
+use ebv::image::{ResizeMode, Subsampling};
 use ebv::pack::{pack, LayoutKind, ListColumns, PackOptions, PackSummary, Verify};
 use ebv::shard::Encoding;
 
@@ -39,6 +39,10 @@ struct Args {
     /// JPEG quality for re-encoded images.
     #[arg(long, default_value_t = 95)]
     quality: u8,
+    /// Chroma sampling of re-encoded images: 420 (halved both ways, averaged;
+    /// libjpeg's and Pillow's default) or 444 (full).
+    #[arg(long, default_value = "420", value_name = "420|444")]
+    subsampling: Subsampling,
     /// Seed of the permutation that mixes classes across shards.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -119,6 +123,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     (opts.width, opts.height) = args.size;
     opts.resize = args.resize;
     opts.quality = args.quality;
+    opts.subsampling = args.subsampling;
     opts.seed = args.seed;
     opts.shard_rows = args.shard_rows;
     opts.row_group_rows = args.row_group_rows;

@@ -16,7 +16,7 @@ mod resize;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
 pub use format::{sniff_format, ImageFormat};
-pub use jpeg::{encode_jpeg, JpegHeader};
+pub use jpeg::{encode_jpeg, JpegHeader, Subsampling};
 pub use resize::{ResizeMode, Resizer};
 
 mod into;

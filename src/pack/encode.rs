@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use crate::image::{
     decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8, sniff_format, DecodeLimits,
-    ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image,
+    ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image, Subsampling,
 };
 use crate::shard::Encoding;
 
@@ -47,6 +47,7 @@ pub struct EncodeConfig {
     pub width: u32,
     pub resize: ResizeMode,
     pub quality: u8,
+    pub subsampling: Subsampling,
     pub verify: Verify,
     pub limits: DecodeLimits,
 }
@@ -137,7 +138,13 @@ fn convert(image: Rgb8Image, cfg: &EncodeConfig) -> Result<Vec<u8>, String> {
     };
     match cfg.encoding {
         Encoding::Raw => Ok(pixels.data),
-        Encoding::Jpeg => encode_jpeg(&pixels.data, cfg.width, cfg.height, cfg.quality)
-            .map_err(|e| format!("jpeg encode failed: {e}")),
+        Encoding::Jpeg => encode_jpeg(
+            &pixels.data,
+            cfg.width,
+            cfg.height,
+            cfg.quality,
+            cfg.subsampling,
+        )
+        .map_err(|e| format!("jpeg encode failed: {e}")),
     }
 }

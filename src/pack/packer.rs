@@ -25,7 +25,7 @@ use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Verify};
 use super::layout::{self, Item, LayoutKind, ListColumns, Payload, Plan};
 use super::source::Source;
 use super::PackError;
-use crate::image::{DecodeLimits, ResizeMode};
+use crate::image::{DecodeLimits, ResizeMode, Subsampling};
 use crate::progress::human_bytes;
 use crate::shard::{
     file_checksum, reason_kind, shard_file_name, sync_files, write_classes_tsv, write_replace,
@@ -46,6 +46,8 @@ pub struct PackOptions {
     pub width: u32,
     pub resize: ResizeMode,
     pub quality: u8,
+    /// Chroma sampling of re-encoded JPEGs.
+    pub subsampling: Subsampling,
     pub seed: u64,
     /// Rows per shard; `None` picks a default for the encoding.
     pub shard_rows: Option<usize>,
@@ -74,6 +76,7 @@ impl PackOptions {
             width: 224,
             resize: ResizeMode::Stretch,
             quality: 95,
+            subsampling: Subsampling::S420,
             seed: 0,
             shard_rows: None,
             row_group_rows: None,
@@ -227,6 +230,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         width: opts.width,
         resize: opts.resize,
         quality: opts.quality,
+        subsampling: opts.subsampling,
         verify: opts.verify,
         limits: DecodeLimits {
             max_pixels: opts.max_pixels,
@@ -248,6 +252,12 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         "max_pixels": opts.max_pixels,
         "layout_notes": plan.notes,
     });
+    // Only where it decides stored bytes: a raw pack's options (and the
+    // fingerprint its reruns compare) are the same as before the flag. A JPEG
+    // pack made before it re-encoded with other chroma, so it differs.
+    if opts.encoding == Encoding::Jpeg {
+        resolved["subsampling"] = opts.subsampling.as_str().into();
+    }
     // Only when given: the options of packs made before these flags existed
     // stay the same, so that their reruns still find them complete.
     if let Some(c) = &opts.columns.image {
@@ -272,7 +282,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         if manifest.plan != fingerprint {
             return Err(PackError::Usage(format!(
                 "{} already holds a different pack (manifest plan {}, this run {}: another \
-                 source, layout or options); rerun with --force to replace it, or choose \
+                 source, layout or options, or a JPEG pack made before --subsampling); rerun with --force to replace it, or choose \
                  another --out",
                 out.display(),
                 short(&manifest.plan),
