@@ -239,6 +239,26 @@ mod tests {
         assert!(err.contains("'422'") && err.contains("420 or 444"), "{err}");
     }
 
+    /// Blocks cut by the image edge (odd sizes, one pixel) average the
+    /// pixels they have: a flat colour comes back flat.
+    #[test]
+    fn odd_sizes_subsample_within_the_image() {
+        for (w, h) in [(1, 1), (1, 7), (3, 5), (17, 2), (225, 223)] {
+            let rgb: Vec<u8> = [200u8, 40, 90].repeat((w * h) as usize);
+            let bytes = encode_jpeg(&rgb, w, h, 95, Subsampling::S420).unwrap();
+            let img = crate::image::decode_rgb8(&bytes, Default::default()).unwrap();
+            assert_eq!((img.width, img.height), (w, h));
+            let worst = img
+                .data
+                .iter()
+                .zip(&rgb)
+                .map(|(&a, &b)| (a as i32 - b as i32).abs())
+                .max()
+                .unwrap();
+            assert!(worst <= 3, "{w}x{h}: off by {worst}");
+        }
+    }
+
     /// Columns alternate pure red and pure blue, so every 2×2 block holds
     /// two of each and all blocks share one chroma: whatever filter the
     /// decoder upsamples with, 4:2:0 by the block mean decodes each pixel as
