@@ -589,6 +589,20 @@ fn mean_std(images: &[Vec<u8>]) -> ([f64; 3], [f64; 3], u64) {
     (mean, var.map(|v| (v / n as f64).sqrt()), n)
 }
 
+/// The start-of-frame marker of a JPEG (no EXIF here, so the first 0xFF
+/// 0xC0..0xC2 is the frame) and each component's sampling byte.
+fn frame_of(jpeg: &[u8]) -> (u8, Vec<u8>) {
+    let at = jpeg
+        .windows(2)
+        .position(|w| w[0] == 0xFF && (0xC0..=0xC2).contains(&w[1]))
+        .unwrap();
+    let n = jpeg[at + 9] as usize;
+    (
+        jpeg[at + 1],
+        (0..n).map(|k| jpeg[at + 11 + 3 * k]).collect(),
+    )
+}
+
 #[test]
 fn deep_figures_match_an_independent_decode() {
     let dir = tempfile::tempdir().unwrap();
@@ -623,6 +637,38 @@ fn deep_figures_match_an_independent_decode() {
                 "every image was brought to the pack size"
             );
             assert_eq!(t["pixels"], n);
+            // The codings, read here from each frame header's bytes: the
+            // 32×32 sources are stored as they are (4:4:4), the PNG is
+            // re-encoded as 4:2:0.
+            if raw {
+                assert!(t["jpeg"].is_null());
+            } else {
+                let mut chroma: BTreeMap<String, u64> = BTreeMap::new();
+                for r in &rows {
+                    let (sof, factors) = frame_of(&r.image);
+                    assert_eq!(sof, 0xC0, "{}: sequential", r.key);
+                    let name = match factors[..] {
+                        [0x11, 0x11, 0x11] => "4:4:4",
+                        [0x22, 0x11, 0x11] => "4:2:0",
+                        _ => panic!("{}: {factors:?}", r.key),
+                    };
+                    *chroma.entry(name.into()).or_default() += 1;
+                }
+                if split == "train" {
+                    assert_eq!(chroma.len(), 2, "both samplings occur: {chroma:?}");
+                }
+                assert_eq!(t["jpeg"]["sequential"], rows.len());
+                assert_eq!(t["jpeg"]["progressive"], 0);
+                assert_eq!(t["jpeg"]["chroma"], serde_json::json!(chroma));
+                let text = stdout(&run(STATS, &[s(&out), "--deep", "--quiet"]));
+                let listed: Vec<String> = chroma.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                let want = format!(
+                    "jpeg ({split}): {} sequential, 0 progressive; chroma {}",
+                    rows.len(),
+                    listed.join(", ")
+                );
+                assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+            }
             for c in 0..3 {
                 assert!(
                     close(&t["mean"][c], mean[c]),
@@ -1040,11 +1086,12 @@ fn truncated_and_flipped_shards_are_reported_not_panicked_on() {
 // ---------------------------------------------------------------- JSON schema and plot
 
 /// Every key path of a JSON document with the type at that path. Arrays
-/// contribute `[]`; maps whose keys are data (`by_reason`) contribute `{}`.
+/// contribute `[]`; maps whose keys are data (`by_reason`, `chroma`)
+/// contribute `{}`.
 fn shape(v: &Value, path: &str, out: &mut BTreeSet<String>) {
     match v {
         Value::Object(m) => {
-            if path.ends_with("by_reason") {
+            if path.ends_with("by_reason") || path.ends_with("jpeg.chroma") {
                 out.insert(format!("{path}: map"));
                 for x in m.values() {
                     shape(x, &format!("{path}.{{}}"), out);
@@ -1086,7 +1133,7 @@ fn shape(v: &Value, path: &str, out: &mut BTreeSet<String>) {
 }
 
 /// The JSON layout of `ebv-stats --json --deep --verify --plot` (version
-/// 1). A change here is a change of the documented output: bump
+/// 2). A change here is a change of the documented output: bump
 /// `ebv::stats::JSON_VERSION` and say so in the README.
 const EXPECTED_SHAPE: &str = "
 : object
@@ -1118,6 +1165,11 @@ deep.splits.train.duplicate_groups: number
 deep.splits.train.duplicate_rows: number
 deep.splits.train.failures: number
 deep.splits.train.images: number
+deep.splits.train.jpeg: object
+deep.splits.train.jpeg.chroma: map
+deep.splits.train.jpeg.chroma.{}: number
+deep.splits.train.jpeg.progressive: number
+deep.splits.train.jpeg.sequential: number
 deep.splits.train.mean: array
 deep.splits.train.mean[]: number
 deep.splits.train.other_size: number
@@ -1130,6 +1182,11 @@ deep.splits.val.duplicate_groups: number
 deep.splits.val.duplicate_rows: number
 deep.splits.val.failures: number
 deep.splits.val.images: number
+deep.splits.val.jpeg: object
+deep.splits.val.jpeg.chroma: map
+deep.splits.val.jpeg.chroma.{}: number
+deep.splits.val.jpeg.progressive: number
+deep.splits.val.jpeg.sequential: number
 deep.splits.val.mean: array
 deep.splits.val.mean[]: number
 deep.splits.val.other_size: number

@@ -20,6 +20,9 @@ pub struct JpegHeader {
     /// Number of colour components: 1 (gray), 3 (YCbCr/RGB), 4 (CMYK/YCCK).
     pub components: u8,
     pub progressive: bool,
+    /// Horizontal and vertical sampling factor of each component, in frame
+    /// order.
+    pub sampling: Vec<(u8, u8)>,
     /// EXIF orientation; `NoTransforms` when absent.
     pub orientation: Orientation,
     /// Whether a strict reader takes the bytes as they are: no bytes
@@ -39,9 +42,38 @@ impl JpegHeader {
             height: w.height,
             components: w.components.len() as u8,
             progressive: w.progressive,
+            sampling: w.components.iter().map(|c| (c.h, c.v)).collect(),
             orientation: w.orientation,
             clean: w.clean(),
         })
+    }
+
+    /// The chroma sampling as it is usually written: `4:4:4`, `4:2:2`,
+    /// `4:2:0`, `4:4:0`, `4:1:1` for three components whose two chroma
+    /// planes are sampled 1×1, `gray` for one component, otherwise the
+    /// factors (`2x2,1x1,1x1,2x2` for a subsampled YCCK frame).
+    pub fn chroma(&self) -> String {
+        let named = match self.sampling[..] {
+            [_] => Some("gray"),
+            [luma, (1, 1), (1, 1)] => match luma {
+                (1, 1) => Some("4:4:4"),
+                (2, 1) => Some("4:2:2"),
+                (2, 2) => Some("4:2:0"),
+                (1, 2) => Some("4:4:0"),
+                (4, 1) => Some("4:1:1"),
+                _ => None,
+            },
+            _ => None,
+        };
+        match named {
+            Some(n) => n.to_string(),
+            None => self
+                .sampling
+                .iter()
+                .map(|(h, v)| format!("{h}x{v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
     }
 
     /// Whether a decoder would show these bytes, as they are, as a
@@ -226,6 +258,8 @@ mod tests {
             assert_eq!(sampling_factors(&s420), [0x22, 0x11, 0x11], "q{q}");
             let s444 = encode_jpeg(&rgb, 32, 16, q, Subsampling::S444).unwrap();
             assert_eq!(sampling_factors(&s444), [0x11, 0x11, 0x11], "q{q}");
+            assert_eq!(JpegHeader::parse(&s420).unwrap().chroma(), "4:2:0");
+            assert_eq!(JpegHeader::parse(&s444).unwrap().chroma(), "4:4:4");
         }
         for (text, want) in [
             ("420", Subsampling::S420),
@@ -237,6 +271,33 @@ mod tests {
         }
         let err = "422".parse::<Subsampling>().unwrap_err();
         assert!(err.contains("'422'") && err.contains("420 or 444"), "{err}");
+    }
+
+    #[test]
+    fn chroma_names() {
+        let header = |sampling: &[(u8, u8)]| JpegHeader {
+            width: 8,
+            height: 8,
+            components: sampling.len() as u8,
+            progressive: false,
+            sampling: sampling.to_vec(),
+            orientation: Orientation::NoTransforms,
+            clean: true,
+        };
+        for (sampling, want) in [
+            (&[(1, 1)][..], "gray"),
+            (&[(2, 2)][..], "gray"),
+            (&[(1, 1), (1, 1), (1, 1)][..], "4:4:4"),
+            (&[(2, 1), (1, 1), (1, 1)][..], "4:2:2"),
+            (&[(2, 2), (1, 1), (1, 1)][..], "4:2:0"),
+            (&[(1, 2), (1, 1), (1, 1)][..], "4:4:0"),
+            (&[(4, 1), (1, 1), (1, 1)][..], "4:1:1"),
+            (&[(2, 2), (2, 1), (1, 1)][..], "2x2,2x1,1x1"),
+            (&[(1, 1), (2, 2), (2, 2)][..], "1x1,2x2,2x2"),
+            (&[(2, 2), (1, 1), (1, 1), (2, 2)][..], "2x2,1x1,1x1,2x2"),
+        ] {
+            assert_eq!(header(sampling).chroma(), want, "{sampling:?}");
+        }
     }
 
     /// Blocks cut by the image edge (odd sizes, one pixel) average the

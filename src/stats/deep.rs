@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::image::{decode_rgb8, DecodeLimits};
+use crate::image::{decode_rgb8, DecodeLimits, JpegHeader};
 use crate::shard::{Encoding, ReadError, ShardSet, Split};
 
 /// At most this many decode failures are listed (all are counted).
@@ -57,6 +57,21 @@ pub struct DeepSplit {
     /// Rows that repeat an earlier row of the same split (each group of n
     /// counts n − 1).
     pub duplicate_rows: u64,
+    /// How the JPEGs are coded (JPEG shards only; JSON null for raw ones):
+    /// progressive frames and chroma sampling set what every epoch's decode
+    /// costs.
+    pub jpeg: Option<JpegMix>,
+}
+
+/// Counts of the JPEG codings in a split, from each image's markers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct JpegMix {
+    /// Sequential frames: baseline or extended.
+    pub sequential: u64,
+    pub progressive: u64,
+    /// Images per chroma sampling (`4:2:0`, `4:4:4`, ...; see
+    /// [`JpegHeader::chroma`]).
+    pub chroma: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -113,10 +128,16 @@ struct Acc {
     sum: [u128; 3],
     sumsq: [u128; 3],
     other_size: u64,
+    jpeg: JpegMix,
 }
 
 impl Acc {
     fn merge(&mut self, o: &Acc) {
+        self.jpeg.sequential += o.jpeg.sequential;
+        self.jpeg.progressive += o.jpeg.progressive;
+        for (k, v) in &o.jpeg.chroma {
+            *self.jpeg.chroma.entry(k.clone()).or_default() += v;
+        }
         self.images += o.images;
         self.decoded += o.decoded;
         self.failures += o.failures;
@@ -235,6 +256,15 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
                 let (pixels, size) = if raw {
                     (row.image, (w, h))
                 } else {
+                    // What cannot be walked cannot be decoded either: the
+                    // decode below reports it.
+                    if let Ok(header) = JpegHeader::parse(row.image) {
+                        match header.progressive {
+                            true => acc.jpeg.progressive += 1,
+                            false => acc.jpeg.sequential += 1,
+                        }
+                        *acc.jpeg.chroma.entry(header.chroma()).or_default() += 1;
+                    }
                     match decode_rgb8(row.image, DecodeLimits::default()) {
                         Ok(img) => {
                             decoded = img;
@@ -298,6 +328,7 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
             failures: a.failures,
             pixels: a.pixels,
             other_size: a.other_size,
+            jpeg: (!raw).then(|| a.jpeg.clone()),
             ..Default::default()
         };
         if a.pixels > 0 {

@@ -27,12 +27,12 @@ use serde::Serialize;
 
 use crate::shard::{Access, Manifest, ReadError, ShardSet, Split, VerifyReport, MANIFEST_FILE};
 
-pub use deep::{deep_scan, DeepReport, DeepSplit};
+pub use deep::{deep_scan, DeepReport, DeepSplit, JpegMix};
 pub use summary::{summarize, Summary};
 pub use text::render_text;
 
 /// Version of the JSON document's layout (`"ebv_stats"` key).
-pub const JSON_VERSION: u32 = 1;
+pub const JSON_VERSION: u32 = 2;
 
 /// Default `--min-images`.
 pub const DEFAULT_MIN_IMAGES: u64 = 10;

@@ -254,6 +254,23 @@ pub fn render_text(r: &Report) -> String {
                 m[0], m[1], m[2], sd[0], sd[1], sd[2]
             );
         }
+        for (split, t) in &d.splits {
+            let Some(j) = t.jpeg.as_ref().filter(|_| t.images > 0) else {
+                continue;
+            };
+            let chroma: Vec<String> = j.chroma.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(
+                out,
+                "jpeg ({split}): {} sequential, {} progressive; chroma {}",
+                j.sequential,
+                j.progressive,
+                if chroma.is_empty() {
+                    "-".to_string()
+                } else {
+                    chroma.join(", ")
+                }
+            );
+        }
         let a = &d.duplicates.across_splits;
         let _ = writeln!(
             out,
