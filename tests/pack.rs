@@ -3436,3 +3436,103 @@ fn subsampling_flag_decides_the_chroma_of_reencoded_images_only() {
         "{err}"
     );
 }
+
+#[test]
+fn progressive_sources_are_kept_or_made_sequential() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let sequential = jpeg_rgb(32, 32, 4);
+    let mut progressive = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut progressive, 95);
+    enc.set_progressive(true);
+    enc.encode(&pattern(32, 32, 5), 32, 32, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    assert!(progressive.windows(2).any(|w| w == [0xFF, 0xC2]));
+    write_dir(
+        &src,
+        &[
+            ("train/a/seq.jpg".into(), sequential.clone()),
+            ("train/b/prog.jpg".into(), progressive.clone()),
+        ],
+    );
+    let out = dir.path().join("out");
+    let pack = |extra: &[&str]| {
+        let args = [
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            "32",
+            "--quiet",
+            "--json",
+        ];
+        run(BIN, &[&args[..], extra].concat())
+    };
+
+    // Default: both stored untouched; the option is not recorded, so packs
+    // made before the flag keep their fingerprint.
+    let o = pack(&[]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(json_of(&o)["splits"]["train"]["passthrough"], 2);
+    assert!(manifest(&out)["options"].get("progressive").is_none());
+    let rows: BTreeMap<String, Vec<u8>> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| (r.key, r.image))
+        .collect();
+    assert_eq!(rows["train/a/seq.jpg"], sequential);
+    assert_eq!(rows["train/b/prog.jpg"], progressive);
+
+    let o = pack(&["--force", "--progressive", "sequential"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let summary = json_of(&o);
+    assert_eq!(summary["splits"]["train"]["passthrough"], 1);
+    assert_eq!(summary["splits"]["train"]["converted"], 1);
+    assert_eq!(manifest(&out)["options"]["progressive"], "sequential");
+    let rows: BTreeMap<String, Vec<u8>> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| (r.key, r.image))
+        .collect();
+    assert_eq!(
+        rows["train/a/seq.jpg"], sequential,
+        "sequential sources stay"
+    );
+    let made = &rows["train/b/prog.jpg"];
+    assert!(
+        made.windows(2).any(|w| w == [0xFF, 0xC0]),
+        "a sequential frame"
+    );
+    assert!(
+        !made.windows(2).any(|w| w == [0xFF, 0xC2]),
+        "no progressive frame"
+    );
+    assert_eq!(
+        sampling_factors(made),
+        [0x11, 0x11, 0x11],
+        "a 4:4:4 source stays 4:4:4"
+    );
+    // The same picture, within a q95 re-encode of the progressive decode.
+    let a = ebv::image::decode_rgb8(&progressive, Default::default()).unwrap();
+    let b = ebv::image::decode_rgb8(made, Default::default()).unwrap();
+    assert_eq!((b.width, b.height), (32, 32));
+    let mse = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / a.data.len() as f64;
+    let psnr = 10.0 * (255.0f64.powi(2) / mse).log10();
+    assert!(psnr > 35.0, "PSNR {psnr:.1} dB");
+
+    // Another choice is another pack; a bad value names the flag.
+    let o = pack(&["--progressive", "keep"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_of(&o).contains("already holds a different pack"));
+    let o = pack(&["--force", "--progressive", "baseline"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("--progressive") && err.contains("'baseline'"),
+        "{err}"
+    );
+}

@@ -39,6 +39,43 @@ impl std::str::FromStr for Verify {
     }
 }
 
+/// What becomes of a source JPEG that could be stored as it is but is
+/// progressive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Progressive {
+    /// Stored untouched, like every other passthrough JPEG.
+    #[default]
+    Keep,
+    /// Decoded and re-encoded as a sequential JPEG: once at pack time
+    /// instead of every epoch, since a progressive 224² image takes ~2.5×
+    /// the decode of a sequential one (BENCHMARKS.md, ebv-stats).
+    Sequential,
+}
+
+impl Progressive {
+    /// The flag's value: `keep` or `sequential`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progressive::Keep => "keep",
+            Progressive::Sequential => "sequential",
+        }
+    }
+}
+
+impl std::str::FromStr for Progressive {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep" => Ok(Progressive::Keep),
+            "sequential" => Ok(Progressive::Sequential),
+            other => Err(format!(
+                "unknown progressive mode '{other}' (expected keep or sequential)"
+            )),
+        }
+    }
+}
+
 /// Everything that decides the stored bytes of an image.
 #[derive(Debug, Clone, Copy)]
 pub struct EncodeConfig {
@@ -48,6 +85,7 @@ pub struct EncodeConfig {
     pub resize: ResizeMode,
     pub quality: u8,
     pub subsampling: Subsampling,
+    pub progressive: Progressive,
     pub verify: Verify,
     pub limits: DecodeLimits,
 }
@@ -72,9 +110,16 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     if bytes.is_empty() {
         return Err("empty file".into());
     }
+    let mut subsampling = cfg.subsampling;
     if cfg.encoding == Encoding::Jpeg && sniff_format(&bytes) == Some(ImageFormat::Jpeg) {
         let header = JpegHeader::parse(&bytes).map_err(|e| e.to_string())?;
-        if header.is_passthrough(cfg.width, cfg.height) {
+        let eligible = header.is_passthrough(cfg.width, cfg.height);
+        if eligible && header.progressive && cfg.progressive == Progressive::Sequential {
+            // Only the coding order is asked to change: full chroma stays.
+            if header.chroma() == "4:4:4" {
+                subsampling = Subsampling::S444;
+            }
+        } else if eligible {
             // The limit a decode applies, from the same header numbers, so
             // that `--verify header` rejects what `decode` and `raw` do.
             let (width, height) = (header.width, header.height);
@@ -106,7 +151,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         decode_rgb8(&bytes, cfg.limits).map_err(|e| e.to_string())?
     };
     drop(bytes);
-    convert(image, cfg).map(Encoded::Converted)
+    convert(image, cfg, subsampling).map(Encoded::Converted)
 }
 
 /// Encode raw pixels (from IDX files): 1 or 3 channels.
@@ -123,10 +168,14 @@ pub fn encode_pixels(
         Rgb8Image::new(width, height, pixels.to_vec())
             .ok_or_else(|| "pixel buffer does not match its size".to_string())?
     };
-    convert(image, cfg).map(Encoded::Converted)
+    convert(image, cfg, cfg.subsampling).map(Encoded::Converted)
 }
 
-fn convert(image: Rgb8Image, cfg: &EncodeConfig) -> Result<Vec<u8>, String> {
+fn convert(
+    image: Rgb8Image,
+    cfg: &EncodeConfig,
+    subsampling: Subsampling,
+) -> Result<Vec<u8>, String> {
     let pixels = if image.width == cfg.width && image.height == cfg.height {
         image
     } else {
@@ -143,7 +192,7 @@ fn convert(image: Rgb8Image, cfg: &EncodeConfig) -> Result<Vec<u8>, String> {
             cfg.width,
             cfg.height,
             cfg.quality,
-            cfg.subsampling,
+            subsampling,
         )
         .map_err(|e| format!("jpeg encode failed: {e}")),
     }

@@ -14,7 +14,7 @@ mod source;
 
 use std::path::{Path, PathBuf};
 
-pub use encode::{EncodeConfig, Verify};
+pub use encode::{EncodeConfig, Progressive, Verify};
 pub use layout::{LayoutKind, ListColumns};
 pub use packer::{pack, PackOptions, PackSummary, SplitSummary};
 

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Verify};
+use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Progressive, Verify};
 use super::layout::{self, Item, LayoutKind, ListColumns, Payload, Plan};
 use super::source::Source;
 use super::PackError;
@@ -48,6 +48,8 @@ pub struct PackOptions {
     pub quality: u8,
     /// Chroma sampling of re-encoded JPEGs.
     pub subsampling: Subsampling,
+    /// Whether progressive source JPEGs are passed through or re-encoded.
+    pub progressive: Progressive,
     pub seed: u64,
     /// Rows per shard; `None` picks a default for the encoding.
     pub shard_rows: Option<usize>,
@@ -77,6 +79,7 @@ impl PackOptions {
             resize: ResizeMode::Stretch,
             quality: 95,
             subsampling: Subsampling::S420,
+            progressive: Progressive::Keep,
             seed: 0,
             shard_rows: None,
             row_group_rows: None,
@@ -231,6 +234,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         resize: opts.resize,
         quality: opts.quality,
         subsampling: opts.subsampling,
+        progressive: opts.progressive,
         verify: opts.verify,
         limits: DecodeLimits {
             max_pixels: opts.max_pixels,
@@ -257,6 +261,11 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
     // pack made before it re-encoded with other chroma, so it differs.
     if opts.encoding == Encoding::Jpeg {
         resolved["subsampling"] = opts.subsampling.as_str().into();
+        // Only when asked: the default keeps the fingerprint of packs made
+        // before the flag.
+        if opts.progressive != Progressive::Keep {
+            resolved["progressive"] = opts.progressive.as_str().into();
+        }
     }
     // Only when given: the options of packs made before these flags existed
     // stay the same, so that their reruns still find them complete.
