@@ -115,8 +115,9 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         let header = JpegHeader::parse(&bytes).map_err(|e| e.to_string())?;
         let eligible = header.is_passthrough(cfg.width, cfg.height);
         if eligible && header.progressive && cfg.progressive == Progressive::Sequential {
-            // Only the coding order is asked to change: full chroma stays.
-            if header.chroma() == "4:4:4" {
+            // Only the coding order is asked to change: full chroma (every
+            // component sampled alike) stays full.
+            if header.sampling.iter().all(|&s| s == header.sampling[0]) {
                 subsampling = Subsampling::S444;
             }
         } else if eligible {

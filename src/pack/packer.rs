@@ -291,8 +291,8 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         if manifest.plan != fingerprint {
             return Err(PackError::Usage(format!(
                 "{} already holds a different pack (manifest plan {}, this run {}: another \
-                 source, layout or options, or a JPEG pack made before --subsampling); rerun with --force to replace it, or choose \
-                 another --out",
+                 source, layout or options, or a JPEG pack made before --subsampling); rerun \
+                 with --force to replace it, or choose another --out",
                 out.display(),
                 short(&manifest.plan),
                 short(&fingerprint)
