@@ -230,6 +230,7 @@ fn decode_other(
     let repaired = match format {
         ImageFormat::Gif => super::gif::with_table(bytes),
         ImageFormat::Bmp => super::bmp::with_windows_header(bytes)?,
+        ImageFormat::Png => super::png::with_iend(bytes),
         _ => std::borrow::Cow::Borrowed(bytes),
     };
     let reader = ImageReader::new(Cursor::new(repaired.as_ref()))

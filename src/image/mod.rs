@@ -12,6 +12,7 @@ mod format;
 mod gif;
 mod jpeg;
 mod jpeg_stream;
+mod png;
 mod resize;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
