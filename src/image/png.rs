@@ -5,8 +5,10 @@
 //! lengths, end exactly at the end of the bytes, with at least one IDAT and
 //! no IEND, is changed, and only by appending IEND; Pillow reads such files
 //! (it stops at the end of the data). A file cut inside a chunk is left as
-//! it is, for the decoder to reject as truncated, as Pillow does. Every
-//! other file is returned untouched.
+//! it is, for the decoder to reject as truncated: as Pillow does when the
+//! cut is in the pixel data (Pillow also reads a file cut inside only the
+//! last IDAT's CRC; here that stays an error). Every other file is
+//! returned untouched.
 
 use std::borrow::Cow;
 
