@@ -3355,13 +3355,6 @@ fn paths_written_elsewhere_resolve_and_column_choices_are_explicit() {
     );
 }
 
-/// Horizontal×vertical sampling factor of each component, from the SOF0.
-fn sampling_factors(jpeg: &[u8]) -> Vec<u8> {
-    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
-    let n = jpeg[sof + 9] as usize;
-    (0..n).map(|k| jpeg[sof + 11 + 3 * k]).collect()
-}
-
 #[test]
 fn subsampling_flag_decides_the_chroma_of_reencoded_images_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -3409,7 +3402,7 @@ fn subsampling_flag_decides_the_chroma_of_reencoded_images_only() {
                     "a 16×16 source JPEG is stored untouched"
                 );
             } else {
-                assert_eq!(sampling_factors(bytes), factors, "{key} with {flag:?}");
+                assert_eq!(jpeg_frame(bytes).1, factors, "{key} with {flag:?}");
             }
         }
     }
@@ -3506,7 +3499,7 @@ fn progressive_sources_are_kept_or_made_sequential() {
         "no progressive frame"
     );
     assert_eq!(
-        sampling_factors(made),
+        jpeg_frame(made).1,
         [0x11, 0x11, 0x11],
         "a 4:4:4 source stays 4:4:4"
     );

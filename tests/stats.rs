@@ -589,20 +589,6 @@ fn mean_std(images: &[Vec<u8>]) -> ([f64; 3], [f64; 3], u64) {
     (mean, var.map(|v| (v / n as f64).sqrt()), n)
 }
 
-/// The start-of-frame marker of a JPEG (no EXIF here, so the first 0xFF
-/// 0xC0..0xC2 is the frame) and each component's sampling byte.
-fn frame_of(jpeg: &[u8]) -> (u8, Vec<u8>) {
-    let at = jpeg
-        .windows(2)
-        .position(|w| w[0] == 0xFF && (0xC0..=0xC2).contains(&w[1]))
-        .unwrap();
-    let n = jpeg[at + 9] as usize;
-    (
-        jpeg[at + 1],
-        (0..n).map(|k| jpeg[at + 11 + 3 * k]).collect(),
-    )
-}
-
 #[test]
 fn deep_figures_match_an_independent_decode() {
     let dir = tempfile::tempdir().unwrap();
@@ -645,7 +631,7 @@ fn deep_figures_match_an_independent_decode() {
             } else {
                 let mut chroma: BTreeMap<String, u64> = BTreeMap::new();
                 for r in &rows {
-                    let (sof, factors) = frame_of(&r.image);
+                    let (sof, factors) = jpeg_frame(&r.image);
                     assert_eq!(sof, 0xC0, "{}: sequential", r.key);
                     let name = match factors[..] {
                         [0x11, 0x11, 0x11] => "4:4:4",

@@ -251,3 +251,19 @@ pub fn reference_resize(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) 
     }
     out
 }
+
+/// The start-of-frame marker of a JPEG (0xC0 sequential, 0xC1 extended,
+/// 0xC2 progressive) and each component's horizontal×vertical sampling
+/// byte, read straight from the bytes. For JPEGs without EXIF or other
+/// segments that could hold 0xFF 0xC0..0xC2 before the frame.
+pub fn jpeg_frame(jpeg: &[u8]) -> (u8, Vec<u8>) {
+    let at = jpeg
+        .windows(2)
+        .position(|w| w[0] == 0xFF && (0xC0..=0xC2).contains(&w[1]))
+        .unwrap();
+    let n = jpeg[at + 9] as usize;
+    (
+        jpeg[at + 1],
+        (0..n).map(|k| jpeg[at + 11 + 3 * k]).collect(),
+    )
+}
