@@ -2164,7 +2164,21 @@ fn jpeg_flat_cmyk(w: u32, h: u32, cmyk: [u8; 4], ycck: bool) -> Vec<u8> {
     out
 }
 
-/// Right-size JPEGs a reader would misread as stored — turned by EXIF,
+/// A JPEG of `pattern(w, h, seed)` whose only orientation is
+/// `tiff:Orientation` in an XMP APP1 segment.
+fn jpeg_with_xmp(w: u32, h: u32, seed: u32, orientation: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+    let mut xmp = b"http://ns.adobe.com/xap/1.0/\0".to_vec();
+    xmp.extend(format!("<rdf:Description tiff:Orientation=\"{orientation}\"/>").bytes());
+    enc.add_app_segment(1, xmp).unwrap();
+    let (w16, h16) = (w as u16, h as u16);
+    enc.encode(&pattern(w, h, seed), w16, h16, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    out
+}
+
+/// Right-size JPEGs a reader would misread as stored — turned by EXIF or XMP,
 /// not RGB, or coded in a way JPEG readers do not decode — are converted
 /// or rejected, never passed through.
 #[test]
@@ -2191,6 +2205,8 @@ fn right_size_jpegs_a_reader_would_misread_are_converted_or_rejected() {
             "train/a/exif6-wide.jpg".into(),
             jpeg_with_orientation(n, 24, 4, Some(6)),
         ),
+        // The same, turned by an XMP packet alone (no EXIF).
+        ("train/a/xmp6-wide.jpg".into(), jpeg_with_xmp(n, 24, 4, 6)),
         ("train/a/gray.jpg".into(), jpeg_gray(n, n, 5)),
         ("train/b/cmyk.jpg".into(), jpeg_flat_cmyk(n, n, cmyk, false)),
         ("train/b/ycck.jpg".into(), jpeg_flat_cmyk(n, n, cmyk, true)),
@@ -2239,7 +2255,14 @@ fn right_size_jpegs_a_reader_would_misread_are_converted_or_rejected() {
             ]
         );
         let (tw, th) = if wide { (24, 32) } else { (n, n) };
-        for row in read_split(&out, "train") {
+        let rows = read_split(&out, "train");
+        let stored = |key: &str| &rows.iter().find(|r| r.key == key).unwrap().image;
+        // Same scan, turned alike: the same stored bytes.
+        assert!(
+            stored("train/a/xmp6-wide.jpg") == stored("train/a/exif6-wide.jpg"),
+            "XMP orientation, size {size}"
+        );
+        for row in rows.iter() {
             let passed = row.image == sources[&row.key];
             let keep = !wide && (row.key == "train/a/plain.jpg" || row.key == "train/b/sof1.jpg");
             assert_eq!(passed, keep, "{} passed through: {passed}", row.key);

@@ -6,8 +6,9 @@
 //! `jpeg-decoder` crate. The other formats go through the `image` crate,
 //! after what it cannot read is rewritten into what it can (an OS/2 bitmap
 //! header, a GIF without colour table) and with the GIF screen around the
-//! first frame painted as the format says; the EXIF orientation is read by
-//! [`super::exif`], for every format alike.
+//! first frame painted as the format says; the orientation is read by
+//! [`super::exif`] and [`super::orientation`] (EXIF, else XMP), for every
+//! format alike.
 //! Every path checks the pixel count from the header *before* allocating,
 //! which is what stops decompression bombs, and applies the EXIF
 //! orientation.
@@ -180,6 +181,30 @@ pub(super) fn decode_jpeg_into(
     Ok((width, height, walk.orientation))
 }
 
+/// The orientation of a PNG or WebP, read here rather than by the `image`
+/// crate: a PNG's `eXIf` chunk may follow the pixels, tools write the tag
+/// as LONG as well as SHORT, and Pillow falls back to ImageMagick's raw
+/// EXIF text and to XMP. GIF and BMP carry no orientation.
+fn orientation(bytes: &[u8], format: ImageFormat) -> Orientation {
+    use super::{exif, orientation, png_text};
+    let exif_tag = match format {
+        ImageFormat::Png => match exif::png_block(bytes) {
+            Some(block) => exif::orientation_tag(block),
+            None => exif::png_raw_profile(bytes).and_then(|b| exif::orientation_tag(&b)),
+        },
+        ImageFormat::Webp => exif::webp_chunk(bytes, b"EXIF").and_then(exif::orientation_tag),
+        _ => None,
+    };
+    // XMP only counts when no EXIF tag does.
+    let xmp = match format {
+        _ if exif_tag.is_some() => None,
+        ImageFormat::Png => png_text::last_text(bytes, b"XML:com.adobe.xmp"),
+        ImageFormat::Webp => exif::webp_chunk(bytes, b"XMP ").map(<[u8]>::to_vec),
+        _ => None,
+    };
+    orientation::resolve(exif_tag, xmp.as_deref())
+}
+
 /// Decodes a frame zune-jpeg would misread (`why`) with the `jpeg-decoder`
 /// crate into `out` as RGB8 (its gray and RGB output; its CMYK is not
 /// converted, so such a frame is unsupported).
@@ -241,16 +266,7 @@ fn decode_other(
         .map_err(|e| corrupt(format, reason(&e)))?;
     let (width, height) = decoder.dimensions();
     check_pixels(format, width, height, limits)?;
-    // Read here, not by the `image` crate: a PNG's eXIf chunk may follow
-    // the pixels, and tools write the tag as LONG as well as SHORT.
-    let block = match format {
-        ImageFormat::Png => super::exif::png_block(bytes),
-        ImageFormat::Webp => super::exif::webp_block(bytes),
-        _ => None,
-    };
-    let orientation = block
-        .and_then(super::exif::orientation)
-        .unwrap_or(Orientation::NoTransforms);
+    let orientation = orientation(bytes, format);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, reason(&e)))?;
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
@@ -352,6 +368,181 @@ mod tests {
         b.extend_from_slice(&base[2..]);
         let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
         assert_eq!((img.width, img.height), (12, 20));
+    }
+
+    fn xmp_packet(orientation: u8) -> Vec<u8> {
+        format!(
+            "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:Description \
+             xmlns:tiff=\"http://ns.adobe.com/tiff/1.0/\" \
+             tiff:Orientation=\"{orientation}\"/></x:xmpmeta>"
+        )
+        .into_bytes()
+    }
+
+    fn app1_xmp(orientation: u8) -> Vec<u8> {
+        let mut body = super::super::orientation::JPEG_XMP_NAMESPACE.to_vec();
+        body.extend(xmp_packet(orientation));
+        let mut seg = vec![0xFF, 0xE1];
+        seg.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+        seg.extend(body);
+        seg
+    }
+
+    /// XMP counts only where the EXIF block has no orientation tag, and
+    /// the last XMP segment before the scans is the one (Pillow's
+    /// reading; the same files were checked against Pillow 13).
+    #[test]
+    fn a_jpeg_without_an_exif_tag_is_oriented_by_its_xmp() {
+        let base = jpeg(20, 12);
+        let build = |segments: &[Vec<u8>]| {
+            let mut b = base[..2].to_vec();
+            for s in segments {
+                b.extend_from_slice(s);
+            }
+            b.extend_from_slice(&base[2..]);
+            b
+        };
+        let mut no_tag = tiff(false, 3, 6);
+        no_tag[22..24].copy_from_slice(&0x0113u16.to_le_bytes());
+        let cases = [
+            (vec![app1_xmp(6)], Orientation::Rotate90),
+            (vec![app1(&no_tag), app1_xmp(6)], Orientation::Rotate90),
+            (
+                vec![app1_xmp(6), app1(&tiff(false, 3, 1))],
+                Orientation::NoTransforms,
+            ),
+            (
+                vec![app1(&tiff(false, 3, 0)), app1_xmp(6)],
+                Orientation::NoTransforms,
+            ),
+            (vec![app1_xmp(6), app1_xmp(8)], Orientation::Rotate270),
+            (vec![app1_xmp(3)], Orientation::Rotate180),
+        ];
+        let plain = decode_rgb8(&base, DecodeLimits::default()).unwrap();
+        for (k, (segments, want)) in cases.into_iter().enumerate() {
+            let b = build(&segments);
+            let header = super::super::JpegHeader::parse(&b).unwrap();
+            assert_eq!(header.orientation, want, "case {k}");
+            let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
+            assert_eq!(img, orient(plain.clone(), want), "case {k}");
+        }
+        // An XMP segment after the scan is not the image's header.
+        let mut late = base[..base.len() - 2].to_vec();
+        late.extend(app1_xmp(6));
+        late.extend_from_slice(&base[base.len() - 2..]);
+        let header = super::super::JpegHeader::parse(&late).unwrap();
+        assert_eq!(header.orientation, Orientation::NoTransforms);
+    }
+
+    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        let crc = crc32(&chunk[4..]);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        chunk
+    }
+
+    /// PNG: an iTXt XMP packet, before or after the pixels, and the EXIF
+    /// block ImageMagick writes as hexadecimal text, which decides over XMP.
+    #[test]
+    fn a_png_is_oriented_by_xmp_text_and_imagemagick_raw_exif() {
+        let (w, h) = (5u32, 3u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 17 % 256) as u8).collect();
+        let mut png = Vec::new();
+        use ::image::ImageEncoder;
+        ::image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let plain = decode_rgb8(&png, DecodeLimits::default()).unwrap();
+        let iend = png.len() - 12;
+        let ihdr_end = 8 + 25;
+        let mut itxt = b"XML:com.adobe.xmp\0\0\0\0\0".to_vec();
+        itxt.extend(xmp_packet(8));
+        let mut hex = String::from("\nexif\n      44\n457869660000");
+        for b in tiff(false, 3, 3) {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        let mut raw = b"Raw profile type exif\0".to_vec();
+        raw.extend_from_slice(hex.as_bytes());
+        let with = |at: usize, chunks: &[Vec<u8>]| {
+            let mut p = png.clone();
+            p.splice(at..at, chunks.concat());
+            p
+        };
+        let cases = [
+            (
+                with(ihdr_end, &[png_chunk(b"iTXt", &itxt)]),
+                Orientation::Rotate270,
+            ),
+            (
+                with(iend, &[png_chunk(b"iTXt", &itxt)]),
+                Orientation::Rotate270,
+            ),
+            (
+                with(ihdr_end, &[png_chunk(b"tEXt", &raw)]),
+                Orientation::Rotate180,
+            ),
+            (
+                with(
+                    ihdr_end,
+                    &[png_chunk(b"tEXt", &raw), png_chunk(b"iTXt", &itxt)],
+                ),
+                Orientation::Rotate180,
+            ),
+        ];
+        for (k, (file, want)) in cases.into_iter().enumerate() {
+            let img = decode_rgb8(&file, DecodeLimits::default()).unwrap();
+            assert_eq!(img, orient(plain.clone(), want), "case {k}");
+        }
+    }
+
+    /// WebP: the `XMP ` chunk, unless the `EXIF` chunk has the tag.
+    #[test]
+    fn a_webp_is_oriented_by_its_xmp_chunk() {
+        let (w, h) = (6u32, 4u32);
+        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 29 % 256) as u8).collect();
+        let mut lossless = Vec::new();
+        use ::image::ImageEncoder;
+        ::image::codecs::webp::WebPEncoder::new_lossless(&mut lossless)
+            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let plain = decode_rgb8(&lossless, DecodeLimits::default()).unwrap();
+        let riff = |extra: &[(&[u8; 4], Vec<u8>)]| {
+            // VP8X flagging the EXIF and XMP chunks, the image, the chunks.
+            let flags = extra.iter().fold(0u8, |f, (kind, _)| {
+                f | if kind == &b"EXIF" { 0x08 } else { 0x04 }
+            });
+            let mut body = b"WEBPVP8X".to_vec();
+            body.extend_from_slice(&10u32.to_le_bytes());
+            body.extend_from_slice(&[flags, 0, 0, 0]);
+            body.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+            body.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+            body.extend_from_slice(&lossless[12..]);
+            for (kind, data) in extra {
+                body.extend_from_slice(*kind);
+                body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                body.extend_from_slice(data);
+                if data.len() % 2 == 1 {
+                    body.push(0);
+                }
+            }
+            let mut out = b"RIFF".to_vec();
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend(body);
+            out
+        };
+        let cases = [
+            (riff(&[(b"XMP ", xmp_packet(6))]), Orientation::Rotate90),
+            (
+                riff(&[(b"EXIF", tiff(false, 3, 1)), (b"XMP ", xmp_packet(6))]),
+                Orientation::NoTransforms,
+            ),
+        ];
+        for (k, (file, want)) in cases.into_iter().enumerate() {
+            let img = decode_rgb8(&file, DecodeLimits::default()).unwrap();
+            assert_eq!(img, orient(plain.clone(), want), "case {k}");
+        }
     }
 
     /// A PNG's eXIf chunk is read wherever it sits, after the pixels too;

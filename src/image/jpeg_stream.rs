@@ -65,7 +65,8 @@ pub(crate) struct Walk {
     pub height: u32,
     pub progressive: bool,
     pub components: Vec<Component>,
-    /// EXIF orientation of the first EXIF segment; `NoTransforms` when absent.
+    /// The orientation of the first EXIF segment or, when it has no tag,
+    /// of the last XMP segment; `NoTransforms` when neither gives one.
     pub orientation: Orientation,
     /// Offset just past the end-of-image marker (bytes after it are not the
     /// image's: phones append depth and gain maps).
@@ -194,8 +195,11 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
         return Err(corrupt("missing start-of-image marker"));
     }
     let mut frame: Option<Walk> = None;
-    let mut orientation = Orientation::NoTransforms;
+    // Pillow's reading: the first EXIF segment's tag, else the last XMP
+    // segment's; both only before the first scan.
+    let mut exif_tag = None;
     let mut exif_seen = false;
+    let mut xmp: Option<&[u8]> = None;
     let mut tables = Tables::default();
     let mut junk = Vec::new();
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
@@ -277,9 +281,10 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
             }
             0xE1 if !exif_seen && segment.starts_with(b"Exif\0\0") => {
                 exif_seen = true;
-                if let Some(o) = super::exif::orientation(segment) {
-                    orientation = o;
-                }
+                exif_tag = super::exif::orientation_tag(segment);
+            }
+            0xE1 if segment.starts_with(super::orientation::JPEG_XMP_NAMESPACE) => {
+                xmp = super::orientation::jpeg_xmp(segment);
             }
             0xDA => {
                 let Some(f) = frame.as_ref() else {
@@ -323,7 +328,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let Some(first_scan) = first_scan else {
         return Err(corrupt("no scan"));
     };
-    w.orientation = orientation;
+    w.orientation = super::orientation::resolve(exif_tag, xmp);
     w.end = pos;
     w.junk = junk;
     w.default_tables = default_tables;

@@ -2,7 +2,7 @@
 //! loader and the statistics tool.
 //!
 //! Invariants: every decoded image is tightly packed RGB8, row-major, with
-//! the EXIF orientation already applied; nothing here panics on bad bytes —
+//! the EXIF (or XMP) orientation already applied; nothing here panics on bad bytes —
 //! every failure is an [`ImageError`] that says what was wrong.
 
 mod bmp;
@@ -12,7 +12,9 @@ mod format;
 mod gif;
 mod jpeg;
 mod jpeg_stream;
+mod orientation;
 mod png;
+mod png_text;
 mod resize;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
