@@ -2220,7 +2220,7 @@ fn right_size_jpegs_a_reader_would_misread_are_converted_or_rejected() {
         ),
         (
             "train/b/sof3.jpg".into(),
-            with_frame(plain.clone(), 0xC3, 8),
+            with_frame(plain.clone(), 0xC3, 12),
         ),
         (
             "train/b/sof1-12bit.jpg".into(),
@@ -2250,7 +2250,7 @@ fn right_size_jpegs_a_reader_would_misread_are_converted_or_rejected() {
             reasons,
             [
                 "unsupported image format: 12-bit jpeg (SOF1)",
-                "unsupported image format: lossless jpeg (SOF3)",
+                "unsupported image format: 12-bit lossless jpeg (SOF3)",
                 "unsupported image format: arithmetic-coded jpeg (SOF9)",
             ]
         );
@@ -3148,6 +3148,84 @@ fn jpeg_structure_is_checked_before_a_jpeg_is_stored() {
                 .unwrap();
             let limit = if encoding == "raw" || passed { 0 } else { 12 };
             assert!(worst <= limit, "{} ({encoding}): off by {worst}", row.key);
+        }
+    }
+}
+
+/// Lossless JPEGs (`tests/data/jpeg-lossless`, made by its `make.py` with
+/// Pillow's decode of each beside it) are packed with exactly Pillow's
+/// pixels and never stored untouched; those Pillow cannot read, or the
+/// decoder would read wrongly, are rejected with their reason.
+#[test]
+fn lossless_jpegs_pack_with_pillows_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-lossless");
+    let read = |name: &str, ext: &str| std::fs::read(data.join(format!("{name}.{ext}"))).unwrap();
+    let decoded = ["rgb-adobe-p1-37x23", "gray-p4-37x23", "rgb-ids123-p5-37x23"];
+    let refused = [
+        ("ycc-jfif-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
+        (
+            "rgb-pt1-p1-37x23",
+            "lossless jpeg with a point transform (SOF3)",
+        ),
+        (
+            "gray-restart-p1-37x23",
+            "lossless jpeg with restart intervals (SOF3)",
+        ),
+    ];
+    let entries: Entries = decoded
+        .iter()
+        .chain(refused.iter().map(|(n, _)| n))
+        .map(|n| (format!("train/a/{n}.jpg"), read(n, "jpg")))
+        .collect();
+    let src = dir.path().join("src");
+    write_dir(&src, &entries);
+    for encoding in ["raw", "jpeg"] {
+        let out = dir.path().join(encoding);
+        let args = [
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            "37x23",
+            "--encoding",
+            encoding,
+        ];
+        let o = run(BIN, &[&args[..], &["--quiet"]].concat());
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let mut rej = rejections(&out);
+        rej.sort();
+        let want: Vec<(String, String)> = refused
+            .iter()
+            .map(|(n, why)| {
+                (
+                    format!("train/a/{n}.jpg"),
+                    format!("unsupported image format: {why}"),
+                )
+            })
+            .collect();
+        let mut want = want;
+        want.sort();
+        assert_eq!(rej, want);
+        let rows = read_split(&out, "train");
+        assert_eq!(rows.len(), decoded.len());
+        for row in rows {
+            let name = row
+                .key
+                .trim_start_matches("train/a/")
+                .trim_end_matches(".jpg");
+            let pillow = read(name, "rgb");
+            assert!(row.image != read(name, "jpg"), "{name} stored untouched");
+            if encoding == "raw" {
+                assert!(row.image == pillow, "{name}: not Pillow's pixels");
+            } else {
+                // Re-encoded from exactly those pixels (defaults q95, 4:2:0).
+                let want = ebv::image::encode_jpeg(&pillow, 37, 23, 95, Default::default());
+                assert!(
+                    row.image == want.unwrap(),
+                    "{name}: not Pillow's pixels re-encoded"
+                );
+            }
         }
     }
 }

@@ -210,7 +210,7 @@ mod tests {
     }
 
     /// A 224² 8-bit colour JPEG whose frame header says arithmetic,
-    /// lossless or 12-bit coding: a reader could not decode it, so it is
+    /// hierarchical or 12-bit coding: a reader could not decode it, so it is
     /// never stored untouched, and the decoder names what it is.
     #[test]
     fn frames_the_decoder_cannot_read_are_neither_passed_through_nor_decoded() {
@@ -219,7 +219,7 @@ mod tests {
         let cases: [(u8, u8, &str); 6] = [
             (0xC9, 8, "arithmetic-coded jpeg (SOF9)"),
             (0xCA, 8, "arithmetic-coded jpeg (SOF10)"),
-            (0xC3, 8, "lossless jpeg (SOF3)"),
+            (0xC3, 12, "12-bit lossless jpeg (SOF3)"),
             (0xC5, 8, "hierarchical jpeg (SOF5)"),
             (0xC1, 12, "12-bit jpeg (SOF1)"),
             (0xC2, 12, "12-bit jpeg (SOF2)"),

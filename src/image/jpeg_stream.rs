@@ -19,7 +19,11 @@
 //! not at all (chroma sampled finer than luma, sampling factors that are
 //! not powers of two, a sequential frame coded one component per scan) is
 //! marked [`Walk::other_decoder`], decoded by the `jpeg-decoder` crate and
-//! never stored byte for byte either.
+//! never stored byte for byte either. So is a lossless (SOF3) frame of
+//! 8-bit samples, each component sampled 1x1, RGB or gray, without point
+//! transform or restart intervals (which that crate decodes wrongly); such
+//! frames, and YCbCr-coded ones (which libjpeg-turbo 3, Pillow's, refuses
+//! too) are unsupported.
 
 use std::borrow::Cow;
 
@@ -64,6 +68,8 @@ pub(crate) struct Walk {
     pub width: u32,
     pub height: u32,
     pub progressive: bool,
+    /// A lossless (SOF3) frame: predictor scans, no quantisation.
+    pub lossless: bool,
     pub components: Vec<Component>,
     /// The orientation of the first EXIF segment or, when it has no tag,
     /// of the last XMP segment; `NoTransforms` when neither gives one.
@@ -161,8 +167,7 @@ impl Walk {
 /// `None` when it is.
 fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
     let coding = match sof {
-        0xC0..=0xC2 => None,
-        0xC3 => Some("lossless"),
+        0xC0..=0xC3 => None,
         0xC5..=0xC7 => Some("hierarchical"),
         0xC9 | 0xCA => Some("arithmetic-coded"),
         0xCB => Some("lossless arithmetic-coded"),
@@ -171,7 +176,13 @@ fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
     };
     match coding {
         Some(coding) => Some(format!("{coding} jpeg (SOF{})", sof - 0xC0)),
-        None if precision != 8 => Some(format!("{precision}-bit jpeg (SOF{})", sof - 0xC0)),
+        None if precision != 8 => {
+            let lossless = if sof == 0xC3 { " lossless" } else { "" };
+            Some(format!(
+                "{precision}-bit{lossless} jpeg (SOF{})",
+                sof - 0xC0
+            ))
+        }
         None => None,
     }
 }
@@ -186,6 +197,10 @@ struct Tables {
     quant: [bool; 4],
     /// [class][slot]: DC 0, AC 1.
     huffman: [[bool; 4]; 2],
+    /// The largest symbol of each DC table: a bit count, at most 15 for DCT
+    /// frames and 16 for lossless ones, checked when a scan uses the table
+    /// (a table may come before the frame header says which).
+    dc_max: [u8; 4],
 }
 
 /// Walks the whole stream: every marker segment, every scan, to the marker
@@ -200,6 +215,11 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let mut exif_tag = None;
     let mut exif_seen = false;
     let mut xmp: Option<&[u8]> = None;
+    // libjpeg's colour rules for three components: a JFIF marker, or an
+    // Adobe marker whose transform is not 0, means YCbCr.
+    let mut jfif = false;
+    let mut adobe_transform = None;
+    let mut restart_interval = 0u16;
     let mut tables = Tables::default();
     let mut junk = Vec::new();
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
@@ -283,6 +303,8 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 exif_seen = true;
                 exif_tag = super::exif::orientation_tag(segment);
             }
+            0xE0 if segment.starts_with(b"JFIF\0") && segment.len() >= 14 => jfif = true,
+            0xEE if segment.starts_with(b"Adobe") => adobe_transform = Some(segment[11]),
             0xE1 if segment.starts_with(super::orientation::JPEG_XMP_NAMESPACE) => {
                 xmp = super::orientation::jpeg_xmp(segment);
             }
@@ -292,7 +314,22 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 };
                 first_scan.get_or_insert(marker_at);
                 let scan = read_scan(f, segment, &mut tables, &mut default_tables)?;
-                if !f.progressive && scan != [0, 63, 0] {
+                if f.lossless {
+                    // The jpeg-decoder crate predicts from samples already
+                    // shifted by the point transform, and ignores restarts
+                    // when it predicts: wrong pixels, so refused here.
+                    if scan[2] & 15 != 0 {
+                        return Err(Fault::Unsupported(
+                            "lossless jpeg with a point transform (SOF3)".into(),
+                        ));
+                    }
+                    if restart_interval != 0 {
+                        return Err(Fault::Unsupported(
+                            "lossless jpeg with restart intervals (SOF3)".into(),
+                        ));
+                    }
+                }
+                if !f.progressive && !f.lossless && scan != [0, 63, 0] {
                     // Ss is the byte after the component list.
                     sequential_fixes.push(body + segment.len() - 3);
                 }
@@ -309,6 +346,9 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                     return Err(corrupt(format!("a scan with no coded data at byte {pos}")));
                 }
                 pos = end;
+            }
+            0xDD if segment.len() >= 2 => {
+                restart_interval = u16::from_be_bytes([segment[0], segment[1]]);
             }
             // DNL, DRI; APPn and COM before the first scan.
             0xDC | 0xDD | 0xE0..=0xEF | 0xFE => {}
@@ -328,6 +368,14 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let Some(first_scan) = first_scan else {
         return Err(corrupt("no scan"));
     };
+    if w.lossless && w.components.len() == 3 && (jfif || adobe_transform.is_some_and(|t| t != 0)) {
+        // libjpeg-turbo 3 refuses to convert YCbCr in lossless mode
+        // ("Unsupported color conversion request"); the jpeg-decoder crate
+        // would return the YCbCr samples as RGB.
+        return Err(Fault::Unsupported(
+            "YCbCr-coded lossless jpeg (SOF3)".into(),
+        ));
+    }
     w.orientation = super::orientation::resolve(exif_tag, xmp);
     w.end = pos;
     w.junk = junk;
@@ -372,6 +420,21 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
     }
     let mut sampling_fix = None;
     let mut other_decoder = None;
+    if marker == 0xC3 {
+        // What libjpeg-turbo and the jpeg-decoder crate both read.
+        if components.iter().any(|c| (c.h, c.v) != (1, 1)) {
+            return Err(Fault::Unsupported(
+                "lossless jpeg with subsampled components (SOF3)".into(),
+            ));
+        }
+        if !matches!(components.len(), 1 | 3) {
+            return Err(Fault::Unsupported(format!(
+                "{}-component lossless jpeg (SOF3)",
+                components.len()
+            )));
+        }
+        other_decoder = Some("lossless coding (SOF3)".into());
+    }
     if let [c] = components[..] {
         if !c.h.is_power_of_two() || !c.v.is_power_of_two() {
             // The byte after the component id (frame body offset 7).
@@ -403,6 +466,7 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         width,
         height,
         progressive: marker == 0xC2,
+        lossless: marker == 0xC3,
         components,
         orientation: Orientation::NoTransforms,
         end: 0,
@@ -452,7 +516,7 @@ fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
             return Err(corrupt("Huffman table segment cut short"));
         };
         // libjpeg's checks: the lengths make a prefix code in which no code
-        // is all ones, and a DC table's symbols are bit counts (≤ 15).
+        // is all ones (a DC table's symbols are checked by the scans).
         let mut code = 0u32;
         for (len, &count) in counts.iter().enumerate() {
             code += u32::from(count);
@@ -465,11 +529,7 @@ fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
             code <<= 1;
         }
         if tc == 0 {
-            if let Some(bad) = rest[16..16 + n].iter().find(|&&v| v > 15) {
-                return Err(corrupt(format!(
-                    "DC Huffman table {th} holds symbol {bad} (at most 15)"
-                )));
-            }
+            tables.dc_max[th] = rest[16..16 + n].iter().copied().max().unwrap_or(0);
         }
         tables.huffman[tc][th] = true;
         s = after;
@@ -513,7 +573,7 @@ fn read_scan(
         }
         seen.push(cs);
         blocks += u32::from(c.h) * u32::from(c.v);
-        if !tables.quant[usize::from(c.tq)] {
+        if !f.lossless && !tables.quant[usize::from(c.tq)] {
             return Err(corrupt(format!(
                 "no quantisation table {} for component {cs}",
                 c.tq
@@ -522,12 +582,13 @@ fn read_scan(
         // Which Huffman tables the scan decodes with (libjpeg: a sequential
         // scan both; a progressive DC first scan the DC table, a DC
         // refinement none, an AC scan the AC table).
+        // A lossless scan codes differences with the DC tables alone.
         let dc = if f.progressive {
             ss == 0 && ah == 0
         } else {
             true
         };
-        let ac = if f.progressive { ss > 0 } else { true };
+        let ac = if f.progressive { ss > 0 } else { !f.lossless };
         if dc {
             needs.push((0u8, td));
         }
@@ -539,6 +600,14 @@ fn read_scan(
         return Err(corrupt(format!(
             "{blocks} blocks per interleaved unit (at most 10)"
         )));
+    }
+    if f.lossless {
+        // Ss is the predictor, Al the point transform (below the 8 bits).
+        if !(1..=7).contains(&ss) || se != 0 || ah != 0 || al >= 8 {
+            return Err(corrupt(format!(
+                "lossless scan parameters Ss={ss} Se={se} Ah={ah} Al={al}"
+            )));
+        }
     }
     if f.progressive {
         let ok = se <= 63
@@ -565,6 +634,13 @@ fn read_scan(
             }
             default_tables.push((class, slot));
             *defined = true;
+        }
+        let limit = if f.lossless { 16 } else { 15 };
+        let largest = tables.dc_max[usize::from(slot)];
+        if class == 0 && largest > limit {
+            return Err(corrupt(format!(
+                "DC Huffman table {slot} holds symbol {largest} (at most {limit})"
+            )));
         }
     }
     Ok([ss, se, s[3 + 2 * ns]])
@@ -941,6 +1017,121 @@ mod tests {
             // Two decoders' rounding (IDCT, upsampling): a level or two.
             assert!(mean < 1.0 && max <= 8, "{name}: mean {mean:.2}, max {max}");
         }
+    }
+
+    /// Lossless (SOF3) frames decode exactly to libjpeg-turbo 3's pixels
+    /// (Pillow's decode of each, in `.rgb`; both made by
+    /// `tests/data/jpeg-lossless/make.py`: every predictor, gray and RGB,
+    /// component ids with and without an Adobe marker, restart intervals,
+    /// a point transform), and are never stored untouched; YCbCr-coded
+    /// ones, which libjpeg-turbo refuses, are unsupported here too.
+    #[test]
+    fn lossless_frames_decode_as_libjpeg_turbo_decodes_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-lossless");
+        let names = [
+            "rgb-adobe-p1-37x23",
+            "rgb-adobe-p7-37x23",
+            "gray-p4-37x23",
+            "rgb-ids123-p5-37x23",
+            "rgb-idsRGB-p2-37x23",
+            "rgb-ids123-p3-37x23",
+            "gray-p6-37x23",
+        ];
+        for name in names {
+            let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
+            let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+            let w = walk(&jpeg).unwrap();
+            assert!(w.lossless && !w.clean(), "{name}");
+            assert_eq!(w.other_decoder.as_deref(), Some("lossless coding (SOF3)"));
+            let header = crate::image::JpegHeader::parse(&jpeg).unwrap();
+            assert!(!header.is_passthrough(37, 23), "{name}");
+            let got = decode_rgb8(&jpeg, Default::default()).unwrap();
+            assert_eq!((got.width, got.height), (37, 23), "{name}");
+            assert!(got.data == want, "{name}: not libjpeg-turbo's pixels");
+        }
+        for (name, what) in [
+            ("ycc-jfif-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
+            ("ycc-adobe-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
+            // Pillow reads these two; the jpeg-decoder crate decodes them
+            // wrongly (checked against their .rgb before they were refused).
+            (
+                "rgb-pt1-p1-37x23",
+                "lossless jpeg with a point transform (SOF3)",
+            ),
+            (
+                "gray-restart-p1-37x23",
+                "lossless jpeg with restart intervals (SOF3)",
+            ),
+        ] {
+            let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
+            assert_eq!(
+                walk(&jpeg).unwrap_err(),
+                Fault::Unsupported(what.into()),
+                "{name}"
+            );
+        }
+    }
+
+    /// What the lossless branch checks: the predictor, Se, Ah and the
+    /// point transform; DC symbol 16 (allowed in lossless tables only);
+    /// other precisions, subsampling and four components as unsupported.
+    #[test]
+    fn lossless_structure_is_checked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-lossless");
+        let b = std::fs::read(dir.join("rgb-idsRGB-p2-37x23.jpg")).unwrap();
+        let (sos, _) = first(&b, 0xDA);
+        // Ss, Se, Ah/Al follow the three component pairs.
+        let params = sos + 4 + 1 + 6;
+        assert_eq!(b[params..params + 3], [2, 0, 0]);
+        for (ss, se, ahal) in [(0, 0, 0), (8, 0, 0), (1, 63, 0), (1, 0, 0x10), (1, 0, 8)] {
+            let mut c = b.clone();
+            c[params..params + 3].copy_from_slice(&[ss, se, ahal]);
+            let fault = walk(&c).unwrap_err();
+            assert!(
+                matches!(&fault, Fault::Corrupt(s) if s.starts_with("lossless scan parameters")),
+                "{ss} {se} {ahal}: {fault:?}"
+            );
+        }
+        let mut pt7 = b.clone();
+        pt7[params + 2] = 7;
+        assert_eq!(
+            walk(&pt7).unwrap_err(),
+            Fault::Unsupported("lossless jpeg with a point transform (SOF3)".into())
+        );
+        // minilossless's DC table holds symbols 0..=16: legal here, not in
+        // a DCT frame (the same table under SOF0 is refused at the scan).
+        let (sof, _) = first(&b, 0xC3);
+        let mut dct = b.clone();
+        dct[sof + 1] = 0xC1;
+        assert_eq!(
+            walk(&dct).unwrap_err(),
+            corrupt("no quantisation table 0 for component 82")
+        );
+        let (dht, _) = first(&b, 0xC4);
+        let mut with_dqt = b[..dht].to_vec();
+        with_dqt.extend_from_slice(&[0xFF, 0xDB, 0, 67, 0]);
+        with_dqt.extend_from_slice(&[1; 64]);
+        with_dqt.extend_from_slice(&b[dht..]);
+        let (sof, _) = first(&with_dqt, 0xC3);
+        with_dqt[sof + 1] = 0xC1;
+        assert_eq!(
+            walk(&with_dqt).unwrap_err(),
+            corrupt("DC Huffman table 0 holds symbol 16 (at most 15)")
+        );
+        // Precision, sampling, component count.
+        let (sof, _) = first(&b, 0xC3);
+        let mut p12 = b.clone();
+        p12[sof + 4] = 12;
+        assert_eq!(
+            walk(&p12).unwrap_err(),
+            Fault::Unsupported("12-bit lossless jpeg (SOF3)".into())
+        );
+        let mut sub = b.clone();
+        sub[sof + 11] = 0x21;
+        assert_eq!(
+            walk(&sub).unwrap_err(),
+            Fault::Unsupported("lossless jpeg with subsampled components (SOF3)".into())
+        );
     }
 
     /// Parses a DHT segment's tables: (class, slot) → bit counts + values.
