@@ -434,6 +434,16 @@ mod tests {
         assert_eq!(header.orientation, Orientation::NoTransforms);
     }
 
+    fn png_rgb(px: &[u8], w: u32, h: u32) -> Vec<u8> {
+        use ::image::ImageEncoder;
+        let mut png = Vec::new();
+        ::image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(px, w, h, ::image::ExtendedColorType::Rgb8)
+            .unwrap();
+        png
+    }
+
+    /// A PNG chunk with its CRC.
     fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
         let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
         chunk.extend_from_slice(kind);
@@ -449,11 +459,7 @@ mod tests {
     fn a_png_is_oriented_by_xmp_text_and_imagemagick_raw_exif() {
         let (w, h) = (5u32, 3u32);
         let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 17 % 256) as u8).collect();
-        let mut png = Vec::new();
-        use ::image::ImageEncoder;
-        ::image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
-            .unwrap();
+        let png = png_rgb(&px, w, h);
         let plain = decode_rgb8(&png, DecodeLimits::default()).unwrap();
         let iend = png.len() - 12;
         let ihdr_end = 8 + 25;
@@ -551,20 +557,11 @@ mod tests {
     fn a_png_exif_chunk_after_the_pixels_orients_the_image() {
         let (w, h) = (5u32, 3u32);
         let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 17 % 256) as u8).collect();
-        let mut png = Vec::new();
-        use ::image::ImageEncoder;
-        ::image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
-            .unwrap();
+        let png = png_rgb(&px, w, h);
         let iend = png.len() - 12;
         let block = tiff(true, 3, 6);
-        let mut chunk = (block.len() as u32).to_be_bytes().to_vec();
-        chunk.extend_from_slice(b"eXIf");
-        chunk.extend_from_slice(&block);
-        let crc = crc32(&chunk[4..]);
-        chunk.extend_from_slice(&crc.to_be_bytes());
         let mut rotated = png.clone();
-        rotated.splice(iend..iend, chunk);
+        rotated.splice(iend..iend, png_chunk(b"eXIf", &block));
         let img = decode_rgb8(&rotated, DecodeLimits::default()).unwrap();
         assert_eq!((img.width, img.height), (h, w));
         // Orientation 6: rotate 90° clockwise, so the output's row y,
@@ -584,11 +581,7 @@ mod tests {
     fn decoder_errors_read_as_reasons() {
         let (w, h) = (4u32, 4u32);
         let px = vec![7u8; (w * h * 3) as usize];
-        let mut png = Vec::new();
-        use ::image::ImageEncoder;
-        ::image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
-            .unwrap();
+        let png = png_rgb(&px, w, h);
         let idat = png.windows(4).position(|c| c == b"IDAT").unwrap();
         let mut bad_crc = png.clone();
         let len = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
@@ -598,6 +591,7 @@ mod tests {
             .to_string();
         assert!(why.contains("IDAT") && !why.contains("ChunkType"), "{why}");
         let mut bmp = Vec::new();
+        use ::image::ImageEncoder;
         ::image::codecs::bmp::BmpEncoder::new(&mut bmp)
             .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
             .unwrap();
