@@ -79,9 +79,14 @@ fn mixed_entries() -> (Entries, BTreeMap<String, &'static str>) {
             "not an image",
         ),
         (
+            "data/train/fox/layers.psd",
+            b"8BPS\0\x01rest-of-psd".to_vec(),
+            "unsupported image format",
+        ),
+        (
             "data/train/fox/scan.tif",
             b"II*\0\x08\0\0\0rest-of-tiff".to_vec(),
-            "unsupported image format",
+            "corrupt tiff",
         ),
         (
             "data/train/dog/huge.png",
@@ -3227,6 +3232,63 @@ fn lossless_jpegs_pack_with_pillows_pixels() {
                 );
             }
         }
+    }
+}
+
+/// TIFF sources (`tests/data/tiff`, Pillow's decode of each beside it) are
+/// packed with Pillow's pixels; a coding the decoder lacks is rejected as
+/// unsupported, naming it.
+#[test]
+fn tiffs_pack_with_pillows_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiff");
+    let read = |name: &str, ext: &str| std::fs::read(data.join(format!("{name}.{ext}"))).unwrap();
+    let names = [
+        "rgb-lzw",
+        "cmyk-packbits",
+        "palette-raw",
+        "bigtiff",
+        "bilevel-group3",
+    ];
+    let entries: Entries = names
+        .iter()
+        .map(|n| (format!("train/a/{n}.tif"), read(n, "tif")))
+        .collect();
+    let src = dir.path().join("src");
+    write_dir(&src, &entries);
+    let out = dir.path().join("out");
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            "40x24",
+            "--encoding",
+            "raw",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(
+        rejections(&out),
+        [(
+            "train/a/bilevel-group3.tif".to_string(),
+            "unsupported image format: tiff (compression method Fax3 is unsupported)".to_string()
+        )]
+    );
+    let rows = read_split(&out, "train");
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let name = row
+            .key
+            .trim_start_matches("train/a/")
+            .trim_end_matches(".tif");
+        assert!(
+            row.image == read(name, "rgb"),
+            "{name}: not Pillow's pixels"
+        );
     }
 }
 

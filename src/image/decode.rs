@@ -3,7 +3,9 @@
 //! JPEG goes to zune-jpeg (one header parse, output colour space forced to
 //! RGB so grayscale, CMYK and YCCK all come out as RGB), after its marker
 //! structure is checked; the rare frames zune-jpeg misreads go to the
-//! `jpeg-decoder` crate. The other formats go through the `image` crate,
+//! `jpeg-decoder` crate. The other formats go through the `image` crate
+//! (TIFF palette and gray-with-alpha images through the `tiff` crate under
+//! it, see [`super::tiff`]),
 //! after what it cannot read is rewritten into what it can (an OS/2 bitmap
 //! header, a GIF without colour table) and with the GIF screen around the
 //! first frame painted as the format says; the orientation is read by
@@ -87,7 +89,8 @@ pub fn gray_to_rgb8(width: u32, height: u32, gray: &[u8]) -> Rgb8Image {
     }
 }
 
-/// Decode `bytes` (JPEG, PNG, WebP, BMP or the first frame of a GIF) into
+/// Decode `bytes` (JPEG, PNG, WebP, BMP, the first frame of a GIF or the
+/// first image of a TIFF) into
 /// RGB8 with the EXIF orientation applied. Alpha is dropped, as
 /// `PIL.Image.convert("RGB")` does; palettes and grayscale are expanded.
 pub fn decode_rgb8(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageError> {
@@ -109,7 +112,7 @@ fn corrupt(format: ImageFormat, detail: impl ToString) -> ImageError {
     }
 }
 
-fn check_pixels(
+pub(super) fn check_pixels(
     format: ImageFormat,
     width: u32,
     height: u32,
@@ -181,7 +184,7 @@ pub(super) fn decode_jpeg_into(
     Ok((width, height, walk.orientation))
 }
 
-/// The orientation of a PNG or WebP, read here rather than by the `image`
+/// The orientation of a PNG, WebP or TIFF, read here rather than by the `image`
 /// crate: a PNG's `eXIf` chunk may follow the pixels, tools write the tag
 /// as LONG as well as SHORT, and Pillow falls back to ImageMagick's raw
 /// EXIF text and to XMP. GIF and BMP carry no orientation.
@@ -193,6 +196,8 @@ fn orientation(bytes: &[u8], format: ImageFormat) -> Orientation {
             None => exif::png_raw_profile(bytes).and_then(|b| exif::orientation_tag(&b)),
         },
         ImageFormat::Webp => exif::webp_chunk(bytes, b"EXIF").and_then(exif::orientation_tag),
+        // A TIFF file is its own EXIF block: tag 274 of its first IFD.
+        ImageFormat::Tiff => exif::orientation_tag(bytes),
         _ => None,
     };
     // XMP only counts when no EXIF tag does.
@@ -200,6 +205,7 @@ fn orientation(bytes: &[u8], format: ImageFormat) -> Orientation {
         _ if exif_tag.is_some() => None,
         ImageFormat::Png => png_text::last_text(bytes, b"XML:com.adobe.xmp"),
         ImageFormat::Webp => exif::webp_chunk(bytes, b"XMP ").map(<[u8]>::to_vec),
+        ImageFormat::Tiff => exif::tiff_xmp(bytes).map(<[u8]>::to_vec),
         _ => None,
     };
     orientation::resolve(exif_tag, xmp.as_deref())
@@ -252,22 +258,60 @@ fn decode_other(
     format: ImageFormat,
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
+    if format == ImageFormat::Tiff {
+        // TIFF's many codings are the least trodden path of the `image`
+        // crate's decoders: a panic there is a rejection, not a stop.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match decode_with_image_crate(bytes, format, limits) {
+                // Palette and gray-with-alpha: read underneath the crate.
+                Err(ImageError::Unsupported(why)) => {
+                    match super::tiff::decode_fallback(bytes, limits) {
+                        Some(image) => Ok(orient(image?, orientation(bytes, format))),
+                        None => Err(ImageError::Unsupported(why)),
+                    }
+                }
+                other => other,
+            }
+        }));
+        return decoded
+            .unwrap_or_else(|_| Err(corrupt(format, "undecodable (the decoder failed)")));
+    }
+    decode_with_image_crate(bytes, format, limits)
+}
+
+fn decode_with_image_crate(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: DecodeLimits,
+) -> Result<Rgb8Image, ImageError> {
     let repaired = match format {
         ImageFormat::Gif => super::gif::with_table(bytes),
         ImageFormat::Bmp => super::bmp::with_windows_header(bytes)?,
         ImageFormat::Png => super::png::with_iend(bytes),
         _ => std::borrow::Cow::Borrowed(bytes),
     };
-    let reader = ImageReader::new(Cursor::new(repaired.as_ref()))
-        .with_guessed_format()
-        .map_err(|e| corrupt(format, e))?;
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| corrupt(format, reason(&e)))?;
+    let mut reader = ImageReader::new(Cursor::new(repaired.as_ref()));
+    if format == ImageFormat::Tiff {
+        // The `image` crate's guess knows classic TIFF only, not BigTIFF.
+        reader.set_format(::image::ImageFormat::Tiff);
+    } else {
+        reader = reader
+            .with_guessed_format()
+            .map_err(|e| corrupt(format, e))?;
+    }
+    let failed = |e: ::image::ImageError| match e {
+        // A TIFF coding the decoder lacks (YCbCr, old-style JPEG, CCITT
+        // group 3) is named as such, not as damage.
+        ::image::ImageError::Unsupported(u) if format == ImageFormat::Tiff => {
+            ImageError::Unsupported(format!("tiff ({})", unsupported_tiff(&u)))
+        }
+        e => corrupt(format, reason(&e)),
+    };
+    let decoder = reader.into_decoder().map_err(failed)?;
     let (width, height) = decoder.dimensions();
     check_pixels(format, width, height, limits)?;
     let orientation = orientation(bytes, format);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, reason(&e)))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(failed)?;
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
     let (width, height) = rgb.dimensions();
@@ -282,17 +326,32 @@ fn decode_other(
     })
 }
 
+/// What a TIFF's unsupported coding is, without the `image` crate's
+/// preamble ("The decoder for Tiff does not support the format features").
+fn unsupported_tiff(u: &::image::error::UnsupportedError) -> String {
+    use ::image::error::UnsupportedErrorKind;
+    match u.kind() {
+        UnsupportedErrorKind::GenericFeature(what) => what,
+        UnsupportedErrorKind::Color(colour) => format!("{colour:?} samples"),
+        _ => u.to_string(),
+    }
+}
+
 /// The `image` crate's error as a reason a user can act on: a file that
 /// ends early says so (its decoders report the I/O error "failed to fill
 /// whole buffer"), and a PNG chunk is named by its type, not printed as a
 /// Rust structure.
 fn reason(e: &::image::ImageError) -> String {
-    let text = e.to_string();
+    reason_text(&e.to_string())
+}
+
+/// [`reason`] for a decoder error already written out as text.
+pub(super) fn reason_text(text: &str) -> String {
     if text.contains("failed to fill whole buffer") || text.contains("unexpected end of file") {
         return "truncated: the file ends before the image does".into();
     }
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
+    let mut rest = text;
     while let Some(at) = rest.find("ChunkType { type: ") {
         out.push_str(&rest[..at]);
         let after = &rest[at + "ChunkType { type: ".len()..];

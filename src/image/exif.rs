@@ -16,6 +16,8 @@
 
 use ::image::metadata::Orientation;
 
+use super::ifd::Ifd0;
+
 /// The `Exif\0\0` prefix of a JPEG APP1 segment, which some PNG and WebP
 /// writers copy into their own EXIF blocks.
 const EXIF_PREFIX: &[u8] = b"Exif\0\0";
@@ -28,65 +30,23 @@ pub(crate) type OrientationTag = Option<Option<Orientation>>;
 
 /// The orientation tag of an EXIF block.
 pub(crate) fn orientation_tag(block: &[u8]) -> OrientationTag {
-    let tiff = block.strip_prefix(EXIF_PREFIX).unwrap_or(block);
-    let big = match tiff.get(..4)? {
-        [b'I', b'I', 42, 0] => false,
-        [b'M', b'M', 0, 42] => true,
-        _ => return None,
-    };
-    let u16_at = |at: usize| -> Option<u16> {
-        let b: [u8; 2] = tiff.get(at..at + 2)?.try_into().ok()?;
-        Some(if big {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        })
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        let b: [u8; 4] = tiff.get(at..at + 4)?.try_into().ok()?;
-        Some(if big {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        })
-    };
-    let u64_at = |at: usize| -> Option<u64> {
-        let b: [u8; 8] = tiff.get(at..at + 8)?.try_into().ok()?;
-        Some(if big {
-            u64::from_be_bytes(b)
-        } else {
-            u64::from_le_bytes(b)
-        })
-    };
-    let ifd = usize::try_from(u32_at(4)?).ok()?;
-    let entries = usize::from(u16_at(ifd)?);
-    for k in 0..entries {
-        let entry = ifd.checked_add(2 + 12 * k)?;
-        if u16_at(entry)? != 0x0112 {
-            continue;
-        }
-        let kind = u16_at(entry + 2)?;
+    let ifd = Ifd0::open(block.strip_prefix(EXIF_PREFIX).unwrap_or(block))?;
+    let tiff = ifd.bytes();
+    for entry in ifd.entries().filter(|e| e.tag == 0x0112) {
         // Pillow skips an entry of a type it does not load (and then reads
         // a later one); the first it loads is the tag.
-        if !matches!(kind, 1..=13 | 16) {
-            continue;
-        }
-        let unit: u64 = match kind {
+        let unit: u64 = match entry.kind {
             1 | 2 | 6 | 7 => 1,
             3 | 8 => 2,
             4 | 9 | 11 | 13 => 4,
-            _ => 8,
+            5 | 10 | 12 | 16 => 8,
+            _ => continue,
         };
-        let size = u64::from(u32_at(entry + 4)?) * unit;
-        let at = if size <= 4 {
-            entry + 8
-        } else {
-            usize::try_from(u32_at(entry + 8)?).ok()?
-        };
+        let size = u64::from(entry.count) * unit;
         // Pillow skips a tag whose value lies outside the block.
-        if (at as u64).saturating_add(size) > tiff.len() as u64 {
+        let Some(at) = ifd.value_at(entry, size) else {
             continue;
-        }
+        };
         // Pillow loads no value from an empty entry: no tag.
         if size == 0 {
             return None;
@@ -95,20 +55,20 @@ pub(crate) fn orientation_tag(block: &[u8]) -> OrientationTag {
         // integers 1..=8 as a Python number: a RATIONAL 12/2 or a FLOAT 6.0
         // is 6; text and bytes (BYTE, which Pillow loads as bytes, ASCII,
         // UNDEFINED) are nothing.
-        let value: Option<i64> = match kind {
+        let value: Option<i64> = match entry.kind {
             6 => Some(i64::from(tiff[at] as i8)),
-            3 => u16_at(at).map(i64::from),
-            8 => u16_at(at).map(|v| i64::from(v as i16)),
-            4 | 13 => u32_at(at).map(i64::from),
-            9 => u32_at(at).map(|v| i64::from(v as i32)),
-            16 => u64_at(at).and_then(|v| i64::try_from(v).ok()),
-            5 => ratio(i64::from(u32_at(at)?), i64::from(u32_at(at + 4)?)),
+            3 => ifd.u16_at(at).map(i64::from),
+            8 => ifd.u16_at(at).map(|v| i64::from(v as i16)),
+            4 | 13 => ifd.u32_at(at).map(i64::from),
+            9 => ifd.u32_at(at).map(|v| i64::from(v as i32)),
+            16 => ifd.u64_at(at).and_then(|v| i64::try_from(v).ok()),
+            5 => ratio(i64::from(ifd.u32_at(at)?), i64::from(ifd.u32_at(at + 4)?)),
             10 => ratio(
-                i64::from(u32_at(at)? as i32),
-                i64::from(u32_at(at + 4)? as i32),
+                i64::from(ifd.u32_at(at)? as i32),
+                i64::from(ifd.u32_at(at + 4)? as i32),
             ),
-            11 => integral(f64::from(f32::from_bits(u32_at(at)?))),
-            12 => integral(f64::from_bits(u64_at(at)?)),
+            11 => integral(f64::from(f32::from_bits(ifd.u32_at(at)?))),
+            12 => integral(f64::from_bits(ifd.u64_at(at)?)),
             _ => None,
         };
         let orientation = value
@@ -117,6 +77,17 @@ pub(crate) fn orientation_tag(block: &[u8]) -> OrientationTag {
         return Some(orientation);
     }
     None
+}
+
+/// The XMP packet of a TIFF file: tag 700 of its first IFD (BYTE or
+/// UNDEFINED values), which Pillow reads as the file's XMP.
+pub(crate) fn tiff_xmp(tiff: &[u8]) -> Option<&[u8]> {
+    let ifd = Ifd0::open(tiff)?;
+    let entry = ifd
+        .entries()
+        .find(|e| e.tag == 700 && matches!(e.kind, 1 | 7))?;
+    let at = ifd.value_at(entry, u64::from(entry.count))?;
+    tiff.get(at..at + entry.count as usize)
 }
 
 /// `n / d` when it is a whole number.

@@ -14,7 +14,8 @@ pub enum ImageFormat {
     Webp,
     Bmp,
     Gif,
-    /// Recognised but not supported (e.g. TIFF, HEIF, AVIF, JPEG 2000).
+    Tiff,
+    /// Recognised but not supported (e.g. HEIF, AVIF, JPEG 2000).
     Unsupported(&'static str),
 }
 
@@ -26,6 +27,7 @@ impl fmt::Display for ImageFormat {
             ImageFormat::Webp => f.write_str("webp"),
             ImageFormat::Bmp => f.write_str("bmp"),
             ImageFormat::Gif => f.write_str("gif"),
+            ImageFormat::Tiff => f.write_str("tiff"),
             ImageFormat::Unsupported(name) => f.write_str(name),
         }
     }
@@ -44,8 +46,9 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
         Some(ImageFormat::Bmp)
     } else if starts(b"GIF87a") || starts(b"GIF89a") {
         Some(ImageFormat::Gif)
-    } else if starts(b"II*\0") || starts(b"MM\0*") {
-        Some(ImageFormat::Unsupported("tiff"))
+    } else if starts(b"II*\0") || starts(b"MM\0*") || starts(b"II+\0") || starts(b"MM\0+") {
+        // Classic and BigTIFF.
+        Some(ImageFormat::Tiff)
     } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
         let brand = &bytes[8..12];
         if brand == b"avif" || brand == b"avis" {
@@ -133,10 +136,9 @@ mod tests {
             Some(ImageFormat::Webp)
         );
         assert_eq!(sniff_format(b"GIF89a...."), Some(ImageFormat::Gif));
-        assert_eq!(
-            sniff_format(b"II*\0rest"),
-            Some(ImageFormat::Unsupported("tiff"))
-        );
+        for tiff in [&b"II*\0rest"[..], b"MM\0*rest", b"II+\0\x08\0\0\0"] {
+            assert_eq!(sniff_format(tiff), Some(ImageFormat::Tiff));
+        }
         for (bytes, name) in [
             (&b"\0\0\x01\0\x01\0\x10\x10"[..], "ico"),
             (b"P6\n32 32\n255\n", "netpbm (pbm/pgm/ppm/pam)"),

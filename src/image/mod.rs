@@ -10,12 +10,14 @@ mod decode;
 mod exif;
 mod format;
 mod gif;
+mod ifd;
 mod jpeg;
 mod jpeg_stream;
 mod orientation;
 mod png;
 mod png_text;
 mod resize;
+mod tiff;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
 pub use format::{sniff_format, ImageFormat};

@@ -12,7 +12,8 @@
 //! either). Which XMP packet counts follows Pillow too: JPEG the last
 //! `http://ns.adobe.com/xap/1.0/` APP1 segment before the first scan, PNG
 //! the last text chunk keyed `XML:com.adobe.xmp`, WebP the first `XMP `
-//! chunk. GIF and BMP carry neither. Nothing here panics on bad bytes.
+//! chunk, TIFF tag 700 of the first directory. GIF and BMP carry neither.
+//! Nothing here panics on bad bytes.
 
 use ::image::metadata::Orientation;
 
