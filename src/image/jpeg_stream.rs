@@ -20,10 +20,10 @@
 //! not powers of two, a sequential frame coded one component per scan) is
 //! marked [`Walk::other_decoder`], decoded by the `jpeg-decoder` crate and
 //! never stored byte for byte either. So is a lossless (SOF3) frame of
-//! 8-bit samples, each component sampled 1x1, RGB or gray, without point
-//! transform or restart intervals (which that crate decodes wrongly); such
-//! frames, and YCbCr-coded ones (which libjpeg-turbo 3, Pillow's, refuses
-//! too) are unsupported.
+//! 8-bit samples, each component sampled 1x1, RGB or gray, in one scan,
+//! without point transform or restart intervals (which that crate decodes
+//! wrongly or not at all); such frames, and YCbCr-coded ones (which
+//! libjpeg-turbo 3, Pillow's, refuses too) are unsupported.
 
 use std::borrow::Cow;
 
@@ -317,7 +317,13 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 if f.lossless {
                     // The jpeg-decoder crate predicts from samples already
                     // shifted by the point transform, and ignores restarts
-                    // when it predicts: wrong pixels, so refused here.
+                    // when it predicts: wrong pixels, so refused here; it
+                    // fails on one component per scan.
+                    if usize::from(segment[0]) < f.components.len() {
+                        return Err(Fault::Unsupported(
+                            "lossless jpeg coded one component per scan (SOF3)".into(),
+                        ));
+                    }
                     if scan[2] & 15 != 0 {
                         return Err(Fault::Unsupported(
                             "lossless jpeg with a point transform (SOF3)".into(),
@@ -1052,8 +1058,9 @@ mod tests {
         for (name, what) in [
             ("ycc-jfif-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
             ("ycc-adobe-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
-            // Pillow reads these two; the jpeg-decoder crate decodes them
-            // wrongly (checked against their .rgb before they were refused).
+            // Pillow reads these three; the jpeg-decoder crate decodes them
+            // wrongly or fails (checked against their .rgb before they were
+            // refused).
             (
                 "rgb-pt1-p1-37x23",
                 "lossless jpeg with a point transform (SOF3)",
@@ -1061,6 +1068,10 @@ mod tests {
             (
                 "gray-restart-p1-37x23",
                 "lossless jpeg with restart intervals (SOF3)",
+            ),
+            (
+                "rgb-separate-p4-37x23",
+                "lossless jpeg coded one component per scan (SOF3)",
             ),
         ] {
             let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();

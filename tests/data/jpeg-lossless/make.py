@@ -6,11 +6,13 @@ Writes NAME.jpg and, where Pillow decodes it, NAME.rgb (RGB8, row-major). The
 tests decode each .jpg with ebv and compare with the .rgb, or expect it refused
 as unsupported where Pillow fails too. imagecodecs (libjpeg-turbo 3.1) writes
 the files a real tool writes (RGB-coded, an Adobe marker); minilossless.py
-writes the rest: bare component ids, other predictors, YCbCr-coded files (a
+writes the rest: bare component ids, other predictors, one scan per
+component, YCbCr-coded files (a
 JFIF marker, an Adobe marker with transform 1), which libjpeg-turbo 3 refuses
 to convert in lossless mode ("Unsupported color conversion request"; Pillow:
-"broken data stream"), and a point transform and restart intervals, which
-Pillow reads and the jpeg-decoder crate decodes wrongly (ebv refuses both).
+"broken data stream"), and a point transform, restart intervals and one scan
+per component, which Pillow reads and the jpeg-decoder crate decodes wrongly or
+fails on (ebv refuses them).
 """
 import io
 import struct
@@ -53,6 +55,7 @@ cases = {
     "rgb-idsRGB-p2-37x23": encode(rgb, 2, ids=[82, 71, 66]),
     "rgb-ids123-p3-37x23": encode(rgb, 3),
     "gray-p6-37x23": encode(gray[..., None], 6),
+    "rgb-separate-p4-37x23": encode(rgb, 4, separate=True),
     "rgb-pt1-p1-37x23": encode(rgb, 1, point_transform=1),
     "gray-restart-p1-37x23": encode(gray[..., None], 1, restart_rows=5),
     "ycc-jfif-p1-37x23": encode(ycc(rgb), 1, apps=[JFIF]),

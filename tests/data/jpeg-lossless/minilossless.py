@@ -61,8 +61,10 @@ def _predict(s, y, x, pred, first_of_interval_row):
             6: rb + ((ra - rc) >> 1), 7: (ra + rb) >> 1}[pred]
 
 
-def encode(planes, predictor=1, point_transform=0, ids=None, apps=(), restart_rows=0):
-    """planes: uint8 array (h, w, n). restart_rows: rows per restart interval (0: none)."""
+def encode(planes, predictor=1, point_transform=0, ids=None, apps=(), restart_rows=0,
+           separate=False):
+    """planes: uint8 array (h, w, n). restart_rows: rows per restart interval (0: none).
+    separate: one scan per component instead of one interleaved scan."""
     h, w, n = planes.shape
     ids = ids or list(range(1, n + 1))
     pt = point_transform
@@ -76,8 +78,18 @@ def encode(planes, predictor=1, point_transform=0, ids=None, apps=(), restart_ro
     out += _segment(0xC4, bytes([0x00]) + bytes(COUNTS) + bytes(SYMBOLS))
     if restart_rows:
         out += _segment(0xDD, struct.pack(">H", restart_rows * w))
-    sos = bytes([n]) + b"".join(bytes([i, 0x00]) for i in ids) + bytes([predictor, 0, pt])
-    out += _segment(0xDA, sos)
+    groups = [[c] for c in range(n)] if separate else [list(range(n))]
+    for group in groups:
+        sos = bytes([len(group)]) + b"".join(bytes([ids[c], 0x00]) for c in group)
+        out += _segment(0xDA, sos + bytes([predictor, 0, pt]))
+        out += _scan(s, group, predictor, pt, restart_rows, codes)
+    out += b"\xFF\xD9"
+    return bytes(out)
+
+
+def _scan(s, group, predictor, pt, restart_rows, codes):
+    h, w, _ = s.shape
+    out = bytearray()
     bits = _Bits()
     rst = 0
     for y in range(h):
@@ -89,17 +101,14 @@ def encode(planes, predictor=1, point_transform=0, ids=None, apps=(), restart_ro
             out += bytes([0xFF, 0xD0 + rst % 8])
             rst += 1
         for x in range(w):
-            for c in range(n):
+            for c in group:
                 p = _predict(s[..., c], y, x, predictor, interval_start)
                 if p is None:
                     p = 1 << (8 - pt - 1)
                 diff = (int(s[y, x, c]) - int(p)) % 65536
                 if diff >= 32768:
                     diff -= 65536
-                if diff == -32768:
-                    ssss = 16
-                else:
-                    ssss = abs(diff).bit_length()
+                ssss = 16 if diff == -32768 else abs(diff).bit_length()
                 code, length = codes[ssss]
                 bits.put(code, length)
                 if 0 < ssss < 16:
@@ -107,5 +116,4 @@ def encode(planes, predictor=1, point_transform=0, ids=None, apps=(), restart_ro
                     bits.put(v & ((1 << ssss) - 1), ssss)
     bits.flush()
     out += bits.out
-    out += b"\xFF\xD9"
     return bytes(out)
