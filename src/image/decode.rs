@@ -332,6 +332,11 @@ fn unsupported_tiff(u: &::image::error::UnsupportedError) -> String {
     use ::image::error::UnsupportedErrorKind;
     match u.kind() {
         UnsupportedErrorKind::GenericFeature(what) => what,
+        UnsupportedErrorKind::Color(::image::ExtendedColorType::Unknown(bits)) => {
+            format!(
+                "{bits}-bit pixels of a kind the decoder lacks: floating point or extra channels"
+            )
+        }
         UnsupportedErrorKind::Color(colour) => format!("{colour:?} samples"),
         _ => u.to_string(),
     }
