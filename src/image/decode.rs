@@ -201,11 +201,11 @@ fn orientation(bytes: &[u8], format: ImageFormat) -> Orientation {
         _ => None,
     };
     // XMP only counts when no EXIF tag does.
-    let xmp = match format {
+    let xmp: Option<std::borrow::Cow<[u8]>> = match format {
         _ if exif_tag.is_some() => None,
-        ImageFormat::Png => png_text::last_text(bytes, b"XML:com.adobe.xmp"),
-        ImageFormat::Webp => exif::webp_chunk(bytes, b"XMP ").map(<[u8]>::to_vec),
-        ImageFormat::Tiff => exif::tiff_xmp(bytes).map(<[u8]>::to_vec),
+        ImageFormat::Png => png_text::last_text(bytes, b"XML:com.adobe.xmp").map(Into::into),
+        ImageFormat::Webp => exif::webp_chunk(bytes, b"XMP ").map(Into::into),
+        ImageFormat::Tiff => exif::tiff_xmp(bytes).map(Into::into),
         _ => None,
     };
     orientation::resolve(exif_tag, xmp.as_deref())
@@ -350,10 +350,13 @@ fn reason(e: &::image::ImageError) -> String {
     reason_text(&e.to_string())
 }
 
+/// The reason for a file that ends before its pixels do.
+pub(super) const TRUNCATED: &str = "truncated: the file ends before the image does";
+
 /// [`reason`] for a decoder error already written out as text.
 pub(super) fn reason_text(text: &str) -> String {
     if text.contains("failed to fill whole buffer") || text.contains("unexpected end of file") {
-        return "truncated: the file ends before the image does".into();
+        return TRUNCATED.into();
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

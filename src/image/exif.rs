@@ -11,8 +11,8 @@
 //! (first) value counts when it is a number equal to an integer in 1..=8
 //! (cameras write SHORT, some tools LONG, a few RATIONAL), and any other
 //! value (a BYTE, which Pillow loads as bytes; text) means "present, no
-//! orientation". Nothing here panics on bad
-//! bytes: a block that cannot be read has no tag.
+//! orientation". Nothing here panics on bad bytes: a block that cannot be
+//! read has no tag.
 
 use ::image::metadata::Orientation;
 
@@ -103,20 +103,7 @@ fn integral(v: f64) -> Option<i64> {
 /// The first `eXIf` chunk of a PNG. The chunk may follow the image data,
 /// where a decoder that stops reading at the pixels never sees it.
 pub(crate) fn png_block(bytes: &[u8]) -> Option<&[u8]> {
-    let mut pos = 8;
-    loop {
-        let len = usize::try_from(u32::from_be_bytes(
-            bytes.get(pos..pos + 4)?.try_into().ok()?,
-        ))
-        .ok()?;
-        let kind = bytes.get(pos + 4..pos + 8)?;
-        let data = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
-        match kind {
-            b"eXIf" => return Some(data),
-            b"IEND" => return None,
-            _ => pos += 12 + len,
-        }
-    }
+    super::png::chunks(bytes).find_map(|(kind, data)| (kind == b"eXIf").then_some(data))
 }
 
 /// The EXIF block ImageMagick writes into a PNG as a `Raw profile type

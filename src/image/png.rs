@@ -1,5 +1,7 @@
-//! PNG files that end after their last whole chunk without an IEND chunk,
-//! given the IEND the `image` crate's decoder insists on.
+//! The chunk structure of PNG files: the chunks in file order (read by the
+//! EXIF and text lookups), and, for files that end after their last whole
+//! chunk without an IEND chunk, the IEND the `image` crate's decoder
+//! insists on.
 //!
 //! Invariants: only a file whose chunks, walked from the signature by their
 //! lengths, end exactly at the end of the bytes, with at least one IDAT and
@@ -16,6 +18,24 @@ const SIGNATURE: usize = 8;
 /// Length, type and CRC around a chunk's data.
 const CHUNK_OVERHEAD: usize = 12;
 const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+
+/// The chunks of a PNG as (type, data), in file order, from the one after
+/// the signature up to IEND or to the first chunk that runs past the end of
+/// the bytes. CRCs are not checked (the pixel decoder does).
+pub(crate) fn chunks(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut pos = SIGNATURE;
+    std::iter::from_fn(move || {
+        let head = bytes.get(pos..pos + 8)?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        let data = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
+        if kind == b"IEND" {
+            return None;
+        }
+        pos += CHUNK_OVERHEAD + len;
+        Some((kind, data))
+    })
+}
 
 /// `bytes`, with IEND appended when only IEND is missing.
 pub(crate) fn with_iend(bytes: &[u8]) -> Cow<'_, [u8]> {

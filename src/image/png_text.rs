@@ -8,7 +8,7 @@
 //! as each one overwrites Pillow's `info[keyword]`; compressed text is
 //! inflated up to [`MAX_TEXT`] bytes (Pillow's `MAX_TEXT_CHUNK`), and a
 //! chunk that inflates to more, or not at all, is no text. Nothing here
-//! panics on bad bytes; CRCs are not checked (the pixel decoder does).
+//! panics on bad bytes; the chunks are [`super::png::chunks`]'s.
 
 use std::io::Read;
 
@@ -17,32 +17,14 @@ pub(crate) const MAX_TEXT: u64 = 1 << 20;
 
 /// The text of the last `tEXt`, `zTXt` or `iTXt` chunk keyed `keyword`.
 pub(crate) fn last_text(bytes: &[u8], keyword: &[u8]) -> Option<Vec<u8>> {
-    let mut found = None;
-    let mut pos = 8;
-    while let Some(head) = bytes.get(pos..pos + 8) {
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let kind = &head[4..8];
-        if kind == b"IEND" {
-            break;
-        }
-        let Some(data) = pos
-            .checked_add(8 + len)
-            .and_then(|end| bytes.get(pos + 8..end))
-        else {
-            break;
-        };
-        let text = match kind {
+    super::png::chunks(bytes)
+        .filter_map(|(kind, data)| match kind {
             b"tEXt" => text(data, keyword),
             b"zTXt" => ztxt(data, keyword),
             b"iTXt" => itxt(data, keyword),
             _ => None,
-        };
-        if text.is_some() {
-            found = text;
-        }
-        pos += 12 + len;
-    }
-    found
+        })
+        .last()
 }
 
 /// `keyword\0text`.

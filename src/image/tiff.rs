@@ -16,7 +16,7 @@ use ::tiff::decoder::{Decoder, DecodingResult};
 use ::tiff::tags::Tag;
 use ::tiff::ColorType;
 
-use super::decode::{check_pixels, reason_text, DecodeLimits, ImageError, Rgb8Image};
+use super::decode::{check_pixels, reason_text, DecodeLimits, ImageError, Rgb8Image, TRUNCATED};
 use super::format::ImageFormat;
 use super::ifd::Ifd0;
 
@@ -41,7 +41,7 @@ pub(crate) fn decode_fallback(
             let mut decoder = Decoder::new(Cursor::new(&gray[..])).ok()?;
             match decoder.colortype().ok()? {
                 ColorType::Gray(bits @ (1 | 2 | 4 | 8)) => {
-                    Some(read(&mut decoder, ColorType::Palette(bits), limits))
+                    Some(read(&mut decoder, Samples::Palette(bits), limits))
                 }
                 _ => None,
             }
@@ -52,7 +52,7 @@ pub(crate) fn decode_fallback(
                 ColorType::Multiband {
                     bit_depth: 8,
                     num_samples: 2,
-                } => Some(read(&mut decoder, ColorType::GrayA(8), limits)),
+                } => Some(read(&mut decoder, Samples::GrayAlpha, limits)),
                 _ => None,
             }
         }
@@ -65,10 +65,19 @@ const PHOTOMETRIC: u16 = 262;
 const BLACK_IS_ZERO: u16 = 1;
 const PALETTE: u16 = 3;
 
-/// The pixels of `decoder`'s image, whose samples are `colour`.
+/// What the samples of an image read here are.
+#[derive(Clone, Copy)]
+enum Samples {
+    /// Indices of this many bits into the ColorMap.
+    Palette(u8),
+    /// 8-bit gray, 8-bit alpha.
+    GrayAlpha,
+}
+
+/// The pixels of `decoder`'s image.
 fn read(
     decoder: &mut Decoder<Cursor<&[u8]>>,
-    colour: ColorType,
+    samples_are: Samples,
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
     let fmt = ImageFormat::Tiff;
@@ -78,10 +87,6 @@ fn read(
     };
     let (width, height) = decoder.dimensions().map_err(bad)?;
     check_pixels(fmt, width, height, limits)?;
-    let palette = match colour {
-        ColorType::Palette(_) => Some(decoder.get_tag_u16_vec(Tag::ColorMap).map_err(bad)?),
-        _ => None,
-    };
     let DecodingResult::U8(samples) = decoder.read_image().map_err(bad)? else {
         return Err(ImageError::Corrupt {
             format: fmt,
@@ -91,11 +96,12 @@ fn read(
     let (w, h) = (width as usize, height as usize);
     let short = || ImageError::Corrupt {
         format: fmt,
-        detail: "truncated: the file ends before the image does".into(),
+        detail: TRUNCATED.into(),
     };
     let mut data = Vec::with_capacity(w * h * 3);
-    match (colour, palette) {
-        (ColorType::Palette(bits), Some(map)) => {
+    match samples_are {
+        Samples::Palette(bits) => {
+            let map = decoder.get_tag_u16_vec(Tag::ColorMap).map_err(bad)?;
             let entries = 1usize << bits;
             if map.len() != 3 * entries {
                 return Err(ImageError::Corrupt {
@@ -118,7 +124,7 @@ fn read(
                 }
             }
         }
-        _ => {
+        Samples::GrayAlpha => {
             if samples.len() < w * h * 2 {
                 return Err(short());
             }
