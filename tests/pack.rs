@@ -3692,3 +3692,74 @@ fn progressive_sources_are_kept_or_made_sequential() {
         "{err}"
     );
 }
+
+/// Arithmetic-coded JPEGs (`tests/data/jpeg-arith`, each `jpegtran
+/// -arithmetic` of a Huffman-coded twin: the same coefficients) pack to
+/// exactly their twins' pixels, raw and resized, and are never stored
+/// untouched: the loader's decoder reads Huffman coding only.
+#[test]
+fn arithmetic_jpegs_pack_as_their_huffman_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-arith");
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(".arith.jpg").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 11);
+    let read =
+        |name: &str, kind: &str| std::fs::read(data.join(format!("{name}.{kind}.jpg"))).unwrap();
+    let entries: Entries = names
+        .iter()
+        .flat_map(|n| {
+            ["arith", "huff"].map(|kind| (format!("train/a/{n}-{kind}.jpg"), read(n, kind)))
+        })
+        .collect();
+    let src = dir.path().join("src");
+    write_dir(&src, &entries);
+    for (encoding, size) in [("raw", "61x45"), ("raw", "40x30"), ("jpeg", "61x45")] {
+        let out = dir.path().join(format!("{encoding}-{size}"));
+        let args = [
+            s(&src),
+            "--out",
+            s(&out),
+            "--size",
+            size,
+            "--encoding",
+            encoding,
+        ];
+        let o = run(BIN, &[&args[..], &["--quiet", "--strict"]].concat());
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        let rows: std::collections::HashMap<String, Vec<u8>> = read_split(&out, "train")
+            .into_iter()
+            .map(|r| (r.key, r.image))
+            .collect();
+        assert_eq!(rows.len(), 2 * names.len());
+        for n in &names {
+            let arith = &rows[&format!("train/a/{n}-arith.jpg")];
+            let huff = &rows[&format!("train/a/{n}-huff.jpg")];
+            assert!(*arith != read(n, "arith"), "{n}: stored untouched");
+            if encoding == "raw" {
+                assert!(
+                    arith == huff,
+                    "{n} at {size}: pixels differ from the twin's"
+                );
+                continue;
+            }
+            // Re-encoded (q95, 4:2:0) from the twin's pixels; the twin
+            // itself is stored untouched where it can be (3 components).
+            let px = ebv::image::decode_rgb8(&read(n, "huff"), Default::default()).unwrap();
+            let want = ebv::image::encode_jpeg(&px.data, 61, 45, 95, Default::default()).unwrap();
+            assert!(*arith == want, "{n}: not the twin's pixels re-encoded");
+            let color = !n.starts_with("gray") && !n.starts_with("cmyk");
+            assert_eq!(
+                *huff == read(n, "huff"),
+                color,
+                "{n}: passthrough of the twin"
+            );
+        }
+    }
+}

@@ -157,6 +157,14 @@ pub(super) fn decode_jpeg_into(
     // with a warning or a default is rewritten for zune-jpeg; bytes after
     // the end marker are not the image's.
     let walk = super::jpeg_stream::walk(bytes).map_err(super::jpeg::fault_error)?;
+    if walk.arithmetic {
+        // The same coefficients, Huffman-coded: the same pixels.
+        check_pixels(fmt, walk.width, walk.height, limits)?;
+        let huffman = super::jpeg_arith::transcode(&bytes[..walk.end], &walk)
+            .map_err(super::jpeg::fault_error)?;
+        let (width, height, _) = decode_jpeg_into(&huffman, limits, out)?;
+        return Ok((width, height, walk.orientation));
+    }
     let bytes = walk.repaired(bytes);
     let bytes = bytes.as_ref();
     if let Some(why) = &walk.other_decoder {

@@ -209,18 +209,20 @@ mod tests {
         assert!(JpegHeader::parse(b"not a jpeg").is_err());
     }
 
-    /// A 224² 8-bit colour JPEG whose frame header says arithmetic,
-    /// hierarchical or 12-bit coding: a reader could not decode it, so it is
+    /// A 224² colour JPEG whose frame header says hierarchical, lossless
+    /// arithmetic or 12-bit coding: a reader could not decode it, so it is
     /// never stored untouched, and the decoder names what it is.
     #[test]
     fn frames_the_decoder_cannot_read_are_neither_passed_through_nor_decoded() {
         let bytes = encode_jpeg(&gradient(224, 224), 224, 224, 90, Subsampling::S420).unwrap();
         let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
-        let cases: [(u8, u8, &str); 6] = [
-            (0xC9, 8, "arithmetic-coded jpeg (SOF9)"),
-            (0xCA, 8, "arithmetic-coded jpeg (SOF10)"),
+        let cases: [(u8, u8, &str); 8] = [
+            (0xC9, 12, "12-bit arithmetic-coded jpeg (SOF9)"),
+            (0xCA, 12, "12-bit arithmetic-coded jpeg (SOF10)"),
+            (0xCB, 8, "lossless arithmetic-coded jpeg (SOF11)"),
             (0xC3, 12, "12-bit lossless jpeg (SOF3)"),
             (0xC5, 8, "hierarchical jpeg (SOF5)"),
+            (0xCD, 8, "hierarchical arithmetic-coded jpeg (SOF13)"),
             (0xC1, 12, "12-bit jpeg (SOF1)"),
             (0xC2, 12, "12-bit jpeg (SOF2)"),
         ];
@@ -232,6 +234,17 @@ mod tests {
             assert_eq!(JpegHeader::parse(&b).unwrap_err().to_string(), want);
             let err = crate::image::decode_rgb8(&b, Default::default()).unwrap_err();
             assert_eq!(err.to_string(), want);
+        }
+        // An 8-bit arithmetic-coded frame is decoded (re-coded first), and
+        // never kept: the loader's decoder reads Huffman coding only.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-arith");
+        for name in ["seq-420", "prog-420"] {
+            let b = std::fs::read(dir.join(format!("{name}.arith.jpg"))).unwrap();
+            let header = JpegHeader::parse(&b).unwrap();
+            assert_eq!((header.width, header.height), (61, 45));
+            assert_eq!(header.progressive, name.starts_with("prog"));
+            assert!(!header.is_passthrough(61, 45), "{name}");
+            assert!(crate::image::decode_rgb8(&b, Default::default()).is_ok());
         }
         // Extended sequential (SOF1) 8-bit Huffman is ordinary baseline
         // data to every reader: kept.

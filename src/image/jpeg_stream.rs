@@ -23,7 +23,9 @@
 //! 8-bit samples, each component sampled 1x1, RGB or gray, in one scan,
 //! without point transform or restart intervals (which that crate decodes
 //! wrongly or not at all); such frames, and YCbCr-coded ones (which
-//! libjpeg-turbo 3, Pillow's, refuses too) are unsupported.
+//! libjpeg-turbo 3, Pillow's, refuses too) are unsupported. An
+//! arithmetic-coded frame (SOF9, SOF10) is marked [`Walk::arithmetic`]
+//! and re-coded with Huffman tables before any decoder sees it.
 
 use std::borrow::Cow;
 
@@ -36,8 +38,8 @@ pub(crate) enum Fault {
     Truncated,
     /// Malformed: no reader decodes it.
     Corrupt(String),
-    /// A valid stream this decoder does not read (arithmetic coding,
-    /// 12-bit samples, unusual sampling).
+    /// A valid stream this decoder does not read (12-bit samples,
+    /// hierarchical coding, some lossless codings).
     Unsupported(String),
 }
 
@@ -70,6 +72,9 @@ pub(crate) struct Walk {
     pub progressive: bool,
     /// A lossless (SOF3) frame: predictor scans, no quantisation.
     pub lossless: bool,
+    /// An arithmetic-coded DCT frame (SOF9, SOF10): read by transcoding it
+    /// to Huffman coding ([`super::jpeg_arith`]), never stored untouched.
+    pub arithmetic: bool,
     pub components: Vec<Component>,
     /// The orientation of the first EXIF segment or, when it has no tag,
     /// of the last XMP segment; `NoTransforms` when neither gives one.
@@ -81,7 +86,8 @@ pub(crate) struct Walk {
     /// begin no marker (libjpeg skips them, warning "extraneous bytes
     /// before marker"), APPn and COM segments between scans (they describe
     /// nothing there; zune-jpeg misreads them), an Adobe APP14 segment too
-    /// short to hold its fields (libjpeg ignores it; zune-jpeg refuses it).
+    /// short to hold its fields (libjpeg ignores it; zune-jpeg refuses it),
+    /// arithmetic conditioning (DAC) in a Huffman-coded frame (the same).
     pub junk: Vec<(usize, usize)>,
     /// Huffman tables (class 0 DC / 1 AC, slot 0/1) a scan uses before any
     /// segment defines them: libjpeg's standard tables stand in.
@@ -111,6 +117,7 @@ impl Walk {
             && self.sequential_fixes.is_empty()
             && self.sampling_fix.is_none()
             && self.other_decoder.is_none()
+            && !self.arithmetic
     }
 
     /// The image's bytes (up to its end marker) as a strict reader needs
@@ -163,13 +170,12 @@ impl Walk {
 }
 
 /// Why a frame of start-of-frame marker `sof` and sample `precision` is not
-/// decoded (the decoder reads only 8-bit Huffman-coded DCT frames), or
-/// `None` when it is.
+/// decoded (the decoders read 8-bit DCT frames, Huffman- or
+/// arithmetic-coded, and 8-bit lossless ones), or `None` when it is.
 fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
     let coding = match sof {
-        0xC0..=0xC3 => None,
+        0xC0..=0xC3 | 0xC9 | 0xCA => None,
         0xC5..=0xC7 => Some("hierarchical"),
-        0xC9 | 0xCA => Some("arithmetic-coded"),
         0xCB => Some("lossless arithmetic-coded"),
         0xCD..=0xCF => Some("hierarchical arithmetic-coded"),
         _ => Some("unknown frame type"),
@@ -177,11 +183,12 @@ fn unsupported_coding(sof: u8, precision: u8) -> Option<String> {
     match coding {
         Some(coding) => Some(format!("{coding} jpeg (SOF{})", sof - 0xC0)),
         None if precision != 8 => {
-            let lossless = if sof == 0xC3 { " lossless" } else { "" };
-            Some(format!(
-                "{precision}-bit{lossless} jpeg (SOF{})",
-                sof - 0xC0
-            ))
+            let kind = match sof {
+                0xC3 => " lossless",
+                0xC9 | 0xCA => " arithmetic-coded",
+                _ => "",
+            };
+            Some(format!("{precision}-bit{kind} jpeg (SOF{})", sof - 0xC0))
         }
         None => None,
     }
@@ -225,6 +232,8 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
     let mut sequential_fixes = Vec::new();
     let mut first_scan = None;
+    // Conditioning segments: junk unless the frame is arithmetic-coded.
+    let mut dac = Vec::new();
     let mut pos = 2;
     loop {
         // libjpeg's next_marker: anything before a 0xFF is skipped (and
@@ -294,7 +303,10 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
             }
             0xC4 => read_dht(segment, &mut tables)?,
             0xDB => read_dqt(segment, &mut tables)?,
-            0xCC => return Err(Fault::Unsupported("arithmetic-coded jpeg (DAC)".into())),
+            0xCC => {
+                read_dac(segment)?;
+                dac.push((marker_at, pos));
+            }
             0xE0..=0xEF | 0xFE if first_scan.is_some() => junk.push((marker_at, pos)),
             0xEE if segment.starts_with(b"Adobe") && segment.len() < 12 => {
                 junk.push((marker_at, pos))
@@ -335,13 +347,15 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                         ));
                     }
                 }
-                if !f.progressive && !f.lossless && scan != [0, 63, 0] {
+                if !f.progressive && !f.lossless && !f.arithmetic && scan != [0, 63, 0] {
                     // Ss is the byte after the component list.
                     sequential_fixes.push(body + segment.len() - 3);
                 }
                 // zune-jpeg decodes a sequential frame coded one component
                 // per scan into garbage.
-                let separate = !f.progressive && usize::from(segment[0]) < f.components.len();
+                // (An arithmetic frame is re-coded in one scan.)
+                let separate =
+                    !f.progressive && !f.arithmetic && usize::from(segment[0]) < f.components.len();
                 if let Some(f) = frame.as_mut().filter(|_| separate) {
                     f.other_decoder.get_or_insert_with(|| {
                         "a sequential frame coded one component per scan".into()
@@ -384,6 +398,11 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     }
     w.orientation = super::orientation::resolve(exif_tag, xmp);
     w.end = pos;
+    if !w.arithmetic && !dac.is_empty() {
+        // libjpeg reads and ignores them; zune-jpeg refuses them.
+        junk.extend(dac);
+        junk.sort_unstable();
+    }
     w.junk = junk;
     w.default_tables = default_tables;
     w.first_scan = first_scan;
@@ -471,8 +490,9 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
     Ok(Walk {
         width,
         height,
-        progressive: marker == 0xC2,
+        progressive: matches!(marker, 0xC2 | 0xCA),
         lossless: marker == 0xC3,
+        arithmetic: matches!(marker, 0xC9 | 0xCA),
         components,
         orientation: Orientation::NoTransforms,
         end: 0,
@@ -499,6 +519,29 @@ fn read_dqt(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
         };
         tables.quant[tq] = true;
         s = after;
+    }
+    Ok(())
+}
+
+/// DAC: arithmetic conditioning, (class and slot, value) pairs. libjpeg
+/// refuses a slot beyond its 16 and a DC entry whose lower bound L
+/// exceeds its upper U; a frame not arithmetic-coded ignores them.
+fn read_dac(s: &[u8]) -> Result<(), Fault> {
+    if !s.len().is_multiple_of(2) {
+        return Err(corrupt(format!("DAC segment of {} bytes", s.len() + 2)));
+    }
+    for pair in s.chunks_exact(2) {
+        let (index, value) = (pair[0], pair[1]);
+        if index >= 32 {
+            return Err(corrupt(format!("DAC table index {index} (0 to 31)")));
+        }
+        if index < 16 && value & 15 > value >> 4 {
+            return Err(corrupt(format!(
+                "DAC DC conditioning L={} above U={}",
+                value & 15,
+                value >> 4
+            )));
+        }
     }
     Ok(())
 }
@@ -595,6 +638,16 @@ fn read_scan(
             true
         };
         let ac = if f.progressive { ss > 0 } else { !f.lossless };
+        if f.arithmetic {
+            // Conditioning tables, defaults when no DAC defines them;
+            // libjpeg has 16 of each.
+            if td > 15 || ta > 15 {
+                return Err(corrupt(format!(
+                    "arithmetic conditioning table {td}/{ta} of component {cs} (0 to 15)"
+                )));
+            }
+            continue;
+        }
         if dc {
             needs.push((0u8, td));
         }
@@ -743,18 +796,24 @@ const STD_AC_BITS: [[u8; 16]; 2] = [
     [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77],
 ];
 
+/// The standard table of `class` (0 DC, 1 AC) for `slot` (0 luminance, 1
+/// chrominance): bit counts per code length, and the symbols.
+pub(super) fn standard_table(class: u8, slot: u8) -> (&'static [u8; 16], &'static [u8]) {
+    let s = usize::from(slot.min(1));
+    if class == 0 {
+        (&STD_DC[s].0, STD_DC[s].1)
+    } else if s == 0 {
+        (&STD_AC_BITS[0], &STD_AC_LUMA)
+    } else {
+        (&STD_AC_BITS[1], &STD_AC_CHROMA)
+    }
+}
+
 /// A DHT segment defining the standard tables `which` ((class, slot) pairs).
-fn standard_dht(which: &[(u8, u8)]) -> Vec<u8> {
+pub(super) fn standard_dht(which: &[(u8, u8)]) -> Vec<u8> {
     let mut body = Vec::new();
     for &(class, slot) in which {
-        let s = usize::from(slot);
-        let (bits, values): (&[u8; 16], &[u8]) = if class == 0 {
-            (&STD_DC[s].0, STD_DC[s].1)
-        } else if s == 0 {
-            (&STD_AC_BITS[0], &STD_AC_LUMA)
-        } else {
-            (&STD_AC_BITS[1], &STD_AC_CHROMA)
-        };
+        let (bits, values) = standard_table(class, slot);
         body.push(class << 4 | slot);
         body.extend_from_slice(bits);
         body.extend_from_slice(values);

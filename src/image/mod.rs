@@ -12,6 +12,7 @@ mod format;
 mod gif;
 mod ifd;
 mod jpeg;
+mod jpeg_arith;
 mod jpeg_stream;
 mod orientation;
 mod png;
