@@ -165,6 +165,12 @@ pub(super) fn decode_jpeg_into(
         let (width, height, _) = decode_jpeg_into(&huffman, limits, out)?;
         return Ok((width, height, walk.orientation));
     }
+    if walk.lossless {
+        check_pixels(fmt, walk.width, walk.height, limits)?;
+        super::jpeg_lossless::decode(&bytes[..walk.end], &walk, out)
+            .map_err(super::jpeg::fault_error)?;
+        return Ok((walk.width, walk.height, walk.orientation));
+    }
     let bytes = walk.repaired(bytes);
     let bytes = bytes.as_ref();
     if let Some(why) = &walk.other_decoder {

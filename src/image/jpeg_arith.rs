@@ -23,7 +23,9 @@
 //! Coefficients that baseline coding cannot hold (outside ±1023, DC steps
 //! beyond ±2047: never made by an 8-bit encoder) are refused as unsupported.
 
-use super::jpeg_stream::{standard_dht, standard_table, Fault, Walk};
+use super::jpeg_stream::{
+    data_end, next_segment, split_intervals, standard_dht, standard_table, Fault, Walk,
+};
 
 /// Table D.2 of T.81: for each probability state, its Qe, the next state
 /// after an LPS and after an MPS, and whether an LPS switches which
@@ -501,37 +503,6 @@ pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
     encode_baseline(walk, &grid, &planes, &markers)
 }
 
-/// The next marker at or after `pos` (bytes that begin none are skipped,
-/// as libjpeg and the walk do): (code, offset of its 0xFF, its segment's
-/// body when it has one).
-fn next_segment(
-    bytes: &[u8],
-    mut pos: usize,
-) -> Option<(u8, usize, Option<std::ops::Range<usize>>)> {
-    loop {
-        let ff = pos + memchr::memchr(0xFF, bytes.get(pos..)?)?;
-        let mut code = ff + 1;
-        while bytes.get(code) == Some(&0xFF) {
-            code += 1;
-        }
-        let marker = *bytes.get(code)?;
-        if marker == 0x00 {
-            pos = code + 1;
-            continue;
-        }
-        if matches!(marker, 0x01 | 0xD0..=0xD9) {
-            return Some((marker, code - 1, None));
-        }
-        let len = usize::from(u16::from_be_bytes([
-            *bytes.get(code + 1)?,
-            *bytes.get(code + 2)?,
-        ]));
-        let body = code + 3..(code + 1 + len).max(code + 3);
-        bytes.get(body.clone())?;
-        return Some((marker, code - 1, Some(body)));
-    }
-}
-
 fn read_dqt(mut s: &[u8], quant: &mut [Option<(u8, [u16; 64])>; 4]) -> Result<(), Fault> {
     while let Some((&pq_tq, rest)) = s.split_first() {
         let (pq, tq) = (pq_tq >> 4, usize::from(pq_tq & 15));
@@ -597,49 +568,6 @@ fn read_scan_header(s: &[u8], planes: &[Plane], progressive: bool) -> Result<Sca
         ah,
         al,
     })
-}
-
-/// Where a scan's coded data ends: the 0xFF of the first marker that is
-/// not a restart (stuffed 0xFF 0x00 and restarts belong to the data).
-fn data_end(bytes: &[u8], mut pos: usize) -> usize {
-    loop {
-        let Some(k) = bytes.get(pos..).and_then(|b| memchr::memchr(0xFF, b)) else {
-            return bytes.len();
-        };
-        let ff = pos + k;
-        let mut code = ff + 1;
-        while bytes.get(code) == Some(&0xFF) {
-            code += 1;
-        }
-        match bytes.get(code) {
-            Some(0x00 | 0xD0..=0xD7) => pos = code + 1,
-            _ => return ff,
-        }
-    }
-}
-
-/// A scan's coded data cut at its restart markers.
-fn split_intervals(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let (mut start, mut pos) = (0, 0);
-    while let Some(k) = memchr::memchr(0xFF, &data[pos..]) {
-        let ff = pos + k;
-        let mut code = ff + 1;
-        while data.get(code) == Some(&0xFF) {
-            code += 1;
-        }
-        match data.get(code) {
-            Some(0xD0..=0xD7) => {
-                out.push(&data[start..ff]);
-                start = code + 1;
-                pos = code + 1;
-            }
-            Some(_) => pos = code + 1,
-            None => break,
-        }
-    }
-    out.push(&data[start..]);
-    out
 }
 
 /// Decodes one scan into the planes' coefficients. Statistics and DC

@@ -19,11 +19,11 @@
 //! not at all (chroma sampled finer than luma, sampling factors that are
 //! not powers of two, a sequential frame coded one component per scan) is
 //! marked [`Walk::other_decoder`], decoded by the `jpeg-decoder` crate and
-//! never stored byte for byte either. So is a lossless (SOF3) frame of
-//! 8-bit samples, each component sampled 1x1, RGB or gray, in one scan,
-//! without point transform or restart intervals (which that crate decodes
-//! wrongly or not at all); such frames, and YCbCr-coded ones (which
-//! libjpeg-turbo 3, Pillow's, refuses too) are unsupported. An
+//! never stored byte for byte either. A lossless (SOF3) frame of 8-bit
+//! samples, each component sampled 1x1, RGB or gray, is marked
+//! [`Walk::lossless`] and decoded by ebv's own decoder
+//! ([`super::jpeg_lossless`]); other lossless frames, and YCbCr-coded ones
+//! (which libjpeg-turbo 3, Pillow's, refuses too) are unsupported. An
 //! arithmetic-coded frame (SOF9, SOF10) is marked [`Walk::arithmetic`]
 //! and re-coded with Huffman tables before any decoder sees it.
 
@@ -70,7 +70,8 @@ pub(crate) struct Walk {
     pub width: u32,
     pub height: u32,
     pub progressive: bool,
-    /// A lossless (SOF3) frame: predictor scans, no quantisation.
+    /// A lossless (SOF3) frame: predictor scans, no quantisation; decoded
+    /// by [`super::jpeg_lossless`], never stored untouched.
     pub lossless: bool,
     /// An arithmetic-coded DCT frame (SOF9, SOF10): read by transcoding it
     /// to Huffman coding ([`super::jpeg_arith`]), never stored untouched.
@@ -118,6 +119,7 @@ impl Walk {
             && self.sampling_fix.is_none()
             && self.other_decoder.is_none()
             && !self.arithmetic
+            && !self.lossless
     }
 
     /// The image's bytes (up to its end marker) as a strict reader needs
@@ -226,7 +228,6 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     // Adobe marker whose transform is not 0, means YCbCr.
     let mut jfif = false;
     let mut adobe_transform = None;
-    let mut restart_interval = 0u16;
     let mut tables = Tables::default();
     let mut junk = Vec::new();
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
@@ -326,27 +327,6 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 };
                 first_scan.get_or_insert(marker_at);
                 let scan = read_scan(f, segment, &mut tables, &mut default_tables)?;
-                if f.lossless {
-                    // The jpeg-decoder crate predicts from samples already
-                    // shifted by the point transform, and ignores restarts
-                    // when it predicts: wrong pixels, so refused here; it
-                    // fails on one component per scan.
-                    if usize::from(segment[0]) < f.components.len() {
-                        return Err(Fault::Unsupported(
-                            "lossless jpeg coded one component per scan (SOF3)".into(),
-                        ));
-                    }
-                    if scan[2] & 15 != 0 {
-                        return Err(Fault::Unsupported(
-                            "lossless jpeg with a point transform (SOF3)".into(),
-                        ));
-                    }
-                    if restart_interval != 0 {
-                        return Err(Fault::Unsupported(
-                            "lossless jpeg with restart intervals (SOF3)".into(),
-                        ));
-                    }
-                }
                 if !f.progressive && !f.lossless && !f.arithmetic && scan != [0, 63, 0] {
                     // Ss is the byte after the component list.
                     sequential_fixes.push(body + segment.len() - 3);
@@ -366,9 +346,6 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                     return Err(corrupt(format!("a scan with no coded data at byte {pos}")));
                 }
                 pos = end;
-            }
-            0xDD if segment.len() >= 2 => {
-                restart_interval = u16::from_be_bytes([segment[0], segment[1]]);
             }
             // DNL, DRI; APPn and COM before the first scan.
             0xDC | 0xDD | 0xE0..=0xEF | 0xFE => {}
@@ -458,7 +435,6 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
                 components.len()
             )));
         }
-        other_decoder = Some("lossless coding (SOF3)".into());
     }
     if let [c] = components[..] {
         if !c.h.is_power_of_two() || !c.v.is_power_of_two() {
@@ -748,6 +724,83 @@ fn scan_end(bytes: &[u8], mut pos: usize) -> Result<usize, Fault> {
             Some(_) => return Ok(code - 1),
         }
     }
+}
+
+// For the decoders that re-read an accepted stream (arithmetic, lossless):
+// its segments in order, and each scan's coded data cut at its restarts.
+
+/// The next marker at or after `pos` (bytes that begin none are skipped,
+/// as libjpeg and the walk do): (code, offset of its 0xFF, its segment's
+/// body when it has one).
+pub(super) fn next_segment(
+    bytes: &[u8],
+    mut pos: usize,
+) -> Option<(u8, usize, Option<std::ops::Range<usize>>)> {
+    loop {
+        let ff = pos + memchr::memchr(0xFF, bytes.get(pos..)?)?;
+        let mut code = ff + 1;
+        while bytes.get(code) == Some(&0xFF) {
+            code += 1;
+        }
+        let marker = *bytes.get(code)?;
+        if marker == 0x00 {
+            pos = code + 1;
+            continue;
+        }
+        if matches!(marker, 0x01 | 0xD0..=0xD9) {
+            return Some((marker, code - 1, None));
+        }
+        let len = usize::from(u16::from_be_bytes([
+            *bytes.get(code + 1)?,
+            *bytes.get(code + 2)?,
+        ]));
+        let body = code + 3..(code + 1 + len).max(code + 3);
+        bytes.get(body.clone())?;
+        return Some((marker, code - 1, Some(body)));
+    }
+}
+
+/// Where a scan's coded data ends: the 0xFF of the first marker that is
+/// not a restart (stuffed 0xFF 0x00 and restarts belong to the data).
+pub(super) fn data_end(bytes: &[u8], mut pos: usize) -> usize {
+    loop {
+        let Some(k) = bytes.get(pos..).and_then(|b| memchr::memchr(0xFF, b)) else {
+            return bytes.len();
+        };
+        let ff = pos + k;
+        let mut code = ff + 1;
+        while bytes.get(code) == Some(&0xFF) {
+            code += 1;
+        }
+        match bytes.get(code) {
+            Some(0x00 | 0xD0..=0xD7) => pos = code + 1,
+            _ => return ff,
+        }
+    }
+}
+
+/// A scan's coded data cut at its restart markers.
+pub(super) fn split_intervals(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut pos) = (0, 0);
+    while let Some(k) = memchr::memchr(0xFF, &data[pos..]) {
+        let ff = pos + k;
+        let mut code = ff + 1;
+        while data.get(code) == Some(&0xFF) {
+            code += 1;
+        }
+        match data.get(code) {
+            Some(0xD0..=0xD7) => {
+                out.push(&data[start..ff]);
+                start = code + 1;
+                pos = code + 1;
+            }
+            Some(_) => pos = code + 1,
+            None => break,
+        }
+    }
+    out.push(&data[start..]);
+    out
 }
 
 /// The Huffman tables of ITU-T T.81 Annex K.3 (libjpeg's defaults):
@@ -1088,8 +1141,9 @@ mod tests {
     /// (Pillow's decode of each, in `.rgb`; both made by
     /// `tests/data/jpeg-lossless/make.py`: every predictor, gray and RGB,
     /// component ids with and without an Adobe marker, restart intervals,
-    /// a point transform), and are never stored untouched; YCbCr-coded
-    /// ones, which libjpeg-turbo refuses, are unsupported here too.
+    /// a point transform, one scan per component), and are never stored
+    /// untouched; YCbCr-coded ones, which libjpeg-turbo refuses, are
+    /// unsupported here too.
     #[test]
     fn lossless_frames_decode_as_libjpeg_turbo_decodes_them() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-lossless");
@@ -1101,13 +1155,17 @@ mod tests {
             "rgb-idsRGB-p2-37x23",
             "rgb-ids123-p3-37x23",
             "gray-p6-37x23",
+            // Until ebv had a lossless decoder of its own, these three were
+            // refused (the jpeg-decoder crate decodes them wrongly or fails).
+            "rgb-pt1-p1-37x23",
+            "gray-restart-p1-37x23",
+            "rgb-separate-p4-37x23",
         ];
         for name in names {
             let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
             let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
             let w = walk(&jpeg).unwrap();
             assert!(w.lossless && !w.clean(), "{name}");
-            assert_eq!(w.other_decoder.as_deref(), Some("lossless coding (SOF3)"));
             let header = crate::image::JpegHeader::parse(&jpeg).unwrap();
             assert!(!header.is_passthrough(37, 23), "{name}");
             let got = decode_rgb8(&jpeg, Default::default()).unwrap();
@@ -1117,21 +1175,6 @@ mod tests {
         for (name, what) in [
             ("ycc-jfif-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
             ("ycc-adobe-p1-37x23", "YCbCr-coded lossless jpeg (SOF3)"),
-            // Pillow reads these three; the jpeg-decoder crate decodes them
-            // wrongly or fails (checked against their .rgb before they were
-            // refused).
-            (
-                "rgb-pt1-p1-37x23",
-                "lossless jpeg with a point transform (SOF3)",
-            ),
-            (
-                "gray-restart-p1-37x23",
-                "lossless jpeg with restart intervals (SOF3)",
-            ),
-            (
-                "rgb-separate-p4-37x23",
-                "lossless jpeg coded one component per scan (SOF3)",
-            ),
         ] {
             let jpeg = std::fs::read(dir.join(format!("{name}.jpg"))).unwrap();
             assert_eq!(
@@ -1164,10 +1207,7 @@ mod tests {
         }
         let mut pt7 = b.clone();
         pt7[params + 2] = 7;
-        assert_eq!(
-            walk(&pt7).unwrap_err(),
-            Fault::Unsupported("lossless jpeg with a point transform (SOF3)".into())
-        );
+        assert!(walk(&pt7).is_ok(), "a point transform of 7 bits is read");
         // minilossless's DC table holds symbols 0..=16: legal here, not in
         // a DCT frame (the same table under SOF0 is refused at the scan).
         let (sof, _) = first(&b, 0xC3);

@@ -13,6 +13,7 @@ mod gif;
 mod ifd;
 mod jpeg;
 mod jpeg_arith;
+mod jpeg_lossless;
 mod jpeg_stream;
 mod orientation;
 mod png;
