@@ -43,6 +43,14 @@ pub(crate) enum Fault {
     Unsupported(String),
 }
 
+/// Scans a stream may have: zune-jpeg's own limit, so that a stream it
+/// would refuse is never stored untouched for the loader, and the
+/// arithmetic path holds to it too. Each scan of a progressive frame walks
+/// every block of its components again, so repeating one scan makes a
+/// file that keeps a decoder busy far beyond its size (Pillow: 24 s for an
+/// 8192² gray JPEG of 1,005 scans). Encoders write a few dozen at most.
+pub(crate) const MAX_SCANS: usize = 100;
+
 /// The reason given for a JPEG whose image never reaches its end marker.
 pub(crate) const TRUNCATED: &str = "truncated (no end-of-image marker)";
 
@@ -235,6 +243,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let mut first_scan = None;
     // Conditioning segments: junk unless the frame is arithmetic-coded.
     let mut dac = Vec::new();
+    let mut scans = 0usize;
     let mut pos = 2;
     loop {
         // libjpeg's next_marker: anything before a 0xFF is skipped (and
@@ -326,6 +335,12 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                     return Err(corrupt("a scan before the frame header"));
                 };
                 first_scan.get_or_insert(marker_at);
+                scans += 1;
+                if scans > MAX_SCANS {
+                    return Err(Fault::Unsupported(format!(
+                        "jpeg of more than {MAX_SCANS} scans"
+                    )));
+                }
                 let scan = read_scan(f, segment, &mut tables, &mut default_tables)?;
                 if !f.progressive && !f.lossless && !f.arithmetic && scan != [0, 63, 0] {
                     // Ss is the byte after the component list.
@@ -1183,6 +1198,44 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A stream of more scans than any encoder writes is refused before a
+    /// decoder spends minutes on it.
+    #[test]
+    fn a_hundred_scans_are_the_limit() {
+        let b = encode(16, 16, true, 0);
+        let (sos, _) = first(&b, 0xDA);
+        let eoi = b.len() - 2;
+        // The first scan (a DC scan) repeated: `scans` of them in all.
+        let next = sos
+            + 2
+            + b[sos + 2..]
+                .windows(2)
+                .position(|w| w == [0xFF, 0xDA])
+                .unwrap();
+        let with = |scans: usize| {
+            let mut c = b[..next].to_vec();
+            for _ in 1..scans {
+                c.extend_from_slice(&b[sos..next]);
+            }
+            c.extend_from_slice(&b[next..eoi + 2]);
+            c
+        };
+        let total = |c: &[u8]| c.windows(2).filter(|w| *w == [0xFF, 0xDA]).count();
+        let ok = with(MAX_SCANS - 20);
+        let over = with(MAX_SCANS);
+        assert!(total(&ok) <= MAX_SCANS && total(&over) > MAX_SCANS);
+        assert!(walk(&ok).is_ok());
+        assert_eq!(
+            walk(&over).unwrap_err(),
+            Fault::Unsupported(format!("jpeg of more than {MAX_SCANS} scans"))
+        );
+        // Never stored untouched either (the header parse is the walk).
+        assert!(crate::image::JpegHeader::parse(&over).is_err());
+        assert!(crate::image::JpegHeader::parse(&ok)
+            .unwrap()
+            .is_passthrough(16, 16));
     }
 
     /// What the lossless branch checks: the predictor, Se, Ah and the
