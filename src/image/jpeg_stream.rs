@@ -96,7 +96,8 @@ pub(crate) struct Walk {
     /// before marker"), APPn and COM segments between scans (they describe
     /// nothing there; zune-jpeg misreads them), an Adobe APP14 segment too
     /// short to hold its fields (libjpeg ignores it; zune-jpeg refuses it),
-    /// arithmetic conditioning (DAC) in a Huffman-coded frame (the same).
+    /// arithmetic conditioning (DAC) in a Huffman-coded frame and DNL
+    /// segments (the same).
     pub junk: Vec<(usize, usize)>,
     /// Huffman tables (class 0 DC / 1 AC, slot 0/1) a scan uses before any
     /// segment defines them: libjpeg's standard tables stand in.
@@ -362,8 +363,14 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 }
                 pos = end;
             }
-            // DNL, DRI; APPn and COM before the first scan.
-            0xDC | 0xDD | 0xE0..=0xEF | 0xFE => {}
+            // libjpeg refuses a DRI of any other length.
+            0xDD if segment.len() != 2 => {
+                return Err(corrupt(format!("DRI segment of {len} bytes")))
+            }
+            // DNL: libjpeg skips it; zune-jpeg refuses it.
+            0xDC => junk.push((marker_at, pos)),
+            // DRI; APPn and COM before the first scan.
+            0xDD | 0xE0..=0xEF | 0xFE => {}
             0xF7 => return Err(Fault::Unsupported("jpeg-ls (SOF55)".into())),
             // What libjpeg refuses: a second SOI, JPG, DHP, EXP, JPGn and
             // the reserved codes.
@@ -669,6 +676,13 @@ fn read_scan(
         if !ok {
             return Err(corrupt(format!(
                 "progressive scan parameters Ss={ss} Se={se} Ah={ah} Al={al}"
+            )));
+        }
+        if ah > 13 {
+            // libjpeg reads it (Al 13 refined); zune-jpeg refuses Ah
+            // above 13, and no 8-bit coefficient has a 14th bit.
+            return Err(Fault::Unsupported(format!(
+                "progressive refinement scan of Ah={ah}"
             )));
         }
     }
@@ -1198,6 +1212,39 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// What zune-jpeg refuses and libjpeg handles otherwise, never stored
+    /// untouched (found by mutating the headers of encoder output and
+    /// decoding what the walk let through): a DRI segment of another length
+    /// (libjpeg refuses it too), a DNL segment (libjpeg skips it: dropped,
+    /// then decoded), a refinement scan of Ah 14 (libjpeg reads it).
+    #[test]
+    fn headers_zune_jpeg_refuses_are_never_passed_through() {
+        let b = encode(32, 16, true, 0);
+        let (app0, len) = first(&b, 0xE0);
+        let mut dri = b.clone();
+        dri[app0 + 1] = 0xDD;
+        assert_eq!(
+            walk(&dri).unwrap_err(),
+            corrupt(format!("DRI segment of {} bytes", len - 2))
+        );
+        let mut dnl = b.clone();
+        dnl[app0 + 1] = 0xDC;
+        let w = walk(&dnl).unwrap();
+        assert!(!w.clean());
+        assert_eq!(pixels(&dnl), pixels(&b));
+        // The last scan (one component, an AC band) made a refinement of
+        // Ah 14 over Al 13: legal to libjpeg's checks.
+        let last = b.windows(2).rposition(|x| x == [0xFF, 0xDA]).unwrap();
+        let ahal = last + 4 + 1 + 2 + 2;
+        assert_eq!(b[last + 4], 1);
+        let mut ah14 = b.clone();
+        ah14[ahal] = 0xED;
+        assert_eq!(
+            walk(&ah14).unwrap_err(),
+            Fault::Unsupported("progressive refinement scan of Ah=14".into())
+        );
     }
 
     /// A stream of more scans than any encoder writes is refused before a
