@@ -21,7 +21,7 @@
 //! data. Coded data may end before its last decisions: the encoder drops
 //! trailing zero bytes, and the decoder reads zeros past the end (Annex D).
 //! Coefficients that baseline coding cannot hold (outside ±1023, DC steps
-//! beyond ±2047: never made by an 8-bit encoder) are refused as unsupported.
+//! beyond ±2047: never made by an 8-bit encoder) are refused as corrupt.
 
 use super::jpeg_stream::{
     data_end, next_segment, split_intervals, standard_dht, standard_table, Fault, Walk,
@@ -763,11 +763,9 @@ fn encode_block(
     pred: &mut i32,
     (dc, ac): (&Codes, &Codes),
 ) -> Result<(), Fault> {
-    let range = |what: &str| {
-        Fault::Unsupported(format!(
-            "arithmetic-coded jpeg with {what} beyond 8-bit baseline coding"
-        ))
-    };
+    // An 8-bit encoder's coefficients fit baseline coding by design (AC
+    // within ±1023, DC steps within ±2047): beyond, the data is damaged.
+    let range = |what: &str| corrupt(&format!("{what} beyond the 8-bit range"));
     let diff = i32::from(block[0]) - *pred;
     *pred = i32::from(block[0]);
     let (size, bits) = category(diff);
@@ -1026,6 +1024,37 @@ mod tests {
         b.splice(eoi..eoi, [0xFF, next]);
         let want = decode_rgb8(&arith, Default::default()).unwrap();
         assert_eq!(decode_rgb8(&b, Default::default()).unwrap(), want);
+    }
+
+    /// Coefficients no 8-bit encoder makes (damaged data, decoded from
+    /// mutated headers) are refused as corrupt; the largest legal ones are
+    /// coded.
+    #[test]
+    fn coefficients_beyond_the_8_bit_range_are_damage() {
+        let table = |class| {
+            let (bits, values) = standard_table(class, 0);
+            Codes::new(bits, values)
+        };
+        let (dc, ac) = (table(0), table(1));
+        let code = |block: [i16; 64], pred: i32| {
+            let mut w = BitWriter::default();
+            let mut p = pred;
+            encode_block(&mut w, &block, &mut p, (&dc, &ac)).map_err(|e| e.to_string())
+        };
+        let mut block = [0i16; 64];
+        block[0] = -1024;
+        block[63] = 1023;
+        assert!(code(block, 1023).is_ok());
+        block[63] = -1024;
+        assert_eq!(
+            code(block, 0).unwrap_err(),
+            "arithmetic-coded data: an AC coefficient beyond the 8-bit range"
+        );
+        block[63] = 0;
+        assert_eq!(
+            code(block, 1024).unwrap_err(),
+            "arithmetic-coded data: a DC step beyond the 8-bit range"
+        );
     }
 
     /// The pixel limit holds before any coefficient is stored.
