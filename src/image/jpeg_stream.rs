@@ -12,8 +12,9 @@
 //!
 //! Invariants: the verdicts follow libjpeg (what Pillow and most readers
 //! use): what it refuses is corrupt; what it reads with a warning or a
-//! default (bytes between segments, Huffman tables 0/1 never defined, as
-//! in Motion-JPEG frames, the scan parameters of a sequential frame) is
+//! default (bytes between segments, Huffman tables 0/1 never defined in a
+//! sequential frame, as in Motion-JPEG, the scan parameters of a
+//! sequential frame) is
 //! read, after [`Walk::repaired`] rewrote the stream, and is never stored
 //! byte for byte; what libjpeg reads but zune-jpeg would decode wrongly or
 //! not at all (chroma sampled finer than luma, sampling factors that are
@@ -692,7 +693,10 @@ fn read_scan(
         }
         let defined = &mut tables.huffman[usize::from(class)][usize::from(slot)];
         if !*defined {
-            if slot > 1 {
+            // libjpeg-turbo's standard tables stand in for sequential
+            // frames only (Motion-JPEG); a progressive frame without its
+            // tables is refused there (and by Pillow).
+            if slot > 1 || f.progressive {
                 let kind = if class == 0 { "DC" } else { "AC" };
                 return Err(corrupt(format!("no {kind} Huffman table {slot}")));
             }
@@ -1244,6 +1248,22 @@ mod tests {
         assert_eq!(
             walk(&ah14).unwrap_err(),
             Fault::Unsupported("progressive refinement scan of Ah=14".into())
+        );
+    }
+
+    /// Huffman tables never defined: libjpeg's standard ones stand in for a
+    /// sequential frame (Motion-JPEG), not for a progressive one, which
+    /// libjpeg-turbo and Pillow refuse (a DHT segment cut short by damage
+    /// must not be read with tables the file never had).
+    #[test]
+    fn only_sequential_frames_default_their_huffman_tables() {
+        let seq = encode(32, 16, false, 0);
+        let bare = without(&seq, 0xC4);
+        assert!(walk(&bare).is_ok());
+        let prog = encode(32, 16, true, 0);
+        assert_eq!(
+            walk(&without(&prog, 0xC4)).unwrap_err(),
+            corrupt("no DC Huffman table 0")
         );
     }
 
