@@ -112,6 +112,10 @@ pub(crate) struct Walk {
     /// are not powers of two: they mean nothing for one component
     /// (libjpeg ignores them), zune-jpeg refuses them; the repair sets 1x1.
     pub sampling_fix: Option<usize>,
+    /// Offsets of the precision/slot byte of quantisation tables whose
+    /// precision is 2 to 15: libjpeg reads any nonzero precision as 16-bit,
+    /// zune-jpeg refuses it; the repair writes 1.
+    pub precision_fixes: Vec<usize>,
     /// Why zune-jpeg would decode this frame wrongly or refuse it (it
     /// would turn a component sampled finer than the first, or a
     /// sequential frame coded one component per scan, into garbage, and
@@ -127,6 +131,7 @@ impl Walk {
             && self.default_tables.is_empty()
             && self.sequential_fixes.is_empty()
             && self.sampling_fix.is_none()
+            && self.precision_fixes.is_empty()
             && self.other_decoder.is_none()
             && !self.arithmetic
             && !self.lossless
@@ -176,6 +181,10 @@ impl Walk {
         }
         if let Some(at) = self.sampling_fix {
             out[moved(at)] = 0x11;
+        }
+        for &at in &self.precision_fixes {
+            let at = moved(at);
+            out[at] = 0x10 | (out[at] & 15);
         }
         Cow::Owned(out)
     }
@@ -242,6 +251,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let mut junk = Vec::new();
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
     let mut sequential_fixes = Vec::new();
+    let mut precision_fixes = Vec::new();
     let mut first_scan = None;
     // Conditioning segments: junk unless the frame is arithmetic-coded.
     let mut dac = Vec::new();
@@ -314,7 +324,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 frame = Some(f);
             }
             0xC4 => read_dht(segment, &mut tables)?,
-            0xDB => read_dqt(segment, &mut tables)?,
+            0xDB => read_dqt(segment, body, &mut tables, &mut precision_fixes)?,
             0xCC => {
                 read_dac(segment)?;
                 dac.push((marker_at, pos));
@@ -407,6 +417,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     w.default_tables = default_tables;
     w.first_scan = first_scan;
     w.sequential_fixes = sequential_fixes;
+    w.precision_fixes = precision_fixes;
     Ok(w)
 }
 
@@ -500,23 +511,34 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         first_scan: 0,
         sequential_fixes: Vec::new(),
         sampling_fix,
+        precision_fixes: Vec::new(),
         other_decoder,
     })
 }
 
-fn read_dqt(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
+/// Checks a DQT segment (`s`, its body at offset `body`); a precision
+/// above 1 is read as 16-bit, as libjpeg reads it, and noted for repair.
+fn read_dqt(
+    mut s: &[u8],
+    body: usize,
+    tables: &mut Tables,
+    precision_fixes: &mut Vec<usize>,
+) -> Result<(), Fault> {
+    let mut at = body;
     while let Some((&pq_tq, rest)) = s.split_first() {
         let (pq, tq) = (pq_tq >> 4, usize::from(pq_tq & 15));
-        if pq > 1 || tq > 3 {
-            return Err(corrupt(format!(
-                "quantisation table {tq} of precision {pq} (table 0 to 3, precision 0 or 1)"
-            )));
+        if tq > 3 {
+            return Err(corrupt(format!("quantisation table {tq} (0 to 3)")));
+        }
+        if pq > 1 {
+            precision_fixes.push(at);
         }
         let size = if pq == 0 { 64 } else { 128 };
         let Some(after) = rest.get(size..) else {
             return Err(corrupt("quantisation table segment cut short"));
         };
         tables.quant[tq] = true;
+        at += 1 + size;
         s = after;
     }
     Ok(())
@@ -1248,6 +1270,29 @@ mod tests {
         assert_eq!(
             walk(&ah14).unwrap_err(),
             Fault::Unsupported("progressive refinement scan of Ah=14".into())
+        );
+    }
+
+    /// A quantisation table's precision above 1 is read as 16-bit, as
+    /// libjpeg (and Pillow) read it; zune-jpeg is given 1.
+    #[test]
+    fn any_nonzero_quantisation_precision_is_16_bit() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-arith");
+        let b = std::fs::read(dir.join("seq-q3-16bit.huff.jpg")).unwrap();
+        let (dqt, _) = first(&b, 0xDB);
+        assert_eq!(b[dqt + 4] >> 4, 1, "a 16-bit table");
+        let mut c = b.clone();
+        c[dqt + 4] |= 0x30;
+        let w = walk(&c).unwrap();
+        assert_eq!(w.precision_fixes, [dqt + 4]);
+        assert!(!w.clean());
+        assert_eq!(w.repaired(&c).as_ref(), &b[..]);
+        assert_eq!(pixels(&c), pixels(&b));
+        let mut c = b.clone();
+        c[dqt + 4] = 0x14;
+        assert_eq!(
+            walk(&c).unwrap_err(),
+            corrupt("quantisation table 4 (0 to 3)")
         );
     }
 
