@@ -116,6 +116,10 @@ pub(crate) struct Walk {
     /// precision is 2 to 15: libjpeg reads any nonzero precision as 16-bit,
     /// zune-jpeg refuses it; the repair writes 1.
     pub precision_fixes: Vec<usize>,
+    /// Offsets of DC Huffman symbols above 15 in tables no DCT scan uses
+    /// (a used one is refused): libjpeg checks only the tables it decodes
+    /// with, zune-jpeg every table; the repair writes 0.
+    pub dc_symbol_fixes: Vec<usize>,
     /// Why zune-jpeg would decode this frame wrongly or refuse it (it
     /// would turn a component sampled finer than the first, or a
     /// sequential frame coded one component per scan, into garbage, and
@@ -132,6 +136,7 @@ impl Walk {
             && self.sequential_fixes.is_empty()
             && self.sampling_fix.is_none()
             && self.precision_fixes.is_empty()
+            && self.dc_symbol_fixes.is_empty()
             && self.other_decoder.is_none()
             && !self.arithmetic
             && !self.lossless
@@ -185,6 +190,9 @@ impl Walk {
         for &at in &self.precision_fixes {
             let at = moved(at);
             out[at] = 0x10 | (out[at] & 15);
+        }
+        for &at in &self.dc_symbol_fixes {
+            out[moved(at)] = 0;
         }
         Cow::Owned(out)
     }
@@ -252,6 +260,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     let mut default_tables: Vec<(u8, u8)> = Vec::new();
     let mut sequential_fixes = Vec::new();
     let mut precision_fixes = Vec::new();
+    let mut dc_symbol_fixes = Vec::new();
     let mut first_scan = None;
     // Conditioning segments: junk unless the frame is arithmetic-coded.
     let mut dac = Vec::new();
@@ -323,7 +332,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
                 f.sampling_fix = f.sampling_fix.map(|k| body + k);
                 frame = Some(f);
             }
-            0xC4 => read_dht(segment, &mut tables)?,
+            0xC4 => read_dht(segment, body, &mut tables, &mut dc_symbol_fixes)?,
             0xDB => read_dqt(segment, body, &mut tables, &mut precision_fixes)?,
             0xCC => {
                 read_dac(segment)?;
@@ -418,6 +427,10 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<Walk, Fault> {
     w.first_scan = first_scan;
     w.sequential_fixes = sequential_fixes;
     w.precision_fixes = precision_fixes;
+    if !w.lossless {
+        // (Lossless tables may hold 16; ebv's own decoder reads them.)
+        w.dc_symbol_fixes = dc_symbol_fixes;
+    }
     Ok(w)
 }
 
@@ -512,6 +525,7 @@ fn read_frame(marker: u8, segment: &[u8]) -> Result<Walk, Fault> {
         sequential_fixes: Vec::new(),
         sampling_fix,
         precision_fixes: Vec::new(),
+        dc_symbol_fixes: Vec::new(),
         other_decoder,
     })
 }
@@ -567,7 +581,15 @@ fn read_dac(s: &[u8]) -> Result<(), Fault> {
     Ok(())
 }
 
-fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
+/// Checks a DHT segment (`s`, its body at offset `body`), noting where DC
+/// tables hold symbols above 15.
+fn read_dht(
+    mut s: &[u8],
+    body: usize,
+    tables: &mut Tables,
+    dc_symbol_fixes: &mut Vec<usize>,
+) -> Result<(), Fault> {
+    let mut at = body;
     while let Some((&tc_th, rest)) = s.split_first() {
         let (tc, th) = (usize::from(tc_th >> 4), usize::from(tc_th & 15));
         if tc > 1 || th > 3 {
@@ -586,7 +608,8 @@ fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
             return Err(corrupt("Huffman table segment cut short"));
         };
         // libjpeg's checks: the lengths make a prefix code in which no code
-        // is all ones (a DC table's symbols are checked by the scans).
+        // is all ones (a DC table's symbols are checked by the scans that
+        // use it).
         let mut code = 0u32;
         for (len, &count) in counts.iter().enumerate() {
             code += u32::from(count);
@@ -599,9 +622,13 @@ fn read_dht(mut s: &[u8], tables: &mut Tables) -> Result<(), Fault> {
             code <<= 1;
         }
         if tc == 0 {
-            tables.dc_max[th] = rest[16..16 + n].iter().copied().max().unwrap_or(0);
+            let symbols = &rest[16..16 + n];
+            tables.dc_max[th] = symbols.iter().copied().max().unwrap_or(0);
+            let first = at + 1 + 16;
+            dc_symbol_fixes.extend((0..n).filter(|&k| symbols[k] > 15).map(|k| first + k));
         }
         tables.huffman[tc][th] = true;
+        at += 1 + 16 + n;
         s = after;
     }
     Ok(())
@@ -1293,6 +1320,34 @@ mod tests {
         assert_eq!(
             walk(&c).unwrap_err(),
             corrupt("quantisation table 4 (0 to 3)")
+        );
+    }
+
+    /// A DC table no scan uses may hold symbols above 15 (libjpeg checks
+    /// only the tables it decodes with; zune-jpeg refuses them anywhere):
+    /// read, not stored untouched. A used one is corrupt.
+    #[test]
+    fn unused_dc_tables_with_large_symbols_are_read() {
+        let b = encode(32, 16, false, 0);
+        let table = |slot: u8| {
+            let mut seg = vec![0xFF, 0xC4, 0, 20, slot, 1];
+            seg.extend_from_slice(&[0; 15]);
+            seg.push(20);
+            seg
+        };
+        // A DC table in slot 3 (no scan uses it) holding symbol 20, and
+        // one in slot 0 that the encoder's own tables then replace.
+        let (sof, len) = first(&b, 0xC0);
+        let c = inserted(&b, sof + len, &[table(3), table(0)].concat());
+        let w = walk(&c).unwrap();
+        assert_eq!(w.dc_symbol_fixes, [sof + len + 21, sof + len + 43]);
+        assert!(!w.clean());
+        assert_eq!(pixels(&c), pixels(&b));
+        // In slot 0 just before the scan, which decodes with it.
+        let (sos, _) = first(&b, 0xDA);
+        assert_eq!(
+            walk(&inserted(&b, sos, &table(0))).unwrap_err(),
+            corrupt("DC Huffman table 0 holds symbol 20 (at most 15)")
         );
     }
 
