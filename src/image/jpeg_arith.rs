@@ -233,27 +233,11 @@ fn decode_dc_diff(
         return Ok(0);
     }
     let sign = usize::from(d.decode(&mut st[s0 + 1]));
-    let mut at = s0 + 2 + sign;
-    let mut m: i32 = i32::from(d.decode(&mut st[at]));
-    if m != 0 {
-        at = 20;
-        while d.decode(&mut st[at]) == 1 {
-            m <<= 1;
-            if m == 0x8000 {
-                return Err(corrupt("a DC difference of 16 bits or more"));
-            }
-            at += 1;
-        }
-    }
-    let mut v = m;
-    let mut bit = m;
-    while bit > 1 {
-        bit >>= 1;
-        if d.decode(&mut st[at + 14]) == 1 {
-            v |= bit;
-        }
-    }
-    let magnitude = v + 1;
+    let magnitude = if d.decode(&mut st[s0 + 2 + sign]) == 0 {
+        1
+    } else {
+        magnitude_tail(d, st, 20, 1, "a DC difference")?
+    };
     // The context of the next difference: its size against 2^(L-1) and
     // 2^U (zero, small or large; positive or negative).
     *ctx = if 2 * magnitude <= 1 << cond.l {
@@ -272,27 +256,43 @@ fn decode_dc_diff(
 fn decode_ac_magnitude(
     d: &mut Decoder,
     st: &mut [Bin; 256],
-    mut at: usize,
+    at: usize,
     k: usize,
     kx: u8,
 ) -> Result<i32, Fault> {
-    let mut m = i32::from(d.decode(&mut st[at]));
-    if m != 0 && d.decode(&mut st[at]) == 1 {
+    if d.decode(&mut st[at]) == 0 {
+        return Ok(1);
+    }
+    if d.decode(&mut st[at]) == 0 {
+        return Ok(2);
+    }
+    let x = if k <= usize::from(kx) { 189 } else { 217 };
+    magnitude_tail(d, st, x, 2, "an AC coefficient")
+}
+
+/// The rest of a magnitude of at least `m` + 1 (`m` a power of two):
+/// `m` doubles while the bins from `x` on say so (the size categories of
+/// F.1.4.3.1), then the bits below it come from the bin 14 above the last
+/// one read (Figures F.23, F.24).
+fn magnitude_tail(
+    d: &mut Decoder,
+    st: &mut [Bin],
+    mut x: usize,
+    mut m: i32,
+    what: &str,
+) -> Result<i32, Fault> {
+    while d.decode(&mut st[x]) == 1 {
         m <<= 1;
-        at = if k <= usize::from(kx) { 189 } else { 217 };
-        while d.decode(&mut st[at]) == 1 {
-            m <<= 1;
-            if m == 0x8000 {
-                return Err(corrupt("an AC coefficient of 16 bits or more"));
-            }
-            at += 1;
+        if m == 0x8000 {
+            return Err(corrupt(&format!("{what} of 16 bits or more")));
         }
+        x += 1;
     }
     let mut v = m;
     let mut bit = m;
     while bit > 1 {
         bit >>= 1;
-        if d.decode(&mut st[at + 14]) == 1 {
+        if d.decode(&mut st[x + 14]) == 1 {
             v |= bit;
         }
     }
