@@ -25,10 +25,11 @@ pub struct JpegHeader {
     pub sampling: Vec<(u8, u8)>,
     /// EXIF orientation; `NoTransforms` when absent.
     pub orientation: Orientation,
-    /// Whether a strict reader takes the bytes as they are: no bytes
-    /// between segments, every Huffman table defined, sequential scans
-    /// with the standard parameters (libjpeg reads such files with a
-    /// warning or its default tables; they are decoded and re-encoded).
+    /// Whether a strict reader takes the bytes as they are: Huffman-coded
+    /// DCT, no bytes between segments, every Huffman table defined,
+    /// sequential scans with the standard parameters (libjpeg reads such
+    /// files with a warning or its default tables; they are decoded and
+    /// re-encoded).
     pub clean: bool,
 }
 
@@ -77,8 +78,9 @@ impl JpegHeader {
     }
 
     /// Whether a decoder would show these bytes, as they are, as a
-    /// `width`×`height` upright 8-bit colour image (only 8-bit
-    /// Huffman-coded frames with a whole structure parse at all).
+    /// `width`×`height` upright 8-bit colour image (only 8-bit frames with
+    /// a whole structure parse at all; arithmetic-coded and lossless ones,
+    /// which the loader's decoder does not read, are never clean).
     pub fn is_passthrough(&self, width: u32, height: u32) -> bool {
         self.width == width
             && self.height == height
