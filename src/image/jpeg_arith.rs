@@ -23,9 +23,7 @@
 //! Coefficients that baseline coding cannot hold (outside ±1023, DC steps
 //! beyond ±2047: never made by an 8-bit encoder) are refused as corrupt.
 
-use super::jpeg_stream::{
-    data_end, next_segment, split_intervals, standard_dht, standard_table, Fault, Walk,
-};
+use super::jpeg_stream::{segments, standard_dht, standard_table, Fault, Walk};
 
 /// Table D.2 of T.81: for each probability state, its Qe, the next state
 /// after an LPS and after an MPS, and whether an LPS switches which
@@ -425,18 +423,9 @@ struct ScanHeader {
 /// as a baseline Huffman-coded JPEG of the same coefficients.
 pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
     let (width, height) = (walk.width as usize, walk.height as usize);
-    let h_max = walk
-        .components
-        .iter()
-        .map(|c| usize::from(c.h))
-        .max()
-        .unwrap_or(1);
-    let v_max = walk
-        .components
-        .iter()
-        .map(|c| usize::from(c.v))
-        .max()
-        .unwrap_or(1);
+    let (h_max, v_max) = walk.components.iter().fold((1, 1), |(h, v), c| {
+        (h.max(usize::from(c.h)), v.max(usize::from(c.v)))
+    });
     let grid = Grid {
         mcus_w: width.div_ceil(8 * h_max),
         mcus_h: height.div_ceil(8 * v_max),
@@ -464,38 +453,32 @@ pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
     let mut restart_interval = 0usize;
     let mut markers: Vec<&[u8]> = Vec::new();
     let mut scanned = false;
-    let mut pos = 2;
-    while let Some((marker, at, body)) = next_segment(bytes, pos) {
-        pos = body.as_ref().map_or(at + 2, |b| b.end);
-        let seg = body.map_or(&[][..], |b| &bytes[b]);
-        match marker {
-            0xD9 => break,
-            0xDB => read_dqt(seg, &mut quant)?,
-            0xCC => read_dac(seg, &mut model),
-            0xDD if seg.len() >= 2 => {
-                restart_interval = usize::from(u16::from_be_bytes([seg[0], seg[1]]))
+    for seg in segments(bytes) {
+        let body = seg.body;
+        match seg.marker {
+            0xDB => read_dqt(body, &mut quant)?,
+            0xCC => read_dac(body, &mut model),
+            0xDD if body.len() >= 2 => {
+                restart_interval = usize::from(u16::from_be_bytes([body[0], body[1]]))
             }
-            0xE0..=0xEF | 0xFE if !scanned => markers.push(&bytes[at..pos]),
+            0xE0..=0xEF | 0xFE if !scanned => markers.push(seg.bytes),
             0xDA => {
                 scanned = true;
-                let scan = read_scan_header(seg, &planes, walk.progressive)?;
+                let scan = read_scan_header(body, &planes, walk.progressive)?;
                 for &(p, _, _) in &scan.comps {
                     let tq = usize::from(walk.components[p].tq);
                     if planes[p].quant.is_none() {
                         planes[p].quant = quant[tq];
                     }
                 }
-                let end = data_end(bytes, pos);
-                let intervals = split_intervals(&bytes[pos..end]);
                 decode_scan(
                     &scan,
-                    &intervals,
+                    &seg.intervals,
                     restart_interval,
                     &grid,
                     &mut planes,
                     &mut model,
                 )?;
-                pos = end;
             }
             _ => {}
         }
@@ -722,12 +705,7 @@ impl BitWriter {
             self.n -= 32;
             let word = ((self.acc >> self.n) as u32).to_be_bytes();
             if word.contains(&0xFF) {
-                for b in word {
-                    self.out.push(b);
-                    if b == 0xFF {
-                        self.out.push(0);
-                    }
-                }
+                word.into_iter().for_each(|b| self.push(b));
             } else {
                 self.out.extend_from_slice(&word);
             }
@@ -740,13 +718,17 @@ impl BitWriter {
         let pad = (8 - self.n % 8) % 8;
         self.put((1 << pad) - 1, pad);
         for k in (0..self.n / 8).rev() {
-            let b = (self.acc >> (8 * k)) as u8;
-            self.out.push(b);
-            if b == 0xFF {
-                self.out.push(0);
-            }
+            self.push((self.acc >> (8 * k)) as u8);
         }
         self.out
+    }
+
+    /// One byte of coded data; 0xFF is followed by a stuffed 0x00.
+    fn push(&mut self, b: u8) {
+        self.out.push(b);
+        if b == 0xFF {
+            self.out.push(0);
+        }
     }
 }
 

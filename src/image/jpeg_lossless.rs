@@ -13,7 +13,7 @@
 //! (a code no table holds, data ending before the last sample) is refused
 //! as corrupt, never read as zeros.
 
-use super::jpeg_stream::{data_end, next_segment, split_intervals, standard_table, Fault, Walk};
+use super::jpeg_stream::{segments, standard_table, Fault, Walk};
 
 /// A Huffman table as Annex F.2.2.3 decodes with it: per code length, the
 /// largest code, and where its symbols start.
@@ -134,12 +134,9 @@ pub(crate) fn decode(bytes: &[u8], walk: &Walk, out: &mut Vec<u8>) -> Result<(),
     let mut shifts = vec![0u32; walk.components.len()];
     let mut tables: [Option<Table>; 4] = [None, None, None, None];
     let mut restart_interval = 0usize;
-    let mut pos = 2;
-    while let Some((marker, at, body)) = next_segment(bytes, pos) {
-        pos = body.as_ref().map_or(at + 2, |b| b.end);
-        let seg = body.map_or(&[][..], |b| &bytes[b]);
-        match marker {
-            0xD9 => break,
+    for segment in segments(bytes) {
+        let seg = segment.body;
+        match segment.marker {
             0xC4 => read_dht(seg, &mut tables),
             0xDD if seg.len() >= 2 => {
                 restart_interval = usize::from(u16::from_be_bytes([seg[0], seg[1]]))
@@ -166,21 +163,13 @@ pub(crate) fn decode(bytes: &[u8], walk: &Walk, out: &mut Vec<u8>) -> Result<(),
                 for &(p, _) in &comps {
                     shifts[p] = shift;
                 }
-                let end = data_end(bytes, pos);
                 let scan = Scan {
                     comps: &comps,
                     predictor,
                     shift,
                     restart_interval,
                 };
-                decode_scan(
-                    &scan,
-                    &split_intervals(&bytes[pos..end]),
-                    &tables,
-                    &mut planes,
-                    width,
-                )?;
-                pos = end;
+                decode_scan(&scan, &segment.intervals, &tables, &mut planes, width)?;
             }
             _ => {}
         }

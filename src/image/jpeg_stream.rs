@@ -808,13 +808,49 @@ fn scan_end(bytes: &[u8], mut pos: usize) -> Result<usize, Fault> {
     }
 }
 
-// For the decoders that re-read an accepted stream (arithmetic, lossless):
-// its segments in order, and each scan's coded data cut at its restarts.
+/// One marker of an accepted stream, as the decoders that re-read it
+/// (arithmetic, lossless) see it.
+pub(super) struct Segment<'a> {
+    pub marker: u8,
+    /// The whole segment, its marker included.
+    pub bytes: &'a [u8],
+    /// Its body (empty for a marker that stands alone).
+    pub body: &'a [u8],
+    /// For a scan: its coded data, cut at its restart markers.
+    pub intervals: Vec<&'a [u8]>,
+}
+
+/// The segments of an accepted stream in order, from after its SOI to its
+/// EOI (not included), each scan with its coded data.
+pub(super) fn segments(bytes: &[u8]) -> impl Iterator<Item = Segment<'_>> {
+    let mut pos = 2;
+    std::iter::from_fn(move || {
+        let (marker, at, body) = next_segment(bytes, pos)?;
+        if marker == 0xD9 {
+            return None;
+        }
+        pos = body.as_ref().map_or(at + 2, |b| b.end);
+        let body = body.map_or(&[][..], |b| &bytes[b]);
+        let whole = &bytes[at..pos];
+        let mut intervals = Vec::new();
+        if marker == 0xDA {
+            let end = data_end(bytes, pos);
+            intervals = split_intervals(&bytes[pos..end]);
+            pos = end;
+        }
+        Some(Segment {
+            marker,
+            bytes: whole,
+            body,
+            intervals,
+        })
+    })
+}
 
 /// The next marker at or after `pos` (bytes that begin none are skipped,
 /// as libjpeg and the walk do): (code, offset of its 0xFF, its segment's
 /// body when it has one).
-pub(super) fn next_segment(
+fn next_segment(
     bytes: &[u8],
     mut pos: usize,
 ) -> Option<(u8, usize, Option<std::ops::Range<usize>>)> {
@@ -844,7 +880,7 @@ pub(super) fn next_segment(
 
 /// Where a scan's coded data ends: the 0xFF of the first marker that is
 /// not a restart (stuffed 0xFF 0x00 and restarts belong to the data).
-pub(super) fn data_end(bytes: &[u8], mut pos: usize) -> usize {
+fn data_end(bytes: &[u8], mut pos: usize) -> usize {
     loop {
         let Some(k) = bytes.get(pos..).and_then(|b| memchr::memchr(0xFF, b)) else {
             return bytes.len();
@@ -862,7 +898,7 @@ pub(super) fn data_end(bytes: &[u8], mut pos: usize) -> usize {
 }
 
 /// A scan's coded data cut at its restart markers.
-pub(super) fn split_intervals(data: &[u8]) -> Vec<&[u8]> {
+fn split_intervals(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let (mut start, mut pos) = (0, 0);
     while let Some(k) = memchr::memchr(0xFF, &data[pos..]) {
