@@ -276,7 +276,7 @@ fn decode_other(
         // TIFF's many codings are the least trodden path of the `image`
         // crate's decoders: a panic there is a rejection, not a stop.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match decode_with_image_crate(bytes, format, limits) {
+            match decode_with_image_crate(bytes, bytes, format, limits) {
                 // Palette and gray-with-alpha: read underneath the crate.
                 Err(ImageError::Unsupported(why)) => {
                     match super::tiff::decode_fallback(bytes, limits) {
@@ -290,11 +290,24 @@ fn decode_other(
         return decoded
             .unwrap_or_else(|_| Err(corrupt(format, "undecodable (the decoder failed)")));
     }
-    decode_with_image_crate(bytes, format, limits)
+    let decoded = decode_with_image_crate(bytes, bytes, format, limits);
+    if format == ImageFormat::Png && matches!(decoded, Err(ImageError::Corrupt { .. })) {
+        // Pixel data that is whole behind a damaged frame (an IDAT's CRC
+        // or length, the file's tail): decoded from a rebuilt file.
+        if let Some(rebuilt) = super::png::salvaged(bytes) {
+            if let Ok(image) = decode_with_image_crate(&rebuilt, bytes, format, limits) {
+                return Ok(image);
+            }
+        }
+    }
+    decoded
 }
 
+/// Decode `bytes` with the `image` crate; the orientation is read from
+/// `source`, the file as it came (`bytes` may be a rebuilt copy).
 fn decode_with_image_crate(
     bytes: &[u8],
+    source: &[u8],
     format: ImageFormat,
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
@@ -302,6 +315,10 @@ fn decode_with_image_crate(
         ImageFormat::Gif => super::gif::with_table(bytes),
         ImageFormat::Bmp => super::bmp::with_windows_header(bytes)?,
         ImageFormat::Png => super::png::with_iend(bytes),
+        ImageFormat::Webp => super::webp::checked(bytes).map_err(|fault| match fault {
+            super::webp::Fault::Truncated => corrupt(format, TRUNCATED),
+            super::webp::Fault::Corrupt(why) => corrupt(format, why),
+        })?,
         _ => std::borrow::Cow::Borrowed(bytes),
     };
     let mut reader = ImageReader::new(Cursor::new(repaired.as_ref()));
@@ -324,7 +341,7 @@ fn decode_with_image_crate(
     let decoder = reader.into_decoder().map_err(failed)?;
     let (width, height) = decoder.dimensions();
     check_pixels(format, width, height, limits)?;
-    let orientation = orientation(bytes, format);
+    let orientation = orientation(source, format);
     let mut image = DynamicImage::from_decoder(decoder).map_err(failed)?;
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
@@ -663,14 +680,14 @@ mod tests {
         let (w, h) = (4u32, 4u32);
         let px = vec![7u8; (w * h * 3) as usize];
         let png = png_rgb(&px, w, h);
-        let idat = png.windows(4).position(|c| c == b"IDAT").unwrap();
+        // (An IDAT's CRC is not the test: pixel data that verifies behind
+        // it is salvaged.)
         let mut bad_crc = png.clone();
-        let len = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
-        bad_crc[idat + 4 + len] ^= 0xFF;
+        bad_crc[8 + 8 + 13] ^= 0xFF;
         let why = decode_rgb8(&bad_crc, DecodeLimits::default())
             .unwrap_err()
             .to_string();
-        assert!(why.contains("IDAT") && !why.contains("ChunkType"), "{why}");
+        assert!(why.contains("IHDR") && !why.contains("ChunkType"), "{why}");
         let mut bmp = Vec::new();
         use ::image::ImageEncoder;
         ::image::codecs::bmp::BmpEncoder::new(&mut bmp)

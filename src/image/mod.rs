@@ -20,6 +20,7 @@ mod png;
 mod png_text;
 mod resize;
 mod tiff;
+mod webp;
 
 pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
 pub use format::{sniff_format, ImageFormat};

@@ -1,16 +1,22 @@
 //! The chunk structure of PNG files: the chunks in file order (read by the
-//! EXIF and text lookups), and, for files that end after their last whole
-//! chunk without an IEND chunk, the IEND the `image` crate's decoder
-//! insists on.
+//! EXIF and text lookups); for files that end after their last whole chunk
+//! without an IEND chunk, the IEND the `image` crate's decoder insists on;
+//! and, for a file that decoder refuses, the pixel data salvaged when only
+//! what frames it is damaged.
 //!
-//! Invariants: only a file whose chunks, walked from the signature by their
-//! lengths, end exactly at the end of the bytes, with at least one IDAT and
-//! no IEND, is changed, and only by appending IEND; Pillow reads such files
-//! (it stops at the end of the data). A file cut inside a chunk is left as
-//! it is, for the decoder to reject as truncated: as Pillow does when the
-//! cut is in the pixel data (Pillow also reads a file cut inside only the
-//! last IDAT's CRC; here that stays an error). Every other file is
-//! returned untouched.
+//! Invariants: [`with_iend`] changes only a file whose chunks, walked from
+//! the signature by their lengths, end exactly at the end of the bytes,
+//! with at least one IDAT and no IEND, and only by appending IEND; Pillow
+//! reads such files (it stops at the end of the data). [`salvaged`]
+//! rebuilds a file only when its pixel data is provably whole: the IDAT
+//! payloads, read by their lengths (the last one to the end of the file
+//! when its length runs past it), hold a complete zlib stream whose Adler-32
+//! checksum matches. That checksum covers the very bytes an IDAT CRC
+//! covers, so a damaged IDAT CRC, a damaged IDAT length, a file cut after
+//! the stream, or garbage after it lose nothing. Chunks before the pixels
+//! keep their CRC check: a critical one (IHDR, PLTE) that fails it stops
+//! the salvage; an ancillary one is dropped, as libpng does. A file cut
+//! inside the pixel data, or with damaged pixel data, stays an error.
 
 use std::borrow::Cow;
 
@@ -18,6 +24,7 @@ const SIGNATURE: usize = 8;
 /// Length, type and CRC around a chunk's data.
 const CHUNK_OVERHEAD: usize = 12;
 const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+const SIGNATURE_BYTES: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 
 /// The chunks of a PNG as (type, data), in file order, from the one after
 /// the signature up to IEND or to the first chunk that runs past the end of
@@ -68,10 +75,109 @@ pub(crate) fn with_iend(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// A PNG holding the pre-pixel chunks that verify, one IDAT with the whole
+/// zlib stream and IEND, when the file's pixel data is whole (see the
+/// module's invariants); `None` otherwise.
+pub(crate) fn salvaged(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.get(..SIGNATURE)? != &SIGNATURE_BYTES[..] {
+        return None;
+    }
+    let be32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok()
+    };
+    let mut out = bytes[..SIGNATURE].to_vec();
+    let mut pos = SIGNATURE;
+    let mut ihdr = None;
+    loop {
+        let len = be32(pos)?;
+        let kind = bytes.get(pos + 4..pos + 8)?;
+        if kind == b"IDAT" {
+            break;
+        }
+        if kind == b"IEND" {
+            return None;
+        }
+        let end = pos.checked_add(CHUNK_OVERHEAD)?.checked_add(len)?;
+        let chunk = bytes.get(pos..end)?;
+        let crc = crc32fast::hash(&chunk[4..8 + len]);
+        if Some(crc as usize) == be32(end - 4) {
+            out.extend_from_slice(chunk);
+            if kind == b"IHDR" {
+                ihdr = Some(&chunk[8..8 + len]);
+            }
+        } else if kind[0] & 0x20 == 0 {
+            return None;
+        }
+        pos = end;
+    }
+    let ihdr = ihdr.filter(|h| h.len() == 13)?;
+    let mut data = Vec::new();
+    while bytes.get(pos + 4..pos + 8) == Some(b"IDAT") {
+        let start = pos + 8;
+        match be32(pos)?.checked_add(start) {
+            Some(end) if end + 4 <= bytes.len() => {
+                data.extend_from_slice(&bytes[start..end]);
+                pos = end + 4;
+            }
+            _ => {
+                data.extend_from_slice(&bytes[start..]);
+                break;
+            }
+        }
+    }
+    let used = zlib_stream_len(&data, inflated_bound(ihdr))?;
+    out.extend_from_slice(&(used as u32).to_be_bytes());
+    let idat_start = out.len();
+    out.extend_from_slice(b"IDAT");
+    out.extend_from_slice(&data[..used]);
+    let crc = crc32fast::hash(&out[idat_start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&IEND);
+    Some(out)
+}
+
+/// The most bytes the pixel data of `ihdr`'s image can inflate to: eight
+/// bytes a pixel (16-bit RGBA) and a filter byte a row, for each of the
+/// seven passes of an interlaced image at most; a stream that inflates to
+/// more is not this image's.
+fn inflated_bound(ihdr: &[u8]) -> u64 {
+    let w = u64::from(u32::from_be_bytes([ihdr[0], ihdr[1], ihdr[2], ihdr[3]]));
+    let h = u64::from(u32::from_be_bytes([ihdr[4], ihdr[5], ihdr[6], ihdr[7]]));
+    w.saturating_mul(8)
+        .saturating_add(7)
+        .saturating_mul(h)
+        .saturating_add(7 * h)
+}
+
+/// The length of the complete zlib stream at the start of `data`, when it
+/// ends and its Adler-32 checksum matches, inflating to at most `bound`
+/// bytes; `None` otherwise.
+fn zlib_stream_len(data: &[u8], bound: u64) -> Option<usize> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut z = Decompress::new(true);
+    let mut scratch = vec![0u8; 1 << 15];
+    loop {
+        let (read, wrote) = (z.total_in(), z.total_out());
+        let at = usize::try_from(read).ok()?;
+        let status = z
+            .decompress(&data[at..], &mut scratch, FlushDecompress::None)
+            .ok()?;
+        if z.total_out() > bound {
+            return None;
+        }
+        match status {
+            Status::StreamEnd => return usize::try_from(z.total_in()).ok(),
+            _ if z.total_in() == read && z.total_out() == wrote => return None,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::decode_rgb8;
+    use crate::image::{decode_rgb8, DecodeLimits};
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
@@ -103,18 +209,15 @@ mod tests {
         assert_eq!(decode_rgb8(cut, Default::default()).unwrap(), want);
 
         // Cut inside a chunk: left to the decoder, which rejects a cut in
-        // the pixel data.
+        // the pixel data (a cut in the last CRC is the salvage's).
         let idat = whole.windows(4).position(|w| w == b"IDAT").unwrap();
         for end in [idat + 6, whole.len() - 13] {
             assert!(
                 matches!(with_iend(&whole[..end]), Cow::Borrowed(_)),
                 "{end}"
             );
-            assert!(
-                decode_rgb8(&whole[..end], Default::default()).is_err(),
-                "{end}"
-            );
         }
+        assert!(decode_rgb8(&whole[..idat + 6], Default::default()).is_err());
         assert!(matches!(
             with_iend(&whole[..whole.len() - 5]),
             Cow::Borrowed(_)
@@ -125,5 +228,141 @@ mod tests {
         let mut huge = cut.to_vec();
         huge.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xF8, b't', b'E', b'X', b't']);
         assert!(matches!(with_iend(&huge), Cow::Borrowed(_)));
+    }
+
+    /// `file`'s chunks as (type, data), re-written with fresh CRCs, the
+    /// IDAT data split into `parts` chunks.
+    fn rechunk(file: &[u8], parts: usize) -> Vec<u8> {
+        let mut out = file[..SIGNATURE].to_vec();
+        let mut put = |kind: &[u8], data: &[u8]| {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let at = out.len();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let crc = crc32fast::hash(&out[at..]);
+            out.extend_from_slice(&crc.to_be_bytes());
+        };
+        for (kind, data) in chunks(file) {
+            if kind == b"IDAT" {
+                for part in data.chunks(data.len().div_ceil(parts)) {
+                    put(b"IDAT", part);
+                }
+            } else {
+                put(kind, data);
+            }
+        }
+        put(b"IEND", b"");
+        out
+    }
+
+    /// Where the `n`th chunk of type `kind` starts.
+    fn chunk_at(file: &[u8], kind: &[u8], n: usize) -> usize {
+        file.windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == kind)
+            .nth(n)
+            .unwrap()
+            .0
+            - 4
+    }
+
+    #[test]
+    fn pixel_data_whole_behind_a_damaged_frame_is_salvaged() {
+        let whole = rechunk(&png(19, 11), 3);
+        let want = decode_rgb8(&whole, Default::default()).unwrap();
+        let decode = |b: &[u8]| decode_rgb8(b, Default::default());
+        let second = chunk_at(&whole, b"IDAT", 1);
+        let second_len = u32::from_be_bytes(whole[second..second + 4].try_into().unwrap()) as usize;
+        let crc = second + 8 + second_len;
+        let last = chunk_at(&whole, b"IDAT", 2);
+        let iend = chunk_at(&whole, b"IEND", 0);
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut bad_crc = whole.clone();
+        bad_crc[crc + 1] ^= 0x40;
+        cases.push(("a middle IDAT's CRC", bad_crc));
+        let mut inserted = whole.clone();
+        inserted.insert(iend - 2, 0x55);
+        cases.push(("a byte inserted in the last IDAT's CRC", inserted));
+        let mut long = whole.clone();
+        long[last] = 0x7F;
+        cases.push(("the last IDAT's length", long));
+        cases.push(("a cut in the last CRC", whole[..iend - 2].to_vec()));
+        cases.push(("a cut in IEND", whole[..iend + 6].to_vec()));
+        let mut tail = whole[..iend].to_vec();
+        tail.extend_from_slice(b"\0\0garbage");
+        cases.push(("garbage for IEND", tail));
+        for (what, file) in &cases {
+            assert!(
+                matches!(
+                    decode_rgb8(file, DecodeLimits { max_pixels: 100 }),
+                    Err(crate::image::ImageError::TooLarge { .. })
+                ),
+                "{what}: the pixel limit still applies"
+            );
+            assert_eq!(decode(file).as_ref().ok(), Some(&want), "{what}");
+        }
+
+        // Damage the checksum cannot vouch for stays an error.
+        let mut data = whole.clone();
+        data[second + 8 + second_len / 2] ^= 0x01;
+        let mut both = data.clone();
+        both[crc] ^= 0x01;
+        for (what, file) in [
+            ("a pixel data byte", data),
+            ("a pixel data byte and its CRC", both),
+            ("a cut in the pixel data", whole[..last + 10].to_vec()),
+        ] {
+            assert!(decode(&file).is_err(), "{what}");
+            assert!(salvaged(&file).is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn chunks_before_the_pixels_keep_their_crc_check() {
+        let mut with_text = rechunk(&png(9, 5), 1);
+        let idat = chunk_at(&with_text, b"IDAT", 0);
+        let mut text = Vec::new();
+        text.extend_from_slice(&7u32.to_be_bytes());
+        text.extend_from_slice(b"tEXtkey\0abc");
+        text.extend_from_slice(&crc32fast::hash(b"tEXtkey\0abc").to_be_bytes());
+        with_text.splice(idat..idat, text);
+        let want = decode_rgb8(&with_text, Default::default()).unwrap();
+        // An ancillary chunk that fails its CRC is dropped, as libpng does.
+        let mut bad_text = with_text.clone();
+        bad_text[idat + 9] ^= 0x20;
+        assert_eq!(decode_rgb8(&bad_text, Default::default()).unwrap(), want);
+        let rebuilt = salvaged(&bad_text).unwrap();
+        assert!(!rebuilt.windows(4).any(|w| w == b"tEXt"));
+        // A critical one stops the salvage.
+        let mut bad_ihdr = with_text.clone();
+        bad_ihdr[SIGNATURE + 8 + 12] ^= 0x01;
+        assert!(salvaged(&bad_ihdr).is_none());
+        assert!(decode_rgb8(&bad_ihdr, Default::default()).is_err());
+    }
+
+    #[test]
+    fn the_zlib_stream_must_end_and_match_its_checksum() {
+        let stream = {
+            use std::io::Write;
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(&[7u8; 5000]).unwrap();
+            z.finish().unwrap()
+        };
+        let mut padded = stream.clone();
+        padded.extend_from_slice(b"after");
+        assert_eq!(zlib_stream_len(&padded, 5000), Some(stream.len()));
+        assert_eq!(
+            zlib_stream_len(&stream, 4999),
+            None,
+            "inflates past the bound"
+        );
+        assert_eq!(zlib_stream_len(&stream[..stream.len() - 1], 5000), None);
+        let mut adler = stream.clone();
+        *adler.last_mut().unwrap() ^= 1;
+        assert_eq!(zlib_stream_len(&adler, 5000), None);
+        assert_eq!(
+            inflated_bound(&[0, 0, 0, 2, 0, 0, 0, 3, 8, 2, 0, 0, 0]),
+            3 * (16 + 7) + 21
+        );
     }
 }
