@@ -290,6 +290,12 @@ fn decode_other(
         return decoded
             .unwrap_or_else(|_| Err(corrupt(format, "undecodable (the decoder failed)")));
     }
+    if format == ImageFormat::Bmp {
+        let windows = super::bmp::with_windows_header(bytes)?;
+        if let Some(decoded) = super::bmp_rle::decode(&windows, limits) {
+            return decoded;
+        }
+    }
     let decoded = decode_with_image_crate(bytes, bytes, format, limits);
     if format == ImageFormat::Png && matches!(decoded, Err(ImageError::Corrupt { .. })) {
         // Pixel data that is whole behind a damaged frame (an IDAT's CRC

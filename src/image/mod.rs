@@ -6,6 +6,7 @@
 //! every failure is an [`ImageError`] that says what was wrong.
 
 mod bmp;
+mod bmp_rle;
 mod decode;
 mod exif;
 mod format;
