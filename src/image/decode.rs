@@ -618,29 +618,19 @@ mod tests {
             .write_image(&px, w, h, ::image::ExtendedColorType::Rgb8)
             .unwrap();
         let plain = decode_rgb8(&lossless, DecodeLimits::default()).unwrap();
+        let vp8l_len = u32::from_le_bytes(lossless[16..20].try_into().unwrap()) as usize;
+        let vp8l = &lossless[20..20 + vp8l_len];
         let riff = |extra: &[(&[u8; 4], Vec<u8>)]| {
             // VP8X flagging the EXIF and XMP chunks, the image, the chunks.
             let flags = extra.iter().fold(0u8, |f, (kind, _)| {
                 f | if kind == &b"EXIF" { 0x08 } else { 0x04 }
             });
-            let mut body = b"WEBPVP8X".to_vec();
-            body.extend_from_slice(&10u32.to_le_bytes());
-            body.extend_from_slice(&[flags, 0, 0, 0]);
-            body.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
-            body.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
-            body.extend_from_slice(&lossless[12..]);
-            for (kind, data) in extra {
-                body.extend_from_slice(*kind);
-                body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                body.extend_from_slice(data);
-                if data.len() % 2 == 1 {
-                    body.push(0);
-                }
-            }
-            let mut out = b"RIFF".to_vec();
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend(body);
-            out
+            let mut vp8x = vec![flags, 0, 0, 0];
+            vp8x.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+            vp8x.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+            let mut chunks: Vec<(&[u8; 4], &[u8])> = vec![(b"VP8X", &vp8x), (b"VP8L", vp8l)];
+            chunks.extend(extra.iter().map(|(kind, data)| (*kind, data.as_slice())));
+            super::super::webp::tests::riff(&chunks)
         };
         let cases = [
             (riff(&[(b"XMP ", xmp_packet(6))]), Orientation::Rotate90),

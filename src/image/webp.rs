@@ -98,7 +98,7 @@ fn le32(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::{decode_rgb8, DecodeLimits, ImageError, ImageFormat};
 
@@ -114,9 +114,9 @@ mod tests {
         out
     }
 
-    /// A simple lossy file written by hand around a VP8 keyframe header
-    /// (the decoder is not reached by these checks).
-    fn riff(chunks: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
+    /// A WebP file of `chunks` (tag, payload), each padded to an even
+    /// length, written by hand.
+    pub(crate) fn riff(chunks: &[(&[u8; 4], &[u8])]) -> Vec<u8> {
         let mut body = b"WEBP".to_vec();
         for (tag, data) in chunks {
             body.extend_from_slice(*tag);
