@@ -100,9 +100,21 @@ pub fn decode_rgb8(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, Imag
     match sniff_format(bytes) {
         None => Err(ImageError::NotAnImage),
         Some(ImageFormat::Unsupported(name)) => Err(ImageError::Unsupported(name.to_string())),
-        Some(ImageFormat::Jpeg) => decode_jpeg(bytes, limits),
-        Some(format) => decode_other(bytes, format, limits),
+        Some(ImageFormat::Jpeg) => guarded(ImageFormat::Jpeg, || decode_jpeg(bytes, limits)),
+        Some(format) => guarded(format, || decode_other(bytes, format, limits)),
     }
+}
+
+/// `decode`, with a panic in it (a decoder's bug met on hostile bytes)
+/// turned into a rejection of the image, so that it never stops a pack,
+/// a loader or a scan. The decoders keep no state across images, so
+/// nothing is left half-changed.
+pub(super) fn guarded<T>(
+    format: ImageFormat,
+    decode: impl FnOnce() -> Result<T, ImageError>,
+) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .unwrap_or_else(|_| Err(corrupt(format, "undecodable (the decoder failed)")))
 }
 
 fn corrupt(format: ImageFormat, detail: impl ToString) -> ImageError {
@@ -273,22 +285,16 @@ fn decode_other(
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
     if format == ImageFormat::Tiff {
-        // TIFF's many codings are the least trodden path of the `image`
-        // crate's decoders: a panic there is a rejection, not a stop.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match decode_with_image_crate(bytes, bytes, format, limits) {
-                // Palette and gray-with-alpha: read underneath the crate.
-                Err(ImageError::Unsupported(why)) => {
-                    match super::tiff::decode_fallback(bytes, limits) {
-                        Some(image) => Ok(orient(image?, orientation(bytes, format))),
-                        None => Err(ImageError::Unsupported(why)),
-                    }
+        return match decode_with_image_crate(bytes, bytes, format, limits) {
+            // Palette and gray-with-alpha: read underneath the crate.
+            Err(ImageError::Unsupported(why)) => {
+                match super::tiff::decode_fallback(bytes, limits) {
+                    Some(image) => Ok(orient(image?, orientation(bytes, format))),
+                    None => Err(ImageError::Unsupported(why)),
                 }
-                other => other,
             }
-        }));
-        return decoded
-            .unwrap_or_else(|_| Err(corrupt(format, "undecodable (the decoder failed)")));
+            other => other,
+        };
     }
     if format == ImageFormat::Bmp {
         let windows = super::bmp::with_windows_header(bytes)?;
@@ -605,6 +611,19 @@ mod tests {
             let img = decode_rgb8(&file, DecodeLimits::default()).unwrap();
             assert_eq!(img, orient(plain.clone(), want), "case {k}");
         }
+    }
+
+    #[test]
+    fn a_decoder_panic_is_a_rejection() {
+        let got: Result<(), _> = guarded(ImageFormat::Png, || panic!("a decoder bug"));
+        match got {
+            Err(ImageError::Corrupt { format, detail }) => {
+                assert_eq!(format, ImageFormat::Png);
+                assert!(detail.contains("decoder failed"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(guarded(ImageFormat::Gif, || Ok(7)).unwrap(), 7);
     }
 
     /// WebP: the `XMP ` chunk, unless the `EXIF` chunk has the tag.

@@ -8,7 +8,9 @@
 
 use ::image::metadata::Orientation;
 
-use super::decode::{decode_jpeg_into, decode_rgb8, orient, DecodeLimits, ImageError, Rgb8Image};
+use super::decode::{
+    decode_jpeg_into, decode_rgb8, guarded, orient, DecodeLimits, ImageError, Rgb8Image,
+};
 use super::format::{sniff_format, ImageFormat};
 
 /// Decode `bytes` into `out` (resized to width·height·3) and return
@@ -26,7 +28,8 @@ pub fn decode_rgb8_into(
     }
     // Resizing a reused Vec keeps its allocation; only a larger image than
     // any before grows it.
-    let (width, height, orientation) = decode_jpeg_into(bytes, limits, out)?;
+    let (width, height, orientation) =
+        guarded(ImageFormat::Jpeg, || decode_jpeg_into(bytes, limits, out))?;
     if orientation != Orientation::NoTransforms {
         // Rare (camera photos): rotate through a temporary image.
         let image = Rgb8Image {
