@@ -2100,6 +2100,114 @@ fn webp_bmp_gif_palette_png_and_exif_orientation_decode_as_expected() {
     assert!(row.image == want, "EXIF orientation 6");
 }
 
+/// Where chunk tag `tag` first occurs in `file` (its 4-byte length field
+/// is just before).
+fn tag_at(file: &[u8], tag: &[u8]) -> usize {
+    file.windows(tag.len()).position(|w| w == tag).unwrap()
+}
+
+#[test]
+fn damaged_frames_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let (w, h) = (16u32, 16u32);
+    // A PNG whose IDAT CRC is wrong: the zlib stream's checksum vouches
+    // for the pixels. One cut inside its pixel data: rejected.
+    let png = png_rgb(w, h, 1);
+    let idat = tag_at(&png, b"IDAT");
+    let len = u32::from_be_bytes(png[idat - 4..idat].try_into().unwrap()) as usize;
+    let mut bad_crc = png.clone();
+    bad_crc[idat + 4 + len] ^= 0xFF;
+    let cut_png = png[..idat + 4 + len / 2].to_vec();
+    // A lossless WebP with bytes after its RIFF (ignored), and one that
+    // lost a byte in the middle (shorter than its RIFF size says).
+    let mut webp = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pattern(w, h, 2)).unwrap())
+        .write_to(&mut webp, image::ImageFormat::WebP)
+        .unwrap();
+    let webp = webp.into_inner();
+    let mut trailing = webp.clone();
+    trailing.extend_from_slice(b"junk");
+    let mut short_webp = webp.clone();
+    short_webp.remove(webp.len() / 2);
+    // An RLE8 BMP, 16x16, bottom row first: eight rows of a run of 20
+    // clipped to the row and an end of line, eight of a run of 16, end of
+    // bitmap (Pillow: the bottom half index 1, the top half index 2).
+    let palette = [[9u8, 8, 7], [200, 100, 50], [10, 20, 250]];
+    let mut bmp = b"BM".to_vec();
+    let mut data = [[20u8, 1, 0, 0]; 8].concat();
+    data.extend([[16u8, 2, 0, 0]; 8].concat());
+    data.extend([0, 1]);
+    let offset = 14 + 40 + 4 * palette.len() as u32;
+    bmp.extend((offset + data.len() as u32).to_le_bytes());
+    bmp.extend([0; 4]);
+    bmp.extend(offset.to_le_bytes());
+    for v in [40u32, w, h] {
+        bmp.extend(v.to_le_bytes());
+    }
+    bmp.extend(1u16.to_le_bytes());
+    bmp.extend(8u16.to_le_bytes());
+    for v in [1u32, data.len() as u32, 0, 0, palette.len() as u32, 0] {
+        bmp.extend(v.to_le_bytes());
+    }
+    for [r, g, b] in palette {
+        bmp.extend([b, g, r, 0]);
+    }
+    bmp.extend(&data);
+    write_dir(
+        &src,
+        &[
+            ("train/a/bad-crc.png".into(), bad_crc),
+            ("train/a/cut.png".into(), cut_png),
+            ("train/a/trailing.webp".into(), trailing),
+            ("train/a/short.webp".into(), short_webp),
+            ("train/b/rle.bmp".into(), bmp),
+        ],
+    );
+    let out = dir.path().join("out");
+    let o = run(
+        BIN,
+        &[
+            s(&src),
+            "--out",
+            s(&out),
+            "--encoding",
+            "raw",
+            "--size",
+            "16",
+            "--quiet",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    let rejected: BTreeMap<String, String> = rejections(&out).into_iter().collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(
+        rejected["train/a/cut.png"].contains("truncated"),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected["train/a/short.webp"].contains("truncated"),
+        "{rejected:?}"
+    );
+    let rows: BTreeMap<String, Vec<u8>> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| (r.key, r.image))
+        .collect();
+    assert!(
+        rows["train/a/bad-crc.png"] == pattern(w, h, 1),
+        "salvaged PNG"
+    );
+    assert!(
+        rows["train/a/trailing.webp"] == pattern(w, h, 2),
+        "WebP with a tail"
+    );
+    let rle = &rows["train/b/rle.bmp"];
+    for (y, row) in rle.chunks(16 * 3).enumerate() {
+        let want = if y < 8 { palette[2] } else { palette[1] };
+        assert!(row.chunks(3).all(|p| p == want), "row {y}: {row:?}");
+    }
+}
+
 #[test]
 fn resize_crop_keeps_the_centre() {
     let dir = tempfile::tempdir().unwrap();
