@@ -1,5 +1,6 @@
-//! OS/2 2.x bitmaps, which the `image` crate's BMP decoder does not know,
-//! rewritten into the Windows form it reads.
+//! BMP headers the `image` crate's decoder refuses but Pillow reads,
+//! rewritten into the form that decoder reads: OS/2 2.x bitmaps, a planes
+//! field other than 1, a palette longer than the bit depth can index.
 //!
 //! Invariants: an OS/2 2.x info header (64 bytes) starts with the same 40
 //! bytes as Windows' BITMAPINFOHEADER and its palette entries are 4 bytes
@@ -7,6 +8,10 @@
 //! colour encoding: none change the pixels) and moving the pixel offset
 //! gives the same image. Only compression differs: OS/2's 3 and 4 are
 //! Huffman 1D and RLE24, not Windows' bitfields and JPEG, and are refused.
+//! Pillow never reads the planes field, and of a palette of up to 256
+//! entries it uses only those the pixels can index, reading the pixels
+//! from the file's pixel offset as the crate does: setting planes to 1 and
+//! the colours used to what the bit depth indexes changes no pixel.
 //! Every other file is returned untouched.
 
 use std::borrow::Cow;
@@ -44,6 +49,40 @@ pub(crate) fn with_windows_header(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImageEr
     out[10..14].copy_from_slice(&offset.to_le_bytes());
     out[FILE_HEADER..FILE_HEADER + 4].copy_from_slice(&(WINDOWS_INFO as u32).to_le_bytes());
     Ok(Cow::Owned(out))
+}
+
+/// `bytes` with a planes field other than 1 set to 1, and a count of
+/// colours used above what the bit depth indexes (at most 256, which
+/// Pillow reads) cut to that.
+pub(crate) fn with_readable_fields(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|v| u16::from_le_bytes([v[0], v[1]]));
+    let Some(header) = bytes
+        .get(FILE_HEADER..FILE_HEADER + 4)
+        .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize)
+    else {
+        return bytes;
+    };
+    // The core header (12 bytes) has 16-bit sizes, so its fields sit
+    // earlier; it has no count of colours.
+    let (planes_at, bits_at) = if header == 12 { (22, 24) } else { (26, 28) };
+    let colours_at = (header >= WINDOWS_INFO).then_some(46);
+    let planes = u16_at(&bytes, planes_at);
+    let bits = u16_at(&bytes, bits_at).unwrap_or(0);
+    let colours = colours_at.and_then(|at| {
+        let v = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+    });
+    let indexable = (bits <= 8).then(|| 1u32 << bits);
+    let cut_colours = matches!((colours, indexable), (Some(c), Some(n)) if c > n && c <= 256);
+    if planes.is_none_or(|p| p == 1) && !cut_colours {
+        return bytes;
+    }
+    let mut out = bytes.into_owned();
+    out[planes_at..planes_at + 2].copy_from_slice(&1u16.to_le_bytes());
+    if let (true, Some(at), Some(n)) = (cut_colours, colours_at, indexable) {
+        out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+    Cow::Owned(out)
 }
 
 fn unsupported(compression: &str) -> ImageError {
@@ -146,5 +185,39 @@ mod tests {
             Ok(Cow::Borrowed(_))
         ));
         assert!(decode_rgb8(&b[..40], DecodeLimits::default()).is_err());
+    }
+
+    #[test]
+    fn planes_and_long_palettes_read_as_pillow_reads_them() {
+        let px: Vec<[u8; 3]> = (0..6).map(|i| PALETTE[i % 4]).collect();
+        let os2_file = os2(3, 2, 8, &px, &PALETTE);
+        let windows = with_windows_header(&os2_file).unwrap().into_owned();
+        let want = decode_rgb8(&windows, DecodeLimits::default()).unwrap();
+        assert!(matches!(
+            with_readable_fields(Cow::Borrowed(&windows)),
+            Cow::Borrowed(_)
+        ));
+        let mut zero_planes = windows.clone();
+        zero_planes[26] = 0;
+        let mut two_planes = windows.clone();
+        two_planes[26] = 2;
+        for file in [zero_planes, two_planes] {
+            assert_eq!(decode_rgb8(&file, DecodeLimits::default()).unwrap(), want);
+        }
+        // A 2-bit-deep picture is not at hand: an 8-bit one claiming 257
+        // colours is left to the decoder (Pillow refuses it too), one whose
+        // 4 entries are followed by the pixels decodes when cut to 256.
+        let mut too_many = windows.clone();
+        too_many[46..50].copy_from_slice(&257u32.to_le_bytes());
+        assert!(matches!(
+            with_readable_fields(Cow::Borrowed(&too_many)),
+            Cow::Borrowed(_)
+        ));
+        let mut one_bit = windows.clone();
+        one_bit[28] = 1;
+        one_bit[46..50].copy_from_slice(&4u32.to_le_bytes());
+        let fixed = with_readable_fields(Cow::Borrowed(&one_bit));
+        assert_eq!(&fixed[46..50], &2u32.to_le_bytes());
+        assert!(decode_rgb8(&one_bit, DecodeLimits::default()).is_ok());
     }
 }

@@ -325,7 +325,9 @@ fn decode_with_image_crate(
 ) -> Result<Rgb8Image, ImageError> {
     let repaired = match format {
         ImageFormat::Gif => super::gif::with_table(bytes),
-        ImageFormat::Bmp => super::bmp::with_windows_header(bytes)?,
+        ImageFormat::Bmp => {
+            super::bmp::with_readable_fields(super::bmp::with_windows_header(bytes)?)
+        }
         ImageFormat::Png => super::png::with_iend(bytes),
         ImageFormat::Webp => super::webp::checked(bytes).map_err(|fault| match fault {
             super::webp::Fault::Truncated => corrupt(format, TRUNCATED),
