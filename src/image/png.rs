@@ -11,9 +11,10 @@
 //! rebuilds a file only when its pixel data is provably whole: the IDAT
 //! payloads, read by their lengths (the last one to the end of the file
 //! when its length runs past it), hold a complete zlib stream whose Adler-32
-//! checksum matches. That checksum covers the very bytes an IDAT CRC
-//! covers, so a damaged IDAT CRC, a damaged IDAT length, a file cut after
-//! the stream, or garbage after it lose nothing. Chunks before the pixels
+//! checksum matches. That checksum vouches for the inflated pixel data
+//! the IDAT CRCs protect in its compressed form, so a damaged IDAT CRC, a
+//! damaged IDAT length, a file cut after the stream, or garbage after it
+//! lose nothing. Chunks before the pixels
 //! keep their CRC check: a critical one (IHDR, PLTE) that fails it stops
 //! the salvage; an ancillary one is dropped, as libpng does. A file cut
 //! inside the pixel data, or with damaged pixel data, stays an error.
