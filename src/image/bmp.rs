@@ -22,11 +22,23 @@ const FILE_HEADER: usize = 14;
 const OS2_V2: usize = 64;
 const WINDOWS_INFO: usize = 40;
 
+/// The little-endian u32 at `at`, if the bytes reach that far.
+pub(super) fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// The little-endian u16 at `at`, if the bytes reach that far.
+pub(super) fn le_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        bytes.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
 /// `bytes` with an OS/2 2.x header replaced by a Windows one.
 pub(crate) fn with_windows_header(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImageError> {
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
+    let u32_at = |at: usize| le_u32(bytes, at);
     if u32_at(FILE_HEADER) != Some(OS2_V2 as u32) || bytes.len() < FILE_HEADER + OS2_V2 {
         return Ok(Cow::Borrowed(bytes));
     }
@@ -54,30 +66,23 @@ pub(crate) fn with_windows_header(bytes: &[u8]) -> Result<Cow<'_, [u8]>, ImageEr
 /// `bytes` with a planes field other than 1 set to 1, and a count of
 /// colours used above what the bit depth indexes (at most 256, which
 /// Pillow reads) cut to that.
-pub(crate) fn with_readable_fields(bytes: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
-    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|v| u16::from_le_bytes([v[0], v[1]]));
-    let Some(header) = bytes
-        .get(FILE_HEADER..FILE_HEADER + 4)
-        .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize)
-    else {
-        return bytes;
+pub(crate) fn with_readable_fields(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let Some(header) = le_u32(bytes, FILE_HEADER) else {
+        return Cow::Borrowed(bytes);
     };
     // The core header (12 bytes) has 16-bit sizes, so its fields sit
     // earlier; it has no count of colours.
     let (planes_at, bits_at) = if header == 12 { (22, 24) } else { (26, 28) };
-    let colours_at = (header >= WINDOWS_INFO).then_some(46);
-    let planes = u16_at(&bytes, planes_at);
-    let bits = u16_at(&bytes, bits_at).unwrap_or(0);
-    let colours = colours_at.and_then(|at| {
-        let v = bytes.get(at..at + 4)?;
-        Some(u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
-    });
+    let colours_at = (header as usize >= WINDOWS_INFO).then_some(46);
+    let planes = le_u16(bytes, planes_at);
+    let bits = le_u16(bytes, bits_at).unwrap_or(0);
+    let colours = colours_at.and_then(|at| le_u32(bytes, at));
     let indexable = (bits <= 8).then(|| 1u32 << bits);
     let cut_colours = matches!((colours, indexable), (Some(c), Some(n)) if c > n && c <= 256);
     if planes.is_none_or(|p| p == 1) && !cut_colours {
-        return bytes;
+        return Cow::Borrowed(bytes);
     }
-    let mut out = bytes.into_owned();
+    let mut out = bytes.to_vec();
     out[planes_at..planes_at + 2].copy_from_slice(&1u16.to_le_bytes());
     if let (true, Some(at), Some(n)) = (cut_colours, colours_at, indexable) {
         out[at..at + 4].copy_from_slice(&n.to_le_bytes());
@@ -193,10 +198,7 @@ mod tests {
         let os2_file = os2(3, 2, 8, &px, &PALETTE);
         let windows = with_windows_header(&os2_file).unwrap().into_owned();
         let want = decode_rgb8(&windows, DecodeLimits::default()).unwrap();
-        assert!(matches!(
-            with_readable_fields(Cow::Borrowed(&windows)),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(with_readable_fields(&windows), Cow::Borrowed(_)));
         let mut zero_planes = windows.clone();
         zero_planes[26] = 0;
         let mut two_planes = windows.clone();
@@ -209,14 +211,11 @@ mod tests {
         // 4 entries are followed by the pixels decodes when cut to 256.
         let mut too_many = windows.clone();
         too_many[46..50].copy_from_slice(&257u32.to_le_bytes());
-        assert!(matches!(
-            with_readable_fields(Cow::Borrowed(&too_many)),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(with_readable_fields(&too_many), Cow::Borrowed(_)));
         let mut one_bit = windows.clone();
         one_bit[28] = 1;
         one_bit[46..50].copy_from_slice(&4u32.to_le_bytes());
-        let fixed = with_readable_fields(Cow::Borrowed(&one_bit));
+        let fixed = with_readable_fields(&one_bit);
         assert_eq!(&fixed[46..50], &2u32.to_le_bytes());
         assert!(decode_rgb8(&one_bit, DecodeLimits::default()).is_ok());
     }

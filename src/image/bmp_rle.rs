@@ -24,6 +24,7 @@
 //!   any index but 0 with two colours); any other palette gives its entry,
 //!   black past its end.
 
+use super::bmp::{le_u16, le_u32};
 use super::decode::{check_pixels, DecodeLimits, ImageError, Rgb8Image, TRUNCATED};
 use super::format::ImageFormat;
 
@@ -34,17 +35,13 @@ const RLE4: u32 = 2;
 /// The pixels of a run-length BMP (`bytes` with a Windows info header, or
 /// OS/2 2.x's), or `None` for any other BMP.
 pub(crate) fn decode(bytes: &[u8], limits: DecodeLimits) -> Option<Result<Rgb8Image, ImageError>> {
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
-    let header = u32_at(FILE_HEADER)? as usize;
+    let header = le_u32(bytes, FILE_HEADER)? as usize;
     // The Windows headers (40, 52, 56, 108, 124 bytes) and OS/2 2.x's (64)
     // that `bmp` did not rewrite; Pillow refuses any other length.
     if !matches!(header, 40 | 52 | 56 | 64 | 108 | 124) {
         return None;
     }
-    let bits = u16::from_le_bytes(bytes.get(28..30)?.try_into().ok()?);
-    let rle4 = match (u32_at(30)?, bits) {
+    let rle4 = match (le_u32(bytes, 30)?, le_u16(bytes, 28)?) {
         (RLE8, 8) => false,
         (RLE4, 4) => true,
         _ => return None,
@@ -65,12 +62,11 @@ fn expand(
     rle4: bool,
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     // `decode` read up to byte 34; the rest of the header is needed now.
     if bytes.len() < FILE_HEADER + header {
         return Err(corrupt(TRUNCATED));
     }
+    let u32_at = |at: usize| le_u32(bytes, at).unwrap_or(0);
     let width = u32_at(18) as i32;
     let height = u32_at(22) as i32;
     if width <= 0 || height == 0 {

@@ -297,10 +297,13 @@ fn decode_other(
         };
     }
     if format == ImageFormat::Bmp {
+        // OS/2 2.x headers rewritten once, for the run-length decoder and
+        // the crate's alike.
         let windows = super::bmp::with_windows_header(bytes)?;
         if let Some(decoded) = super::bmp_rle::decode(&windows, limits) {
             return decoded;
         }
+        return decode_with_image_crate(&windows, bytes, format, limits);
     }
     let decoded = decode_with_image_crate(bytes, bytes, format, limits);
     if format == ImageFormat::Png && matches!(decoded, Err(ImageError::Corrupt { .. })) {
@@ -325,9 +328,8 @@ fn decode_with_image_crate(
 ) -> Result<Rgb8Image, ImageError> {
     let repaired = match format {
         ImageFormat::Gif => super::gif::with_table(bytes),
-        ImageFormat::Bmp => {
-            super::bmp::with_readable_fields(super::bmp::with_windows_header(bytes)?)
-        }
+        // (Its OS/2 2.x header already rewritten by `decode_other`.)
+        ImageFormat::Bmp => super::bmp::with_readable_fields(bytes),
         ImageFormat::Png => super::png::with_iend(bytes),
         ImageFormat::Webp => super::webp::checked(bytes).map_err(|fault| match fault {
             super::webp::Fault::Truncated => corrupt(format, TRUNCATED),
