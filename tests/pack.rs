@@ -2107,7 +2107,7 @@ fn tag_at(file: &[u8], tag: &[u8]) -> usize {
 }
 
 #[test]
-fn damaged_frames_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
+fn damaged_frames_stray_bytes_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let (w, h) = (16u32, 16u32);
@@ -2119,6 +2119,30 @@ fn damaged_frames_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
     let mut bad_crc = png.clone();
     bad_crc[idat + 4 + len] ^= 0xFF;
     let cut_png = png[..idat + 4 + len / 2].to_vec();
+    // One whose zlib checksum (the IDAT's last 4 bytes) lost a byte: the
+    // IDAT CRC, with the checksum recomputed, vouches for the pixels.
+    let mut bad_adler = png.clone();
+    bad_adler.remove(idat + 4 + len - 3);
+    // A GIF with a stray byte where its first block should start (after
+    // the header and global colour table): skipped, as Pillow skips it.
+    let mut gif = Vec::new();
+    image::codecs::gif::GifEncoder::new(&mut gif)
+        .encode_frames(vec![image::Frame::new(
+            image::DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w, h, pattern(w, h, 3)).unwrap(),
+            )
+            .into_rgba8(),
+        )])
+        .unwrap();
+    let flags = gif[10];
+    let blocks = 13
+        + if flags & 0x80 != 0 {
+            3 << ((flags & 7) + 1)
+        } else {
+            0
+        };
+    let mut stray_gif = gif.clone();
+    stray_gif.insert(blocks, 0x00);
     // A lossless WebP with bytes after its RIFF (ignored), and one that
     // lost a byte in the middle (shorter than its RIFF size says).
     let mut webp = std::io::Cursor::new(Vec::new());
@@ -2159,6 +2183,8 @@ fn damaged_frames_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
         &[
             ("train/a/bad-crc.png".into(), bad_crc),
             ("train/a/cut.png".into(), cut_png),
+            ("train/a/bad-adler.png".into(), bad_adler),
+            ("train/b/stray.gif".into(), stray_gif),
             ("train/a/trailing.webp".into(), trailing),
             ("train/a/short.webp".into(), short_webp),
             ("train/b/rle.bmp".into(), bmp),
@@ -2196,6 +2222,14 @@ fn damaged_frames_short_webps_and_run_length_bmps_read_as_pillow_or_libwebp() {
     assert!(
         rows["train/a/bad-crc.png"] == pattern(w, h, 1),
         "salvaged PNG"
+    );
+    assert!(
+        rows["train/a/bad-adler.png"] == pattern(w, h, 1),
+        "PNG with a damaged checksum"
+    );
+    assert!(
+        rows["train/b/stray.gif"] == pattern(w, h, 3),
+        "GIF stray byte"
     );
     assert!(
         rows["train/a/trailing.webp"] == pattern(w, h, 2),

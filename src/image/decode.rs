@@ -327,7 +327,7 @@ fn decode_with_image_crate(
     limits: DecodeLimits,
 ) -> Result<Rgb8Image, ImageError> {
     let repaired = match format {
-        ImageFormat::Gif => super::gif::with_table(bytes),
+        ImageFormat::Gif => super::gif::readable(bytes),
         // (Its OS/2 2.x header already rewritten by `decode_other`.)
         ImageFormat::Bmp => super::bmp::with_readable_fields(bytes),
         ImageFormat::Png => super::png::with_iend(bytes),

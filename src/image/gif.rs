@@ -1,10 +1,14 @@
 //! What the GIF decoder of the `image` crate leaves to us: the logical
-//! screen around the first frame, and files with no colour table.
+//! screen around the first frame, files with no colour table, and stray
+//! bytes between the blocks before the first image.
 //!
 //! Invariants: only the first frame is ever decoded (the packer's rule for
 //! animations), so only the header up to the first image descriptor is
 //! read here; a header this cannot read is left to the decoder, which
-//! rejects it with its own reason.
+//! rejects it with its own reason. A byte that starts no block (neither an
+//! extension, `!`, an image, `,`, nor the trailer, `;`) is skipped one at a
+//! time, as Pillow's reader and the GIF87a specification do, and never
+//! otherwise interpreted.
 
 use std::borrow::Cow;
 
@@ -19,6 +23,10 @@ pub(crate) struct Layout {
     /// The first frame's left, top, width, height.
     frame: (u32, u32, u32, u32),
     frame_has_table: bool,
+    /// Where the first image descriptor starts.
+    first_image: usize,
+    /// How many bytes before it start no block.
+    strays: usize,
 }
 
 /// The end of the signature (6 bytes) and logical screen descriptor (7):
@@ -35,6 +43,46 @@ impl Layout {
     }
 }
 
+/// What starts at a position between the blocks of a GIF.
+enum Block {
+    /// An extension, ending (after its empty sub-block) where given.
+    Extension(usize),
+    Image,
+    /// The trailer, or the end of the file.
+    End,
+    Stray,
+}
+
+/// The block at `pos`; `None` when an extension runs past the file's end.
+fn block_at(bytes: &[u8], pos: usize) -> Option<Block> {
+    Some(match bytes.get(pos) {
+        // Extension: label, then data sub-blocks up to an empty one.
+        Some(0x21) => {
+            let mut end = pos + 2;
+            loop {
+                let n = usize::from(*bytes.get(end)?);
+                end += 1 + n;
+                if n == 0 {
+                    break Block::Extension(end);
+                }
+            }
+        }
+        Some(0x2C) => Block::Image,
+        Some(0x3B) | None => Block::End,
+        Some(_) => Block::Stray,
+    })
+}
+
+/// Where the blocks start after the header: past the global colour table.
+fn blocks_start(bytes: &[u8]) -> usize {
+    let flags = bytes.get(10).copied().unwrap_or(0);
+    if flags & 0x80 != 0 {
+        SCREEN_END + (3usize << ((flags & 7) + 1))
+    } else {
+        SCREEN_END
+    }
+}
+
 /// Reads the header of `bytes` (a GIF) to the first image descriptor.
 pub(crate) fn layout(bytes: &[u8]) -> Option<Layout> {
     if !(bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a")) {
@@ -48,30 +96,19 @@ pub(crate) fn layout(bytes: &[u8]) -> Option<Layout> {
     let screen = (u16_at(6)?, u16_at(8)?);
     let flags = *bytes.get(10)?;
     let background = *bytes.get(11)?;
-    let mut pos = SCREEN_END;
-    let table = |flags: u8| 3usize << ((flags & 7) + 1);
-    let global = if flags & 0x80 != 0 {
-        let len = table(flags);
-        bytes.get(pos..pos + len)?;
-        pos += len;
-        Some((SCREEN_END, len / 3))
-    } else {
-        None
-    };
+    let mut pos = blocks_start(bytes);
+    bytes.get(..pos)?;
+    let global = (flags & 0x80 != 0).then(|| (SCREEN_END, (pos - SCREEN_END) / 3));
+    let mut strays = 0;
     loop {
-        match *bytes.get(pos)? {
-            // Extension: label, then data sub-blocks up to an empty one.
-            0x21 => {
-                pos += 2;
-                loop {
-                    let n = usize::from(*bytes.get(pos)?);
-                    pos += 1 + n;
-                    if n == 0 {
-                        break;
-                    }
-                }
+        match block_at(bytes, pos)? {
+            Block::Extension(end) => pos = end,
+            Block::Stray => {
+                strays += 1;
+                pos += 1;
             }
-            0x2C => {
+            Block::End => return None,
+            Block::Image => {
                 let frame = (
                     u16_at(pos + 1)?,
                     u16_at(pos + 3)?,
@@ -85,29 +122,58 @@ pub(crate) fn layout(bytes: &[u8]) -> Option<Layout> {
                     background,
                     frame,
                     frame_has_table,
+                    first_image: pos,
+                    strays,
                 });
             }
-            _ => return None,
         }
     }
 }
 
-/// A GIF whose first frame has no colour table, global or local, gets a
-/// global one of 256 greys (index k is grey k), which is what Pillow reads
-/// such a file as and what GIF89a lets a decoder supply. Other files are
-/// returned as they are.
-pub(crate) fn with_table(bytes: &[u8]) -> Cow<'_, [u8]> {
-    match layout(bytes) {
-        Some(l) if l.global.is_none() && !l.frame_has_table => {
-            let mut out = Vec::with_capacity(bytes.len() + 768);
-            out.extend_from_slice(&bytes[..SCREEN_END]);
-            out[10] |= 0x80 | 7;
-            out.extend((0..=255u8).flat_map(|g| [g, g, g]));
-            out.extend_from_slice(&bytes[SCREEN_END..]);
-            Cow::Owned(out)
+/// `bytes` without the stray bytes `layout` counted before the first image.
+fn without_strays(bytes: &[u8], layout: &Layout) -> Vec<u8> {
+    let start = blocks_start(bytes);
+    let mut out = Vec::with_capacity(bytes.len() - layout.strays);
+    out.extend_from_slice(&bytes[..start]);
+    let mut pos = start;
+    while pos < layout.first_image {
+        match block_at(bytes, pos) {
+            Some(Block::Extension(end)) => {
+                out.extend_from_slice(&bytes[pos..end]);
+                pos = end;
+            }
+            // `layout` walked this far: only strays remain to skip.
+            _ => pos += 1,
         }
-        _ => Cow::Borrowed(bytes),
     }
+    out.extend_from_slice(&bytes[layout.first_image..]);
+    out
+}
+
+/// `bytes` as the `image` crate's decoder can read them as Pillow does: the
+/// stray bytes before the first image dropped (the decoder stops at them:
+/// "unknown block type"), and a GIF whose first frame has no colour table,
+/// global or local, given a global one of 256 greys (index k is grey k),
+/// which is what Pillow reads such a file as and what GIF89a lets a
+/// decoder supply. Other files are returned as they are.
+pub(crate) fn readable(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let Some(l) = layout(bytes) else {
+        return Cow::Borrowed(bytes);
+    };
+    let mut out = if l.strays > 0 {
+        Cow::Owned(without_strays(bytes, &l))
+    } else {
+        Cow::Borrowed(bytes)
+    };
+    if l.global.is_none() && !l.frame_has_table {
+        let mut grey = Vec::with_capacity(out.len() + 768);
+        grey.extend_from_slice(&out[..SCREEN_END]);
+        grey[10] |= 0x80 | 7;
+        grey.extend((0..=255u8).flat_map(|g| [g, g, g]));
+        grey.extend_from_slice(&out[SCREEN_END..]);
+        out = Cow::Owned(grey);
+    }
+    out
 }
 
 /// Paints the pixels of `rgb` (the decoded screen, `width` × `height`)
@@ -232,7 +298,7 @@ mod tests {
     fn a_gif_without_colour_tables_reads_as_grey() {
         let idx = |x: u16, y: u16| ((x * 2 + y) % 4) as u8;
         let b = gif((3, 2), None, 0, (0, 0, 3, 2), None, idx);
-        assert!(matches!(with_table(&b), Cow::Owned(_)));
+        assert!(matches!(readable(&b), Cow::Owned(_)));
         let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
         for y in 0..2u16 {
             for x in 0..3u16 {
@@ -243,9 +309,51 @@ mod tests {
         }
         // A local table is used as it is.
         let b = gif((3, 2), None, 0, (0, 0, 3, 2), Some(&TABLE), idx);
-        assert!(matches!(with_table(&b), Cow::Borrowed(_)));
+        assert!(matches!(readable(&b), Cow::Borrowed(_)));
         let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
         assert_eq!(img.data[3..6], TABLE[usize::from(idx(1, 0))]);
+    }
+
+    /// `g` with `extra` inserted at `at`.
+    fn inserted(g: &[u8], at: usize, extra: &[u8]) -> Vec<u8> {
+        [&g[..at], extra, &g[at..]].concat()
+    }
+
+    #[test]
+    fn stray_bytes_before_the_first_image_are_skipped_as_pillow_skips_them() {
+        let idx = |x: u16, y: u16| ((x * 3 + y) % 4) as u8;
+        let clean = gif((4, 3), Some(&TABLE), 0, (0, 0, 4, 3), None, idx);
+        let want = decode_rgb8(&clean, DecodeLimits::default()).unwrap();
+        // After the global table (13 + 12 bytes) the blocks start; a
+        // comment extension there, then stray bytes on either side of it.
+        let after_table = 25;
+        let comment = [0x21, 0xFE, 2, b'h', b'i', 0];
+        let with_comment = inserted(&clean, after_table, &comment);
+        for (at, extra) in [
+            (after_table, &[0u8][..]),
+            (after_table, &[0x00, 0x7F, 0xFF][..]),
+            (after_table + comment.len(), &[0x42][..]),
+        ] {
+            let b = inserted(&with_comment, at, extra);
+            assert_eq!(layout(&b).unwrap().strays, extra.len());
+            assert!(matches!(readable(&b), Cow::Owned(_)));
+            assert_eq!(readable(&b).as_ref(), &with_comment[..]);
+            let img = decode_rgb8(&b, DecodeLimits::default()).unwrap();
+            assert_eq!(img.data, want.data, "{extra:?} at {at}");
+        }
+        // Without a colour table too: the strays go, the greys come.
+        let grey = gif((4, 3), None, 0, (0, 0, 4, 3), None, idx);
+        let b = inserted(&grey, SCREEN_END, &[9, 9]);
+        assert_eq!(
+            decode_rgb8(&b, DecodeLimits::default()).unwrap().data,
+            decode_rgb8(&grey, DecodeLimits::default()).unwrap().data
+        );
+        // A trailer before any image ends the file: nothing to show.
+        let b = inserted(&clean, after_table, &[0x3B]);
+        assert!(layout(&b).is_none());
+        assert!(decode_rgb8(&b, DecodeLimits::default()).is_err());
+        // A clean file is not copied.
+        assert!(matches!(readable(&clean), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -253,7 +361,7 @@ mod tests {
         let b = gif((3, 2), Some(&TABLE), 0, (0, 0, 3, 2), None, |_, _| 1);
         for cut in 0..30 {
             assert!(layout(&b[..cut]).is_none(), "cut {cut}");
-            assert!(matches!(with_table(&b[..cut]), Cow::Borrowed(_)));
+            assert!(matches!(readable(&b[..cut]), Cow::Borrowed(_)));
         }
         assert!(layout(&b).is_some());
     }

@@ -14,10 +14,16 @@
 //! checksum matches. That checksum vouches for the inflated pixel data
 //! the IDAT CRCs protect in its compressed form, so a damaged IDAT CRC, a
 //! damaged IDAT length, a file cut after the stream, or garbage after it
-//! lose nothing. Chunks before the pixels
-//! keep their CRC check: a critical one (IHDR, PLTE) that fails it stops
-//! the salvage; an ancillary one is dropped, as libpng does. A file cut
-//! inside the pixel data, or with damaged pixel data, stays an error.
+//! lose nothing. When the checksum itself is what is damaged, the IDAT
+//! CRCs vouch instead: every IDAT before the last passes its own CRC, and
+//! the last one, rebuilt with the checksum of the inflated data, has the
+//! CRC the file holds (a byte of the checksum changed, dropped or
+//! doubled), or the file ends inside the checksum and the bytes of it that
+//! remain agree (a cut download keeps what it has unchanged). Chunks before
+//! the pixels keep their CRC check: a critical one (IHDR, PLTE) that fails
+//! it stops the salvage; an ancillary one is dropped, as libpng does. A
+//! file cut inside the pixel data, or with damaged pixel data, stays an
+//! error.
 
 use std::borrow::Cow;
 
@@ -114,28 +120,92 @@ pub(crate) fn salvaged(bytes: &[u8]) -> Option<Vec<u8>> {
     }
     let ihdr = ihdr.filter(|h| h.len() == 13)?;
     let mut data = Vec::new();
+    let mut idats = Vec::new();
     while bytes.get(pos + 4..pos + 8) == Some(b"IDAT") {
         let start = pos + 8;
-        match be32(pos)?.checked_add(start) {
-            Some(end) if end + 4 <= bytes.len() => {
-                data.extend_from_slice(&bytes[start..end]);
-                pos = end + 4;
-            }
-            _ => {
-                data.extend_from_slice(&bytes[start..]);
-                break;
-            }
+        let whole = match be32(pos)?.checked_add(start) {
+            Some(end) if end + 4 <= bytes.len() => end,
+            _ => bytes.len(),
+        };
+        idats.push(Idat {
+            at: pos,
+            data_at: data.len(),
+        });
+        data.extend_from_slice(&bytes[start..whole]);
+        if whole == bytes.len() {
+            break;
         }
+        pos = whole + 4;
     }
-    let used = zlib_stream_len(&data, inflated_bound(ihdr))?;
-    out.extend_from_slice(&(used as u32).to_be_bytes());
+    let stream = zlib_stream(&data, inflated_bound(ihdr))?;
+    let adler = stream.adler.to_be_bytes();
+    let checksum = stream.checksum_at..stream.checksum_at + 4;
+    if data.get(checksum.clone()) != Some(&adler[..])
+        && !checksum_alone_damaged(bytes, &idats, &data, checksum.start, adler)
+    {
+        return None;
+    }
+    out.extend_from_slice(&(checksum.end as u32).to_be_bytes());
     let idat_start = out.len();
     out.extend_from_slice(b"IDAT");
-    out.extend_from_slice(&data[..used]);
+    out.extend_from_slice(&data[..checksum.start]);
+    out.extend_from_slice(&adler);
     let crc = crc32fast::hash(&out[idat_start..]);
     out.extend_from_slice(&crc.to_be_bytes());
     out.extend_from_slice(&IEND);
     Some(out)
+}
+
+/// An IDAT chunk as [`salvaged`] read it: where it starts in the file, and
+/// where its payload starts in the pixel data gathered from all of them.
+struct Idat {
+    at: usize,
+    data_at: usize,
+}
+
+/// Whether the damage to a zlib stream whose checksum (at `checksum_at` in
+/// `data`, gathered from `idats`) does not match the `adler` of what it
+/// inflated to is confined to that checksum: proved by the IDAT CRCs (see
+/// the module's invariants).
+fn checksum_alone_damaged(
+    bytes: &[u8],
+    idats: &[Idat],
+    data: &[u8],
+    checksum_at: usize,
+    adler: [u8; 4],
+) -> bool {
+    let Some((last, before)) = idats.split_last() else {
+        return false;
+    };
+    // The stream's checksum ends the last IDAT, as encoders write it.
+    if checksum_at < last.data_at {
+        return false;
+    }
+    for (k, idat) in before.iter().enumerate() {
+        let payload = &data[idat.data_at..idats[k + 1].data_at];
+        let end = idat.at + 8 + payload.len();
+        let crc = crc32fast::hash(&bytes[idat.at + 4..end]);
+        if bytes.get(end..end + 4) != Some(&crc.to_be_bytes()[..]) {
+            return false;
+        }
+    }
+    let in_file = last.at + 8 + (checksum_at - last.data_at);
+    // The last IDAT's length must be the one it had when the checksum
+    // ended it.
+    let length = u32::try_from(in_file + 4 - (last.at + 8)).map(u32::to_be_bytes);
+    if length.ok().as_ref().map(|l| &l[..]) != bytes.get(last.at..last.at + 4) {
+        return false;
+    }
+    let held = &bytes[in_file.min(bytes.len())..];
+    if held.len() < 4 {
+        return adler.starts_with(held);
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[last.at + 4..in_file]);
+    crc.update(&adler);
+    let crc = crc.finalize().to_be_bytes();
+    // The CRC after a checksum with a byte dropped, changed or doubled.
+    (3..=5).any(|gap| bytes.get(in_file + gap..in_file + gap + 4) == Some(&crc[..]))
 }
 
 /// The most bytes the pixel data of `ihdr`'s image can inflate to: eight
@@ -151,24 +221,52 @@ fn inflated_bound(ihdr: &[u8]) -> u64 {
         .saturating_add(7 * h)
 }
 
-/// The length of the complete zlib stream at the start of `data`, when it
-/// ends and its Adler-32 checksum matches, inflating to at most `bound`
-/// bytes; `None` otherwise.
-fn zlib_stream_len(data: &[u8], bound: u64) -> Option<usize> {
+/// A complete zlib stream at the start of some pixel data: where its
+/// Adler-32 checksum starts (after the deflate data) and the checksum of
+/// what it inflated to.
+#[derive(Debug, PartialEq, Eq)]
+struct Stream {
+    checksum_at: usize,
+    adler: u32,
+}
+
+/// The complete zlib stream at the start of `data`, when its deflate data
+/// ends and inflates to at most `bound` bytes; `None` otherwise. Its stored
+/// checksum is not compared here.
+fn zlib_stream(data: &[u8], bound: u64) -> Option<Stream> {
     use flate2::{Decompress, FlushDecompress, Status};
-    let mut z = Decompress::new(true);
+    let header = data.get(..2)?;
+    // Deflate with a window of at most 32 KiB, a header check that holds,
+    // no preset dictionary (PNG allows nothing else).
+    if header[0] & 0x0F != 8
+        || header[0] >> 4 > 7
+        || u16::from_be_bytes([header[0], header[1]]) % 31 != 0
+        || header[1] & 0x20 != 0
+    {
+        return None;
+    }
+    let deflate = &data[2..];
+    let mut z = Decompress::new(false);
     let mut scratch = vec![0u8; 1 << 15];
+    let mut adler = adler2::Adler32::new();
     loop {
         let (read, wrote) = (z.total_in(), z.total_out());
         let at = usize::try_from(read).ok()?;
         let status = z
-            .decompress(&data[at..], &mut scratch, FlushDecompress::None)
+            .decompress(&deflate[at..], &mut scratch, FlushDecompress::None)
             .ok()?;
         if z.total_out() > bound {
             return None;
         }
+        let new = usize::try_from(z.total_out() - wrote).ok()?;
+        adler.write_slice(&scratch[..new]);
         match status {
-            Status::StreamEnd => return usize::try_from(z.total_in()).ok(),
+            Status::StreamEnd => {
+                return Some(Stream {
+                    checksum_at: 2 + usize::try_from(z.total_in()).ok()?,
+                    adler: adler.checksum(),
+                })
+            }
             _ if z.total_in() == read && z.total_out() == wrote => return None,
             _ => {}
         }
@@ -342,28 +440,97 @@ mod tests {
     }
 
     #[test]
-    fn the_zlib_stream_must_end_and_match_its_checksum() {
+    fn the_zlib_stream_must_end_within_its_bound() {
         let stream = {
             use std::io::Write;
             let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
             z.write_all(&[7u8; 5000]).unwrap();
             z.finish().unwrap()
         };
+        // The checksum zlib itself wrote is the one computed here.
+        let stored = u32::from_be_bytes(stream[stream.len() - 4..].try_into().unwrap());
         let mut padded = stream.clone();
         padded.extend_from_slice(b"after");
-        assert_eq!(zlib_stream_len(&padded, 5000), Some(stream.len()));
-        assert_eq!(
-            zlib_stream_len(&stream, 4999),
-            None,
-            "inflates past the bound"
-        );
-        assert_eq!(zlib_stream_len(&stream[..stream.len() - 1], 5000), None);
-        let mut adler = stream.clone();
-        *adler.last_mut().unwrap() ^= 1;
-        assert_eq!(zlib_stream_len(&adler, 5000), None);
+        let want = Stream {
+            checksum_at: stream.len() - 4,
+            adler: stored,
+        };
+        assert_eq!(zlib_stream(&padded, 5000), Some(want));
+        assert_eq!(zlib_stream(&stream, 4999), None, "inflates past the bound");
+        // A stream cut inside its checksum has ended: the caller decides.
+        let cut = &stream[..stream.len() - 1];
+        assert_eq!(zlib_stream(cut, 5000).map(|s| s.adler), Some(stored));
+        assert_eq!(zlib_stream(&stream[..stream.len() - 6], 5000), None);
+        let mut header = stream.clone();
+        header[1] ^= 1;
+        assert_eq!(zlib_stream(&header, 5000), None, "header check");
         assert_eq!(
             inflated_bound(&[0, 0, 0, 2, 0, 0, 0, 3, 8, 2, 0, 0, 0]),
             3 * (16 + 7) + 21
         );
+    }
+
+    #[test]
+    fn a_damaged_checksum_is_cleared_by_the_idat_crcs() {
+        let whole = rechunk(&png(19, 11), 3);
+        let want = decode_rgb8(&whole, Default::default()).unwrap();
+        let decode = |b: &[u8]| decode_rgb8(b, Default::default());
+        let iend = chunk_at(&whole, b"IEND", 0);
+        // The stream's Adler-32 checksum ends the last IDAT, before its CRC.
+        let adler = iend - 8;
+        let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+        for k in 0..4 {
+            let mut set = whole.clone();
+            set[adler + k] ^= 0x10;
+            cases.push((format!("checksum byte {k} changed"), set));
+            let mut dropped = whole.clone();
+            dropped.remove(adler + k);
+            cases.push((format!("checksum byte {k} dropped"), dropped));
+            let mut doubled = whole.clone();
+            doubled.insert(adler + k, whole[adler + k]);
+            cases.push((format!("checksum byte {k} doubled"), doubled));
+            cases.push((
+                format!("cut after {k} checksum bytes"),
+                whole[..adler + k].to_vec(),
+            ));
+        }
+        // However many of its bytes are damaged: the CRC proves the rest.
+        let mut twice = whole.clone();
+        twice[adler] ^= 0x01;
+        twice.remove(adler + 2);
+        cases.push(("two checksum bytes damaged".into(), twice));
+        for (what, file) in &cases {
+            assert_eq!(decode(file).as_ref().ok(), Some(&want), "{what}");
+        }
+
+        // Without the CRCs' word, or against it, the damage stays.
+        let crc_at = |file: &[u8], n: usize| {
+            let at = chunk_at(file, b"IDAT", n);
+            at + 8 + u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize
+        };
+        let mut refused: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut with_middle_crc = whole.clone();
+        with_middle_crc[adler + 1] ^= 0x10;
+        with_middle_crc[crc_at(&whole, 1)] ^= 0x01;
+        refused.push(("checksum and a middle IDAT's CRC", with_middle_crc));
+        let mut with_last_crc = whole.clone();
+        with_last_crc[adler + 1] ^= 0x10;
+        with_last_crc[crc_at(&whole, 2) + 2] ^= 0x01;
+        refused.push(("checksum and the last IDAT's CRC", with_last_crc));
+        let mut held_wrong = whole[..adler + 2].to_vec();
+        held_wrong[adler] ^= 0x01;
+        refused.push(("a cut after a changed checksum byte", held_wrong));
+        let mut length = whole[..adler + 2].to_vec();
+        let last = chunk_at(&whole, b"IDAT", 2);
+        length[last + 3] = length[last + 3].wrapping_add(9);
+        refused.push(("a cut in the checksum and a longer last IDAT", length));
+        let mut pixel = whole.clone();
+        pixel[last + 12] ^= 0x04;
+        pixel[adler] ^= 0x01;
+        refused.push(("last IDAT data and its checksum", pixel));
+        for (what, file) in &refused {
+            assert!(salvaged(file).is_none(), "{what}");
+            assert!(decode(file).is_err(), "{what}");
+        }
     }
 }
