@@ -3162,6 +3162,75 @@ fn max_pixels_rejects_the_same_images_in_every_mode() {
     }
 }
 
+/// Damaged coded data libjpeg reports ("Corrupt JPEG data") and decodes
+/// anyway, as Pillow does without a word: packed by default, rejected
+/// with `--verify decode` on both paths (stored untouched and decoded).
+#[test]
+fn verify_decode_rejects_coded_data_libjpeg_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let whole = jpeg_rgb(16, 16, 5);
+    let eoi = whole.len() - 2;
+    // Twelve bytes after the scan's last block (libjpeg: "extraneous bytes
+    // before marker 0xd9"), and the scan's last byte gone ("premature end
+    // of data segment"); see tests/data/jpeg-scan/make.py.
+    let extra = [&whole[..eoi], &[0u8; 12][..], &whole[eoi..]].concat();
+    let short = [&whole[..eoi - 1], &whole[eoi..]].concat();
+    write_dir(
+        &src,
+        &[
+            ("train/a/whole.jpg".into(), whole.clone()),
+            ("train/a/extra.jpg".into(), extra),
+            ("train/b/short.jpg".into(), short),
+        ],
+    );
+    for (k, mode) in [
+        &[][..],
+        &["--verify", "decode"],
+        &["--verify", "decode", "--encoding", "raw"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("out{k}"));
+        let args = [
+            &[
+                s(&src),
+                "--out",
+                s(&out),
+                "--size",
+                "16",
+                "--json",
+                "--quiet",
+            ][..],
+            mode,
+        ]
+        .concat();
+        let summary = json_of(&run_within(&args, 60));
+        let mut rej = rejections(&out);
+        rej.sort();
+        if mode.is_empty() {
+            assert!(rej.is_empty(), "{rej:?}");
+            assert_eq!(summary["splits"]["train"]["rows"], 3);
+            continue;
+        }
+        assert_eq!(summary["splits"]["train"]["rows"], 1, "{mode:?}");
+        assert_eq!(rej.len(), 2, "{mode:?}: {rej:?}");
+        assert_eq!(rej[0].0, "train/a/extra.jpg");
+        assert!(
+            rej[0]
+                .1
+                .ends_with("12 bytes after the last block of its coded data"),
+            "{mode:?}: {rej:?}"
+        );
+        assert_eq!(rej[1].0, "train/b/short.jpg");
+        assert!(
+            rej[1].1.contains("ends before its last block"),
+            "{mode:?}: {rej:?}"
+        );
+    }
+}
+
 /// `bytes` without its marker segments `marker` before the first scan.
 fn without_segments(bytes: &[u8], marker: u8) -> Vec<u8> {
     let mut out = bytes[..2].to_vec();

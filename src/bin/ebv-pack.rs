@@ -60,7 +60,8 @@ struct Args {
     /// sequential (re-encoded once, so that every epoch decodes them ~2.5x faster).
     #[arg(long, default_value = "keep", value_name = "keep|sequential")]
     progressive: Progressive,
-    /// Check of passed-through JPEGs: header (markers) or decode (full decode).
+    /// Check of JPEGs: header (markers of passed-through ones) or decode (a full decode
+    /// of passed-through ones, and every JPEG's coded data checked as libjpeg reads it).
     #[arg(long, default_value = "header")]
     verify: Verify,
     /// Largest width*height decoded; larger images are rejected (decompression bombs).

@@ -154,6 +154,20 @@ fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Rgb8Image, ImageErr
     Ok(orient(image, orientation))
 }
 
+/// Check a JPEG's coded data as libjpeg reads it, to the bit: damage it
+/// reads with a "Corrupt JPEG data" warning (data that ends before the
+/// last block of a scan, bytes left after it, codes no table holds),
+/// which the decoder turns into pixels without a word, is an error (see
+/// `jpeg_scan`). Other formats, and JPEGs coded arithmetically or
+/// losslessly (their decoders check their data), pass unread.
+pub fn check_coded_data(bytes: &[u8]) -> Result<(), ImageError> {
+    if sniff_format(bytes) != Some(ImageFormat::Jpeg) {
+        return Ok(());
+    }
+    let walk = super::jpeg_stream::walk(bytes).map_err(super::jpeg::fault_error)?;
+    super::jpeg_scan::check(&walk.repaired(bytes), &walk).map_err(super::jpeg::fault_error)
+}
+
 /// Decode a JPEG into `out` (resized to width·height·3, keeping its
 /// allocation) without applying the EXIF orientation, which is returned.
 /// The one place JPEG decoding is set up, for one-off and reused buffers.

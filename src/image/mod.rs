@@ -15,6 +15,7 @@ mod ifd;
 mod jpeg;
 mod jpeg_arith;
 mod jpeg_lossless;
+mod jpeg_scan;
 mod jpeg_stream;
 mod orientation;
 mod png;
@@ -23,7 +24,9 @@ mod resize;
 mod tiff;
 mod webp;
 
-pub use decode::{decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image};
+pub use decode::{
+    check_coded_data, decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image,
+};
 pub use format::{sniff_format, ImageFormat};
 pub use jpeg::{encode_jpeg, JpegHeader, Subsampling};
 pub use resize::{ResizeMode, Resizer};

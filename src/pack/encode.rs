@@ -4,25 +4,31 @@
 //! complete and structurally clean is stored byte for byte (checked from
 //! its markers, or by a full decode with `--verify decode`); everything
 //! else is decoded, oriented, converted to RGB, resized and stored raw or
-//! re-encoded.
+//! re-encoded. With `--verify decode` every JPEG's coded data is also
+//! walked as libjpeg reads it, and damage libjpeg reports is rejected.
 //! `--max-pixels` rejects the same images whichever path they take.
 
 use std::cell::RefCell;
 
 use crate::image::{
-    decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8, sniff_format, DecodeLimits,
-    ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image, Subsampling,
+    check_coded_data, decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8, sniff_format,
+    DecodeLimits, ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image, Subsampling,
 };
 use crate::shard::Encoding;
 
-/// How much a passed-through JPEG is checked.
+/// How much a JPEG is checked: a passed-through one, and (`Decode`) the
+/// coded data of every JPEG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     /// Markers only: the frame, the tables each scan uses, the scan
-    /// parameters, and the end marker.
+    /// parameters, and the end marker (a decoded JPEG is as checked as its
+    /// decoder checks it).
     Header,
-    /// A full decode (catches corrupt entropy-coded data; ~0.2 ms/image).
+    /// A full decode of a passed-through JPEG, and the coded data of every
+    /// JPEG walked to the bit as libjpeg reads it
+    /// ([`crate::image::check_coded_data`]): damage libjpeg reports and
+    /// decodes anyway is rejected.
     Decode,
 }
 
@@ -135,6 +141,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
             }
             if cfg.verify == Verify::Decode {
                 decode_rgb8(&bytes, cfg.limits).map_err(|e| e.to_string())?;
+                check_coded_data(&bytes).map_err(|e| e.to_string())?;
             }
             return Ok(Encoded::Passthrough(bytes));
         }
@@ -143,6 +150,9 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         let mut data = spare;
         let (width, height) =
             decode_rgb8_into(&bytes, cfg.limits, &mut data).map_err(|e| e.to_string())?;
+        if cfg.verify == Verify::Decode {
+            check_coded_data(&bytes).map_err(|e| e.to_string())?;
+        }
         Rgb8Image {
             width,
             height,
