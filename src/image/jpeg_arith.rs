@@ -23,6 +23,7 @@
 //! Coefficients that baseline coding cannot hold (outside ±1023, DC steps
 //! beyond ±2047: never made by an 8-bit encoder) are refused as corrupt.
 
+use super::jpeg_blocks::{intervals_due, layout, Grid, Layout};
 use super::jpeg_stream::{segments, standard_dht, standard_table, Fault, Walk};
 
 /// Table D.2 of T.81: for each probability state, its Qe, the next state
@@ -389,24 +390,11 @@ fn corrupt(what: &str) -> Fault {
 /// A frame component and its coefficients, block by block in zigzag order,
 /// over the whole MCU-padded grid.
 struct Plane {
-    id: u8,
-    h: usize,
-    v: usize,
-    /// Blocks that hold the image (what one-component scans code).
-    blocks_w: usize,
-    blocks_h: usize,
-    /// Blocks per row of the padded grid.
-    stride: usize,
+    layout: Layout,
     blocks: Vec<[i16; 64]>,
     /// The quantisation table in force at the component's first scan
     /// (libjpeg latches it there): precision byte 0 or 1, zigzag values.
     quant: Option<(u8, [u16; 64])>,
-}
-
-/// The geometry of the frame: its MCU grid.
-struct Grid {
-    mcus_w: usize,
-    mcus_h: usize,
 }
 
 /// One scan header: (plane index, DC table, AC table) per component, and
@@ -422,30 +410,13 @@ struct ScanHeader {
 /// The bytes of an arithmetic-coded JPEG (`walk` its accepted structure)
 /// as a baseline Huffman-coded JPEG of the same coefficients.
 pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
-    let (width, height) = (walk.width as usize, walk.height as usize);
-    let (h_max, v_max) = walk.components.iter().fold((1, 1), |(h, v), c| {
-        (h.max(usize::from(c.h)), v.max(usize::from(c.v)))
-    });
-    let grid = Grid {
-        mcus_w: width.div_ceil(8 * h_max),
-        mcus_h: height.div_ceil(8 * v_max),
-    };
-    let mut planes: Vec<Plane> = walk
-        .components
-        .iter()
-        .map(|c| {
-            let (h, v) = (usize::from(c.h), usize::from(c.v));
-            let stride = grid.mcus_w * h;
-            Plane {
-                id: c.id,
-                h,
-                v,
-                blocks_w: (width * h).div_ceil(h_max).div_ceil(8),
-                blocks_h: (height * v).div_ceil(v_max).div_ceil(8),
-                stride,
-                blocks: vec![[0; 64]; stride * grid.mcus_h * v],
-                quant: None,
-            }
+    let (grid, layouts) = layout(walk);
+    let mut planes: Vec<Plane> = layouts
+        .into_iter()
+        .map(|layout| Plane {
+            blocks: vec![[0; 64]; layout.padded],
+            layout,
+            quant: None,
         })
         .collect();
     let mut model = Model::new();
@@ -532,7 +503,7 @@ fn read_scan_header(s: &[u8], planes: &[Plane], progressive: bool) -> Result<Sca
     };
     let mut comps = Vec::with_capacity(ns);
     for pair in s[1..1 + 2 * ns].chunks_exact(2) {
-        let Some(p) = planes.iter().position(|p| p.id == pair[0]) else {
+        let Some(p) = planes.iter().position(|p| p.layout.id == pair[0]) else {
             return Err(Fault::Corrupt(format!("scan names component {}", pair[0])));
         };
         comps.push((p, usize::from(pair[1] >> 4), usize::from(pair[1] & 15)));
@@ -563,25 +534,13 @@ fn decode_scan(
     planes: &mut [Plane],
     model: &mut Model,
 ) -> Result<(), Fault> {
-    // One component: its own blocks in raster order, not the padded grid.
-    let units = match scan.comps[..] {
-        [(p, _, _)] => planes[p].blocks_w * planes[p].blocks_h,
-        _ => grid.mcus_w * grid.mcus_h,
+    let single = match scan.comps[..] {
+        [(p, _, _)] => Some(&planes[p].layout),
+        _ => None,
     };
-    let due = if restart_interval == 0 {
-        1
-    } else {
-        units.div_ceil(restart_interval)
-    };
-    // An encoder may end the data with one restart too many; libjpeg reads
-    // past it.
-    let extra_empty = intervals.len() == due + 1 && intervals[due].is_empty();
-    if intervals.len() != due && !extra_empty {
-        return Err(corrupt(&format!(
-            "{} restart intervals where {due} were due",
-            intervals.len()
-        )));
-    }
+    let units = grid.units(single);
+    let single = single.is_some();
+    intervals_due(units, restart_interval, intervals).map_err(|why| corrupt(&why))?;
     let mut last_dc = [0i32; 4];
     let mut ctx = [0usize; 4];
     let mut decoder = Decoder::new(intervals[0]);
@@ -594,33 +553,20 @@ fn decode_scan(
         } else if unit == 0 {
             reset_statistics(scan, model);
         }
-        let single = scan.comps.len() == 1;
         for (i, &(p, td, ta)) in scan.comps.iter().enumerate() {
             let plane = &mut planes[p];
-            let (bw, bh) = if single { (1, 1) } else { (plane.h, plane.v) };
-            let (x0, y0) = if single {
-                (unit % plane.blocks_w, unit / plane.blocks_w)
-            } else {
-                (
-                    (unit % grid.mcus_w) * plane.h,
-                    (unit / grid.mcus_w) * plane.v,
-                )
-            };
-            for by in 0..bh {
-                for bx in 0..bw {
-                    let at = (y0 + by) * plane.stride + x0 + bx;
-                    let Some(block) = plane.blocks.get_mut(at) else {
-                        return Err(Fault::Corrupt("block outside the frame".into()));
-                    };
-                    decode_block(
-                        &mut decoder,
-                        scan,
-                        model,
-                        (td, ta),
-                        (&mut last_dc[i], &mut ctx[i]),
-                        block,
-                    )?;
-                }
+            for at in grid.unit_blocks(&plane.layout, single, unit) {
+                let Some(block) = plane.blocks.get_mut(at) else {
+                    return Err(Fault::Corrupt("block outside the frame".into()));
+                };
+                decode_block(
+                    &mut decoder,
+                    scan,
+                    model,
+                    (td, ta),
+                    (&mut last_dc[i], &mut ctx[i]),
+                    block,
+                )?;
             }
         }
     }
@@ -838,8 +784,12 @@ fn encode_baseline(
     for (i, p) in planes.iter().enumerate() {
         // One component's sampling factors mean nothing (libjpeg ignores
         // them); 1x1 is what every decoder reads.
-        let hv = if single { 0x11 } else { (p.h << 4 | p.v) as u8 };
-        sof.extend_from_slice(&[p.id, hv, i as u8]);
+        let hv = if single {
+            0x11
+        } else {
+            (p.layout.h << 4 | p.layout.v) as u8
+        };
+        sof.extend_from_slice(&[p.layout.id, hv, i as u8]);
     }
     // Extended sequential when a table has 16-bit steps (baseline allows
     // only 8).
@@ -847,7 +797,7 @@ fn encode_baseline(
     out.extend_from_slice(&standard_dht(&[(0, 0), (1, 0), (0, 1), (1, 1)]));
     let mut sos = vec![planes.len() as u8];
     for (i, p) in planes.iter().enumerate() {
-        sos.extend_from_slice(&[p.id, if i == 0 { 0x00 } else { 0x11 }]);
+        sos.extend_from_slice(&[p.layout.id, if i == 0 { 0x00 } else { 0x11 }]);
     }
     sos.extend_from_slice(&[0, 63, 0]);
     segment(&mut out, 0xDA, &sos);
@@ -863,25 +813,16 @@ fn encode_baseline(
         ..BitWriter::default()
     };
     let mut preds = vec![0i32; planes.len()];
-    if let [p] = planes {
-        for by in 0..p.blocks_h {
-            for bx in 0..p.blocks_w {
-                let block = &p.blocks[by * p.stride + bx];
-                encode_block(&mut w, block, &mut preds[0], (&tables[0].0, &tables[0].1))?;
-            }
-        }
+    let units = grid.units(if single {
+        Some(&planes[0].layout)
     } else {
-        for my in 0..grid.mcus_h {
-            for mx in 0..grid.mcus_w {
-                for (i, p) in planes.iter().enumerate() {
-                    let t = &tables[usize::from(i > 0)];
-                    for by in 0..p.v {
-                        for bx in 0..p.h {
-                            let at = (my * p.v + by) * p.stride + mx * p.h + bx;
-                            encode_block(&mut w, &p.blocks[at], &mut preds[i], (&t.0, &t.1))?;
-                        }
-                    }
-                }
+        None
+    });
+    for unit in 0..units {
+        for (i, p) in planes.iter().enumerate() {
+            let t = &tables[usize::from(i > 0)];
+            for at in grid.unit_blocks(&p.layout, single, unit) {
+                encode_block(&mut w, &p.blocks[at], &mut preds[i], (&t.0, &t.1))?;
             }
         }
     }

@@ -17,6 +17,7 @@
 //! each of those), one bit each. Fill bits after a block (the partial last
 //! byte) are not checked, as libjpeg does not check them.
 
+use super::jpeg_blocks::{intervals_due, layout, Grid, Layout};
 use super::jpeg_stream::{segments, Fault, Walk};
 
 fn corrupt(what: String) -> Fault {
@@ -199,14 +200,7 @@ const READ_AHEAD: usize = 8;
 
 /// A frame component as the scans see it.
 struct Plane {
-    id: u8,
-    h: usize,
-    v: usize,
-    /// Blocks that hold the image (what one-component scans code).
-    blocks_w: usize,
-    blocks_h: usize,
-    /// Blocks per row of the MCU-padded grid.
-    stride: usize,
+    layout: Layout,
     /// Progressive frames: by block, the zigzag positions whose coefficient
     /// is nonzero.
     nonzero: Vec<u64>,
@@ -229,30 +223,16 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
         // Their own decoders check their data.
         return Ok(());
     }
-    let (width, height) = (walk.width as usize, walk.height as usize);
-    let (h_max, v_max) = walk.components.iter().fold((1, 1), |(h, v), c| {
-        (h.max(usize::from(c.h)), v.max(usize::from(c.v)))
-    });
-    let (mcus_w, mcus_h) = (width.div_ceil(8 * h_max), height.div_ceil(8 * v_max));
-    let mut planes: Vec<Plane> = walk
-        .components
-        .iter()
-        .map(|c| {
-            let (h, v) = (usize::from(c.h), usize::from(c.v));
-            let stride = mcus_w * h;
-            Plane {
-                id: c.id,
-                h,
-                v,
-                blocks_w: (width * h).div_ceil(h_max).div_ceil(8),
-                blocks_h: (height * v).div_ceil(v_max).div_ceil(8),
-                stride,
-                nonzero: if walk.progressive {
-                    vec![0; stride * mcus_h * v]
-                } else {
-                    Vec::new()
-                },
-            }
+    let (grid, layouts) = layout(walk);
+    let mut planes: Vec<Plane> = layouts
+        .into_iter()
+        .map(|layout| Plane {
+            nonzero: if walk.progressive {
+                vec![0; layout.padded]
+            } else {
+                Vec::new()
+            },
+            layout,
         })
         .collect();
     let mut tables: [[Option<Table>; 4]; 2] = Default::default();
@@ -271,7 +251,7 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
                     &scan,
                     &seg.intervals,
                     restart_interval,
-                    (mcus_w, mcus_h),
+                    &grid,
                     &mut planes,
                     &tables,
                 )
@@ -309,7 +289,7 @@ fn read_scan(s: &[u8], planes: &[Plane], progressive: bool) -> Result<Scan, Faul
     };
     let mut comps = Vec::with_capacity(ns);
     for pair in pairs.chunks_exact(2) {
-        let Some(p) = planes.iter().position(|p| p.id == pair[0]) else {
+        let Some(p) = planes.iter().position(|p| p.layout.id == pair[0]) else {
             return Err(corrupt(format!("scan names component {}", pair[0])));
         };
         comps.push((p, usize::from(pair[1] >> 4), usize::from(pair[1] & 15)));
@@ -338,31 +318,22 @@ fn walk_scan(
     scan: &Scan,
     intervals: &[&[u8]],
     restart_interval: usize,
-    (mcus_w, mcus_h): (usize, usize),
+    grid: &Grid,
     planes: &mut [Plane],
     tables: &[[Option<Table>; 4]; 2],
 ) -> Result<(), String> {
-    let single = scan.comps.len() == 1;
-    // One component: its own blocks in raster order, not the padded grid.
-    let units = match scan.comps[..] {
-        [(p, _, _)] => planes[p].blocks_w * planes[p].blocks_h,
-        _ => mcus_w * mcus_h,
+    let single = match scan.comps[..] {
+        [(p, _, _)] => Some(&planes[p].layout),
+        _ => None,
     };
+    let units = grid.units(single);
+    let single = single.is_some();
+    let due = intervals_due(units, restart_interval, intervals)?;
     let per_interval = if restart_interval == 0 {
         units.max(1)
     } else {
         restart_interval
     };
-    let due = units.div_ceil(per_interval);
-    // An encoder may end the data with one restart too many; libjpeg reads
-    // past it.
-    let extra_empty = intervals.len() == due + 1 && intervals[due].is_empty();
-    if intervals.len() != due && !extra_empty {
-        return Err(format!(
-            "{} restart intervals where {due} were due",
-            intervals.len()
-        ));
-    }
     let table = |class: usize, slot: usize| -> Result<&Table, String> {
         tables[class][slot.min(3)]
             .as_ref()
@@ -379,37 +350,28 @@ fn walk_scan(
         for unit in n * per_interval..units.min((n + 1) * per_interval) {
             for &(p, td, ta) in &scan.comps {
                 let plane = &mut planes[p];
-                let (bw, bh) = if single { (1, 1) } else { (plane.h, plane.v) };
-                let (x0, y0) = if single {
-                    (unit % plane.blocks_w, unit / plane.blocks_w)
-                } else {
-                    ((unit % mcus_w) * plane.h, (unit / mcus_w) * plane.v)
-                };
-                for by in 0..bh {
-                    for bx in 0..bw {
-                        let at = (y0 + by) * plane.stride + x0 + bx;
-                        let mut sequential = 0u64;
-                        let nonzero = if plane.nonzero.is_empty() {
-                            &mut sequential
-                        } else {
-                            plane
-                                .nonzero
-                                .get_mut(at)
-                                .ok_or("a block outside the frame")?
-                        };
-                        let bad = if scan.ss == 0 {
-                            walk_dc_block(&mut bits, scan, table(0, td)?, || table(1, ta))?
-                        } else if scan.ah == 0 {
-                            walk_ac_first(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
-                        } else {
-                            walk_ac_refine(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
-                        };
-                        if let Some(why) = bad {
-                            if bits.overrun() {
-                                return Err(format!("{whose} ends before its last block"));
-                            }
-                            return Err(format!("{why} in block {unit}"));
+                for at in grid.unit_blocks(&plane.layout, single, unit) {
+                    let mut sequential = 0u64;
+                    let nonzero = if plane.nonzero.is_empty() {
+                        &mut sequential
+                    } else {
+                        plane
+                            .nonzero
+                            .get_mut(at)
+                            .ok_or("a block outside the frame")?
+                    };
+                    let bad = if scan.ss == 0 {
+                        walk_dc_block(&mut bits, scan, table(0, td)?, || table(1, ta))?
+                    } else if scan.ah == 0 {
+                        walk_ac_first(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
+                    } else {
+                        walk_ac_refine(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
+                    };
+                    if let Some(why) = bad {
+                        if bits.overrun() {
+                            return Err(format!("{whose} ends before its last block"));
                         }
+                        return Err(format!("{why} in block {unit}"));
                     }
                 }
             }

@@ -14,6 +14,7 @@ mod gif;
 mod ifd;
 mod jpeg;
 mod jpeg_arith;
+mod jpeg_blocks;
 mod jpeg_lossless;
 mod jpeg_scan;
 mod jpeg_stream;
