@@ -23,7 +23,7 @@
 //! Coefficients that baseline coding cannot hold (outside ±1023, DC steps
 //! beyond ±2047: never made by an 8-bit encoder) are refused as corrupt.
 
-use super::jpeg_blocks::{intervals_due, layout, Grid, Layout};
+use super::jpeg_blocks::{intervals_due, layout, read_scan_header, Grid, Layout, ScanHeader};
 use super::jpeg_stream::{segments, standard_dht, standard_table, Fault, Walk};
 
 /// Table D.2 of T.81: for each probability state, its Qe, the next state
@@ -397,16 +397,6 @@ struct Plane {
     quant: Option<(u8, [u16; 64])>,
 }
 
-/// One scan header: (plane index, DC table, AC table) per component, and
-/// Ss, Se, Ah, Al.
-struct ScanHeader {
-    comps: Vec<(usize, usize, usize)>,
-    ss: usize,
-    se: usize,
-    ah: u8,
-    al: u8,
-}
-
 /// The bytes of an arithmetic-coded JPEG (`walk` its accepted structure)
 /// as a baseline Huffman-coded JPEG of the same coefficients.
 pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
@@ -435,7 +425,11 @@ pub(crate) fn transcode(bytes: &[u8], walk: &Walk) -> Result<Vec<u8>, Fault> {
             0xE0..=0xEF | 0xFE if !scanned => markers.push(seg.bytes),
             0xDA => {
                 scanned = true;
-                let scan = read_scan_header(body, &planes, walk.progressive)?;
+                let scan = read_scan_header(
+                    body,
+                    |id| planes.iter().position(|p| p.layout.id == id),
+                    walk.progressive,
+                )?;
                 for &(p, _, _) in &scan.comps {
                     let tq = usize::from(walk.components[p].tq);
                     if planes[p].quant.is_none() {
@@ -494,34 +488,6 @@ fn read_dac(s: &[u8], model: &mut Model) {
             model.ac_kx[slot] = value;
         }
     }
-}
-
-fn read_scan_header(s: &[u8], planes: &[Plane], progressive: bool) -> Result<ScanHeader, Fault> {
-    let ns = usize::from(s.first().copied().unwrap_or(0));
-    let Some(params) = s.get(1 + 2 * ns..1 + 2 * ns + 3) else {
-        return Err(Fault::Corrupt("scan header cut short".into()));
-    };
-    let mut comps = Vec::with_capacity(ns);
-    for pair in s[1..1 + 2 * ns].chunks_exact(2) {
-        let Some(p) = planes.iter().position(|p| p.layout.id == pair[0]) else {
-            return Err(Fault::Corrupt(format!("scan names component {}", pair[0])));
-        };
-        comps.push((p, usize::from(pair[1] >> 4), usize::from(pair[1] & 15)));
-    }
-    // A sequential scan codes the whole block whatever it says (libjpeg
-    // warns and reads 0..63).
-    let (ss, se, ah, al) = if progressive {
-        (params[0], params[1], params[2] >> 4, params[2] & 15)
-    } else {
-        (0, 63, 0, 0)
-    };
-    Ok(ScanHeader {
-        comps,
-        ss: usize::from(ss),
-        se: usize::from(se).min(63),
-        ah,
-        al,
-    })
 }
 
 /// Decodes one scan into the planes' coefficients. Statistics and DC

@@ -1,12 +1,12 @@
-//! Where a DCT frame's 8×8 blocks lie, and which of them each unit of a
-//! scan codes (ITU-T T.81 A.2): shared by the readers of coded data in this
+//! Where a DCT frame's 8×8 blocks lie, which of them each unit of a scan
+//! codes (ITU-T T.81 A.2), and what a scan header names: shared by the readers of coded data in this
 //! crate (the arithmetic transcoder, the Huffman data check).
 //!
 //! Invariants: the frame was accepted by [`super::jpeg_stream::walk`];
 //! block indices run over each component's MCU-padded grid, row by row,
 //! `stride` blocks a row.
 
-use super::jpeg_stream::Walk;
+use super::jpeg_stream::{Fault, Walk};
 
 /// One frame component's blocks.
 pub(super) struct Layout {
@@ -109,6 +109,50 @@ pub(super) fn intervals_due(
         ));
     }
     Ok(due)
+}
+
+/// One scan header: (component index, DC table, AC table) per component, and
+/// Ss, Se, Ah, Al.
+pub(super) struct ScanHeader {
+    pub comps: Vec<(usize, usize, usize)>,
+    pub ss: usize,
+    pub se: usize,
+    pub ah: u8,
+    pub al: u8,
+}
+
+/// Reads the body of a scan header (SOS); `index` finds a frame component
+/// by its id.
+pub(super) fn read_scan_header(
+    s: &[u8],
+    index: impl Fn(u8) -> Option<usize>,
+    progressive: bool,
+) -> Result<ScanHeader, Fault> {
+    let ns = usize::from(s.first().copied().unwrap_or(0));
+    let Some(params) = s.get(1 + 2 * ns..1 + 2 * ns + 3) else {
+        return Err(Fault::Corrupt("scan header cut short".into()));
+    };
+    let mut comps = Vec::with_capacity(ns);
+    for pair in s[1..1 + 2 * ns].chunks_exact(2) {
+        let Some(p) = index(pair[0]) else {
+            return Err(Fault::Corrupt(format!("scan names component {}", pair[0])));
+        };
+        comps.push((p, usize::from(pair[1] >> 4), usize::from(pair[1] & 15)));
+    }
+    // A sequential scan codes the whole block whatever it says (libjpeg
+    // warns and reads 0..63).
+    let (ss, se, ah, al) = if progressive {
+        (params[0], params[1], params[2] >> 4, params[2] & 15)
+    } else {
+        (0, 63, 0, 0)
+    };
+    Ok(ScanHeader {
+        comps,
+        ss: usize::from(ss),
+        se: usize::from(se).min(63),
+        ah,
+        al,
+    })
 }
 
 #[cfg(test)]

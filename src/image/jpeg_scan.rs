@@ -17,7 +17,7 @@
 //! each of those), one bit each. Fill bits after a block (the partial last
 //! byte) are not checked, as libjpeg does not check them.
 
-use super::jpeg_blocks::{intervals_due, layout, Grid, Layout};
+use super::jpeg_blocks::{intervals_due, layout, read_scan_header, Grid, Layout, ScanHeader};
 use super::jpeg_stream::{segments, Fault, Walk};
 
 fn corrupt(what: String) -> Fault {
@@ -206,15 +206,6 @@ struct Plane {
     nonzero: Vec<u64>,
 }
 
-/// One scan's parameters: (plane, DC table, AC table) per component, and
-/// Ss, Se, Ah.
-struct Scan {
-    comps: Vec<(usize, usize, usize)>,
-    ss: usize,
-    se: usize,
-    ah: u8,
-}
-
 /// Walks the coded data of every scan of `bytes` (a Huffman-coded DCT
 /// stream `walk` accepted, as repaired for the decoder) and refuses what
 /// libjpeg reads with a "Corrupt JPEG data" warning.
@@ -246,7 +237,14 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
             }
             0xDA => {
                 scan_no += 1;
-                let scan = read_scan(seg.body, &planes, walk.progressive)?;
+                let scan = read_scan_header(
+                    seg.body,
+                    |id| planes.iter().position(|p| p.layout.id == id),
+                    walk.progressive,
+                )?;
+                if scan.comps.is_empty() || (scan.ss > 0 && scan.comps.len() != 1) {
+                    return Err(corrupt("scan parameters".into()));
+                }
                 walk_scan(
                     &scan,
                     &seg.intervals,
@@ -281,41 +279,10 @@ fn read_dht(mut s: &[u8], tables: &mut [[Option<Table>; 4]; 2]) -> Result<(), Fa
     Ok(())
 }
 
-fn read_scan(s: &[u8], planes: &[Plane], progressive: bool) -> Result<Scan, Fault> {
-    let ns = usize::from(s.first().copied().unwrap_or(0));
-    let (Some(pairs), Some(params)) = (s.get(1..1 + 2 * ns), s.get(1 + 2 * ns..1 + 2 * ns + 3))
-    else {
-        return Err(corrupt("scan header cut short".into()));
-    };
-    let mut comps = Vec::with_capacity(ns);
-    for pair in pairs.chunks_exact(2) {
-        let Some(p) = planes.iter().position(|p| p.layout.id == pair[0]) else {
-            return Err(corrupt(format!("scan names component {}", pair[0])));
-        };
-        comps.push((p, usize::from(pair[1] >> 4), usize::from(pair[1] & 15)));
-    }
-    // A sequential scan codes the whole block whatever it says (libjpeg
-    // reads 0..63).
-    let (ss, se, ah) = if progressive {
-        (params[0], params[1].min(63), params[2] >> 4)
-    } else {
-        (0, 63, 0)
-    };
-    if comps.is_empty() || (ss > 0 && comps.len() != 1) {
-        return Err(corrupt("scan parameters".into()));
-    }
-    Ok(Scan {
-        comps,
-        ss: usize::from(ss),
-        se: usize::from(se),
-        ah,
-    })
-}
-
 /// The bits of one scan, interval by interval; the reason for the first
 /// damage found.
 fn walk_scan(
-    scan: &Scan,
+    scan: &ScanHeader,
     intervals: &[&[u8]],
     restart_interval: usize,
     grid: &Grid,
@@ -394,7 +361,7 @@ fn walk_scan(
 /// what is wrong with its codes, if anything.
 fn walk_dc_block<'t>(
     bits: &mut Bits,
-    scan: &Scan,
+    scan: &ScanHeader,
     dc: &Table,
     ac: impl FnOnce() -> Result<&'t Table, String>,
 ) -> Result<Option<&'static str>, String> {
@@ -432,7 +399,7 @@ fn walk_dc_block<'t>(
 /// A block of a progressive scan's first pass over an AC band.
 fn walk_ac_first(
     bits: &mut Bits,
-    scan: &Scan,
+    scan: &ScanHeader,
     ac: &Table,
     eobrun: &mut u32,
     nonzero: &mut u64,
@@ -467,7 +434,7 @@ fn walk_ac_first(
 /// `decode_mcu_AC_refine`, less the values).
 fn walk_ac_refine(
     bits: &mut Bits,
-    scan: &Scan,
+    scan: &ScanHeader,
     ac: &Table,
     eobrun: &mut u32,
     nonzero: &mut u64,
