@@ -240,7 +240,7 @@ fn main() {
         });
         once("deep_scan", rows, 1, || {
             let s = ShardSet::open(&dir).expect("open");
-            std::hint::black_box(deep_scan(&s, &|_| {}).expect("deep"));
+            std::hint::black_box(deep_scan(&s, false, &|_| {}).expect("deep"));
         });
         once("decode_loop_parquet", rows, 1, || {
             std::hint::black_box(decode_loop_parquet(&paths, raw));
@@ -266,7 +266,7 @@ fn main() {
     g.bench_function("deep_scan", |b| {
         b.iter(|| {
             let s = ShardSet::open(&dir).expect("open");
-            deep_scan(&s, &|_| {}).expect("deep")
+            deep_scan(&s, false, &|_| {}).expect("deep")
         })
     });
     g.bench_function("decode_loop_parquet", |b| {

@@ -2,7 +2,10 @@
 //! zip, as the yardstick for `ebv-pack` throughput (BENCHMARKS.md).
 //! Entries are read into memory first, so only decoding is timed.
 //!
-//! `cargo run --release --example decode_rate -- data.zip [threads]`
+//! `cargo run --release --example decode_rate -- data.zip [threads] [decode|check]`
+//!
+//! `check` times `ebv::image::check_coded_data` (the walk of the coded data
+//! that `ebv-pack --verify decode` and `ebv-stats --deep` add) instead.
 
 use std::io::Read;
 use std::time::Instant;
@@ -15,6 +18,11 @@ fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: decode_rate ZIP [THREADS]"))?;
     let threads: usize = args.next().map_or(Ok(1), |t| t.parse())?;
+    let check = match args.next().as_deref() {
+        None | Some("decode") => false,
+        Some("check") => true,
+        Some(other) => anyhow::bail!("unknown mode {other:?}: decode or check"),
+    };
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&path)?)?;
     let mut blobs = Vec::new();
     for i in 0..zip.len() {
@@ -35,7 +43,13 @@ fn main() -> anyhow::Result<()> {
         blobs
             .par_iter()
             .map(|b| {
-                ebv::image::decode_rgb8(b, Default::default()).map_or(0, |i| i.data.len() as u64)
+                if check {
+                    // Bytes walked, for the same "did work" guard.
+                    ebv::image::check_coded_data(b).map_or(0, |()| b.len() as u64)
+                } else {
+                    ebv::image::decode_rgb8(b, Default::default())
+                        .map_or(0, |i| i.data.len() as u64)
+                }
             })
             .sum()
     });

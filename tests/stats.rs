@@ -737,9 +737,22 @@ fn deep_figures_match_an_independent_decode() {
     }
 }
 
+/// A 16×16 JPEG with 12 zero bytes inserted before its end marker: it
+/// decodes (zune-jpeg reads its blocks and stops), libjpeg reads it with
+/// "Corrupt JPEG data: 12 extraneous bytes before marker 0xd9" (djpeg
+/// 2.1.5 prints 11: its bit buffer read one ahead; see
+/// tests/data/jpeg-scan/make.py).
+fn damaged_jpeg() -> Vec<u8> {
+    let mut b = jpeg_rgb(16, 16, 5);
+    let eoi = b.len() - 2;
+    assert_eq!(&b[eoi..], [0xFF, 0xD9]);
+    b.splice(eoi..eoi, [0u8; 12]);
+    b
+}
+
 /// A jpeg set written with the library, so that defects the packer would
 /// never let through can be planted: an undecodable row, an image of the
-/// wrong size, a class that only val has.
+/// wrong size, a class that only val has, damaged coded data.
 fn handmade(dir: &Path) -> PathBuf {
     let out = dir.join("handmade");
     std::fs::create_dir_all(&out).unwrap();
@@ -767,6 +780,7 @@ fn handmade(dir: &Path) -> PathBuf {
             vec![
                 (2, jpeg_rgb(16, 16, 3), "c/only-val.jpg"),
                 (0, jpeg_rgb(16, 16, 4), "a/v.jpg"),
+                (0, damaged_jpeg(), "a/damaged.jpg"),
             ],
         ),
     ];
@@ -861,10 +875,47 @@ fn decode_failures_other_sizes_and_val_only_classes_are_reported() {
         serde_json::json!(["b"])
     );
     assert_eq!(j["summary"]["splits"]["val"]["classes_missing"], 1);
-    // Under --verify a decode failure is a failed check (exit 1).
+    // Damaged coded data decodes: without --verify nothing walks it.
+    let v = &j["deep"]["splits"]["val"];
+    assert_eq!(
+        (v["images"].as_u64(), v["decoded"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert!(v["damaged"].is_null(), "{v}");
+    assert_eq!(j["deep"]["coded_data_checked"], false);
+    assert_eq!(j["deep"]["damaged"], serde_json::json!([]));
+    // Under --verify a decode failure is a failed check (exit 1), and the
+    // coded data is walked.
     let o = run(STATS, &[s(&out), "--deep", "--verify", "--quiet"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(stdout(&o).contains("a/broken.jpg"), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(text.contains("a/broken.jpg"), "{text}");
+    assert!(
+        text.contains("damaged coded data")
+            && text.contains("val-00000.parquet row 2 (a/damaged.jpg)"),
+        "{text}"
+    );
+    let o = run(STATS, &[s(&out), "--deep", "--verify", "--json", "--quiet"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let j = json(&o);
+    assert_eq!(j["deep"]["coded_data_checked"], true);
+    assert_eq!(j["deep"]["splits"]["val"]["damaged"], 1);
+    assert_eq!(j["deep"]["splits"]["train"]["damaged"], 0);
+    // Still decoded, and in the mean: the loader reads it so.
+    assert_eq!(j["deep"]["splits"]["val"]["decoded"], 3);
+    let d = &j["deep"]["damaged"][0];
+    assert_eq!(
+        (d["key"].as_str(), d["row"].as_u64()),
+        (Some("a/damaged.jpg"), Some(2))
+    );
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("12 bytes after the last block of its coded data"),
+        "{d}"
+    );
+    assert_eq!(j["deep"]["damaged"].as_array().unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------- --verify and corruption
@@ -1119,11 +1170,14 @@ fn shape(v: &Value, path: &str, out: &mut BTreeSet<String>) {
 }
 
 /// The JSON layout of `ebv-stats --json --deep --verify --plot` (version
-/// 2). A change here is a change of the documented output: bump
+/// 3). A change here is a change of the documented output: bump
 /// `ebv::stats::JSON_VERSION` and say so in the README.
 const EXPECTED_SHAPE: &str = "
 : object
 deep: object
+deep.coded_data_checked: bool
+deep.damaged: array
+deep.damaged_truncated: bool
 deep.duplicates: object
 deep.duplicates.across_splits: object
 deep.duplicates.across_splits.groups: number
@@ -1146,6 +1200,7 @@ deep.images: number
 deep.images_per_s: number
 deep.splits: object
 deep.splits.train: object
+deep.splits.train.damaged: number
 deep.splits.train.decoded: number
 deep.splits.train.duplicate_groups: number
 deep.splits.train.duplicate_rows: number
@@ -1163,6 +1218,7 @@ deep.splits.train.pixels: number
 deep.splits.train.std: array
 deep.splits.train.std[]: number
 deep.splits.val: object
+deep.splits.val.damaged: number
 deep.splits.val.decoded: number
 deep.splits.val.duplicate_groups: number
 deep.splits.val.duplicate_rows: number

@@ -26,9 +26,14 @@ fn corrupt(what: String) -> Fault {
 
 /// A canonical Huffman table for decoding (T.81 Annex C and F.2.2.3).
 struct Table {
-    /// By the next 9 bits: the symbol and its code length (`len << 8 |
-    /// symbol`); 0 where the code is longer.
+    /// By the next [`FAST_BITS`] bits: the symbol and its code length
+    /// (`len << 8 | symbol`); 0 where the code is longer.
     fast: Vec<u16>,
+    /// The same, with the bits that follow the code (see [`extra_bits`])
+    /// counted in the length; 0 where the two together are longer.
+    with_extra: Vec<u16>,
+    /// 0 for a DC table, 1 for an AC table.
+    class: u8,
     /// By code length: the largest code of that length (-1 for none), and
     /// what turns a code of that length into an index into `values`.
     maxcode: [i32; 17],
@@ -36,12 +41,28 @@ struct Table {
     values: Vec<u8>,
 }
 
-const FAST_BITS: u32 = 9;
+/// Codes of up to this many bits are decoded by one lookup.
+const FAST_BITS: u32 = 10;
+
+/// The bits that follow a code in a Huffman scan: a DC symbol's size
+/// (libjpeg reads at most 16), an AC symbol's low nibble (its size; 0 for
+/// an end of band or a run of 16 zeros, whose run length bits a
+/// progressive scan reads apart).
+#[inline(always)]
+fn extra_bits(class: u8, symbol: u8) -> u32 {
+    if class == 0 {
+        u32::from(symbol.min(16))
+    } else {
+        u32::from(symbol & 15)
+    }
+}
 
 impl Table {
-    fn new(bits: &[u8], values: &[u8]) -> Table {
+    fn new(class: u8, bits: &[u8], values: &[u8]) -> Table {
         let mut t = Table {
             fast: vec![0; 1 << FAST_BITS],
+            with_extra: vec![0; 1 << FAST_BITS],
+            class,
             maxcode: [-1; 17],
             offset: [0; 17],
             values: values.to_vec(),
@@ -57,6 +78,13 @@ impl Table {
                     if let Some(slots) = t.fast.get_mut(first..first + count) {
                         slots.fill((len as u16) << 8 | u16::from(values[k]));
                     }
+                    // Each value of the extra bits is a slot of its own.
+                    let extra = extra_bits(class, values[k]);
+                    if len + extra <= FAST_BITS {
+                        if let Some(slots) = t.with_extra.get_mut(first..first + count) {
+                            slots.fill(((len + extra) as u16) << 8 | u16::from(values[k]));
+                        }
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -70,23 +98,50 @@ impl Table {
     }
 
     /// The next symbol, or `None` for a code the table does not hold.
-    #[inline]
+    #[inline(always)]
     fn decode(&self, bits: &mut Bits) -> Option<u8> {
         let peek = bits.peek16();
         let fast = self.fast[(peek >> (16 - FAST_BITS)) as usize];
-        if fast != 0 {
-            bits.skip(u32::from(fast >> 8));
-            return Some(fast as u8);
+        let (len, symbol) = if fast != 0 {
+            (u32::from(fast >> 8), fast as u8)
+        } else {
+            self.decode_long(peek)?
+        };
+        bits.skip(len);
+        Some(symbol)
+    }
+
+    /// The next symbol with the bits that follow its code (see
+    /// [`extra_bits`]) taken too, or `None` for a code the table does not
+    /// hold. One lookup for most codes: what a walk that keeps no
+    /// coefficient value spends its time on.
+    #[inline(always)]
+    fn decode_with_extra(&self, bits: &mut Bits) -> Option<u8> {
+        let peek = bits.peek16();
+        let both = self.with_extra[(peek >> (16 - FAST_BITS)) as usize];
+        if both != 0 {
+            bits.skip(u32::from(both >> 8));
+            return Some(both as u8);
         }
+        let symbol = self.decode(bits)?;
+        bits.skip(extra_bits(self.class, symbol));
+        Some(symbol)
+    }
+
+    /// Codes longer than [`FAST_BITS`] (rare), and codes the table lacks:
+    /// the code's length and its symbol. Kept out of line, and away from
+    /// the reader's state, so that the state stays in registers.
+    #[cold]
+    #[inline(never)]
+    fn decode_long(&self, peek: u32) -> Option<(u32, u8)> {
         for len in FAST_BITS + 1..=16 {
             let code = (peek >> (16 - len)) as i32;
             if code <= self.maxcode[len as usize] {
-                bits.skip(len);
                 let at = code + self.offset[len as usize];
                 return usize::try_from(at)
                     .ok()
                     .and_then(|at| self.values.get(at))
-                    .copied();
+                    .map(|&v| (len, v));
             }
         }
         None
@@ -97,14 +152,15 @@ impl Table {
 /// past the end give zeros (and are counted: see [`Bits::overrun`]).
 struct Bits {
     data: Vec<u8>,
-    /// The next byte of `data` to load.
+    /// Bytes loaded into `acc` so far, zeros past the end of `data`
+    /// included; `8 * next - have` bits have been taken.
     next: usize,
-    /// Loaded bits, the next one at bit 63.
+    /// Loaded bits, the next one at bit 63. Below the `have` loaded bits it
+    /// may hold the start of the bytes that follow (never anything else),
+    /// which a later load ORs in again unchanged.
     acc: u64,
-    /// How many bits `acc` holds.
+    /// How many bits `acc` holds (at most 64).
     have: u32,
-    /// Bits taken so far.
-    pos: usize,
 }
 
 impl Bits {
@@ -113,45 +169,51 @@ impl Bits {
     /// does).
     fn new(coded: &[u8]) -> Bits {
         let mut data = Vec::with_capacity(coded.len());
-        let mut i = 0;
-        while let Some(&b) = coded.get(i) {
-            if b != 0xFF {
-                data.push(b);
-                i += 1;
-                continue;
-            }
+        let mut rest = coded;
+        while let Some(i) = memchr::memchr(0xFF, rest) {
+            data.extend_from_slice(&rest[..i]);
             let mut k = i + 1;
-            while coded.get(k) == Some(&0xFF) {
+            while rest.get(k) == Some(&0xFF) {
                 k += 1;
             }
-            if coded.get(k) != Some(&0x00) {
+            if rest.get(k) != Some(&0x00) {
                 // The walk cut the data at its markers: nothing follows.
+                rest = &[];
                 break;
             }
             data.push(0xFF);
-            i = k + 1;
+            rest = &rest[k + 1..];
         }
+        data.extend_from_slice(rest);
         Bits {
             data,
             next: 0,
             acc: 0,
             have: 0,
-            pos: 0,
         }
     }
 
-    /// Loads whole bytes while they fit (zeros past the end).
-    #[inline]
+    /// Loads whole bytes while they fit: eight at a time away from the end.
+    #[inline(always)]
     fn fill(&mut self) {
-        while self.have <= 56 {
-            let byte = self.data.get(self.next).copied().unwrap_or(0);
-            self.next += 1;
-            self.acc |= u64::from(byte) << (56 - self.have);
-            self.have += 8;
+        if let Some(word) = self
+            .data
+            .get(self.next..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        {
+            // `have` < 64 here: `fill` runs only when fewer than 16 bits
+            // are loaded.
+            self.acc |= u64::from_be_bytes(*word) >> self.have;
+            let whole = (63 - self.have) / 8;
+            self.next += whole as usize;
+            self.have += 8 * whole;
+        } else {
+            (self.next, self.acc, self.have) =
+                fill_tail(&self.data, self.next, self.acc, self.have);
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn peek16(&mut self) -> u32 {
         if self.have < 16 {
             self.fill();
@@ -160,14 +222,13 @@ impl Bits {
     }
 
     /// Takes `n` (at most 16) bits unread.
-    #[inline]
+    #[inline(always)]
     fn skip(&mut self, n: u32) {
         if self.have < n {
             self.fill();
         }
         self.acc <<= n;
         self.have -= n;
-        self.pos += n as usize;
     }
 
     /// The next `n` (at most 16) bits.
@@ -181,15 +242,35 @@ impl Bits {
         v
     }
 
+    /// Bits taken so far.
+    fn pos(&self) -> usize {
+        8 * self.next - self.have as usize
+    }
+
     /// Whether more bits were taken than the data holds.
     fn overrun(&self) -> bool {
-        self.pos > 8 * self.data.len()
+        self.pos() > 8 * self.data.len()
     }
 
     /// Whole bytes after the last bit taken.
     fn left_over(&self) -> usize {
-        self.data.len().saturating_sub(self.pos.div_ceil(8))
+        self.data.len().saturating_sub(self.pos().div_ceil(8))
     }
+}
+
+/// [`Bits::fill`] near the end of the data, a byte at a time, zeros past
+/// it; out of line and by value, so that the reader's state stays in
+/// registers.
+#[cold]
+#[inline(never)]
+fn fill_tail(data: &[u8], mut next: usize, mut acc: u64, mut have: u32) -> (usize, u64, u32) {
+    while have <= 56 {
+        let byte = data.get(next).copied().unwrap_or(0);
+        next += 1;
+        acc |= u64::from(byte) << (56 - have);
+        have += 8;
+    }
+    (next, acc, have)
 }
 
 /// Whole bytes libjpeg's bit buffer may have read ahead, unused, when a
@@ -272,7 +353,7 @@ fn read_dht(mut s: &[u8], tables: &mut [[Option<Table>; 4]; 2]) -> Result<(), Fa
         };
         let (class, slot) = (usize::from(tc_th >> 4), usize::from(tc_th & 15));
         if let Some(place) = tables.get_mut(class).and_then(|c| c.get_mut(slot)) {
-            *place = Some(Table::new(bits, values));
+            *place = Some(Table::new(class as u8, bits, values));
         }
         s = &rest[16 + n..];
     }
@@ -301,56 +382,90 @@ fn walk_scan(
     } else {
         restart_interval
     };
-    let table = |class: usize, slot: usize| -> Result<&Table, String> {
+    if units == 0 {
+        return Ok(());
+    }
+    // The tables each component's blocks read, looked up once.
+    let table = |class: usize, slot: usize| -> Result<Option<&Table>, String> {
         tables[class][slot.min(3)]
             .as_ref()
+            .map(Some)
             .ok_or_else(|| format!("no Huffman table {slot} of class {class}"))
     };
+    let (reads_dc, reads_ac) = if scan.ss == 0 {
+        (scan.ah == 0, scan.ah == 0 && scan.se > 0)
+    } else {
+        (false, true)
+    };
+    let mut comps = Vec::with_capacity(scan.comps.len());
+    for &(p, td, ta) in &scan.comps {
+        let dc = if reads_dc { table(0, td)? } else { None };
+        let ac = if reads_ac { table(1, ta)? } else { None };
+        comps.push((p, dc, ac));
+    }
+    // A sequential scan keeps nothing between blocks: only their number
+    // per unit matters.
+    let sequential = planes.iter().all(|p| p.nonzero.is_empty());
     for (n, coded) in intervals.iter().take(due).enumerate() {
-        let whose = if due > 1 {
-            format!("restart interval {}", n + 1)
-        } else {
-            "its coded data".into()
+        let whose = || {
+            if due > 1 {
+                format!("restart interval {}", n + 1)
+            } else {
+                "its coded data".into()
+            }
         };
         let mut bits = Bits::new(coded);
         let mut eobrun = 0u32;
-        for unit in n * per_interval..units.min((n + 1) * per_interval) {
-            for &(p, td, ta) in &scan.comps {
+        let mut damage = None;
+        'units: for unit in n * per_interval..units.min((n + 1) * per_interval) {
+            for &(p, dc, ac) in &comps {
                 let plane = &mut planes[p];
-                for at in grid.unit_blocks(&plane.layout, single, unit) {
-                    let mut sequential = 0u64;
-                    let nonzero = if plane.nonzero.is_empty() {
-                        &mut sequential
+                if sequential {
+                    let blocks = if single {
+                        1
                     } else {
-                        plane
-                            .nonzero
-                            .get_mut(at)
-                            .ok_or("a block outside the frame")?
+                        plane.layout.h * plane.layout.v
                     };
-                    let bad = if scan.ss == 0 {
-                        walk_dc_block(&mut bits, scan, table(0, td)?, || table(1, ta))?
-                    } else if scan.ah == 0 {
-                        walk_ac_first(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
-                    } else {
-                        walk_ac_refine(&mut bits, scan, table(1, ta)?, &mut eobrun, nonzero)
+                    for _ in 0..blocks {
+                        if let Some(why) = walk_dc_block(&mut bits, dc, ac) {
+                            damage = Some((why, unit));
+                            break 'units;
+                        }
+                    }
+                    continue;
+                }
+                for at in grid.unit_blocks(&plane.layout, single, unit) {
+                    let nonzero = plane
+                        .nonzero
+                        .get_mut(at)
+                        .ok_or("a block outside the frame")?;
+                    let bad = match (scan.ss, ac) {
+                        (0, _) => walk_dc_block(&mut bits, dc, ac),
+                        (_, Some(ac)) if scan.ah == 0 => {
+                            walk_ac_first(&mut bits, scan, ac, &mut eobrun, nonzero)
+                        }
+                        (_, Some(ac)) => walk_ac_refine(&mut bits, scan, ac, &mut eobrun, nonzero),
+                        (_, None) => Some("an AC scan without its table"),
                     };
                     if let Some(why) = bad {
-                        if bits.overrun() {
-                            return Err(format!("{whose} ends before its last block"));
-                        }
-                        return Err(format!("{why} in block {unit}"));
+                        damage = Some((why, unit));
+                        break 'units;
                     }
                 }
             }
         }
         if bits.overrun() {
-            return Err(format!("{whose} ends before its last block"));
+            return Err(format!("{} ends before its last block", whose()));
+        }
+        if let Some((why, unit)) = damage {
+            return Err(format!("{why} in block {unit}"));
         }
         let left = bits.left_over();
         if left > READ_AHEAD {
             return Err(format!(
-                "{left} byte{} after the last block of {whose}",
-                if left == 1 { "" } else { "s" }
+                "{left} byte{} after the last block of {}",
+                if left == 1 { "" } else { "s" },
+                whose()
             ));
         }
     }
@@ -358,42 +473,37 @@ fn walk_scan(
 }
 
 /// A block of a sequential scan (DC and AC), or of a progressive DC scan;
-/// what is wrong with its codes, if anything.
-fn walk_dc_block<'t>(
-    bits: &mut Bits,
-    scan: &ScanHeader,
-    dc: &Table,
-    ac: impl FnOnce() -> Result<&'t Table, String>,
-) -> Result<Option<&'static str>, String> {
-    if scan.ah > 0 {
+/// what is wrong with its codes, if anything. `dc` and `ac` are the tables
+/// the scan reads (see `walk_scan`).
+#[inline(always)]
+fn walk_dc_block(bits: &mut Bits, dc: Option<&Table>, ac: Option<&Table>) -> Option<&'static str> {
+    let Some(dc) = dc else {
+        // A refinement: one bit.
         bits.skip(1);
-        return Ok(None);
-    }
-    let Some(s) = dc.decode(bits) else {
-        return Ok(Some("a DC code no table holds"));
+        return None;
     };
-    bits.skip(u32::from(s.min(16)));
-    if scan.se == 0 {
-        return Ok(None);
+    if dc.decode_with_extra(bits).is_none() {
+        return Some("a DC code no table holds");
     }
-    let ac = ac()?;
-    let mut k = 1;
-    while k < 64 {
-        let Some(rs) = ac.decode(bits) else {
-            return Ok(Some("an AC code no table holds"));
-        };
-        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
-        if s != 0 {
-            k += r;
-            bits.skip(s);
-        } else if r != 15 {
-            break;
-        } else {
-            k += 15;
+    // No AC table: a DC-only scan.
+    if let Some(ac) = ac {
+        let mut k = 1;
+        while k < 64 {
+            let Some(rs) = ac.decode_with_extra(bits) else {
+                return Some("an AC code no table holds");
+            };
+            let (r, s) = (usize::from(rs >> 4), rs & 15);
+            if s != 0 {
+                k += r;
+            } else if r != 15 {
+                break;
+            } else {
+                k += 15;
+            }
+            k += 1;
         }
-        k += 1;
     }
-    Ok(None)
+    None
 }
 
 /// A block of a progressive scan's first pass over an AC band.
@@ -410,13 +520,12 @@ fn walk_ac_first(
     }
     let mut k = scan.ss;
     while k <= scan.se {
-        let Some(rs) = ac.decode(bits) else {
+        let Some(rs) = ac.decode_with_extra(bits) else {
             return Some("an AC code no table holds");
         };
-        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
+        let (r, s) = (usize::from(rs >> 4), rs & 15);
         if s != 0 {
             k += r;
-            bits.skip(s);
             // libjpeg's zigzag table maps positions past 63 to 63.
             *nonzero |= 1 << k.min(63);
         } else if r == 15 {
@@ -583,14 +692,14 @@ mod tests {
         bits[1] = 1;
         bits[2] = 2;
         bits[9] = 1;
-        let t = Table::new(&bits, &[7, 8, 9, 200]);
+        let t = Table::new(1, &bits, &[7, 8, 9, 200]);
         // 00 010 011 1000000000, then zeros.
         let mut b = Bits::new(&[0b0001_0011, 0b1000_0000, 0b0000_0000]);
         assert_eq!(t.decode(&mut b), Some(7));
         assert_eq!(t.decode(&mut b), Some(8));
         assert_eq!(t.decode(&mut b), Some(9));
         assert_eq!(t.decode(&mut b), Some(200));
-        assert_eq!(b.pos, 18);
+        assert_eq!(b.pos(), 18);
         assert_eq!(b.left_over(), 0);
         // 11... is no code.
         let mut b = Bits::new(&[0xFF, 0x00, 0xFF, 0x00]);
@@ -607,5 +716,94 @@ mod tests {
         assert_eq!(b.left_over(), 0);
         b.skip(5);
         assert!(b.overrun());
+    }
+
+    /// A few thousand pseudo-random bytes.
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// Bit `i` of `data` (most significant first), 0 past the end.
+    fn bit(data: &[u8], i: usize) -> u32 {
+        data.get(i / 8)
+            .map_or(0, |b| u32::from(b >> (7 - i % 8) & 1))
+    }
+
+    #[test]
+    fn bits_read_as_a_bit_at_a_time_across_word_loads_and_the_end() {
+        // Eight-byte loads in the middle, byte loads near the end, zeros
+        // past it: every read must equal the bits counted one by one.
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 100, 1001] {
+            let data = noise(len, 0x9E37_79B9_7F4A_7C15 ^ len as u64);
+            let mut b = Bits {
+                data: data.clone(),
+                next: 0,
+                acc: 0,
+                have: 0,
+            };
+            let mut at = 0usize;
+            let mut step = 0u32;
+            while at < 8 * len + 40 {
+                step = (step * 7 + 3) % 17; // 0..=16, all of them
+                let want = (0..step).fold(0, |v, k| v << 1 | bit(&data, at + k as usize));
+                if step.is_multiple_of(2) {
+                    assert_eq!(b.take(step), want, "len {len}, bit {at}, {step} bits");
+                } else {
+                    assert_eq!(b.peek16() >> (16 - step), want);
+                    b.skip(step);
+                }
+                at += step as usize;
+                assert_eq!(b.pos(), at);
+                assert_eq!(b.overrun(), at > 8 * len);
+                assert_eq!(b.left_over(), len.saturating_sub(at.div_ceil(8)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_symbol_with_its_extra_bits_is_the_symbol_then_its_extra_bits() {
+        // An AC table of symbols whose sizes (low nibble) run 0..15, with
+        // codes of 2 to 16 bits, so that code + size fits the one lookup
+        // for some and not for others; and a DC table of sizes 0..11.
+        // Lengths 2..15 (Kraft sum 0.73: some bit strings are no code).
+        let ac_bits = [0, 1, 1, 2, 3, 4, 5, 5, 4, 4, 3, 2, 2, 1, 1, 0];
+        let ac_values: Vec<u8> = (0..=255u8).filter(|v| v % 7 == 1 || *v == 0).collect();
+        assert_eq!(ac_values.len(), 38);
+        let dc_bits = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+        let dc_values: Vec<u8> = (0..12).collect();
+        for (class, bits, values) in [(1u8, ac_bits, &ac_values), (0, dc_bits, &dc_values)] {
+            let t = Table::new(class, &bits, values);
+            for seed in 1..20u64 {
+                let data = noise(600, seed);
+                let mut one = Bits::new(&data);
+                let mut two = Bits::new(&data);
+                let mut longs = 0;
+                for _ in 0..300 {
+                    let got = t.decode_with_extra(&mut one);
+                    let peek = two.peek16();
+                    let want = t.decode(&mut two);
+                    assert_eq!(got, want, "class {class}, seed {seed}");
+                    let Some(symbol) = want else {
+                        // No code: on past it, a bit at a time.
+                        one.skip(1);
+                        two.skip(1);
+                        continue;
+                    };
+                    if t.with_extra[(peek >> (16 - FAST_BITS)) as usize] == 0 {
+                        longs += 1;
+                    }
+                    two.skip(extra_bits(class, symbol));
+                    assert_eq!(one.pos(), two.pos());
+                }
+                assert!(class == 0 || longs > 0, "the slow path was not taken");
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `ebv-stats --deep`: decode every image (in parallel, one task per row
 //! group) for the per-channel mean and standard deviation, exact
-//! duplicates and decode failures.
+//! duplicates and decode failures; asked to, it also walks each JPEG's
+//! coded data as libjpeg reads it, for the damage the decoder turns into
+//! pixels without a word ([`crate::image::check_coded_data`]).
 //!
 //! Invariants: the figures do not depend on the thread count or the order
 //! in which row groups finish — pixel sums are exact integers (u64 per
@@ -14,7 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::image::{decode_rgb8, DecodeLimits, JpegHeader};
+use crate::image::{check_coded_data, decode_rgb8, DecodeLimits, JpegHeader};
 use crate::shard::{Encoding, ReadError, ShardSet, Split};
 
 /// At most this many decode failures are listed (all are counted).
@@ -31,6 +33,15 @@ pub struct DeepReport {
     pub duplicates: Duplicates,
     pub failures: Vec<Failure>,
     pub failures_truncated: bool,
+    /// Whether every JPEG's coded data was walked (`--deep --verify`):
+    /// without it, `damaged` is empty and the splits' counts are null.
+    pub coded_data_checked: bool,
+    /// Images that decode although their coded data is damaged as libjpeg
+    /// reports it ("Corrupt JPEG data": data ending before the last block,
+    /// bytes left after it, codes no table holds); at most
+    /// [`FAILURE_LIMIT`] listed, all counted.
+    pub damaged: Vec<Failure>,
+    pub damaged_truncated: bool,
     pub images: u64,
     pub wall_s: f64,
     pub images_per_s: f64,
@@ -42,6 +53,10 @@ pub struct DeepSplit {
     pub images: u64,
     pub decoded: u64,
     pub failures: u64,
+    /// Decoded images with damaged coded data (counted in `decoded` and
+    /// in the mean and std: the loader reads them as the decoder does).
+    /// None (JSON null) unless the coded data was checked.
+    pub damaged: Option<u64>,
     /// Pixels behind `mean` and `std` (every pixel of every decoded image).
     pub pixels: u64,
     /// Per channel (R, G, B), on the 0–1 scale (value / 255): what goes
@@ -124,6 +139,7 @@ struct Acc {
     images: u64,
     decoded: u64,
     failures: u64,
+    damaged: u64,
     pixels: u64,
     sum: [u128; 3],
     sumsq: [u128; 3],
@@ -141,6 +157,7 @@ impl Acc {
         self.images += o.images;
         self.decoded += o.decoded;
         self.failures += o.failures;
+        self.damaged += o.damaged;
         self.pixels += o.pixels;
         self.other_size += o.other_size;
         for c in 0..3 {
@@ -157,6 +174,7 @@ struct Part {
     /// (content hash, split slot, shard index, row in shard)
     hashes: Vec<(u128, u8, u32, u64)>,
     failures: Vec<Failure>,
+    damaged: Vec<Failure>,
 }
 
 /// Exact per-channel sums and sums of squares of RGB8 pixels.
@@ -218,14 +236,30 @@ fn content_hash(bytes: &[u8]) -> u128 {
     u128::from_be_bytes(h)
 }
 
-/// Decode every image of `set`. `on_rows` is told how many rows each
-/// finished row group held (for a progress bar; called from worker
-/// threads).
-pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepReport, ReadError> {
+/// Keeps the first [`FAILURE_LIMIT`] of `more` (in order) in `list`;
+/// whether some were left out.
+fn keep_first(list: &mut Vec<Failure>, more: Vec<Failure>) -> bool {
+    let room = FAILURE_LIMIT.saturating_sub(list.len());
+    let left_out = more.len() > room;
+    list.extend(more.into_iter().take(room));
+    left_out
+}
+
+/// Decode every image of `set`; with `check_coded_data`, walk every
+/// JPEG's coded data too (about half a decode's CPU again). `on_rows` is
+/// told how many rows each finished row group held (for a progress bar;
+/// called from worker threads).
+pub fn deep_scan(
+    set: &ShardSet,
+    check_coded: bool,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<DeepReport, ReadError> {
     let start = Instant::now();
     let manifest = set.manifest();
     let (h, w) = (manifest.height, manifest.width);
     let raw = manifest.encoding == Encoding::Raw;
+    // Raw rows have no coded data.
+    let check_coded = check_coded && !raw;
     let tasks: Vec<(usize, usize)> = set
         .shards()
         .iter()
@@ -267,6 +301,18 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
                     }
                     match decode_rgb8(row.image, DecodeLimits::default()) {
                         Ok(img) => {
+                            if check_coded {
+                                if let Err(e) = check_coded_data(row.image) {
+                                    acc.damaged += 1;
+                                    part.damaged.push(Failure {
+                                        split,
+                                        file: shard.file_name(),
+                                        row: shard_row,
+                                        key: row.key.to_string(),
+                                        error: e.to_string(),
+                                    });
+                                }
+                            }
                             decoded = img;
                             (&decoded.data[..], (decoded.width, decoded.height))
                         }
@@ -301,8 +347,8 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
 
     let mut acc = [Acc::default(), Acc::default()];
     let mut hashes = Vec::new();
-    let mut failures = Vec::new();
-    let mut failures_truncated = false;
+    let (mut failures, mut failures_truncated) = (Vec::new(), false);
+    let (mut damaged, mut damaged_truncated) = (Vec::new(), false);
     // `parts` is in task order, so the listed failures are the first ones
     // in file order whatever the scheduling.
     for p in parts {
@@ -310,13 +356,8 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
             a.merge(b);
         }
         hashes.extend(p.hashes);
-        for f in p.failures {
-            if failures.len() < FAILURE_LIMIT {
-                failures.push(f);
-            } else {
-                failures_truncated = true;
-            }
-        }
+        failures_truncated |= keep_first(&mut failures, p.failures);
+        damaged_truncated |= keep_first(&mut damaged, p.damaged);
     }
 
     let mut splits: BTreeMap<Split, DeepSplit> = BTreeMap::new();
@@ -326,6 +367,7 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
             images: a.images,
             decoded: a.decoded,
             failures: a.failures,
+            damaged: check_coded.then_some(a.damaged),
             pixels: a.pixels,
             other_size: a.other_size,
             jpeg: (!raw).then(|| a.jpeg.clone()),
@@ -402,6 +444,9 @@ pub fn deep_scan(set: &ShardSet, on_rows: &(dyn Fn(u64) + Sync)) -> Result<DeepR
         duplicates,
         failures,
         failures_truncated,
+        coded_data_checked: check_coded,
+        damaged,
+        damaged_truncated,
         images,
         wall_s,
         images_per_s: images as f64 / wall_s.max(1e-9),

@@ -32,7 +32,7 @@ pub use summary::{summarize, Summary};
 pub use text::render_text;
 
 /// Version of the JSON document's layout (`"ebv_stats"` key).
-pub const JSON_VERSION: u32 = 2;
+pub const JSON_VERSION: u32 = 3;
 
 /// Default `--min-images`.
 pub const DEFAULT_MIN_IMAGES: u64 = 10;
@@ -88,16 +88,18 @@ pub struct Report {
 
 impl Report {
     /// Whether a requested check failed (exit code 1): `--verify` found a
-    /// problem, or, with `--verify --deep`, an image failed to decode.
+    /// problem, or, with `--verify --deep`, an image failed to decode or
+    /// its coded data is damaged.
     pub fn failed(&self) -> bool {
         match &self.verify {
             None => false,
             Some(v) => {
                 !v.ok
-                    || self
-                        .deep
-                        .as_ref()
-                        .is_some_and(|d| d.splits.values().any(|s| s.failures > 0))
+                    || self.deep.as_ref().is_some_and(|d| {
+                        d.splits
+                            .values()
+                            .any(|s| s.failures > 0 || s.damaged.is_some_and(|n| n > 0))
+                    })
             }
         }
     }
@@ -162,7 +164,8 @@ pub fn run(dir: &Path, opts: &StatsOptions) -> Result<Report, StatsError> {
         let rows: u64 = set.shards().iter().map(|s| s.num_rows()).sum();
         let bar = crate::progress::bar(rows, "img", opts.quiet);
         bar.set_message("decoding");
-        let d = deep_scan(&set, &|n| bar.inc(n));
+        // Under --verify the decode is a check: the coded data too.
+        let d = deep_scan(&set, opts.verify, &|n| bar.inc(n));
         bar.finish_and_clear();
         match d {
             Ok(d) => report.deep = Some(d),

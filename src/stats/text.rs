@@ -211,39 +211,53 @@ pub fn render_text(r: &Report) -> String {
     if let Some(d) = &r.deep {
         let _ = writeln!(
             out,
-            "\ndeep: decoded {} images in {:.2} s ({:.0} images/s, {} threads)",
-            d.images, d.wall_s, d.images_per_s, d.threads
+            "\ndeep: decoded {} images{} in {:.2} s ({:.0} images/s, {} threads)",
+            d.images,
+            if d.coded_data_checked {
+                " and walked their coded data"
+            } else {
+                ""
+            },
+            d.wall_s,
+            d.images_per_s,
+            d.threads
         );
+        // The damaged column only when the coded data was walked: a 0 there
+        // would otherwise claim a check that did not run.
         let rows: Vec<Vec<String>> = d
             .splits
             .iter()
             .map(|(split, t)| {
-                vec![
+                let mut row = vec![
                     split.to_string(),
                     t.images.to_string(),
                     t.failures.to_string(),
+                ];
+                if d.coded_data_checked {
+                    row.push(t.damaged.unwrap_or(0).to_string());
+                }
+                row.extend([
                     t.other_size.to_string(),
                     rgb(&t.mean),
                     rgb(&t.std),
                     t.duplicate_groups.to_string(),
                     t.duplicate_rows.to_string(),
-                ]
+                ]);
+                row
             })
             .collect();
-        table(
-            &mut out,
-            &[
-                "split",
-                "images",
-                "failures",
-                "other size",
-                "mean R G B (0-1)",
-                "std R G B (0-1)",
-                "dup groups",
-                "dup rows",
-            ],
-            &rows,
-        );
+        let mut head = vec!["split", "images", "failures"];
+        if d.coded_data_checked {
+            head.push("damaged");
+        }
+        head.extend([
+            "other size",
+            "mean R G B (0-1)",
+            "std R G B (0-1)",
+            "dup groups",
+            "dup rows",
+        ]);
+        table(&mut out, &head, &rows);
         let norm = [Split::Train, Split::Val]
             .into_iter()
             .find_map(|s| d.splits.get(&s).and_then(|t| Some((s, t.mean?, t.std?))));
@@ -303,6 +317,18 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(out, "  {} row {} ({}): {}", f.file, f.row, f.key, f.error);
             }
             if d.failures_truncated {
+                let _ = writeln!(out, "  … more (counts above are complete)");
+            }
+        }
+        if !d.damaged.is_empty() {
+            let _ = writeln!(
+                out,
+                "damaged coded data (decoded anyway; libjpeg warns \"Corrupt JPEG data\"):"
+            );
+            for f in &d.damaged {
+                let _ = writeln!(out, "  {} row {} ({}): {}", f.file, f.row, f.key, f.error);
+            }
+            if d.damaged_truncated {
                 let _ = writeln!(out, "  … more (counts above are complete)");
             }
         }
