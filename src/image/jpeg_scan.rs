@@ -6,7 +6,10 @@
 //! bytes left after the last block ("extraneous bytes before marker": the
 //! Huffman decoding lost step with the data somewhere before; only more
 //! than libjpeg's bit buffer may read ahead, which it drops unseen), a code
-//! no table holds, a refinement coefficient of a size other than 1.
+//! no table holds, a refinement coefficient of a size other than 1; and
+//! progressive scans out of order ("Inconsistent progression sequence":
+//! a refinement of coefficients no scan coded, an AC scan before the DC
+//! scan of its component).
 //!
 //! Invariants: the stream was first accepted by
 //! [`super::jpeg_stream::walk`] and repaired as the decoder sees it
@@ -285,6 +288,10 @@ struct Plane {
     /// Progressive frames: by block, the zigzag positions whose coefficient
     /// is nonzero.
     nonzero: Vec<u64>,
+    /// Progressive frames: by zigzag position, the point transform (Al)
+    /// of the last scan that coded it; -1 before any (libjpeg's
+    /// `coef_bits`).
+    coef_bits: [i8; 64],
 }
 
 /// Walks the coded data of every scan of `bytes` (a Huffman-coded DCT
@@ -304,6 +311,7 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
             } else {
                 Vec::new()
             },
+            coef_bits: [-1; 64],
             layout,
         })
         .collect();
@@ -325,6 +333,10 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
                 )?;
                 if scan.comps.is_empty() || (scan.ss > 0 && scan.comps.len() != 1) {
                     return Err(corrupt("scan parameters".into()));
+                }
+                if walk.progressive {
+                    progression(&scan, &mut planes)
+                        .map_err(|why| corrupt(format!("scan {scan_no}: {why}")))?;
                 }
                 walk_scan(
                     &scan,
@@ -358,6 +370,47 @@ fn read_dht(mut s: &[u8], tables: &mut [[Option<Table>; 4]; 2]) -> Result<(), Fa
         s = &rest[16 + n..];
     }
     Ok(())
+}
+
+/// Checks that a progressive scan follows on from the scans before it as
+/// libjpeg checks it (`start_pass_phuff_decoder`, "Inconsistent
+/// progression sequence", a warning: it decodes the file anyway): an AC
+/// scan of a component comes after a DC scan of it, and a scan's Ah is
+/// the Al the last scan of each of its coefficients left (0 for a first
+/// scan). Anything else is a damaged or badly made file whose refinement
+/// bits land on coefficients that do not hold what the encoder meant, so
+/// decoders disagree on its pixels. Records the scan's Al for the next.
+fn progression(scan: &ScanHeader, planes: &mut [Plane]) -> Result<(), String> {
+    let band = scan.ss..=scan.se.min(63);
+    // libjpeg names the first inconsistency it meets, component by
+    // component in scan order, and goes on updating: so does this, so the
+    // error names the same coefficient as its warning.
+    let mut first: Option<String> = None;
+    for &(p, _, _) in &scan.comps {
+        let bits = &mut planes[p].coef_bits;
+        if scan.ss > 0 && bits[0] < 0 && first.is_none() {
+            first = Some(format!(
+                "component {p} coefficient 0: an AC scan before any DC scan of the component"
+            ));
+        }
+        for k in band.clone() {
+            if i16::from(scan.ah) != i16::from(bits[k].max(0)) && first.is_none() {
+                let before = match bits[k] {
+                    -1 => "no scan before coded it".to_string(),
+                    al => format!("the scan before left Al {al}"),
+                };
+                first = Some(format!(
+                    "component {p} coefficient {k}: Ah {} where {before}",
+                    scan.ah
+                ));
+            }
+            bits[k] = scan.al as i8;
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(what) => Err(format!("inconsistent progression sequence for {what}")),
+    }
 }
 
 /// The bits of one scan, interval by interval; the reason for the first
@@ -683,6 +736,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// (start, end) of each scan of `b`: its SOS marker to the marker
+    /// after its coded data.
+    fn scan_spans(b: &[u8]) -> Vec<(usize, usize)> {
+        let (mut out, mut i) = (Vec::new(), 2);
+        while i + 1 < b.len() && b[i + 1] != 0xD9 {
+            let start = i;
+            i += 2 + usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+            if b[start + 1] == 0xDA {
+                while b[i] != 0xFF || matches!(b[i + 1], 0x00 | 0xD0..=0xD7) {
+                    i += 1;
+                }
+                out.push((start, i));
+            }
+        }
+        out
+    }
+
+    /// The progression mutants of `tests/data/jpeg-scan/make.py`: djpeg
+    /// (libjpeg-turbo 2.1.5) reads each with the warning "Inconsistent
+    /// progression sequence for component 0 coefficient 0" (the first two)
+    /// or "... coefficient 1" (the third), and decodes them.
+    #[test]
+    fn scans_out_of_progression_order_are_refused_as_libjpeg_warns() {
+        let b = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/jpeg-scan/progressive-restart.jpg"),
+        )
+        .unwrap();
+        let s = scan_spans(&b);
+        assert_eq!(s.len(), 10);
+        // Scan 7 refines the DC of all three components from Al 1 to 0.
+        let dc_refine = s[6].0;
+        let ahal = dc_refine + 4 + 1 + 2 * usize::from(b[dc_refine + 4]) + 2;
+        assert_eq!(b[ahal], 0x10);
+        let mut ah2 = b.clone();
+        ah2[ahal] = 0x21;
+        let cut = |k: usize| [&b[..s[k].0], &b[s[k].1..]].concat();
+        for (m, scan, coef, why) in [
+            (ah2, 7, 0, "Ah 2 where the scan before left Al 1"),
+            (
+                cut(0),
+                1,
+                0,
+                "an AC scan before any DC scan of the component",
+            ),
+            (cut(1), 5, 1, "Ah 2 where no scan before coded it"),
+        ] {
+            assert_eq!(
+                check_bytes(&m).unwrap_err(),
+                format!(
+                    "scan {scan}: inconsistent progression sequence for component 0 \
+                     coefficient {coef}: {why}"
+                )
+            );
+        }
+        // The same scans in their order pass.
+        assert_eq!(check_bytes(&b), Ok(()));
     }
 
     #[test]

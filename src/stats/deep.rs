@@ -38,7 +38,8 @@ pub struct DeepReport {
     pub coded_data_checked: bool,
     /// Images that decode although their coded data is damaged as libjpeg
     /// reports it ("Corrupt JPEG data": data ending before the last block,
-    /// bytes left after it, codes no table holds); at most
+    /// bytes left after it, codes no table holds; or "Inconsistent
+    /// progression sequence"); at most
     /// [`FAILURE_LIMIT`] listed, all counted.
     pub damaged: Vec<Failure>,
     pub damaged_truncated: bool,

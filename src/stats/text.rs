@@ -323,7 +323,7 @@ pub fn render_text(r: &Report) -> String {
         if !d.damaged.is_empty() {
             let _ = writeln!(
                 out,
-                "damaged coded data (decoded anyway; libjpeg warns \"Corrupt JPEG data\"):"
+                "damaged coded data (decoded anyway; libjpeg warns \"Corrupt JPEG data\" or \"Inconsistent progression sequence\"):"
             );
             for f in &d.damaged {
                 let _ = writeln!(out, "  {} row {} ({}): {}", f.file, f.row, f.key, f.error);
