@@ -286,6 +286,13 @@ pub fn deep_scan(
                     si as u32,
                     shard_row,
                 ));
+                let failure = |error: String| Failure {
+                    split,
+                    file: shard.file_name(),
+                    row: shard_row,
+                    key: row.key.to_string(),
+                    error,
+                };
                 // Raw rows are the pixels already; only JPEG needs decoding.
                 let decoded;
                 let (pixels, size) = if raw {
@@ -305,13 +312,7 @@ pub fn deep_scan(
                             if check_coded {
                                 if let Err(e) = check_coded_data(row.image) {
                                     acc.damaged += 1;
-                                    part.damaged.push(Failure {
-                                        split,
-                                        file: shard.file_name(),
-                                        row: shard_row,
-                                        key: row.key.to_string(),
-                                        error: e.to_string(),
-                                    });
+                                    part.damaged.push(failure(e.to_string()));
                                 }
                             }
                             decoded = img;
@@ -319,13 +320,7 @@ pub fn deep_scan(
                         }
                         Err(e) => {
                             acc.failures += 1;
-                            part.failures.push(Failure {
-                                split,
-                                file: shard.file_name(),
-                                row: shard_row,
-                                key: row.key.to_string(),
-                                error: e.to_string(),
-                            });
+                            part.failures.push(failure(e.to_string()));
                             continue;
                         }
                     }
