@@ -377,9 +377,11 @@ fn read_dht(mut s: &[u8], tables: &mut [[Option<Table>; 4]; 2]) -> Result<(), Fa
 /// progression sequence", a warning: it decodes the file anyway): an AC
 /// scan of a component comes after a DC scan of it, and a scan's Ah is
 /// the Al the last scan of each of its coefficients left (0 for a first
-/// scan). Anything else is a damaged or badly made file whose refinement
-/// bits land on coefficients that do not hold what the encoder meant, so
-/// decoders disagree on its pixels. Records the scan's Al for the next.
+/// scan). Anything else is a damaged or badly made file: a scan lost or
+/// its header changed, so that coefficients miss their DC or first pass or
+/// take refinement bits meant for another bit plane. zune-jpeg decodes such
+/// files as libjpeg does, to the same wrong pixels. Records the scan's Al
+/// for the next.
 fn progression(scan: &ScanHeader, planes: &mut [Plane]) -> Result<(), String> {
     let band = scan.ss..=scan.se.min(63);
     // libjpeg names the first inconsistency it meets, component by
