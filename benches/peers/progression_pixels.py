@@ -3,9 +3,9 @@ whose progressive scans are out of order alike?
 
     python progression_pixels.py path/to/ebv-pack WORKDIR   # peer venv: Pillow, numpy, pyarrow
 
-Makes the three mutants of tests/data/jpeg-scan/make.py (DC refinement's
-Ah/Al 1/0 made 2/1; DC scan removed; Y 1-5 scan removed) plus the intact
-file, packs them raw at their own size with `ebv-pack --encoding raw`, and
+Makes the three mutants of tests/data/jpeg-scan/progression.py (DC
+refinement's Ah/Al 1/0 made 2/1; DC scan removed; Y 1-5 scan removed) plus
+the intact file, packs them raw at their own size with `ebv-pack --encoding raw`, and
 prints per file the largest and mean absolute difference between ebv's
 pixels and Pillow's, and the mean difference of each from the intact file.
 """
@@ -19,38 +19,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def scans(b):
-    out, i = [], 2
-    while i < len(b) - 1:
-        m = b[i + 1]
-        if m == 0xD9:
-            break
-        length = int.from_bytes(b[i + 2:i + 4], "big")
-        i += 2 + length
-        if m == 0xDA:
-            start = i - 2 - length
-            while not (b[i] == 0xFF and b[i + 1] not in (0x00, *range(0xD0, 0xD8))):
-                i += 1
-            out.append((start, i))
-    return out
+sys.path.insert(0, str(ROOT / "tests/data/jpeg-scan"))
+import progression  # noqa: E402  (the mutants, shared with make.py)
 
 
 def main():
     pack, work = sys.argv[1], pathlib.Path(sys.argv[2])
     shutil.rmtree(work, ignore_errors=True)
     b = (ROOT / "tests/data/jpeg-scan/progressive-restart.jpg").read_bytes()
-    s = scans(b)
-    dc_refine = s[6][0]
-    ahal = dc_refine + 4 + 1 + 2 * b[dc_refine + 4] + 2
-    assert b[ahal] == 0x10
-    files = {
-        "intact": b,
-        "dc-refine-ah2": b[:ahal] + b"\x21" + b[ahal + 1:],
-        "dc-removed": b[:s[0][0]] + b[s[0][1]:],
-        "y1-5-removed": b[:s[1][0]] + b[s[1][1]:],
-    }
+    files = {"intact": b, **{name: m for name, _, m in progression.mutants(b)}}
     for split in ("train", "val"):
         for name, data in files.items():
             p = work / "src" / split / "a" / f"{name}.jpg"

@@ -757,7 +757,7 @@ mod tests {
         out
     }
 
-    /// The progression mutants of `tests/data/jpeg-scan/make.py`: djpeg
+    /// The mutants of `tests/data/jpeg-scan/progression.py`, rebuilt: djpeg
     /// (libjpeg-turbo 2.1.5) reads each with the warning "Inconsistent
     /// progression sequence for component 0 coefficient 0" (the first two)
     /// or "... coefficient 1" (the third), and decodes them.

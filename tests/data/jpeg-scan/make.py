@@ -22,6 +22,8 @@ import subprocess
 import numpy as np
 from PIL import Image
 
+import progression
+
 HERE = pathlib.Path(__file__).parent
 
 
@@ -66,41 +68,9 @@ for f in files:
         print(f"    {what}: {warn or 'no warning'}")
 
 
-def scans(b):
-    """(start, end) of each scan: its SOS marker to the marker after its data."""
-    out, i = [], 2
-    while i < len(b) - 1:
-        m = b[i + 1]
-        if m == 0xD9:
-            break
-        length = int.from_bytes(b[i + 2:i + 4], "big")
-        i += 2 + length
-        if m == 0xDA:
-            start = i - 2 - length
-            while not (b[i] == 0xFF and b[i + 1] not in (0x00, *range(0xD0, 0xD8))):
-                i += 1
-            out.append((start, i))
-    return out
 
-
-# Progressive scans out of order, which libjpeg reads with the warning
-# "Inconsistent progression sequence" (Pillow shows them silently) and the
-# Rust test refuses: progressive-restart.jpg has Pillow's ten scans (DC Al 1;
-# Y 1-5 Al 2; Cr, Cb 1-63 Al 1; Y 6-63 Al 2; Y 1-63 2->1; DC 1->0; Cr, Cb,
-# Y 1-63 1->0).
-b = (HERE / "progressive-restart.jpg").read_bytes()
-s = scans(b)
-assert len(s) == 10
-dc_refine = s[6][0]
-ns = b[dc_refine + 4]
-ahal = dc_refine + 4 + 1 + 2 * ns + 2
-assert b[ahal] == 0x10
-progression = {
-    "DC refinement scan's Ah/Al 1/0 made 2/1": b[:ahal] + b"\x21" + b[ahal + 1:],
-    "first scan (DC) removed": b[:s[0][0]] + b[s[0][1]:],
-    "second scan (Y 1-5) removed": b[:s[1][0]] + b[s[1][1]:],
-}
+# Progressive scans out of order (progression.py), which the Rust test refuses.
 print("progressive-restart.jpg, scans out of order:")
-for what, m in progression.items():
+for _, what, m in progression.mutants((HERE / "progressive-restart.jpg").read_bytes()):
     warn = subprocess.run(["djpeg", "-pnm"], input=m, capture_output=True).stderr.decode().strip()
     print(f"    {what}: {warn or 'no warning'}")
