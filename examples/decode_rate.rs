@@ -5,7 +5,9 @@
 //! `cargo run --release --example decode_rate -- data.zip [threads] [decode|check]`
 //!
 //! `check` times `ebv::image::check_coded_data` (the walk of the coded data
-//! that `ebv-pack --verify decode` and `ebv-stats --deep` add) instead.
+//! that `ebv-pack --verify decode` and `ebv-stats --deep` add) instead;
+//! `order` times `ebv::image::check_scan_order` (the scan-order check
+//! `ebv-pack` runs on every JPEG it decodes).
 
 use std::io::Read;
 use std::time::Instant;
@@ -16,13 +18,12 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: decode_rate ZIP [THREADS]"))?;
+        .ok_or_else(|| anyhow::anyhow!("usage: decode_rate ZIP [THREADS] [decode|check|order]"))?;
     let threads: usize = args.next().map_or(Ok(1), |t| t.parse())?;
-    let check = match args.next().as_deref() {
-        None | Some("decode") => false,
-        Some("check") => true,
-        Some(other) => anyhow::bail!("unknown mode {other:?}: decode or check"),
-    };
+    let mode = args.next().unwrap_or_else(|| "decode".into());
+    if !["decode", "check", "order"].contains(&mode.as_str()) {
+        anyhow::bail!("unknown mode {mode:?}: decode, check or order");
+    }
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&path)?)?;
     let mut blobs = Vec::new();
     for i in 0..zip.len() {
@@ -42,14 +43,12 @@ fn main() -> anyhow::Result<()> {
     let pixels: u64 = pool.install(|| {
         blobs
             .par_iter()
-            .map(|b| {
-                if check {
-                    // Bytes walked, for the same "did work" guard.
-                    ebv::image::check_coded_data(b).map_or(0, |()| b.len() as u64)
-                } else {
-                    ebv::image::decode_rgb8(b, Default::default())
-                        .map_or(0, |i| i.data.len() as u64)
-                }
+            .map(|b| match mode.as_str() {
+                // Bytes walked, for the same "did work" guard.
+                "check" => ebv::image::check_coded_data(b).map_or(0, |()| b.len() as u64),
+                "order" => ebv::image::check_scan_order(b).map_or(0, |()| b.len() as u64),
+                _ => ebv::image::decode_rgb8(b, Default::default())
+                    .map_or(0, |i| i.data.len() as u64),
             })
             .sum()
     });

@@ -3231,6 +3231,75 @@ fn verify_decode_rejects_coded_data_libjpeg_reports() {
     }
 }
 
+/// Progressive scans out of order ("Inconsistent progression sequence":
+/// a scan lost, or its header changed) decode without an error to damaged
+/// pixels in every decoder; their order is checked from the scan headers,
+/// so they are rejected under the default `--verify header` too, stored
+/// untouched or decoded.
+#[test]
+fn progressive_scans_out_of_order_are_rejected_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // 64×48, 4:2:0, ten scans (tests/data/jpeg-scan/make.py).
+    let whole = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg-scan/progressive-restart.jpg"),
+    )
+    .unwrap();
+    // The first scan (the DC of all components) cut out, as
+    // tests/data/jpeg-scan/progression.py does.
+    let sos = segment_at(&whole, 0xDA);
+    let mut end = sos + 2 + usize::from(u16::from_be_bytes([whole[sos + 2], whole[sos + 3]]));
+    while whole[end] != 0xFF || matches!(whole[end + 1], 0x00 | 0xD0..=0xD7) {
+        end += 1;
+    }
+    let no_dc = [&whole[..sos], &whole[end..]].concat();
+    write_dir(
+        &src,
+        &[
+            ("train/a/whole.jpg".into(), whole.clone()),
+            ("train/b/no_dc.jpg".into(), no_dc),
+        ],
+    );
+    for (k, mode) in [&[][..], &["--encoding", "raw"], &["--size", "32"]]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.path().join(format!("out{k}"));
+        let args = [
+            &[s(&src), "--out", s(&out), "--json", "--quiet"][..],
+            if k == 2 {
+                &[][..]
+            } else {
+                &["--size", "64x48"][..]
+            },
+            mode,
+        ]
+        .concat();
+        let summary = json_of(&run_within(&args, 60));
+        assert_eq!(summary["splits"]["train"]["rows"], 1, "{mode:?}");
+        let rej = rejections(&out);
+        assert_eq!(rej.len(), 1, "{mode:?}: {rej:?}");
+        assert_eq!(rej[0].0, "train/b/no_dc.jpg");
+        assert!(
+            rej[0].1.contains(
+                "scan 1: inconsistent progression sequence for component 0 coefficient 0: \
+                 an AC scan before any DC scan of the component"
+            ),
+            "{mode:?}: {rej:?}"
+        );
+    }
+    // The intact file was stored byte for byte in the first pack.
+    let stored = dir.path().join("out0");
+    let files: Vec<_> = std::fs::read_dir(&stored)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let blob = std::fs::read(&files[0]).unwrap();
+    assert!(blob.windows(whole.len()).any(|w| w == whole.as_slice()));
+}
+
 /// `bytes` without its marker segments `marker` before the first scan.
 fn without_segments(bytes: &[u8], marker: u8) -> Vec<u8> {
     let mut out = bytes[..2].to_vec();

@@ -60,8 +60,9 @@ struct Args {
     /// sequential (re-encoded once, so that every epoch decodes them ~2.5x faster).
     #[arg(long, default_value = "keep", value_name = "keep|sequential")]
     progressive: Progressive,
-    /// Check of JPEGs: header (markers of passed-through ones) or decode (a full decode
-    /// of passed-through ones, and every JPEG's coded data checked as libjpeg reads it).
+    /// Check of JPEGs: header (markers of passed-through ones, and the scan order of
+    /// progressive ones) or decode (a full decode of passed-through ones, and every
+    /// JPEG's coded data checked as libjpeg reads it).
     #[arg(long, default_value = "header")]
     verify: Verify,
     /// Largest width*height decoded; larger images are rejected (decompression bombs).

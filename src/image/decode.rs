@@ -168,6 +168,20 @@ pub fn check_coded_data(bytes: &[u8]) -> Result<(), ImageError> {
     super::jpeg_scan::check(&walk.repaired(bytes), &walk).map_err(super::jpeg::fault_error)
 }
 
+/// Check the order of a progressive JPEG's scans as libjpeg does
+/// ("Inconsistent progression sequence": a scan lost or its header
+/// changed, which every decoder turns into damaged pixels without an
+/// error) from the scan headers alone, cheap enough to run on every JPEG.
+/// Other formats and frames pass; [`check_coded_data`] checks this too.
+pub fn check_scan_order(bytes: &[u8]) -> Result<(), ImageError> {
+    if sniff_format(bytes) != Some(ImageFormat::Jpeg) {
+        return Ok(());
+    }
+    let walk = super::jpeg_stream::walk(bytes).map_err(super::jpeg::fault_error)?;
+    super::jpeg_scan::check_scan_order(&walk.repaired(bytes), &walk)
+        .map_err(super::jpeg::fault_error)
+}
+
 /// Decode a JPEG into `out` (resized to width·height·3, keeping its
 /// allocation) without applying the EXIF orientation, which is returned.
 /// The one place JPEG decoding is set up, for one-off and reused buffers.

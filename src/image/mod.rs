@@ -26,7 +26,8 @@ mod tiff;
 mod webp;
 
 pub use decode::{
-    check_coded_data, decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError, Rgb8Image,
+    check_coded_data, check_scan_order, decode_rgb8, gray_to_rgb8, DecodeLimits, ImageError,
+    Rgb8Image,
 };
 pub use format::{sniff_format, ImageFormat};
 pub use jpeg::{encode_jpeg, JpegHeader, Subsampling};

@@ -4,15 +4,18 @@
 //! complete and structurally clean is stored byte for byte (checked from
 //! its markers, or by a full decode with `--verify decode`); everything
 //! else is decoded, oriented, converted to RGB, resized and stored raw or
-//! re-encoded. With `--verify decode` every JPEG's coded data is also
-//! walked as libjpeg reads it, and damage libjpeg reports is rejected.
+//! re-encoded. The scan order of a progressive JPEG is checked from its
+//! headers whatever `--verify`; with `--verify decode` every JPEG's coded
+//! data is also walked as libjpeg reads it, and damage libjpeg reports is
+//! rejected.
 //! `--max-pixels` rejects the same images whichever path they take.
 
 use std::cell::RefCell;
 
 use crate::image::{
-    check_coded_data, decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8, sniff_format,
-    DecodeLimits, ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer, Rgb8Image, Subsampling,
+    check_coded_data, check_scan_order, decode_rgb8, decode_rgb8_into, encode_jpeg, gray_to_rgb8,
+    sniff_format, DecodeLimits, ImageError, ImageFormat, JpegHeader, ResizeMode, Resizer,
+    Rgb8Image, Subsampling,
 };
 use crate::shard::Encoding;
 
@@ -22,8 +25,9 @@ use crate::shard::Encoding;
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     /// Markers only: the frame, the tables each scan uses, the scan
-    /// parameters, and the end marker (a decoded JPEG is as checked as its
-    /// decoder checks it).
+    /// parameters, the order of a progressive frame's scans, and the end
+    /// marker (a decoded JPEG is as checked as its decoder checks it, and
+    /// its scan order from the headers).
     Header,
     /// A full decode of a passed-through JPEG, and the coded data of every
     /// JPEG walked to the bit as libjpeg reads it
@@ -139,6 +143,9 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
                 }
                 .to_string());
             }
+            if header.progressive {
+                check_scan_order(&bytes).map_err(|e| e.to_string())?;
+            }
             if cfg.verify == Verify::Decode {
                 decode_rgb8(&bytes, cfg.limits).map_err(|e| e.to_string())?;
                 check_coded_data(&bytes).map_err(|e| e.to_string())?;
@@ -147,6 +154,9 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         }
     }
     let image = if sniff_format(&bytes) == Some(ImageFormat::Jpeg) {
+        // Before the decode, which would turn scans out of order into
+        // damaged pixels without a word.
+        check_scan_order(&bytes).map_err(|e| e.to_string())?;
         let mut data = spare;
         let (width, height) =
             decode_rgb8_into(&bytes, cfg.limits, &mut data).map_err(|e| e.to_string())?;
