@@ -303,18 +303,7 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
         return Ok(());
     }
     let (grid, layouts) = layout(walk);
-    let mut planes: Vec<Plane> = layouts
-        .into_iter()
-        .map(|layout| Plane {
-            nonzero: if walk.progressive {
-                vec![0; layout.padded]
-            } else {
-                Vec::new()
-            },
-            coef_bits: [-1; 64],
-            layout,
-        })
-        .collect();
+    let mut planes = planes(layouts, walk.progressive);
     let mut tables: [[Option<Table>; 4]; 2] = Default::default();
     let mut restart_interval = 0usize;
     let mut scan_no = 0;
@@ -326,18 +315,7 @@ pub(crate) fn check(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
             }
             0xDA => {
                 scan_no += 1;
-                let scan = read_scan_header(
-                    seg.body,
-                    |id| planes.iter().position(|p| p.layout.id == id),
-                    walk.progressive,
-                )?;
-                if scan.comps.is_empty() || (scan.ss > 0 && scan.comps.len() != 1) {
-                    return Err(corrupt("scan parameters".into()));
-                }
-                if walk.progressive {
-                    progression(&scan, &mut planes)
-                        .map_err(|why| corrupt(format!("scan {scan_no}: {why}")))?;
-                }
+                let scan = next_scan(seg.body, scan_no, &mut planes, walk.progressive)?;
                 walk_scan(
                     &scan,
                     &seg.intervals,
@@ -363,27 +341,53 @@ pub(crate) fn check_scan_order(bytes: &[u8], walk: &Walk) -> Result<(), Fault> {
     if !walk.progressive || walk.arithmetic || walk.lossless {
         return Ok(());
     }
-    let (_, layouts) = layout(walk);
-    let mut planes: Vec<Plane> = layouts
+    // Only the headers are read: no block records which coefficients are
+    // nonzero.
+    let mut planes = planes(layout(walk).1, false);
+    for (n, seg) in segments(bytes).filter(|s| s.marker == 0xDA).enumerate() {
+        next_scan(seg.body, n + 1, &mut planes, true)?;
+    }
+    Ok(())
+}
+
+/// The frame's components as the scans see them; `nonzero` keeps, by
+/// block, which coefficients are nonzero (what walking a progressive
+/// frame's refinement scans needs).
+fn planes(layouts: Vec<Layout>, nonzero: bool) -> Vec<Plane> {
+    layouts
         .into_iter()
         .map(|layout| Plane {
-            nonzero: Vec::new(),
+            nonzero: if nonzero {
+                vec![0; layout.padded]
+            } else {
+                Vec::new()
+            },
             coef_bits: [-1; 64],
             layout,
         })
-        .collect();
-    for (n, seg) in segments(bytes).filter(|s| s.marker == 0xDA).enumerate() {
-        let scan = read_scan_header(
-            seg.body,
-            |id| planes.iter().position(|p| p.layout.id == id),
-            true,
-        )?;
-        if scan.comps.is_empty() || (scan.ss > 0 && scan.comps.len() != 1) {
-            return Err(corrupt("scan parameters".into()));
-        }
-        progression(&scan, &mut planes).map_err(|why| corrupt(format!("scan {}: {why}", n + 1)))?;
+        .collect()
+}
+
+/// The header of scan `scan_no` (from 1), its parameters checked and, in a
+/// progressive frame, its place in the progression (recorded in `planes`).
+fn next_scan(
+    body: &[u8],
+    scan_no: usize,
+    planes: &mut [Plane],
+    progressive: bool,
+) -> Result<ScanHeader, Fault> {
+    let scan = read_scan_header(
+        body,
+        |id| planes.iter().position(|p| p.layout.id == id),
+        progressive,
+    )?;
+    if scan.comps.is_empty() || (scan.ss > 0 && scan.comps.len() != 1) {
+        return Err(corrupt("scan parameters".into()));
     }
-    Ok(())
+    if progressive {
+        progression(&scan, planes).map_err(|why| corrupt(format!("scan {scan_no}: {why}")))?;
+    }
+    Ok(scan)
 }
 
 fn read_dht(mut s: &[u8], tables: &mut [[Option<Table>; 4]; 2]) -> Result<(), Fault> {
