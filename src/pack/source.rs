@@ -19,11 +19,13 @@
 //! not.
 //!
 //! Zip entries are read straight from the map: a stored entry is one copy,
-//! a deflated one is inflated by a per-thread decompressor into an output
-//! sized from the central directory, and both are checked against its
-//! CRC-32 and size as the zip crate would. That skips the crate's per-entry
-//! decompressor allocation and zero-filled read buffer (a deflated JPEG
-//! passthrough pack ran 1.14× faster without them; BENCHMARKS.md). The zip
+//! a deflated one is inflated in one call by a per-thread libdeflate
+//! decompressor into an output of the size the central directory declares
+//! (a stream that would write more is refused), and both are checked
+//! against its CRC-32 and size as the zip crate would. That skips the
+//! crate's per-entry decompressor allocation and streaming reads (a deflated
+//! JPEG passthrough pack ran 1.14× faster without them, and 1.16–1.22× per
+//! CPU-second again with libdeflate in place of zlib-rs; BENCHMARKS.md). The zip
 //! crate only parses the central directory and is dropped after listing
 //! (its per-entry records are ~210 bytes, 380 MB at 1.8M entries). Listing
 //! reads the central directory alone: an entry's local header, which says
@@ -38,7 +40,7 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use flate2::{Decompress, FlushDecompress, Status};
+use libdeflater::{DecompressionError, Decompressor};
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use zip::{CompressionMethod, ZipArchive};
@@ -79,8 +81,10 @@ struct Span {
 
 thread_local! {
     /// Raw-deflate state reused across entries (zip entries carry no zlib
-    /// header); `reset` costs far less than a fresh 40 KB state.
-    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    /// header). libdeflate inflates a whole entry in one call, which is
+    /// all a mapped archive needs, 1.2× as fast as zlib-rs on JPEG entries
+    /// (`examples/inflate_rate.rs`, BENCHMARKS.md).
+    static INFLATE: RefCell<Decompressor> = RefCell::new(Decompressor::new());
 }
 
 #[derive(Clone)]
@@ -336,7 +340,7 @@ impl Source {
                 entry.size
             ));
         }
-        let mut buf = Vec::with_capacity(entry.size as usize);
+        let mut buf = Vec::new();
         match (&self.kind, entry.span) {
             (Kind::Zip(bytes), Some(span)) => {
                 read_span(bytes.as_ref(), span, entry.size, &mut buf)?;
@@ -348,6 +352,7 @@ impl Source {
                     Some(path) => path.clone(),
                     None => root.join(&entry.name),
                 };
+                buf.reserve(entry.size as usize);
                 std::fs::File::open(&path)
                     .and_then(|f| f.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut buf))
                     .map_err(|e| format!("unreadable file: {e}"))?;
@@ -379,7 +384,7 @@ fn data_start(archive: &[u8], header: u64) -> Result<usize, String> {
 }
 
 /// Copy or inflate one entry's data out of the mapped archive into `buf`
-/// (empty, with capacity for `size` bytes), checking size and CRC-32.
+/// (empty), checking size and CRC-32.
 fn read_span(archive: &[u8], span: Span, size: u64, buf: &mut Vec<u8>) -> Result<(), String> {
     let start = data_start(archive, span.header)?;
     let data = usize::try_from(span.compressed)
@@ -387,20 +392,21 @@ fn read_span(archive: &[u8], span: Span, size: u64, buf: &mut Vec<u8>) -> Result
         .and_then(|n| archive.get(start..start.checked_add(n)?))
         .ok_or("unreadable entry: its data runs past the end of the archive")?;
     if span.deflated {
-        INFLATE.with(|d| {
-            let mut d = d.borrow_mut();
-            d.reset(false);
-            // The output never grows past the declared size: a stream that
-            // would write more stops there and is reported below.
-            match d.decompress_vec(data, buf, FlushDecompress::Finish) {
-                Ok(Status::StreamEnd) => Ok(()),
-                Ok(_) if buf.len() as u64 >= size => Err(format!(
-                    "unreadable entry: inflates to more than the {size} bytes the archive declares"
-                )),
-                Ok(_) => Err("unreadable entry: deflate stream cut short".to_string()),
-                Err(e) => Err(format!("unreadable entry: corrupt deflate stream ({e})")),
+        // The output never grows past the declared size: a stream that
+        // would write more is refused. Zero-filled through `calloc`, so a
+        // huge declared size with a tiny stream commits no memory.
+        *buf = vec![0; usize::try_from(size).unwrap_or(usize::MAX)];
+        let n = INFLATE.with(|d| match d.borrow_mut().deflate_decompress(data, buf) {
+            Ok(n) => Ok(n),
+            Err(DecompressionError::InsufficientSpace) => Err(format!(
+                "unreadable entry: inflates to more than the {size} bytes the archive declares"
+            )),
+            // libdeflate tells a cut stream from a damaged one no better.
+            Err(DecompressionError::BadData) => {
+                Err("unreadable entry: corrupt or truncated deflate stream".to_string())
             }
         })?;
+        buf.truncate(n);
     } else {
         buf.extend_from_slice(data);
     }
@@ -822,6 +828,20 @@ mod tests {
             "{err}"
         );
         assert!(buf.len() <= 49_999);
+        // A stream that ends short of the declared size, and one cut in
+        // the middle.
+        let d = spans[1];
+        let err = read_span(&raw, d, 50_001, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            err,
+            "unreadable entry: 50000 bytes where the archive declares 50001"
+        );
+        let cut = Span {
+            compressed: d.compressed / 2,
+            ..d
+        };
+        let err = read_span(&raw, cut, 50_000, &mut Vec::new()).unwrap_err();
+        assert_eq!(err, "unreadable entry: corrupt or truncated deflate stream");
         // Flip one byte in the middle of each entry's data.
         for s in &spans {
             let at = data_start(&raw, s.header).unwrap() + s.compressed as usize / 2;
