@@ -6,6 +6,10 @@
 //! encodes the next chunks (a few ahead, within a byte budget, so memory
 //! does not grow with threads × image size); train and val go
 //! through the same pipeline, one after the other, without a drain between.
+//! The thread that hands chunks to the pool announces each chunk's zip
+//! entries to the OS a few chunks ahead (`Source::prefetch`), so that reads
+//! in permuted order from an archive larger than the page cache are in
+//! flight together rather than one page fault at a time.
 //! After each finished shard a small record (`.ebv-pack/<shard>.json`) notes
 //! where the next shard starts and what was rejected so far; a rerun with the
 //! same plan resumes after the last one.
@@ -926,6 +930,12 @@ struct Context<'a> {
 /// row group), so steady state allocates nothing.
 const SPARE_BYTES: usize = 80 << 20;
 
+/// Chunks of entries announced to the OS ([`Source::prefetch`]) ahead of
+/// the pool: the one it is about to encode and the next ones, so that on an
+/// archive larger than the page cache the reads of a whole chunk or two are
+/// in flight together instead of one page fault at a time.
+const PREFETCH_CHUNKS: usize = 3;
+
 /// Most encoded chunks that may wait for the writer. Deep enough that a
 /// writer stalled for a moment (a block write to the device, a shard's
 /// footer) does not stop the pool; 6 × 64 raw 224² images ≈ 58 MB.
@@ -1082,8 +1092,17 @@ impl Context<'_> {
             scope.spawn(move || {
                 for (si, &(_, items)) in splits.iter().enumerate() {
                     let mut start = starts[si];
+                    // Entries up to here have been announced to the OS.
+                    let mut announced = start;
                     while start < items.len() {
                         let end = (start + self.chunk).min(items.len());
+                        let ahead = (start + PREFETCH_CHUNKS * self.chunk).min(items.len());
+                        for item in &items[announced.max(start)..ahead] {
+                            if let Payload::Entry(i) = item.payload {
+                                self.source.prefetch(&self.source.entries()[i]);
+                            }
+                        }
+                        announced = announced.max(ahead);
                         let outs: Vec<Outcome> = self.pool.install(|| {
                             items[start..end]
                                 .par_iter()
