@@ -1097,7 +1097,7 @@ impl Context<'_> {
                     while start < items.len() {
                         let end = (start + self.chunk).min(items.len());
                         let ahead = (start + PREFETCH_CHUNKS * self.chunk).min(items.len());
-                        for item in &items[announced.max(start)..ahead] {
+                        for item in &items[announced..ahead] {
                             if let Payload::Entry(i) = item.payload {
                                 self.source.prefetch(&self.source.entries()[i]);
                             }

@@ -844,9 +844,10 @@ mod tests {
         assert!(src.read(d).unwrap() == entries[1].1);
     }
 
-    /// Pages of `path` in `range` that are in the page cache.
+    /// Pages of `path` holding `range` that are in the page cache, and
+    /// how many pages hold it.
     #[cfg(target_os = "linux")]
-    fn resident_pages(path: &Path, range: std::ops::Range<usize>) -> usize {
+    fn resident_pages(path: &Path, range: std::ops::Range<usize>) -> (usize, usize) {
         let file = std::fs::File::open(path).unwrap();
         let map = unsafe { Mmap::map(&file) }.unwrap();
         let page = 4096;
@@ -862,7 +863,7 @@ mod tests {
             )
         };
         assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-        vec.iter().filter(|&&b| b & 1 == 1).count()
+        (vec.iter().filter(|&&b| b & 1 == 1).count(), pages)
     }
 
     #[test]
@@ -896,19 +897,23 @@ mod tests {
         // filesystem allows it (not on tmpfs: there nothing can be shown).
         let f = std::fs::File::open(&path).unwrap();
         f.sync_all().unwrap();
+        // SAFETY: advice on an open descriptor; no memory is passed.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        let pages = data.len().div_ceil(4096);
-        if resident_pages(&path, data.clone()) == pages {
+        let (resident, pages) = resident_pages(&path, data.clone());
+        if resident == pages {
             eprintln!("the page cache kept the archive: prefetch not observable here");
             return;
         }
         src.prefetch(e);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while resident_pages(&path, data.clone()) < pages {
+        loop {
+            let (resident, _) = resident_pages(&path, data.clone());
+            if resident == pages {
+                break;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "entry data not read in after prefetch: {} of {pages} pages",
-                resident_pages(&path, data.clone())
+                "entry data not read in after prefetch: {resident} of {pages} pages"
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
