@@ -1102,7 +1102,7 @@ impl Context<'_> {
                                 self.source.prefetch(&self.source.entries()[i]);
                             }
                         }
-                        announced = announced.max(ahead);
+                        announced = ahead;
                         let outs: Vec<Outcome> = self.pool.install(|| {
                             items[start..end]
                                 .par_iter()

@@ -346,12 +346,13 @@ impl Source {
     /// same bytes later.
     pub fn prefetch(&self, entry: &Entry) {
         #[cfg(unix)]
-        if let (Kind::Zip(bytes), Some(span)) = (&self.kind, entry.span) {
+        if let (Kind::Zip(bytes), Some(span), None) = (&self.kind, entry.span, refusal(entry)) {
             let map = &bytes.0;
             // The local header's name and extra field, which may differ
             // from the central directory's, fit the slack in practice; a
             // byte outside it is read by a fault, as without the advice.
-            let len = 30 + entry.name.len() as u64 + span.compressed + LOCAL_SLACK;
+            // Saturating: the sizes are the archive's word, hostile or not.
+            let len = (30 + LOCAL_SLACK + entry.name.len() as u64).saturating_add(span.compressed);
             let start = span.header.min(map.len() as u64) as usize;
             let len = len.min((map.len() - start) as u64) as usize;
             if len > 0 {
@@ -365,17 +366,8 @@ impl Source {
     /// Read a whole entry. Safe to call from many threads at once: each
     /// call works on its own view of the archive.
     pub fn read(&self, entry: &Entry) -> Result<Vec<u8>, String> {
-        if entry.unsafe_path {
-            return Err("unsafe path".into());
-        }
-        if let Some(problem) = &entry.problem {
-            return Err(problem.clone());
-        }
-        if entry.size > MAX_ENTRY_BYTES {
-            return Err(format!(
-                "entry exceeds the size limit ({} bytes > {MAX_ENTRY_BYTES})",
-                entry.size
-            ));
+        if let Some(why) = refusal(entry) {
+            return Err(why);
         }
         let mut buf = Vec::new();
         match (&self.kind, entry.span) {
@@ -402,6 +394,24 @@ impl Source {
         }
         Ok(buf)
     }
+}
+
+/// Why [`Source::read`] refuses `entry` without reading it, if it does
+/// (and [`Source::prefetch`] does not announce it).
+fn refusal(entry: &Entry) -> Option<String> {
+    if entry.unsafe_path {
+        return Some("unsafe path".into());
+    }
+    if let Some(problem) = &entry.problem {
+        return Some(problem.clone());
+    }
+    if entry.size > MAX_ENTRY_BYTES {
+        return Some(format!(
+            "entry exceeds the size limit ({} bytes > {MAX_ENTRY_BYTES})",
+            entry.size
+        ));
+    }
+    None
 }
 
 /// Where an entry's data starts: after its local header, whose name and
@@ -921,6 +931,16 @@ mod tests {
         // with no data in the archive.
         assert!(src.read(e).unwrap() == entries[5].1);
         src.prefetch(&placeholder());
+        // Sizes from a hostile central directory announce what the map
+        // holds, without overflowing.
+        let huge = Entry {
+            span: Some(Span {
+                compressed: u64::MAX,
+                ..span
+            }),
+            ..e.clone()
+        };
+        src.prefetch(&huge);
     }
 
     #[test]
