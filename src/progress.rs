@@ -67,6 +67,25 @@ pub fn chatty(quiet: bool) -> bool {
     !quiet
 }
 
+/// Writes `text` and a newline to stdout, flushed. A reader that went away
+/// ends the process quietly (see [`quiet_broken_pipe`]); any other failure
+/// (`> /dev/full`, a full disk behind a redirection) comes back as an error
+/// for the command to report with exit code 2, where `println!` panics.
+pub fn out_line(text: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
+}
+
+/// [`out_line`] without the newline.
+pub fn out_text(text: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")?;
+    out.flush()
+}
+
 /// Restore the default action of SIGPIPE (terminate quietly), which the Rust
 /// runtime sets to "ignore": otherwise a write to a closed pipe returns an
 /// error and `println!` panics. Call first thing in `main`.

@@ -775,6 +775,52 @@ fn wrong_kinds_of_file_are_named() {
     );
     assert!(e.contains("same file as --start"), "{e}");
     assert_eq!(std::fs::read(&p).unwrap(), before);
+    // The same file under another name: through `..`, or a link to it.
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    let dotted = dir.path().join("sub/..").join(p.file_name().unwrap());
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&p, &link).unwrap();
+    for trace in [&dotted, &link] {
+        let e = refused(
+            dir.path(),
+            &[
+                "generate",
+                "--start",
+                p.to_str().unwrap(),
+                "--alpha",
+                "auto",
+                "--trace",
+                trace.to_str().unwrap(),
+                "--out",
+                "w.safetensors",
+            ],
+        );
+        assert!(
+            e.contains("same file as --start"),
+            "{}: {e}",
+            trace.display()
+        );
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    // --npy writes OUT.npy: the start itself here, which the run would
+    // remove before its first write (a killed run could not resume).
+    let npy = p.with_extension("npy");
+    let npy_before = std::fs::read(&npy).unwrap();
+    let e = refused(
+        dir.path(),
+        &[
+            "generate",
+            "--start",
+            npy.to_str().unwrap(),
+            "--alpha",
+            "auto",
+            "--npy",
+            "--out",
+            p.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("which is the --start file"), "{e}");
+    assert_eq!(std::fs::read(&npy).unwrap(), npy_before);
 }
 
 #[test]

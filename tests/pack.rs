@@ -1366,7 +1366,7 @@ fn duplicates_are_rejected_with_their_reason() {
         .collect();
     entries.push((
         "train.csv".into(),
-        b"image_id,label\n0.jpg,a\n1.jpg,b\n0.jpg,a\n2.jpg,a\n".to_vec(),
+        b"image_id,label\n0.jpg,a\n1.jpg,b\n0.jpg,a\n2.jpg,a\n1.jpg,a\n".to_vec(),
     ));
     entries.push((
         "val.csv".into(),
@@ -1396,16 +1396,31 @@ fn duplicates_are_rejected_with_their_reason() {
     let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "an image packed twice: {keys:?}");
     let rej = rejections(&out);
-    assert_eq!(rej.len(), 2, "{rej:?}");
+    assert_eq!(rej.len(), 3, "{rej:?}");
     assert!(rej.iter().any(|(k, r)| k == "img/0.jpg"
-        && r.starts_with("listed twice")
+        && r.starts_with("listed twice (")
         && r.contains("train.csv line 2")
         && r.contains("line 4")));
+    // Listed again under another label: the reason names both, and the
+    // first one is what was packed.
+    assert!(rej.iter().any(|(k, r)| k == "img/1.jpg"
+        && r.starts_with("listed twice with another label (\"a\", first \"b\")")
+        && r.contains("line 6")
+        && r.contains("packed once, as at line 3")));
+    let labels: std::collections::BTreeMap<String, u32> = read_split(&out, "train")
+        .into_iter()
+        .map(|r| (r.key, r.label))
+        .collect();
+    assert_eq!(labels["img/1.jpg"], 1, "{labels:?}");
     assert!(rej.iter().any(|(k, r)| k == "img/2.jpg"
         && r.starts_with("also listed in train")
         && r.contains("val.csv line 2")));
     let by_reason = &summary["rejected_by_reason"];
     assert_eq!(by_reason["listed twice"], 1, "{by_reason}");
+    assert_eq!(
+        by_reason["listed twice with another label"], 1,
+        "{by_reason}"
+    );
     assert_eq!(by_reason["also listed in train"], 1, "{by_reason}");
 }
 
@@ -1556,6 +1571,23 @@ fn output_inside_the_source_and_files_replaced_deep_inside() {
     let o = run(BIN, &args);
     assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
     assert!(stderr_of(&o).contains("--force"), "{}", stderr_of(&o));
+
+    // An --out inside the source that holds files the pack did not write
+    // (here a class folder) would leave them out without a word: refused
+    // before anything is written there, naming one of them.
+    let class_out = src.join("train/c0");
+    let o = run(
+        BIN,
+        &[s(&src), "--out", s(&class_out), "--size", "16", "--quiet"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains("holds files ebv-pack did not write, e.g. 'train/c0/0.png'"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert!(!class_out.join("manifest.json").exists());
+    assert!(!class_out.join(".lock").exists());
 }
 
 #[test]
@@ -3038,6 +3070,191 @@ fn macos_metadata_in_a_class_folder_counts_in_its_split() {
     assert_eq!(summary["splits"]["train"]["rejected"], 1);
 }
 
+/// A training class whose entries the source cannot read is still a
+/// class: its validation images pack, and the summary says it lost its
+/// training images, as for images rejected when decoded. A training folder
+/// holding no image at all is not one, and the error says what it holds.
+#[test]
+fn a_training_class_of_unreadable_entries_is_still_a_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_dir(
+        &src,
+        &[
+            ("train/a/0.jpg".into(), jpeg_rgb(16, 16, 0)),
+            ("val/a/1.jpg".into(), jpeg_rgb(16, 16, 1)),
+            ("val/b/2.jpg".into(), jpeg_rgb(16, 16, 2)),
+        ],
+    );
+    std::fs::create_dir_all(src.join("train/b")).unwrap();
+    mkfifo(&src.join("train/b/3.jpg"));
+    let out = dir.path().join("out");
+    let summary = json_of(&pack16(&src, &out));
+    assert_eq!(summary["num_classes"], 2, "{summary}");
+    assert_eq!(summary["splits"]["val"]["rows"], 2, "{summary}");
+    let labels: std::collections::BTreeMap<String, u32> = read_split(&out, "val")
+        .into_iter()
+        .map(|r| (r.key, r.label))
+        .collect();
+    assert_eq!(labels["val/b/2.jpg"], 1, "{labels:?}");
+    let warnings = warnings_of(&summary);
+    assert!(
+        warnings.contains(
+            &"1 of 2 classes have no training rows: 'b' (label 1, all 1 training entries \
+              unreadable)"
+                .to_string()
+        ),
+        "{warnings:?}"
+    );
+    assert!(rejections(&out)
+        .iter()
+        .any(|(k, r)| k == "train/b/3.jpg" && r.starts_with("not a regular file")));
+
+    // Only macOS metadata in train/b: no class b, and the error says why.
+    std::fs::remove_file(src.join("train/b/3.jpg")).unwrap();
+    std::fs::write(src.join("train/b/.DS_Store"), b"junk").unwrap();
+    let o = pack16(&src, &dir.path().join("out2"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains(
+            "validation class 'b' (entry 'val/b/2.jpg') has no training images (its training \
+             folder holds no image: 'train/b/.DS_Store' was rejected: macOS metadata)"
+        ),
+        "{}",
+        stderr_of(&o)
+    );
+}
+
+/// Class names that differ only in Unicode normalization (macOS writes
+/// file names decomposed): told apart in the error and the warning.
+#[test]
+fn class_names_in_other_unicode_normalization_forms_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nfc, nfd) = ("caf\u{e9}", "cafe\u{301}");
+    let src = dir.path().join("src");
+    write_dir(
+        &src,
+        &[
+            (format!("train/{nfc}/0.jpg"), jpeg_rgb(16, 16, 0)),
+            (format!("val/{nfd}/1.jpg"), jpeg_rgb(16, 16, 1)),
+        ],
+    );
+    let o = pack16(&src, &dir.path().join("out"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains(
+            "the training class \"caf\u{e9}\" is the same name in another Unicode normalization \
+             form (\"cafe\\u{301}\" here)"
+        ),
+        "{}",
+        stderr_of(&o)
+    );
+    // Both spellings among the training classes: two classes, and a warning.
+    let src = dir.path().join("src2");
+    write_dir(
+        &src,
+        &[
+            (format!("train/{nfc}/0.jpg"), jpeg_rgb(16, 16, 0)),
+            (format!("train/{nfd}/1.jpg"), jpeg_rgb(16, 16, 1)),
+        ],
+    );
+    let summary = json_of(&pack16(&src, &dir.path().join("out2")));
+    assert_eq!(summary["num_classes"], 2, "{summary}");
+    let warnings = warnings_of(&summary);
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "classes \"cafe\\u{301}\" (label 0), \"caf\u{e9}\" (label 1) are one name in \
+             different Unicode normalization forms"
+        )),
+        "{warnings:?}"
+    );
+}
+
+/// A summary that cannot be written (stdout on a full disk) is an error
+/// with exit code 2, not a panic.
+#[test]
+fn a_summary_stdout_cannot_take_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_dir(&src, &[("train/a/0.jpg".into(), jpeg_rgb(16, 16, 0))]);
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = std::process::Command::new(BIN)
+        .args([
+            s(&src),
+            "--out",
+            s(&dir.path().join("out")),
+            "--size",
+            "16",
+            "--json",
+            "--quiet",
+        ])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+    let e = stderr_of(&o);
+    assert!(
+        e.contains("writing the summary to stdout") && !e.contains("panicked"),
+        "{e}"
+    );
+}
+
+/// IDX images are held to --max-pixels like every decoded image.
+#[test]
+fn idx_images_are_held_to_max_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("idx");
+    let px: Vec<u8> = (0..3 * 16).map(|i| i as u8).collect();
+    write_dir(
+        &src,
+        &[
+            (
+                "train-images-idx3-ubyte.gz".into(),
+                idx_bytes(3, &[3, 4, 4], &px),
+            ),
+            (
+                "train-labels-idx1-ubyte.gz".into(),
+                idx_bytes(1, &[3], &[0, 1, 0]),
+            ),
+        ],
+    );
+    let args = |out: &Path, limit: &'static str| {
+        [
+            s(&src).to_string(),
+            "--out".into(),
+            s(out).to_string(),
+            "--size".into(),
+            "4".into(),
+            "--max-pixels".into(),
+            limit.into(),
+            "--json".into(),
+            "--quiet".into(),
+        ]
+    };
+    let out = dir.path().join("out16");
+    let a = args(&out, "16");
+    let summary = json_of(&run_within(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        60,
+    ));
+    assert_eq!(summary["splits"]["train"]["rows"], 3, "{summary}");
+    // One pixel fewer: every image is refused, so nothing is packed.
+    let out = dir.path().join("out15");
+    let a = args(&out, "15");
+    let o = run_within(&a.iter().map(String::as_str).collect::<Vec<_>>(), 60);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr_of(&o));
+    let rej = rejections(&out);
+    assert_eq!(rej.len(), 3, "{rej:?}");
+    assert!(
+        rej.iter()
+            .all(|(_, r)| r == "image exceeds the pixel limit (4x4 > 15 pixels)"),
+        "{rej:?}"
+    );
+}
+
 fn warnings_of(summary: &serde_json::Value) -> Vec<String> {
     summary["warnings"]
         .as_array()
@@ -3110,6 +3327,31 @@ fn an_empty_split_names_its_rejected_folder_or_list() {
     assert!(
         warnings_of(&summary).contains(&"val: no rows (the source has no val images)".to_string()),
         "{summary}"
+    );
+    // Lists without a val list, beside a val folder no list names: the
+    // warning says there is no list, and which files went unlisted.
+    let src = dir.path().join("nolist");
+    write_dir(
+        &src,
+        &[
+            ("train/0.jpg".into(), jpeg_rgb(16, 16, 1)),
+            ("train/1.jpg".into(), jpeg_rgb(16, 16, 2)),
+            ("val/a/2.jpg".into(), jpeg_rgb(16, 16, 3)),
+            (
+                "train.txt".into(),
+                b"train/0.jpg 0\ntrain/1.jpg 1\n".to_vec(),
+            ),
+        ],
+    );
+    let summary = json_of(&pack16(&src, &dir.path().join("out4")));
+    let warnings = warnings_of(&summary);
+    assert!(
+        warnings.contains(
+            &"val: no rows (the source has no val list file, e.g. val.csv or val.txt; 1 file no \
+              list names was rejected: 'val/a/2.jpg')"
+                .to_string()
+        ),
+        "{warnings:?}"
     );
 }
 

@@ -368,7 +368,9 @@ fn pairs_stats<T: Elt>(
 fn display_histogram(fine: &[u64], max: f64, bins: usize) -> Vec<HistBin> {
     let last = ((max / FINE_WIDTH) as usize).min(FINE_BINS - 1);
     let per = (last + 1).div_ceil(bins).max(1);
-    (0..bins)
+    // Bins past the last fine one would all start above `max`: never
+    // counted out one by one (`--bins` may be any number).
+    (0..bins.min(last + 1))
         .map(|k| {
             let (lo, hi) = (k * per, ((k + 1) * per).min(FINE_BINS));
             HistBin {
@@ -384,6 +386,22 @@ fn display_histogram(fine: &[u64], max: f64, bins: usize) -> Vec<HistBin> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_number_of_bins_is_cut_to_the_fine_ones() {
+        // `--bins 18446744073709551615` counted its bins out one by one.
+        let mut fine = vec![0u64; FINE_BINS];
+        fine[0] = 3;
+        fine[1234] = 4;
+        let max = 1234.5 * FINE_WIDTH;
+        for bins in [usize::MAX, 1 << 40, 1235, 1236] {
+            let h = display_histogram(&fine, max, bins);
+            assert_eq!(h.len(), 1235, "{bins} bins");
+            assert_eq!(h.iter().map(|b| b.count).sum::<u64>(), 7, "{bins} bins");
+        }
+        let h = display_histogram(&fine, max, 2);
+        assert_eq!(h.iter().map(|b| b.count).collect::<Vec<_>>(), [3, 4]);
+    }
 
     fn direct(b: &Basis) -> (f64, f64, f64) {
         let (n, d) = (b.n, b.d);

@@ -344,6 +344,22 @@ impl Outputs {
     }
 }
 
+/// Whether `a` and `b` name one file: the same inode where both exist (so
+/// through links and `..`), else the same name in the same folder.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let folder = abs.parent()?;
+        let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        Some(folder.join(abs.file_name()?))
+    };
+    resolved(a).is_some_and(|x| Some(x) == resolved(b))
+}
+
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let started = SystemTime::now();
     let backend = backend(&a.device)?;
@@ -352,10 +368,22 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     // the other's, one discarding it with --fresh) and interleave their files.
     let _lock = crate::lock::FileLock::acquire(&a.out, "ebv-basis")?;
     let outputs = Outputs::new(&a.out, a.npy);
+    if let (Some(start), Some(npy)) = (&a.start, &outputs.npy) {
+        // The .npy beside --out is removed before --out is first replaced
+        // (so that no stale pair is left): as the start, a killed run could
+        // not resume, and the user's matrix would be gone.
+        if same_file(start, npy) {
+            anyhow::bail!(
+                "--npy writes {}, which is the --start file: it would be replaced, and removed \
+                 while the run is under way; give --out another name",
+                npy.display()
+            );
+        }
+    }
     if let Some(t) = &a.trace {
         // The trace is written from the first step: on one of these files it
         // would be lost under the output, or destroy the start before use.
-        let same = |p: &Path| std::path::absolute(p).ok() == std::path::absolute(t).ok();
+        let same = |p: &Path| same_file(p, t);
         let state = state_path(&a.out);
         for (flag, p) in [
             ("--out", Some(&a.out)),
@@ -538,9 +566,13 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
             );
         } else if ratio.is_none_or(|x| x > 1.1) {
             for s in nearby_starts(p.n, p.d).iter().take(2) {
+                let dim = if s.dim == p.d {
+                    String::new()
+                } else {
+                    format!("--dim {} ", s.dim)
+                };
                 eprintln!(
-                    "  hint: --dim {} --init {} gives max |cos| {:.6} ({:.3} × Welch there; {})",
-                    s.dim,
+                    "  hint: {dim}--init {} gives max |cos| {:.6} ({:.3} × Welch there; {})",
                     s.start.init.name(),
                     s.start.coherence,
                     s.ratio_to_welch,
@@ -590,9 +622,14 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
                         }
                     );
                 } else if p.welch > 0.0 && al < 1.1 * p.welch {
+                    let other = if a.method == Method::Adaptive {
+                        ""
+                    } else {
+                        "--method adaptive or "
+                    };
                     eprintln!(
                         "  α is within 10% of the Welch bound: it may not be reachable; consider \
-                         --method adaptive or --alpha auto"
+                         {other}--alpha auto"
                     );
                 }
             }
@@ -724,7 +761,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         v["interrupted"] = json!(interrupted);
         v["resumed_at_step"] = json!(resumed_at);
         v["state"] = json!(state_kept.then_some(&state_file));
-        println!("{v}");
+        progress::out_line(&v).context("writing to stdout")?;
     }
     if chatty {
         let verdict = match (s.alpha, s.reached, s.instant) {
@@ -909,7 +946,7 @@ fn run_check(a: &CheckArgs) -> anyhow::Result<u8> {
             v["alpha"] = json!(al);
             v["alpha_met"] = json!(!failed);
         }
-        println!("{v}");
+        progress::out_line(&v).context("writing to stdout")?;
     }
     if progress::chatty(a.quiet) {
         print_report(&a.file, f.format, &report);
@@ -1010,11 +1047,11 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<u8> {
         v["source"] = json!(imp.form);
         v["out"] = json!(a.out);
         v["npy"] = json!(npy);
-        println!("{v}");
+        progress::out_line(&v).context("writing to stdout")?;
     }
     if progress::chatty(a.quiet) {
         eprintln!(
-            "imported {} ({:?}) → {}",
+            "imported {} ({}) → {}",
             a.file.display(),
             imp.form,
             a.out.display()

@@ -122,6 +122,17 @@ pub enum PickleForm {
     Numpy { dtype: String },
 }
 
+impl std::fmt::Display for PickleForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PickleForm::Torch { location, dtype } => {
+                write!(f, "a torch {dtype} tensor saved on {location}")
+            }
+            PickleForm::Numpy { dtype } => write!(f, "a NumPy {dtype} array"),
+        }
+    }
+}
+
 impl PickleForm {
     /// Whether the values were rounded on their way to float32 (float64 sources).
     pub fn rounded(&self) -> bool {
@@ -221,7 +232,14 @@ fn dims2(v: &Value, what: &str, path: &Path) -> Result<[i64; 2], BasisError> {
             (Some(a), Some(b)) => Ok([a, b]),
             _ => Err(perr(path, format!("{what} is not two integers"))),
         },
-        _ => Err(perr(path, format!("{what} is not 2-D: {v:?}"))),
+        Some(dims) => Err(perr(
+            path,
+            format!(
+                "{what} has {} dimensions; a basis is 2-D (classes × dim)",
+                dims.len()
+            ),
+        )),
+        None => Err(perr(path, format!("{what} is not a tuple of two integers"))),
     }
 }
 

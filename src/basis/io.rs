@@ -140,6 +140,16 @@ impl MatrixFile {
                 "a pickle or torch.save file, not a safetensors or .npy matrix: convert the \
                  paper's .pkl files with `ebv-basis import FILE.pkl --out FILE.safetensors`",
             ))
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+        {
+            // Named .npy but without the magic: say so, rather than report
+            // it as a safetensors file with a bad header.
+            Err(BasisError::format(
+                path,
+                ".npy: no NumPy magic (\\x93NUMPY) at the start: not an .npy file, or a damaged one",
+            ))
         } else {
             open_safetensors(path, map)
         }
@@ -315,10 +325,17 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
             )))
         }
     };
+    // NumPy writes False/True; older writers (and hand-made headers) 0/1,
+    // which NumPy's own reader takes as well.
     let fortran = match dict_value(header, "fortran_order") {
-        Some("False") => false,
-        Some("True") => true,
-        _ => return Err(bad("no 'fortran_order'")),
+        Some("False" | "0") => false,
+        Some("True" | "1") => true,
+        Some(v) => {
+            return Err(bad(&format!(
+                "'fortran_order': {v} is neither False nor True"
+            )))
+        }
+        None => return Err(bad("no 'fortran_order'")),
     };
     let shape = dict_value(header, "shape").ok_or_else(|| bad("no 'shape'"))?;
     let dims: Vec<usize> = shape
@@ -326,7 +343,8 @@ fn open_npy(path: &Path, map: Mmap) -> Result<MatrixFile, BasisError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>())
+        // Python 2's NumPy wrote long integers as `50L`.
+        .map(|s| s.strip_suffix('L').unwrap_or(s).parse::<usize>())
         .collect::<Result<_, _>>()
         .map_err(|_| bad(&format!("bad shape {shape}")))?;
     let &[n, d] = dims.as_slice() else {
@@ -826,6 +844,32 @@ mod tests {
             assert_eq!((f.n, f.d, f.format), (4, 3, "safetensors"));
             assert_eq!(f.to_basis(), b);
         }
+    }
+
+    #[test]
+    fn old_npy_headers_and_a_npy_without_its_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        // `fortran_order: 0` and Python 2 longs (`2L`): NumPy reads both.
+        let header = "{'descr': '<f4', 'fortran_order': 0, 'shape': (2L, 3L), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let pad = (64 - (10 + header.len() + 1) % 64) % 64;
+        let hlen = (header.len() + pad + 1) as u16;
+        bytes.extend(hlen.to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(b' ', pad));
+        bytes.push(b'\n');
+        let vals = [1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0];
+        bytes.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        let p = dir.path().join("old.npy");
+        std::fs::write(&p, &bytes).unwrap();
+        let f = MatrixFile::open(&p).unwrap();
+        assert_eq!((f.n, f.d, f.format), (2, 3, "npy"));
+        assert_eq!(f.to_basis().data, vals);
+        // The magic damaged: named as an .npy problem, not a safetensors one.
+        bytes[1] = b'X';
+        std::fs::write(&p, &bytes).unwrap();
+        let e = MatrixFile::open(&p).err().unwrap().to_string();
+        assert!(e.contains(".npy: no NumPy magic"), "{e}");
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
         } else {
             String::new()
         };
-        println!(
+        ebv::progress::out_line(format!(
             "{} on {} ({} images{left_out}): top-1 {:.4}  top-5 {:.4}  loss {:.4}",
             loaded.weights.display(),
             a.split,
@@ -134,7 +134,8 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
             m.top1,
             m.top5,
             m.loss
-        );
+        ))
+        .context("writing to stdout")?;
     }
     Ok(serde_json::json!({
         "checkpoint": loaded.weights,
@@ -151,7 +152,11 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(v) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                if let Err(e) = ebv::progress::out_line(text) {
+                    eprintln!("ebv-eval: error: writing to stdout: {e}");
+                    return ExitCode::from(2);
+                }
             }
             ExitCode::SUCCESS
         }

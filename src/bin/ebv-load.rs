@@ -232,10 +232,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(report) => {
-            if args.json {
-                println!("{report}");
+            let text = if args.json {
+                report.to_string()
             } else {
-                println!(
+                format!(
                     "{} images in {} batches, {:.2} s: {:.0} images/s ({:.0} per CPU-second), {} replaced, {} left out",
                     report["images"],
                     report["batches"],
@@ -244,7 +244,11 @@ fn main() -> ExitCode {
                     report["images_per_cpu_s"].as_f64().unwrap_or(0.0),
                     report["replaced"],
                     report["skipped"],
-                );
+                )
+            };
+            if let Err(e) = ebv::progress::out_line(text) {
+                eprintln!("ebv-load: error: writing to stdout: {e}");
+                return ExitCode::from(2);
             }
             ExitCode::SUCCESS
         }

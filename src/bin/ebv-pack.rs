@@ -146,7 +146,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     opts.quiet = args.quiet;
     let summary = pack(&opts).with_context(|| format!("packing {}", args.source.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        ebv::progress::out_line(serde_json::to_string_pretty(&summary)?)
+            .context("writing the summary to stdout")?;
     }
     if !args.quiet {
         print_summary(&summary, &args.out);

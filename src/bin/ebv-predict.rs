@@ -52,10 +52,15 @@ fn run(a: &Args) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
         match predict(&loaded, img, size, resize, (mean, std), a.top_k, &dev) {
             Ok(p) => {
                 if !a.json {
-                    println!("{}", p.image);
+                    let mut text = p.image.clone();
                     for (i, (c, name, s)) in p.top.iter().enumerate() {
-                        println!("  {}. {name} (class {c}): {} {s:.4}", i + 1, p.score);
+                        text.push_str(&format!(
+                            "\n  {}. {name} (class {c}): {} {s:.4}",
+                            i + 1,
+                            p.score
+                        ));
                     }
+                    ebv::progress::out_line(text).context("writing to stdout")?;
                 }
                 out.push(serde_json::to_value(&p)?);
             }
@@ -76,7 +81,11 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok((v, failed)) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                if let Err(e) = ebv::progress::out_line(text) {
+                    eprintln!("ebv-predict: error: writing to stdout: {e}");
+                    return ExitCode::from(2);
+                }
             }
             if failed {
                 ExitCode::from(2)

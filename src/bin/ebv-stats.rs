@@ -55,16 +55,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("ebv-stats: error: {e}");
-                return ExitCode::from(2);
-            }
-        }
+    let written = if args.json {
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|s| ebv::progress::out_line(s).map_err(|e| format!("stdout: {e}")))
     } else {
-        print!("{}", render_text(&report));
+        ebv::progress::out_text(render_text(&report)).map_err(|e| format!("stdout: {e}"))
+    };
+    if let Err(e) = written {
+        eprintln!("ebv-stats: error: {e}");
+        return ExitCode::from(2);
     }
     if report.failed() {
         let problems = report.verify.as_ref().map_or(0, |v| v.problems.len());

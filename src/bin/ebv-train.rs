@@ -218,38 +218,46 @@ fn check_kernels(
             ebv::kernels::time_convs(dev, dtype, 32, 5).context("--check-kernels timing")?;
     }
     if !a.json {
+        let error = |e: &Option<String>| {
+            e.as_ref()
+                .map(|e| format!(" error: {e}"))
+                .unwrap_or_default()
+        };
+        let mut text = String::new();
         for r in &report.rows {
             let verdict = match (r.ok, &r.error) {
                 (false, _) => "FAIL",
                 (true, Some(_)) => "n/a",
                 (true, None) => "ok",
             };
-            print!(
-                "{verdict:<4} {:<11} {:<34} {:<7} {:<7} {:.2e} (tol {:.0e})",
-                r.op, r.case, r.kernels, r.output, r.rel_diff, r.tol
-            );
-            match &r.error {
-                Some(e) => println!(" error: {e}"),
-                None => println!(),
-            }
+            text.push_str(&format!(
+                "{verdict:<4} {:<11} {:<34} {:<7} {:<7} {:.2e} (tol {:.0e}){}\n",
+                r.op,
+                r.case,
+                r.kernels,
+                r.output,
+                r.rel_diff,
+                r.tol,
+                error(&r.error)
+            ));
         }
         for t in &report.timings {
-            print!(
-                "time {:<44} {:<7} {:>9.3} ms fwd+bwd",
-                t.case, t.kernels, t.ms_forward_backward
-            );
-            match &t.error {
-                Some(e) => println!(" error: {e}"),
-                None => println!(),
-            }
+            text.push_str(&format!(
+                "time {:<44} {:<7} {:>9.3} ms fwd+bwd{}\n",
+                t.case,
+                t.kernels,
+                t.ms_forward_backward,
+                error(&t.error)
+            ));
         }
-        println!(
+        text.push_str(&format!(
             "{} checks on {} in {}: {} failed",
             report.rows.len(),
             report.device,
             report.dtype,
             report.failures
-        );
+        ));
+        ebv::progress::out_line(text).context("writing to stdout")?;
     }
     let code = u8::from(report.failures > 0);
     Ok((serde_json::to_value(&report)?, code))
@@ -447,10 +455,11 @@ fn main() -> ExitCode {
     match run(&args, world) {
         Ok((value, code)) => {
             if args.json && !value.is_null() {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).unwrap_or_default()
-                );
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                if let Err(e) = ebv::progress::out_line(text) {
+                    eprintln!("ebv-train: error: writing to stdout: {e}");
+                    return ExitCode::from(2);
+                }
             }
             ExitCode::from(code)
         }

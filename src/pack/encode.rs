@@ -183,6 +183,17 @@ pub fn encode_pixels(
     channels: u32,
     cfg: &EncodeConfig,
 ) -> Result<Encoded, String> {
+    // The limit every decoded image is held to, so that --max-pixels means
+    // the same for every layout.
+    if u64::from(width) * u64::from(height) > cfg.limits.max_pixels {
+        let limit = cfg.limits.max_pixels;
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            limit,
+        }
+        .to_string());
+    }
     let image = if channels == 1 {
         gray_to_rgb8(width, height, pixels)
     } else {

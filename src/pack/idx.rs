@@ -15,8 +15,9 @@ pub struct IdxImages {
 impl IdxImages {
     /// The bytes of image `index`.
     pub fn image(&self, index: usize) -> Option<&[u8]> {
-        let len = (self.height * self.width * self.channels) as usize;
-        self.data.get(index * len..(index + 1) * len)
+        let len = self.height as usize * self.width as usize * self.channels as usize;
+        self.data
+            .get(index.checked_mul(len)?..index.checked_add(1)?.checked_mul(len)?)
     }
 }
 
@@ -64,14 +65,24 @@ pub fn parse_idx_images(bytes: Vec<u8>) -> Result<IdxImages, String> {
             ))
         }
     };
+    if dims[1] == 0 || dims[2] == 0 {
+        // Images of no pixels would come out as made-up black ones.
+        return Err(format!(
+            "IDX images of {}x{} pixels (header {dims:?}): a corrupt header",
+            dims[2], dims[1]
+        ));
+    }
+    let (Ok(height), Ok(width)) = (u32::try_from(dims[1]), u32::try_from(dims[2])) else {
+        return Err(format!("IDX image size {dims:?} is out of range"));
+    };
     let len = dims.iter().product::<usize>();
     let mut data = bytes;
     data.drain(..start);
     data.truncate(len);
     Ok(IdxImages {
         count: dims[0],
-        height: dims[1] as u32,
-        width: dims[2] as u32,
+        height,
+        width,
         channels,
         data,
     })
@@ -107,5 +118,9 @@ mod tests {
         assert_eq!(labels, vec![5, 6, 7]);
         assert!(parse_idx_labels(&[0, 0, 8, 1, 0, 0, 0, 4, 5, 6, 7]).is_err());
         assert!(parse_idx_images(vec![1, 2, 3, 4]).is_err());
+        // 20 images of 0x28: a header that lost a dimension, not 20 images.
+        let zero = vec![0, 0, 8, 3, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 28];
+        let err = parse_idx_images(zero).unwrap_err();
+        assert!(err.contains("28x0 pixels"), "{err}");
     }
 }

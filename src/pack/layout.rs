@@ -137,6 +137,9 @@ fn basename(name: &str) -> &str {
 
 const MACOS_METADATA: &str = "macOS metadata";
 
+/// Why a file of a list-files source that no list names is rejected.
+pub(crate) const NOT_LISTED: &str = "not listed in any list file";
+
 fn is_macos_junk(name: &str) -> bool {
     name.split('/').any(|c| c == "__MACOSX") || {
         let b = basename(name);
@@ -333,6 +336,11 @@ fn top_names(source: &Source, usable: &[usize]) -> String {
 }
 
 /// `.../train/<class>/<file>` → (split, class).
+/// The class folder a class-folder source's entry lies in.
+pub(crate) fn class_of(name: &str) -> Option<&str> {
+    class_folder(name).map(|(_, class)| class)
+}
+
 fn class_folder(name: &str) -> Option<(Split, &str)> {
     let parts: Vec<&str> = name.split('/').collect();
     if parts.len() < 3 {
@@ -443,6 +451,11 @@ fn folder_plan(
             )),
         }
     }
+    // Classes of training images the source cannot read (encrypted, another
+    // compression): still classes, so that their validation images pack and
+    // the summary says the class lost its training images, as it does for
+    // images rejected when decoded.
+    let mut unreadable_classes = Vec::new();
     for &i in problems {
         match class_folder(&entries[i].name) {
             Some((split, class)) if !hidden_class(class) => {
@@ -450,6 +463,9 @@ fn folder_plan(
                     .entry(split)
                     .or_default()
                     .insert(split_dir(&entries[i].name));
+                if split == Split::Train && class_name_ok(class) {
+                    unreadable_classes.push(class.to_string());
+                }
             }
             _ => {}
         }
@@ -552,15 +568,29 @@ fn folder_plan(
         found
             .iter()
             .filter(|(_, s, _)| *s == Split::Train)
-            .map(|(_, _, c)| c.clone()),
+            .map(|(_, _, c)| c.clone())
+            .chain(unreadable_classes),
     );
     let index = class_index(&classes);
     let mut items = Vec::with_capacity(found.len());
     for (i, split, class) in found {
         let label = *index.get(class.as_str()).ok_or_else(|| {
+            // A training folder of that name may hold files that are no
+            // images (macOS metadata, a nested folder): name them.
+            let held = rejected
+                .iter()
+                .find(|r| class_folder(&r.key) == Some((Split::Train, class.as_str())));
+            let held = match held {
+                Some(r) => format!(
+                    " (its training folder holds no image: '{}' was rejected: {})",
+                    r.key, r.reason
+                ),
+                None => String::new(),
+            };
             PackError::Layout(format!(
-                "validation class '{class}' (entry '{}') has no training images",
-                entries[i].name
+                "validation class '{class}' (entry '{}') has no training images{held}{}",
+                entries[i].name,
+                normalization_hint(&class, &classes)
             ))
         })?;
         items.push(Item {
@@ -578,6 +608,44 @@ fn folder_plan(
         idx_sets: Vec::new(),
         notes,
     })
+}
+
+/// Groups of class indices whose names are one name in different Unicode
+/// normalization forms (`café` composed, and `cafe` + a combining accent,
+/// as macOS writes it): different bytes, so different classes, which the
+/// user most likely meant as one.
+pub(crate) fn same_but_normalization(classes: &[String]) -> Vec<Vec<usize>> {
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    // Names are almost always NFC already: only the others are grouped.
+    if classes
+        .iter()
+        .all(|c| is_nfc_quick(c.chars()) == IsNormalized::Yes)
+    {
+        return Vec::new();
+    }
+    let mut by_form: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, c) in classes.iter().enumerate() {
+        by_form.entry(c.nfc().collect()).or_default().push(i);
+    }
+    by_form.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// For an error about `class`: the training class of the same name in
+/// another Unicode normalization form, if there is one.
+fn normalization_hint(class: &str, classes: &[String]) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let form: String = class.nfc().collect();
+    match classes
+        .iter()
+        .find(|c| c.as_str() != class && c.nfc().eq(form.chars()))
+    {
+        // Debug formatting spells combining marks out (`\u{301}`).
+        Some(c) => format!(
+            "; the training class {c:?} is the same name in another Unicode normalization \
+             form ({class:?} here): rename one folder so that both spell it alike"
+        ),
+        None => String::new(),
+    }
 }
 
 /// Sort class names: numerically when all are integers, else as strings.
@@ -1163,8 +1231,8 @@ fn list_plan(
     let class_of = class_index(&classes);
     let problem_set: BTreeSet<usize> = problems.iter().copied().collect();
     let mut items = Vec::new();
-    // Entry → where it was first listed: (split, list file, line).
-    let mut used: HashMap<usize, (Split, &str, usize)> = HashMap::new();
+    // Entry → where it was first listed: (split, list file, line, label).
+    let mut used: HashMap<usize, (Split, &str, usize, &str)> = HashMap::new();
     for (split, list_name, dir, rows) in &rows_by_split {
         // Rows only a shorter tail of their path named: how many, the first.
         let mut tails: Option<(usize, usize, &str, usize)> = None;
@@ -1197,22 +1265,29 @@ fn list_plan(
                     continue;
                 }
             };
-            if let Some(&(first_split, first_list, first_line)) = used.get(&i) {
+            if let Some(&(first_split, first_list, first_line, first_label)) = used.get(&i) {
+                // A second label is a conflict in the lists: the packed
+                // label is the first one, and the reason says so.
+                let labels = if first_label == label.as_str() {
+                    String::new()
+                } else {
+                    format!(" with another label ({label:?}, first {first_label:?})")
+                };
                 let reason = if first_split == *split {
                     format!(
-                        "listed twice (first at {first_list} line {first_line}, again at \
-                         {list_name} line {line}); packed once"
+                        "listed twice{labels} (first at {first_list} line {first_line}, again at \
+                         {list_name} line {line}); packed once, as at line {first_line}"
                     )
                 } else {
                     format!(
-                        "also listed in {first_split} ({first_list} line {first_line}); \
+                        "also listed in {first_split}{labels} ({first_list} line {first_line}); \
                          {list_name} line {line} skipped, the image is packed in {first_split} only"
                     )
                 };
                 rejected.push(reject(&entries[i].name, Some(*split), reason));
                 continue;
             }
-            used.insert(i, (*split, list_name.as_str(), *line));
+            used.insert(i, (*split, list_name.as_str(), *line, label.as_str()));
             if problem_set.contains(&i) {
                 rejected.push(problem_reject(&entries[i], Some(*split)));
                 continue;
@@ -1263,11 +1338,7 @@ fn list_plan(
     }
     for &i in usable {
         if !used.contains_key(&i) && !claimed.contains(&i) && !list_entries.contains(&i) {
-            rejected.push(reject(
-                &entries[i].name,
-                None,
-                "not listed in any list file",
-            ));
+            rejected.push(reject(&entries[i].name, None, NOT_LISTED));
         }
     }
     for &i in problems {

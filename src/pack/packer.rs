@@ -197,7 +197,17 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary, PackError> {
         Some(path) => Some(read_names(path)?),
         None => None,
     };
-    let source = Source::open(&opts.source, Some(&opts.out))?;
+    let source = Source::open(&opts.source, Some((&opts.out, is_pack_output)))?;
+    if let Some(file) = source.foreign_in_skipped() {
+        // The output folder is left out of the source: whatever else lies
+        // in it would be neither packed nor listed as rejected.
+        return Err(PackError::Usage(format!(
+            "--out {} lies inside the source and holds files ebv-pack did not write, e.g. \
+             '{file}': they would be left out of the pack without a word; choose an --out \
+             outside the source, or an empty folder",
+            opts.out.display()
+        )));
+    }
     let mut plan = layout::plan(&source, opts.layout, class_names.as_deref(), &opts.columns)?;
     if plan.items.is_empty() {
         // Lists name their images: when none resolves, the paths or the
@@ -529,7 +539,22 @@ fn warnings(
         .map(|(label, (images, _))| {
             let name = &plan.classes[label];
             if *images == 0 {
-                format!("'{name}' (label {label}, no training images)")
+                // Its training entries were all rejected before decoding
+                // (encrypted, another compression): say how many.
+                let unread = plan
+                    .rejected
+                    .iter()
+                    .filter(|r| {
+                        plan.layout == LayoutKind::ClassFolders
+                            && r.split == Some(Split::Train)
+                            && layout::class_of(&r.key) == Some(name)
+                    })
+                    .count();
+                if unread > 0 {
+                    format!("'{name}' (label {label}, all {unread} training entries unreadable)")
+                } else {
+                    format!("'{name}' (label {label}, no training images)")
+                }
             } else {
                 format!("'{name}' (label {label}, all {images} training images rejected)")
             }
@@ -553,6 +578,17 @@ fn warnings(
             plan.classes.len()
         ));
     }
+    for group in layout::same_but_normalization(&plan.classes) {
+        let names = group
+            .iter()
+            .map(|&c| format!("{:?} (label {c})", plan.classes[c]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(format!(
+            "classes {names} are one name in different Unicode normalization forms (NFC, NFD): \
+             packed as different classes; rename the folders or labels if they are one"
+        ));
+    }
     out
 }
 
@@ -566,7 +602,28 @@ fn why_empty(plan: &Plan, split: Split) -> String {
         .filter(|r| r.split == Some(split))
         .collect();
     let Some(first) = of_split.first() else {
-        return format!("the source has no {split} images");
+        if plan.layout != LayoutKind::ListFiles {
+            return format!("the source has no {split} images");
+        }
+        // Lists name the split's images: without one for the split, its
+        // images (if the source has any) are listed nowhere.
+        let unlisted: Vec<&RejectedEntry> = plan
+            .rejected
+            .iter()
+            .filter(|r| r.split.is_none() && r.reason.starts_with(layout::NOT_LISTED))
+            .collect();
+        let mut why =
+            format!("the source has no {split} list file, e.g. {split}.csv or {split}.txt");
+        match unlisted.as_slice() {
+            [] => {}
+            [r] => why.push_str(&format!("; 1 file no list names was rejected: '{}'", r.key)),
+            [r, ..] => why.push_str(&format!(
+                "; {} files no list names were rejected, e.g. '{}'",
+                unlisted.len(),
+                r.key
+            )),
+        }
+        return why;
     };
     if let Some(r) = of_split.iter().find(|r| r.key.ends_with('/')) {
         return format!("its folder '{}' was rejected: {}", r.key, r.reason);
@@ -708,6 +765,22 @@ fn fingerprint(
 
 fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
+}
+
+/// Whether a file of the output folder (its path relative to the folder)
+/// is one a pack writes there, or the README a `shards/` folder keeps.
+fn is_pack_output(rel: &str) -> bool {
+    match rel.split_once('/') {
+        Some((top, _)) => top == STATE_DIR,
+        None => {
+            is_shard_name(rel)
+                || rel == MANIFEST_FILE
+                || rel == CLASSES_FILE
+                || rel == crate::lock::LOCK_FILE
+                || is_temp(rel)
+                || rel.starts_with("README")
+        }
+    }
 }
 
 fn is_shard_name(name: &str) -> bool {
@@ -853,6 +926,84 @@ fn bytes_needed(estimate: u64, kept: u64) -> u64 {
     rest.saturating_add(rest / 20)
 }
 
+/// Of `items` (source files), the share a JPEG pack would store as they
+/// are, judged from the headers of up to [`SPACE_SAMPLE`] of them spread
+/// evenly: files larger than a re-encode are either the right size at a
+/// high quality (kept whole) or larger images (re-encoded smaller), and
+/// only their headers tell which.
+fn passthrough_share<'a>(
+    opts: &PackOptions,
+    source: &Source,
+    items: impl Iterator<Item = &'a Item>,
+) -> f64 {
+    let items: Vec<&Item> = items.collect();
+    if items.is_empty() {
+        return 0.0;
+    }
+    let step = items.len().div_ceil(SPACE_SAMPLE);
+    let (mut seen, mut kept) = (0usize, 0usize);
+    for it in items.iter().step_by(step) {
+        let Payload::Entry(i) = it.payload else {
+            continue;
+        };
+        let Ok(bytes) = source.read(&source.entries()[i]) else {
+            continue;
+        };
+        seen += 1;
+        let whole = crate::image::JpegHeader::parse(&bytes).is_ok_and(|h| {
+            h.is_passthrough(opts.width, opts.height)
+                && !(h.progressive && opts.progressive == Progressive::Sequential)
+        });
+        kept += usize::from(whole);
+    }
+    if seen == 0 {
+        return 0.0;
+    }
+    kept as f64 / seen as f64
+}
+
+/// How many files [`passthrough_share`] reads.
+const SPACE_SAMPLE: usize = 32;
+
+/// Bytes the whole output is expected to take.
+fn output_estimate(
+    opts: &PackOptions,
+    source: &Source,
+    splits: &BTreeMap<Split, Vec<Item>>,
+) -> u64 {
+    let pixels = u64::from(opts.height) * u64::from(opts.width);
+    let raw = pixels * 3;
+    // A re-encoded image takes about 0.5 bytes per pixel at q95.
+    let reencoded = pixels / 2 + 1024;
+    let entries = source.entries();
+    let larger = |it: &&Item| match it.payload {
+        Payload::Entry(i) => entries[i].size > reencoded,
+        Payload::Idx { .. } => false,
+    };
+    // A passed-through JPEG costs its own size, a re-encoded one
+    // `reencoded`: the smaller of the two for a file of at most that
+    // size; for a larger one, which of the two a sample of them says.
+    let share = if opts.encoding == Encoding::Jpeg {
+        passthrough_share(opts, source, splits.values().flatten().filter(larger))
+    } else {
+        0.0
+    };
+    let mut estimate = 0u64;
+    for it in splits.values().flatten() {
+        estimate += it.key.len() as u64 + 8;
+        estimate += match (opts.encoding, &it.payload) {
+            (Encoding::Raw, _) => raw,
+            (Encoding::Jpeg, Payload::Entry(i)) if entries[*i].size > reencoded => {
+                let size = entries[*i].size as f64;
+                (share * size + (1.0 - share) * reencoded as f64) as u64
+            }
+            (Encoding::Jpeg, Payload::Entry(i)) => entries[*i].size,
+            (Encoding::Jpeg, Payload::Idx { .. }) => reencoded,
+        };
+    }
+    estimate
+}
+
 /// Refuse to start when the estimated output cannot fit on the disk.
 fn check_disk_space(
     opts: &PackOptions,
@@ -860,20 +1011,8 @@ fn check_disk_space(
     splits: &BTreeMap<Split, Vec<Item>>,
     kept: u64,
 ) -> Result<(), PackError> {
-    let pixels = u64::from(opts.height) * u64::from(opts.width);
-    let raw = pixels * 3;
-    let entries = source.entries();
-    let mut estimate = 0u64;
-    for it in splits.values().flatten() {
-        estimate += it.key.len() as u64 + 8;
-        estimate += match (opts.encoding, &it.payload) {
-            (Encoding::Raw, _) => raw,
-            // A passed-through JPEG costs its own size; a re-encoded one
-            // about 0.5 bytes per pixel at q95. Take the smaller bound.
-            (Encoding::Jpeg, Payload::Entry(i)) => entries[*i].size.min(pixels / 2 + 1024),
-            (Encoding::Jpeg, Payload::Idx { .. }) => pixels / 2 + 1024,
-        };
-    }
+    let estimate = output_estimate(opts, source, splits);
+    let raw = u64::from(opts.height) * u64::from(opts.width) * 3;
     let Some(free) = free_space(&opts.out) else {
         return Ok(());
     };
@@ -1255,6 +1394,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Noise JPEGs at quality 100 are far larger than a q95 re-encode of
+    /// their size: kept whole they cost their own size, re-encoded (a
+    /// larger source) about 0.5 bytes per output pixel; the estimate tells
+    /// which from their headers.
+    #[test]
+    fn the_estimate_follows_what_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut total = 0u64;
+        for i in 0..40 {
+            let side = 32u32;
+            let noise: Vec<u8> = (0..side * side * 3)
+                .map(|_| rand::Rng::random::<u8>(&mut rng))
+                .collect();
+            let jpeg =
+                crate::image::encode_jpeg(&noise, side, side, 100, Subsampling::S444).unwrap();
+            let key = format!("train/c{}/{i}.jpg", i % 2);
+            total += jpeg.len() as u64 + key.len() as u64 + 8;
+            let path = src.join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, jpeg).unwrap();
+        }
+        let source = Source::open(&src, None).unwrap();
+        let plan = layout::plan(&source, None, None, &ListColumns::default()).unwrap();
+        let splits = permute(plan.items, 0);
+        let mut opts = PackOptions::new(&src, dir.path().join("out"));
+        (opts.width, opts.height) = (32, 32);
+        // Each file is kept as it is: the estimate is their sizes.
+        let kept = output_estimate(&opts, &source, &splits);
+        assert!(
+            total > 40 * (32 * 32 / 2 + 1024) * 2,
+            "noise too small: {total}"
+        );
+        assert_eq!(kept, total);
+        // At 16×16 every one is re-encoded, at about 0.5 bytes a pixel.
+        (opts.width, opts.height) = (16, 16);
+        let keys: u64 = splits
+            .values()
+            .flatten()
+            .map(|it| it.key.len() as u64 + 8)
+            .sum();
+        assert_eq!(
+            output_estimate(&opts, &source, &splits),
+            keys + 40 * (16 * 16 / 2 + 1024)
+        );
     }
 
     #[test]

@@ -105,19 +105,28 @@ enum Kind {
     Dir(PathBuf),
 }
 
+/// Whether a file of a folder left out of the source (by its path relative
+/// to that folder) belongs there: the pack's own output.
+pub type OwnFile = fn(&str) -> bool;
+
 /// An opened source with its entry list.
 pub struct Source {
     kind: Kind,
     entries: Vec<Entry>,
     info: SourceInfo,
     identity: String,
+    /// The first file in the skipped output folder that is not the pack's.
+    foreign: Option<String>,
 }
 
 impl Source {
     /// Open a zip file or a folder. A zip that cannot be read (truncated,
     /// not a zip) is an error naming it. `skip` is a folder left out of a
-    /// folder source's walk (the pack's output folder).
-    pub fn open(path: &Path, skip: Option<&Path>) -> Result<Source, PackError> {
+    /// folder source's walk (the pack's output folder), with what tells the
+    /// files that belong there (the pack's own, by their name relative to
+    /// it): the first other file found there is kept, see
+    /// [`Source::foreign_in_skipped`].
+    pub fn open(path: &Path, skip: Option<(&Path, OwnFile)>) -> Result<Source, PackError> {
         let meta = std::fs::metadata(path).map_err(|e| PackError::io(path, e))?;
         if !meta.is_dir() && !meta.is_file() {
             // Opening a named pipe blocks until a writer comes, and a zip
@@ -137,8 +146,8 @@ impl Source {
             let mut walker = Walker {
                 root: path,
                 skip: skip
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map(|m| file_id(&m)),
+                    .and_then(|(p, own)| std::fs::metadata(p).ok().map(|m| (file_id(&m), own))),
+                foreign: None,
                 ancestors: vec![file_id(&meta)],
                 entries: Vec::new(),
                 mtimes: Vec::new(),
@@ -148,6 +157,7 @@ impl Source {
             let Walker {
                 mut entries,
                 mtimes,
+                foreign,
                 ..
             } = walker;
             let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -190,6 +200,7 @@ impl Source {
                     modified: newest,
                 },
                 identity: hex::encode(hash.finalize()),
+                foreign,
             });
         }
         let file = std::fs::File::open(path).map_err(|e| PackError::io(path, e))?;
@@ -317,11 +328,19 @@ impl Source {
                 modified,
             },
             identity,
+            foreign: None,
         })
     }
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// A file (named as an entry would be) in the output folder left out of
+    /// a folder source that the pack did not write: left out with it, so
+    /// the pack must not go on.
+    pub fn foreign_in_skipped(&self) -> Option<&str> {
+        self.foreign.as_deref()
     }
 
     pub fn info(&self) -> &SourceInfo {
@@ -621,11 +640,38 @@ fn duplicate_names(archive: &[u8], dir_start: u64) -> BTreeMap<Vec<u8>, usize> {
     counts
 }
 
+/// The first file under `dir` (by name, depth first) that `own` does not
+/// claim by its path relative to `top`; symbolic links are not followed.
+fn first_foreign(top: &Path, dir: &Path, own: OwnFile) -> Option<String> {
+    let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    children.sort();
+    for path in children {
+        let rel = path
+            .strip_prefix(top)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            if let Some(found) = first_foreign(top, &path, own) {
+                return Some(found);
+            }
+        } else if !own(&rel) {
+            return Some(rel);
+        }
+    }
+    None
+}
+
 /// Lists a folder source.
 struct Walker<'a> {
     root: &'a Path,
-    /// The output folder, left out.
-    skip: Option<(u64, u64)>,
+    /// The output folder, left out, and what names its own files.
+    skip: Option<((u64, u64), OwnFile)>,
+    /// The first file in the output folder that is not its own.
+    foreign: Option<String>,
     /// Folders from the root down to the one being listed: a link back to
     /// one of them is a cycle.
     ancestors: Vec<(u64, u64)>,
@@ -705,7 +751,11 @@ impl Walker<'_> {
             let name = self.name(&path);
             if meta.is_dir() {
                 let id = file_id(&meta);
-                if Some(id) == self.skip {
+                if let Some((_, own)) = self.skip.filter(|(skip, _)| *skip == id) {
+                    if self.foreign.is_none() {
+                        self.foreign =
+                            first_foreign(&path, &path, own).map(|rel| format!("{name}/{rel}"));
+                    }
                     continue;
                 }
                 if self.ancestors.contains(&id) {
@@ -1122,7 +1172,7 @@ mod tests {
         std::fs::create_dir_all(root.join("shards/.ebv-pack")).unwrap();
         std::fs::write(root.join("shards/train-00000.parquet"), b"PAR1").unwrap();
 
-        let src = Source::open(&root, Some(&root.join("shards"))).unwrap();
+        let src = Source::open(&root, Some((&root.join("shards"), |_| true))).unwrap();
         let got = names(&src);
         let problem = |name: &str| {
             got.iter()
@@ -1155,6 +1205,7 @@ mod tests {
         let mut walker = Walker {
             root: &root,
             skip: None,
+            foreign: None,
             ancestors: Vec::new(),
             entries: Vec::new(),
             mtimes: Vec::new(),
@@ -1201,7 +1252,7 @@ mod tests {
         assert_ne!(before.identity(), after.identity());
         // Adding a folder at the top (the output) changes nothing skipped.
         std::fs::create_dir_all(root.join("out")).unwrap();
-        let skipped = Source::open(&root, Some(&root.join("out"))).unwrap();
+        let skipped = Source::open(&root, Some((&root.join("out"), |_| true))).unwrap();
         assert_eq!(after.identity(), skipped.identity());
         assert_eq!(after.info(), skipped.info());
     }
