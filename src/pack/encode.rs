@@ -133,16 +133,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
         } else if eligible {
             // The limit a decode applies, from the same header numbers, so
             // that `--verify header` rejects what `decode` and `raw` do.
-            let (width, height) = (header.width, header.height);
-            if u64::from(width) * u64::from(height) > cfg.limits.max_pixels {
-                let limit = cfg.limits.max_pixels;
-                return Err(ImageError::TooLarge {
-                    width,
-                    height,
-                    limit,
-                }
-                .to_string());
-            }
+            within_pixel_limit(header.width, header.height, cfg)?;
             if header.progressive {
                 check_scan_order(&bytes).map_err(|e| e.to_string())?;
             }
@@ -175,6 +166,20 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     convert(image, cfg, subsampling).map(Encoded::Converted)
 }
 
+/// `--max-pixels` for an image of `width`×`height`, known without decoding it.
+fn within_pixel_limit(width: u32, height: u32, cfg: &EncodeConfig) -> Result<(), String> {
+    let limit = cfg.limits.max_pixels;
+    if u64::from(width) * u64::from(height) > limit {
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            limit,
+        }
+        .to_string());
+    }
+    Ok(())
+}
+
 /// Encode raw pixels (from IDX files): 1 or 3 channels.
 pub fn encode_pixels(
     pixels: &[u8],
@@ -185,15 +190,7 @@ pub fn encode_pixels(
 ) -> Result<Encoded, String> {
     // The limit every decoded image is held to, so that --max-pixels means
     // the same for every layout.
-    if u64::from(width) * u64::from(height) > cfg.limits.max_pixels {
-        let limit = cfg.limits.max_pixels;
-        return Err(ImageError::TooLarge {
-            width,
-            height,
-            limit,
-        }
-        .to_string());
-    }
+    within_pixel_limit(width, height, cfg)?;
     let image = if channels == 1 {
         gray_to_rgb8(width, height, pixels)
     } else {

@@ -335,12 +335,12 @@ fn top_names(source: &Source, usable: &[usize]) -> String {
     }
 }
 
-/// `.../train/<class>/<file>` → (split, class).
 /// The class folder a class-folder source's entry lies in.
 pub(crate) fn class_of(name: &str) -> Option<&str> {
     class_folder(name).map(|(_, class)| class)
 }
 
+/// `.../train/<class>/<file>` → (split, class).
 fn class_folder(name: &str) -> Option<(Split, &str)> {
     let parts: Vec<&str> = name.split('/').collect();
     if parts.len() < 3 {
