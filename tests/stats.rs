@@ -287,6 +287,28 @@ fn reader_names_the_file_of_every_defect() {
         e.contains("v2.parquet") && e.contains("format version 2"),
         "{e}"
     );
+    // A manifest listing a shard twice (read and counted twice), or a path
+    // out of the folder: refused when it is read, naming the entry.
+    let out = copy("listed-twice");
+    let mut m = Manifest::load(&out.join("manifest.json")).unwrap();
+    m.shards.push(m.shards[0].clone());
+    m.save(&out.join("manifest.json")).unwrap();
+    let e = ShardSet::open(&out).unwrap_err().to_string();
+    assert!(e.contains("\"train-00000.parquet\" is listed twice"), "{e}");
+    let o = run(STATS, &[s(&out), "--verify"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let out = copy("outside");
+    let mut m = Manifest::load(&out.join("manifest.json")).unwrap();
+    m.shards[0].file = format!(
+        "x/../../{}/train-00000.parquet",
+        clean.file_name().unwrap().to_str().unwrap()
+    );
+    m.save(&out.join("manifest.json")).unwrap();
+    let e = ShardSet::open(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("is not the name of a .parquet file in this folder"),
+        "{e}"
+    );
     // classes.tsv that disagrees with the manifest.
     let out = copy("classes");
     write_classes_tsv(&out.join("classes.tsv"), &["only".to_string()]).unwrap();
@@ -895,6 +917,12 @@ fn decode_failures_other_sizes_and_val_only_classes_are_reported() {
             && text.contains("val-00000.parquet row 2 (a/damaged.jpg)"),
         "{text}"
     );
+    // The closing line counts what failed, damaged coded data included.
+    assert!(
+        stderr(&o).contains("image(s) that do not decode, 1 with damaged coded data"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(STATS, &[s(&out), "--deep", "--verify", "--json", "--quiet"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let j = json(&o);
@@ -1419,6 +1447,27 @@ fn plot_draws_histograms_and_captioned_samples() {
     let o = run(STATS, &[s(&out), "--plot", s(&bad), "--quiet"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("f.png"), "{}", stderr(&o));
+    // A plot over the folder's own manifest or a shard (by name, or through
+    // a link) is refused before anything is written: the folder stays whole.
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    let shard = std::fs::read(out.join("val-00000.parquet")).unwrap();
+    let link = dir.path().join("link.png");
+    std::os::unix::fs::symlink(out.join("val-00000.parquet"), &link).unwrap();
+    for target in [
+        out.join("manifest.json"),
+        out.join("val-00000.parquet"),
+        link,
+    ] {
+        let o = run(STATS, &[s(&out), "--plot", s(&target), "--quiet"]);
+        assert_eq!(o.status.code(), Some(2), "{}", target.display());
+        assert!(
+            stderr(&o).contains("which the plot would replace"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    assert_eq!(std::fs::read(out.join("val-00000.parquet")).unwrap(), shard);
 }
 
 /// A split with no images has no mean or std (JSON null, text "-"), not 0;

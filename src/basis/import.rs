@@ -678,6 +678,25 @@ mod tests {
     /// read (not advice to re-save in another form); a legacy file cut
     /// after its magic number is an error, not a panic.
     #[test]
+    fn reads_numpy_pickles_of_protocols_0_and_1() {
+        // Made with NumPy 2.4 (whose module is `numpy._core`):
+        //   a = np.arange(6, dtype='<f4').reshape(2, 3) / 7
+        //   pickle.dumps(a, protocol=0), pickle.dumps(a, protocol=1)
+        // Protocol 0 writes its strings as raw-unicode-escape text (`\\u0000`
+        // for a zero byte), its integers and memo keys as decimal lines;
+        // protocol 1 its booleans as `I01`.
+        let p0: &[u8] = b"cnumpy._core.multiarray\n_reconstruct\np0\n(cnumpy\nndarray\np1\n(I0\ntp2\nc_codecs\nencode\np3\n(Vb\np4\nVlatin1\np5\ntp6\nRp7\ntp8\nRp9\n(I1\n(I2\nI3\ntp10\ncnumpy\ndtype\np11\n(Vf4\np12\nI00\nI01\ntp13\nRp14\n(I3\nV<\np15\nNNNI-1\nI-1\nI0\ntp16\nbI00\ng3\n(V\\u0000\\u0000\\u0000\\u0000%I\x12>%I\x92>\xb7m\xdb>%I\x12?n\xdb6?\np17\ng5\ntp18\nRp19\ntp20\nb.";
+        let p1: &[u8] = b"cnumpy._core.multiarray\n_reconstruct\nq\x00(cnumpy\nndarray\nq\x01(K\x00tq\x02c_codecs\nencode\nq\x03(X\x01\x00\x00\x00bq\x04X\x06\x00\x00\x00latin1q\x05tq\x06Rq\x07tq\x08Rq\x09(K\x01(K\x02K\x03tq\ncnumpy\ndtype\nq\x0b(X\x02\x00\x00\x00f4q\x0cI00\nI01\ntq\x0dRq\x0e(K\x03X\x01\x00\x00\x00<q\x0fNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x10bI00\nh\x03(X\x1c\x00\x00\x00\x00\x00\x00\x00%I\x12>%I\xc2\x92>\xc2\xb7m\xc3\x9b>%I\x12?n\xc3\x9b6?q\x11h\x05tq\x12Rq\x13tq\x14b.";
+        let want: Vec<f32> = (0..6).map(|i| i as f32 / 7.0).collect();
+        for (k, bytes) in [p0, p1].into_iter().enumerate() {
+            let m = import_bytes(bytes, Path::new("a.pkl")).unwrap();
+            assert_eq!((m.basis.n, m.basis.d), (2, 3), "protocol {k}");
+            assert_eq!(m.basis.data, want, "protocol {k}");
+            assert_eq!(m.form.to_string(), "a NumPy <f4 array", "protocol {k}");
+        }
+    }
+
+    #[test]
     fn zip_torch_saves_say_how_to_export() {
         let p = Path::new("t.pkl");
         let e = import_bytes(b"PK\x03\x04rest", p)

@@ -210,6 +210,28 @@ impl<'a, 'f> Machine<'a, 'f> {
         Ok(s)
     }
 
+    /// The bytes up to the next newline (protocol 0's text arguments).
+    fn raw_line(&mut self) -> Result<&'a [u8], PickleError> {
+        let rest = &self.data[self.pos..];
+        let nl = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or_else(|| bad(format!("unterminated line at offset {}", self.pos)))?;
+        self.pos += nl + 1;
+        Ok(&rest[..nl])
+    }
+
+    /// A protocol-0 decimal argument (INT, LONG, PUT, GET).
+    fn decimal<T: std::str::FromStr>(&mut self, what: &str) -> Result<T, PickleError> {
+        let at = self.pos;
+        let line = self.line()?;
+        // LONG's text ends in `L` (`5L`).
+        let digits = line.strip_suffix('L').unwrap_or(line);
+        digits
+            .parse()
+            .map_err(|_| bad(format!("{what} {line:?} at offset {at} is not a number")))
+    }
+
     fn utf8(&mut self, n: usize) -> Result<Value<'a>, PickleError> {
         let b = self.take(n)?;
         std::str::from_utf8(b)
@@ -439,6 +461,42 @@ impl<'a, 'f> Machine<'a, 'f> {
                     let b = self.take(n)?;
                     self.push_leaf(long_value(b))?;
                 }
+                // Protocol 0's text forms (and protocol 1's booleans, which
+                // have no binary opcode before protocol 2).
+                b'I' => {
+                    let at = self.pos;
+                    let v = match self.line()? {
+                        "00" => Value::Bool(false),
+                        "01" => Value::Bool(true),
+                        text => Value::Int(text.parse().map_err(|_| {
+                            bad(format!("INT {text:?} at offset {at} is not a number"))
+                        })?),
+                    };
+                    self.push_leaf(v)?
+                }
+                b'L' => {
+                    let v = self.decimal::<i64>("LONG")?;
+                    self.push_leaf(Value::Int(v))?
+                }
+                b'F' => {
+                    let v = self.decimal::<f64>("FLOAT")?;
+                    self.push_leaf(Value::Float(v))?
+                }
+                b'V' => {
+                    let raw = self.raw_line()?;
+                    let v = raw_unicode_escape(raw).ok_or_else(|| {
+                        bad(format!("UNICODE at offset {}: a bad \\u escape", self.pos))
+                    })?;
+                    self.push_leaf(Value::Str(v))?
+                }
+                b'p' => {
+                    let k = self.decimal::<u32>("PUT")?;
+                    self.memo_put(k)?
+                }
+                b'g' => {
+                    let k = self.decimal::<u32>("GET")?;
+                    self.memo_get(k)?
+                }
                 b'G' => {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(self.take(8)?);
@@ -606,6 +664,30 @@ impl<'a, 'f> Machine<'a, 'f> {
             }
         }
     }
+}
+
+/// Python's `raw-unicode-escape` decoding, which protocol 0 writes its
+/// strings in: `\uXXXX` and `\UXXXXXXXX` are characters, every other byte
+/// is the Latin-1 character of its value (the pickler escapes backslashes
+/// and newlines itself). None for an escape that is not one.
+fn raw_unicode_escape(b: &[u8]) -> Option<String> {
+    let mut s = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let n = match (b[i], b.get(i + 1)) {
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            (c, _) => {
+                s.push(char::from(c));
+                i += 1;
+                continue;
+            }
+        };
+        let hex = std::str::from_utf8(b.get(i + 2..i + 2 + n)?).ok()?;
+        s.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+        i += 2 + n;
+    }
+    Some(s)
 }
 
 /// LONG1/LONG4 payload: little-endian two's complement.

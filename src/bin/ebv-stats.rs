@@ -72,8 +72,12 @@ fn main() -> ExitCode {
             .deep
             .as_ref()
             .map_or(0, |d| d.splits.values().map(|s| s.failures).sum());
+        let damaged: u64 = report.deep.as_ref().map_or(0, |d| {
+            d.splits.values().map(|s| s.damaged.unwrap_or(0)).sum()
+        });
         eprintln!(
-            "ebv-stats: verification failed: {problems} problem(s), {failures} image(s) that do not decode"
+            "ebv-stats: verification failed: {problems} problem(s), {failures} image(s) that do \
+             not decode, {damaged} with damaged coded data"
         );
         return ExitCode::from(1);
     }

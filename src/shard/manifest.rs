@@ -82,12 +82,34 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Reads a manifest. Its shard names must be plain `.parquet` file
+    /// names, each listed once: a path (`x/../../other/val-00000.parquet`)
+    /// would have readers open files outside the folder, and a shard listed
+    /// twice would be read and counted twice.
     pub fn load(path: &Path) -> Result<Manifest, ShardError> {
         let bytes = std::fs::read(path).map_err(|e| ShardError::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| ShardError::Invalid {
+        let invalid = |detail: String| ShardError::Invalid {
             path: path.to_path_buf(),
-            detail: e.to_string(),
-        })
+            detail,
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        for r in &manifest.shards {
+            let plain = !r.file.contains(['/', '\\', '\0'])
+                && !r.file.starts_with('.')
+                && r.file.ends_with(".parquet");
+            if !plain {
+                return Err(invalid(format!(
+                    "shard {:?} is not the name of a .parquet file in this folder",
+                    r.file
+                )));
+            }
+            if !seen.insert(r.file.as_str()) {
+                return Err(invalid(format!("shard {:?} is listed twice", r.file)));
+            }
+        }
+        Ok(manifest)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ShardError> {

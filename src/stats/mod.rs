@@ -105,6 +105,32 @@ impl Report {
     }
 }
 
+/// What of the shard folder `dir` a plot written to `path` would replace:
+/// its manifest, its class list or a shard (by name in the folder, or as
+/// the same file through a link).
+fn plot_over_input(dir: &Path, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let is_input = |name: &str| {
+        name == MANIFEST_FILE || name == crate::shard::CLASSES_FILE || name.ends_with(".parquet")
+    };
+    let folder = |p: &Path| std::fs::canonicalize(p).ok();
+    let name = path.file_name()?.to_str()?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if is_input(name) && folder(parent).is_some() && folder(parent) == folder(dir) {
+        return Some(name.to_string());
+    }
+    // The same file under another name (a link into the folder).
+    let target = std::fs::metadata(path).ok()?;
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().to_str()?.to_string();
+        let m = std::fs::metadata(e.path()).ok()?;
+        (is_input(&n) && m.dev() == target.dev() && m.ino() == target.ino()).then_some(n)
+    })
+}
+
 /// Compute the report for the output folder `dir`.
 ///
 /// Without `--verify`, a folder that cannot be opened (missing or damaged
@@ -113,6 +139,17 @@ impl Report {
 /// opened at all, `summary == None`.
 pub fn run(dir: &Path, opts: &StatsOptions) -> Result<Report, StatsError> {
     let start = Instant::now();
+    if let Some(path) = &opts.plot {
+        if let Some(input) = plot_over_input(dir, path) {
+            return Err(StatsError::Plot {
+                path: path.clone(),
+                detail: format!(
+                    "it is the folder's own {input}, which the plot would replace; write the \
+                     plot elsewhere"
+                ),
+            });
+        }
+    }
     let mut report = Report {
         ebv_stats: JSON_VERSION,
         dir: dir.display().to_string(),
