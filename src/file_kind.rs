@@ -1,4 +1,5 @@
-//! What a path is, in words, for the refusals of tools that read files.
+//! What a path is, in words, for the refusals of tools that read files, and
+//! whether two paths name one file.
 //!
 //! Invariant: nothing here opens the path. Opening a named pipe blocks until
 //! a writer appears, a character device may never end, and a folder cannot
@@ -7,7 +8,23 @@
 
 use std::fs::FileType;
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Whether `a` and `b` name one file: the same inode where both exist (so
+/// through links and `..`), else the same name in the same folder.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let folder = abs.parent()?;
+        let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        Some(folder.join(abs.file_name()?))
+    };
+    resolved(a).is_some_and(|x| Some(x) == resolved(b))
+}
 
 /// The folder `path` is in: its parent, or `.` for a bare file name (whose
 /// parent is the empty path, which no file call accepts).

@@ -72,10 +72,7 @@ pub fn chatty(quiet: bool) -> bool {
 /// (`> /dev/full`, a full disk behind a redirection) comes back as an error
 /// for the command to report with exit code 2, where `println!` panics.
 pub fn out_line(text: impl std::fmt::Display) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
-    out.flush()
+    out_text(format_args!("{text}\n"))
 }
 
 /// [`out_line`] without the newline.

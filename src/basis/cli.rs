@@ -344,22 +344,6 @@ impl Outputs {
     }
 }
 
-/// Whether `a` and `b` name one file: the same inode where both exist (so
-/// through links and `..`), else the same name in the same folder.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-        return x.dev() == y.dev() && x.ino() == y.ino();
-    }
-    let resolved = |p: &Path| -> Option<PathBuf> {
-        let abs = std::path::absolute(p).ok()?;
-        let folder = abs.parent()?;
-        let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
-        Some(folder.join(abs.file_name()?))
-    };
-    resolved(a).is_some_and(|x| Some(x) == resolved(b))
-}
-
 fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     let started = SystemTime::now();
     let backend = backend(&a.device)?;
@@ -372,7 +356,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
         // The .npy beside --out is removed before --out is first replaced
         // (so that no stale pair is left): as the start, a killed run could
         // not resume, and the user's matrix would be gone.
-        if same_file(start, npy) {
+        if crate::file_kind::same_file(start, npy) {
             anyhow::bail!(
                 "--npy writes {}, which is the --start file: it would be replaced, and removed \
                  while the run is under way; give --out another name",
@@ -383,7 +367,7 @@ fn run_generate(a: &GenerateArgs) -> anyhow::Result<u8> {
     if let Some(t) = &a.trace {
         // The trace is written from the first step: on one of these files it
         // would be lost under the output, or destroy the start before use.
-        let same = |p: &Path| same_file(p, t);
+        let same = |p: &Path| crate::file_kind::same_file(p, t);
         let state = state_path(&a.out);
         for (flag, p) in [
             ("--out", Some(&a.out)),

@@ -200,14 +200,8 @@ impl<'a, 'f> Machine<'a, 'f> {
     }
 
     fn line(&mut self) -> Result<&'a str, PickleError> {
-        let rest = &self.data[self.pos..];
-        let nl = rest
-            .iter()
-            .position(|&c| c == b'\n')
-            .ok_or_else(|| bad(format!("unterminated line at offset {}", self.pos)))?;
-        let s = std::str::from_utf8(&rest[..nl]).map_err(|_| bad("non-UTF-8 line".into()))?;
-        self.pos += nl + 1;
-        Ok(s)
+        let raw = self.raw_line()?;
+        std::str::from_utf8(raw).map_err(|_| bad("non-UTF-8 line".into()))
     }
 
     /// The bytes up to the next newline (protocol 0's text arguments).
@@ -221,12 +215,17 @@ impl<'a, 'f> Machine<'a, 'f> {
         Ok(&rest[..nl])
     }
 
-    /// A protocol-0 decimal argument (INT, LONG, PUT, GET).
+    /// A protocol-0 decimal argument (LONG, FLOAT, PUT, GET; INT, which
+    /// may be a boolean, reads its own line).
     fn decimal<T: std::str::FromStr>(&mut self, what: &str) -> Result<T, PickleError> {
         let at = self.pos;
         let line = self.line()?;
         // LONG's text ends in `L` (`5L`).
-        let digits = line.strip_suffix('L').unwrap_or(line);
+        let digits = if what == "LONG" {
+            line.strip_suffix('L').unwrap_or(line)
+        } else {
+            line
+        };
         digits
             .parse()
             .map_err(|_| bad(format!("{what} {line:?} at offset {at} is not a number")))

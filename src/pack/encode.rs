@@ -123,14 +123,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     let mut subsampling = cfg.subsampling;
     if cfg.encoding == Encoding::Jpeg && sniff_format(&bytes) == Some(ImageFormat::Jpeg) {
         let header = JpegHeader::parse(&bytes).map_err(|e| e.to_string())?;
-        let eligible = header.is_passthrough(cfg.width, cfg.height);
-        if eligible && header.progressive && cfg.progressive == Progressive::Sequential {
-            // Only the coding order is asked to change: full chroma (every
-            // component sampled alike) stays full.
-            if header.sampling.iter().all(|&s| s == header.sampling[0]) {
-                subsampling = Subsampling::S444;
-            }
-        } else if eligible {
+        if stored_whole(&header, cfg.width, cfg.height, cfg.progressive) {
             // The limit a decode applies, from the same header numbers, so
             // that `--verify header` rejects what `decode` and `raw` do.
             within_pixel_limit(header.width, header.height, cfg)?;
@@ -142,6 +135,14 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
                 check_coded_data(&bytes).map_err(|e| e.to_string())?;
             }
             return Ok(Encoded::Passthrough(bytes));
+        }
+        // Of the right size but progressive under `--progressive
+        // sequential`: only the coding order is asked to change, so full
+        // chroma (every component sampled alike) stays full.
+        if header.is_passthrough(cfg.width, cfg.height)
+            && header.sampling.iter().all(|&s| s == header.sampling[0])
+        {
+            subsampling = Subsampling::S444;
         }
     }
     let image = if sniff_format(&bytes) == Some(ImageFormat::Jpeg) {
@@ -164,6 +165,18 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     };
     drop(bytes);
     convert(image, cfg, subsampling).map(Encoded::Converted)
+}
+
+/// Whether a JPEG of this header is stored as its own bytes in a JPEG pack
+/// of `width`×`height` (else it is decoded and re-encoded).
+pub(super) fn stored_whole(
+    header: &JpegHeader,
+    width: u32,
+    height: u32,
+    progressive: Progressive,
+) -> bool {
+    header.is_passthrough(width, height)
+        && !(header.progressive && progressive == Progressive::Sequential)
 }
 
 /// `--max-pixels` for an image of `width`×`height`, known without decoding it.

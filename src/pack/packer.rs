@@ -25,7 +25,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::encode::{encode_file, encode_pixels, EncodeConfig, Encoded, Progressive, Verify};
+use super::encode::{
+    encode_file, encode_pixels, stored_whole, EncodeConfig, Encoded, Progressive, Verify,
+};
 use super::layout::{self, Item, LayoutKind, ListColumns, Payload, Plan};
 use super::source::Source;
 use super::PackError;
@@ -545,12 +547,10 @@ fn warnings(
                     .rejected
                     .iter()
                     .filter(|r| {
-                        plan.layout == LayoutKind::ClassFolders
-                            && r.split == Some(Split::Train)
-                            && layout::class_of(&r.key) == Some(name)
+                        r.split == Some(Split::Train) && layout::class_of(&r.key) == Some(name)
                     })
                     .count();
-                if unread > 0 {
+                if plan.layout == LayoutKind::ClassFolders && unread > 0 {
                     format!("'{name}' (label {label}, all {unread} training entries unreadable)")
                 } else {
                     format!("'{name}' (label {label}, no training images)")
@@ -950,10 +950,8 @@ fn passthrough_share<'a>(
             continue;
         };
         seen += 1;
-        let whole = crate::image::JpegHeader::parse(&bytes).is_ok_and(|h| {
-            h.is_passthrough(opts.width, opts.height)
-                && !(h.progressive && opts.progressive == Progressive::Sequential)
-        });
+        let whole = crate::image::JpegHeader::parse(&bytes)
+            .is_ok_and(|h| stored_whole(&h, opts.width, opts.height, opts.progressive));
         kept += usize::from(whole);
     }
     if seen == 0 {

@@ -109,25 +109,20 @@ impl Report {
 /// its manifest, its class list or a shard (by name in the folder, or as
 /// the same file through a link).
 fn plot_over_input(dir: &Path, path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let is_input = |name: &str| {
         name == MANIFEST_FILE || name == crate::shard::CLASSES_FILE || name.ends_with(".parquet")
     };
-    let folder = |p: &Path| std::fs::canonicalize(p).ok();
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
     let name = path.file_name()?.to_str()?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if is_input(name) && folder(parent).is_some() && folder(parent) == folder(dir) {
+    let folder = canonical(crate::file_kind::folder_of(path));
+    if is_input(name) && folder.is_some() && folder == canonical(dir) {
         return Some(name.to_string());
     }
     // The same file under another name (a link into the folder).
-    let target = std::fs::metadata(path).ok()?;
+    std::fs::metadata(path).ok()?;
     std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
         let n = e.file_name().to_str()?.to_string();
-        let m = std::fs::metadata(e.path()).ok()?;
-        (is_input(&n) && m.dev() == target.dev() && m.ino() == target.ino()).then_some(n)
+        (is_input(&n) && crate::file_kind::same_file(&e.path(), path)).then_some(n)
     })
 }
 

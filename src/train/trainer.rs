@@ -635,7 +635,7 @@ pub fn train_with(opts: &TrainOptions, comm: &dyn Collective) -> Result<TrainOut
                 .map_err(|e| TrainError::Other(e.to_string()))?;
             if let Some(p) = &opts.ebv {
                 let dst = run.join(basis_copy_name(p)?);
-                if basis.is_some() && !same_file(p, &dst) {
+                if basis.is_some() && !crate::file_kind::same_file(p, &dst) {
                     std::fs::copy(p, &dst).map_err(|e| TrainError::io(&dst, e))?;
                 }
             }
@@ -1036,13 +1036,6 @@ fn load_init(model: &Classifier, path: &Path) -> Result<Vec<String>, TrainError>
         )));
     }
     Ok(kept)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }
 
 fn file_sha256(path: &Path) -> Result<String, TrainError> {
