@@ -1599,6 +1599,8 @@ fn import_numpy_pickles_built_by_hand() {
 /// torch.save(v.bfloat16(), "torch-legacy-bf16.pt", _use_new_zipfile_serialization=False)
 /// torch.save(torch.nn.Parameter(v.float()), "torch-zip-param.pt")
 /// open("torch-pickle-f64.pkl", "wb").write(pickle.dumps(v, protocol=4))  # the paper's form
+/// # torch-pickle2-f64.pkl: the same at protocol 2 (bytes as _codecs.encode),
+/// # re-pickled from the file above by tests/data/repickle_protocol2.py
 /// torch.save(v.long(), "torch-zip-i64.pt")
 /// ```
 /// and NumPy pickles of other element types, made with numpy 2.4:
@@ -1622,6 +1624,7 @@ fn import_reads_torch_save_files() {
         ("torch-legacy-bf16.pt", "torch", "bfloat16"),
         ("torch-zip-param.pt", "torch", "float32"),
         ("torch-pickle-f64.pkl", "torch", "float64"),
+        ("torch-pickle2-f64.pkl", "torch", "float64"),
         ("numpy-f8be.pkl", "numpy", ">f8"),
         ("numpy-f2.pkl", "numpy", "<f2"),
     ] {

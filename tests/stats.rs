@@ -1495,3 +1495,49 @@ fn deep_figures_of_an_empty_split_are_absent_not_zero() {
     assert!(text.contains("normalisation (train): mean=["), "{text}");
     assert!(!text.contains("0.0000 0.0000 0.0000"), "{text}");
 }
+
+/// A footer whose `ebv.image_lengths` were edited so that they still fill
+/// the page (one image a byte longer, the next a byte shorter) slices both
+/// images at the wrong place. `--deep` names the footer and stops (exit 2)
+/// instead of blaming the images and passing.
+#[test]
+fn deep_names_a_footer_whose_lengths_disagree_with_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = jpeg_pack(dir.path());
+    let out = dir.path().join("lengths");
+    copy_dir(&clean, &out);
+    let p = out.join("train-00000.parquet");
+    let mut b = std::fs::read(&p).unwrap();
+    let key = b"ebv.image_lengths";
+    let at = b.windows(key.len()).rposition(|w| w == key).unwrap() + key.len();
+    // The value follows its thrift length prefix: the first digit from here.
+    let start = at + b[at..].iter().position(u8::is_ascii_digit).unwrap();
+    let end = start
+        + b[start..]
+            .iter()
+            .position(|c| !c.is_ascii_digit() && *c != b',')
+            .unwrap();
+    let value = std::str::from_utf8(&b[start..end]).unwrap().to_string();
+    let mut lens: Vec<u32> = value.split(',').map(|v| v.parse().unwrap()).collect();
+    lens[0] += 1;
+    lens[1] -= 1;
+    let edited = lens
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(edited.len(), value.len(), "{value} -> {edited}");
+    b[start..end].copy_from_slice(edited.as_bytes());
+    std::fs::write(&p, &b).unwrap();
+
+    let o = run(STATS, &[s(&out), "--deep", "--quiet", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("train-00000.parquet") && e.contains("disagrees with 'ebv.image_lengths'"),
+        "{e}"
+    );
+    // The clean pack still passes.
+    let o = run(STATS, &[s(&clean), "--deep", "--quiet", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

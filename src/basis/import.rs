@@ -4,7 +4,8 @@
 //! [`super::pickle`] reader:
 //! 1. a torch tensor: `torch._utils._rebuild_tensor_v2(storage, offset,
 //!    size, stride, …)` with `storage = torch.storage._load_from_bytes(b)`,
-//!    where `b` is the legacy `torch.save` layout: five pickles (magic
+//!    where `b` (bytes, or `_codecs.encode(str, 'latin1')` at protocol 2)
+//!    is the legacy `torch.save` layout: five pickles (magic
 //!    number, protocol 1001, sys info, the storage as persistent id
 //!    `('storage', torch.FloatStorage, key, location, numel, None)`, the list
 //!    of keys), then per key an i64 LE element count and the LE values;
@@ -25,6 +26,7 @@
 //! of integers is refused for its element type rather than as an unknown
 //! global; nothing a pickle names is ever called.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use super::error::BasisError;
@@ -255,10 +257,10 @@ fn torch_tensor(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         ));
     }
     let inner = match call_parts(storage) {
-        Some(([Value::Bytes(b)], _)) => *b,
+        Some(([arg], _)) => pickled_bytes(arg, path)?,
         _ => return Err(perr(path, "_load_from_bytes without a bytes argument")),
     };
-    let (values, location, ty) = legacy_storage(inner, path)?;
+    let (values, location, ty) = legacy_storage(&inner, path)?;
     rebuild(args, &values, location, ty, path)
 }
 
@@ -571,6 +573,25 @@ fn numpy_dtype(v: &Value, path: &Path) -> Result<(String, char), BasisError> {
     Ok((code.clone(), order))
 }
 
+/// A bytes value as a pickle holds it: `bytes` (protocol 3 and later), or,
+/// at protocols 0–2, which have no bytes type, the call
+/// `_codecs.encode(str, 'latin1')` whose characters are the bytes.
+fn pickled_bytes<'v>(v: &'v Value<'_>, path: &Path) -> Result<Cow<'v, [u8]>, BasisError> {
+    match v {
+        Value::Bytes(b) => Ok(Cow::Borrowed(b)),
+        Value::Call { .. } if v.callee() == Some(("_codecs", "encode")) => match call_parts(v) {
+            Some(([Value::Str(s), Value::Str(enc)], _)) if enc == "latin1" || enc == "latin-1" => s
+                .chars()
+                .map(|c| u8::try_from(c as u32))
+                .collect::<Result<_, _>>()
+                .map(Cow::Owned)
+                .map_err(|_| perr(path, "latin1 data holds a character above U+00FF")),
+            _ => Err(perr(path, "unexpected _codecs.encode arguments")),
+        },
+        _ => Err(perr(path, "data is not bytes")),
+    }
+}
+
 fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
     let (args, state) = call_parts(top).ok_or_else(|| perr(path, "malformed array"))?;
     let (shape, dtype, fortran, raw) = if top.callee().map(|c| c.1) == Some("_frombuffer") {
@@ -620,23 +641,7 @@ fn numpy_array(top: &Value, path: &Path) -> Result<Imported, BasisError> {
         }
     };
     let size = elem.size();
-    let bytes: Vec<u8> = match raw {
-        Value::Bytes(b) => b.to_vec(),
-        Value::Call { .. } if raw.callee() == Some(("_codecs", "encode")) => {
-            match call_parts(raw) {
-                Some(([Value::Str(s), Value::Str(enc)], _))
-                    if enc == "latin1" || enc == "latin-1" =>
-                {
-                    s.chars()
-                        .map(|c| u8::try_from(c as u32))
-                        .collect::<Result<_, _>>()
-                        .map_err(|_| perr(path, "latin1 data holds a character above U+00FF"))?
-                }
-                _ => return Err(perr(path, "unexpected _codecs.encode arguments")),
-            }
-        }
-        _ => return Err(perr(path, "array data is not bytes")),
-    };
+    let bytes = pickled_bytes(raw, path)?;
     let need = (n as u128) * (d as u128) * size as u128;
     if bytes.len() as u128 != need {
         return Err(perr(

@@ -274,6 +274,8 @@ pub fn deep_scan(
             let shard = &set.shards()[si];
             let split = shard.meta().split;
             let group = shard.row_group(rg)?;
+            // Images sliced by a wrong footer would be blamed for its damage.
+            shard.check_listed_lengths(&group)?;
             let mut part = Part::default();
             part.hashes.reserve(group.len());
             let acc = &mut part.acc[slot(split)];
