@@ -57,12 +57,16 @@ impl Resizer {
         mode: ResizeMode,
         dst: &mut Vec<u8>,
     ) -> Result<(), String> {
-        dst.clear();
         if src.width == width && src.height == height {
+            dst.clear();
             dst.extend_from_slice(&src.data);
             return Ok(());
         }
-        dst.resize(width as usize * height as usize * 3, 0);
+        // Every byte is written below: a reused buffer is only cut or
+        // grown to size, not zeroed again.
+        let len = width as usize * height as usize * 3;
+        dst.truncate(len);
+        dst.resize(len, 0);
         let src_view =
             fir::images::ImageRef::new(src.width, src.height, &src.data, fir::PixelType::U8x3)
                 .map_err(|e| e.to_string())?;
