@@ -117,6 +117,17 @@ thread_local! {
     static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A decode buffer larger than this is freed after its image rather than
+/// kept: one 100-megapixel photo must not hold 300 MB per worker for the
+/// rest of the run. 48 MiB keeps a 16-megapixel camera image's.
+const KEEP_DECODED: usize = 48 << 20;
+
+fn keep_decoded(buf: Vec<u8>) {
+    if buf.capacity() <= KEEP_DECODED {
+        DECODED.set(buf);
+    }
+}
+
 /// Encode an encoded source file; the error is the rejection reason.
 /// `spare` is a buffer to write the result into (its allocation reused, its
 /// contents ignored): the packer hands back the buffers of written row
@@ -170,7 +181,7 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     let (width, height) = match decoded {
         Ok(size) => size,
         Err(e) => {
-            DECODED.set(data);
+            keep_decoded(data);
             return Err(e);
         }
     };
@@ -183,11 +194,11 @@ pub fn encode_file(bytes: Vec<u8>, cfg: &EncodeConfig, spare: Vec<u8>) -> Result
     if (width, height) == (cfg.width, cfg.height) {
         // Already H×W: the decode buffer is the row's, and the spare
         // becomes the next decode buffer.
-        DECODED.set(spare);
+        keep_decoded(spare);
         return convert(image, cfg, subsampling, Vec::new()).map(Encoded::Converted);
     }
     let out = convert_from(&image, cfg, subsampling, spare);
-    DECODED.set(image.data);
+    keep_decoded(image.data);
     out.map(Encoded::Converted)
 }
 
@@ -275,4 +286,72 @@ fn convert_from(
 fn jpeg(pixels: &[u8], cfg: &EncodeConfig, subsampling: Subsampling) -> Result<Vec<u8>, String> {
     encode_jpeg(pixels, cfg.width, cfg.height, cfg.quality, subsampling)
         .map_err(|e| format!("jpeg encode failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
+        let px: Vec<u8> = (0..w * h * 3)
+            .map(|i| ((i * 7 + seed * 13) % 251) as u8)
+            .collect();
+        encode_jpeg(&px, w, h, 90, Subsampling::S444).unwrap()
+    }
+
+    fn cfg(encoding: Encoding) -> EncodeConfig {
+        EncodeConfig {
+            encoding,
+            height: 24,
+            width: 32,
+            resize: ResizeMode::Stretch,
+            quality: 95,
+            subsampling: Subsampling::S420,
+            progressive: Progressive::Keep,
+            verify: Verify::Header,
+            limits: DecodeLimits::default(),
+        }
+    }
+
+    /// The worker's decode buffer and the row buffers are reused with
+    /// whatever they held: larger, smaller and same-size sources in turn,
+    /// each into a spare full of junk, give what a fresh decode and resize
+    /// give.
+    #[test]
+    fn reused_buffers_give_what_fresh_ones_give() {
+        let sizes = [(96, 64), (20, 10), (32, 24), (200, 150), (40, 30), (32, 24)];
+        for encoding in [Encoding::Raw, Encoding::Jpeg] {
+            let cfg = cfg(encoding);
+            for (k, &(w, h)) in sizes.iter().enumerate() {
+                let src = jpeg(w, h, k as u32);
+                let got = match encode_file(src.clone(), &cfg, vec![0xAB; 7000]) {
+                    Ok(Encoded::Converted(b)) => b,
+                    // An H×W colour JPEG is stored as it is.
+                    Ok(Encoded::Passthrough(b)) => {
+                        assert!(encoding == Encoding::Jpeg && (w, h) == (32, 24) && b == src);
+                        continue;
+                    }
+                    Err(e) => panic!("{w}x{h}: {e}"),
+                };
+                let fresh = decode_rgb8(&src, DecodeLimits::default()).unwrap();
+                let px = Resizer::default()
+                    .resize(&fresh, 32, 24, ResizeMode::Stretch)
+                    .unwrap()
+                    .data;
+                let want = match encoding {
+                    Encoding::Raw => px,
+                    Encoding::Jpeg => encode_jpeg(&px, 32, 24, 95, Subsampling::S420).unwrap(),
+                };
+                assert!(got == want, "{encoding:?} {w}x{h}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_decode_buffer_is_not_kept() {
+        keep_decoded(Vec::with_capacity(1000));
+        assert!(DECODED.take().capacity() >= 1000);
+        keep_decoded(Vec::with_capacity(KEEP_DECODED + 1));
+        assert_eq!(DECODED.take().capacity(), 0);
+    }
 }
