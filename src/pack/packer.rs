@@ -1174,9 +1174,10 @@ impl Context<'_> {
                     self.out.display()
                 )));
             }
-            // Shards are not synced one by one, so after a crash of the
-            // machine (not just of the process) a listed shard may hold
-            // garbage: keep it only when its bytes hash as recorded.
+            // A shard's flush runs in the background and is awaited only
+            // before the manifest, so after a crash of the machine (not just
+            // of the process) a listed shard may hold garbage: keep it only
+            // when its bytes hash as recorded.
             let intact = std::fs::metadata(self.out.join(&name))
                 .is_ok_and(|m| m.len() == state.record.bytes)
                 && file_checksum(&self.out.join(&name), &|_| {})
