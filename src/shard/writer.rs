@@ -492,17 +492,14 @@ impl ShardWriter {
         // final sync finds only the last shard's left (on a virtio disk
         // that flush took ~0.3 s for 300 MB, ~8 % of a 2,000-image pack).
         // Either call can block (a full device queue, the flush itself),
-        // hence a thread of its own; an error here is found again by
-        // `sync_files`.
+        // hence a thread of its own; `sync_files` of this path joins the
+        // flush and reports its error.
         let file = done.file;
-        match done.direct {
-            true => {
-                let flush = std::thread::spawn(move || file.sync_data());
-                pending_flushes().push((self.final_path.clone(), flush));
-            }
-            false => {
-                std::thread::spawn(move || start_writeback(&file));
-            }
+        if done.direct {
+            let flush = std::thread::spawn(move || file.sync_data());
+            pending_flushes().push((self.final_path.clone(), flush));
+        } else {
+            std::thread::spawn(move || start_writeback(&file));
         }
         // Nor a folder fsync: on ext4 that commits the journal, which waits
         // for this file's data anyway.
